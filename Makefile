@@ -1,0 +1,37 @@
+# flareseg: `make demo` runs the whole pipeline on synthetic phantoms, `make test` runs the tests.
+# Both create the virtual environment (.venv) on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/demo.yaml
+WORK ?= work
+PYTEST_ARGS ?=
+STAGE_ARGS ?=
+
+.PHONY: demo test test-fast all clean-work venv $(addprefix stage-,1 2 3 4 5 6)
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: venv
+	$(PY) -m flareseg.pipeline all --config configs/demo.yaml --work work-demo $(STAGE_ARGS)
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+all: venv
+	$(PY) -m flareseg.pipeline all --config $(CONFIG) --work $(WORK) $(STAGE_ARGS)
+
+stage-%: venv
+	$(PY) stages/stage_$*.py --config $(CONFIG) --work $(WORK) $(STAGE_ARGS)
+
+clean-work:
+	rm -rf $(WORK)

@@ -1,0 +1,52 @@
+"""`flareseg` command line: one subcommand per module that registers itself here."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Each module defines ``register(subparsers)``; the parser it adds sets ``func(args) -> int``.
+COMMAND_MODULES: list[str] = [
+]
+
+DESCRIPTION = """\
+flareseg: train and ship a universal abdominal organ + pan-cancer CT segmentation model
+from partially labeled data (FLARE23), on top of nnU-Net v2.
+
+Pipeline: stage-1 import + fine model, stage-2 pseudo labels, stage-3 tumor-object pool,
+stage-4 label cleaning, stage-5 coarse model with CutMix, stage-6 fast predictor + evaluation.
+Run `make demo` for the whole pipeline on synthetic phantoms; `flareseg SUBCOMMAND --help`
+explains each command's inputs and outputs.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flareseg", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod).register(sub)
+    return p
+
+
+def _version() -> str:
+    from flareseg import __version__
+    return f"flareseg {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

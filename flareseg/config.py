@@ -1,0 +1,303 @@
+"""YAML configuration -> frozen dataclasses.
+
+Loading starts from the dataclass defaults (the paper's settings, also written out in
+``configs/default.yaml``) and merges one YAML file plus ``--set a.b=value`` overrides.  Unknown
+keys and wrong types raise :class:`ConfigError` naming the key and the file.  ``resolved()`` gives
+the plain dict that every stage writes next to its outputs, ``config_hash()`` its digest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, has the wrong type, or an override is malformed."""
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """Synthetic partially labeled abdominal phantoms (the embedded default data)."""
+    labeled: int = 24          # cases with some organ groups (+- tumor) annotated
+    tumor_only: int = 6        # cases with only tumor annotated
+    unlabeled: int = 24        # cases with no labels
+    validation: int = 6        # held-out cases with full ground truth
+    seed: int = 0
+    size_xy: tuple[int, int] = (160, 192)   # in-plane array size range (voxels)
+    inplane_spacing: tuple[float, float] = (0.6, 1.0)   # mm
+    slice_spacing: tuple[float, float] = (1.0, 5.0)     # mm
+    extent_z_mm: tuple[float, float] = (160.0, 240.0)   # scanned length along z
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the raw data come from and which nnU-Net dataset they become."""
+    source: Literal["phantoms", "folders"] = "phantoms"
+    labeled_images: Optional[str] = None     # folder of labeled images (FLARE layout)
+    labels: Optional[str] = None             # folder of their label maps
+    unlabeled_images: Optional[str] = None   # folder of unlabeled images
+    manifest: Optional[str] = None           # CSV case_id,annotated
+    validation_images: Optional[str] = None  # held-out images with full labels (evaluation)
+    validation_labels: Optional[str] = None
+    dataset_id: int = 823
+    dataset_name: str = "FLARE23Partial"
+    phantoms: PhantomConfig = field(default_factory=PhantomConfig)
+    num_processes: int = 2
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """nnU-Net plans for one configuration (fine or coarse)."""
+    spacing: tuple[float, float, float] = (2.5, 0.82, 0.82)   # (z, y, x) mm
+    patch_size: tuple[int, int, int] = (32, 192, 192)         # (z, y, x) voxels
+    batch_size: int = 4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyperparameters for one model (the trainer reads these, not its __init__)."""
+    epochs: int = 1200
+    iterations_per_epoch: int = 250
+    val_iterations: int = 50
+    lr: float = 0.01
+    momentum: float = 0.99
+    nesterov: bool = True
+    weight_decay: float = 3e-5
+    poly_exponent: float = 0.9
+    oversample_foreground: float = 0.7
+    loss: Literal["merge_max", "released", "marginal", "naive"] = "merge_max"
+    type_sampling: Literal["proportional", "uniform"] = "proportional"
+    deep_supervision: bool = True
+    num_workers: int = 2
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    fold: int = 0
+    val_fraction: float = 0.2
+    features_max: int = 320
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    k_organ: float = 1000        # keep this many (or fraction if < 1) most organ-confident cases
+    k_tumor: float = 100         # of those, keep tumor labels in the K2 least tumor-uncertain
+    score: Literal["entropy", "disagreement", "inconsistency"] = "entropy"
+    unselected_tumor: Literal["unannotated", "background"] = "unannotated"
+    tta: bool = False
+    fill_in_organs: bool = True
+
+
+@dataclass(frozen=True)
+class CTOConfig:
+    margin_z: tuple[int, int] = (8, 16)      # voxels, drawn uniformly per object
+    margin_xy: tuple[int, int] = (24, 32)
+    connectivity: Literal[6, 18, 26] = 26
+    min_voxels: int = 10
+    max_extent_fraction: float = 1.0         # of the coarse patch, per axis
+    exclude_outside_abdomen: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CutMixConfig:
+    probability: float = 1.0
+    max_objects: int = 1
+    abdomen_margin_mm: float = 10.0
+
+
+@dataclass(frozen=True)
+class CleaningConfig:
+    min_voxels: int = 100
+    connectivity: Literal[6, 18, 26] = 26
+    abdomen_margin_mm: float = 20.0
+    max_organ_distance_mm: float = 20.0
+    remove_outside_abdomen: bool = True
+    remove_far_from_organs: bool = True
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    skip_windows: bool = True
+    skip_threshold: int = 1          # foreground voxels in indicator windows needed to keep a plane
+    step_size: float = 0.5
+    tta: bool = False
+    batch_windows: int = 4
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    crop_to_body: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    nsd_tolerance_mm: dict[int, float] = field(default_factory=lambda: {
+        1: 5.0, 2: 3.0, 3: 3.0, 4: 5.0, 5: 2.0, 6: 2.0, 7: 2.0, 8: 2.0, 9: 2.0,
+        10: 3.0, 11: 5.0, 12: 7.0, 13: 3.0, 14: 2.0})
+    z_range_classes: tuple[int, ...] = (5, 6, 10)
+    nsd_min_dsc: float = 0.1
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 12345
+    work_dir: str = "work"
+    data: DataConfig = field(default_factory=DataConfig)
+    fine: PlanConfig = field(default_factory=PlanConfig)
+    coarse: PlanConfig = field(default_factory=lambda: PlanConfig(spacing=(2.5, 1.5, 1.5)))
+    train_fine: TrainConfig = field(default_factory=TrainConfig)
+    train_coarse: TrainConfig = field(default_factory=TrainConfig)
+    pseudolabel: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    cto: CTOConfig = field(default_factory=CTOConfig)
+    cutmix: CutMixConfig = field(default_factory=CutMixConfig)
+    cleaning: CleaningConfig = field(default_factory=CleaningConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+def _coerce(value: Any, tp: Any, key: str, src: str) -> Any:
+    """Check/convert ``value`` to type ``tp``; raise ConfigError naming ``key`` and ``src``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    def bad(expect: str) -> ConfigError:
+        return ConfigError(f"{src}: key '{key}' expects {expect}, got {value!r} ({type(value).__name__})")
+
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise bad("a mapping")
+        return _build(tp, value, src, key + ".")
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, src)
+    if origin is Literal:
+        if value not in args:
+            raise bad("one of " + ", ".join(repr(a) for a in args))
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad("a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]", src) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise bad(f"a list of {len(args)} values")
+        return tuple(_coerce(v, a, f"{key}[{i}]", src) for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad("a mapping")
+        kt, vt = args
+        return {_coerce(k, kt, f"{key}.{k}", src): _coerce(v, vt, f"{key}.{k}", src)
+                for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("true/false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    raise ConfigError(f"{src}: key '{key}' has unsupported type {tp}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict, src: str, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(f"{src}: unknown key '{prefix}{unknown[0]}' "
+                          f"(valid keys under '{prefix or '<top>'}': {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], prefix + k, src) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "nsd_tolerance_mm":
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain (JSON/YAML-able) dict of a config dataclass; tuples become lists."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (tuple, list)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"a.b=3"`` -> (["a", "b"], 3); the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"--set: expected key=value, got {item!r}")
+    k, v = item.split("=", 1)
+    k = k.strip()
+    if not k:
+        raise ConfigError(f"--set: empty key in {item!r}")
+    return k.split("."), yaml.safe_load(v)
+
+
+def load_config(path: os.PathLike | str | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config over the defaults and apply ``key=value`` overrides."""
+    data: dict = to_dict(Config())
+    src = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        src = str(p)
+        if not p.exists():
+            raise ConfigError(f"{src}: config file does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{src}: not valid YAML ({e})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{src}: top level must be a mapping")
+        _build(Config, loaded, src)   # validate keys/types of the file itself first
+        data = _deep_merge(data, loaded)
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        nested: Any = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        _build(Config, nested, f"--set {item}")
+        data = _deep_merge(data, nested)
+    return _build(Config, data, src)
+
+
+def resolved(cfg: Config) -> dict:
+    return to_dict(cfg)
+
+
+def config_hash(cfg: Any) -> str:
+    """Stable digest (16 hex chars) of a config or any JSON-able part of it."""
+    d = to_dict(cfg)
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)

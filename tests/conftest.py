@@ -1,0 +1,36 @@
+"""Shared fixtures: location of the real CT samples in ../shared/data and tiny volumes."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    env = os.environ.get("FLARESEG_SHARED_DATA")
+    return Path(env) if env else (REPO.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Folder with the real CT samples (see its README); tests skip only if it is absent."""
+    d = shared_data_dir()
+    if not (d / "README.md").exists():
+        pytest.skip(f"real test data not found at {d} (set FLARESEG_SHARED_DATA)")
+    return d
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        has_cuda = False
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for it in items:
+            if "gpu" in it.keywords:
+                it.add_marker(skip)
