@@ -60,6 +60,8 @@ class PlanConfig:
     spacing: tuple[float, float, float] = (2.5, 0.82, 0.82)   # (z, y, x) mm
     patch_size: tuple[int, int, int] = (32, 192, 192)         # (z, y, x) voxels
     batch_size: int = 4
+    features_base: int = 32          # U-Net features at the first stage (doubles per stage)
+    features_max: int = 320          # cap on features per stage
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,6 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     fold: int = 0
     val_fraction: float = 0.2
-    features_max: int = 320
 
 
 @dataclass(frozen=True)

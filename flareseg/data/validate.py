@@ -1,0 +1,110 @@
+"""Per-case validation of images and labels before they enter the pipeline.
+
+Every check raises :class:`flareseg.io.InputError` naming the file and the reason, so a batch
+can report the case and go on with the others.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from flareseg.io import Geometry, InputError, geometry_mismatch, nifti_nonfinite_count, read_image
+from flareseg.labels import MAX_LABEL, label_type, type_to_str
+
+#: accepted voxel spacing range in mm (any axis)
+SPACING_RANGE_MM = (0.1, 12.0)
+
+
+@dataclass
+class CheckedCase:
+    """A validated case: the image, its (possibly re-oriented) label, and notes for the report."""
+    image: sitk.Image
+    label: sitk.Image | None
+    classes_present: tuple[int, ...]
+    notes: list[str]
+
+
+def check_image(img: sitk.Image, path: Path) -> None:
+    """Finite values and a sane spacing; raises InputError."""
+    sp = img.GetSpacing()
+    lo, hi = SPACING_RANGE_MM
+    if any(not (lo <= s <= hi) for s in sp):
+        raise InputError(path, f"spacing {tuple(round(s, 4) for s in sp)} mm outside the sane range [{lo}, {hi}] mm")
+    arr = sitk.GetArrayViewFromImage(img)
+    n = 0
+    if np.issubdtype(arr.dtype, np.floating):
+        n = int((~np.isfinite(arr)).sum()) or (nifti_nonfinite_count(path) if path.is_file() else 0)
+    if n:
+        raise InputError(path, f"{n} non-finite voxel values (NaN/inf)")
+
+
+def align_label_to_image(label: sitk.Image, image: sitk.Image, atol_vox: float = 1e-3) -> sitk.Image | None:
+    """Re-grid ``label`` onto ``image`` when both describe the same voxel lattice in physical space
+    (e.g. a label stored with a flipped or permuted axis). Returns ``None`` when they do not."""
+    if sorted(label.GetSize()) != sorted(image.GetSize()):
+        return None
+    size = image.GetSize()
+    corners = [(i, j, k) for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)]
+    hit = set()
+    for c in corners:
+        p = image.TransformIndexToPhysicalPoint(c)
+        q = np.array(label.TransformPhysicalPointToContinuousIndex(p))
+        if np.abs(q - np.round(q)).max() > atol_vox:
+            return None
+        qi = np.round(q).astype(int)
+        if (qi < 0).any() or (qi >= np.array(label.GetSize())).any():
+            return None
+        hit.add(tuple(qi))
+    if len(hit) != len(corners):  # all corners of the label must be used: same lattice, not a subset
+        return None
+    return sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
+
+
+def check_label(label: sitk.Image, image: sitk.Image, label_path: Path, image_path: Path,
+                annotated: Sequence[int] | None) -> tuple[sitk.Image, tuple[int, ...], list[str]]:
+    """Validate a label against its image; returns the label on the image grid (uint8), the classes
+    present and report notes.  Raises InputError naming the label file."""
+    notes: list[str] = []
+    mism = geometry_mismatch(Geometry.of(image), Geometry.of(label))
+    if mism:
+        aligned = align_label_to_image(label, image)
+        if aligned is None:
+            raise InputError(label_path, f"geometry does not match image {image_path.name}: " + "; ".join(mism))
+        notes.append("label re-gridded onto the image lattice (same physical grid, different axis order/flip)")
+        label = aligned
+    arr = sitk.GetArrayFromImage(label)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise InputError(label_path, "label holds non-finite values")
+        if not np.array_equal(arr, np.round(arr)):
+            raise InputError(label_path, "label values are not integers")
+    vals = np.unique(arr)
+    bad = [int(v) for v in vals if v < 0 or v > MAX_LABEL]
+    if bad:
+        raise InputError(label_path, f"label values {bad[:5]} outside 0..{MAX_LABEL}")
+    present = label_type(int(v) for v in vals)
+    if annotated is not None and len(annotated) > 0 and not present:
+        raise InputError(label_path, f"label is empty but the manifest claims classes {type_to_str(annotated)}")
+    out = sitk.GetImageFromArray(arr.astype(np.uint8))
+    out.CopyInformation(image)
+    return out, present, notes
+
+
+def check_case(image_path: Path, label_path: Path | None = None,
+               annotated: Sequence[int] | None = None) -> CheckedCase:
+    """Read and validate one case (label optional)."""
+    img = read_image(image_path)
+    check_image(img, image_path)
+    if label_path is None:
+        return CheckedCase(img, None, (), [])
+    lab = read_image(label_path)
+    lab, present, notes = check_label(lab, img, label_path, image_path, annotated)
+    if annotated is not None:
+        extra = [c for c in present if c not in set(annotated)]
+        if extra:
+            raise InputError(label_path, f"label holds classes {extra} that the manifest does not list as annotated")
+    return CheckedCase(img, lab, present, notes)

@@ -1,0 +1,1 @@
+"""The staged pipeline: stage bookkeeping (manifests, skipping, resume) and one module per stage."""

@@ -1,0 +1,156 @@
+"""Stage bookkeeping: folders, sub-steps, manifests and the skip rule.
+
+A stage writes into ``work/stage-N-<name>/`` and finishes by writing ``manifest.json`` atomically
+(inputs, outputs with sizes, resolved config and hash, versions, timings).  A stage whose manifest
+key (its config sections + the manifests of the stages it reads) is unchanged and whose outputs
+still exist is skipped.  Long stages record finished sub-steps in ``.steps/`` so a killed stage
+resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from flareseg.config import Config, config_hash, resolved, to_dict
+from flareseg.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+STAGE_NAMES = {1: "fine", 2: "pseudolabels", 3: "cto", 4: "cleaning", 5: "coarse", 6: "ship"}
+
+
+class StageError(RuntimeError):
+    """A stage cannot run (missing inputs, not built yet...); the message says what to do."""
+
+
+class MissingInputs(StageError):
+    pass
+
+
+def stage_dir(work: Path, n: int) -> Path:
+    return Path(work) / f"stage-{n}-{STAGE_NAMES[n]}"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for mod in ("flareseg", "torch", "nnunetv2", "numpy", "SimpleITK", "cc3d"):
+        try:
+            m = __import__(mod)
+            out[mod] = getattr(m, "__version__", "?")
+        except Exception:  # pragma: no cover - optional in manifests
+            out[mod] = "not installed"
+    return out
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def outputs_listing(paths: list[Path], root: Path) -> list[dict]:
+    """Files under ``paths`` (files or folders) with their sizes, relative to ``root``."""
+    out = []
+    for p in paths:
+        p = Path(p)
+        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and "/." not in str(f))
+        for f in files:
+            out.append({"path": str(f.relative_to(root)) if f.is_relative_to(root) else str(f),
+                        "bytes": f.stat().st_size})
+    return out
+
+
+@dataclass
+class StageContext:
+    """What a stage function gets: config, work folder, its own folder and step helpers."""
+    n: int
+    cfg: Config
+    work: Path
+    force: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        return stage_dir(self.work, self.n)
+
+    def upstream(self, n: int) -> dict:
+        """The manifest of stage ``n``; raises MissingInputs naming the stage to run first."""
+        m = stage_dir(self.work, n) / "manifest.json"
+        if not m.exists():
+            raise MissingInputs(f"stage-{self.n} needs the outputs of stage-{n} ({STAGE_NAMES[n]}), "
+                                f"which has not finished in {self.work}: run `make stage-{n}` first")
+        return read_json(m)
+
+    def step(self, name: str, key: Any, fn: Callable[[], dict | None], outputs: list[Path] = ()) -> dict:
+        """Run ``fn`` unless a record with the same ``key`` exists and ``outputs`` exist (resume)."""
+        rec_path = self.dir / ".steps" / f"{name}.json"
+        k = _digest(key)
+        if not self.force and rec_path.exists():
+            rec = read_json(rec_path)
+            if rec.get("key") == k and all(Path(o).exists() for o in outputs):
+                log.info("stage-%d: step %s is current, skipped", self.n, name)
+                self.timings[name] = 0.0
+                return rec.get("result") or {}
+        log.info("stage-%d: step %s ...", self.n, name)
+        t0 = time.time()
+        result = fn() or {}
+        self.timings[name] = round(time.time() - t0, 2)
+        write_json({"key": k, "result": result, "seconds": self.timings[name]}, rec_path)
+        return result
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage: number, the config sections it depends on, stages it reads, and its function."""
+    n: int
+    sections: tuple[str, ...]
+    reads: tuple[int, ...]
+    run: Callable[[StageContext], dict]
+    description: str = ""
+
+    def key(self, cfg: Config, work: Path) -> str:
+        d = to_dict(cfg)
+        part = {s: d[s] for s in self.sections}
+        ups = {}
+        for u in self.reads:
+            m = stage_dir(work, u) / "manifest.json"
+            ups[u] = read_json(m).get("key") if m.exists() else None
+        return _digest({"stage": self.n, "config": part, "upstream": ups})
+
+    def is_current(self, cfg: Config, work: Path) -> bool:
+        m = stage_dir(work, self.n) / "manifest.json"
+        if not m.exists():
+            return False
+        man = read_json(m)
+        if man.get("key") != self.key(cfg, work):
+            return False
+        return all((Path(work) / o["path"]).exists() for o in man.get("outputs", []))
+
+    def execute(self, cfg: Config, work: Path, force: bool = False) -> dict:
+        work = Path(work)
+        if not force and self.is_current(cfg, work):
+            log.info("stage-%d (%s) is current: skipped (use --force to rerun)", self.n, STAGE_NAMES[self.n])
+            return read_json(stage_dir(work, self.n) / "manifest.json") | {"skipped": True}
+        ctx = StageContext(self.n, cfg, work, force)
+        for u in self.reads:
+            ctx.upstream(u)
+        ctx.dir.mkdir(parents=True, exist_ok=True)
+        write_json(resolved(cfg), ctx.dir / "config.resolved.json")
+        t0 = time.time()
+        result = self.run(ctx)
+        outputs = result.pop("outputs", [])
+        manifest = {
+            "stage": self.n, "name": STAGE_NAMES[self.n], "key": self.key(cfg, work),
+            "config_hash": config_hash(cfg), "config": resolved(cfg),
+            "inputs": {f"stage-{u}": str(stage_dir(work, u) / "manifest.json") for u in self.reads},
+            "outputs": outputs_listing([Path(o) for o in outputs], work),
+            "result": result, "versions": versions(),
+            "timings": {"total_seconds": round(time.time() - t0, 2), "steps": ctx.timings},
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        write_json(manifest, ctx.dir / "manifest.json")
+        return manifest

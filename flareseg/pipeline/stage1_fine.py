@@ -1,0 +1,82 @@
+"""stage-1: data (phantoms or FLARE folders) -> validated nnU-Net dataset -> fine/coarse plans and
+preprocessing -> fine model (merge-max loss, label-type batches)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flareseg.config import Config, to_dict
+from flareseg.data.intake import dataset_folder_name, import_dataset
+from flareseg.io import read_json
+from flareseg.nnunet.env import NNUNetPaths
+from flareseg.pipeline.stage import StageContext, StageError
+
+log = logging.getLogger(__name__)
+
+
+def data_sources(cfg: Config, stage_dir: Path) -> dict[str, Path | None]:
+    """Where the raw labeled/unlabeled/validation data of this run live."""
+    d = cfg.data
+    if d.source == "phantoms":
+        ph = stage_dir / "phantoms"
+        return {"images": ph / "imagesTr", "labels": ph / "labelsTr", "unlabeled": ph / "unlabeledTr",
+                "manifest": ph / "manifest.csv", "validation_images": ph / "imagesVal",
+                "validation_labels": ph / "labelsVal", "hidden_gt": ph / "hidden_gt"}
+    missing = [k for k in ("labeled_images", "labels") if getattr(d, k) is None]
+    if missing:
+        raise StageError(f"config data.source=folders needs data.{missing[0]} (a folder path)")
+    p = lambda v: Path(v) if v else None  # noqa: E731
+    return {"images": p(d.labeled_images), "labels": p(d.labels), "unlabeled": p(d.unlabeled_images),
+            "manifest": p(d.manifest), "validation_images": p(d.validation_images),
+            "validation_labels": p(d.validation_labels), "hidden_gt": None}
+
+
+def nnunet_paths(stage_dir: Path) -> NNUNetPaths:
+    return NNUNetPaths.under(stage_dir)
+
+
+def run(ctx: StageContext) -> dict:
+    cfg = ctx.cfg
+    src = data_sources(cfg, ctx.dir)
+    if cfg.data.source == "phantoms":
+        from flareseg.data.phantoms import write_phantoms
+        ph = ctx.dir / "phantoms"
+        ctx.step("phantoms", to_dict(cfg.data.phantoms),
+                 lambda: {"cases": len(write_phantoms(ph, cfg.data.phantoms).get("cases", {}))},
+                 outputs=[ph / "manifest.csv"])
+
+    paths = nnunet_paths(ctx.dir)
+    paths.export()
+    ds_dir = paths.raw / dataset_folder_name(cfg.data.dataset_id, cfg.data.dataset_name)
+
+    def do_import() -> dict:
+        rep = import_dataset(ds_dir, src["images"], src["labels"], src["unlabeled"], src["manifest"],
+                             num_processes=cfg.data.num_processes)
+        for cid, r in sorted(rep.bad.items()):
+            log.error("stage-1 import: %s skipped: %s", cid, r["reason"])
+        if not rep.good:
+            raise StageError(f"stage-1: no valid case imported from {src['images']}")
+        return {"ok": len(rep.good), "bad": len(rep.bad), "label_type_source": rep.label_type_source}
+
+    imported = ctx.step("import", {"data": to_dict(cfg.data), "src": {k: str(v) for k, v in src.items()}},
+                        do_import, outputs=[ds_dir / "label_types.json"])
+
+    def do_plan() -> dict:
+        from flareseg.nnunet.planning import plan_and_preprocess
+        pf = plan_and_preprocess(cfg.data.dataset_id, {"fine": cfg.fine, "coarse": cfg.coarse},
+                                 num_processes=cfg.data.num_processes)
+        plans = read_json(pf)
+        return {"plans": str(pf), "configurations": {
+            c: {k: plans["configurations"][c][k] for k in ("spacing", "patch_size", "batch_size")}
+            for c in ("fine", "coarse")}}
+
+    pre_dir = paths.preprocessed / ds_dir.name
+    planned = ctx.step("plan_preprocess",
+                       {"fine": to_dict(cfg.fine), "coarse": to_dict(cfg.coarse), "import": imported,
+                        "types": read_json(ds_dir / "label_types.json")},
+                       do_plan, outputs=[pre_dir / "nnUNetPlans.json"])
+
+    outputs = [ds_dir / "dataset.json", ds_dir / "label_types.json", ds_dir / "cases.json",
+               ds_dir / "import_report.json", pre_dir / "nnUNetPlans.json"]
+    return {"dataset": str(ds_dir), "preprocessed": str(pre_dir), "import": imported,
+            "plans": planned, "outputs": outputs}

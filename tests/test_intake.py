@@ -1,0 +1,140 @@
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from flareseg.cli import main as cli
+from flareseg.data.intake import ImportFailed, import_dataset, read_manifest
+from flareseg.io import Geometry, InputError, geometry_mismatch, read_array, write_array
+
+GEO = Geometry((10, 9, 8), (0.8, 0.8, 2.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+
+def _case(root, cid, label_vals=(1, 14), img_dtype=np.int16, geo=GEO, lab_geo=None):
+    img = np.full(geo.shape_zyx, -100, dtype=img_dtype)
+    write_array(img, geo, root / "images" / f"{cid}_0000.nii.gz")
+    lab = np.zeros(geo.shape_zyx, np.uint8)
+    for i, v in enumerate(label_vals):
+        lab[2 + i, 2:5, 2:5] = v
+    write_array(lab, lab_geo or geo, root / "labels" / f"{cid}.nii.gz")
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    src = tmp_path / "src"
+    _case(src, "good1", (1, 2, 14))
+    _case(src, "good2", (14,))
+    _case(src, "organs", (3,))
+    _case(src, "nan", img_dtype=np.float32)
+    a, g = read_array(src / "images" / "nan_0000.nii.gz")
+    a[0, 0, 0] = np.nan
+    write_array(a, g, src / "images" / "nan_0000.nii.gz")
+    _case(src, "label17", (1, 17))
+    shifted = Geometry(GEO.size, GEO.spacing, (5.0, 0.0, 0.0), GEO.direction)
+    _case(src, "mismatch", lab_geo=shifted)
+    (src / "images" / "corrupt_0000.nii.gz").write_bytes(b"\x1f\x8b\x08\x00not really gzip")
+    (src / "labels" / "corrupt.nii.gz").write_bytes(b"\x1f\x8b\x08\x00not really gzip")
+    _case(src, "four")
+    sitk.WriteImage(sitk.JoinSeries([sitk.Image(8, 9, 10, sitk.sitkInt16)] * 2),
+                    str(src / "images" / "four_0000.nii.gz"))
+    (src / "unl").mkdir()
+    write_array(np.zeros(GEO.shape_zyx, np.int16), GEO, src / "unl" / "u1_0000.nii.gz")
+    return src
+
+
+def test_mixed_folder_reports_each_bad_case_and_imports_the_rest(mixed, tmp_path):
+    out = tmp_path / "Dataset001_X"
+    rep = import_dataset(out, mixed / "images", mixed / "labels", mixed / "unl")
+    assert set(rep.good) == {"good1", "good2", "organs", "u1"}
+    reasons = {k: v["reason"] for k, v in rep.bad.items()}
+    assert set(reasons) == {"nan", "label17", "mismatch", "corrupt", "four"}
+    assert "non-finite" in reasons["nan"] and "nan_0000.nii.gz" in reasons["nan"]
+    assert "[17]" in reasons["label17"] and "label17.nii.gz" in reasons["label17"]
+    assert "origin" in reasons["mismatch"]
+    assert "unreadable" in reasons["corrupt"]
+    assert "3-D" in reasons["four"]
+    assert sorted(p.name for p in (out / "imagesTr").iterdir()) == [
+        "good1_0000.nii.gz", "good2_0000.nii.gz", "organs_0000.nii.gz"]
+    assert [p.name for p in (out / "imagesUnlabeled").iterdir()] == ["u1_0000.nii.gz"]
+    types = json.loads((out / "label_types.json").read_text())
+    assert types == {"good1": [1, 2, 14], "good2": [14], "organs": [3]}
+    pools = json.loads((out / "cases.json").read_text())
+    assert pools == {"labeled": ["good1", "organs"], "tumor_only": ["good2"], "unlabeled": ["u1"]}
+    report = json.loads((out / "import_report.json").read_text())
+    assert report["label_type_source"] == "labels" and "no manifest" in report["label_type_note"]
+    assert report["n_bad"] == 5
+    ds = json.loads((out / "dataset.json").read_text())
+    assert ds["numTraining"] == 3 and ds["labels"]["tumor"] == 14
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # nothing half-written
+    with pytest.raises(ImportFailed):
+        import_dataset(tmp_path / "strict", mixed / "images", mixed / "labels", strict=True)
+
+
+def test_manifest_gives_label_types_and_rerun_is_skipped(tmp_path):
+    src = tmp_path / "src"
+    _case(src, "a", (1,))
+    _case(src, "b", (14,))
+    (src / "m.csv").write_text("case_id,annotated\na,1 2 3 14\nb,14\n")
+    out = tmp_path / "ds"
+    rep = import_dataset(out, src / "images", src / "labels", manifest=src / "m.csv")
+    assert rep.cases["a"]["label_type"] == [1, 2, 3, 14]  # absent kidney/spleen/tumor still annotated
+    assert rep.label_type_source == "manifest"
+    mtime = (out / "imagesTr" / "a_0000.nii.gz").stat().st_mtime_ns
+    rep2 = import_dataset(out, src / "images", src / "labels", manifest=src / "m.csv")
+    assert (out / "imagesTr" / "a_0000.nii.gz").stat().st_mtime_ns == mtime
+    assert rep2.cases == rep.cases
+
+
+def test_manifest_errors_name_file_and_line(tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_text("case_id,annotated\na,1 99\n")
+    with pytest.raises(InputError, match=r"m.csv.*line 2"):
+        read_manifest(m)
+    m.write_text("case,classes\n")
+    with pytest.raises(InputError, match="header"):
+        read_manifest(m)
+
+
+def test_dicom_with_flipped_label_imports_on_the_image_grid(shared_data, tmp_path):
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "labels").mkdir()
+    (src / "images" / "dcm01").symlink_to(shared_data / "ct" / "ts_example_ct_dicom")
+    (src / "labels" / "dcm01.nii.gz").symlink_to(shared_data / "ct" / "ts_example_ct_dicom_seg_flare.nii.gz")
+    out = tmp_path / "ds"
+    rep = import_dataset(out, src / "images", src / "labels")
+    assert set(rep.good) == {"dcm01"}, rep.bad
+    assert "re-gridded" in rep.cases["dcm01"]["notes"][0]
+    img = sitk.ReadImage(str(out / "imagesTr" / "dcm01_0000.nii.gz"))
+    lab = sitk.ReadImage(str(out / "labelsTr" / "dcm01.nii.gz"))
+    assert not geometry_mismatch(Geometry.of(img), Geometry.of(lab))
+    assert img.GetSize() == (512, 512, 20)
+    # the re-gridded label equals the original at the same physical points
+    orig = sitk.ReadImage(str(shared_data / "ct" / "ts_example_ct_dicom_seg_flare.nii.gz"))
+    oa, la = sitk.GetArrayFromImage(orig), sitk.GetArrayFromImage(lab)
+    np.testing.assert_array_equal(la, oa[:, ::-1, :])
+    assert set(np.unique(la)) == {0, 1, 3, 4, 5, 6, 7, 11}
+
+
+def test_kits_permuted_direction_import_preserves_geometry(shared_data, tmp_path):
+    arr, geo = read_array(shared_data / "labels" / "kits19_case_00002_segmentation.nii.gz")
+    import fastremap
+    lab = fastremap.remap(arr, {0: 0, 1: 2, 2: 14}, in_place=False).astype(np.uint8)
+    src = tmp_path / "src"
+    write_array(lab, geo, src / "labels" / "kits2.nii.gz")
+    write_array(np.zeros(arr.shape, np.int16), geo, src / "images" / "kits2_0000.nii.gz")
+    rc = cli(["import", "--images", str(src / "images"), "--labels", str(src / "labels"),
+              "--out", str(tmp_path / "ds")])
+    assert rc == 0
+    back, g2 = read_array(tmp_path / "ds" / "labelsTr" / "kits2.nii.gz")
+    assert not geometry_mismatch(geo, g2)
+    np.testing.assert_array_equal(back, lab)
+    assert json.loads((tmp_path / "ds" / "label_types.json").read_text()) == {"kits2": [2, 14]}
+
+
+def test_cli_help_explains_inputs_and_outputs(capsys):
+    with pytest.raises(SystemExit):
+        cli(["import", "--help"])
+    out = capsys.readouterr().out
+    assert "label_types.json" in out and "--manifest" in out and "import_report.json" in out
