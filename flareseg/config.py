@@ -82,7 +82,8 @@ class TrainConfig:
     num_workers: int = 2
     device: Literal["auto", "cpu", "cuda"] = "auto"
     fold: int = 0
-    val_fraction: float = 0.2
+    save_every: int = 50             # epochs between checkpoint_latest saves (resume granularity)
+    final_validation: bool = False   # nnU-Net's full-volume validation after training (slow)
 
 
 @dataclass(frozen=True)

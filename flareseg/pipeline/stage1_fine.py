@@ -3,6 +3,7 @@ preprocessing -> fine model (merge-max loss, label-type batches)."""
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from flareseg.config import Config, to_dict
@@ -65,6 +66,7 @@ def run(ctx: StageContext) -> dict:
         from flareseg.nnunet.planning import plan_and_preprocess
         pf = plan_and_preprocess(cfg.data.dataset_id, {"fine": cfg.fine, "coarse": cfg.coarse},
                                  num_processes=cfg.data.num_processes)
+        shutil.copyfile(ds_dir / "label_types.json", pf.parent / "label_types.json")
         plans = read_json(pf)
         return {"plans": str(pf), "configurations": {
             c: {k: plans["configurations"][c][k] for k in ("spacing", "patch_size", "batch_size")}
@@ -76,7 +78,17 @@ def run(ctx: StageContext) -> dict:
                         "types": read_json(ds_dir / "label_types.json")},
                        do_plan, outputs=[pre_dir / "nnUNetPlans.json"])
 
+    def do_train() -> dict:
+        from flareseg.nnunet.training import train
+        return train(ds_dir.name, "fine", cfg.train_fine, paths.preprocessed, paths.results)
+
+    from flareseg.nnunet.training import model_folder
+    model_dir = model_folder(paths.results, ds_dir.name, "fine")
+    trained = ctx.step("train", {"train": to_dict(cfg.train_fine), "plans": planned},
+                       do_train, outputs=[model_dir / f"fold_{cfg.train_fine.fold}" / "checkpoint_final.pth"])
+
     outputs = [ds_dir / "dataset.json", ds_dir / "label_types.json", ds_dir / "cases.json",
                ds_dir / "import_report.json", pre_dir / "nnUNetPlans.json"]
     return {"dataset": str(ds_dir), "preprocessed": str(pre_dir), "import": imported,
-            "plans": planned, "outputs": outputs}
+            "plans": planned, "model_dir": str(model_dir), "training": trained,
+            "outputs": outputs + [model_dir / f"fold_{cfg.train_fine.fold}" / "checkpoint_final.pth"]}

@@ -1,0 +1,212 @@
+"""``FlareSegTrainer``: nnU-Net's trainer with partial-label loss and label-type batches.
+
+Overrides only what it must:
+
+* hyperparameters come from the ``flareseg_train`` entry our stage writes into the plans
+  configuration (so a model folder carries them; nothing is hard-coded in ``__init__``);
+* ``_build_loss``: :class:`flareseg.losses.merge_max.PartialLabelLoss` (merge-max and variants);
+* ``get_dataloaders``: every batch holds one label type (``label_types.json`` next to the plans),
+  drawn by :class:`flareseg.sampling.label_type.LabelTypeBatchSampler`; foreground oversampling
+  aims only at that type's annotated classes;
+* ``train_step``/``validation_step``: tell the loss which classes the batch annotates; the
+  validation pseudo-Dice counts only annotated classes;
+* ``configure_optimizers``: SGD (momentum, nesterov) + poly LR with our exponent.
+
+The class is discoverable by stock nnU-Net through ``nnUNet_extTrainer`` (see
+:func:`flareseg.nnunet.env.trainer_dir`), so ``nnUNetv2_predict -tr FlareSegTrainer`` loads our
+model folders.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from flareseg.labels import FOREGROUND, label_type
+
+TRAIN_KEY = "flareseg_train"
+
+
+class LabelTypeDataLoader(nnUNetDataLoader):
+    """nnU-Net data loader whose batches each hold cases of a single label type."""
+
+    def __init__(self, *args, case_types: dict[str, tuple[int, ...]], batch_size_: int,
+                 type_sampling: str = "proportional", seed: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        keys = set(self.indices)
+        self.case_types = {k: tuple(v) for k, v in case_types.items() if k in keys}
+        missing = keys - set(self.case_types)
+        if missing:
+            raise KeyError(f"label_types.json lacks cases {sorted(missing)[:5]}")
+        self._type_sampling = type_sampling
+        self._seed = seed
+        self._sampler = None
+        self._pid = None
+        self.current_type: tuple[int, ...] | None = None
+
+    def _get_sampler(self):
+        from flareseg.sampling.label_type import LabelTypeBatchSampler
+        if self._sampler is None or self._pid != os.getpid():
+            # one sampler per worker process, seeded from nnU-Net's per-worker numpy state
+            seed = self._seed if self._seed is not None else int(np.random.randint(0, 2 ** 31 - 1))
+            if self._pid is not None:
+                seed = int(np.random.randint(0, 2 ** 31 - 1))
+            self._sampler = LabelTypeBatchSampler(self.case_types, self.batch_size,
+                                                  mode=self._type_sampling, seed=seed)
+            self._pid = os.getpid()
+        return self._sampler
+
+    def get_indices(self):
+        t, keys = self._get_sampler().next_batch()
+        self.current_type = tuple(t)
+        return list(keys)
+
+    def get_bbox(self, data_shape, force_fg, class_locations, overwrite_class=None, verbose=False):
+        if class_locations is not None and self.current_type is not None:
+            class_locations = {k: v for k, v in class_locations.items()
+                               if not isinstance(k, int) or k in self.current_type}
+        return super().get_bbox(data_shape, force_fg, class_locations, overwrite_class, verbose)
+
+    def generate_train_batch(self):
+        batch = super().generate_train_batch()
+        batch["label_type"] = self.current_type
+        return batch
+
+
+class FlareSegTrainer(nnUNetTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        hp = self.configuration_manager.configuration.get(TRAIN_KEY, {})
+        self.hp = hp
+        self.num_epochs = int(hp.get("epochs", self.num_epochs))
+        self.num_iterations_per_epoch = int(hp.get("iterations_per_epoch", self.num_iterations_per_epoch))
+        self.num_val_iterations_per_epoch = int(hp.get("val_iterations", self.num_val_iterations_per_epoch))
+        self.initial_lr = float(hp.get("lr", self.initial_lr))
+        self.weight_decay = float(hp.get("weight_decay", self.weight_decay))
+        self.oversample_foreground_percent = float(hp.get("oversample_foreground", 0.7))
+        self.enable_deep_supervision = bool(hp.get("deep_supervision", True))
+        self.save_every = int(hp.get("save_every", self.save_every))
+        self.momentum = float(hp.get("momentum", 0.99))
+        self.nesterov = bool(hp.get("nesterov", True))
+        self.poly_exponent = float(hp.get("poly_exponent", 0.9))
+        self.loss_variant = str(hp.get("loss", "merge_max"))
+        self.type_sampling = str(hp.get("type_sampling", "proportional"))
+        self.final_validation = bool(hp.get("final_validation", False))
+        self.case_types = self._load_case_types()
+
+    # ------------------------------------------------------------------ data
+    def _load_case_types(self) -> dict[str, tuple[int, ...]]:
+        if self.preprocessed_dataset_folder_base is None:
+            return {}
+        p = os.path.join(self.preprocessed_dataset_folder_base, "label_types.json")
+        if not os.path.isfile(p):
+            return {}
+        with open(p) as f:
+            return {k: label_type(v) for k, v in json.load(f).items()}
+
+    def get_tr_and_val_datasets(self):
+        if not self.case_types:
+            raise RuntimeError(f"{self.__class__.__name__} needs label_types.json in "
+                               f"{self.preprocessed_dataset_folder_base} (written by flareseg stage-1)")
+        return super().get_tr_and_val_datasets()
+
+    def get_dataloaders(self):
+        # Build nnU-Net's loaders, then rebuild them as label-type loaders with the same arguments.
+        from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+        from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+        from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        patch_size = self.configuration_manager.patch_size
+        ds_scales = self._get_deep_supervision_scales()
+        rotation, dummy_2d, initial_patch, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        lm = self.label_manager
+        tr_tf = self.get_training_transforms(
+            patch_size, rotation, ds_scales, mirror_axes, dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
+            foreground_labels=lm.foreground_labels, regions=None, ignore_label=lm.ignore_label)
+        val_tf = self.get_validation_transforms(ds_scales, is_cascaded=self.is_cascaded,
+                                                foreground_labels=lm.foreground_labels, regions=None,
+                                                ignore_label=lm.ignore_label)
+        ds_tr, ds_val = self.get_tr_and_val_datasets()
+        common = dict(case_types=self.case_types, batch_size_=self.batch_size,
+                      type_sampling=self.type_sampling)
+        dl_tr = LabelTypeDataLoader(ds_tr, self.batch_size, initial_patch, patch_size, lm,
+                                    oversample_foreground_percent=self.oversample_foreground_percent,
+                                    transforms=tr_tf, **common)
+        dl_val = LabelTypeDataLoader(ds_val, self.batch_size, patch_size, patch_size, lm,
+                                     oversample_foreground_percent=self.oversample_foreground_percent,
+                                     transforms=val_tf, **common)
+        n_proc = get_allowed_n_proc_DA()
+        if n_proc == 0:
+            gen_tr, gen_val = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
+        else:
+            pin = self.device.type == "cuda"
+            gen_tr = NonDetMultiThreadedAugmenter(dl_tr, None, n_proc, max(6, n_proc // 2), None, pin, 0.002)
+            gen_val = NonDetMultiThreadedAugmenter(dl_val, None, max(1, n_proc // 2), max(3, n_proc // 4),
+                                                   None, pin, 0.002)
+        _ = next(gen_tr)
+        _ = next(gen_val)
+        return gen_tr, gen_val
+
+    # ------------------------------------------------------------------ loss / steps
+    def _build_loss(self):
+        from flareseg.losses.merge_max import PartialLabelLoss
+        weights = None
+        if self.enable_deep_supervision:
+            n = len(self._get_deep_supervision_scales())
+            w = np.array([1 / (2 ** i) for i in range(n)])
+            w[-1] = 1e-6 if self.is_ddp else 0.0
+            weights = (w / w.sum()).tolist()
+        return AnnotatedLoss(PartialLabelLoss(variant=self.loss_variant,
+                                              batch_dice=self.configuration_manager.batch_dice,
+                                              ds_weights=weights))
+
+    def train_step(self, batch: dict) -> dict:
+        self.loss.annotated = batch.get("label_type") or FOREGROUND
+        return super().train_step(batch)
+
+    def validation_step(self, batch: dict) -> dict:
+        annotated = batch.get("label_type") or FOREGROUND
+        self.loss.annotated = annotated
+        out = super().validation_step(batch)
+        # pseudo-Dice only for annotated classes: zero tp/fp/fn of the others (NaN after summing)
+        fg = self.label_manager.foreground_labels
+        keep = np.array([c in set(annotated) for c in fg])
+        for k in ("tp_hard", "fp_hard", "fn_hard"):
+            out[k] = np.where(keep, out[k], 0)
+        return out
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
+                              momentum=self.momentum, nesterov=self.nesterov)
+        sched = PolyLRScheduler(opt, self.initial_lr, self.num_epochs, exponent=self.poly_exponent)
+        return opt, sched
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if self.final_validation:
+            return super().perform_actual_validation(save_probabilities)
+        self.print_to_log_file("final full-volume validation skipped (flareseg_train.final_validation "
+                               "is false); flareseg evaluates on the held-out set in stage-6")
+
+
+class AnnotatedLoss(torch.nn.Module):
+    """Adapter: nnU-Net calls ``loss(output, target)``; the trainer sets ``annotated`` per batch."""
+
+    def __init__(self, loss: torch.nn.Module):
+        super().__init__()
+        self.loss = loss
+        self.annotated: Sequence[int] = FOREGROUND
+
+    def forward(self, output, target):
+        return self.loss(output, target, tuple(self.annotated))

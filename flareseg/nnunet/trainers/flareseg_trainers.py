@@ -1,0 +1,2 @@
+"""Discovery shim for stock nnU-Net (``nnUNet_extTrainer`` points at this folder)."""
+from flareseg.nnunet.trainer import FlareSegTrainer  # noqa: F401
