@@ -140,6 +140,8 @@ def reduce_target(
     if check:
         check_target(target, num_classes)
     layout = channel_layout(annotated, variant, num_classes, tumor)
+    if layout.lut == tuple(range(num_classes)):
+        return target.long()
     return _index(layout.lut, target.device)[target.long()]
 
 
