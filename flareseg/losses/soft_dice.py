@@ -1,0 +1,55 @@
+"""nnU-Net-style soft Dice on probabilities (pure torch).
+
+Same definition as nnU-Net v2's ``MemoryEfficientSoftDiceLoss``: per class
+``(2 * sum(p * g) + smooth) / (sum(g) + sum(p) + smooth)``, sums over the spatial axes (and the
+batch when ``batch_dice``), averaged over the foreground classes (channel 0 left out unless
+``do_bg``), and returned negated, so the loss lies in ``[-1, 0]``.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _all_gather_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum ``x`` over all DDP ranks with gradient flowing back to every rank's share."""
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.stack(all_gather(x), 0).sum(0)
+
+
+def soft_dice_loss(
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    batch_dice: bool = False,
+    do_bg: bool = False,
+    smooth: float = 1e-5,
+    ddp: bool = False,
+) -> torch.Tensor:
+    """Negative mean soft Dice.
+
+    ``probs``: ``(B, C, *spatial)`` probabilities (softmax already applied).
+    ``target``: ``(B, *spatial)`` or ``(B, 1, *spatial)`` integer class map with values in ``0..C-1``.
+    ``ddp``: with ``batch_dice``, also sum the statistics over all DDP ranks (every rank must then
+    call with the same number of channels).  Returns a scalar tensor in ``[-1, 0]``.
+    """
+    if target.ndim == probs.ndim - 1:
+        target = target.unsqueeze(1)
+    if target.shape[1] != 1 or target.shape[2:] != probs.shape[2:] or target.shape[0] != probs.shape[0]:
+        raise ValueError(f"target shape {tuple(target.shape)} does not match probabilities {tuple(probs.shape)}")
+    axes = tuple(range(2, probs.ndim))
+    with torch.no_grad():
+        onehot = torch.zeros(probs.shape, device=probs.device, dtype=torch.float32)
+        onehot.scatter_(1, target.long(), 1)
+        if not do_bg:
+            onehot = onehot[:, 1:]
+        sum_gt = onehot.sum(axes, dtype=torch.float32)
+    if not do_bg:
+        probs = probs[:, 1:]
+    intersect = (probs * onehot).sum(axes, dtype=torch.float32)
+    sum_pred = probs.sum(axes, dtype=torch.float32)
+    if batch_dice:
+        if ddp:
+            intersect, sum_pred, sum_gt = (_all_gather_sum(t) for t in (intersect, sum_pred, sum_gt))
+        intersect, sum_pred, sum_gt = intersect.sum(0), sum_pred.sum(0), sum_gt.sum(0)
+    dc = (2 * intersect + smooth) / (sum_gt + sum_pred + smooth).clamp_min(1e-8)
+    return -dc.mean()
