@@ -206,3 +206,45 @@ def test_bad_inputs_raise_clear_errors():
         PartialLabelLoss("maxmerge")
     with pytest.raises(ValueError, match="lists"):
         loss([logits], target, (1,))
+
+
+def test_annotated_may_be_tensor_or_array():
+    import numpy as np
+
+    logits = torch.randn(1, NUM_CLASSES, 2, 2, 2)
+    target = torch.randint(0, NUM_CLASSES, (1, 1, 2, 2, 2))
+    loss = PartialLabelLoss()
+    want = loss(logits, target, (1, 14)).item()
+    assert loss(logits, target, torch.tensor([14, 1])).item() == pytest.approx(want)
+    assert loss(logits, target, np.array([1, 14])).item() == pytest.approx(want)
+
+
+def _ddp_worker(rank, store, logits, target, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        x = logits[rank:rank + 1].clone().requires_grad_(True)
+        loss = PartialLabelLoss("merge_max", batch_dice=True, weight_ce=0, ddp=True)(x, target[rank:rank + 1], (1, 14))
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grad": x.grad}, out / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_batch_dice_two_processes_sum_statistics_and_gradients(tmp_path):
+    """Each rank holds one sample; the DDP batch Dice equals the single-process batch Dice of both."""
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(5)
+    logits = torch.randn(2, NUM_CLASSES, 2, 3, 3, dtype=torch.float64)
+    target = torch.randint(0, NUM_CLASSES, (2, 1, 2, 3, 3))
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "store"), logits, target, tmp_path), nprocs=2, join=True)
+    x = logits.clone().requires_grad_(True)
+    want = PartialLabelLoss("merge_max", batch_dice=True, weight_ce=0)(x, target, (1, 14))
+    want.backward()
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert got["loss"].item() == pytest.approx(want.item(), rel=1e-9)
+        # every rank's loss depends on this rank's share; DDP then averages over the 2 ranks
+        assert torch.allclose(got["grad"], 2 * x.grad[rank:rank + 1])

@@ -161,7 +161,7 @@ def deep_supervision_weights(n: int, last_weight: float = 0.0) -> tuple[float, .
 
 
 def _is_per_sample(annotated: Annotated) -> bool:
-    return len(annotated) > 0 and not isinstance(annotated[0], (int,)) and hasattr(annotated[0], "__len__")
+    return len(annotated) > 0 and isinstance(annotated[0], (list, tuple, set, frozenset))
 
 
 class PartialLabelLoss(nn.Module):

@@ -10,11 +10,25 @@ from __future__ import annotations
 import torch
 
 
-def _all_gather_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum ``x`` over all DDP ranks with gradient flowing back to every rank's share."""
-    from torch.distributed.nn.functional import all_gather
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over DDP ranks.  Every rank's loss depends on the sum, so the gradient of each rank's
+    share is the sum of all ranks' incoming gradients (another all-reduce)."""
 
-    return torch.stack(all_gather(x), 0).sum(0)
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        y = x.clone()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        g = grad.contiguous().clone()
+        dist.all_reduce(g, op=dist.ReduceOp.SUM)
+        return g
 
 
 def soft_dice_loss(
@@ -49,7 +63,8 @@ def soft_dice_loss(
     sum_pred = probs.sum(axes, dtype=torch.float32)
     if batch_dice:
         if ddp:
-            intersect, sum_pred, sum_gt = (_all_gather_sum(t) for t in (intersect, sum_pred, sum_gt))
-        intersect, sum_pred, sum_gt = intersect.sum(0), sum_pred.sum(0), sum_gt.sum(0)
+            intersect, sum_pred, sum_gt = (_AllReduceSum.apply(t.sum(0)) for t in (intersect, sum_pred, sum_gt))
+        else:
+            intersect, sum_pred, sum_gt = intersect.sum(0), sum_pred.sum(0), sum_gt.sum(0)
     dc = (2 * intersect + smooth) / (sum_gt + sum_pred + smooth).clamp_min(1e-8)
     return -dc.mean()
