@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 
 import cc3d
 import numpy as np
@@ -113,6 +114,10 @@ def test_extract_case_records_and_filters():
     reasons = sorted(r["reason"] for r in rejected)
     assert len(crops) == 2 and len(rejected) == 2
     assert reasons[0].startswith("fewer than") and reasons[1] == "outside the abdominal region"
+    # no organs and a flat image (empty body mask): the abdomen filter cannot apply, nothing dropped
+    no_organs = np.where(lab == TUMOR, lab, 0)
+    kept, dropped = extract_case("c1", np.zeros(lab.shape), no_organs, SPACING, strict)
+    assert [r["reason"] for r in dropped] == ["fewer than 10 voxels"] and len(kept) == 3
     region = abdomen_region(lab, SPACING, 5.0)
     for c in crops:
         lo = [a for a, _ in c.record["bbox"]]
@@ -173,6 +178,8 @@ def test_build_pool_deterministic_and_loadable(tmp_path):
         assert (a.label == TUMOR).any()
     assert pa[pa.ids[0]] is pa[pa.ids[0]]                         # cached
     assert pa.ids[0] in pa and "nope" not in pa
+    clone = pickle.loads(pickle.dumps(pa))                        # data-loader workers
+    assert np.array_equal(clone[pa.ids[-1]].label, pa[pa.ids[-1]].label)
 
 
 def test_pool_normalises_before_storing(tmp_path):

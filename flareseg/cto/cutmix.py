@@ -99,7 +99,7 @@ def sample_params(rng: np.random.Generator, label: np.ndarray, object_ids: Seque
     """
     lab = _spatial(label, "label")
     u = rng.random()
-    if not object_ids or u >= cfg.probability:
+    if len(object_ids) == 0 or u >= cfg.probability:
         return CutMixParams()
     if sample_type is not None and has_tumor(sample_type):
         return CutMixParams()

@@ -186,6 +186,10 @@ def extract_case(case_id: str, image: np.ndarray, label: np.ndarray, spacing: Se
     region = None
     if comps and cfg.exclude_outside_abdomen:
         region = abdomen_region(label, spacing, abdomen_margin_mm, image=image)
+        if not region.any():
+            log.warning("case %s: no organ labels and an empty body mask; abdomen filter skipped",
+                        case_id)
+            region = None
     voxel_mm3 = float(np.prod([float(s) for s in spacing]))
     crops, rejected = [], []
     for comp, m in zip(comps, margins):
