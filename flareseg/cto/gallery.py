@@ -1,0 +1,87 @@
+"""QC pictures: a gallery of CTOs and one of CutMix'ed samples (matplotlib Agg canvas without pyplot, PNG).
+
+Each tile shows one axial slice of a ``(Z, Y, X)`` volume (or ``(1, Z, Y, X)``) in gray, windowed
+to the slice's 1st-99th percentile; the tumor is outlined in red, other labels are overlaid in
+colour on the CutMix gallery.  Files are written atomically.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from flareseg.io import atomic_path
+from flareseg.labels import MAX_LABEL, TUMOR
+
+log = logging.getLogger(__name__)
+
+Tile = tuple[str, np.ndarray, np.ndarray]     # (title, image (Z, Y, X), label (Z, Y, X))
+
+
+def tumor_slice(label: np.ndarray) -> int:
+    """Axial index through the middle of the tumor's z-extent; the middle slice without tumor."""
+    z = np.flatnonzero((label == TUMOR).any(axis=(1, 2)))
+    return int((z[0] + z[-1]) // 2) if z.size else label.shape[0] // 2
+
+
+def _squeeze(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr)
+    return arr[0] if arr.ndim == 4 else arr
+
+
+def _save_grid(tiles: Sequence[Tile], dest: os.PathLike | str, columns: int, overlay: bool,
+               tile_inches: float = 2.4) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = max(1, len(tiles))
+    cols = max(1, min(columns, n))
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(tile_inches * cols, tile_inches * rows + 0.3))
+    FigureCanvasAgg(fig)            # Agg canvas, no pyplot global state
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    if not tiles:
+        axes[0, 0].text(0.5, 0.5, "nothing to show", ha="center", va="center")
+    for ax, (title, image, label) in zip(axes.ravel(), tiles):
+        image, label = _squeeze(image), _squeeze(label)
+        z = tumor_slice(label)
+        sl_img = image[z].astype(np.float32)
+        sl_lab = label[z]
+        lo, hi = np.percentile(sl_img, [1, 99]) if sl_img.size else (0.0, 1.0)
+        ax.imshow(sl_img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+        if overlay:
+            organs = np.ma.masked_where((sl_lab <= 0) | (sl_lab == TUMOR), sl_lab)
+            ax.imshow(organs, cmap="tab20", vmin=0, vmax=MAX_LABEL + 5, alpha=0.4,
+                      interpolation="nearest")
+        if (sl_lab == TUMOR).any():
+            ax.contour((sl_lab == TUMOR).astype(np.uint8), levels=[0.5], colors="red", linewidths=0.8)
+        ax.set_title(f"{title}\nz={z}", fontsize=7)
+    fig.tight_layout()
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    log.info("wrote %s (%d tiles)", dest, len(tiles))
+    return dest
+
+
+def cto_gallery(pool: Mapping[str, Any], dest: os.PathLike | str, ids: Sequence[str] | None = None,
+                max_objects: int = 36, columns: int = 6) -> Path:
+    """PNG of up to ``max_objects`` CTOs (``pool[id].image/.label``): tumor slice, tumor contour."""
+    chosen = list(ids if ids is not None else pool)[:max_objects]
+    tiles = []
+    for i in chosen:
+        obj = pool[i]
+        tiles.append((str(i), obj.image, obj.label))
+    return _save_grid(tiles, dest, columns, overlay=False)
+
+
+def cutmix_gallery(samples: Sequence[Tile], dest: os.PathLike | str, columns: int = 4) -> Path:
+    """PNG of CutMix'ed samples ``(title, image, label)``: image with label overlay and tumor contour."""
+    return _save_grid(list(samples), dest, columns, overlay=True)
