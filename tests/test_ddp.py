@@ -28,9 +28,9 @@ def _batch(rank):
     return x, y, annotated
 
 
-def _targets(y, n):
-    return [y] + [torch.nn.functional.interpolate(y.float(), scale_factor=(1, 0.5 ** i, 0.5 ** i),
-                                                  mode="nearest").long() for i in range(1, n)]
+def _targets(y, outputs):
+    return [torch.nn.functional.interpolate(y.float(), size=o.shape[2:], mode="nearest").long()
+            for o in outputs]
 
 
 def _grads(net):
@@ -41,14 +41,17 @@ def _worker(rank, world, port, out_dir):
     from flareseg.losses.merge_max import PartialLabelLoss
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    loss_fn = PartialLabelLoss(variant="merge_max", batch_dice=False, ds_weights=[0.5714, 0.2857, 0.1429])
+    from flareseg.losses.merge_max import deep_supervision_weights
+    # nnU-Net's DDP setting: the lowest scale keeps a tiny weight so no parameter goes unused
+    loss_fn = PartialLabelLoss(variant="merge_max", batch_dice=False,
+                               ds_weights=deep_supervision_weights(2, last_weight=1e-6))
     x, y, ann = _batch(rank)
     local = _net()
     out = local(x)
-    loss_fn(out, _targets(y, len(out)), ann).backward()
+    loss_fn(out, _targets(y, out), ann).backward()
     ddp = torch.nn.parallel.DistributedDataParallel(_net())
     out = ddp(x)
-    loss_fn(out, _targets(y, len(out)), ann).backward()
+    loss_fn(out, _targets(y, out), ann).backward()
     torch.save({"local": _grads(local), "ddp": _grads(ddp.module)}, os.path.join(out_dir, f"r{rank}.pt"))
     dist.destroy_process_group()
 

@@ -161,13 +161,12 @@ class FlareSegTrainer(nnUNetTrainer):
 
     # ------------------------------------------------------------------ loss / steps
     def _build_loss(self):
-        from flareseg.losses.merge_max import PartialLabelLoss
+        from flareseg.losses.merge_max import PartialLabelLoss, deep_supervision_weights
         weights = None
         if self.enable_deep_supervision:
-            n = len(self._get_deep_supervision_scales())
-            w = np.array([1 / (2 ** i) for i in range(n)])
-            w[-1] = 1e-6 if self.is_ddp else 0.0
-            weights = (w / w.sum()).tolist()
+            # nnU-Net's weights; under DDP the lowest scale keeps a tiny weight (no unused parameters)
+            weights = deep_supervision_weights(len(self._get_deep_supervision_scales()),
+                                               last_weight=1e-6 if self.is_ddp else 0.0)
         return AnnotatedLoss(PartialLabelLoss(variant=self.loss_variant,
                                               batch_dice=self.configuration_manager.batch_dice,
                                               ds_weights=weights))
