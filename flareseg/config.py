@@ -104,6 +104,7 @@ class CTOConfig:
     min_voxels: int = 10
     max_extent_fraction: float = 1.0         # of the coarse patch, per axis
     exclude_outside_abdomen: bool = True
+    abdomen_margin_mm: float = 20.0
     seed: int = 0
 
 

@@ -89,3 +89,49 @@ def test_training_writes_standard_model_folder_loadable_by_stock_nnunet(tiny_pla
     import SimpleITK as sitk
     seg = sitk.ReadImage(str(out / "t00.nii.gz"))
     assert seg.GetSize() == (40, 40, 24)
+
+
+def test_cutmix_loader_pastes_tumor_into_batches_without_tumor(tiny_plans, tmp_path):
+    from nnunetv2.run.run_training import get_trainer_from_args
+    from flareseg.config import CTOConfig
+    from flareseg.cto.pool import build_pool
+    from flareseg.io import read_json
+    from flareseg.nnunet.plans import normalizer
+    from flareseg.nnunet.training import write_train_config
+    from flareseg.pipeline.stage3_cto import _read_cases, tumor_cases
+
+    paths, pf = tiny_plans
+    paths.export()
+    os.environ["nnUNet_n_proc_DA"] = "0"
+    os.environ["nnUNet_compile"] = "f"
+    ds = paths.raw / "Dataset901_Tiny"
+    plans = read_json(pf)
+    conf = plans["configurations"]["fine"]
+    idx = build_pool(_read_cases(tumor_cases(ds, None)), tmp_path / "pool",
+                     CTOConfig(margin_z=(1, 2), margin_xy=(2, 3), min_voxels=3),
+                     conf["spacing"], normalizer(plans, "fine"), progress=False)
+    assert len(idx["objects"]) == 6   # one tumor per case with tumor annotated
+    write_train_config(pf, "fine", TrainConfig(epochs=1, iterations_per_epoch=1, val_iterations=1))
+    p = read_json(pf)
+    p["configurations"]["fine"]["flareseg_train"]["cutmix"] = {"pool": str(tmp_path / "pool"),
+                                                              "probability": 1.0, "max_objects": 1}
+    pf.write_text(json.dumps(p))
+    tr = get_trainer_from_args("Dataset901_Tiny", "fine", 0, "FlareSegTrainer", "nnUNetPlans",
+                               device=torch.device("cpu"))
+    tr.initialize()
+    gen_tr, _ = tr.get_dataloaders()
+    pasted_batches = 0
+    for _ in range(15):
+        b = next(gen_tr)
+        base = {TYPES[k] for k in b["keys"]}
+        assert len(base) == 1
+        base = base.pop()
+        if 14 in base:
+            assert not any(b["cutmix_pasted"]) and tuple(b["label_type"]) == base
+            continue
+        assert all(b["cutmix_pasted"])                      # probability 1: every sample pasted
+        assert tuple(b["label_type"]) == tuple(sorted(base + (14,)))
+        tgt = b["target"][0] if isinstance(b["target"], list) else b["target"]
+        assert set(np.unique(tgt.numpy()).tolist()) - {0, -1} <= set(b["label_type"])
+        pasted_batches += 1
+    assert pasted_batches > 0

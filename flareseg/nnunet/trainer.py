@@ -28,17 +28,67 @@ from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from flareseg.labels import FOREGROUND, label_type
+from flareseg.labels import FOREGROUND, TUMOR, label_type
 
 TRAIN_KEY = "flareseg_train"
 
 
+class CutMixBeforeTransforms:
+    """Context-aware CutMix hooked in front of nnU-Net's transforms: pastes tumor objects into the
+    cropped (not yet spatially augmented) sample of a batch whose label type lacks tumor, so the
+    rotation/scaling that follows applies to the pasted object as well.  Records per sample
+    whether something was pasted; the loader turns that into the sample's label type."""
+
+    def __init__(self, transforms, pool_dir: str, spacing, cfg: dict, body_threshold: float):
+        from flareseg.config import CutMixConfig
+        self.transforms = transforms
+        self.pool_dir = pool_dir
+        self.spacing = tuple(float(s) for s in spacing)
+        self.cfg = CutMixConfig(probability=float(cfg.get("probability", 1.0)),
+                                max_objects=int(cfg.get("max_objects", 1)),
+                                abdomen_margin_mm=float(cfg.get("abdomen_margin_mm", 10.0)))
+        self.body_threshold = float(body_threshold)
+        self.current_type: tuple[int, ...] = ()
+        self.pasted: list[bool] = []
+        self._pool = None
+        self._rng = None
+        self._pid = None
+
+    def _state(self):
+        from flareseg.cto.pool import load_pool
+        if self._pid != os.getpid():   # per worker process: own pool handle and generator
+            self._pool = load_pool(self.pool_dir)
+            self._rng = np.random.default_rng(int(np.random.randint(0, 2 ** 31 - 1)))
+            self._pid = os.getpid()
+        return self._pool, self._rng
+
+    def __call__(self, image, segmentation):
+        from flareseg.cto.cutmix import apply, sample_params
+        pool, rng = self._state()
+        img, seg = image.numpy(), segmentation.numpy()
+        params = sample_params(rng, seg, pool.ids, self.spacing, self.cfg, image=img,
+                               sample_type=self.current_type, body_threshold=self.body_threshold)
+        if params.applied:
+            img, seg = apply(params, img, seg, pool, keep_classes=self.current_type)
+            image, segmentation = torch.from_numpy(img), torch.from_numpy(seg)
+        self.pasted.append(params.applied)
+        if self.transforms is None:
+            return {"image": image, "segmentation": segmentation}
+        return self.transforms(image=image, segmentation=segmentation)
+
+
 class LabelTypeDataLoader(nnUNetDataLoader):
-    """nnU-Net data loader whose batches each hold cases of a single label type."""
+    """nnU-Net data loader whose batches each hold cases of a single label type (optionally with
+    context-aware CutMix, which adds tumor to the type of the samples it pastes into)."""
 
     def __init__(self, *args, case_types: dict[str, tuple[int, ...]], batch_size_: int,
-                 type_sampling: str = "proportional", seed: int | None = None, **kwargs):
+                 type_sampling: str = "proportional", seed: int | None = None,
+                 cutmix: CutMixBeforeTransforms | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.cutmix = cutmix
+        if cutmix is not None:
+            cutmix.transforms = self.transforms
+            self.transforms = cutmix
         keys = set(self.indices)
         self.case_types = {k: tuple(v) for k, v in case_types.items() if k in keys}
         missing = keys - set(self.case_types)
@@ -65,6 +115,9 @@ class LabelTypeDataLoader(nnUNetDataLoader):
     def get_indices(self):
         t, keys = self._get_sampler().next_batch()
         self.current_type = tuple(t)
+        if self.cutmix is not None:
+            self.cutmix.current_type = self.current_type
+            self.cutmix.pasted = []
         return list(keys)
 
     def get_bbox(self, data_shape, force_fg, class_locations, overwrite_class=None, verbose=False):
@@ -74,8 +127,14 @@ class LabelTypeDataLoader(nnUNetDataLoader):
         return super().get_bbox(data_shape, force_fg, class_locations, overwrite_class, verbose)
 
     def generate_train_batch(self):
-        batch = super().generate_train_batch()
-        batch["label_type"] = self.current_type
+        if self.cutmix is None:
+            batch = super().generate_train_batch()
+            batch["label_type"] = self.current_type
+            return batch
+        batch = super().generate_train_batch()   # calls get_indices first, then the transforms
+        per_sample = [label_type(self.current_type + ((TUMOR,) if p else ())) for p in self.cutmix.pasted]
+        batch["label_type"] = per_sample[0] if len(set(per_sample)) == 1 else per_sample
+        batch["cutmix_pasted"] = list(self.cutmix.pasted)
         return batch
 
 
@@ -143,7 +202,7 @@ class FlareSegTrainer(nnUNetTrainer):
                       type_sampling=self.type_sampling)
         dl_tr = LabelTypeDataLoader(ds_tr, self.batch_size, initial_patch, patch_size, lm,
                                     oversample_foreground_percent=self.oversample_foreground_percent,
-                                    transforms=tr_tf, **common)
+                                    transforms=tr_tf, cutmix=self._cutmix(), **common)
         dl_val = LabelTypeDataLoader(ds_val, self.batch_size, patch_size, patch_size, lm,
                                      oversample_foreground_percent=self.oversample_foreground_percent,
                                      transforms=val_tf, **common)
@@ -158,6 +217,17 @@ class FlareSegTrainer(nnUNetTrainer):
         _ = next(gen_tr)
         _ = next(gen_val)
         return gen_tr, gen_val
+
+    def _cutmix(self) -> CutMixBeforeTransforms | None:
+        """CutMix hook when the plans' ``flareseg_train.cutmix.pool`` names a CTO pool."""
+        cm = self.hp.get("cutmix") or {}
+        if not cm.get("pool"):
+            return None
+        from flareseg.nnunet.plans import normalizer
+        norm = normalizer(self.plans_manager.plans, self.configuration_name)
+        body = float(norm(np.array([[[-500.0]]], dtype=np.float32)).ravel()[0])
+        self.print_to_log_file(f"context-aware CutMix on, pool {cm['pool']}")
+        return CutMixBeforeTransforms(None, cm["pool"], self.configuration_manager.spacing, cm, body)
 
     # ------------------------------------------------------------------ loss / steps
     def _build_loss(self):

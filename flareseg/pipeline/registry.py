@@ -12,6 +12,11 @@ def _stage1(ctx: StageContext) -> dict:
     return stage1_fine.run(ctx)
 
 
+def _stage3(ctx: StageContext) -> dict:
+    from flareseg.pipeline import stage3_cto
+    return stage3_cto.run(ctx)
+
+
 def _not_built(n: int, issue: int):
     def run(ctx: StageContext) -> dict:
         raise StageError(f"stage-{n} ({STAGE_NAMES[n]}) is not built yet (issue #{issue}); "
@@ -22,7 +27,7 @@ def _not_built(n: int, issue: int):
 STAGES: dict[int, Stage] = {
     1: Stage(1, ("seed", "data", "fine", "coarse", "train_fine"), (), _stage1),
     2: Stage(2, ("seed", "pseudolabel", "inference"), (1,), _not_built(2, 6)),
-    3: Stage(3, ("seed", "cto", "coarse"), (1, 2), _not_built(3, 7)),
+    3: Stage(3, ("seed", "cto", "coarse"), (1, 2), _stage3),
     4: Stage(4, ("cleaning",), (1, 2), _not_built(4, 5)),
     5: Stage(5, ("seed", "coarse", "train_coarse", "cutmix"), (1, 2, 3, 4), _not_built(5, 7)),
     6: Stage(6, ("inference", "evaluation"), (1, 5), _not_built(6, 8)),
