@@ -26,10 +26,12 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-def write_train_config(plans_file: Path, configuration: str, tc: TrainConfig) -> None:
-    """Store the training hyperparameters in the plans so the model folder carries them."""
+def write_train_config(plans_file: Path, configuration: str, tc: TrainConfig,
+                       extra: dict | None = None) -> None:
+    """Store the training hyperparameters (+ ``extra`` entries such as CutMix) in the plans so the
+    model folder carries them."""
     plans = read_json(plans_file)
-    plans["configurations"][configuration][TRAIN_KEY] = to_dict(tc)
+    plans["configurations"][configuration][TRAIN_KEY] = to_dict(tc) | (extra or {})
     write_json(plans, plans_file)
 
 
@@ -38,13 +40,13 @@ def model_folder(results_dir: Path, dataset_name: str, configuration: str) -> Pa
 
 
 def train(dataset_name: str, configuration: str, tc: TrainConfig, preprocessed_dir: Path,
-          results_dir: Path) -> dict:
+          results_dir: Path, extra: dict | None = None) -> dict:
     """Train (or resume) one configuration; returns checkpoint path, losses and pseudo-Dice."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
     pre = Path(preprocessed_dir) / dataset_name
-    write_train_config(pre / f"{PLANS}.json", configuration, tc)
+    write_train_config(pre / f"{PLANS}.json", configuration, tc, extra)
     os.environ["nnUNet_n_proc_DA"] = str(tc.num_workers)
     device = resolve_device(tc.device)
     if device.type == "cpu":

@@ -17,6 +17,11 @@ def _stage3(ctx: StageContext) -> dict:
     return stage3_cto.run(ctx)
 
 
+def _stage5(ctx: StageContext) -> dict:
+    from flareseg.pipeline import stage5_coarse
+    return stage5_coarse.run(ctx)
+
+
 def _not_built(n: int, issue: int):
     def run(ctx: StageContext) -> dict:
         raise StageError(f"stage-{n} ({STAGE_NAMES[n]}) is not built yet (issue #{issue}); "
@@ -29,7 +34,7 @@ STAGES: dict[int, Stage] = {
     2: Stage(2, ("seed", "pseudolabel", "inference"), (1,), _not_built(2, 6)),
     3: Stage(3, ("seed", "cto", "coarse"), (1, 2), _stage3),
     4: Stage(4, ("cleaning",), (1, 2), _not_built(4, 5)),
-    5: Stage(5, ("seed", "coarse", "train_coarse", "cutmix"), (1, 2, 3, 4), _not_built(5, 7)),
+    5: Stage(5, ("seed", "data", "coarse", "train_coarse", "cutmix"), (1, 2, 3, 4), _stage5),
     6: Stage(6, ("inference", "evaluation"), (1, 5), _not_built(6, 8)),
 }
 

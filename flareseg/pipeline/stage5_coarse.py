@@ -1,0 +1,91 @@
+"""stage-5: the coarse model, trained on ground truth + selected pseudo labels (cleaned by
+stage-4) with online context-aware CutMix from the stage-3 pool.
+
+The coarse training set becomes its own nnU-Net dataset (id = data.dataset_id + 1) inside this
+stage's folder; it reuses stage-1's plans (the *coarse* configuration and its intensity
+statistics, so the CTO pool and training data are normalised alike) and is preprocessed for
+``coarse`` only.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from flareseg.config import to_dict
+from flareseg.data.intake import dataset_folder_name, dataset_json
+from flareseg.io import atomic_path, read_json, write_json
+from flareseg.nnunet.env import NNUNetPaths
+from flareseg.pipeline.stage import StageContext, StageError
+
+log = logging.getLogger(__name__)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (copy across file systems); atomic."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+
+
+def build_dataset(training_set: dict[str, dict], ds_dir: Path) -> dict[str, list[int]]:
+    """nnU-Net raw dataset from ``{case: {image, label, label_type}}``; returns the label types."""
+    types = {}
+    for cid, rec in sorted(training_set.items()):
+        img, lab = ds_dir / "imagesTr" / f"{cid}_0000.nii.gz", ds_dir / "labelsTr" / f"{cid}.nii.gz"
+        if not img.exists():
+            link_or_copy(Path(rec["image"]), img)
+        link_or_copy(Path(rec["label"]), lab)
+        types[cid] = list(rec["label_type"])
+    write_json(types, ds_dir / "label_types.json")
+    write_json(dataset_json(len(types)), ds_dir / "dataset.json")
+    return types
+
+
+def run(ctx: StageContext) -> dict:
+    from flareseg.nnunet.training import model_folder, train
+
+    cfg = ctx.cfg
+    s1 = ctx.upstream(1)["result"]
+    s3 = ctx.upstream(3)["result"]
+    s4 = ctx.upstream(4)["result"]
+    training_set = read_json(s4["training_set"])
+    if not training_set:
+        raise StageError("stage-4 produced an empty training set")
+    paths = NNUNetPaths.under(ctx.dir)
+    paths.export()
+    ds_id = cfg.data.dataset_id + 1
+    ds_name = dataset_folder_name(ds_id, cfg.data.dataset_name + "Coarse")
+    ds_dir = paths.raw / ds_name
+    pre = paths.preprocessed / ds_name
+
+    def prepare() -> dict:
+        from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
+        types = build_dataset(training_set, ds_dir)
+        plans = read_json(Path(s1["preprocessed"]) / "nnUNetPlans.json")
+        plans["dataset_name"] = ds_name
+        pre.mkdir(parents=True, exist_ok=True)
+        write_json(plans, pre / "nnUNetPlans.json")
+        shutil.copyfile(ds_dir / "dataset.json", pre / "dataset.json")
+        shutil.copyfile(ds_dir / "label_types.json", pre / "label_types.json")
+        preprocess_dataset(ds_id, "nnUNetPlans", ("coarse",), [cfg.data.num_processes], verbose=False)
+        return {"cases": len(types)}
+
+    prepared = ctx.step("prepare", {"set": training_set, "plans_from": s1["preprocessed"]}, prepare,
+                        outputs=[pre / "nnUNetPlans.json"])
+
+    def do_train() -> dict:
+        # the trainer reads CutMix settings (and the pool path) from the plans, like its other settings
+        return train(ds_name, "coarse", cfg.train_coarse, paths.preprocessed, paths.results,
+                     extra={"cutmix": {**to_dict(cfg.cutmix), "pool": s3["pool_dir"]}})
+
+    mdir = model_folder(paths.results, ds_name, "coarse")
+    ck = mdir / f"fold_{cfg.train_coarse.fold}" / "checkpoint_final.pth"
+    trained = ctx.step("train", {"train": to_dict(cfg.train_coarse), "cutmix": to_dict(cfg.cutmix),
+                                 "prepared": prepared, "pool": s3.get("objects")}, do_train, outputs=[ck])
+    return {"dataset": str(ds_dir), "model_dir": str(mdir), "training": trained, "outputs": [ck]}
