@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from flareseg.io import atomic_path, write_text
-from flareseg.labels import NUM_CLASSES
+from flareseg.labels import NUM_CLASSES, TUMOR
 from flareseg.pseudolabel.selection import Selection
 from flareseg.pseudolabel.uncertainty import GROUPS, SCORES, score_key
 
@@ -79,7 +79,7 @@ def plot_histograms(selection: Sequence[Selection], dest: os.PathLike | str, sco
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, vals, cut, name, cut_name, n_cut in (
             (axes[0], organ, _cut(k1, False), "organ", "K1", len(k1)),
-            (axes[1], tumor, _cut(k2, True), "tumor (selected cases)", "K2", len(k2))):
+            (axes[1], tumor, _cut(k2, True), "tumor", "K2", len(k2))):
         if vals:
             ax.hist(vals, bins=bins, color="tab:blue", alpha=0.8)
         else:
@@ -87,7 +87,7 @@ def plot_histograms(selection: Sequence[Selection], dest: os.PathLike | str, sco
         if cut is not None:
             ax.axvline(cut, color="tab:red", ls="--", label=f"{cut_name} cut ({n_cut} kept)")
             ax.legend(loc="upper right", fontsize=8)
-        ax.set_xlabel(f"{name} {score}")
+        ax.set_xlabel(f"{name} {score}" + (" (K1 selected cases)" if cut_name == "K2" else ""))
         ax.set_ylabel("cases")
     n_nan = sum(math.isnan(s.organ_score) for s in selection)
     fig.suptitle(f"pseudo-label uncertainty ({len(selection)} cases"
@@ -116,7 +116,9 @@ def plot_overlay(image: np.ndarray, label: np.ndarray, dest: os.PathLike | str, 
     if image.shape != label.shape:
         raise ValueError(f"image {image.shape} and label {label.shape} grids differ")
     z = central_slice(label)
-    colors = plt.get_cmap("tab20")(np.arange(NUM_CLASSES) % 20)
+    # organs: tab20 without its reds and greys; tumor: pure red so it stands out
+    colors = plt.get_cmap("tab20")([0, 0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13, 16, 0])
+    colors[TUMOR] = (1.0, 0.0, 0.0, 1.0)
     lab = np.ma.masked_equal(label[z], 0)
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.imshow(image[z], cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest")
