@@ -114,6 +114,7 @@ def pad_to_patch(volume: torch.Tensor, patch: Sequence[int], value: float = 0.0
     return volume, tuple(crop)  # type: ignore[return-value]
 
 
+@torch.inference_mode()
 def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Sequence[int],
                            step_size: float = 0.5, batch_windows: int = 4, skip: bool = False,
                            skip_threshold: int = 1, dtype: torch.dtype = torch.float32,
