@@ -132,7 +132,7 @@ def run_predict(args: argparse.Namespace) -> int:
                   "batch_windows": args.batch_windows, "crop_to_body": not args.no_crop},
               "model_load_seconds": round(load_s, 4), "total_seconds": round(time.perf_counter() - t0, 4),
               "cases_ok": len(cases) - failed, "cases_failed": failed, "cases": report_cases}
-    write_json(report, out_dir / "predict_report.json")
+    write_json(report, Path(args.report) if args.report else out_dir / "predict_report.json")
     if args.statistics:
         write_json(statistics, out_dir / "statistics.json")
     print(f"{len(cases) - failed}/{len(cases)} cases written to {out_dir}"
@@ -170,5 +170,6 @@ def register(subparsers) -> None:
     p.add_argument("--no-crop", action="store_true", help="do not crop to the body before predicting")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz softmax maps")
     p.add_argument("--statistics", action="store_true", help="write class volumes and tumor burden (statistics.json)")
+    p.add_argument("--report", default=None, help="run report path (default OUT/predict_report.json)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_predict)
