@@ -1,0 +1,175 @@
+"""`flareseg predict`: label maps for CT files, folders or DICOM series with the fast predictor."""
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from flareseg.io import InputError, image_suffix, is_dicom_dir, strip_suffix, write_image, write_json
+
+log = logging.getLogger(__name__)
+
+EPILOG = """\
+inputs:  a CT file (.nii.gz/.nii/.mha/.nrrd), a DICOM series folder, or a folder of either
+         (nnU-Net channel files case_0000.nii.gz count as case; other channels are ignored).
+outputs: OUT/<case>.nii.gz label maps on exactly the input grid (DICOM folder -> <folder>.nii.gz),
+         OUT/predict_report.json (versions, device, seconds and skipped windows per case),
+         with --statistics OUT/statistics.json (class volumes in mL, tumor burden per case),
+         with --save-probabilities OUT/<case>.npz (softmax, key "probabilities", (K, Z, Y, X)).
+         A single input file with -o ending in .nii.gz writes exactly that file.
+A case that fails is reported and skipped; the exit code is 1 if any case failed.
+
+examples:
+  flareseg predict -i scan.nii.gz -o out/ -m models/coarse
+  flareseg predict -i /data/dicom/patient1 -o out/ -m models/coarse --device cpu --no-skip
+  flareseg predict -i inputs/ -o outputs/ -m models/coarse --statistics --tta
+"""
+
+_CHANNEL = re.compile(r"_(\d{4})$")
+
+
+def case_name(path: Path) -> str:
+    """``case_0000.nii.gz`` -> ``case``; DICOM folder -> its name."""
+    if path.is_dir():
+        return path.name
+    return _CHANNEL.sub("", strip_suffix(path))
+
+
+def collect_inputs(path: Path) -> list[tuple[str, Path]]:
+    """(case name, input path) pairs for a file, a DICOM folder, or a folder of files/DICOM folders."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "does not exist")
+    if path.is_file():
+        return [(case_name(path), path)]
+    if is_dicom_dir(path):
+        return [(path.name, path)]
+    out = []
+    for p in sorted(path.iterdir()):
+        if p.is_file() and image_suffix(p):
+            m = _CHANNEL.search(strip_suffix(p))
+            if m and m.group(1) != "0000":
+                continue
+            out.append((case_name(p), p))
+        elif p.is_dir() and is_dicom_dir(p):
+            out.append((p.name, p))
+    if not out:
+        raise InputError(path, "holds no image files or DICOM series")
+    names = [n for n, _ in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputError(path, f"several inputs map to the same case name: {', '.join(dup)}")
+    return out
+
+
+def _versions() -> dict:
+    import nnunetv2  # noqa: F401  (only for its version)
+    import torch
+    from importlib.metadata import version
+    import flareseg
+    return {"flareseg": flareseg.__version__, "torch": torch.__version__,
+            "nnunetv2": version("nnunetv2"), "SimpleITK": sitk.Version_VersionString(),
+            "python": platform.python_version(),
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from flareseg.inference.predictor import FastPredictor
+    from flareseg.inference.statistics import label_statistics
+
+    try:
+        cases = collect_inputs(Path(args.input))
+    except InputError as e:
+        log.error("%s", e)
+        return 2
+    single_file = len(cases) == 1 and Path(args.input).is_file() and bool(image_suffix(args.output))
+    out_dir = Path(args.output).parent if single_file else Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    folds = [f.strip() for f in args.fold.split(",")] if args.fold else None
+    predictor = FastPredictor(args.model, device=args.device, dtype=args.dtype, skip=not args.no_skip,
+                              skip_threshold=args.skip_threshold, step_size=args.step_size,
+                              tta=args.tta, batch_windows=args.batch_windows,
+                              crop_to_body=not args.no_crop, folds=folds)
+    load_s = time.perf_counter() - t0
+    names = {i: n for n, i in predictor.model.labels.items()}
+    tumor = predictor.model.labels.get("tumor")
+
+    report_cases, statistics, failed = [], {}, 0
+    for case, path in tqdm(cases, desc="predict", unit="case", disable=args.quiet):
+        dest = Path(args.output) if single_file else out_dir / f"{case}.nii.gz"
+        entry = {"case": case, "input": str(path), "output": str(dest)}
+        try:
+            t = time.perf_counter()
+            res = predictor.run(path, save_probabilities=args.save_probabilities)
+            write_image(res.labels, dest)
+            if args.save_probabilities:
+                _write_npz(res.probabilities, out_dir / f"{case}.npz")
+            if args.statistics:
+                arr = sitk.GetArrayViewFromImage(res.labels)
+                spacing = tuple(reversed(res.labels.GetSpacing()))
+                statistics[case] = label_statistics(arr, spacing, names, tumor)
+            entry.update(status="ok", seconds=round(time.perf_counter() - t, 4),
+                         steps=res.stats["seconds"], windows=res.stats["windows"])
+        except (InputError, RuntimeError, ValueError, OSError) as e:
+            failed += 1
+            entry.update(status="failed", error=str(e))
+            log.error("case %s failed: %s", case, e)
+        report_cases.append(entry)
+
+    report = {"versions": _versions(), "device": str(predictor.device), "model": str(args.model),
+              "folds": predictor.model.folds, "settings": {
+                  "skip": not args.no_skip, "skip_threshold": args.skip_threshold,
+                  "step_size": args.step_size, "tta": args.tta, "dtype": str(predictor.dtype),
+                  "batch_windows": args.batch_windows, "crop_to_body": not args.no_crop},
+              "model_load_seconds": round(load_s, 4), "total_seconds": round(time.perf_counter() - t0, 4),
+              "cases_ok": len(cases) - failed, "cases_failed": failed, "cases": report_cases}
+    write_json(report, Path(args.report) if args.report else out_dir / "predict_report.json")
+    if args.statistics:
+        write_json(statistics, out_dir / "statistics.json")
+    print(f"{len(cases) - failed}/{len(cases)} cases written to {out_dir}"
+          + (f"; {failed} failed (see predict_report.json)" if failed else ""))
+    return 1 if failed else 0
+
+
+def _write_npz(probabilities: np.ndarray, dest: Path) -> None:
+    from flareseg.io import atomic_path
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, probabilities=probabilities)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="segment CT images with a trained model folder (fast GPU predictor)",
+        description="Predict FLARE23 label maps with an nnU-Net v2 model folder: resampling, "
+                    "sliding window with window skipping and argmax run on the device.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-i", "--input", required=True, help="CT file, DICOM series folder, or folder of them")
+    p.add_argument("-o", "--output", required=True, help="output folder (or .nii.gz file for one input file)")
+    p.add_argument("-m", "--model", required=True,
+                   help="nnU-Net model folder (dataset.json, plans.json, fold_X/checkpoint_final.pth)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="default: auto")
+    p.add_argument("--fold", default=None, help="fold(s) to use, e.g. 0 or 0,1,2 or all (default: every fold found)")
+    p.add_argument("--no-skip", action="store_true", help="predict every window (turn window skipping off)")
+    p.add_argument("--skip-threshold", type=int, default=1,
+                   help="foreground voxels the indicator windows need to keep a plane (default 1)")
+    p.add_argument("--tta", action="store_true", help="test-time mirroring over the model's allowed axes")
+    p.add_argument("--step-size", type=float, default=0.5, help="window step as a fraction of the patch (default 0.5)")
+    p.add_argument("--batch-windows", type=int, default=4, help="windows per network call (default 4)")
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
+                   help="autocast/accumulator type on CUDA (CPU always float32)")
+    p.add_argument("--no-crop", action="store_true", help="do not crop to the body before predicting")
+    p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz softmax maps")
+    p.add_argument("--statistics", action="store_true", help="write class volumes and tumor burden (statistics.json)")
+    p.add_argument("--report", default=None, help="run report path (default OUT/predict_report.json)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_predict)

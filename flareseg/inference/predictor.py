@@ -1,0 +1,227 @@
+"""Fast predictor: an nnU-Net v2 model folder applied on the device, label map out.
+
+Pipeline per case: read → (optional) crop to the body bounding box → upload the raw array
+(int16 stays int16) → plans normalisation → trilinear resampling to the model spacing → Gaussian
+sliding window in autocast with window skipping → argmax at model resolution → nearest-neighbour
+label map back to the cropped grid → paste into a full-size zero volume → download → image with
+the input's exact geometry.  Like nnU-Net, all of this happens in *array index space* (the array
+and its spacing, transposed by the plans' ``transpose_forward``); the direction matrix is carried
+over unchanged, so non-axial or flipped images round-trip exactly as in stock nnU-Net.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from flareseg.anatomy import bbox_of, body_mask, expand_bbox
+from flareseg.io import InputError, read_image
+from flareseg.inference.normalize import normalize_
+from flareseg.inference.resample import resample_image, resample_labels, target_shape
+from flareseg.inference.sliding_window import predict_sliding_window
+from flareseg.nnunet.model import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
+    return d
+
+
+@dataclass
+class Prediction:
+    """A predicted case: label image (input geometry), optional probabilities, statistics."""
+
+    labels: sitk.Image
+    probabilities: np.ndarray | None = None   # (K, Z, Y, X) float16, input array order
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def body_bbox(arr: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float = 10.0,
+              threshold_hu: float = -500.0, coarse_mm: float = 6.0) -> tuple[slice, slice, slice]:
+    """Bounding box of the body of a ``(Z, Y, X)`` CT (HU), found at ~``coarse_mm`` resolution.
+
+    Grown by ``margin_mm`` plus one coarse voxel; the whole array when no body is found.
+    """
+    strides = [max(1, int(coarse_mm // max(s, 1e-6))) for s in spacing_zyx]
+    small = arr[::strides[0], ::strides[1], ::strides[2]]
+    bb = bbox_of(body_mask(small, threshold_hu))
+    if bb is None:
+        return tuple(slice(0, n) for n in arr.shape)  # type: ignore[return-value]
+    full = tuple(slice(sl.start * st, min(n, sl.stop * st)) for sl, st, n in zip(bb, strides, arr.shape))
+    margin = margin_mm + max(st * sp for st, sp in zip(strides, spacing_zyx))
+    return expand_bbox(full, margin, spacing_zyx, arr.shape)
+
+
+def validate_array(arr: np.ndarray, spacing_zyx: Sequence[float], name: str,
+                   spacing_range_mm: tuple[float, float] = (0.1, 20.0)) -> None:
+    """Raise :class:`InputError` for arrays the predictor cannot handle sensibly."""
+    if arr.ndim != 3 or min(arr.shape) < 1:
+        raise InputError(name, f"expected a non-empty 3-D volume, got shape {arr.shape}")
+    if not np.all(np.isfinite(spacing_zyx)) or min(spacing_zyx) < spacing_range_mm[0] \
+            or max(spacing_zyx) > spacing_range_mm[1]:
+        raise InputError(name, f"spacing {tuple(round(s, 4) for s in spacing_zyx)} mm is outside "
+                               f"[{spacing_range_mm[0]}, {spacing_range_mm[1]}] mm")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise InputError(name, "image contains NaN or infinite values")
+    if arr.min() == arr.max():
+        raise InputError(name, f"image is constant ({arr.flat[0]}): nothing to segment")
+
+
+class FastPredictor:
+    """Predict label maps with an nnU-Net v2 model folder on the device (CUDA when present)."""
+
+    def __init__(self, model: str | os.PathLike | LoadedModel, device: str | torch.device = "auto",
+                 dtype: str = "float16", skip: bool = True, skip_threshold: int = 1,
+                 step_size: float = 0.5, tta: bool = False, batch_windows: int = 4,
+                 crop_to_body: bool = True, folds: Sequence[int | str] | None = None,
+                 checkpoint: str | None = None, body_margin_mm: float = 10.0):
+        self.model = model if isinstance(model, LoadedModel) else load_model(model, folds, checkpoint)
+        if self.model.num_input_channels != 1:
+            raise ValueError(f"{self.model.model_dir}: the fast predictor handles single-channel CT, "
+                             f"model has {self.model.num_input_channels} input channels")
+        self.device = resolve_device(device)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        # half-precision autocast and accumulators only on CUDA (CPU half kernels are slow)
+        self.dtype = DTYPES[dtype] if self.device.type == "cuda" else torch.float32
+        self.skip, self.skip_threshold = skip, skip_threshold
+        self.step_size, self.tta, self.batch_windows = step_size, tta, batch_windows
+        self.crop_to_body, self.body_margin_mm = crop_to_body, body_margin_mm
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.networks = [n.to(self.device).eval() for n in self.model.networks]
+        self.last_stats: dict[str, Any] = {}
+
+    @classmethod
+    def from_config(cls, model: str | os.PathLike | LoadedModel, cfg: Any, **overrides) -> "FastPredictor":
+        """Build from a :class:`flareseg.config.InferenceConfig`; keyword arguments win."""
+        kw = dict(device=cfg.device, dtype=cfg.dtype, skip=cfg.skip_windows,
+                  skip_threshold=cfg.skip_threshold, step_size=cfg.step_size, tta=cfg.tta,
+                  batch_windows=cfg.batch_windows, crop_to_body=cfg.crop_to_body)
+        kw.update(overrides)
+        return cls(model, **kw)
+
+    # ------------------------------------------------------------------ network callable
+    def window_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``(B, 1, pz, py, px) -> (B, K, pz, py, px)`` logits: fold ensemble, optional mirroring."""
+        axes = [a + 2 for a in (self.model.mirror_axes or ())] if self.tta else []
+        flips = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+        use_amp = self.device.type == "cuda" and self.dtype != torch.float32
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            ctx = torch.autocast("cuda", dtype=self.dtype) if use_amp else nullcontext()
+            total = None
+            with ctx:
+                for net in self.networks:
+                    for f in flips:
+                        y = net(torch.flip(x, f)) if f else net(x)
+                        y = torch.flip(y, f) if f else y
+                        total = y.float() if total is None else total.add_(y.float())
+            return total.div_(len(self.networks) * len(flips))  # type: ignore[union-attr]
+        return fn
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, image: str | os.PathLike | sitk.Image) -> sitk.Image:
+        """Label map of ``image`` (path, DICOM folder or SimpleITK image) with its exact geometry."""
+        return self.run(image).labels
+
+    @torch.inference_mode()
+    def run(self, image: str | os.PathLike | sitk.Image, save_probabilities: bool = False) -> Prediction:
+        """Predict one case; ``stats`` holds seconds per step and window counts."""
+        t = _Timer(self.device)
+        name = "<in-memory image>"
+        if not isinstance(image, sitk.Image):
+            name = str(image)
+            image = read_image(image)
+        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+            raise InputError(name, f"expected a scalar 3-D image, got {image.GetDimension()}-D")
+        arr = sitk.GetArrayViewFromImage(image)
+        spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
+        validate_array(arr, spacing, name)
+        t.lap("read")
+
+        tf, tb = self.model.transpose_forward, self.model.transpose_backward
+        arr_t = arr.transpose(tf)
+        sp_t = tuple(spacing[i] for i in tf)
+        crop = body_bbox(arr_t, sp_t, self.body_margin_mm) if self.crop_to_body \
+            else tuple(slice(0, n) for n in arr_t.shape)
+        sub = np.array(arr_t[crop], order="C")  # writable copy (the image's view is read-only)
+        t.lap("crop")
+
+        x = torch.from_numpy(sub if sub.dtype in (np.int16, np.float32, np.uint8) else sub.astype(np.float32))
+        x = x.to(self.device, non_blocking=True).float()
+        t.lap("upload")
+        normalize_(x, self.model.normalization_schemes[0], self.model.intensity_properties[0],
+                   self.model.use_mask_for_norm[0])
+        shape_model = target_shape(sub.shape, sp_t, self.model.spacing)
+        x = resample_image(x, shape_model)[None]
+        t.lap("preprocess")
+
+        out, wstats = predict_sliding_window(
+            x, self.window_fn(), self.model.patch_size, self.step_size, self.batch_windows,
+            self.skip, self.skip_threshold, self.dtype, return_logits=save_probabilities)
+        del x
+        if save_probabilities:
+            probs = torch.softmax(out, 0)
+            labels_m = probs.argmax(0).to(torch.uint8)
+        else:
+            labels_m = out
+        t.lap("sliding_window")
+
+        full = torch.zeros(arr_t.shape, dtype=torch.uint8, device=self.device)
+        full[crop] = resample_labels(labels_m, sub.shape)
+        labels = full.permute(*tb).cpu().numpy()
+        prob_np = None
+        if save_probabilities:
+            prob_np = self._probabilities_to_input(probs, sub.shape, arr_t.shape, crop, tb)
+        t.lap("export")
+
+        out_img = sitk.GetImageFromArray(labels)
+        out_img.CopyInformation(image)
+        self.last_stats = {
+            "seconds": t.seconds, "windows": wstats.as_dict(), "device": str(self.device),
+            "shape_input_zyx": list(arr.shape), "shape_cropped": list(sub.shape),
+            "shape_model": list(shape_model), "crop": [[s.start, s.stop] for s in crop],
+        }
+        return Prediction(out_img, prob_np, dict(self.last_stats))
+
+    def _probabilities_to_input(self, probs: torch.Tensor, crop_shape, full_shape, crop, tb) -> np.ndarray:
+        """Softmax at model resolution -> trilinear to the input grid; background 1 outside the crop."""
+        full = torch.zeros((probs.shape[0], *full_shape), dtype=torch.float16, device=probs.device)
+        full[0] = 1
+        full[(slice(None), *crop)] = resample_image(probs, crop_shape).to(torch.float16)
+        return full.permute(0, *[a + 1 for a in tb]).cpu().numpy()
+
+
+class _Timer:
+    """Seconds per pipeline step (device synchronised so GPU work is charged to its step)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.t0 = self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self.last, 4)
+        self.seconds["total"] = round(now - self.t0, 4)
+        self.last = now

@@ -1,0 +1,168 @@
+"""Load a standard nnU-Net v2 model folder for inference (the inference side's only nnunetv2 import).
+
+A model folder holds ``dataset.json``, ``plans.json`` and ``fold_X/checkpoint_*.pth``.  The
+network is rebuilt the way ``nnUNetPredictor.initialize_from_trained_model_folder`` does it — the
+trainer class named in the checkpoint builds the architecture from the plans with deep supervision
+off — but by composition: we call nnU-Net's ``PlansManager``/``ConfigurationManager`` and the
+trainer's static ``build_network_architecture`` and keep only what inference needs in
+:class:`LoadedModel`.  Axis order of ``patch_size``/``spacing`` is the model's (after the plans'
+``transpose_forward``), spacing in mm.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
+
+
+class ModelFolderError(ValueError):
+    """A model folder is incomplete or inconsistent; the message names the path."""
+
+
+@dataclass
+class LoadedModel:
+    """Everything inference needs from a model folder (networks on CPU, eval mode)."""
+
+    model_dir: Path
+    networks: list[nn.Module]                # one per fold, same architecture
+    folds: list[str]
+    checkpoint: str
+    trainer_name: str
+    configuration: str
+    patch_size: tuple[int, ...]              # model axis order, voxels
+    spacing: tuple[float, ...]               # model axis order, mm
+    transpose_forward: tuple[int, ...]
+    transpose_backward: tuple[int, ...]
+    normalization_schemes: list[str]
+    use_mask_for_norm: list[bool]
+    intensity_properties: list[dict[str, float]]   # per input channel
+    labels: dict[str, int]                   # dataset.json ``labels`` (name -> index)
+    num_input_channels: int
+    num_classes: int                         # segmentation heads (softmax channels)
+    mirror_axes: tuple[int, ...] | None      # allowed for test-time mirroring (spatial axes)
+    deep_supervision: bool = False           # networks are built with it off
+    file_ending: str = ".nii.gz"
+    plans: dict[str, Any] = field(default_factory=dict, repr=False)
+    dataset_json: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ModelFolderError(f"{path}: missing (not an nnU-Net model folder?)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def available_folds(model_dir: Path, checkpoint: str | None = None) -> list[str]:
+    """Fold names (``"0"``, ``"all"``...) with a checkpoint in ``model_dir``, sorted."""
+    names = [checkpoint] if checkpoint else list(CHECKPOINTS)
+    folds = [p.name[5:] for p in sorted(Path(model_dir).glob("fold_*"))
+             if p.is_dir() and any((p / n).is_file() for n in names)]
+    return folds
+
+
+def _pick_checkpoint(fold_dir: Path, checkpoint: str | None) -> Path:
+    names = [checkpoint] if checkpoint else list(CHECKPOINTS)
+    for n in names:
+        if (fold_dir / n).is_file():
+            if n != names[0]:
+                log.warning("%s: %s missing, using %s", fold_dir, names[0], n)
+            return fold_dir / n
+    raise ModelFolderError(f"{fold_dir}: no checkpoint ({', '.join(names)})")
+
+
+def trainer_class(trainer_name: str):
+    """nnU-Net trainer class by name (the stock one imported directly: the search imports every trainer)."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    if trainer_name == "nnUNetTrainer":
+        return nnUNetTrainer
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    try:
+        return recursive_find_trainer_class_by_name(trainer_name)
+    except RuntimeError:
+        log.warning("trainer %s not found (set nnUNet_extTrainer to its folder); building the "
+                    "network from the plans as nnUNetTrainer does", trainer_name)
+        return nnUNetTrainer
+
+
+def build_network(plans: dict, dataset_json: dict, configuration: str,
+                  trainer_name: str = "nnUNetTrainer", deep_supervision: bool = False) -> nn.Module:
+    """The architecture the trainer ``trainer_name`` builds for ``configuration`` (random weights)."""
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    pm = PlansManager(plans)
+    cm = pm.get_configuration(configuration)
+    n_in = determine_num_input_channels(pm, cm, dataset_json)
+    n_out = pm.get_label_manager(dataset_json).num_segmentation_heads
+    cls = trainer_class(trainer_name)
+    if "plans_manager" in inspect.signature(cls.build_network_architecture).parameters:
+        return cls.build_network_architecture(pm, cm, n_in, n_out, enable_deep_supervision=deep_supervision)
+    return cls.build_network_architecture(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                          cm.network_arch_init_kwargs_req_import, n_in, n_out,
+                                          enable_deep_supervision=deep_supervision)
+
+
+def load_model(model_dir: str | Path, folds: Sequence[int | str] | None = None,
+               checkpoint: str | None = None) -> LoadedModel:
+    """Load ``model_dir``; ``folds=None`` uses every fold with a checkpoint.
+
+    ``checkpoint=None`` takes ``checkpoint_final.pth`` and falls back to best, then latest.
+    """
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    model_dir = Path(model_dir)
+    dataset_json = _read_json(model_dir / "dataset.json")
+    plans = _read_json(model_dir / "plans.json")
+    fold_names = [str(f) for f in folds] if folds is not None else available_folds(model_dir, checkpoint)
+    if not fold_names:
+        raise ModelFolderError(f"{model_dir}: no fold_*/checkpoint_*.pth found")
+
+    states, meta = [], None
+    used_ckpt = ""
+    for f in fold_names:
+        path = _pick_checkpoint(model_dir / f"fold_{f}", checkpoint)
+        used_ckpt = path.name
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        if meta is None:
+            meta = ck
+        states.append(ck["network_weights"])
+    assert meta is not None
+    trainer_name = meta["trainer_name"]
+    configuration = meta["init_args"]["configuration"]
+
+    pm = PlansManager(plans)
+    cm = pm.get_configuration(configuration)
+    lm = pm.get_label_manager(dataset_json)
+    if lm.has_regions:
+        raise ModelFolderError(f"{model_dir}: region-based models are not supported by the fast predictor")
+    networks = []
+    for s in states:
+        net = build_network(plans, dataset_json, configuration, trainer_name, deep_supervision=False)
+        net.load_state_dict(s)
+        networks.append(net.eval())
+
+    props = pm.foreground_intensity_properties_per_channel
+    n_in = determine_num_input_channels(pm, cm, dataset_json)
+    mirror = meta.get("inference_allowed_mirroring_axes")
+    return LoadedModel(
+        model_dir=model_dir, networks=networks, folds=fold_names, checkpoint=used_ckpt,
+        trainer_name=trainer_name, configuration=configuration,
+        patch_size=tuple(int(p) for p in cm.patch_size), spacing=tuple(float(s) for s in cm.spacing),
+        transpose_forward=tuple(pm.transpose_forward), transpose_backward=tuple(pm.transpose_backward),
+        normalization_schemes=list(cm.normalization_schemes), use_mask_for_norm=list(cm.use_mask_for_norm),
+        intensity_properties=[props.get(str(c), props.get(c, {})) for c in range(n_in)],
+        labels={k: int(v) for k, v in dataset_json["labels"].items()},
+        num_input_channels=n_in, num_classes=lm.num_segmentation_heads,
+        mirror_axes=tuple(int(a) for a in mirror) if mirror is not None else None,
+        file_ending=dataset_json.get("file_ending", ".nii.gz"), plans=plans, dataset_json=dataset_json)

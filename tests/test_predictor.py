@@ -1,0 +1,207 @@
+"""FastPredictor against stock nnUNetPredictor on a tiny random-weight model folder; geometry on real files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from flareseg.inference.predictor import FastPredictor, body_bbox
+from flareseg.inference.sliding_window import gaussian_importance, predict_sliding_window, window_grid
+from flareseg.io import Geometry, InputError, geometry_mismatch
+from flareseg.nnunet.model import load_model
+from flareseg.nnunet.model_folder import tiny_plans, write_model_folder
+
+LABELS = {0: "background", 1: "liver", 2: "spleen", 3: "tumor"}
+SPACING = (2.5, 1.5, 1.5)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return write_model_folder(tmp_path_factory.mktemp("model"), labels=LABELS, seed=3)
+
+
+@pytest.fixture(scope="module")
+def transposed_model_dir(tmp_path_factory):
+    plans = tiny_plans(patch_size=(32, 16, 32), spacing=(1.5, 2.5, 1.5), transpose_forward=(1, 0, 2))
+    return write_model_folder(tmp_path_factory.mktemp("model_t"), plans=plans, labels=LABELS, seed=4)
+
+
+def phantom_ct(shape=(20, 48, 40), spacing_zyx=SPACING, seed=0, noise_hu=15.0) -> sitk.Image:
+    """Ellipsoid 'body' of soft tissue with brighter blobs in air; int16 HU."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    arr = np.full(shape, -1000, dtype=np.int16)
+    arr[(y / 0.8) ** 2 + (x / 0.85) ** 2 < 1] = 40
+    arr[((z - 0.2) / 0.5) ** 2 + ((y + 0.2) / 0.3) ** 2 + ((x - 0.1) / 0.35) ** 2 < 1] = 150
+    arr[(z / 0.3) ** 2 + ((y - 0.4) / 0.2) ** 2 + ((x + 0.4) / 0.2) ** 2 < 1] = -80
+    arr = (arr + rng.normal(0, noise_hu, shape)).astype(np.int16)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(tuple(float(s) for s in reversed(spacing_zyx)))
+    img.SetOrigin((-30.0, 12.0, 100.0))
+    img.SetDirection((-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0))
+    return img
+
+
+def stock_predict(model_dir, img: sitk.Image, mirroring=False) -> np.ndarray:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    pred = nnUNetPredictor(tile_step_size=0.5, use_mirroring=mirroring, device=torch.device("cpu"),
+                           perform_everything_on_device=False, allow_tqdm=False)
+    pred.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,))
+    arr = sitk.GetArrayFromImage(img).astype(np.float32)[None]
+    return pred.predict_single_npy_array(arr, {"spacing": list(reversed(img.GetSpacing()))})
+
+
+def dice_per_class(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
+    out = {}
+    for c in sorted((set(np.unique(a)) | set(np.unique(b))) - {0}):
+        x, y = a == c, b == c
+        out[int(c)] = 2 * float((x & y).sum()) / max(1, int(x.sum() + y.sum()))
+    return out
+
+
+def test_load_model_reads_plans_and_checkpoint(model_dir):
+    m = load_model(model_dir)
+    assert m.patch_size == (16, 32, 32) and m.spacing == SPACING
+    assert m.num_classes == 4 and m.labels["tumor"] == 3 and m.folds == ["0"]
+    assert m.mirror_axes == (0, 1, 2) and m.trainer_name == "nnUNetTrainer"
+    assert m.intensity_properties[0]["percentile_99_5"] == 1200.0
+    assert not m.networks[0].training
+    out = m.networks[0](torch.zeros(1, 1, *m.patch_size))
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 4, *m.patch_size)  # no deep supervision
+
+
+def test_stock_predictor_loads_the_fixture_folder(model_dir):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    pred = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False)
+    pred.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,))
+    ours = load_model(model_dir).networks[0].state_dict()
+    for k, v in pred.network.state_dict().items():
+        assert torch.equal(v, ours[k])
+
+
+def test_logits_match_stock_sliding_window(model_dir):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    pred = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device("cpu"),
+                           perform_everything_on_device=False, allow_tqdm=False)
+    pred.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,))
+    x = torch.randn((1, 22, 45, 39), generator=torch.Generator().manual_seed(0))
+    ref = pred.predict_sliding_window_return_logits(x).float()
+    fp = FastPredictor(model_dir, device="cpu")
+    ours, _ = predict_sliding_window(x, fp.window_fn(), fp.model.patch_size, 0.5, 3, return_logits=True)
+    # stock accumulates in float16 even on the CPU: where the summed Gaussian weight is subnormal
+    # in float16 (corners of the volume, ~2% here) its logits are quantised; compare elsewhere
+    weight = torch.zeros(x.shape[1:])
+    g = gaussian_importance(fp.model.patch_size)
+    for pl in window_grid(x.shape[1:], fp.model.patch_size, 0.5):
+        for z, y, xx in pl.windows():
+            weight[z:z + 16, y:y + 32, xx:xx + 32] += g
+    ok = weight > 1e-3
+    assert ok.float().mean() > 0.7
+    assert torch.allclose(ours[:, ok], ref[:, ok], atol=2e-2, rtol=1e-2)
+    assert (ours.argmax(0) == ref.argmax(0)).float().mean() > 0.99
+
+
+def test_end_to_end_equals_stock_at_model_spacing(model_dir):
+    img = phantom_ct(spacing_zyx=SPACING)
+    ref = stock_predict(model_dir, img)
+    ours = sitk.GetArrayFromImage(FastPredictor(model_dir, device="cpu", skip=False,
+                                                crop_to_body=False).predict(img))
+    assert ours.shape == ref.shape
+    assert (ours == ref).mean() > 0.995
+
+
+def test_transpose_forward_handled_like_stock(transposed_model_dir):
+    img = phantom_ct(shape=(32, 20, 40), spacing_zyx=(2.5, 1.5, 1.5))  # transposed: (1.5, 2.5, 1.5)
+    ref = stock_predict(transposed_model_dir, img)
+    fp = FastPredictor(transposed_model_dir, device="cpu", skip=False, crop_to_body=False)
+    ours = sitk.GetArrayFromImage(fp.predict(img))
+    assert fp.last_stats["shape_model"] == [20, 32, 40]
+    assert (ours == ref).mean() > 0.995
+
+
+def test_mirroring_tta_matches_stock(model_dir):
+    img = phantom_ct(spacing_zyx=SPACING, seed=1)
+    ref = stock_predict(model_dir, img, mirroring=True)
+    ours = sitk.GetArrayFromImage(FastPredictor(model_dir, device="cpu", skip=False, tta=True,
+                                                crop_to_body=False).predict(img))
+    assert (ours == ref).mean() > 0.995
+
+
+@pytest.mark.slow
+def test_resampled_prediction_agrees_with_stock(tmp_path):
+    """Input at 2.0 x 1.1 x 1.1 mm: stock resamples with splines on the CPU, we trilinear on device.
+
+    Random weights give white-noise argmax maps, so the model is first fitted to phantoms.
+    """
+    from flareseg.nnunet.model_folder import fit_model_folder
+    md = write_model_folder(tmp_path / "m", labels=LABELS, seed=3)
+    imgs = [sitk.GetArrayFromImage(phantom_ct(shape=(24, 64, 56), seed=s)) for s in range(2)]
+    labs = [(i > 100).astype(int) + 2 * ((i < -50) & (i > -300)).astype(int) for i in imgs]
+    fit_model_folder(md, imgs, labs, steps=200)
+    img = phantom_ct(shape=(24, 64, 56), spacing_zyx=(2.0, 1.1, 1.1), seed=5)
+    ref = stock_predict(md, img)
+    ours = sitk.GetArrayFromImage(FastPredictor(md, device="cpu", skip=False,
+                                                crop_to_body=False).predict(img))
+    d = dice_per_class(ours, ref)
+    assert (ours == ref).mean() > 0.93, d
+    assert max(d.values()) > 0.8, d
+
+
+def test_output_has_input_geometry_and_probabilities(model_dir):
+    img = phantom_ct(shape=(18, 40, 50), spacing_zyx=SPACING)  # model spacing: no interpolation
+    res = FastPredictor(model_dir, device="cpu").run(img, save_probabilities=True)
+    assert geometry_mismatch(Geometry.of(res.labels), Geometry.of(img)) == []
+    lab = sitk.GetArrayFromImage(res.labels)
+    assert lab.dtype == np.uint8 and res.probabilities.shape == (4, *lab.shape)
+    assert np.allclose(res.probabilities.astype(np.float32).sum(0), 1, atol=2e-2)
+    assert (res.probabilities.argmax(0) == lab).mean() > 0.99
+    assert {"read", "sliding_window", "export", "total"} <= set(res.stats["seconds"])
+    w = res.stats["windows"]
+    assert w["windows_run"] + w["windows_skipped"] == w["windows_total"]
+
+
+def test_crop_to_body_leaves_air_background(model_dir):
+    img = phantom_ct(shape=(16, 40, 40))
+    arr = np.full((16, 80, 72), -1000, dtype=np.int16)
+    arr[:, 20:60, 16:56] = sitk.GetArrayFromImage(img)
+    big = sitk.GetImageFromArray(arr)
+    big.SetSpacing(img.GetSpacing())
+    bb = body_bbox(arr, SPACING[::-1][::-1], margin_mm=3.0)
+    assert bb[1].start >= 10 and bb[1].stop <= 70 and bb[2].start >= 6 and bb[2].stop <= 66
+    fp = FastPredictor(model_dir, device="cpu", crop_to_body=True, body_margin_mm=3.0)
+    lab = sitk.GetArrayFromImage(fp.predict(big))
+    assert fp.last_stats["shape_cropped"][1] < 80
+    assert lab[:, :bb[1].start].max() == 0 and lab[:, bb[1].stop:].max() == 0
+
+
+@pytest.mark.parametrize("what", ["nan", "constant", "spacing"])
+def test_bad_input_raises_input_error(model_dir, what):
+    arr = sitk.GetArrayFromImage(phantom_ct()).astype(np.float32)
+    spacing = (1.5, 1.5, 2.5)
+    if what == "nan":
+        arr[3, 4, 5] = np.nan
+    elif what == "constant":
+        arr[:] = 7
+    else:
+        spacing = (1.5, 1.5, 80.0)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing)
+    with pytest.raises(InputError):
+        FastPredictor(model_dir, device="cpu").predict(img)
+
+
+def test_real_nifti_geometry_roundtrip(model_dir, shared_data):
+    path = shared_data / "ct" / "ts_example_ct_sm.nii.gz"
+    fp = FastPredictor(model_dir, device="cpu")
+    out = fp.predict(path)
+    ref = Geometry.of(sitk.ReadImage(str(path)))
+    assert geometry_mismatch(Geometry.of(out), ref) == []
+    assert out.GetDirection() == ref.direction
+
+
+def test_real_dicom_geometry_roundtrip(model_dir, shared_data):
+    from flareseg.io import read_image
+    d = shared_data / "ct" / "ts_example_ct_dicom"
+    out = FastPredictor(model_dir, device="cpu").predict(d)
+    assert geometry_mismatch(Geometry.of(out), Geometry.of(read_image(d))) == []

@@ -1,0 +1,110 @@
+"""Selection: K1/K2 counts and fractions, tie handling, NaN handling, label types, written labels."""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+
+from flareseg.config import PseudoLabelConfig
+from flareseg.labels import ORGANS, TUMOR
+from flareseg.pseudolabel.selection import final_label, resolve_k, select
+
+ORG14 = ORGANS + (TUMOR,)
+
+
+def table(rows: dict[str, tuple[float, float]]) -> dict[str, dict[str, float]]:
+    return {c: {"organ_entropy": o, "tumor_entropy": t} for c, (o, t) in rows.items()}
+
+
+SCORES = table({
+    "c": (0.10, 0.50),
+    "a": (0.30, 0.20),
+    "e": (0.20, 0.10),
+    "b": (0.40, 0.05),   # best tumor, but organ rank 4 -> not selected with K1 = 3
+    "d": (0.50, 0.01),
+})
+
+
+def by_id(sel):
+    return {s.case_id: s for s in sel}
+
+
+def test_counts_ranks_and_label_types():
+    sel = select(SCORES, PseudoLabelConfig(k_organ=3, k_tumor=1))
+    assert [s.case_id for s in sel] == ["c", "e", "a", "b", "d"]        # organ-rank order
+    assert [s.organ_rank for s in sel] == [1, 2, 3, 4, 5]
+    s = by_id(sel)
+    assert {c for c, x in s.items() if x.selected} == {"c", "e", "a"}
+    assert {c for c, x in s.items() if x.keep_tumor} == {"e"}            # least tumor-uncertain of K1
+    assert s["e"].tumor_rank == 1 and s["a"].tumor_rank == 2 and s["c"].tumor_rank == 3
+    assert s["b"].tumor_rank is None and s["b"].label_type == ()
+    assert s["e"].label_type == ORG14
+    assert s["a"].label_type == ORGANS and s["c"].label_type == ORGANS  # unannotated (default)
+
+
+def test_background_mode_claims_tumor_annotated():
+    s = by_id(select(SCORES, PseudoLabelConfig(k_organ=3, k_tumor=1, unselected_tumor="background")))
+    assert s["a"].label_type == ORG14 and not s["a"].keep_tumor
+
+
+def test_fractions():
+    # K1 = round(0.6 * 5) = 3; K2 = round(0.34 * 3) = 1 (fraction of the selected)
+    sel = select(SCORES, PseudoLabelConfig(k_organ=0.6, k_tumor=0.34))
+    assert sum(s.selected for s in sel) == 3 and sum(s.keep_tumor for s in sel) == 1
+    assert resolve_k(0.5, 5) == 3 and resolve_k(0.0, 5) == 0 and resolve_k(1, 5) == 1
+
+
+def test_ties_broken_by_case_id():
+    tied = table({"z": (0.2, 0.3), "m": (0.2, 0.3), "b": (0.2, 0.3), "a": (0.9, 0.0)})
+    sel = select(tied, PseudoLabelConfig(k_organ=2, k_tumor=1))
+    assert [s.case_id for s in sel] == ["b", "m", "z", "a"]
+    assert [s.case_id for s in sel if s.keep_tumor] == ["b"]
+    # independent of input order
+    assert select(dict(reversed(list(tied.items()))), PseudoLabelConfig(k_organ=2, k_tumor=1)) == sel
+
+
+def test_counts_above_available_are_clipped_with_warning(caplog):
+    with caplog.at_level(logging.WARNING):
+        sel = select(SCORES, PseudoLabelConfig(k_organ=1000, k_tumor=100))
+    assert all(s.selected for s in sel) and all(s.keep_tumor for s in sel)
+    assert "k_organ=1000 exceeds" in caplog.text and "k_tumor=100 exceeds" in caplog.text
+
+
+def test_nan_scores_ranked_last_and_never_kept(caplog):
+    t = table({"x": (math.nan, 0.1), "y": (0.3, math.nan), "w": (0.4, 0.2)})
+    with caplog.at_level(logging.WARNING):
+        sel = select(t, PseudoLabelConfig(k_organ=3, k_tumor=2))
+    s = by_id(sel)
+    assert [c.case_id for c in sel] == ["y", "w", "x"]
+    assert not s["x"].selected                                   # no organs predicted
+    assert s["y"].selected and not s["y"].keep_tumor             # no tumor to keep
+    assert s["w"].keep_tumor and s["y"].tumor_rank == 2
+    assert "predict no organ" in caplog.text and "predict a tumor" in caplog.text
+
+
+def test_other_scores_and_overlap_direction():
+    t = {"a": {"organ_overlap": 0.9, "tumor_overlap": 0.1},
+         "b": {"organ_overlap": 0.5, "tumor_overlap": 0.8}}
+    sel = select(t, PseudoLabelConfig(k_organ=1, k_tumor=1, score="overlap"))  # type: ignore[arg-type]
+    assert sel[0].case_id == "a" and sel[0].selected                 # higher Dice = more confident
+    with pytest.raises(ValueError, match="organ_disagreement"):
+        select(SCORES, PseudoLabelConfig(score="disagreement"))
+
+
+@pytest.mark.parametrize("k", [-1, 2.5, math.inf])
+def test_bad_k_rejected(k):
+    with pytest.raises(ValueError):
+        resolve_k(k, 10)
+
+
+def test_final_label_drops_tumor_unless_kept():
+    lab = np.array([[[0, 1, 14, 13]]], np.uint8)
+    s = by_id(select(SCORES, PseudoLabelConfig(k_organ=3, k_tumor=1)))
+    assert final_label(lab, s["e"]).tolist() == [[[0, 1, 14, 13]]]
+    assert final_label(lab, s["a"]).tolist() == [[[0, 1, 0, 13]]]
+    sb = by_id(select(SCORES, PseudoLabelConfig(k_organ=3, k_tumor=1, unselected_tumor="background")))
+    assert final_label(lab, sb["a"]).tolist() == [[[0, 1, 0, 13]]]
+    with pytest.raises(ValueError, match="not selected"):
+        final_label(lab, s["b"])

@@ -1,0 +1,138 @@
+"""Organ/tumor uncertainty on hand-made probability volumes; expected values computed by hand."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from flareseg.pseudolabel.uncertainty import MemberAccumulator, case_scores, voxel_entropy
+
+C = 15
+
+
+def probs_of(*voxels: dict[int, float]) -> np.ndarray:
+    """(15, 1, 1, N) probabilities, one dict {class: prob} per voxel."""
+    p = np.zeros((C, 1, 1, len(voxels)), np.float32)
+    for i, v in enumerate(voxels):
+        for c, q in v.items():
+            p[c, 0, 0, i] = q
+    return p
+
+
+def labels_of(*vals: int) -> np.ndarray:
+    return np.array(vals, np.uint8).reshape(1, 1, -1)
+
+
+def H(*q: float) -> float:
+    return -sum(x * math.log(x) for x in q if x > 0)
+
+
+def test_single_member_entropy_by_group():
+    p = probs_of({0: 1.0},                      # background, certain
+                 {1: 0.75, 0: 0.25},            # liver
+                 {3: 1.0},                      # spleen, certain
+                 {14: 0.5, 1: 0.25, 0: 0.25})   # tumor
+    s = case_scores(p)
+    assert s["n_members"] == 1
+    assert s["organ_voxels"] == 2 and s["tumor_voxels"] == 1
+    assert s["organ_entropy"] == pytest.approx((H(0.75, 0.25) + 0.0) / 2, rel=1e-5)
+    assert s["tumor_entropy"] == pytest.approx(1.5 * math.log(2), rel=1e-5)
+    assert "organ_disagreement" not in s      # needs >= 2 members
+
+
+def test_absent_tumor_is_nan_with_zero_voxels():
+    s = case_scores(probs_of({0: 0.9, 14: 0.1}, {2: 0.6, 14: 0.4}))
+    assert s["tumor_voxels"] == 0 and math.isnan(s["tumor_entropy"])
+    assert s["organ_entropy"] == pytest.approx(H(0.6, 0.4), rel=1e-5)
+
+
+def test_three_label_members_by_hand():
+    m1 = labels_of(0, 1, 1, 3, 14, 0)
+    m2 = labels_of(0, 1, 3, 3, 0, 0)
+    m3 = labels_of(0, 1, 1, 3, 14, 14)
+    s = case_scores([m1, m2, m3])
+    h3 = H(2 / 3, 1 / 3)
+    sd = math.sqrt(2 / 9)     # population std of a one-hot with 1 or 2 ones among 3 members
+    # organ: any member predicts an organ at voxels 1,2,3; members disagree at voxel 2
+    assert s["organ_disagreement"] == pytest.approx(1 / 3)
+    # tumor: any member predicts tumor at 4,5; both disagree
+    assert s["tumor_disagreement"] == pytest.approx(1.0)
+    # mean prediction: organ at 1,2,3 (entropy only at 2); tumor at 4 (2/3 votes), not at 5
+    assert s["organ_voxels"] == 3 and s["tumor_voxels"] == 1
+    assert s["organ_entropy"] == pytest.approx(h3 / 3, rel=1e-5)
+    assert s["tumor_entropy"] == pytest.approx(h3, rel=1e-5)
+    # inconsistency: liver union {1,2} stds (0, sd); spleen union {2,3} (sd, 0) -> 2 sd / 4
+    assert s["organ_inconsistency"] == pytest.approx(sd / 2, rel=1e-5)
+    assert s["tumor_inconsistency"] == pytest.approx(sd, rel=1e-5)
+    # overlap: pairwise pooled Dice (1,2)=2/3, (1,3)=1, (2,3)=2/3; tumor 0, 2/3, 0
+    assert s["organ_overlap"] == pytest.approx(7 / 9)
+    assert s["tumor_overlap"] == pytest.approx(2 / 9)
+
+
+def test_two_soft_members_by_hand():
+    a = probs_of({14: 0.8, 0: 0.2}, {0: 1.0})
+    b = probs_of({14: 0.4, 0: 0.6}, {0: 1.0})
+    s = case_scores([a, b])
+    assert s["tumor_disagreement"] == pytest.approx(1.0)
+    assert s["tumor_inconsistency"] == pytest.approx(0.2, rel=1e-5)   # |0.8 - 0.4| / 2
+    assert s["tumor_entropy"] == pytest.approx(H(0.6, 0.4), rel=1e-5)
+    assert s["tumor_overlap"] == 0.0
+    assert math.isnan(s["organ_entropy"]) and math.isnan(s["organ_disagreement"])
+    assert math.isnan(s["organ_overlap"]) and s["organ_voxels"] == 0
+
+
+def test_identical_members_agree_perfectly_and_label_is_argmax():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(C, 3, 4, 5)).astype(np.float32)
+    p = torch.softmax(torch.from_numpy(logits) * 3, 0)
+    acc = MemberAccumulator()
+    acc.add(p)
+    acc.add(p.numpy())                          # numpy and torch mix
+    s = acc.scores()
+    assert s["organ_disagreement"] == 0.0
+    assert s["organ_inconsistency"] == pytest.approx(0.0, abs=1e-4)
+    assert s["organ_overlap"] == 1.0
+    single = case_scores(p)
+    assert s["organ_entropy"] == pytest.approx(single["organ_entropy"], rel=1e-5)
+    assert torch.equal(acc.label().long(), p.argmax(0))
+
+
+def test_caller_tensor_is_not_modified():
+    a = torch.from_numpy(probs_of({1: 0.7, 0: 0.3}))
+    before = a.clone()
+    acc = MemberAccumulator()
+    acc.add(a)
+    acc.add(labels_of(0))
+    acc.add(probs_of({2: 1.0}))
+    acc.scores()
+    assert torch.equal(a, before)
+
+
+def test_entropy_map_zero_for_one_hot():
+    p = torch.from_numpy(probs_of({0: 1.0}, {5: 1.0}))
+    assert torch.count_nonzero(voxel_entropy(p)) == 0
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (np.full((C, 1, 1, 2), 3.0, np.float32), "sum to 1"),          # logits
+    (np.zeros((C, 1, 1, 3), np.float32) + 1 / C, "grid"),          # other grid
+    (labels_of(0, 15), "0..14"),                                   # label out of range
+    (np.zeros((4, 1, 1, 2), np.float32), "15 channels"),
+])
+def test_bad_members_are_rejected(bad, msg):
+    acc = MemberAccumulator()
+    acc.add(probs_of({0: 1.0}, {1: 1.0}))
+    with pytest.raises(ValueError, match=msg):
+        acc.add(bad)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    m = [labels_of(0, 1, 1, 3, 14, 0), probs_of({0: 1.0}, {1: .6, 0: .4}, {1: 1.0}, {3: 1.0},
+                                                 {14: .9, 0: .1}, {14: .3, 0: .7})]
+    cpu = case_scores(m)
+    gpu = case_scores([torch.from_numpy(x).cuda() for x in m])
+    for k, v in cpu.items():
+        assert gpu[k] == pytest.approx(v, rel=1e-5, nan_ok=True)
