@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES: list[str] = [
     "flareseg.data.import_cli",
     "flareseg.inference.commands",
+    "flareseg.evaluation.commands",
 ]
 
 DESCRIPTION = """\

@@ -1,0 +1,109 @@
+"""Speed of FLARE23 DSC/NSD evaluation on a synthetic 512x512x300 pair with 14 classes.
+
+Compares ``flareseg.evaluation.evaluate_case`` (per-class union-bbox crop) with the same metric
+computed on the full volume for every class (what a straightforward port of the official
+evaluation script does: masks and distance transforms over the whole scan).  The full-volume
+reference is slow, so by default it runs on a few classes and is extrapolated per class.
+
+    python bench/evaluation_speed.py [--ref-classes 1 4] [--full-ref]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+from flareseg.config import EvaluationConfig  # noqa: E402
+from flareseg.evaluation.metrics import dice, evaluate_case, surface_dice  # noqa: E402
+from flareseg.labels import FOREGROUND  # noqa: E402
+
+SPACING = (2.5, 0.8, 0.8)  # mm (z, y, x), typical abdominal CT
+# class: (centre z, y, x as fractions of the volume, semi-axes in mm z, y, x)
+ORGANS = {
+    1: (0.55, 0.45, 0.30, 80, 90, 75), 2: (0.45, 0.60, 0.33, 50, 30, 28),
+    3: (0.60, 0.55, 0.72, 45, 45, 30), 4: (0.50, 0.48, 0.55, 15, 18, 55),
+    5: (0.50, 0.52, 0.52, 150, 11, 11), 6: (0.50, 0.52, 0.42, 120, 12, 12),
+    7: (0.62, 0.58, 0.38, 15, 12, 5), 8: (0.60, 0.58, 0.62, 15, 12, 5),
+    9: (0.48, 0.38, 0.32, 30, 15, 15), 10: (0.85, 0.55, 0.52, 60, 8, 8),
+    11: (0.62, 0.40, 0.62, 60, 45, 50), 12: (0.45, 0.45, 0.45, 30, 15, 40),
+    13: (0.45, 0.60, 0.68, 50, 30, 28), 14: (0.50, 0.40, 0.25, 20, 20, 20),
+}
+
+
+def synthetic_pair(shape=(300, 512, 512), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Reference with 14 ellipsoid 'organs' and a prediction with shifted, boundary-noised organs."""
+    rng = np.random.default_rng(seed)
+    ref = np.zeros(shape, np.uint8)
+    pred = np.zeros(shape, np.uint8)
+    for c, (fz, fy, fx, az, ay, ax) in ORGANS.items():
+        centre = np.array([fz, fy, fx]) * shape
+        semi = np.array([az, ay, ax]) / SPACING
+        lo = np.maximum(np.floor(centre - semi - 3).astype(int), 0)
+        hi = np.minimum(np.ceil(centre + semi + 3).astype(int), shape)
+        grid = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))]
+        for lab, shift, noise in ((ref, 0.0, 0.0), (pred, 1.0, 0.08)):
+            q = sum(((g - (c0 + shift * rng.uniform(-1, 1))) / s) ** 2 for g, c0, s in zip(grid, centre, semi))
+            inside = q <= 1.0 + noise * rng.standard_normal(q.shape)
+            lab[tuple(slice(a, b) for a, b in zip(lo, hi))][inside] = c
+    return pred, ref
+
+
+def full_volume_case(pred, ref, cfg: EvaluationConfig, classes) -> dict[int, tuple[float, float]]:
+    """Same rules, no cropping: masks and surfaces over the whole (z-range cut) volume."""
+    out = {}
+    for c in classes:
+        p, r = pred == c, ref == c
+        if c in cfg.z_range_classes and r.any():
+            zs = np.flatnonzero(r.any(axis=(1, 2)))
+            p, r = p[zs[0]:zs[-1] + 1], r[zs[0]:zs[-1] + 1]
+        d = dice(p, r)
+        out[c] = (d, surface_dice(p, r, SPACING, cfg.nsd_tolerance_mm[c]) if d >= cfg.nsd_min_dsc else 0.0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ref-classes", type=int, nargs="+", default=[1],
+                    help="classes for the full-volume reference (default: 1, the liver)")
+    ap.add_argument("--full-ref", action="store_true", help="run the reference on all 14 classes")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    cfg = EvaluationConfig()
+    t0 = time.perf_counter()
+    pred, ref = synthetic_pair()
+    print(f"synthetic pair {ref.shape} uint8, spacing {SPACING} mm, built in {time.perf_counter() - t0:.1f} s")
+    print("voxels per class (ref):", {c: int(v) for c, v in enumerate(np.bincount(ref.ravel(), minlength=15)) if c})
+
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        ours = evaluate_case(pred, ref, SPACING, cfg)
+        times.append(time.perf_counter() - t0)
+    ours_t = min(times)
+
+    ref_classes = list(FOREGROUND) if args.full_ref else args.ref_classes
+    t0 = time.perf_counter()
+    full = full_volume_case(pred, ref, cfg, ref_classes)
+    full_t = time.perf_counter() - t0
+    full_14 = full_t / len(ref_classes) * len(FOREGROUND)
+
+    worst = max(max(abs(ours[c][0] - full[c][0]), abs(ours[c][1] - full[c][1])) for c in ref_classes)
+    print(f"\n{'class':>5} {'DSC':>7} {'NSD':>7}")
+    for c in FOREGROUND:
+        print(f"{c:>5} {ours[c][0]:7.4f} {ours[c][1]:7.4f}")
+    print(f"\nmachine: {platform.machine()} {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}")
+    print(f"flareseg evaluate_case (crop), 14 classes: {ours_t:.2f} s (best of {args.repeats}: "
+          + ", ".join(f"{t:.2f}" for t in times) + ")")
+    print(f"full-volume reference, classes {ref_classes}: {full_t:.2f} s -> 14 classes ~ {full_14:.1f} s"
+          + ("" if args.full_ref else " (extrapolated)"))
+    print(f"speed-up ~ {full_14 / ours_t:.1f}x; max |difference| on compared classes: {worst:.2e}")
+
+
+if __name__ == "__main__":
+    main()

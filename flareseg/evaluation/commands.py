@@ -1,0 +1,136 @@
+"""`flareseg evaluate` and `flareseg efficiency` subcommands."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from flareseg.config import ConfigError, load_config
+from flareseg.evaluation.efficiency import (GPU_UNAVAILABLE, measure_efficiency, summarize,
+                                            write_efficiency_reports)
+from flareseg.evaluation.evaluate import evaluate_folders, list_cases
+from flareseg.evaluation.report import format_table
+from flareseg.io import InputError
+from flareseg.labels import FOREGROUND
+
+log = logging.getLogger(__name__)
+
+EVALUATE_HELP = """\
+Score predictions against reference labels with the FLARE23 rules: DSC and NSD per case and
+class (NSD tolerances in mm from evaluation.nsd_tolerance_mm); both empty -> 1, one empty -> 0;
+aorta, IVC and esophagus scored only on the reference's axial slices of that class; NSD = 0 when
+DSC < evaluation.nsd_min_dsc; spacing from the reference; the prediction must lie on the
+reference's grid.  Cases are matched by file name (image suffix and a trailing _0000 removed).
+
+inputs : --pred and --gt, two folders of label files (.nii.gz/.nii/.mha/.nrrd) or two files
+outputs: a table on stdout; with --out: per_case.csv (case,class,name,dsc,nsd), summary.json
+         (per-class means, organ mean 1-13, tumor, overall, missing/extra/errors), summary.txt
+exit   : 0 when every reference case was scored; 1 when a prediction is missing, unreadable or
+         on another grid (the other cases are still scored and reported)
+
+examples:
+  flareseg evaluate --pred work/stage-6-predict/outputs --gt data/val/labels --out reports/val
+  flareseg evaluate --pred pred/case_01.nii.gz --gt labels/case_01.nii.gz
+  flareseg evaluate --pred P --gt G --set evaluation.nsd_min_dsc=0.2 --classes 1 2 3 13
+"""
+
+EFFICIENCY_HELP = """\
+Time a prediction command the way the FLARE23 efficiency harness does: one process per case (so
+start-up and model loading count), used GPU memory (total - free, NVML or nvidia-smi) sampled
+every --interval seconds, peak RSS of the process.  Without a GPU it still times and reports RSS
+and says GPU memory is unavailable.
+
+placeholders in the command: {input} (case file), {output} (OUT/outputs/<case><suffix>), {case},
+{input_dir} (a folder holding only this case), {output_dir} (OUT/outputs)
+outputs: OUT/efficiency.csv (case, returncode, wall_s, rss_peak_mb, gpu_max_mb, gpu_auc_mb_s, ...),
+         OUT/efficiency.json (summary + rows), OUT/outputs/, OUT/logs/<case>.log
+exit   : 0 when every case's command exited 0, else 1
+
+examples:
+  flareseg efficiency --inputs data/val/images --out reports/eff -- flareseg predict -i {input} -o {output}
+  flareseg efficiency --inputs imgs --out eff -- docker run --gpus all -v {input_dir}:/workspace/inputs \\
+      -v {output_dir}:/workspace/outputs flareseg:latest
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("evaluate", help="FLARE23 DSC/NSD of predictions against reference labels",
+                       description=EVALUATE_HELP, formatter_class=fmt)
+    p.add_argument("--pred", required=True, type=Path, help="folder (or file) of predicted label maps")
+    p.add_argument("--gt", required=True, type=Path, help="folder (or file) of reference label maps")
+    p.add_argument("--out", type=Path, help="folder for per_case.csv, summary.json, summary.txt")
+    p.add_argument("--config", type=Path, help="YAML config (its evaluation: section is used)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. evaluation.nsd_min_dsc=0.2 (repeatable)")
+    p.add_argument("--classes", type=int, nargs="+", default=list(FOREGROUND),
+                   help="classes to score (default: 1..14)")
+    p.add_argument("--missing-zero", action="store_true",
+                   help="score missing predictions as 0 (challenge rule) instead of leaving them out")
+    p.set_defaults(func=run_evaluate)
+
+    q = sub.add_parser("efficiency", help="time a prediction command per case: wall s, GPU memory, RSS",
+                       description=EFFICIENCY_HELP, formatter_class=fmt)
+    q.add_argument("--inputs", required=True, type=Path, nargs="+",
+                   help="input image files, or folders of them")
+    q.add_argument("--out", required=True, type=Path, help="folder for outputs, logs and reports")
+    q.add_argument("--interval", type=float, default=0.1, help="GPU memory sampling interval, s (default 0.1)")
+    q.add_argument("--timeout", type=float, default=None, help="kill a case after this many seconds")
+    q.add_argument("--gpu-index", type=int, default=0, help="GPU to sample (default 0)")
+    q.add_argument("command", nargs=argparse.REMAINDER,
+                   help="the command, after `--`, with {input}/{output} placeholders")
+    q.set_defaults(func=run_efficiency)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, args.overrides).evaluation
+        res = evaluate_folders(args.pred, args.gt, cfg, args.out, classes=args.classes,
+                               missing_as_zero=args.missing_zero)
+    except (ConfigError, InputError) as e:
+        log.error("%s", e)
+        return 2
+    print(format_table(res), end="")
+    if args.out:
+        print(f"reports written to {args.out}")
+    return 0 if res.ok else 1
+
+
+def _expand_inputs(paths: list[Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(list_cases(p).values())
+        elif p.exists():
+            out.append(p)
+        else:
+            raise InputError(p, "does not exist")
+    return out
+
+
+def run_efficiency(args: argparse.Namespace) -> int:
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not cmd:
+        log.error("no command given: put it after `--`, e.g. -- python predict.py {input} {output}")
+        return 2
+    try:
+        inputs = _expand_inputs(args.inputs)
+    except InputError as e:
+        log.error("%s", e)
+        return 2
+    if not inputs:
+        log.error("no input images found in %s", ", ".join(map(str, args.inputs)))
+        return 2
+    rows = measure_efficiency(cmd, inputs, args.out, args.interval, args.timeout, args.gpu_index)
+    summary = summarize(rows, cmd, args.interval)
+    write_efficiency_reports(rows, summary, args.out)
+    print(f"{'case':<24} {'rc':>3} {'wall s':>8} {'RSS MB':>8} {'GPU max MB':>11} {'GPU AUC MB*s':>13}")
+    for r in rows:
+        gm = "n/a" if r["gpu_max_mb"] is None else f"{r['gpu_max_mb']:.0f}"
+        ga = "n/a" if r["gpu_auc_mb_s"] is None else f"{r['gpu_auc_mb_s']:.0f}"
+        print(f"{r['case']:<24} {r['returncode']:>3} {r['wall_s']:8.2f} {r['rss_peak_mb']:8.1f} {gm:>11} {ga:>13}")
+    if summary["gpu_max_mb"] is None:
+        print(GPU_UNAVAILABLE)
+    print(f"{summary['n_cases']} case(s), {summary['n_failed']} failed, total {summary['wall_s_total']:.2f} s; "
+          f"reports in {args.out}")
+    return 0 if summary["n_failed"] == 0 else 1

@@ -1,0 +1,179 @@
+"""Efficiency harness: one process per case, as the FLARE23 harness runs one container per case.
+
+Start-up and model loading therefore count.  Per case it records wall seconds, peak resident
+memory of the process tree (polled from ``/proc``, MB) and, where an NVIDIA GPU is
+visible, used GPU memory (total - free) sampled every ``interval`` seconds: its maximum (MB) and
+the area under the memory-time curve (sum of samples x interval, MB*s).
+
+Command placeholders (replaced inside every argument): ``{input}`` the case's input file,
+``{output}`` ``OUT/outputs/<case><suffix>``, ``{case}`` the case name, ``{input_dir}`` a folder
+holding only this case's input (link), ``{output_dir}`` ``OUT/outputs``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from flareseg.evaluation import proc_memory
+from flareseg.evaluation.evaluate import case_name
+from flareseg.evaluation.gpu_memory import MemorySampler, probe_backend
+from flareseg.io import image_suffix, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+GPU_UNAVAILABLE = "GPU memory unavailable (no NVML and no nvidia-smi)"
+PLACEHOLDERS = ("{input}", "{output}", "{case}", "{input_dir}", "{output_dir}")
+
+
+def fill_command(template: Sequence[str], values: dict[str, str]) -> list[str]:
+    """Replace ``{input}``-style placeholders in each argument (other braces are left alone)."""
+    out = []
+    for arg in template:
+        for key, val in values.items():
+            arg = arg.replace("{" + key + "}", val)
+        out.append(arg)
+    return out
+
+
+def _run_measured(cmd: list[str], log_path: Path, timeout_s: float | None,
+                  interval: float) -> tuple[int, float, float, bool]:
+    """Run ``cmd`` in its own session; returns ``(exit code, wall s, peak RSS MB, timed_out)``.
+
+    Peak RSS comes from polling ``/proc`` (see :mod:`proc_memory`); where there is no ``/proc``
+    it falls back to ``wait4``'s ``ru_maxrss``, which may include the parent's memory.
+    """
+    lock, state = threading.Lock(), {"done": False, "timed_out": False}
+    with open(log_path, "wb") as logf:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        rss = MemorySampler(lambda: proc_memory.tree_memory_mb(proc.pid), interval).start() \
+            if proc_memory.available() else None
+
+        def kill() -> None:
+            with lock:
+                if not state["done"]:
+                    state["timed_out"] = True
+                    os.killpg(proc.pid, signal.SIGKILL)
+        timer = threading.Timer(timeout_s, kill) if timeout_s else None
+        if timer:
+            timer.start()
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # exited, not yet reaped
+        wall = time.perf_counter() - t0
+        samples = rss.stop() if rss else []
+        with lock:
+            state["done"] = True
+            _, status, usage = os.wait4(proc.pid, 0)
+        if timer:
+            timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    peak = max(samples, default=0.0) if rss else usage.ru_maxrss / 1024.0  # Linux: kB
+    return proc.returncode, wall, peak, state["timed_out"]
+
+
+def measure_efficiency(command_template: Sequence[str], inputs: Sequence[Path], out_dir: os.PathLike | str,
+                       interval: float = 0.1, timeout_s: float | None = None,
+                       gpu_index: int = 0) -> list[dict]:
+    """Run ``command_template`` once per input file and measure it.
+
+    Returns one row per case: ``case, input, output, returncode, timed_out, wall_s, rss_peak_mb,
+    gpu_backend, gpu_baseline_mb, gpu_max_mb, gpu_auc_mb_s, gpu_samples, log`` (GPU fields
+    ``None`` when no GPU memory reading is possible).  Outputs go to ``out_dir/outputs``, the
+    command's stdout+stderr to ``out_dir/logs/<case>.log``.
+    """
+    if not command_template:
+        raise ValueError("empty command template")
+    if not any(ph in arg for arg in command_template for ph in PLACEHOLDERS):
+        log.warning("command has no {input}/{output} placeholder: every case runs the same command")
+    out = Path(out_dir)
+    outputs, logs, staged = out / "outputs", out / "logs", out / "inputs"
+    for d in (outputs, logs, staged):
+        d.mkdir(parents=True, exist_ok=True)
+    backend = probe_backend(gpu_index)
+    if backend is None:
+        log.info(GPU_UNAVAILABLE)
+    rows = []
+    for inp in tqdm([Path(p) for p in inputs], desc="efficiency", unit="case", disable=len(inputs) < 2):
+        case = case_name(inp)
+        in_dir = staged / case
+        in_dir.mkdir(exist_ok=True)
+        link = in_dir / inp.name
+        if not link.exists():
+            link.symlink_to(inp.resolve())
+        dest = outputs / f"{case}{image_suffix(inp) or '.nii.gz'}"
+        cmd = fill_command(command_template, {"input": str(inp), "output": str(dest), "case": case,
+                                              "input_dir": str(in_dir), "output_dir": str(outputs)})
+        row: dict = {"case": case, "input": str(inp), "output": str(dest),
+                     "gpu_backend": backend[0] if backend else None, "gpu_baseline_mb": None,
+                     "gpu_max_mb": None, "gpu_auc_mb_s": None, "gpu_samples": 0}
+        sampler = None
+        if backend is not None:
+            try:
+                row["gpu_baseline_mb"] = round(backend[1](), 1)
+            except Exception as e:  # transient read failure: the sampler still runs
+                log.debug("GPU baseline read failed: %s", e)
+            sampler = MemorySampler(backend[1], interval).start()
+        log_path = logs / f"{case}.log"
+        try:
+            rc, wall, rss, timed_out = _run_measured(cmd, log_path, timeout_s, min(interval, 0.05))
+        except OSError as e:  # command not found / not executable
+            rc, wall, rss, timed_out = 127, 0.0, 0.0, False
+            log_path.write_text(f"cannot start {cmd[0]!r}: {e}\n")
+        samples = sampler.stop() if sampler else []
+        if samples:
+            row.update(gpu_max_mb=round(max(samples), 1), gpu_auc_mb_s=round(sum(samples) * interval, 1),
+                       gpu_samples=len(samples))
+        row.update(returncode=rc, timed_out=timed_out, wall_s=round(wall, 3), rss_peak_mb=round(rss, 1),
+                   log=str(log_path))
+        if rc != 0:
+            log.error("case %s: command exited with %s%s (log: %s)", case, rc,
+                      " after timeout" if timed_out else "", log_path)
+        rows.append(row)
+    return rows
+
+
+def summarize(rows: list[dict], command_template: Sequence[str] = (), interval: float = 0.1) -> dict:
+    """Totals and means over cases; GPU entries say ``unavailable`` when nothing was sampled."""
+    def vals(key: str) -> list[float]:
+        return [r[key] for r in rows if r.get(key) is not None]
+
+    walls, rss, gmax, gauc = vals("wall_s"), vals("rss_peak_mb"), vals("gpu_max_mb"), vals("gpu_auc_mb_s")
+    backend = next((r["gpu_backend"] for r in rows if r.get("gpu_backend")), None)
+    return {
+        "n_cases": len(rows),
+        "n_failed": sum(1 for r in rows if r.get("returncode") != 0),
+        "command": list(command_template),
+        "interval_s": interval,
+        "wall_s_total": round(sum(walls), 3),
+        "wall_s_mean": round(sum(walls) / len(walls), 3) if walls else None,
+        "wall_s_max": max(walls) if walls else None,
+        "rss_peak_mb_max": max(rss) if rss else None,
+        "gpu_memory": backend if gmax else GPU_UNAVAILABLE,
+        "gpu_max_mb": max(gmax) if gmax else None,
+        "gpu_auc_mb_s_mean": round(sum(gauc) / len(gauc), 1) if gauc else None,
+    }
+
+
+CSV_FIELDS = ("case", "returncode", "timed_out", "wall_s", "rss_peak_mb", "gpu_backend", "gpu_baseline_mb",
+              "gpu_max_mb", "gpu_auc_mb_s", "gpu_samples", "input", "output", "log")
+
+
+def write_efficiency_reports(rows: list[dict], summary: dict, out_dir: os.PathLike | str) -> dict[str, Path]:
+    """Write ``efficiency.csv`` (one row per case) and ``efficiency.json`` (summary + rows) atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(CSV_FIELDS), lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS} for r in rows)
+    out = Path(out_dir)
+    return {"csv": write_text(buf.getvalue(), out / "efficiency.csv"),
+            "json": write_json({"summary": summary, "cases": rows}, out / "efficiency.json")}

@@ -1,0 +1,172 @@
+"""Folder-level FLARE23 evaluation: match cases by name, score each pair, summarise.
+
+Case names are file names without the image suffix and without a trailing ``_0000`` channel tag,
+so ``case_01_0000.nii.gz`` (an input image name) and ``case_01.nii.gz`` (its label) match.
+A case whose prediction is unreadable or not on the reference's grid is reported with the reason
+and the remaining cases are still evaluated.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from flareseg.config import EvaluationConfig
+from flareseg.evaluation.metrics import evaluate_case
+from flareseg.evaluation.report import write_reports
+from flareseg.io import Geometry, InputError, geometry_mismatch, image_suffix, read_array, strip_suffix
+from flareseg.labels import CLASS_NAMES, FOREGROUND, ORGANS, TUMOR
+
+log = logging.getLogger(__name__)
+
+
+def case_name(path: os.PathLike | str) -> str:
+    """``.../case_01_0000.nii.gz`` -> ``case_01``."""
+    name = strip_suffix(path)
+    return name[:-5] if name.endswith("_0000") else name
+
+
+def list_cases(folder: os.PathLike | str) -> dict[str, Path]:
+    """Image files of a folder by case name (or the file itself when ``folder`` is a file)."""
+    folder = Path(folder)
+    if folder.is_file():
+        return {case_name(folder): folder}
+    if not folder.is_dir():
+        raise InputError(folder, "does not exist")
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not image_suffix(p):
+            continue
+        name = case_name(p)
+        if name in out:
+            raise InputError(folder, f"case {name!r} appears twice ({out[name].name}, {p.name})")
+        out[name] = p
+    return out
+
+
+def match_cases(pred: os.PathLike | str, gt: os.PathLike | str) -> tuple[list[tuple[str, Path, Path]], list[str], list[str]]:
+    """Pair predictions with references by case name.
+
+    Returns ``(pairs, missing, extra)``: ``(case, pred_path, gt_path)`` triples, reference cases
+    without a prediction, and predictions without a reference.  Two single files always pair.
+    """
+    if Path(pred).is_file() and Path(gt).is_file():
+        return [(case_name(gt), Path(pred), Path(gt))], [], []
+    p, g = list_cases(pred), list_cases(gt)
+    pairs = [(c, p[c], g[c]) for c in sorted(g) if c in p]
+    return pairs, sorted(set(g) - set(p)), sorted(set(p) - set(g))
+
+
+def read_label(path: Path) -> tuple[np.ndarray, Geometry]:
+    """Read an integer label map ``(Z, Y, X)``; float files must hold whole numbers."""
+    arr, geo = read_array(path)
+    if arr.dtype.kind == "f":
+        if not np.all(np.mod(arr, 1) == 0):
+            raise InputError(path, "label map holds non-integer values")
+        arr = arr.astype(np.int32)
+    elif arr.dtype.kind not in "iub":
+        raise InputError(path, f"label map has unsupported voxel type {arr.dtype}")
+    return arr, geo
+
+
+def evaluate_pair(pred_path: Path, gt_path: Path, cfg: EvaluationConfig = EvaluationConfig(),
+                  classes: Sequence[int] = FOREGROUND) -> dict[int, tuple[float, float]]:
+    """Score one prediction file against its reference file (spacing from the reference).
+
+    Raises :class:`InputError` naming both files when the prediction is not on the reference grid.
+    """
+    ref, g_geo = read_label(gt_path)
+    pred, p_geo = read_label(pred_path)
+    why = geometry_mismatch(g_geo, p_geo)
+    if why:
+        raise InputError(pred_path, f"not on the grid of reference {gt_path}: " + "; ".join(why)
+                         + " (reference vs prediction)")
+    return evaluate_case(pred, ref, g_geo.spacing_zyx, cfg, classes)
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else math.nan
+
+
+@dataclass
+class EvaluationResult:
+    """Scores per case and class plus the FLARE23 summary.
+
+    ``scores[case][class] = (dsc, nsd)``; ``errors[case]`` is why a case could not be scored;
+    ``missing``/``extra`` are reference cases without prediction and predictions without reference.
+    """
+
+    classes: tuple[int, ...]
+    scores: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+
+    def rows(self) -> list[dict]:
+        """Long table: one row per (case, class) with ``dsc`` and ``nsd``."""
+        return [{"case": case, "class": c, "name": CLASS_NAMES[c], "dsc": d, "nsd": n}
+                for case in sorted(self.scores) for c, (d, n) in sorted(self.scores[case].items())]
+
+    def per_class(self) -> dict[int, tuple[float, float]]:
+        """Mean (DSC, NSD) of each class over the scored cases."""
+        return {c: (_mean([s[c][0] for s in self.scores.values()]),
+                    _mean([s[c][1] for s in self.scores.values()])) for c in self.classes}
+
+    def group(self, classes: Sequence[int]) -> tuple[float, float]:
+        """Mean over ``classes`` (those evaluated) of the per-class means."""
+        pc = self.per_class()
+        cs = [c for c in classes if c in pc]
+        return _mean([pc[c][0] for c in cs]), _mean([pc[c][1] for c in cs])
+
+    @property
+    def organ(self) -> tuple[float, float]:
+        return self.group(ORGANS)
+
+    @property
+    def tumor(self) -> tuple[float, float]:
+        return self.group((TUMOR,))
+
+    @property
+    def overall(self) -> tuple[float, float]:
+        return self.group(self.classes)
+
+    @property
+    def ok(self) -> bool:
+        """True when every reference case had a readable prediction on its grid."""
+        return not self.errors and not self.missing
+
+
+def evaluate_folders(pred_dir: os.PathLike | str, gt_dir: os.PathLike | str,
+                     cfg: EvaluationConfig = EvaluationConfig(), out_dir: os.PathLike | str | None = None,
+                     classes: Sequence[int] = FOREGROUND, missing_as_zero: bool = False) -> EvaluationResult:
+    """Evaluate every prediction in ``pred_dir`` against the reference of the same case in ``gt_dir``.
+
+    ``pred_dir``/``gt_dir`` may also be two single files.  With ``missing_as_zero`` a reference
+    case without prediction scores 0 for every class (the challenge rule) instead of being left
+    out of the means.  With ``out_dir`` the reports (``per_case.csv``, ``summary.json``,
+    ``summary.txt``) are written there atomically.
+    """
+    pairs, missing, extra = match_cases(pred_dir, gt_dir)
+    res = EvaluationResult(classes=tuple(classes), missing=missing, extra=extra)
+    if missing:
+        log.warning("%d reference case(s) without prediction in %s: %s", len(missing), pred_dir, ", ".join(missing))
+    if extra:
+        log.warning("%d prediction(s) without reference in %s: %s", len(extra), gt_dir, ", ".join(extra))
+    for case, p, g in tqdm(pairs, desc="evaluate", unit="case", disable=len(pairs) < 2):
+        try:
+            res.scores[case] = evaluate_pair(p, g, cfg, classes)
+        except (InputError, ValueError, OSError) as e:
+            log.error("case %s: %s", case, e)
+            res.errors[case] = str(e)
+    if missing_as_zero:
+        for case in missing:
+            res.scores[case] = {c: (0.0, 0.0) for c in classes}
+    if out_dir is not None:
+        write_reports(res, out_dir, cfg)
+    return res

@@ -1,0 +1,108 @@
+"""FLARE23 segmentation metrics: Dice (DSC) and normalised surface Dice (NSD), pure numpy.
+
+Rules (official FLARE22/23 evaluation): per class, both masks empty -> (1, 1); reference empty
+and prediction not -> (0, 0); for the classes in ``cfg.z_range_classes`` (aorta, IVC, esophagus)
+both masks are first cut to the axial slices where the reference has that class; NSD is set to 0
+when DSC < ``cfg.nsd_min_dsc``.  Arrays are ``(Z, Y, X)``, spacing in mm ``(z, y, x)``.
+
+Speed: each class is cut to the union bounding box of prediction and reference (found for all
+classes in one pass by :func:`scipy.ndimage.find_objects`) before the distance transforms.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from flareseg.config import EvaluationConfig
+from flareseg.evaluation.surfels import surfels
+from flareseg.labels import FOREGROUND
+
+
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice coefficient of two boolean masks of equal shape; 1.0 when both are empty."""
+    p, r = int(np.count_nonzero(pred)), int(np.count_nonzero(ref))
+    if p + r == 0:
+        return 1.0
+    return 2.0 * int(np.count_nonzero(pred & ref)) / (p + r)
+
+
+def surface_dice(pred: np.ndarray, ref: np.ndarray, spacing_zyx: Sequence[float],
+                 tolerance_mm: float) -> float:
+    """Normalised surface Dice of two boolean ``(Z, Y, X)`` masks at ``tolerance_mm``.
+
+    Fraction of the total surface area (prediction + reference, mm^2) lying within the tolerance
+    of the other surface.  Distances are measured between surfel centres on the cell grid with
+    ``distance_transform_edt(sampling=spacing)``.  Both empty -> 1.0, one empty -> 0.0.
+    The masks should already be cropped (see :func:`crop_pair`); the result does not depend on it.
+    """
+    spacing = tuple(float(s) for s in spacing_zyx)
+    b_pred, a_pred = surfels(pred, spacing)
+    b_ref, a_ref = surfels(ref, spacing)
+    n_pred, n_ref = b_pred.any(), b_ref.any()
+    if not n_pred and not n_ref:
+        return 1.0
+    if not n_pred or not n_ref:
+        return 0.0
+    d_to_ref = ndimage.distance_transform_edt(~b_ref, sampling=spacing)
+    d_to_pred = ndimage.distance_transform_edt(~b_pred, sampling=spacing)
+    close = a_pred[b_pred & (d_to_ref <= tolerance_mm)].sum() + a_ref[b_ref & (d_to_pred <= tolerance_mm)].sum()
+    total = a_pred[b_pred].sum() + a_ref[b_ref].sum()
+    return float(close / total) if total > 0 else 0.0
+
+
+def _union(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None) -> tuple[slice, ...] | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
+
+
+def _boxes(lab: np.ndarray, max_label: int) -> list[tuple[slice, ...] | None]:
+    """Bounding box (slices) of each label 1..max_label; index 0 is label 1."""
+    lab = np.asarray(lab)
+    if lab.dtype.kind not in "iu":
+        lab = lab.astype(np.int32)
+    boxes = ndimage.find_objects(lab, max_label=max_label) if max_label > 0 else []
+    return list(boxes) + [None] * (max_label - len(boxes))
+
+
+def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing_zyx: Sequence[float],
+                  cfg: EvaluationConfig = EvaluationConfig(),
+                  classes: Sequence[int] = FOREGROUND) -> dict[int, tuple[float, float]]:
+    """DSC and NSD per class for one case under the FLARE23 rules.
+
+    ``pred``/``ref``: integer label maps ``(Z, Y, X)`` on the same grid; ``spacing_zyx`` in mm
+    (the reference's).  Returns ``{class: (dsc, nsd)}`` for every class in ``classes``.
+    Tolerances come from ``cfg.nsd_tolerance_mm`` (mm).
+    """
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
+    top = max(classes) if classes else 0
+    box_p, box_r = _boxes(pred, top), _boxes(ref, top)
+    out: dict[int, tuple[float, float]] = {}
+    for c in classes:
+        bp, br = box_p[c - 1], box_r[c - 1]
+        if br is None:  # reference empty: 1 if the prediction is empty too, else 0
+            out[c] = (1.0, 1.0) if bp is None else (0.0, 0.0)
+            continue
+        if c in cfg.z_range_classes and bp is not None:
+            z = slice(max(bp[0].start, br[0].start), min(bp[0].stop, br[0].stop))
+            bp = None if z.start >= z.stop else (z,) + tuple(bp[1:])
+        if bp is None:  # nothing predicted (within the reference's z-range)
+            out[c] = (0.0, 0.0)
+            continue
+        box = _union(bp, br)
+        # for z-range classes the box lies inside the reference's slices, so cropping cuts both
+        p, r = pred[box] == c, ref[box] == c
+        d = dice(p, r)
+        if d < cfg.nsd_min_dsc:
+            out[c] = (d, 0.0)
+            continue
+        tol = cfg.nsd_tolerance_mm.get(c)
+        if tol is None:
+            raise KeyError(f"no NSD tolerance configured for class {c} (evaluation.nsd_tolerance_mm)")
+        out[c] = (d, surface_dice(p, r, spacing_zyx, tol))
+    return out

@@ -1,0 +1,86 @@
+"""Evaluation reports: per-case CSV, JSON summary and a printable table."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flareseg.config import EvaluationConfig, to_dict
+from flareseg.io import write_json, write_text
+from flareseg.labels import CLASS_NAMES
+
+if TYPE_CHECKING:  # evaluate.py imports this module
+    from flareseg.evaluation.evaluate import EvaluationResult
+
+
+def _num(x: float) -> float | None:
+    """JSON-safe float (NaN -> null)."""
+    return None if x is None or math.isnan(x) else round(float(x), 6)
+
+
+def _pair(p: tuple[float, float]) -> dict:
+    return {"dsc": _num(p[0]), "nsd": _num(p[1])}
+
+
+def summary_dict(res: EvaluationResult, cfg: EvaluationConfig | None = None) -> dict:
+    """Plain dict of the summary: means per class, organ, tumor, overall, plus case bookkeeping."""
+    out = {
+        "n_cases": len(res.scores),
+        "per_class": {str(c): {"name": CLASS_NAMES[c], **_pair(v)} for c, v in res.per_class().items()},
+        "organ_mean": _pair(res.organ),
+        "tumor": _pair(res.tumor),
+        "overall": _pair(res.overall),
+        "cases": sorted(res.scores),
+        "missing": res.missing,
+        "extra": res.extra,
+        "errors": res.errors,
+    }
+    if cfg is not None:
+        out["config"] = to_dict(cfg)
+    return out
+
+
+def per_case_csv(res: EvaluationResult) -> str:
+    """CSV text with columns ``case,class,name,dsc,nsd`` (one row per case and class)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["case", "class", "name", "dsc", "nsd"], lineterminator="\n")
+    w.writeheader()
+    for r in res.rows():
+        w.writerow({**r, "dsc": f"{r['dsc']:.6f}", "nsd": f"{r['nsd']:.6f}"})
+    return buf.getvalue()
+
+
+def format_table(res: EvaluationResult) -> str:
+    """Human-readable table of per-class means and the organ/tumor/overall rows."""
+    def f(x: float) -> str:
+        return "   n/a" if math.isnan(x) else f"{x:6.4f}"
+
+    lines = [f"{'class':>5}  {'name':<22} {'DSC':>6}  {'NSD':>6}", "-" * 44]
+    for c, (d, n) in res.per_class().items():
+        lines.append(f"{c:>5}  {CLASS_NAMES[c]:<22} {f(d)}  {f(n)}")
+    lines.append("-" * 44)
+    for label, (d, n) in (("organ mean (1-13)", res.organ), ("tumor (14)", res.tumor),
+                          ("overall", res.overall)):
+        lines.append(f"{'':>5}  {label:<22} {f(d)}  {f(n)}")
+    lines.append(f"cases scored: {len(res.scores)}")
+    if res.missing:
+        lines.append(f"missing predictions ({len(res.missing)}): {', '.join(res.missing)}")
+    if res.extra:
+        lines.append(f"predictions without reference ({len(res.extra)}): {', '.join(res.extra)}")
+    for case, why in sorted(res.errors.items()):
+        lines.append(f"error {case}: {why}")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(res: EvaluationResult, out_dir: os.PathLike | str,
+                  cfg: EvaluationConfig | None = None) -> dict[str, Path]:
+    """Write ``per_case.csv``, ``summary.json`` and ``summary.txt`` into ``out_dir`` atomically."""
+    out = Path(out_dir)
+    return {
+        "per_case": write_text(per_case_csv(res), out / "per_case.csv"),
+        "summary": write_json(summary_dict(res, cfg), out / "summary.json"),
+        "table": write_text(format_table(res), out / "summary.txt"),
+    }
