@@ -93,7 +93,9 @@ class PseudoLabelConfig:
     score: Literal["entropy", "disagreement", "inconsistency"] = "entropy"
     unselected_tumor: Literal["unannotated", "background"] = "unannotated"
     tta: bool = False
-    fill_in_organs: bool = True
+    fill_in_organs: bool = True      # fill organ labels into tumor-only cases (feeds the CTO pool)
+    fill_in_partial: bool = False    # also complete cases with only some organs annotated
+    shard: str = "0/1"               # i/N: this run scores only its share of the unlabeled cases
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ class Prediction:
     labels: sitk.Image
     probabilities: np.ndarray | None = None   # (K, Z, Y, X) float16, input array order
     stats: dict[str, Any] = field(default_factory=dict)
+    hook_result: Any = None
 
 
 def body_bbox(arr: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float = 10.0,
@@ -143,8 +144,13 @@ class FastPredictor:
         return self.run(image).labels
 
     @torch.inference_mode()
-    def run(self, image: str | os.PathLike | sitk.Image, save_probabilities: bool = False) -> Prediction:
-        """Predict one case; ``stats`` holds seconds per step and window counts."""
+    def run(self, image: str | os.PathLike | sitk.Image, save_probabilities: bool = False,
+            prob_hook: Callable[[torch.Tensor], Any] | None = None) -> Prediction:
+        """Predict one case; ``stats`` holds seconds per step and window counts.
+
+        ``prob_hook`` receives the softmax probabilities ``(K, Z, Y, X)`` at model resolution, on the
+        device, and its return value lands in ``Prediction.hook_result`` (stage-2 computes
+        uncertainty there, so probabilities never leave the device)."""
         t = _Timer(self.device)
         name = "<in-memory image>"
         if not isinstance(image, sitk.Image):
@@ -176,11 +182,16 @@ class FastPredictor:
 
         out, wstats = predict_sliding_window(
             x, self.window_fn(), self.model.patch_size, self.step_size, self.batch_windows,
-            self.skip, self.skip_threshold, self.dtype, return_logits=save_probabilities)
+            self.skip, self.skip_threshold, self.dtype,
+            return_logits=save_probabilities or prob_hook is not None)
         del x
-        if save_probabilities:
-            probs = torch.softmax(out, 0)
+        hook_result = None
+        if save_probabilities or prob_hook is not None:
+            probs = torch.softmax(out.float(), 0)
+            del out
             labels_m = probs.argmax(0).to(torch.uint8)
+            if prob_hook is not None:
+                hook_result = prob_hook(probs)
         else:
             labels_m = out
         t.lap("sliding_window")
@@ -200,7 +211,7 @@ class FastPredictor:
             "shape_input_zyx": list(arr.shape), "shape_cropped": list(sub.shape),
             "shape_model": list(shape_model), "crop": [[s.start, s.stop] for s in crop],
         }
-        return Prediction(out_img, prob_np, dict(self.last_stats))
+        return Prediction(out_img, prob_np, dict(self.last_stats), hook_result)
 
     def _probabilities_to_input(self, probs: torch.Tensor, crop_shape, full_shape, crop, tb) -> np.ndarray:
         """Softmax at model resolution -> trilinear to the input grid; background 1 outside the crop."""

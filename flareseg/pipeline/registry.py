@@ -12,6 +12,11 @@ def _stage1(ctx: StageContext) -> dict:
     return stage1_fine.run(ctx)
 
 
+def _stage2(ctx: StageContext) -> dict:
+    from flareseg.pipeline import stage2_pseudo
+    return stage2_pseudo.run(ctx)
+
+
 def _stage3(ctx: StageContext) -> dict:
     from flareseg.pipeline import stage3_cto
     return stage3_cto.run(ctx)
@@ -31,7 +36,7 @@ def _not_built(n: int, issue: int):
 
 STAGES: dict[int, Stage] = {
     1: Stage(1, ("seed", "data", "fine", "coarse", "train_fine"), (), _stage1),
-    2: Stage(2, ("seed", "pseudolabel", "inference"), (1,), _not_built(2, 6)),
+    2: Stage(2, ("seed", "pseudolabel", "inference"), (1,), _stage2),
     3: Stage(3, ("seed", "cto", "coarse"), (1, 2), _stage3),
     4: Stage(4, ("cleaning",), (1, 2), _not_built(4, 5)),
     5: Stage(5, ("seed", "data", "coarse", "train_coarse", "cutmix"), (1, 2, 3, 4), _stage5),

@@ -90,5 +90,7 @@ def run(ctx: StageContext) -> dict:
     outputs = [ds_dir / "dataset.json", ds_dir / "label_types.json", ds_dir / "cases.json",
                ds_dir / "import_report.json", pre_dir / "nnUNetPlans.json"]
     return {"dataset": str(ds_dir), "preprocessed": str(pre_dir), "import": imported,
+            **{k: str(src[k]) if src[k] else None
+               for k in ("hidden_gt", "validation_images", "validation_labels")},
             "plans": planned, "model_dir": str(model_dir), "training": trained,
             "outputs": outputs + [model_dir / f"fold_{cfg.train_fine.fold}" / "checkpoint_final.pth"]}

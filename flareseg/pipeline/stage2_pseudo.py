@@ -1,0 +1,149 @@
+"""stage-2: pseudo labels for unlabeled scans, uncertainty ranking and selection, and organ
+fill-in of tumor-only cases, all with the stage-1 fine model.
+
+Per unlabeled case the fast predictor keeps the softmax on the device, where organ and tumor
+uncertainty are computed; only the argmax pseudo label is written (``raw/``), then the scores
+(``scores/``), so a killed run resumes at the next case.  ``pseudolabel.shard = i/N`` scores only
+this shard's cases (run N jobs, then one ``0/1`` run merges and selects).  Selection writes the
+final labels of the K1 selected cases (``pseudo_labels/``) with their label types, and
+``training_additions.json`` lists everything stage-4/5 add to the training set.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from flareseg.config import config_hash, to_dict
+from flareseg.io import read_array, read_json, write_array, write_image, write_json
+from flareseg.labels import ORGANS, TUMOR, label_type
+from flareseg.pipeline.stage import StageContext, StageError
+
+log = logging.getLogger(__name__)
+
+
+def _spearman(a: list[float], b: list[float]) -> float | None:
+    if len(a) < 3:
+        return None
+    from scipy.stats import spearmanr
+    r = spearmanr(a, b).statistic
+    return None if not math.isfinite(r) else round(float(r), 4)
+
+
+def pseudo_label_quality(selection, raw_dir: Path, gt_dir: Path) -> dict:
+    """With hidden ground truth (phantoms): true organ Dice of each raw pseudo label, its rank
+    correlation with organ uncertainty, and mean Dice of selected vs rejected cases."""
+    from flareseg.evaluation.metrics import dice
+    rows = []
+    for s in selection:
+        gt_p = gt_dir / f"{s.case_id}.nii.gz"
+        if not gt_p.exists() or math.isnan(s.organ_score):
+            continue
+        pred, _ = read_array(raw_dir / f"{s.case_id}.nii.gz")
+        gt, _ = read_array(gt_p)
+        d = [dice(pred == c, gt == c) for c in ORGANS if (gt == c).any()]
+        rows.append((s.case_id, s.organ_score, float(np.mean(d)), s.selected))
+    if not rows:
+        return {}
+    sel = [r[2] for r in rows if r[3]]
+    rej = [r[2] for r in rows if not r[3]]
+    return {"cases": len(rows),
+            "spearman_organ_uncertainty_vs_dice": _spearman([r[1] for r in rows], [r[2] for r in rows]),
+            "mean_organ_dice_selected": round(float(np.mean(sel)), 4) if sel else None,
+            "mean_organ_dice_rejected": round(float(np.mean(rej)), 4) if rej else None,
+            "per_case": [{"case_id": c, "organ_uncertainty": u, "organ_dice": round(d, 4), "selected": s}
+                         for c, u, d, s in rows]}
+
+
+def run(ctx: StageContext) -> dict:
+    from flareseg.inference.predictor import FastPredictor
+    from flareseg.pseudolabel.fill_in import fill_in
+    from flareseg.pseudolabel.report import write_report
+    from flareseg.pseudolabel.selection import final_label, select
+    from flareseg.pseudolabel.shards import merge_scores, parse_shard, run_shard
+    from flareseg.pseudolabel.uncertainty import MemberAccumulator
+
+    cfg, pc = ctx.cfg, ctx.cfg.pseudolabel
+    s1 = ctx.upstream(1)["result"]
+    ds = Path(s1["dataset"])
+    model_dir = Path(s1["model_dir"])
+    pools = read_json(ds / "cases.json")
+    types = {k: label_type(v) for k, v in read_json(ds / "label_types.json").items()}
+    unlabeled = pools["unlabeled"]
+    raw_dir, scores_dir = ctx.dir / "raw", ctx.dir / "scores"
+    predictor = FastPredictor.from_config(model_dir, cfg.inference, tta=pc.tta)
+    fingerprint = config_hash({"model": s1["training"]["checkpoint"], "inference": to_dict(cfg.inference),
+                               "tta": pc.tta})
+
+    def image_of(cid: str) -> Path:
+        return ds / "imagesUnlabeled" / f"{cid}_0000.nii.gz"
+
+    def scorer(cid: str) -> dict:
+        def hook(probs):
+            acc = MemberAccumulator()
+            acc.add(probs)
+            return acc.scores()
+        pred = predictor.run(image_of(cid), prob_hook=hook)
+        write_image(sitk.Cast(pred.labels, sitk.sitkUInt8), raw_dir / f"{cid}.nii.gz")
+        return pred.hook_result
+
+    i, n = parse_shard(pc.shard)
+    summary = run_shard(unlabeled, scorer, scores_dir, i, n, fingerprint=fingerprint)
+    if n > 1:
+        raise StageError(f"shard {pc.shard} finished ({len(summary.computed)} scored, {len(summary.skipped)} "
+                         f"already done, {len(summary.failed)} failed); run again with "
+                         f"--set pseudolabel.shard=0/1 after all shards to merge and select")
+    scores = merge_scores(scores_dir, unlabeled, fingerprint)
+    selection = select(scores, pc) if scores else []
+
+    additions: dict[str, dict] = {}
+    pseudo_dir = ctx.dir / "pseudo_labels"
+    for s in selection:
+        if not s.selected:
+            continue
+        dest = pseudo_dir / f"{s.case_id}.nii.gz"
+        if not dest.exists():
+            lab, geo = read_array(raw_dir / f"{s.case_id}.nii.gz")
+            write_array(final_label(lab, s), geo, dest)
+        additions[s.case_id] = {"image": str(image_of(s.case_id)), "label": str(dest),
+                                "label_type": list(s.label_type), "source": "pseudo"}
+
+    filled_dir = ctx.dir / "filled"
+    fill_cases = [c for c, t in sorted(types.items())
+                  if pc.fill_in_organs and set(ORGANS) - set(t)
+                  and (t == (TUMOR,) or pc.fill_in_partial)]
+    for cid in fill_cases:
+        dest = filled_dir / f"{cid}.nii.gz"
+        img_p = ds / "imagesTr" / f"{cid}_0000.nii.gz"
+        rec_p = filled_dir / f"{cid}.json"
+        if not (dest.exists() and rec_p.exists()):
+            ann, geo = read_array(ds / "labelsTr" / f"{cid}.nii.gz")
+            pred = predictor.run(img_p)
+            lab, new_type = fill_in(ann, types[cid], sitk.GetArrayFromImage(pred.labels))
+            write_array(lab.astype(np.uint8), geo, dest)
+            write_json({"label_type": list(new_type)}, rec_p)
+        additions[cid] = {"image": str(img_p), "label": str(dest),
+                          "label_type": read_json(rec_p)["label_type"], "source": "filled"}
+    write_json(additions, ctx.dir / "training_additions.json")
+
+    def load_case(cid):
+        img, _ = read_array(image_of(cid))
+        lab, _ = read_array(raw_dir / f"{cid}.nii.gz")
+        return img, lab
+    report_files = write_report(ctx.dir / "report", scores, selection, pc.score, load_case) if selection else []
+    quality = {}
+    gt_dir = s1.get("hidden_gt")
+    if gt_dir and Path(gt_dir).exists():
+        quality = pseudo_label_quality(selection, raw_dir, Path(gt_dir))
+        write_json(quality, ctx.dir / "report" / "pseudo_label_quality.json")
+    n_sel = sum(s.selected for s in selection)
+    return {"unlabeled": len(unlabeled), "scored": len(scores), "failed": len(summary.failed),
+            "selected": n_sel, "tumor_kept": sum(s.keep_tumor for s in selection),
+            "filled": len(fill_cases), "pseudo_dir": str(pseudo_dir), "filled_dir": str(filled_dir),
+            "training_additions": str(ctx.dir / "training_additions.json"),
+            "quality": {k: v for k, v in quality.items() if k != "per_case"},
+            "report_files": [str(p) for p in report_files],
+            "outputs": [ctx.dir / "training_additions.json", ctx.dir / "report"]}
