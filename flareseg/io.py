@@ -219,6 +219,18 @@ def write_array(arr: np.ndarray, geometry: Geometry, dest: os.PathLike | str,
     return write_image(img, dest, compress)
 
 
+def link_or_copy(src: os.PathLike | str, dest: os.PathLike | str) -> Path:
+    """Hard-link ``src`` at ``dest`` (copy across file systems), atomically."""
+    import shutil
+    with atomic_path(dest) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+    return Path(dest)
+
+
 def write_text(text: str, dest: os.PathLike | str) -> Path:
     with atomic_path(dest) as tmp:
         tmp.write_text(text)

@@ -9,28 +9,16 @@ statistics, so the CTO pool and training data are normalised alike) and is prepr
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
 from flareseg.config import to_dict
 from flareseg.data.intake import dataset_folder_name, dataset_json
-from flareseg.io import atomic_path, read_json, write_json
+from flareseg.io import link_or_copy, read_json, write_json
 from flareseg.nnunet.env import NNUNetPaths
 from flareseg.pipeline.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` to ``dst`` (copy across file systems); atomic."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dst) as tmp:
-        tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
 
 
 def build_dataset(training_set: dict[str, dict], ds_dir: Path) -> dict[str, list[int]]:
