@@ -59,37 +59,39 @@ def synthetic_pair(shape=(300, 512, 512), seed: int = 0) -> tuple[np.ndarray, np
     return pred, ref
 
 
+def _full_masks(pred, ref, c: int, cfg: EvaluationConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Full-volume masks of class ``c``, cut to the reference's slices for z-range classes."""
+    p, r = pred == c, ref == c
+    if c in cfg.z_range_classes and r.any():
+        zs = np.flatnonzero(r.any(axis=(1, 2)))
+        p, r = p[zs[0]:zs[-1] + 1], r[zs[0]:zs[-1] + 1]
+    return p, r
+
+
+def _score(p, r, c: int, cfg: EvaluationConfig) -> tuple[float, float]:
+    d = dice(p, r)
+    return d, (surface_dice(p, r, SPACING, cfg.nsd_tolerance_mm[c]) if d >= cfg.nsd_min_dsc else 0.0)
+
+
 def full_volume_case(pred, ref, cfg: EvaluationConfig, classes) -> dict[int, tuple[float, float]]:
     """Same rules, no cropping: masks and surfaces over the whole (z-range cut) volume."""
-    out = {}
-    for c in classes:
-        p, r = pred == c, ref == c
-        if c in cfg.z_range_classes and r.any():
-            zs = np.flatnonzero(r.any(axis=(1, 2)))
-            p, r = p[zs[0]:zs[-1] + 1], r[zs[0]:zs[-1] + 1]
-        d = dice(p, r)
-        out[c] = (d, surface_dice(p, r, SPACING, cfg.nsd_tolerance_mm[c]) if d >= cfg.nsd_min_dsc else 0.0)
-    return out
+    return {c: _score(*_full_masks(pred, ref, c, cfg), c, cfg) for c in classes}
 
 
 def official_style_case(pred, ref, cfg: EvaluationConfig) -> dict[int, tuple[float, float]]:
     """Per class: full-volume masks, z-range cut, crop to the union bounding box, then the metric."""
     out = {}
     for c in FOREGROUND:
-        p, r = pred == c, ref == c
-        if c in cfg.z_range_classes and r.any():
-            zs = np.flatnonzero(r.any(axis=(1, 2)))
-            p, r = p[zs[0]:zs[-1] + 1], r[zs[0]:zs[-1] + 1]
+        p, r = _full_masks(pred, ref, c, cfg)
         if not r.any():
             out[c] = (1.0, 1.0) if not p.any() else (0.0, 0.0)
             continue
         u = p | r
-        box = tuple(slice(int(np.flatnonzero(u.any(axis=tuple(a for a in range(3) if a != ax)))[0]),
-                          int(np.flatnonzero(u.any(axis=tuple(a for a in range(3) if a != ax)))[-1]) + 1)
-                    for ax in range(3))
-        p, r = p[box], r[box]
-        d = dice(p, r)
-        out[c] = (d, surface_dice(p, r, SPACING, cfg.nsd_tolerance_mm[c]) if d >= cfg.nsd_min_dsc else 0.0)
+        box = []
+        for ax in range(3):
+            idx = np.flatnonzero(u.any(axis=tuple(a for a in range(3) if a != ax)))
+            box.append(slice(int(idx[0]), int(idx[-1]) + 1))
+        out[c] = _score(p[tuple(box)], r[tuple(box)], c, cfg)
     return out
 
 
