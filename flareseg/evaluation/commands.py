@@ -47,7 +47,7 @@ outputs: OUT/efficiency.csv (case, returncode, wall_s, rss_peak_mb, gpu_max_mb, 
 exit   : 0 when every case's command exited 0, else 1
 
 examples:
-  flareseg efficiency --inputs data/val/images --out reports/eff -- flareseg predict -i {input} -o {output}
+  flareseg efficiency --inputs data/val/images --out reports/eff -- python predict.py {input} {output}
   flareseg efficiency --inputs imgs --out eff -- docker run --gpus all -v {input_dir}:/workspace/inputs \\
       -v {output_dir}:/workspace/outputs flareseg:latest
 """
