@@ -1,16 +1,18 @@
 """All cleaning rules on one label map, in order, driven by :class:`CleaningConfig`."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
 
+from flareseg.cleaning.components import label_components
 from flareseg.cleaning.records import Removal
 from flareseg.cleaning.small_components import remove_small_components
 from flareseg.cleaning.tumor_distance import remove_tumors_far_from_organs
 from flareseg.cleaning.tumor_region import remove_tumors_outside_abdomen
 from flareseg.config import CleaningConfig, Config
-from flareseg.labels import MAX_LABEL
+from flareseg.labels import MAX_LABEL, TUMOR
 
 
 def clean_label(label: np.ndarray, spacing_zyx: Sequence[float], cfg: CleaningConfig | Config,
@@ -31,13 +33,18 @@ def clean_label(label: np.ndarray, spacing_zyx: Sequence[float], cfg: CleaningCo
     _check(label, spacing_zyx, image)
     out, records = remove_small_components(label, spacing_zyx, cfg.min_voxels,
                                            cfg.connectivity, case_id)
-    if cfg.remove_outside_abdomen:
+    # the tumor components are labelled once; rule 3 gets those rule 2 kept (ids stay valid)
+    tumors = label_components(out, cfg.connectivity, (TUMOR,))
+    if cfg.remove_outside_abdomen and tumors.items:
         out, rec = remove_tumors_outside_abdomen(out, spacing_zyx, cfg.abdomen_margin_mm, image,
-                                                 cfg.connectivity, case_id)
+                                                 cfg.connectivity, case_id, tumors)
         records += rec
-    if cfg.remove_far_from_organs:
+        if rec:  # keep the components still present (a removed one is all background now)
+            tumors = replace(tumors, items=[c for c in tumors.items
+                                            if out[c.bbox][tumors.mask(c)].any()])
+    if cfg.remove_far_from_organs and tumors.items:
         out, rec = remove_tumors_far_from_organs(out, spacing_zyx, cfg.max_organ_distance_mm,
-                                                 cfg.connectivity, case_id)
+                                                 cfg.connectivity, case_id, tumors)
         records += rec
     return (label.copy() if out is label else out), records
 

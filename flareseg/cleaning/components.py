@@ -92,19 +92,27 @@ def label_components(label: np.ndarray, connectivity: int = 26,
 def _stats_sparse(ids: np.ndarray, sub: np.ndarray) -> tuple[list[BBox], np.ndarray, np.ndarray]:
     """Boxes, sizes and classes of components 1..n from the list of foreground voxels.
 
-    Cost follows the number of foreground voxels, for crops that are mostly background.
+    Cost follows the number of foreground voxels, for crops that are mostly background: flat
+    indices are grouped by component (stable sort, so each group stays in raster order and its
+    first/last voxels give the z range), y/x ranges come from per-group reductions.
     """
-    coords = np.unravel_index(np.flatnonzero(sub != 0), sub.shape)  # bool: fast nonzero
-    lab = ids[coords]  # indexing by coordinates: no copy of ids whatever its memory order
+    flat = np.flatnonzero(sub != 0)                      # bool input: the fast nonzero path
+    lab = np.ascontiguousarray(ids).reshape(-1)[flat]
+    if lab.size and lab.max() < 1 << 16:
+        lab = lab.astype(np.uint16, copy=False)          # radix sort
     order = np.argsort(lab, kind="stable")
-    lab = lab[order]
-    coords = tuple(c[order] for c in coords)
+    lab, flat = lab[order], flat[order]
     starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
-    sizes = np.diff(np.r_[starts, lab.size])
-    lo = [np.minimum.reduceat(c, starts) for c in coords]
-    hi = [np.maximum.reduceat(c, starts) + 1 for c in coords]
+    ends = np.r_[starts[1:], lab.size] - 1
+    ny, nx = sub.shape[1], sub.shape[2]
+    z = flat // (ny * nx)
+    rem = flat - z * (ny * nx)
+    y = rem // nx
+    x = rem - y * nx
+    lo = (z[starts], np.minimum.reduceat(y, starts), np.minimum.reduceat(x, starts))
+    hi = (z[ends] + 1, np.maximum.reduceat(y, starts) + 1, np.maximum.reduceat(x, starts) + 1)
     boxes = [tuple(slice(int(a[i]), int(b[i])) for a, b in zip(lo, hi)) for i in range(starts.size)]
-    return boxes, sizes, sub[tuple(c[starts] for c in coords)]  # type: ignore[return-value]
+    return boxes, ends - starts + 1, sub.reshape(-1)[flat[starts]]  # type: ignore[return-value]
 
 
 def _stats_dense(ids: np.ndarray, sub: np.ndarray, n: int

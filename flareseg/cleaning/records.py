@@ -38,9 +38,9 @@ class Removal:
     def row(self) -> dict[str, Any]:
         """Flat CSV/JSON row with the columns of :data:`RECORD_COLUMNS`."""
         return {"case": self.case, "class": self.cls, "class_name": self.class_name,
-                "voxels": self.voxels, "volume_mm3": round(self.volume_mm3, 3),
+                "voxels": self.voxels, "volume_mm3": self.volume_mm3,
                 "reason": self.reason,
-                "distance_mm": "" if self.distance_mm is None else round(self.distance_mm, 3),
+                "distance_mm": "" if self.distance_mm is None else self.distance_mm,
                 "bbox_zyx": " ".join(f"{a}:{b}" for a, b in self.bbox)}
 
     @classmethod
@@ -60,7 +60,9 @@ def voxel_volume_mm3(spacing: Sequence[float]) -> float:
 
 def record_of(comp: Any, spacing: Sequence[float], reason: str, case: str = "",
               distance_mm: float | None = None) -> Removal:
-    """Removal record for a :class:`flareseg.cleaning.components.Component`."""
+    """Removal record for a :class:`flareseg.cleaning.components.Component` (mm³ and mm rounded
+    to 3 decimals, as in the report, so records read back from a report compare equal)."""
     return Removal(case=case, cls=comp.cls, voxels=comp.voxels,
-                   volume_mm3=comp.voxels * voxel_volume_mm3(spacing), reason=reason,
-                   bbox=tuple((s.start, s.stop) for s in comp.bbox), distance_mm=distance_mm)
+                   volume_mm3=round(comp.voxels * voxel_volume_mm3(spacing), 3), reason=reason,
+                   bbox=tuple((s.start, s.stop) for s in comp.bbox),
+                   distance_mm=None if distance_mm is None else round(float(distance_mm), 3))

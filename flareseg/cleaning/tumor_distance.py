@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from flareseg.anatomy import expand_bbox, organ_mask
-from flareseg.cleaning.components import label_components
+from flareseg.cleaning.components import Components, label_components
 from flareseg.cleaning.records import FAR_FROM_ORGANS, Removal, record_of
 from flareseg.labels import TUMOR
 
@@ -53,12 +53,13 @@ def tumor_organ_distance(tumor: np.ndarray, organ: np.ndarray,
 
 def remove_tumors_far_from_organs(label: np.ndarray, spacing_zyx: Sequence[float],
                                   max_distance_mm: float, connectivity: int = 26,
-                                  case_id: str = "") -> tuple[np.ndarray, list[Removal]]:
+                                  case_id: str = "", tumors: Components | None = None
+                                  ) -> tuple[np.ndarray, list[Removal]]:
     """Set tumor components farther than ``max_distance_mm`` (mm) from every organ voxel to 0.
 
     ``label``: ``(Z, Y, X)`` map; ``spacing_zyx`` in mm.  Returns the cleaned map (the input
-    itself when nothing was removed) and one record per removed component with its distance
-    (``None`` when no organ lay within the search box, i.e. farther than ``max_distance_mm``).
+    itself when nothing was removed) and one record per removed component with its distance when
+    an organ voxel lay in the search box (``None``: none within ``max_distance_mm`` along an axis).
     """
     comps = label_components(label, connectivity, (TUMOR,))
     if not comps.items:

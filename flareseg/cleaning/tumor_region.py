@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from flareseg.anatomy import abdomen_region, bbox_of
-from flareseg.cleaning.components import label_components
+from flareseg.cleaning.components import Components, label_components
 from flareseg.cleaning.records import OUTSIDE_ABDOMEN, Removal, record_of
 from flareseg.labels import TUMOR
 
@@ -23,14 +23,16 @@ log = logging.getLogger(__name__)
 
 def remove_tumors_outside_abdomen(label: np.ndarray, spacing_zyx: Sequence[float],
                                   margin_mm: float, image: np.ndarray | None = None,
-                                  connectivity: int = 26, case_id: str = ""
+                                  connectivity: int = 26, case_id: str = "",
+                                  tumors: Components | None = None
                                   ) -> tuple[np.ndarray, list[Removal]]:
     """Set tumor (class 14) components that do not overlap the abdominal region to 0.
 
     ``label``/``image``: ``(Z, Y, X)``, same shape; ``spacing_zyx`` and ``margin_mm`` in mm.
+    ``tumors``: the tumor components of ``label`` if already computed.
     Returns the cleaned map (the input itself when nothing was removed) and the records.
     """
-    comps = label_components(label, connectivity, (TUMOR,))
+    comps = tumors if tumors is not None else label_components(label, connectivity, (TUMOR,))
     if not comps.items:
         return label, []
     n_tumor = sum(c.voxels for c in comps.items)
