@@ -11,6 +11,7 @@ COMMAND_MODULES: list[str] = [
     "flareseg.data.import_cli",
     "flareseg.inference.commands",
     "flareseg.evaluation.commands",
+    "flareseg.cleaning.commands",
 ]
 
 DESCRIPTION = """\

@@ -1,0 +1,163 @@
+"""Clean every label map of a folder: non-destructive, reported, idempotent.
+
+Layout written under ``out_dir``::
+
+    labels/<input file name>     cleaned copy, same geometry and dtype as the input
+    cases/<case>.json            sidecar: config hash, input/image/output digests, removals
+    cleaning_report.csv          every removal (case, class, class name, voxels, mm³, reason, ...)
+    cleaning_summary.csv         one row per case (status, counts per reason, error)
+
+A case is skipped (its removals read back from the sidecar) when the sidecar's config hash and
+input digest match, the CT digest matches for a case that needs the CT (tumor but no organs), and
+the cleaned file still has the digest recorded; so a rerun with the same inputs and config writes
+identical reports.  Inputs are only ever read.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from flareseg.cleaning.clean import clean_label
+from flareseg.cleaning.records import Removal
+from flareseg.cleaning.report import CaseResult, CleaningReport, write_reports
+from flareseg.config import CleaningConfig, Config, config_hash
+from flareseg.io import (IMAGE_SUFFIXES, InputError, file_digest, geometry_mismatch,
+                         image_suffix, read_array, read_json, strip_suffix, write_array,
+                         write_json)
+from flareseg.labels import ORGANS, TUMOR
+
+log = logging.getLogger(__name__)
+SIDECAR_VERSION = 1
+
+
+def find_image(images_dir: Path | None, case: str) -> Path | None:
+    """The CT of ``case`` in ``images_dir``: ``<case>_0000.<ext>`` (nnU-Net) or ``<case>.<ext>``."""
+    if images_dir is None:
+        return None
+    for stem in (f"{case}_0000", case):
+        for suf in IMAGE_SUFFIXES:
+            p = images_dir / f"{stem}{suf}"
+            if p.is_file():
+                return p
+    return None
+
+
+def list_labels(labels_dir: Path) -> list[Path]:
+    """Label files (known image suffixes, not hidden) of a folder, sorted by name."""
+    if not labels_dir.is_dir():
+        raise InputError(labels_dir, "labels folder does not exist")
+    return sorted(p for p in labels_dir.iterdir()
+                  if p.is_file() and image_suffix(p) and not p.name.startswith("."))
+
+
+def clean_folder(labels_dir: os.PathLike | str, out_dir: os.PathLike | str,
+                 cfg: CleaningConfig | Config, images_dir: os.PathLike | str | None = None,
+                 force: bool = False) -> CleaningReport:
+    """Clean every label map of ``labels_dir`` into ``out_dir`` (layout in the module docstring).
+
+    ``images_dir`` (optional) holds the CTs, used for the body mask of cases without organs.
+    ``force`` recomputes cases even when their sidecar is current.  Bad files are reported in
+    the summary with status ``error`` and skipped.  Returns the :class:`CleaningReport`.
+    """
+    cfg = getattr(cfg, "cleaning", cfg)
+    labels_dir, out = Path(labels_dir), Path(out_dir)
+    images = Path(images_dir) if images_dir is not None else None
+    if (out / "labels").resolve() == labels_dir.resolve():
+        raise ValueError(f"{out}: output labels would overwrite the inputs in {labels_dir}")
+    files = list_labels(labels_dir)
+    chash = config_hash(cfg)
+    results, seen = [], set()
+    for path in tqdm(files, desc="cleaning", unit="case", disable=len(files) < 2):
+        case = strip_suffix(path)
+        if case in seen:
+            results.append(CaseResult(case, path.name, "error",
+                                      error="duplicate case id (same name, other suffix)"))
+            continue
+        seen.add(case)
+        try:
+            results.append(_clean_case(path, case, out, cfg, chash, find_image(images, case),
+                                       force))
+        except (InputError, ValueError, OSError, RuntimeError) as e:
+            msg = str(e) if isinstance(e, InputError) else f"{path}: {e}"
+            log.error("skipping %s", msg)
+            results.append(CaseResult(case, path.name, "error", error=msg))
+    report = write_reports(results, out)
+    log.info("cleaned %d cases (%d up to date, %d errors), %d components removed -> %s",
+             len(results), report.reused, len(report.errors), len(report.records),
+             report.report_csv)
+    return report
+
+
+def _clean_case(path: Path, case: str, out: Path, cfg: CleaningConfig, chash: str,
+                image_path: Path | None, force: bool) -> CaseResult:
+    dest = out / "labels" / path.name
+    sidecar = out / "cases" / f"{case}.json"
+    key = {"version": SIDECAR_VERSION, "config_hash": chash, "input": path.name,
+           "input_digest": file_digest(path)}
+    if not force and (reused := _reuse(sidecar, key, dest, image_path)) is not None:
+        log.debug("%s: up to date", case)
+        return reused
+    label, geom = read_array(path)
+    clean_in = _as_label(label, path)
+    needs_image = _needs_image(clean_in, cfg)
+    image, image_digest = None, None
+    if image_path is not None and needs_image:
+        image, igeom = read_array(image_path)
+        if bad := geometry_mismatch(geom, igeom):
+            raise InputError(image_path, "image grid differs from label: " + "; ".join(bad))
+        image_digest = file_digest(image_path)
+    cleaned, records = clean_label(clean_in, geom.spacing_zyx, cfg, image=image, case_id=case)
+    write_array(cleaned.astype(label.dtype, copy=False), geom, dest)
+    result = CaseResult(case, path.name, "ok", int(np.count_nonzero(clean_in)), records)
+    write_json({**key, "needs_image": needs_image, "image_digest": image_digest,
+                "output_digest": file_digest(dest), "foreground_voxels": result.foreground_voxels,
+                "spacing_zyx": geom.spacing_zyx, "records": [r.row() for r in records]}, sidecar)
+    return result
+
+
+def _reuse(sidecar: Path, key: dict[str, Any], dest: Path,
+           image_path: Path | None) -> CaseResult | None:
+    """The stored result if the sidecar matches ``key`` (and the CT, for a case that uses one)
+    and the cleaned file is intact; otherwise None."""
+    if not sidecar.is_file() or not dest.is_file():
+        return None
+    try:
+        meta = read_json(sidecar)
+        if any(meta.get(k) != v for k, v in key.items()):
+            return None
+        if meta["needs_image"] and meta["image_digest"] != (
+                file_digest(image_path) if image_path is not None else None):
+            return None
+        if meta["output_digest"] != file_digest(dest):
+            return None
+        records = [Removal.from_row(r) for r in meta["records"]]
+        return CaseResult(sidecar.stem, key["input"], "ok", int(meta["foreground_voxels"]),
+                          records, reused=True)
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+
+
+def _as_label(label: np.ndarray, path: Path) -> np.ndarray:
+    """Integer FLARE23 label map (uint8) of a read array, or InputError naming ``path``."""
+    if label.dtype.kind == "f":
+        if not np.all(np.isfinite(label)) or not np.array_equal(label, np.round(label)):
+            raise InputError(path, "label map holds non-integer values")
+    elif label.dtype.kind not in "ui":
+        raise InputError(path, f"label map has unsupported dtype {label.dtype}")
+    lo, hi = (float(label.min()), float(label.max())) if label.size else (0.0, 0.0)
+    if lo < 0 or hi > TUMOR:
+        raise InputError(path, f"label values {lo:g}..{hi:g} outside the FLARE23 classes 0..{TUMOR}")
+    return label.astype(np.uint8, copy=False)
+
+
+def _needs_image(label: np.ndarray, cfg: CleaningConfig) -> bool:
+    """The CT is only used for the body mask: tumor present, no organ, region rule on."""
+    if not cfg.remove_outside_abdomen:
+        return False
+    counts = np.bincount(label.ravel(), minlength=TUMOR + 1)
+    return bool(counts[TUMOR] > 0 and counts[list(ORGANS)].sum() == 0)
