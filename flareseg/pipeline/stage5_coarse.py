@@ -60,6 +60,8 @@ def run(ctx: StageContext) -> dict:
         pre.mkdir(parents=True, exist_ok=True)
         write_json(plans, pre / "nnUNetPlans.json")
         shutil.copyfile(ds_dir / "dataset.json", pre / "dataset.json")
+        # stage-1's fingerprint: same intensity statistics as the plans (and the CTO pool)
+        shutil.copyfile(Path(s1["preprocessed"]) / "dataset_fingerprint.json", pre / "dataset_fingerprint.json")
         shutil.copyfile(ds_dir / "label_types.json", pre / "label_types.json")
         preprocess_dataset(ds_id, "nnUNetPlans", ("coarse",), [cfg.data.num_processes], verbose=False)
         return {"cases": len(types)}
