@@ -8,6 +8,7 @@ import sys
 
 # Each module defines ``register(subparsers)``; the parser it adds sets ``func(args) -> int``.
 COMMAND_MODULES: list[str] = [
+    "flareseg.data.commands",
 ]
 
 DESCRIPTION = """\

@@ -93,8 +93,8 @@ def _organs(rng: np.random.Generator) -> dict[int, Any]:
     o[12] = TorusArc.sample(rng, _p(j(-45, 4), j(-25, 3), j(-5, 4)), rng.uniform(26, 32),
                             rng.uniform(8, 10), rng.uniform(45, 70), amp=rng.uniform(0.1, 0.25))
     o[9] = ell(_p(j(-45), j(-55), j(8)), (14, 15, 30), rotation_zyx(about_x=30), amp=0.1)
-    o[7] = ell(_p(j(-38, 4), j(25, 4), j(45, 4)), (4, 12, 14), amp=0.15)
-    o[8] = ell(_p(j(36, 4), j(22, 4), j(45, 4)), (4, 12, 14), amp=0.15)
+    o[7] = ell(_p(j(-40, 4), j(35, 4), j(45, 4)), (6, 12, 14), amp=0.15)
+    o[8] = ell(_p(j(36, 4), j(22, 4), j(45, 4)), (6, 12, 14), amp=0.15)
     o[10] = Tube.sample(rng, 0, [(80, -20, 30, 7, 8), (105, -19, 20, 7, 8), (200, -15, 12, 7, 8)],
                         taper=False, amp=0.15)
     o[6] = Tube.sample(rng, 0, [(-300, 5, -20, 10, 12), (0, 6, -22, 10, 13), (110, 10, -28, 11, 13)],
