@@ -185,7 +185,7 @@ def test_reproducible_and_seed_dependent(written, tmp_path):
     assert a[2] == b[2] and a[3] == b[3]
     assert a[0].shape != c[0].shape or not np.array_equal(a[0], c[0])
     out, meta = written
-    again = write_phantoms(tmp_path / "again", SMALL, progress=False)
+    again = write_phantoms(tmp_path / "again", SMALL, workers=2, progress=False)   # processes
     assert again["cases"] == meta["cases"]
     for cid in ("PH_0000", "PH_0007"):
         for rel in meta["cases"][cid]["files"].values():
@@ -223,6 +223,13 @@ def test_cli_writes_and_rejects_bad_ranges(tmp_path, capsys):
     meta = read_json(tmp_path / "p" / "phantoms.json")
     assert meta["seed"] == 3 and meta["config"]["size_xy"] == [32, 32]
     assert [c["pool"] for c in meta["cases"].values()] == ["labeled", "tumor_only"]
+    yml = tmp_path / "c.yaml"
+    yml.write_text("data:\n  phantoms:\n    labeled: 0\n    tumor_only: 0\n    unlabeled: 1\n"
+                   "    validation: 0\n    size_xy: [24, 24]\n    seed: 9\n")
+    assert cli_main(["phantoms", "--out", str(tmp_path / "r"), "--config", str(yml), "--seed", "4"]) == 0
+    meta = read_json(tmp_path / "r" / "phantoms.json")
+    assert meta["seed"] == 4 and meta["config"]["size_xy"] == [24, 24]
+    assert [c["pool"] for c in meta["cases"].values()] == ["unlabeled"]
     rc = cli_main(["phantoms", "--out", str(tmp_path / "q"), "--slice-spacing", "5", "1"])
     assert rc == 2
     assert "slice_spacing" in capsys.readouterr().out

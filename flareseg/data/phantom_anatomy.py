@@ -107,8 +107,8 @@ def _organs(rng: np.random.Generator) -> dict[int, Any]:
 
 def sample_anatomy(rng: np.random.Generator) -> AnatomyParams:
     """Draw one patient: body habitus, organ shapes, contrast phase and HU values."""
-    body_a = BODY_A * rng.uniform(0.94, 1.06)
-    body_b = (body_a * rng.uniform(0.68, 0.78), body_a * rng.uniform(0.6, 0.68))
+    body_a = BODY_A   # fixed: the caller's scale sets the body width; habitus varies in depth
+    body_b = (body_a * rng.uniform(0.66, 0.8), body_a * rng.uniform(0.58, 0.68))
     box = ((-300, -body_b[0], -body_a), (300, body_b[1], body_a))
     phase = str(rng.choice(PHASES, p=PHASE_P))
     pi = PHASES.index(phase)
