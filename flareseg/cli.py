@@ -12,6 +12,7 @@ COMMAND_MODULES: list[str] = [
     "flareseg.inference.commands",
     "flareseg.evaluation.commands",
     "flareseg.cleaning.commands",
+    "flareseg.data.commands",
 ]
 
 DESCRIPTION = """\

@@ -93,8 +93,8 @@ def _organs(rng: np.random.Generator) -> dict[int, Any]:
     o[12] = TorusArc.sample(rng, _p(j(-45, 4), j(-25, 3), j(-5, 4)), rng.uniform(26, 32),
                             rng.uniform(8, 10), rng.uniform(45, 70), amp=rng.uniform(0.1, 0.25))
     o[9] = ell(_p(j(-45), j(-55), j(8)), (14, 15, 30), rotation_zyx(about_x=30), amp=0.1)
-    o[7] = ell(_p(j(-38, 4), j(25, 4), j(45, 4)), (4, 12, 14), amp=0.15)
-    o[8] = ell(_p(j(36, 4), j(22, 4), j(45, 4)), (4, 12, 14), amp=0.15)
+    o[7] = ell(_p(j(-40, 4), j(35, 4), j(45, 4)), (6, 12, 14), amp=0.15)
+    o[8] = ell(_p(j(36, 4), j(22, 4), j(45, 4)), (6, 12, 14), amp=0.15)
     o[10] = Tube.sample(rng, 0, [(80, -20, 30, 7, 8), (105, -19, 20, 7, 8), (200, -15, 12, 7, 8)],
                         taper=False, amp=0.15)
     o[6] = Tube.sample(rng, 0, [(-300, 5, -20, 10, 12), (0, 6, -22, 10, 13), (110, 10, -28, 11, 13)],
@@ -107,8 +107,8 @@ def _organs(rng: np.random.Generator) -> dict[int, Any]:
 
 def sample_anatomy(rng: np.random.Generator) -> AnatomyParams:
     """Draw one patient: body habitus, organ shapes, contrast phase and HU values."""
-    body_a = BODY_A * rng.uniform(0.94, 1.06)
-    body_b = (body_a * rng.uniform(0.68, 0.78), body_a * rng.uniform(0.6, 0.68))
+    body_a = BODY_A   # fixed: the caller's scale sets the body width; habitus varies in depth
+    body_b = (body_a * rng.uniform(0.66, 0.8), body_a * rng.uniform(0.58, 0.68))
     box = ((-300, -body_b[0], -body_a), (300, body_b[1], body_a))
     phase = str(rng.choice(PHASES, p=PHASE_P))
     pi = PHASES.index(phase)

@@ -22,7 +22,7 @@ from flareseg.io import Geometry
 #: orientation name -> direction signs of the (x, y, z) axes (diagonal direction matrix)
 ORIENTATIONS: dict[str, tuple[int, int, int]] = {
     "identity": (1, 1, 1), "flip_xy": (-1, -1, 1), "flip_z": (1, 1, -1)}
-CANONICAL_Z = (-95.0, 120.0)    # canonical z range (mm) a scan covers, before jitter
+CANONICAL_Z = (-105.0, 120.0)   # canonical z range (mm) a scan covers, before jitter
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from flareseg.labels import TUMOR
 
 #: organs that can host a tumor, and their typical canonical half-size (mm) that caps its radius
 TUMOR_HOSTS: tuple[int, ...] = (1, 2, 13, 4, 11)
-HOST_SIZE_MM: dict[int, float] = {1: 60.0, 2: 22.0, 13: 22.0, 4: 12.0, 11: 35.0}
+HOST_SIZE_MM: dict[int, float] = {1: 60.0, 2: 30.0, 13: 30.0, 4: 16.0, 11: 40.0}
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,11 @@ Case ids ``PH_0000, PH_0001, ...`` run over the pools in the order labeled, tumo
 unlabeled, validation.  Labeled cases get the FLARE23 partial-label groups of
 :data:`LABELED_GROUPS` (each at least once when the count allows, the rest drawn by weight);
 tumors of the organ-specific groups sit only in that organ, so a written label equals the hidden
-ground truth with the unannotated classes set to 0.  Everything is a function of ``cfg`` (seed
+ground truth with the unannotated classes set to 0 (so in an ``all_organs`` case a tumor inside
+the liver is a 0-hole: tumor is present but not annotated).  Everything is a function of ``cfg`` (seed
 included): a rerun gives byte-identical arrays.  With ``overwrite=False`` a case whose files exist
-and whose entry in an existing ``phantoms.json`` of the same config is present is not regenerated;
+and whose entry in an existing ``phantoms.json`` of the same config and generator version is
+present is not regenerated;
 files of cases the config no longer asks for (``PH_*`` names in these folders) are removed.
 """
 from __future__ import annotations
@@ -65,6 +67,8 @@ GROUP_TUMORS: dict[str, tuple[tuple[int, ...], int, int]] = {
     "tumor_only": (TUMOR_HOSTS, 1, 3), "unlabeled": (TUMOR_HOSTS, 0, 3), "full": (TUMOR_HOSTS, 0, 3)}
 POOLS = ("labeled", "tumor_only", "unlabeled", "validation")
 ORIENTATION_CYCLE = ("identity", "flip_xy", "identity", "flip_z")
+#: bump when the generator's output changes, so reruns regenerate instead of reusing old files
+GENERATOR_VERSION = 1
 _CASE_FILE = re.compile(r"^PH_\d{4,}(_0000)?\.nii\.gz$")
 _DIRS = ("imagesTr", "labelsTr", "unlabeledTr", "imagesVal", "labelsVal", "hidden_gt")
 
@@ -175,7 +179,7 @@ def _reusable(out: Path, cfg: PhantomConfig) -> dict[str, dict]:
         old = read_json(out / "phantoms.json")
     except (OSError, ValueError):
         return {}
-    if old.get("config") != to_dict(cfg):
+    if old.get("config") != to_dict(cfg) or old.get("generator_version") != GENERATOR_VERSION:
         return {}
     return {cid: e for cid, e in old.get("cases", {}).items()
             if all((out / f).is_file() for f in e.get("files", {}).values())}
@@ -222,7 +226,7 @@ def write_phantoms(out: Path, cfg: PhantomConfig, overwrite: bool = False, worke
     rows = ["case_id,annotated"] + [f"{p.case_id},{' '.join(map(str, p.annotated))}"
                                     for p in plans if p.pool in ("labeled", "tumor_only")]
     write_text("\n".join(rows) + "\n", out / "manifest.csv")
-    meta = {"format": 1, "seed": cfg.seed, "config": to_dict(cfg),
+    meta = {"generator_version": GENERATOR_VERSION, "seed": cfg.seed, "config": to_dict(cfg),
             "orientations": {k: list(v) for k, v in ORIENTATIONS.items()},
             "cases": {p.case_id: infos[p.case_id] for p in plans}}
     write_json(meta, out / "phantoms.json")

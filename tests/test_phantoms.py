@@ -1,0 +1,236 @@
+"""Synthetic phantoms: pools, partial labels, geometry, anatomy in physical space, tumors, determinism."""
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from flareseg.cli import main as cli_main
+from flareseg.config import PhantomConfig
+from flareseg.data.phantom_case import ORIENTATIONS
+from flareseg.data.phantoms import (LABELED_GROUPS, generate_case, partial_label, plan_cases,
+                                    write_phantoms)
+from flareseg.io import Geometry, geometry_mismatch, read_array, read_json
+from flareseg.labels import FOREGROUND, ORGANS, TUMOR
+
+SMALL = PhantomConfig(labeled=6, tumor_only=2, unlabeled=2, validation=2, seed=5,
+                      size_xy=(40, 48), extent_z_mm=(90.0, 120.0))
+# big enough in-plane that the small organs (adrenals) span several voxels
+MEDIUM = PhantomConfig(size_xy=(128, 128), slice_spacing=(3.0, 4.0), extent_z_mm=(100.0, 110.0))
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("phantoms")
+    return out, write_phantoms(out, SMALL, progress=False)
+
+
+def physical_centroid(mask: np.ndarray, geo: Geometry) -> np.ndarray:
+    """Centroid (mm, x y z) of a (Z, Y, X) mask through SimpleITK's index -> physical transform."""
+    img = geo.apply(sitk.Image([int(s) for s in geo.size], sitk.sitkUInt8))
+    cz, cy, cx = ndimage.center_of_mass(mask)
+    return np.array(img.TransformContinuousIndexToPhysicalPoint((float(cx), float(cy), float(cz))))
+
+
+def test_pools_groups_and_manifest(written):
+    out, meta = written
+    cases = meta["cases"]
+    assert list(cases) == [f"PH_{i:04d}" for i in range(12)]
+    pools = Counter(c["pool"] for c in cases.values())
+    assert pools == {"labeled": 6, "tumor_only": 2, "unlabeled": 2, "validation": 2}
+    labeled_groups = {c["group"] for c in cases.values() if c["pool"] == "labeled"}
+    assert labeled_groups == set(LABELED_GROUPS)            # each group at least once
+    for cid, c in cases.items():
+        for rel in c["files"].values():
+            assert (out / rel).is_file(), rel
+    assert sorted(p.name for p in (out / "unlabeledTr").iterdir()) == [
+        f"{c}_0000.nii.gz" for c, e in cases.items() if e["pool"] == "unlabeled"]
+    assert len(list((out / "hidden_gt").iterdir())) == 10    # every training case, no validation
+    with open(out / "manifest.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["case_id"] for r in rows] == [c for c, e in cases.items()
+                                            if e["pool"] in ("labeled", "tumor_only")]
+    for r in rows:
+        e = cases[r["case_id"]]
+        assert [int(v) for v in r["annotated"].split()] == e["annotated"]
+        if e["pool"] == "tumor_only":
+            assert r["annotated"] == "14"
+    assert read_json(out / "phantoms.json")["seed"] == SMALL.seed
+
+
+def test_small_labeled_pool_gets_distinct_groups():
+    plans = plan_cases(PhantomConfig(labeled=3, tumor_only=0, unlabeled=0, validation=0))
+    assert len({p.group for p in plans}) == 3
+
+
+def test_labels_are_hidden_gt_masked_to_annotated_classes(written):
+    out, meta = written
+    for cid, c in meta["cases"].items():
+        if c["pool"] not in ("labeled", "tumor_only"):
+            continue
+        lab, _ = read_array(out / c["files"]["label"])
+        gt, _ = read_array(out / c["files"]["hidden_gt"])
+        assert set(np.unique(gt).tolist()) <= set(range(15))
+        assert set(np.unique(lab).tolist()) <= {0, *c["annotated"]}, cid
+        np.testing.assert_array_equal(lab, partial_label(gt, c["annotated"]))
+        if c["pool"] == "tumor_only" or c["group"] in ("liver_tumor", "kidneys_tumor", "pancreas_tumor"):
+            assert (lab == TUMOR).any(), f"{cid}: tumor-annotated group without tumor"
+    for cid, c in meta["cases"].items():
+        if c["pool"] == "validation":
+            lab, _ = read_array(out / c["files"]["label"])
+            assert c["annotated"] == list(FOREGROUND)
+            assert set(ORGANS) - {7, 8} <= set(np.unique(lab).tolist())   # full labels
+
+
+def test_partial_label_zeroes_unannotated():
+    full = np.arange(15, dtype=np.uint8).reshape(1, 3, 5)
+    out = partial_label(full, (2, 13, 14))
+    assert out.dtype == full.dtype
+    assert sorted(np.unique(out).tolist()) == [0, 2, 13, 14]
+
+
+def test_geometry_ranges_grids_and_orientations(written):
+    out, meta = written
+    directions = set()
+    for cid, c in meta["cases"].items():
+        img, geo = read_array(out / c["files"]["image"])
+        assert img.dtype == np.int16
+        assert SMALL.inplane_spacing[0] - 1e-4 <= geo.spacing[0] <= SMALL.inplane_spacing[1] + 1e-4
+        assert geo.spacing[0] == pytest.approx(geo.spacing[1])
+        assert SMALL.slice_spacing[0] - 1e-4 <= geo.spacing[2] <= SMALL.slice_spacing[1] + 1e-4
+        assert SMALL.size_xy[0] <= geo.size[0] <= SMALL.size_xy[1]
+        assert geo.size[2] * geo.spacing[2] == pytest.approx(np.clip(
+            geo.size[2] * geo.spacing[2], *SMALL.extent_z_mm), abs=geo.spacing[2])
+        np.testing.assert_allclose(geo.spacing, c["spacing"], rtol=1e-5)
+        np.testing.assert_allclose(geo.direction, c["direction"])
+        for role in ("label", "hidden_gt"):
+            if role in c["files"]:
+                _, g2 = read_array(out / c["files"][role])
+                assert geometry_mismatch(geo, g2) == [], (cid, role)
+        assert img[0, 0, 0] < -900 and img.max() > 300       # air corner, bone present
+        directions.add(tuple(np.round(geo.direction, 3)))
+    assert len(directions) == 3
+    assert {tuple(float(v) for v in np.diag(np.reshape(d, (3, 3)))) for d in directions} == {
+        tuple(float(s) for s in v) for v in ORIENTATIONS.values()}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_same_patient_in_any_orientation_has_same_physical_anatomy(seed):
+    res = {o: generate_case(np.random.default_rng(seed), SMALL, orientation=o)
+           for o in ORIENTATIONS}
+    ref = None
+    for o, (img, lab, geo, info) in res.items():
+        assert info["orientation"] == o
+        cents = np.array([physical_centroid(lab == c, geo) for c in (1, 3, 5)])
+        if ref is None:
+            ref = cents
+        np.testing.assert_allclose(cents, ref, atol=1e-3)
+    # the stored arrays differ by the flips only
+    flipped = np.flip(res["identity"][0], (1, 2))
+    np.testing.assert_array_equal(res["flip_xy"][0], flipped)
+
+
+def test_anatomy_relations_hold_in_physical_space(written):
+    """LPS: patient right = -x, posterior = +y, superior = +z, for every stored direction."""
+    out, meta = written
+    for cid, c in meta["cases"].items():
+        rel = c["files"].get("hidden_gt") or c["files"]["label"]
+        gt, geo = read_array(out / rel)
+        cen = {k: physical_centroid(gt == k, geo) for k in (1, 2, 3, 5, 10, 11, 13)}
+        assert cen[1][0] < cen[5][0] < cen[3][0], cid        # liver right, spleen left of aorta
+        assert cen[2][0] < cen[13][0], cid                   # right kidney on the right
+        assert cen[11][0] > cen[1][0], cid                   # stomach left of liver
+        assert cen[2][1] > cen[1][1] and cen[13][1] > cen[11][1], cid   # kidneys posterior
+        assert cen[10][2] > cen[2][2] and cen[1][2] > cen[13][2], cid   # esophagus/liver superior
+
+
+def test_every_organ_present_with_plausible_hu():
+    for seed in (0, 1, 2):
+        img, lab, geo, info = generate_case(np.random.default_rng(seed), MEDIUM, n_tumors=0)
+        counts = np.bincount(lab.ravel(), minlength=15)
+        assert (counts[1:14] >= 20).all(), counts
+        assert counts[TUMOR] == 0 and info["tumors"] == 0
+        assert counts[1] == counts[1:14].max()               # liver is the largest organ
+        mean = {c: float(img[lab == c].mean()) for c in ORGANS}
+        assert 30 < mean[1] < 160 and mean[9] < mean[1] and mean[5] > 20, (seed, mean)
+        assert (img[lab > 0] > -200).mean() > 0.95
+        assert img[0, 0, 0] < -900
+
+
+def test_tumors_sit_in_their_host_organ():
+    for seed, hosts in ((0, (1,)), (1, (2, 13)), (2, (4,)), (3, (1, 2, 13, 4, 11))):
+        img, lab, geo, info = generate_case(np.random.default_rng(seed), MEDIUM,
+                                            tumor_hosts=hosts, n_tumors=2)
+        assert info["tumors"] >= 1 and (lab == TUMOR).any()
+        assert {t["host"] for t in info["tumor_details"]} <= set(hosts)
+        full = np.ones((3, 3, 3), bool)
+        comps, n = ndimage.label(lab == TUMOR, structure=full)
+        host_mask = np.isin(lab, [t["host"] for t in info["tumor_details"]])
+        for k in range(1, n + 1):
+            ring = ndimage.binary_dilation(comps == k, structure=full) & (comps != k)
+            assert (ring & host_mask).any(), f"seed {seed}: tumor {k} touches no host organ"
+
+
+def test_reproducible_and_seed_dependent(written, tmp_path):
+    a = generate_case(np.random.default_rng(7), SMALL)
+    b = generate_case(np.random.default_rng(7), SMALL)
+    c = generate_case(np.random.default_rng(8), SMALL)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert a[2] == b[2] and a[3] == b[3]
+    assert a[0].shape != c[0].shape or not np.array_equal(a[0], c[0])
+    out, meta = written
+    again = write_phantoms(tmp_path / "again", SMALL, workers=2, progress=False)   # processes
+    assert again["cases"] == meta["cases"]
+    for cid in ("PH_0000", "PH_0007"):
+        for rel in meta["cases"][cid]["files"].values():
+            x, _ = read_array(out / rel)
+            y, _ = read_array(tmp_path / "again" / rel)
+            np.testing.assert_array_equal(x, y)
+
+
+def test_rerun_skips_existing_and_removes_stale(tmp_path):
+    cfg = PhantomConfig(labeled=2, tumor_only=1, unlabeled=1, validation=0, size_xy=(32, 32),
+                        extent_z_mm=(60.0, 60.0))
+    write_phantoms(tmp_path, cfg, progress=False)
+    img = tmp_path / "imagesTr" / "PH_0000_0000.nii.gz"
+    stamp = img.stat().st_mtime_ns
+    write_phantoms(tmp_path, cfg, progress=False)
+    assert img.stat().st_mtime_ns == stamp                        # skipped
+    write_phantoms(tmp_path, cfg, overwrite=True, progress=False)
+    assert img.stat().st_mtime_ns != stamp                        # regenerated
+    smaller = PhantomConfig(labeled=1, tumor_only=0, unlabeled=1, validation=0, size_xy=(32, 32),
+                            extent_z_mm=(60.0, 60.0))
+    meta = write_phantoms(tmp_path, smaller, progress=False)
+    assert sorted(meta["cases"]) == ["PH_0000", "PH_0001"]
+    assert sorted(p.name for p in (tmp_path / "imagesTr").iterdir()) == ["PH_0000_0000.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "hidden_gt").iterdir()) == [
+        "PH_0000.nii.gz", "PH_0001.nii.gz"]
+    assert (tmp_path / "manifest.csv").read_text().splitlines()[1:] == [
+        f"PH_0000,{' '.join(map(str, meta['cases']['PH_0000']['annotated']))}"]
+
+
+def test_cli_writes_and_rejects_bad_ranges(tmp_path, capsys):
+    rc = cli_main(["phantoms", "--out", str(tmp_path / "p"), "--labeled", "1", "--tumor-only", "1",
+                   "--unlabeled", "0", "--validation", "0", "--seed", "3", "--size-xy", "32", "32",
+                   "--extent-z", "50", "60"])
+    assert rc == 0
+    meta = read_json(tmp_path / "p" / "phantoms.json")
+    assert meta["seed"] == 3 and meta["config"]["size_xy"] == [32, 32]
+    assert [c["pool"] for c in meta["cases"].values()] == ["labeled", "tumor_only"]
+    yml = tmp_path / "c.yaml"
+    yml.write_text("data:\n  phantoms:\n    labeled: 0\n    tumor_only: 0\n    unlabeled: 1\n"
+                   "    validation: 0\n    size_xy: [24, 24]\n    seed: 9\n")
+    assert cli_main(["phantoms", "--out", str(tmp_path / "r"), "--config", str(yml), "--seed", "4"]) == 0
+    meta = read_json(tmp_path / "r" / "phantoms.json")
+    assert meta["seed"] == 4 and meta["config"]["size_xy"] == [24, 24]
+    assert [c["pool"] for c in meta["cases"].values()] == ["unlabeled"]
+    rc = cli_main(["phantoms", "--out", str(tmp_path / "q"), "--slice-spacing", "5", "1"])
+    assert rc == 2
+    assert "slice_spacing" in capsys.readouterr().out
+    assert not (tmp_path / "q" / "phantoms.json").exists()
