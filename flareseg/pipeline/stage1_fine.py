@@ -43,7 +43,7 @@ def run(ctx: StageContext) -> dict:
         from flareseg.data.phantoms import write_phantoms
         ph = ctx.dir / "phantoms"
         ctx.step("phantoms", to_dict(cfg.data.phantoms),
-                 lambda: {"cases": len(write_phantoms(ph, cfg.data.phantoms).get("cases", {}))},
+                 lambda: {"cases": len(write_phantoms(ph, cfg.data.phantoms, workers=cfg.data.num_processes).get("cases", {}))},
                  outputs=[ph / "manifest.csv"])
 
     paths = nnunet_paths(ctx.dir)
