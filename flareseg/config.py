@@ -83,6 +83,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     fold: int = 0
     save_every: int = 50             # epochs between checkpoint_latest saves (resume granularity)
+    seed: int = 0                    # seeds weights, sampling and augmentation (exact with num_workers 0)
     final_validation: bool = False   # nnU-Net's full-volume validation after training (slow)
 
 

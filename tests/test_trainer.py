@@ -135,3 +135,55 @@ def test_cutmix_loader_pastes_tumor_into_batches_without_tumor(tiny_plans, tmp_p
         assert set(np.unique(tgt.numpy()).tolist()) - {0, -1} <= set(b["label_type"])
         pasted_batches += 1
     assert pasted_batches > 0
+
+
+_TRAIN_SCRIPT = """
+import sys
+from pathlib import Path
+from flareseg.config import TrainConfig
+from flareseg.nnunet.env import NNUNetPaths
+from flareseg.nnunet.training import train
+root, results = Path(sys.argv[1]), Path(sys.argv[2])
+p = NNUNetPaths(root / "nnUNet_raw", root / "nnUNet_preprocessed", results)
+p.export()
+tc = TrainConfig(epochs=4, iterations_per_epoch=2, val_iterations=1, num_workers=0, device="cpu",
+                 save_every=1, seed=7)
+if __name__ == "__main__":
+    train("Dataset901_Tiny", "fine", tc, p.preprocessed, p.results)
+"""
+
+
+def test_killed_training_resumes_to_the_same_weights(tiny_plans, tmp_path):
+    """Seeded training killed after a checkpoint and resumed ends with the weights of an
+    uninterrupted run (generators are checkpointed next to the weights)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    paths, _ = tiny_plans
+    root = paths.raw.parent
+    script = tmp_path / "train.py"
+    script.write_text(_TRAIN_SCRIPT)
+    run = lambda res: subprocess.run([sys.executable, str(script), str(root), str(res)],  # noqa: E731
+                                     capture_output=True, text=True)
+    a = run(tmp_path / "res_a")
+    assert a.returncode == 0, a.stderr[-3000:]
+    fold_b = tmp_path / "res_b" / "Dataset901_Tiny" / "FlareSegTrainer__nnUNetPlans__fine" / "fold_0"
+    proc = subprocess.Popen([sys.executable, str(script), str(root), str(tmp_path / "res_b")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not (fold_b / "checkpoint_latest.pth.rng").exists():
+        assert proc.poll() is None and time.time() - t0 < 300, "training ended before a checkpoint"
+        time.sleep(0.05)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (fold_b / "checkpoint_final.pth").exists()
+    b = run(tmp_path / "res_b")
+    assert b.returncode == 0, b.stderr[-3000:]
+    wa = torch.load(tmp_path / "res_a" / "Dataset901_Tiny" / "FlareSegTrainer__nnUNetPlans__fine" / "fold_0"
+                    / "checkpoint_final.pth", weights_only=False)["network_weights"]
+    wb = torch.load(fold_b / "checkpoint_final.pth", weights_only=False)["network_weights"]
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from typing import Sequence
 
 import numpy as np
@@ -120,6 +121,20 @@ class LabelTypeDataLoader(nnUNetDataLoader):
             self.cutmix.pasted = []
         return list(keys)
 
+    def rng_state(self) -> dict:
+        """Sampler and CutMix generator states (for exact resume from a checkpoint)."""
+        st: dict = {"sampler": self._sampler.state_dict() if self._sampler is not None else None}
+        if self.cutmix is not None and self.cutmix._rng is not None:
+            st["cutmix"] = self.cutmix._rng.bit_generator.state
+        return st
+
+    def set_rng_state(self, st: dict) -> None:
+        if st.get("sampler") is not None:
+            self._get_sampler().load_state_dict(st["sampler"])
+        if st.get("cutmix") is not None and self.cutmix is not None:
+            self.cutmix._state()
+            self.cutmix._rng.bit_generator.state = st["cutmix"]
+
     def get_bbox(self, data_shape, force_fg, class_locations, overwrite_class=None, verbose=False):
         if class_locations is not None and self.current_type is not None:
             class_locations = {k: v for k, v in class_locations.items()
@@ -158,7 +173,54 @@ class FlareSegTrainer(nnUNetTrainer):
         self.loss_variant = str(hp.get("loss", "merge_max"))
         self.type_sampling = str(hp.get("type_sampling", "proportional"))
         self.final_validation = bool(hp.get("final_validation", False))
+        self.seed = int(hp.get("seed", 0))
         self.case_types = self._load_case_types()
+        self._pending_rng: dict | None = None
+
+    # ------------------------------------------------------------------ reproducibility
+    def on_train_start(self):
+        """Seed everything for a fresh run; after a resume, restore the generators saved with the
+        checkpoint once the loaders exist, so a killed run continues exactly as an uninterrupted
+        one would (exact with ``num_workers: 0``; worker processes draw their own streams)."""
+        if self._pending_rng is None:
+            random.seed(self.seed)
+            np.random.seed(self.seed)
+            torch.manual_seed(self.seed)
+        super().on_train_start()
+        if self._pending_rng is not None:
+            st = self._pending_rng
+            random.setstate(st["python"])
+            np.random.set_state(st["numpy"])
+            torch.set_rng_state(st["torch"])
+            for name, gen in (("train", self.dataloader_train), ("val", self.dataloader_val)):
+                dl = getattr(gen, "data_loader", None)
+                if isinstance(dl, LabelTypeDataLoader) and name in st:
+                    dl.set_rng_state(st[name])
+            self._pending_rng = None
+
+    def _rng_state(self) -> dict:
+        st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        for name, gen in (("train", self.dataloader_train), ("val", self.dataloader_val)):
+            dl = getattr(gen, "data_loader", None)
+            if isinstance(dl, LabelTypeDataLoader):
+                st[name] = dl.rng_state()
+        return st
+
+    def save_checkpoint(self, filename: str) -> None:
+        super().save_checkpoint(filename)
+        if self.local_rank == 0 and not self.disable_checkpointing:
+            torch.save(self._rng_state(), filename + ".rng")
+
+    def on_train_end(self):
+        super().on_train_end()
+        stale = os.path.join(self.output_folder, "checkpoint_latest.pth.rng")
+        if self.local_rank == 0 and os.path.isfile(stale):
+            os.remove(stale)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        if isinstance(filename_or_checkpoint, str) and os.path.isfile(filename_or_checkpoint + ".rng"):
+            self._pending_rng = torch.load(filename_or_checkpoint + ".rng", weights_only=False)
 
     # ------------------------------------------------------------------ data
     def _load_case_types(self) -> dict[str, tuple[int, ...]]:
