@@ -209,6 +209,19 @@ def test_component_statistics_agree_between_paths():
     assert len(dense) > 20 and sorted(map(key, dense)) == sorted(map(key, sparse))
 
 
+def test_each_tumor_removed_once_with_its_reason():
+    lab = box(np.zeros((40, 80, 80), np.uint8), (10, 30), (10, 30), (10, 30), LIVER)
+    box(lab, (10, 30), (10, 30), (50, 60), KIDNEY)        # organ bbox spans x 10..60
+    box(lab, (12, 16), (15, 19), (38, 42), TUMOR)         # in the region, 9 mm from organs
+    box(lab, (20, 24), (30, 34), (20, 24), TUMOR)         # touches the liver
+    box(lab, (34, 38), (72, 76), (2, 6), TUMOR)           # beyond the 5 mm margin
+    cfg = CleaningConfig(min_voxels=10, abdomen_margin_mm=5.0, max_organ_distance_mm=8.0)
+    out, rec = clean_label(lab, (1, 1, 1), cfg)
+    assert [(r.reason, r.bbox[1]) for r in rec] == [(OUTSIDE_ABDOMEN, (72, 76)),
+                                                    (FAR_FROM_ORGANS, (15, 19))]
+    assert (out == TUMOR).sum() == 64 and out[21, 31, 21] == TUMOR
+
+
 def test_clean_label_input_untouched_and_validated():
     lab = organ_with_tumor_at(dx=30)
     before = lab.copy()
