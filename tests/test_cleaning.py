@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import itertools
 from dataclasses import replace
 from pathlib import Path
 
@@ -363,3 +362,18 @@ def test_real_kits_tumors_touching_kidney_kept(shared_data: Path):
 @pytest.mark.parametrize("case", ["00000", "00001"])
 def test_real_kits_tumors_touching_kidney_kept_all(shared_data: Path, case: str):
     _check_kits_case(shared_data / "labels" / f"kits19_case_{case}_segmentation.nii.gz")
+
+
+def test_clean_folder_uses_ct_body_mask_for_tumor_only_cases(tmp_path: Path):
+    labels, images = tmp_path / "labels", tmp_path / "images"
+    lab = box(np.zeros((20, 40, 40), np.uint8), (5, 9), (12, 16), (12, 16), TUMOR)
+    box(lab, (5, 9), (1, 5), (1, 5), TUMOR)                        # in the air
+    ct = np.full(lab.shape, -1000, np.int16)
+    ct[:, 8:32, 8:32] = 40
+    _write_case(labels, "t.nii.gz", lab)
+    _write_case(images, "t_0000.nii.gz", ct)
+    _write_case(labels, "u.nii.gz", lab)
+    _write_case(images, "u_0000.nii.gz", ct[:, :, :30])            # wrong grid
+    report = clean_folder(labels, tmp_path / "out", CleaningConfig(min_voxels=10), images)
+    assert [(r.case, r.reason, r.bbox[1]) for r in report.records] == [("t", OUTSIDE_ABDOMEN, (1, 5))]
+    assert [c.case for c in report.errors] == ["u"] and "grid" in report.errors[0].error
