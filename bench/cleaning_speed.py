@@ -9,6 +9,7 @@ label maps in one process, the outputs are checked to be identical, and the time
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import time
@@ -17,7 +18,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from flareseg.anatomy import abdomen_region, organ_mask
+from flareseg.anatomy import abdomen_region, bbox_of, organ_mask
 from flareseg.cleaning import clean_label
 from flareseg.config import CleaningConfig
 from flareseg.labels import ORGANS, TUMOR
@@ -67,13 +68,16 @@ def _ellipsoid(out: np.ndarray, centre_mm, radii_mm, spacing, value: int) -> Non
 
 def synthetic_label(rng: np.random.Generator, shape=(300, 512, 512),
                     spacing=(1.5, 0.8, 0.8)) -> np.ndarray:
-    """Abdomen-like map: 13 organ ellipsoids, noise specks, tumors near/far/outside/small."""
+    """Abdomen-like map: 13 organ ellipsoids, noise specks, tumors on organs, in the corners of
+    the organ bounding box (inside the abdominal region, mostly far from organs) and one in the
+    corner of the volume (outside the region)."""
     out = np.zeros(shape, np.uint8)
     ext = np.array(shape) * np.array(spacing)          # mm extent (z, y, x)
     centre = ext / 2
     for c in ORGANS:
         pos = centre + rng.uniform(-0.22, 0.22, 3) * ext * np.array([0.6, 1, 1])
         _ellipsoid(out, pos, rng.uniform(20, 60, 3), spacing, c)
+    bb = bbox_of(out > 0)                                 # organ bounding box
     organ_vox = np.argwhere(out[::4, ::8, ::8] > 0) * np.array([4, 8, 8])
     for _ in range(300):                                  # noise specks of 1..~60 voxels
         p = organ_vox[rng.integers(len(organ_vox))] * np.array(spacing) + rng.normal(0, 30, 3)
@@ -81,9 +85,9 @@ def synthetic_label(rng: np.random.Generator, shape=(300, 512, 512),
     for _ in range(6):                                    # tumors on an organ surface: kept
         p = organ_vox[rng.integers(len(organ_vox))] * np.array(spacing)
         _ellipsoid(out, p, rng.uniform(6, 15, 3), spacing, TUMOR)
-    for d in (40.0, 60.0, 80.0):                          # tumors far from organs, inside margin
-        p = centre + np.array([0, 0, 1.0]) * (0.5 * ext[2] - 20)
-        _ellipsoid(out, p - np.array([0, 0, d - 40]), (5, 5, 5), spacing, TUMOR)
+    for corner in itertools.product(*[(s.start + 4, s.stop - 5) for s in bb]):
+        # tumors in the corners of the organ bbox: inside the region, often far from organs
+        _ellipsoid(out, np.array(corner) * spacing, (4, 4, 4), spacing, TUMOR)
     _ellipsoid(out, (10, 10, 10), (6, 6, 6), spacing, TUMOR)  # corner: outside the abdomen
     return out
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import itertools
 from dataclasses import replace
 from pathlib import Path
 
@@ -209,6 +208,19 @@ def test_component_statistics_agree_between_paths():
     assert len(dense) > 20 and sorted(map(key, dense)) == sorted(map(key, sparse))
 
 
+def test_each_tumor_removed_once_with_its_reason():
+    lab = box(np.zeros((40, 80, 80), np.uint8), (10, 30), (10, 30), (10, 30), LIVER)
+    box(lab, (10, 30), (10, 30), (50, 60), KIDNEY)        # organ bbox spans x 10..60
+    box(lab, (12, 16), (15, 19), (38, 42), TUMOR)         # in the region, 9 mm from organs
+    box(lab, (20, 24), (30, 34), (20, 24), TUMOR)         # touches the liver
+    box(lab, (34, 38), (72, 76), (2, 6), TUMOR)           # beyond the 5 mm margin
+    cfg = CleaningConfig(min_voxels=10, abdomen_margin_mm=5.0, max_organ_distance_mm=8.0)
+    out, rec = clean_label(lab, (1, 1, 1), cfg)
+    assert [(r.reason, r.bbox[1]) for r in rec] == [(OUTSIDE_ABDOMEN, (72, 76)),
+                                                    (FAR_FROM_ORGANS, (15, 19))]
+    assert (out == TUMOR).sum() == 64 and out[21, 31, 21] == TUMOR
+
+
 def test_clean_label_input_untouched_and_validated():
     lab = organ_with_tumor_at(dx=30)
     before = lab.copy()
@@ -350,3 +362,18 @@ def test_real_kits_tumors_touching_kidney_kept(shared_data: Path):
 @pytest.mark.parametrize("case", ["00000", "00001"])
 def test_real_kits_tumors_touching_kidney_kept_all(shared_data: Path, case: str):
     _check_kits_case(shared_data / "labels" / f"kits19_case_{case}_segmentation.nii.gz")
+
+
+def test_clean_folder_uses_ct_body_mask_for_tumor_only_cases(tmp_path: Path):
+    labels, images = tmp_path / "labels", tmp_path / "images"
+    lab = box(np.zeros((20, 40, 40), np.uint8), (5, 9), (12, 16), (12, 16), TUMOR)
+    box(lab, (5, 9), (1, 5), (1, 5), TUMOR)                        # in the air
+    ct = np.full(lab.shape, -1000, np.int16)
+    ct[:, 8:32, 8:32] = 40
+    _write_case(labels, "t.nii.gz", lab)
+    _write_case(images, "t_0000.nii.gz", ct)
+    _write_case(labels, "u.nii.gz", lab)
+    _write_case(images, "u_0000.nii.gz", ct[:, :, :30])            # wrong grid
+    report = clean_folder(labels, tmp_path / "out", CleaningConfig(min_voxels=10), images)
+    assert [(r.case, r.reason, r.bbox[1]) for r in report.records] == [("t", OUTSIDE_ABDOMEN, (1, 5))]
+    assert [c.case for c in report.errors] == ["u"] and "grid" in report.errors[0].error

@@ -111,6 +111,8 @@ def _clean_case(path: Path, case: str, out: Path, cfg: CleaningConfig, chash: st
         if bad := geometry_mismatch(geom, igeom):
             raise InputError(image_path, "image grid differs from label: " + "; ".join(bad))
         image_digest = file_digest(image_path)
+    elif needs_image:
+        log.warning("%s: tumor but no organs and no CT found, abdominal-region rule skipped", case)
     cleaned, records = clean_label(clean_in, geom.spacing_zyx, cfg, image=image, case_id=case)
     write_array(cleaned.astype(label.dtype, copy=False), geom, dest)
     result = CaseResult(case, path.name, "ok", int(np.count_nonzero(clean_in)), records)

@@ -60,8 +60,9 @@ def remove_tumors_far_from_organs(label: np.ndarray, spacing_zyx: Sequence[float
     ``label``: ``(Z, Y, X)`` map; ``spacing_zyx`` in mm.  Returns the cleaned map (the input
     itself when nothing was removed) and one record per removed component with its distance when
     an organ voxel lay in the search box (``None``: none within ``max_distance_mm`` along an axis).
+    ``tumors``: the tumor components of ``label`` if already computed.
     """
-    comps = label_components(label, connectivity, (TUMOR,))
+    comps = tumors if tumors is not None else label_components(label, connectivity, (TUMOR,))
     if not comps.items:
         return label, []
     contact_axes = [a for a, s in enumerate(spacing_zyx) if float(s) <= max_distance_mm]
