@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"stage-{n} failed (exit {rc}); fix it and rerun: finished stages are skipped",
                       file=sys.stderr)
                 return rc
+        from flareseg.pipeline.summary import run_summary
+        print(run_summary(work))
         return 0
     try:
         n = int(args.stage)
