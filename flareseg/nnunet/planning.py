@@ -80,3 +80,22 @@ def add_configuration(plans_file: Path, name: str, pc: PlanConfig) -> None:
     plans["configurations"][name] = configuration_plan(plans["configurations"]["3d_fullres"], pc,
                                                        f"{PLANS_NAME}_{name}")
     write_json(plans, plans_file)
+
+
+def preprocess(dataset_id: int, configurations: tuple[str, ...], num_processes: int = 2) -> None:
+    """Preprocess a dataset whose plans are already in place (e.g. reused from another dataset)."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
+    preprocess_dataset(dataset_id, PLANS_NAME, configurations, [num_processes] * len(configurations),
+                       verbose=False, show_progress_bar=True)
+
+
+def load_preprocessed(folder: Path, keys: list[str]) -> list[tuple[str, "np.ndarray", "np.ndarray"]]:
+    """``(key, image (C, Z, Y, X), seg (1, Z, Y, X))`` of preprocessed cases (QC pictures, tests)."""
+    import numpy as np
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    ds = infer_dataset_class(str(folder))(str(folder), keys)
+    out = []
+    for k in keys:
+        data, seg, _, _ = ds.load_case(k)
+        out.append((k, np.asarray(data[:]), np.asarray(seg[:])))
+    return out

@@ -53,7 +53,7 @@ def run(ctx: StageContext) -> dict:
     pre = paths.preprocessed / ds_name
 
     def prepare() -> dict:
-        from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
+        from flareseg.nnunet.planning import preprocess
         types = build_dataset(training_set, ds_dir)
         plans = read_json(Path(s1["preprocessed"]) / "nnUNetPlans.json")
         plans["dataset_name"] = ds_name
@@ -63,7 +63,7 @@ def run(ctx: StageContext) -> dict:
         # stage-1's fingerprint: same intensity statistics as the plans (and the CTO pool)
         shutil.copyfile(Path(s1["preprocessed"]) / "dataset_fingerprint.json", pre / "dataset_fingerprint.json")
         shutil.copyfile(ds_dir / "label_types.json", pre / "label_types.json")
-        preprocess_dataset(ds_id, "nnUNetPlans", ("coarse",), [cfg.data.num_processes], verbose=False)
+        preprocess(ds_id, ("coarse",), cfg.data.num_processes)
         return {"cases": len(types)}
 
     prepared = ctx.step("prepare", {"set": training_set, "plans_from": s1["preprocessed"]}, prepare,
@@ -78,4 +78,32 @@ def run(ctx: StageContext) -> dict:
     ck = mdir / f"fold_{cfg.train_coarse.fold}" / "checkpoint_final.pth"
     trained = ctx.step("train", {"train": to_dict(cfg.train_coarse), "cutmix": to_dict(cfg.cutmix),
                                  "prepared": prepared, "pool": s3.get("objects")}, do_train, outputs=[ck])
-    return {"dataset": str(ds_dir), "model_dir": str(mdir), "training": trained, "outputs": [ck]}
+    gallery = ctx.dir / "qc" / "cutmix_samples.png"
+    if not gallery.exists():
+        cutmix_gallery_png(training_set, pre / "nnUNetPlans_coarse", s3["pool_dir"], cfg, gallery)
+    return {"dataset": str(ds_dir), "model_dir": str(mdir), "training": trained,
+            "cutmix_gallery": str(gallery) if gallery.exists() else None, "outputs": [ck]}
+
+
+def cutmix_gallery_png(training_set: dict, pre_dir: Path, pool_dir: str, cfg, dest: Path, n: int = 4) -> None:
+    """QC: CutMix applied (as in training) to a few preprocessed cases without tumor labels."""
+    import numpy as np
+    from flareseg.cto.cutmix import apply, sample_params
+    from flareseg.cto.gallery import cutmix_gallery
+    from flareseg.cto.pool import load_pool
+    from flareseg.labels import TUMOR
+    from flareseg.nnunet.planning import load_preprocessed
+
+    pool = load_pool(pool_dir)
+    keys = sorted(c for c, r in training_set.items() if TUMOR not in r["label_type"])[:n]
+    if not keys or not len(pool.ids):
+        return
+    rng = np.random.default_rng(cfg.seed)
+    spacing = pool.spacing_zyx
+    tiles = []
+    for key, img, seg in load_preprocessed(pre_dir, keys):
+        p = sample_params(rng, seg, pool.ids, spacing, cfg.cutmix, image=img,
+                          sample_type=training_set[key]["label_type"])
+        img2, seg2 = apply(p, img, seg, pool, keep_classes=training_set[key]["label_type"])
+        tiles.append((f"{key} + {', '.join(x.object_id for x in p.pastes) or 'no paste'}", img2[0], seg2[0]))
+    cutmix_gallery(tiles, dest)
