@@ -1,49 +1,28 @@
 """The stage table: which config sections each stage depends on and which stages it reads."""
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import Callable
 
 from flareseg.config import Config
 from flareseg.pipeline.stage import Stage, StageContext
 
 
-def _stage1(ctx: StageContext) -> dict:
-    from flareseg.pipeline import stage1_fine
-    return stage1_fine.run(ctx)
-
-
-def _stage2(ctx: StageContext) -> dict:
-    from flareseg.pipeline import stage2_pseudo
-    return stage2_pseudo.run(ctx)
-
-
-def _stage3(ctx: StageContext) -> dict:
-    from flareseg.pipeline import stage3_cto
-    return stage3_cto.run(ctx)
-
-
-def _stage4(ctx: StageContext) -> dict:
-    from flareseg.pipeline import stage4_clean
-    return stage4_clean.run(ctx)
-
-
-def _stage5(ctx: StageContext) -> dict:
-    from flareseg.pipeline import stage5_coarse
-    return stage5_coarse.run(ctx)
-
-
-def _stage6(ctx: StageContext) -> dict:
-    from flareseg.pipeline import stage6_ship
-    return stage6_ship.run(ctx)
+def _lazy(module: str) -> Callable[[StageContext], dict]:
+    """The stage's ``run``, imported only when the stage runs (keeps torch/nnU-Net out of --help)."""
+    def run(ctx: StageContext) -> dict:
+        return importlib.import_module(f"flareseg.pipeline.{module}").run(ctx)
+    return run
 
 
 STAGES: dict[int, Stage] = {
-    1: Stage(1, ("seed", "data", "fine", "coarse", "train_fine"), (), _stage1),
-    2: Stage(2, ("seed", "pseudolabel", "inference"), (1,), _stage2),
-    3: Stage(3, ("seed", "cto", "coarse"), (1, 2), _stage3),
-    4: Stage(4, ("cleaning",), (1, 2), _stage4),
-    5: Stage(5, ("seed", "data", "coarse", "train_coarse", "cutmix"), (1, 2, 3, 4), _stage5),
-    6: Stage(6, ("inference", "evaluation"), (1, 5), _stage6),
+    1: Stage(1, ("seed", "data", "fine", "coarse", "train_fine"), (), _lazy("stage1_fine")),
+    2: Stage(2, ("seed", "pseudolabel", "inference"), (1,), _lazy("stage2_pseudo")),
+    3: Stage(3, ("seed", "cto", "coarse"), (1, 2), _lazy("stage3_cto")),
+    4: Stage(4, ("cleaning",), (1, 2), _lazy("stage4_clean")),
+    5: Stage(5, ("seed", "data", "coarse", "train_coarse", "cutmix"), (1, 2, 3, 4), _lazy("stage5_coarse")),
+    6: Stage(6, ("inference", "evaluation"), (1, 5), _lazy("stage6_ship")),
 }
 
 
