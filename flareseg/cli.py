@@ -13,6 +13,7 @@ COMMAND_MODULES: list[str] = [
     "flareseg.evaluation.commands",
     "flareseg.cleaning.commands",
     "flareseg.data.commands",
+    "flareseg.report.commands",
 ]
 
 DESCRIPTION = """\

@@ -1,0 +1,140 @@
+"""Build the QC report: ``work/qc/index.html`` with per-stage pictures and tables.
+
+Every picture and table file the page shows is copied (hard-linked when possible) or drawn into
+the output folder, so the folder is self-contained: links are relative, no server, no scripts.
+Paths recorded in manifests are absolute at run time; they are re-based onto ``work_dir`` (the
+part from ``stage-N-<name>/`` on), so a moved or copied work folder still reports.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flareseg.io import InputError, link_or_copy, read_json, write_text
+from flareseg.pipeline.stage import STAGE_NAMES, stage_dir
+from flareseg.report import html as H
+
+log = logging.getLogger(__name__)
+
+_STAGE_PART = re.compile(r"^stage-\d-[a-z]+$")
+
+
+def local_path(path: str | os.PathLike | None, work: Path) -> Path | None:
+    """``path`` re-based onto ``work`` when it lies inside a ``stage-N-<name>`` folder and that copy
+    exists; else ``path`` itself if it exists; else None."""
+    if not path:
+        return None
+    p = Path(path)
+    for i, part in enumerate(p.parts):
+        if _STAGE_PART.match(part):
+            cand = Path(work).joinpath(*p.parts[i:])
+            if cand.exists():
+                return cand
+            break
+    return p if p.exists() else None
+
+
+@dataclass
+class ReportContext:
+    """What section builders get: the work folder, the output folder and the stage manifests."""
+    work: Path
+    out: Path
+    manifests: dict[int, dict | None]
+
+    def stage(self, n: int) -> Path:
+        return stage_dir(self.work, n)
+
+    def result(self, n: int) -> dict:
+        return (self.manifests.get(n) or {}).get("result") or {}
+
+    def path(self, p: str | os.PathLike | None) -> Path | None:
+        return local_path(p, self.work)
+
+    def asset(self, src: Path, n: int, name: str | None = None) -> str:
+        """Copy ``src`` into ``out/stage-N/`` and return its link relative to ``out``."""
+        rel = Path(f"stage-{n}") / (name or src.name)
+        link_or_copy(src, self.out / rel)
+        return rel.as_posix()
+
+    def new_asset(self, n: int, name: str) -> tuple[Path, str]:
+        """(destination path, relative link) for a file drawn by the report itself."""
+        rel = Path(f"stage-{n}") / name
+        return self.out / rel, rel.as_posix()
+
+
+def _manifest(work: Path, n: int) -> dict | None:
+    m = stage_dir(work, n) / "manifest.json"
+    if not m.exists():
+        return None
+    try:
+        return read_json(m)
+    except (OSError, ValueError) as e:
+        log.warning("QC report: %s unreadable: %s", m, e)
+        return {"_error": f"{m}: unreadable manifest ({e})"}
+
+
+def _status(ctx: ReportContext, n: int) -> tuple[str, str]:
+    """(css class, text) of a stage's state."""
+    man = ctx.manifests.get(n)
+    if man is None:
+        extra = " (its folder exists without a manifest: running or interrupted)" if ctx.stage(n).exists() else ""
+        return "notrun", "not run" + extra
+    if "_error" in man:
+        return "error", man["_error"]
+    t = man.get("timings", {}).get("total_seconds")
+    return "done", f"done {man.get('finished', '')}" + (f", {t:.0f} s" if isinstance(t, (int, float)) else "")
+
+
+def _overview(ctx: ReportContext) -> str:
+    rows = []
+    for n, name in STAGE_NAMES.items():
+        man = ctx.manifests.get(n) or {}
+        rows.append((f"stage-{n}", name, _status(ctx, n)[1], man.get("config_hash"),
+                     (man.get("versions") or {}).get("flareseg")))
+    return "<h2 id=\"overview\">Overview</h2>\n" + H.table(
+        ("stage", "name", "status", "config hash", "flareseg"), rows)
+
+
+def build_qc_report(work_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Write the QC page of a (possibly partial) work folder; returns the path of ``index.html``.
+
+    ``out`` defaults to ``work_dir/qc``.  Stages without a manifest are shown as "not run"; a
+    section that cannot be drawn (unreadable file...) shows the error and the rest still builds.
+    """
+    from flareseg.report.sections import SECTIONS
+
+    work = Path(work_dir)
+    if not work.is_dir():
+        raise InputError(work, "is not a work folder (does not exist or is not a directory)")
+    out_dir = Path(out) if out is not None else work / "qc"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = ReportContext(work, out_dir, {n: _manifest(work, n) for n in STAGE_NAMES})
+    parts = [f"<h1>flareseg QC report</h1>\n",
+             H.para(f"work folder: {work.resolve()} — generated {time.strftime('%Y-%m-%d %H:%M:%S')}", "note"),
+             "<p>" + " · ".join(H.link(f"#stage-{n}", f"stage-{n} {name}") for n, name in STAGE_NAMES.items())
+             + "</p>\n",
+             _overview(ctx)]
+    for n, name in STAGE_NAMES.items():
+        cls, text = _status(ctx, n)
+        parts.append(f'<section id="stage-{n}">\n<h2>stage-{n}: {H.esc(name)}</h2>\n'
+                     f'<p class="status {cls}">{H.esc(text)}</p>\n')
+        if cls == "done":
+            parts.append(_section(ctx, n, SECTIONS[n]))
+        parts.append("</section>\n")
+    dest = out_dir / "index.html"
+    write_text(H.page("flareseg QC report", "".join(parts)), dest)
+    log.info("QC report written to %s", dest)
+    return dest
+
+
+def _section(ctx: ReportContext, n: int, builder: Any) -> str:
+    try:
+        return builder(ctx, ctx.manifests[n])
+    except Exception as e:  # one broken file must not hide the other stages
+        log.warning("QC report: stage-%d section failed: %s", n, e, exc_info=True)
+        return H.para(f"could not draw this section: {type(e).__name__}: {e}", "error")
