@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Iterable
 from tqdm import tqdm
 
 from flareseg.data.validate import check_case
-from flareseg.io import (InputError, atomic_path, image_suffix, is_dicom_dir, read_json,
+from flareseg.io import (InputError, link_or_copy, image_suffix, is_dicom_dir, read_json,
                          strip_suffix, write_image, write_json)
 from flareseg.labels import CLASS_NAMES, pool_of, str_to_type, type_to_str
 
@@ -161,8 +160,7 @@ def _import_one(args: tuple) -> dict:
         img_dir = "imagesUnlabeled" if unlabeled else "imagesTr"
         img_out = out_dir / img_dir / f"{c.case_id}_0000.nii.gz"
         if image_suffix(c.image) == ".nii.gz":
-            with atomic_path(img_out) as tmp:
-                shutil.copyfile(c.image, tmp)
+            link_or_copy(c.image, img_out)   # validated as is: no re-encoding, no second copy on disk
         else:
             write_image(checked.image, img_out)
         if checked.label is not None:

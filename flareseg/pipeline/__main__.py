@@ -13,7 +13,7 @@ from pathlib import Path
 
 from flareseg.config import ConfigError, load_config
 from flareseg.pipeline.registry import STAGES, run_stage
-from flareseg.pipeline.stage import STAGE_NAMES, StageError
+from flareseg.pipeline.stage import STAGE_NAMES, StageError, StagePaused
 
 HELP = """\
 Run flareseg pipeline stages on a work folder.
@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
                 return rc
         from flareseg.pipeline.summary import run_summary
+        from flareseg.report.qc import build_qc_report
+        build_qc_report(work)
         print(run_summary(work))
         return 0
     try:
@@ -74,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         man = run_stage(n, cfg, work, force=args.force)
+    except StagePaused as e:
+        print(f"stage-{n}: {e}")
+        return 0
     except StageError as e:
         print(f"stage-{n}: {e}", file=sys.stderr)
         return 3

@@ -33,6 +33,11 @@ class MissingInputs(StageError):
     pass
 
 
+class StagePaused(StageError):
+    """The stage did its share (e.g. one shard of stage-2) and wrote no manifest on purpose;
+    not an error: the message says what to run next."""
+
+
 def stage_dir(work: Path, n: int) -> Path:
     return Path(work) / f"stage-{n}-{STAGE_NAMES[n]}"
 

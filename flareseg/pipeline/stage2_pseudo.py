@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from flareseg.config import config_hash, to_dict
 from flareseg.io import read_array, read_json, write_array, write_image, write_json
 from flareseg.labels import ORGANS, TUMOR, label_type
-from flareseg.pipeline.stage import StageContext, StageError
+from flareseg.pipeline.stage import StageContext, StagePaused
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def run(ctx: StageContext) -> dict:
     i, n = parse_shard(pc.shard)
     summary = run_shard(unlabeled, scorer, scores_dir, i, n, fingerprint=fingerprint)
     if n > 1:
-        raise StageError(f"shard {pc.shard} finished ({len(summary.computed)} scored, {len(summary.skipped)} "
+        raise StagePaused(f"shard {pc.shard} finished ({len(summary.computed)} scored, {len(summary.skipped)} "
                          f"already done, {len(summary.failed)} failed); run again with "
                          f"--set pseudolabel.shard=0/1 after all shards to merge and select")
     scores = merge_scores(scores_dir, unlabeled, fingerprint)
