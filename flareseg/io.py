@@ -87,8 +87,16 @@ def strip_suffix(path: os.PathLike | str) -> str:
 
 
 def is_dicom_dir(path: os.PathLike | str) -> bool:
+    """True for a folder holding a DICOM series (GDCM's warning for other folders is silenced)."""
     p = Path(path)
-    return p.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
+    if not p.is_dir():
+        return False
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def read_image(path: os.PathLike | str) -> sitk.Image:

@@ -86,6 +86,9 @@ def trainer_class(trainer_name: str):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     if trainer_name == "nnUNetTrainer":
         return nnUNetTrainer
+    if trainer_name == "FlareSegTrainer":   # ours: no search through every nnU-Net trainer module
+        from flareseg.nnunet.trainer import FlareSegTrainer
+        return FlareSegTrainer
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     try:
         return recursive_find_trainer_class_by_name(trainer_name)
