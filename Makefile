@@ -8,7 +8,7 @@ WORK ?= work
 PYTEST_ARGS ?=
 STAGE_ARGS ?=
 
-.PHONY: demo test test-fast all clean-work venv $(addprefix stage-,1 2 3 4 5 6)
+.PHONY: demo test test-fast all clean-work venv docker docker-save report $(addprefix stage-,1 2 3 4 5 6)
 
 venv: $(VENV)/.installed
 
@@ -35,3 +35,13 @@ stage-%: venv
 
 clean-work:
 	rm -rf $(WORK)
+
+# FLARE submission image (needs a Docker engine; put the coarse model folder at docker/model first)
+docker:
+	docker build -f docker/Dockerfile -t flareseg:latest .
+
+docker-save: docker
+	docker save flareseg:latest | gzip > flareseg.tar.gz
+
+report: venv
+	$(PY) -m flareseg.cli report --work $(WORK)
