@@ -99,10 +99,10 @@ def main() -> None:
     members_t = [torch.from_numpy(m).to(a.device) for m in members_np]
     print(f"shape {tuple(a.shape)} float32, device {a.device}, torch threads {torch.get_num_threads()}, "
           f"{platform.processor() or platform.machine()}, best of {a.repeats}")
-    print(f"{'members':>8} {'ours s/case':>12} {'numpy s/case':>13} {'ours cases/s':>13} "
-          f"{'numpy cases/s':>14} {'speed-up':>9}")
     print("data: organ_disagreement of the 3 members = "
           f"{case_scores(members_t)['organ_disagreement']:.3f} (fraction of organ voxels)")
+    print(f"{'members':>8} {'ours s/case':>12} {'numpy s/case':>13} {'ours cases/s':>13} "
+          f"{'numpy cases/s':>14} {'speed-up':>9}")
     for m in (1, 3):
         ours = case_scores(members_t[:m])
         ref = reference(members_np[:m])
