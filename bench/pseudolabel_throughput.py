@@ -107,8 +107,8 @@ def main() -> None:
         ours = case_scores(members_t[:m])
         ref = reference(members_np[:m])
         for k, v in ref.items():
-            assert math.isclose(ours[k], v, rel_tol=1e-4, abs_tol=1e-6) or (math.isnan(v) and math.isnan(ours[k])), \
-                (k, ours[k], v)
+            same = math.isclose(ours[k], v, rel_tol=1e-4, abs_tol=1e-6)
+            assert same or (math.isnan(v) and math.isnan(ours[k])), (k, ours[k], v)
         t_ours = timed(lambda: case_scores(members_t[:m]), a.repeats, a.device)
         t_ref = timed(lambda: reference(members_np[:m]), a.repeats, "cpu")
         print(f"{m:>8} {t_ours:>12.3f} {t_ref:>13.3f} {1 / t_ours:>13.2f} {1 / t_ref:>14.2f} "

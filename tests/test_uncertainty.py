@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from flareseg.pseudolabel.uncertainty import MemberAccumulator, case_scores, voxel_entropy
+from flareseg.pseudolabel.uncertainty import MemberAccumulator, case_scores, score_and_label, voxel_entropy
 
 C = 15
 
@@ -174,3 +174,16 @@ def test_mixed_random_members_match_the_definitions():
     got = case_scores(members)
     for k, v in _by_definition(members).items():
         assert got[k] == pytest.approx(v, rel=1e-4, nan_ok=True), k
+
+
+def test_generator_members_stream_and_give_label():
+    made = []
+
+    def members():
+        for m in (labels_of(0, 1, 14), probs_of({0: 1.0}, {1: 0.9, 0: 0.1}, {14: 0.6, 0: 0.4})):
+            made.append(1)
+            yield m
+
+    scores, label = score_and_label(members())
+    assert len(made) == 2 and scores["n_members"] == 2
+    assert label.dtype == torch.uint8 and label.ravel().tolist() == [0, 1, 14]

@@ -29,7 +29,8 @@ separately; ``<group>_<score>`` keys:
     the group's classes, i.e. voxel-weighted).  Higher = more uncertain.
   - ``overlap`` (AbdomenAtlas): Dice between members' group label maps (pooled over the group's
     classes: 2 * voxels where both predict the same group class / sum of both group volumes), mean
-    over member pairs.  Higher = more *confident* (an agreement, not an uncertainty).
+    over the member pairs where at least one predicts the group.  Higher = more *confident* (an
+    agreement, not an uncertainty).
 
 A group that no member predicts anywhere gets ``NaN`` for every score but ``voxels`` (0): there is
 nothing whose uncertainty could be measured.  :mod:`flareseg.pseudolabel.selection` ranks ``NaN``
@@ -81,7 +82,7 @@ def voxel_entropy(probs: torch.Tensor, total: float = 1.0) -> torch.Tensor:
     s = probs.float()
     # clamp keeps 0 * log(0) at 0; in-place log/mul on the one temporary (faster than xlogy on CPU)
     slogs = s.clamp_min(torch.finfo(torch.float32).tiny).log_().mul_(s).sum(0)
-    return slogs.neg_() if total == 1.0 else slogs.div_(-total).add_(math.log(total))
+    return slogs.neg_() if total == 1.0 else slogs.div_(-total).add_(math.log(total)).clamp_min_(0)
 
 
 def _lut(classes: Iterable[int], num_classes: int, device: torch.device) -> torch.Tensor:
@@ -260,12 +261,23 @@ def _argmax0(t: torch.Tensor) -> torch.Tensor:
     return t.max(0).indices
 
 
-def case_scores(members: Member | Sequence[Member], groups: Mapping[str, Sequence[int]] = GROUPS,
-                num_classes: int = NUM_CLASSES) -> dict[str, float]:
-    """Scores of one case from one member (array/tensor) or a sequence of members (see module doc)."""
+def score_and_label(members: Member | Iterable[Member], groups: Mapping[str, Sequence[int]] = GROUPS,
+                    num_classes: int = NUM_CLASSES) -> tuple[dict[str, float], torch.Tensor]:
+    """Scores and pseudo label ``(Z, Y, X)`` uint8 of one case.
+
+    ``members`` may be one array/tensor, a list, or a generator: with a generator that runs the
+    predictor lazily (``(predict(m, image) for m in models)``), only one member's probabilities
+    exist at a time.
+    """
     if isinstance(members, (np.ndarray, torch.Tensor)):
         members = [members]
     acc = MemberAccumulator(groups, num_classes)
     for m in members:
         acc.add(m)
-    return acc.scores()
+    return acc.scores(), acc.label()
+
+
+def case_scores(members: Member | Iterable[Member], groups: Mapping[str, Sequence[int]] = GROUPS,
+                num_classes: int = NUM_CLASSES) -> dict[str, float]:
+    """Scores of one case from one member (array/tensor) or several (see module doc)."""
+    return score_and_label(members, groups, num_classes)[0]
