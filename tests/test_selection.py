@@ -108,3 +108,11 @@ def test_final_label_drops_tumor_unless_kept():
     assert final_label(lab, sb["a"]).tolist() == [[[0, 1, 0, 13]]]
     with pytest.raises(ValueError, match="not selected"):
         final_label(lab, s["b"])
+
+
+def test_organ_fraction_counts_all_cases_but_selects_only_scored_ones(caplog):
+    t = table({"a": (0.1, 0.1), "b": (0.2, 0.2), "c": (math.nan, math.nan), "d": (math.nan, 0.3)})
+    with caplog.at_level(logging.WARNING):
+        sel = select(t, PseudoLabelConfig(k_organ=0.75, k_tumor=1))   # round(0.75 * 4) = 3 > 2 valid
+    assert [s.case_id for s in sel if s.selected] == ["a", "b"]
+    assert "only 2 cases predict organs" in caplog.text

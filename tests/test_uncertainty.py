@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from flareseg.pseudolabel.uncertainty import MemberAccumulator, case_scores, voxel_entropy
+from flareseg.pseudolabel.uncertainty import MemberAccumulator, case_scores, score_and_label, voxel_entropy
 
 C = 15
 
@@ -136,3 +136,54 @@ def test_cuda_matches_cpu():
     gpu = case_scores([torch.from_numpy(x).cuda() for x in m])
     for k, v in cpu.items():
         assert gpu[k] == pytest.approx(v, rel=1e-5, nan_ok=True)
+
+
+def _by_definition(members: list[np.ndarray]) -> dict[str, float]:
+    """Voxel-by-voxel python loops straight from the definitions (tiny volumes only)."""
+    P = [m.reshape(C, -1) if m.ndim == 4 else np.eye(C)[m.reshape(-1)].T for m in members]
+    N, M = P[0].shape[1], len(P)
+    out = {}
+    for g, cls in {"organ": set(range(1, 14)), "tumor": {14}}.items():
+        ent, dis, anyg, inc_num, inc_den = [], 0, 0, 0.0, 0
+        for v in range(N):
+            q = [p[:, v] for p in P]
+            mean = sum(q) / M
+            labs = [int(np.argmax(x)) for x in q]
+            if int(np.argmax(mean)) in cls:
+                ent.append(-sum(x * math.log(x) for x in mean if x > 0))
+            if any(lab in cls for lab in labs):
+                anyg += 1
+                dis += len(set(labs)) > 1
+            for c in cls & set(labs):
+                inc_num += float(np.std([x[c] for x in q]))
+                inc_den += 1
+        out[f"{g}_entropy"] = float(np.mean(ent)) if ent else math.nan
+        out[f"{g}_disagreement"] = dis / anyg if anyg else math.nan
+        out[f"{g}_inconsistency"] = inc_num / inc_den if inc_den else math.nan
+    return out
+
+
+def test_mixed_random_members_match_the_definitions():
+    rng = np.random.default_rng(7)
+    base = rng.integers(0, C, size=(3, 4, 5))
+    members = []
+    for k in range(3):
+        logits = rng.normal(size=(C, 3, 4, 5)) + 2.5 * np.eye(C)[base].transpose(3, 0, 1, 2)
+        members.append((np.exp(logits) / np.exp(logits).sum(0)).astype(np.float32))
+    members.append(base.astype(np.uint8))                       # an external hard label map
+    got = case_scores(members)
+    for k, v in _by_definition(members).items():
+        assert got[k] == pytest.approx(v, rel=1e-4, nan_ok=True), k
+
+
+def test_generator_members_stream_and_give_label():
+    made = []
+
+    def members():
+        for m in (labels_of(0, 1, 14), probs_of({0: 1.0}, {1: 0.9, 0: 0.1}, {14: 0.6, 0: 0.4})):
+            made.append(1)
+            yield m
+
+    scores, label = score_and_label(members())
+    assert len(made) == 2 and scores["n_members"] == 2
+    assert label.dtype == torch.uint8 and label.ravel().tolist() == [0, 1, 14]

@@ -12,7 +12,7 @@ written label) and get, per ``unselected_tumor``:
   trained to predict no tumor in these cases (the dropped voxels become tumor negatives).
 
 Counts: ``k`` >= 1 is a count (must be whole); 0 <= ``k`` < 1 a fraction, K1 of all cases and K2
-of the K1 selected, rounded to nearest.  Counts larger than available are clipped with a warning.
+of the K1 selected, rounded to nearest (half up).  Counts larger than available are clipped with a warning.
 ``NaN`` scores (group not predicted at all) are ranked last and never selected: a case without
 organs is no organ pseudo label, a case without a predicted tumor has no tumor to keep.
 """
@@ -99,7 +99,10 @@ def select(scores: ScoreTable, cfg: PseudoLabelConfig) -> list[Selection]:
     valid = [c for c in order if not math.isnan(_value(scores[c], organ_key))]
     if len(valid) < len(order):
         log.warning("%d case(s) predict no organ at all; they are never selected", len(order) - len(valid))
-    k1 = resolve_k(cfg.k_organ, len(valid), "k_organ")
+    k1 = resolve_k(cfg.k_organ, len(order), "k_organ")   # a fraction is of all scored cases
+    if k1 > len(valid):
+        log.warning("k_organ=%d but only %d cases predict organs; selecting %d", k1, len(valid), len(valid))
+        k1 = len(valid)
     chosen = valid[:k1]
     tumor_order = sorted(chosen, key=lambda c: _sort_key(scores[c], tumor_key, sign, c))
     with_tumor = [c for c in tumor_order if not math.isnan(_value(scores[c], tumor_key))]
