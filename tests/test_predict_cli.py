@@ -11,12 +11,14 @@ from flareseg.cli import main
 from flareseg.inference.commands import case_name, collect_inputs
 from flareseg.inference.statistics import label_statistics
 from flareseg.io import Geometry, geometry_mismatch, read_image
-from flareseg.nnunet.model_folder import write_model_folder
+from flareseg.nnunet.model_folder import tiny_plans, write_model_folder
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return write_model_folder(tmp_path_factory.mktemp("model"), seed=1)  # FLARE23 labels
+    # FLARE23 labels; 3 mm spacing keeps the real files at a few dozen windows
+    return write_model_folder(tmp_path_factory.mktemp("model"), plans=tiny_plans(spacing=(3.0, 3.0, 3.0)),
+                              seed=1)
 
 
 def _ct(path, shape=(16, 40, 36), spacing=(1.5, 1.5, 2.5)):
