@@ -138,3 +138,12 @@ def test_cli_help_explains_inputs_and_outputs(capsys):
         cli(["import", "--help"])
     out = capsys.readouterr().out
     assert "label_types.json" in out and "--manifest" in out and "import_report.json" in out
+
+
+def test_case_whose_id_ends_in_0000_pairs_image_and_label(tmp_path):
+    # label PH_0000.nii.gz is case PH_0000 (labels carry no channel suffix), image PH_0000_0000.nii.gz too
+    src = tmp_path / "src"
+    _case(src, "PH_0000", (1,))
+    _case(src, "PH_0001", (1,))
+    rep = import_dataset(tmp_path / "Dataset001_X", src / "images", src / "labels")
+    assert set(rep.good) == {"PH_0000", "PH_0001"} and not rep.bad

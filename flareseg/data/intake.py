@@ -63,16 +63,20 @@ class ImportReport:
         return {k: v for k, v in self.cases.items() if v["status"] == "ok"}
 
 
-def case_id_from_name(path: Path) -> str:
-    """``FLARE23_0001_0000.nii.gz`` -> ``FLARE23_0001``; DICOM folder -> folder name."""
+def case_id_from_name(path: Path, channel_suffix: bool = True) -> str:
+    """``FLARE23_0001_0000.nii.gz`` -> ``FLARE23_0001``; DICOM folder -> folder name.
+
+    Label files carry no channel suffix (``FLARE23_0000.nii.gz`` is case ``FLARE23_0000``):
+    pass ``channel_suffix=False`` for them."""
     stem = strip_suffix(path) if path.is_file() else path.name
-    if stem.endswith("_0000"):
+    if channel_suffix and stem.endswith("_0000"):
         stem = stem[:-5]
     return stem
 
 
-def discover_images(folder: Path) -> dict[str, Path]:
-    """Image files (known suffixes) and DICOM series folders in ``folder``, keyed by case id."""
+def discover_images(folder: Path, channel_suffix: bool = True) -> dict[str, Path]:
+    """Image files (known suffixes) and DICOM series folders in ``folder``, keyed by case id
+    (``channel_suffix=False`` for label folders, see :func:`case_id_from_name`)."""
     out: dict[str, Path] = {}
     if not folder.is_dir():
         raise InputError(folder, "is not a folder")
@@ -80,7 +84,7 @@ def discover_images(folder: Path) -> dict[str, Path]:
         if p.name.startswith("."):
             continue
         if (p.is_file() and image_suffix(p)) or (p.is_dir() and is_dicom_dir(p)):
-            cid = case_id_from_name(p)
+            cid = case_id_from_name(p, channel_suffix)
             if cid in out:
                 raise InputError(p, f"duplicate case id {cid!r} (also {out[cid].name})")
             out[cid] = p
@@ -113,7 +117,7 @@ def pair_cases(images_dir: Path | None, labels_dir: Path | None,
     problems: dict[str, str] = {}
     if images_dir is not None:
         imgs = discover_images(images_dir)
-        labs = discover_images(labels_dir) if labels_dir is not None else {}
+        labs = discover_images(labels_dir, channel_suffix=False) if labels_dir is not None else {}
         for cid, p in imgs.items():
             if cid not in labs:
                 problems[cid] = f"{p}: no label file for case {cid} in {labels_dir}"
