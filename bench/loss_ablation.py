@@ -10,7 +10,8 @@ existing stage-1 work folder is reused).  Then, per loss variant, trains the fin
 epochs x iterations, so every variant starts from the same weights and sees the same batch
 sequence), predicts the held-out validation phantoms (``imagesVal``, full labels in ``labelsVal``)
 with ``FastPredictor`` and scores them with ``evaluate_folders``.  A variant whose final checkpoint
-exists for this budget and seed is not retrained (predicted and scored again).
+exists for this budget and seed is not retrained (predicted and scored again).  A reference row
+trains stock ``nnUNetTrainer`` the same way (random batches, unannotated classes = background).
 
 Prints organ mean DSC, tumor DSC and a few large organs per variant; writes
 ``<out>/summary.json``, predictions (``pred_<variant>/``) and evaluation reports (``eval_<variant>/``).
@@ -29,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from phantom_setup import prepare
+from phantom_setup import add_data_args, prepare
 
 VARIANTS = ("merge_max", "released", "marginal", "naive")
+STOCK = "stock_nnUNetTrainer"
 SHOWN = {1: "liver", 2: "kidney R", 3: "spleen", 4: "pancreas", 13: "kidney L"}
 
 
@@ -52,6 +54,24 @@ def predict_folder(model_dir: Path, images: Path, out: Path, device: str) -> int
     return len(files)
 
 
+def train_stock(dataset: str, args, results: Path) -> tuple[Path, float | None]:
+    """Reference: stock ``nnUNetTrainer`` (random batches, plain Dice+CE on the partial labels as
+    given, i.e. unannotated = background) at the same budget, threads and seed."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+    mdir = results / dataset / "nnUNetTrainer__nnUNetPlans__fine"
+    if not (mdir / "fold_0" / "checkpoint_final.pth").exists():
+        os.environ["nnUNet_n_proc_DA"] = str(args.workers)
+        torch.set_num_threads(max(1, os.cpu_count() or 1))   # as flareseg's train() does
+        tr = get_trainer_from_args(dataset, "fine", 0, "nnUNetTrainer", "nnUNetPlans",
+                                   device=torch.device(args.device))
+        tr.num_epochs, tr.num_iterations_per_epoch = args.epochs, args.iters
+        tr.num_val_iterations_per_epoch = args.val_iters
+        tr.run_training()
+    state = torch.load(mdir / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    losses = state.get("logging", {}).get("train_losses") or [None]
+    return mdir, (None if losses[-1] is None else round(float(losses[-1]), 4))
+
+
 def run_variant(variant: str, data, args, out: Path) -> dict:
     from flareseg.evaluation.evaluate import evaluate_folders
     from flareseg.nnunet.env import NNUNetPaths
@@ -60,14 +80,17 @@ def run_variant(variant: str, data, args, out: Path) -> dict:
     tag = f"{variant}_e{args.epochs}x{args.iters}_s{args.seed}"
     paths = NNUNetPaths(data.paths.raw, data.paths.preprocessed, out / f"results_{tag}")
     paths.export()
-    tc = replace(data.cfg.train_fine, epochs=args.epochs, iterations_per_epoch=args.iters,
-                 val_iterations=args.val_iters, loss=variant, num_workers=args.workers, device=args.device,
-                 save_every=args.epochs, fold=0)
     seed_everything(args.seed)
     t0 = time.perf_counter()
-    summary = train(data.dataset_name, "fine", tc, paths.preprocessed, paths.results)
+    if variant == STOCK:
+        mdir, final_loss = train_stock(data.dataset_name, args, paths.results)
+    else:
+        tc = replace(data.cfg.train_fine, epochs=args.epochs, iterations_per_epoch=args.iters,
+                     val_iterations=args.val_iters, loss=variant, num_workers=args.workers,
+                     device=args.device, save_every=args.epochs, fold=0)
+        final_loss = train(data.dataset_name, "fine", tc, paths.preprocessed, paths.results)["final_train_loss"]
+        mdir = model_folder(paths.results, data.dataset_name, "fine")
     t_train = time.perf_counter() - t0
-    mdir = model_folder(paths.results, data.dataset_name, "fine")
     pred_dir = out / f"pred_{variant}"
     t0 = time.perf_counter()
     n = predict_folder(mdir, data.validation_images, pred_dir, args.device)
@@ -75,20 +98,18 @@ def run_variant(variant: str, data, args, out: Path) -> dict:
     res = evaluate_folders(pred_dir, data.validation_labels, out_dir=out / f"eval_{variant}")
     pc = res.per_class()
     return {"variant": variant, "model_dir": str(mdir), "train_seconds": round(t_train, 1),
-            "predict_seconds": round(t_pred, 1), "cases": n, "final_train_loss": summary["final_train_loss"],
+            "predict_seconds": round(t_pred, 1), "cases": n, "final_train_loss": final_loss,
             "organ_dsc": res.organ[0], "tumor_dsc": res.tumor[0], "organ_nsd": res.organ[1],
             "tumor_nsd": res.tumor[1], "per_class_dsc": {str(c): v[0] for c, v in pc.items()}}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/flareseg-bench-trainer"),
-                    help="work folder (stage-1 layout; data prepared once, reused)")
-    ap.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override, e.g. --set data.phantoms.validation=6 (repeatable)")
+    add_data_args(ap)
     ap.add_argument("--out", type=Path, default=None, help="results folder (default <work>/loss_ablation)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--no-stock", action="store_true",
+                    help="skip the reference row: stock nnUNetTrainer on the partial labels as given")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--iters", type=int, default=20, help="training iterations per epoch")
     ap.add_argument("--val-iters", type=int, default=2, help="validation iterations per epoch")
@@ -103,7 +124,7 @@ def main() -> int:
     data = prepare(args.work, args.config, args.overrides, configurations=("fine",))
     out = (args.out or data.stage_dir.parent / "loss_ablation").resolve()
     rows = []
-    for v in args.variants:
+    for v in list(args.variants) + ([] if args.no_stock else [STOCK]):
         logging.info("variant %s: training %d x %d iterations", v, args.epochs, args.iters)
         rows.append(run_variant(v, data, args, out))
         logging.info("variant %s: organ DSC %.3f, tumor DSC %.3f", v, rows[-1]["organ_dsc"], rows[-1]["tumor_dsc"])
@@ -112,11 +133,11 @@ def main() -> int:
 
     print(f"\nfine configuration, {args.epochs} epochs x {args.iters} iterations, seed {args.seed}, "
           f"device {args.device}; {rows[0]['cases']} held-out validation phantoms with full labels")
-    print("| loss | organ mean DSC | tumor DSC | " + " | ".join(SHOWN.values()) + " | train s |")
-    print("|---|---:|---:|" + "---:|" * len(SHOWN) + "---:|")
+    print("| loss | organ mean DSC | tumor DSC | " + " | ".join(SHOWN.values()) + " | final train loss | train s |")
+    print("|---|---:|---:|" + "---:|" * len(SHOWN) + "---:|---:|")
     for r in rows:
         pcs = " | ".join(f"{r['per_class_dsc'][str(c)]:.3f}" for c in SHOWN)
-        print(f"| {r['variant']} | {r['organ_dsc']:.3f} | {r['tumor_dsc']:.3f} | {pcs} | {r['train_seconds']:.0f} |")
+        print(f"| {r['variant']} | {r['organ_dsc']:.3f} | {r['tumor_dsc']:.3f} | {pcs} | {r['final_train_loss']} | {r['train_seconds']:.0f} |")
     return 0
 
 

@@ -6,6 +6,7 @@ Every step is skipped when its output exists, so reruns of a benchmark reuse the
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import shutil
 from dataclasses import dataclass
@@ -37,6 +38,15 @@ class BenchData:
     @property
     def validation_labels(self) -> Path:
         return self.stage_dir / "phantoms" / "labelsVal"
+
+
+def add_data_args(ap: argparse.ArgumentParser) -> None:
+    """``--work``, ``--config``, ``--set`` (the arguments of :func:`prepare`)."""
+    ap.add_argument("--work", type=Path, default=Path("/tmp/flareseg-bench-trainer"),
+                    help="work folder (stage-1 layout; data prepared once, reused)")
+    ap.add_argument("--config", type=Path, default=Path("configs/demo.yaml"), help="YAML config (phantoms)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. --set fine.batch_size=4 (repeatable)")
 
 
 def prepare(work: Path, config: Path, overrides: list[str] | None = None,

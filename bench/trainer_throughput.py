@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from phantom_setup import prepare
+from phantom_setup import add_data_args, prepare
 
 TRAINERS = ("nnUNetTrainer", "FlareSegTrainer")
 
@@ -64,11 +64,7 @@ def timed_iteration(tr, gen) -> tuple[float, float, object]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/flareseg-bench-trainer"),
-                    help="work folder (stage-1 layout; data prepared once, reused)")
-    ap.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override, e.g. --set fine.batch_size=4 (repeatable)")
+    add_data_args(ap)
     ap.add_argument("--configuration", default="fine", choices=("fine", "coarse"))
     ap.add_argument("--iters", type=int, default=5, help="iterations per block")
     ap.add_argument("--repeats", type=int, default=8, help="blocks per trainer")
