@@ -1,0 +1,85 @@
+"""Shared by the trainer benchmarks: stage-1's *data part* (phantoms -> nnU-Net dataset -> fine plans
+and preprocessing) without training, laid out like stage-1 so an existing stage-1 work folder
+(``<work>/stage-1-fine``) is reused as is.
+
+Every step is skipped when its output exists, so reruns of a benchmark reuse the data.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from flareseg.config import Config, load_config
+from flareseg.data.intake import dataset_folder_name
+from flareseg.nnunet.env import NNUNetPaths
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchData:
+    """Where the prepared data live."""
+    cfg: Config
+    stage_dir: Path          # <work>/stage-1-fine
+    paths: NNUNetPaths       # nnU-Net raw / preprocessed / results under stage_dir
+    dataset_name: str        # e.g. Dataset823_PhantomDemo
+
+    @property
+    def plans_file(self) -> Path:
+        return self.paths.preprocessed / self.dataset_name / "nnUNetPlans.json"
+
+    @property
+    def validation_images(self) -> Path:
+        return self.stage_dir / "phantoms" / "imagesVal"
+
+    @property
+    def validation_labels(self) -> Path:
+        return self.stage_dir / "phantoms" / "labelsVal"
+
+
+def add_data_args(ap: argparse.ArgumentParser) -> None:
+    """``--work``, ``--config``, ``--set`` (the arguments of :func:`prepare`)."""
+    ap.add_argument("--work", type=Path, default=Path("/tmp/flareseg-bench-trainer"),
+                    help="work folder (stage-1 layout; data prepared once, reused)")
+    ap.add_argument("--config", type=Path, default=Path("configs/demo.yaml"), help="YAML config (phantoms)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. --set fine.batch_size=4 (repeatable)")
+
+
+def prepare(work: Path, config: Path, overrides: list[str] | None = None,
+            configurations: tuple[str, ...] = ("fine",)) -> BenchData:
+    """Phantoms, import, plans + preprocessing of ``configurations`` (phantom data source only)."""
+    from flareseg.data.intake import import_dataset
+    from flareseg.data.phantoms import write_phantoms
+    from flareseg.nnunet.planning import plan_and_preprocess
+
+    cfg = load_config(config, overrides)
+    if cfg.data.source != "phantoms":
+        raise SystemExit(f"{config}: the trainer benchmarks need data.source=phantoms (hidden full labels)")
+    stage_dir = Path(work).resolve() / "stage-1-fine"
+    ph = stage_dir / "phantoms"
+    paths = NNUNetPaths.under(stage_dir)
+    paths.export()
+    name = dataset_folder_name(cfg.data.dataset_id, cfg.data.dataset_name)
+    data = BenchData(cfg, stage_dir, paths, name)
+    nproc = cfg.data.num_processes
+
+    if not (ph / "manifest.csv").exists():
+        log.info("writing phantoms into %s", ph)
+        write_phantoms(ph, cfg.data.phantoms, workers=nproc)
+    ds_dir = paths.raw / name
+    if not (ds_dir / "label_types.json").exists():
+        log.info("importing %s", ds_dir)
+        import_dataset(ds_dir, ph / "imagesTr", ph / "labelsTr", ph / "unlabeledTr", ph / "manifest.csv",
+                       num_processes=nproc)
+    pre = paths.preprocessed / name
+    wanted = {"fine": cfg.fine, "coarse": cfg.coarse}
+    todo = [c for c in configurations if not (pre / f"nnUNetPlans_{c}").is_dir()]
+    if not data.plans_file.exists() or todo:
+        log.info("planning and preprocessing %s", configurations)
+        plan_and_preprocess(cfg.data.dataset_id, {c: wanted[c] for c in configurations}, num_processes=nproc)
+        shutil.copyfile(ds_dir / "label_types.json", pre / "label_types.json")
+    return data
