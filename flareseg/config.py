@@ -203,6 +203,11 @@ def _coerce(value: Any, tp: Any, key: str, src: str) -> Any:
         if not isinstance(value, dict):
             raise bad("a mapping")
         kt, vt = args
+        if kt is int:   # JSON (resolved configs) stores integer keys as strings
+            try:
+                value = {int(k) if isinstance(k, str) else k: v for k, v in value.items()}
+            except ValueError:
+                raise bad("a mapping with integer keys") from None
         return {_coerce(k, kt, f"{key}.{k}", src): _coerce(v, vt, f"{key}.{k}", src)
                 for k, v in value.items()}
     if tp is bool:
@@ -292,6 +297,17 @@ def load_config(path: os.PathLike | str | None = None, overrides: list[str] | No
         _build(Config, nested, f"--set {item}")
         data = _deep_merge(data, nested)
     return _build(Config, data, src)
+
+
+def config_from_dict(data: dict, src: str = "<dict>") -> Config:
+    """A Config from a plain dict, e.g. a stage's ``config.resolved.json`` (checked like YAML)."""
+    return _build(Config, _deep_merge(to_dict(Config()), data), src)
+
+
+def load_resolved(path: os.PathLike | str) -> Config:
+    """The Config a stage ran with, from its ``config.resolved.json``."""
+    with open(path) as f:
+        return config_from_dict(json.load(f), str(path))
 
 
 def resolved(cfg: Config) -> dict:

@@ -52,3 +52,12 @@ def test_overrides_and_hash(tmp_path):
         load_config(None, ["train_fine.nope=1"])
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["train_fine.epochs"])
+
+
+def test_resolved_json_round_trip(tmp_path):
+    import json
+    from flareseg.config import load_resolved, resolved
+    cfg = load_config(REPO / "configs" / "demo.yaml")
+    p = tmp_path / "config.resolved.json"
+    p.write_text(json.dumps(resolved(cfg)))
+    assert load_resolved(p) == cfg
