@@ -75,3 +75,45 @@ def test_rerun_skips_every_stage(tiny_run):
                             "--work", str(work)], capture_output=True, text=True, cwd=REPO)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert rerun.stdout.count("skipped (current)") == 6, rerun.stdout
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_matches_uninterrupted(tiny_run, tmp_path):
+    """Kill `all` in the middle of stage-5 (process group, SIGKILL), rerun: the finished stages are
+    skipped and the final outputs equal those of the uninterrupted run (same seeds)."""
+    import os
+    import signal
+    import time
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    ref, proc = tiny_run
+    assert proc.returncode == 0
+    work = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "flareseg.pipeline", "all", "--config", str(TINY), "--work", str(work)]
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    marker = work / "stage-5-coarse" / ".steps" / "prepare.json"
+    t0 = time.time()
+    while not marker.exists():
+        assert p.poll() is None, "pipeline ended before stage-5"
+        assert time.time() - t0 < 900
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not (work / "stage-5-coarse" / "manifest.json").exists()
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rerun.stdout.count("skipped (current)") == 4          # stages 1-4 were finished
+    for rel in ("stage-2-pseudolabels/report/selection.csv",):
+        assert (work / rel).read_text() == (ref / rel).read_text()
+    idx = lambda w: [(o["id"], o["bbox"], o["crop_bbox"])  # noqa: E731
+                     for o in json.loads((w / "stage-3-cto/pool/index.json").read_text())["objects"]]
+    assert idx(work) == idx(ref)
+    preds = sorted((ref / "stage-6-ship" / "predictions").glob("*.nii.gz"))
+    assert preds
+    for f in preds:
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(f)))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "stage-6-ship" / "predictions" / f.name)))
+        np.testing.assert_array_equal(a, b, err_msg=f.name)
