@@ -17,15 +17,6 @@ TRAINER = "FlareSegTrainer"
 PLANS = "nnUNetPlans"
 
 
-def resolve_device(name: str):
-    import torch
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("config asks for device cuda but no CUDA device is available")
-    return torch.device(name)
-
-
 def write_train_config(plans_file: Path, configuration: str, tc: TrainConfig,
                        extra: dict | None = None) -> None:
     """Store the training hyperparameters (+ ``extra`` entries such as CutMix) in the plans so the
@@ -44,6 +35,8 @@ def train(dataset_name: str, configuration: str, tc: TrainConfig, preprocessed_d
     """Train (or resume) one configuration; returns checkpoint path, losses and pseudo-Dice."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+
+    from flareseg.inference.predictor import resolve_device
 
     pre = Path(preprocessed_dir) / dataset_name
     write_train_config(pre / f"{PLANS}.json", configuration, tc, extra)
