@@ -82,8 +82,8 @@ class LabelTypeDataLoader(nnUNetDataLoader):
     """nnU-Net data loader whose batches each hold cases of a single label type (optionally with
     context-aware CutMix, which adds tumor to the type of the samples it pastes into)."""
 
-    def __init__(self, *args, case_types: dict[str, tuple[int, ...]], batch_size_: int,
-                 type_sampling: str = "proportional", seed: int | None = None,
+    def __init__(self, *args, case_types: dict[str, tuple[int, ...]],
+                 type_sampling: str = "proportional",
                  cutmix: CutMixBeforeTransforms | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.cutmix = cutmix
@@ -96,7 +96,6 @@ class LabelTypeDataLoader(nnUNetDataLoader):
         if missing:
             raise KeyError(f"label_types.json lacks cases {sorted(missing)[:5]}")
         self._type_sampling = type_sampling
-        self._seed = seed
         self._sampler = None
         self._pid = None
         self.current_type: tuple[int, ...] | None = None
@@ -104,10 +103,8 @@ class LabelTypeDataLoader(nnUNetDataLoader):
     def _get_sampler(self):
         from flareseg.sampling.label_type import LabelTypeBatchSampler
         if self._sampler is None or self._pid != os.getpid():
-            # one sampler per worker process, seeded from nnU-Net's per-worker numpy state
-            seed = self._seed if self._seed is not None else int(np.random.randint(0, 2 ** 31 - 1))
-            if self._pid is not None:
-                seed = int(np.random.randint(0, 2 ** 31 - 1))
+            # one sampler per worker process, seeded from the (trainer-seeded) numpy state
+            seed = int(np.random.randint(0, 2 ** 31 - 1))
             self._sampler = LabelTypeBatchSampler(self.case_types, self.batch_size,
                                                   mode=self._type_sampling, seed=seed)
             self._pid = os.getpid()
@@ -260,8 +257,7 @@ class FlareSegTrainer(nnUNetTrainer):
                                                 foreground_labels=lm.foreground_labels, regions=None,
                                                 ignore_label=lm.ignore_label)
         ds_tr, ds_val = self.get_tr_and_val_datasets()
-        common = dict(case_types=self.case_types, batch_size_=self.batch_size,
-                      type_sampling=self.type_sampling)
+        common = dict(case_types=self.case_types, type_sampling=self.type_sampling)
         dl_tr = LabelTypeDataLoader(ds_tr, self.batch_size, initial_patch, patch_size, lm,
                                     oversample_foreground_percent=self.oversample_foreground_percent,
                                     transforms=tr_tf, cutmix=self._cutmix(), **common)
