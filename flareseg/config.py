@@ -240,11 +240,16 @@ def _build(cls: type, data: dict, src: str, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
+def _deep_merge(base: dict, over: dict, cls: type = None) -> dict:
+    """Merge ``over`` into ``base`` section by section (dataclass fields of ``cls``); any other
+    value, a mapping-typed key such as ``nsd_tolerance_mm`` included, is replaced whole."""
+    cls = cls or Config
+    hints = typing.get_type_hints(cls)
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "nsd_tolerance_mm":
-            out[k] = _deep_merge(out[k], v)
+        sub = hints.get(k)
+        if dataclasses.is_dataclass(sub) and isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v, sub)
         else:
             out[k] = v
     return out
