@@ -86,6 +86,17 @@ def strip_suffix(path: os.PathLike | str) -> str:
     return name[: len(name) - len(s)] if s else name
 
 
+def case_id_from_name(path: os.PathLike | str, channel_suffix: bool = True) -> str:
+    """``FLARE23_0001_0000.nii.gz`` -> ``FLARE23_0001``; DICOM folder -> folder name.
+
+    Label files carry no channel suffix (``FLARE23_0000.nii.gz`` is case ``FLARE23_0000``):
+    pass ``channel_suffix=False`` for them."""
+    stem = Path(path).name if Path(path).is_dir() else strip_suffix(path)
+    if channel_suffix and stem.endswith("_0000"):
+        stem = stem[:-5]
+    return stem
+
+
 def is_dicom_dir(path: os.PathLike | str) -> bool:
     """True for a folder holding a DICOM series (GDCM's warning for other folders is silenced)."""
     p = Path(path)

@@ -24,13 +24,12 @@ import logging
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from tqdm import tqdm
 
 from flareseg.data.validate import check_case
-from flareseg.io import (InputError, link_or_copy, image_suffix, is_dicom_dir, read_json,
-                         strip_suffix, write_image, write_json)
+from flareseg.io import (InputError, case_id_from_name, link_or_copy, image_suffix, is_dicom_dir, read_json,
+                         write_image, write_json)
 from flareseg.labels import CLASS_NAMES, pool_of, str_to_type, type_to_str
 
 log = logging.getLogger(__name__)
@@ -60,17 +59,6 @@ class ImportReport:
     @property
     def good(self) -> dict[str, dict]:
         return {k: v for k, v in self.cases.items() if v["status"] == "ok"}
-
-
-def case_id_from_name(path: Path, channel_suffix: bool = True) -> str:
-    """``FLARE23_0001_0000.nii.gz`` -> ``FLARE23_0001``; DICOM folder -> folder name.
-
-    Label files carry no channel suffix (``FLARE23_0000.nii.gz`` is case ``FLARE23_0000``):
-    pass ``channel_suffix=False`` for them."""
-    stem = strip_suffix(path) if path.is_file() else path.name
-    if channel_suffix and stem.endswith("_0000"):
-        stem = stem[:-5]
-    return stem
 
 
 def discover_images(folder: Path, channel_suffix: bool = True) -> dict[str, Path]:
@@ -259,13 +247,6 @@ def _write_indexes(report: ImportReport) -> None:
                 "cases": {k: {kk: vv for kk, vv in v.items() if kk != "source"}
                           for k, v in sorted(report.cases.items())}},
                out_dir / "import_report.json")
-
-
-def iter_labeled(dataset_dir: Path) -> Iterable[tuple[str, Path, Path]]:
-    """(case, image, label) of an imported dataset's training cases."""
-    types = read_json(Path(dataset_dir) / "label_types.json")
-    for cid in types:
-        yield cid, Path(dataset_dir) / "imagesTr" / f"{cid}_0000.nii.gz", Path(dataset_dir) / "labelsTr" / f"{cid}.nii.gz"
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:

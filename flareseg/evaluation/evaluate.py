@@ -20,16 +20,16 @@ from tqdm import tqdm
 from flareseg.config import EvaluationConfig
 from flareseg.evaluation.metrics import evaluate_case
 from flareseg.evaluation.report import write_reports
-from flareseg.io import Geometry, InputError, geometry_mismatch, image_suffix, read_array, strip_suffix
+from flareseg.io import (Geometry, InputError, case_id_from_name, geometry_mismatch, image_suffix,
+                         read_array)
 from flareseg.labels import CLASS_NAMES, FOREGROUND, ORGANS, TUMOR
 
 log = logging.getLogger(__name__)
 
 
 def case_name(path: os.PathLike | str) -> str:
-    """``.../case_01_0000.nii.gz`` -> ``case_01``."""
-    name = strip_suffix(path)
-    return name[:-5] if name.endswith("_0000") else name
+    """``.../case_01_0000.nii.gz`` -> ``case_01`` (the shared rule, :func:`flareseg.io.case_id_from_name`)."""
+    return case_id_from_name(path)
 
 
 def list_cases(folder: os.PathLike | str) -> dict[str, Path]:
