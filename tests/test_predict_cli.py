@@ -81,3 +81,17 @@ def test_real_files_through_cli(tmp_path, model_dir, shared_data):
                  "--device", "cpu", "--no-skip", "-q"]) == 0
     out = sitk.ReadImage(str(tmp_path / "d" / "ts_example_ct_dicom.nii.gz"))
     assert geometry_mismatch(Geometry.of(out), Geometry.of(read_image(dcm))) == []
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-reorient"]])
+def test_permuted_storage_through_cli(tmp_path, model_dir, flag):
+    """A sagittally stored scan: reoriented unless --no-reorient; the output keeps the stored grid."""
+    stored = sitk.PermuteAxes(_ct(tmp_path / "axial.nii.gz"), [2, 1, 0])  # array axis 0 = patient x
+    sitk.WriteImage(stored, str(tmp_path / "sag.nii.gz"))
+    assert main(["predict", "-i", str(tmp_path / "sag.nii.gz"), "-o", str(tmp_path / "out"), "-m",
+                 str(model_dir), "--device", "cpu", "-q", *flag]) == 0
+    out = sitk.ReadImage(str(tmp_path / "out" / "sag.nii.gz"))
+    assert geometry_mismatch(Geometry.of(out), Geometry.of(stored)) == []
+    rep = json.loads((tmp_path / "out" / "predict_report.json").read_text())
+    assert rep["settings"]["reorient"] == (not flag)
+    assert rep["cases"][0]["reoriented"] == (None if flag else [2, 1, 0])

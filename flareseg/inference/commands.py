@@ -98,7 +98,7 @@ def run_predict(args: argparse.Namespace) -> int:
     predictor = FastPredictor(args.model, device=args.device, dtype=args.dtype, skip=not args.no_skip,
                               skip_threshold=args.skip_threshold, step_size=args.step_size,
                               tta=args.tta, batch_windows=args.batch_windows,
-                              crop_to_body=not args.no_crop, folds=folds)
+                              crop_to_body=not args.no_crop, folds=folds, reorient=not args.no_reorient)
     load_s = time.perf_counter() - t0
     names = {i: n for n, i in predictor.model.labels.items()}
     tumor = predictor.model.labels.get("tumor")
@@ -118,7 +118,8 @@ def run_predict(args: argparse.Namespace) -> int:
                 spacing = tuple(reversed(res.labels.GetSpacing()))
                 statistics[case] = label_statistics(arr, spacing, names, tumor)
             entry.update(status="ok", seconds=round(time.perf_counter() - t, 4),
-                         steps=res.stats["seconds"], windows=res.stats["windows"])
+                         steps=res.stats["seconds"], windows=res.stats["windows"],
+                         reoriented=res.stats["reoriented"])
         except (InputError, RuntimeError, ValueError, OSError) as e:
             failed += 1
             entry.update(status="failed", error=str(e))
@@ -129,7 +130,8 @@ def run_predict(args: argparse.Namespace) -> int:
               "folds": predictor.model.folds, "settings": {
                   "skip": not args.no_skip, "skip_threshold": args.skip_threshold,
                   "step_size": args.step_size, "tta": args.tta, "dtype": str(predictor.dtype),
-                  "batch_windows": args.batch_windows, "crop_to_body": not args.no_crop},
+                  "batch_windows": args.batch_windows, "crop_to_body": not args.no_crop,
+                  "reorient": not args.no_reorient},
               "model_load_seconds": round(load_s, 4), "total_seconds": round(time.perf_counter() - t0, 4),
               "cases_ok": len(cases) - failed, "cases_failed": failed, "cases": report_cases}
     write_json(report, Path(args.report) if args.report else out_dir / "predict_report.json")
@@ -168,6 +170,11 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
                    help="autocast/accumulator type on CUDA (CPU always float32)")
     p.add_argument("--no-crop", action="store_true", help="do not crop to the body before predicting")
+    p.add_argument("--no-reorient", action="store_true",
+                   help="feed the array to the network in its stored axis order; by default an image "
+                        "stored sagittally/coronally or with permuted axes (per its direction matrix) is "
+                        "permuted into axial layout for prediction and the labels permuted back (output "
+                        "geometry is the input's either way; flips and obliquity are never changed)")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz softmax maps")
     p.add_argument("--statistics", action="store_true", help="write class volumes and tumor burden (statistics.json)")
     p.add_argument("--report", default=None, help="run report path (default OUT/predict_report.json)")

@@ -4,9 +4,11 @@ Pipeline per case: read → (optional) crop to the body bounding box → upload 
 (int16 stays int16) → plans normalisation → trilinear resampling to the model spacing → Gaussian
 sliding window in autocast with window skipping → argmax at model resolution → nearest-neighbour
 label map back to the cropped grid → paste into a full-size zero volume → download → image with
-the input's exact geometry.  Like nnU-Net, all of this happens in *array index space* (the array
-and its spacing, transposed by the plans' ``transpose_forward``); the direction matrix is carried
-over unchanged, so non-axial or flipped images round-trip exactly as in stock nnU-Net.
+the input's exact geometry.  An array whose axes are not in axial layout (sagittal/coronal storage,
+KiTS-style ``(slices, H, W)`` with a permuted direction matrix) is first permuted into it
+(:mod:`flareseg.inference.orientation`; flips and obliquity are kept as stored), then transposed by
+the plans' ``transpose_forward``; labels and probabilities are permuted back at the end, and the
+input's size, spacing, origin and direction are copied over unchanged.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch
 from flareseg.anatomy import bbox_of, body_mask, expand_bbox
 from flareseg.io import InputError, read_image
 from flareseg.inference.normalize import normalize_
+from flareseg.inference.orientation import axial_reorientation
 from flareseg.inference.resample import resample_image, resample_labels, target_shape
 from flareseg.inference.sliding_window import predict_sliding_window
 from flareseg.nnunet.model import LoadedModel, load_model
@@ -92,7 +95,7 @@ class FastPredictor:
                  dtype: str = "float16", skip: bool = True, skip_threshold: int = 1,
                  step_size: float = 0.5, tta: bool = False, batch_windows: int = 4,
                  crop_to_body: bool = True, folds: Sequence[int | str] | None = None,
-                 checkpoint: str | None = None, body_margin_mm: float = 10.0):
+                 checkpoint: str | None = None, body_margin_mm: float = 10.0, reorient: bool = True):
         self.model = model if isinstance(model, LoadedModel) else load_model(model, folds, checkpoint)
         if self.model.num_input_channels != 1:
             raise ValueError(f"{self.model.model_dir}: the fast predictor handles single-channel CT, "
@@ -105,6 +108,7 @@ class FastPredictor:
         self.skip, self.skip_threshold = skip, skip_threshold
         self.step_size, self.tta, self.batch_windows = step_size, tta, batch_windows
         self.crop_to_body, self.body_margin_mm = crop_to_body, body_margin_mm
+        self.reorient = reorient  # permute non-axial arrays into axial layout (and back)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.networks = [n.to(self.device).eval() for n in self.model.networks]
@@ -148,9 +152,10 @@ class FastPredictor:
             prob_hook: Callable[[torch.Tensor], Any] | None = None) -> Prediction:
         """Predict one case; ``stats`` holds seconds per step and window counts.
 
-        ``prob_hook`` receives the softmax probabilities ``(K, Z, Y, X)`` at model resolution, on the
-        device, and its return value lands in ``Prediction.hook_result`` (stage-2 computes
-        uncertainty there, so probabilities never leave the device)."""
+        ``prob_hook`` receives the softmax probabilities ``(K, Z, Y, X)`` at model resolution and in
+        model layout (reoriented, then transposed by the plans), on the device, and its return value
+        lands in ``Prediction.hook_result`` (stage-2 computes uncertainty there, so probabilities
+        never leave the device).  ``stats["reoriented"]`` is the applied axis permutation or None."""
         t = _Timer(self.device)
         name = "<in-memory image>"
         if not isinstance(image, sitk.Image):
@@ -163,7 +168,11 @@ class FastPredictor:
         validate_array(arr, spacing, name)
         t.lap("read")
 
-        tf, tb = self.model.transpose_forward, self.model.transpose_backward
+        # input array -> axial layout (orientation) -> model layout (plans' transpose_forward)
+        ro = axial_reorientation(image.GetDirection()) if self.reorient else None
+        ax = ro.perm if ro else (0, 1, 2)
+        tf = tuple(ax[i] for i in self.model.transpose_forward)
+        tb = tuple(int(i) for i in np.argsort(tf))
         arr_t = arr.transpose(tf)
         sp_t = tuple(spacing[i] for i in tf)
         crop = body_bbox(arr_t, sp_t, self.body_margin_mm) if self.crop_to_body \
@@ -210,6 +219,7 @@ class FastPredictor:
             "seconds": t.seconds, "windows": wstats.as_dict(), "device": str(self.device),
             "shape_input_zyx": list(arr.shape), "shape_cropped": list(sub.shape),
             "shape_model": list(shape_model), "crop": [[s.start, s.stop] for s in crop],
+            "reoriented": None if ro is None or ro.is_identity else list(ro.perm),
         }
         return Prediction(out_img, prob_np, dict(self.last_stats), hook_result)
 
