@@ -137,6 +137,7 @@ class InferenceConfig:
     batch_windows: int = 4
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     crop_to_body: bool = True
+    reorient: bool = True            # permute non-axial array layouts to axial, restore after
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

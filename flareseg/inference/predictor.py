@@ -119,7 +119,8 @@ class FastPredictor:
         """Build from a :class:`flareseg.config.InferenceConfig`; keyword arguments win."""
         kw = dict(device=cfg.device, dtype=cfg.dtype, skip=cfg.skip_windows,
                   skip_threshold=cfg.skip_threshold, step_size=cfg.step_size, tta=cfg.tta,
-                  batch_windows=cfg.batch_windows, crop_to_body=cfg.crop_to_body)
+                  batch_windows=cfg.batch_windows, crop_to_body=cfg.crop_to_body,
+                  reorient=cfg.reorient)
         kw.update(overrides)
         return cls(model, **kw)
 
