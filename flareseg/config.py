@@ -132,6 +132,7 @@ class CleaningConfig:
 class InferenceConfig:
     skip_windows: bool = True
     skip_threshold: int = 1          # foreground voxels in indicator windows needed to keep a plane
+    skip_grow: bool = True           # also run skipped planes next to predicted foreground
     step_size: float = 0.5
     tta: bool = False
     batch_windows: int = 4

@@ -98,7 +98,8 @@ def run_predict(args: argparse.Namespace) -> int:
     predictor = FastPredictor(args.model, device=args.device, dtype=args.dtype, skip=not args.no_skip,
                               skip_threshold=args.skip_threshold, step_size=args.step_size,
                               tta=args.tta, batch_windows=args.batch_windows,
-                              crop_to_body=not args.no_crop, folds=folds, reorient=not args.no_reorient)
+                              crop_to_body=not args.no_crop, folds=folds, reorient=not args.no_reorient,
+                              grow=not args.no_grow)
     load_s = time.perf_counter() - t0
     names = {i: n for n, i in predictor.model.labels.items()}
     tumor = predictor.model.labels.get("tumor")
@@ -128,7 +129,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     report = {"versions": _versions(), "device": str(predictor.device), "model": str(args.model),
               "folds": predictor.model.folds, "settings": {
-                  "skip": not args.no_skip, "skip_threshold": args.skip_threshold,
+                  "skip": not args.no_skip, "skip_threshold": args.skip_threshold, "grow": not args.no_grow,
                   "step_size": args.step_size, "tta": args.tta, "dtype": str(predictor.dtype),
                   "batch_windows": args.batch_windows, "crop_to_body": not args.no_crop,
                   "reorient": not args.no_reorient},
@@ -164,6 +165,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-skip", action="store_true", help="predict every window (turn window skipping off)")
     p.add_argument("--skip-threshold", type=int, default=1,
                    help="foreground voxels the indicator windows need to keep a plane (default 1)")
+    p.add_argument("--no-grow", action="store_true",
+                   help="skipping without the growth safeguard: do not run skipped planes that touch "
+                        "foreground predicted next to them (faster, may cut organs at the scan's ends)")
     p.add_argument("--tta", action="store_true", help="test-time mirroring over the model's allowed axes")
     p.add_argument("--step-size", type=float, default=0.5, help="window step as a fraction of the patch (default 0.5)")
     p.add_argument("--batch-windows", type=int, default=4, help="windows per network call (default 4)")

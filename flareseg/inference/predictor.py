@@ -95,7 +95,8 @@ class FastPredictor:
                  dtype: str = "float16", skip: bool = True, skip_threshold: int = 1,
                  step_size: float = 0.5, tta: bool = False, batch_windows: int = 4,
                  crop_to_body: bool = True, folds: Sequence[int | str] | None = None,
-                 checkpoint: str | None = None, body_margin_mm: float = 10.0, reorient: bool = True):
+                 checkpoint: str | None = None, body_margin_mm: float = 10.0, reorient: bool = True,
+                 grow: bool = True):
         self.model = model if isinstance(model, LoadedModel) else load_model(model, folds, checkpoint)
         if self.model.num_input_channels != 1:
             raise ValueError(f"{self.model.model_dir}: the fast predictor handles single-channel CT, "
@@ -105,7 +106,8 @@ class FastPredictor:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         # half-precision autocast and accumulators only on CUDA (CPU half kernels are slow)
         self.dtype = DTYPES[dtype] if self.device.type == "cuda" else torch.float32
-        self.skip, self.skip_threshold = skip, skip_threshold
+        # grow: the skipping growth safeguard (see flareseg.inference.skipping); only with skip
+        self.skip, self.skip_threshold, self.grow = skip, skip_threshold, grow
         self.step_size, self.tta, self.batch_windows = step_size, tta, batch_windows
         self.crop_to_body, self.body_margin_mm = crop_to_body, body_margin_mm
         self.reorient = reorient  # permute non-axial arrays into axial layout (and back)
@@ -120,7 +122,7 @@ class FastPredictor:
         kw = dict(device=cfg.device, dtype=cfg.dtype, skip=cfg.skip_windows,
                   skip_threshold=cfg.skip_threshold, step_size=cfg.step_size, tta=cfg.tta,
                   batch_windows=cfg.batch_windows, crop_to_body=cfg.crop_to_body,
-                  reorient=cfg.reorient)
+                  reorient=cfg.reorient, grow=cfg.skip_grow)
         kw.update(overrides)
         return cls(model, **kw)
 
@@ -193,7 +195,7 @@ class FastPredictor:
         out, wstats = predict_sliding_window(
             x, self.window_fn(), self.model.patch_size, self.step_size, self.batch_windows,
             self.skip, self.skip_threshold, self.dtype,
-            return_logits=save_probabilities or prob_hook is not None)
+            return_logits=save_probabilities or prob_hook is not None, grow=self.grow)
         del x
         hook_result = None
         if save_probabilities or prob_hook is not None:

@@ -12,10 +12,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flareseg.inference.skipping import plan_skipping, planes_to_run
+from flareseg.inference.skipping import (CellGrid, plan_skipping, planes_to_grow, planes_to_run,
+                                         record_foreground)
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +49,13 @@ class WindowStats:
     windows_skipped: int = 0
     planes_total: int = 0
     planes_skipped: list[int] = field(default_factory=list)  # z starts of skipped planes
+    planes_grown: list[int] = field(default_factory=list)    # z starts of planes run by growth, in order
 
     def as_dict(self) -> dict:
         return {"windows_total": self.windows_total, "windows_run": self.windows_run,
                 "windows_skipped": self.windows_skipped, "planes_total": self.planes_total,
-                "planes_skipped": len(self.planes_skipped), "skipped_plane_z": list(self.planes_skipped)}
+                "planes_skipped": len(self.planes_skipped), "skipped_plane_z": list(self.planes_skipped),
+                "planes_grown": len(self.planes_grown), "grown_plane_z": list(self.planes_grown)}
 
 
 def axis_starts(size: int, patch: int, step_size: float) -> list[int]:
@@ -100,6 +104,29 @@ def gaussian_importance(patch: Sequence[int], sigma_scale: float = 1.0 / 8, scal
     return w
 
 
+def foreground_cell_corners(fg_mask: torch.Tensor, cuts: Sequence[Sequence[Sequence[int]]]
+                            ) -> list[torch.Tensor]:
+    """Per window, the integral image of its foreground mask ``(B, pz, py, px)`` sampled at its cuts.
+
+    ``cuts[b]`` are window ``b``'s cut positions per axis (``0 ... patch``); the result for ``b``
+    has shape ``(len(cz), len(cy), len(cx))`` and :func:`cell_counts` turns it into per-cell counts.
+    """
+    b, pz, py, px = fg_mask.shape
+    integ = torch.zeros((b, pz + 1, py + 1, px + 1), dtype=torch.int32, device=fg_mask.device)
+    integ[:, 1:, 1:, 1:] = (fg_mask.to(torch.int32).cumsum(1, dtype=torch.int32)
+                            .cumsum(2, dtype=torch.int32).cumsum(3, dtype=torch.int32))
+    out = []
+    for j, (cz, cy, cx) in enumerate(cuts):
+        iz, iy, ix = (torch.as_tensor(c, device=fg_mask.device) for c in (cz, cy, cx))
+        out.append(integ[j][iz[:, None, None], iy[None, :, None], ix[None, None, :]])
+    return out
+
+
+def cell_counts(corners: np.ndarray) -> np.ndarray:
+    """Integral-image corners ``(nz+1, ny+1, nx+1)`` -> voxel counts per cell ``(nz, ny, nx)``."""
+    return np.diff(np.diff(np.diff(corners, axis=0), axis=1), axis=2)
+
+
 def pad_to_patch(volume: torch.Tensor, patch: Sequence[int], value: float = 0.0
                  ) -> tuple[torch.Tensor, tuple[slice, slice, slice]]:
     """Pad ``(C, Z, Y, X)`` symmetrically (extra voxel after) to at least ``patch``; return the crop back."""
@@ -119,7 +146,7 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
                            step_size: float = 0.5, batch_windows: int = 4, skip: bool = False,
                            skip_threshold: int = 1, dtype: torch.dtype = torch.float32,
                            return_logits: bool = False, pad_value: float = 0.0,
-                           progress: Callable[[int], None] | None = None,
+                           progress: Callable[[int], None] | None = None, *, grow: bool = True,
                            ) -> tuple[torch.Tensor, WindowStats]:
     """Predict a ``(C, Z, Y, X)`` volume window by window.
 
@@ -128,6 +155,8 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
     no predicted window (only possible when ``skip``) are background: label 0, logits
     ``[0, UNCOVERED_LOGIT, ...]``.  ``dtype`` is the accumulator type (float16 halves memory on
     CUDA; use float32 on CPU).  ``progress(n)`` is called after every batch with its window count.
+    With ``skip``, ``grow`` (default) also runs every skipped plane whose not-run windows touch
+    foreground that run windows predicted, to a fixed point (see :mod:`flareseg.inference.skipping`).
     """
     if volume.ndim != 4:
         raise ValueError(f"volume must be (C, Z, Y, X), got shape {tuple(volume.shape)}")
@@ -136,6 +165,8 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
     planes = window_grid(padded.shape[1:], patch, step_size)
     windows = [w for pl in planes for w in pl.windows()]
     plan = plan_skipping([pl.grid for pl in planes], skip)
+    cells = CellGrid.of(([pl.z for pl in planes], planes[0].ys, planes[0].xs), patch, padded.shape[1:])
+    fg_cells = np.zeros(cells.shape, dtype=np.int64)  # most foreground any run window saw per cell
     stats = WindowStats(windows_total=len(windows), planes_total=len(planes))
 
     device = padded.device
@@ -144,6 +175,7 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
     acc: list[torch.Tensor] = []  # holds the (K, Z, Y, X) accumulator once K is known
 
     def run(idx: list[int], count_fg: bool) -> dict[int, int]:
+        """Predict windows ``idx``; with ``count_fg`` record their foreground and return it per window."""
         counted: list[torch.Tensor] = []
         for b in range(0, len(idx), max(1, batch_windows)):
             chunk = idx[b:b + batch_windows]
@@ -156,7 +188,11 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
             if not acc:
                 acc.append(torch.zeros((out.shape[1], *padded.shape[1:]), dtype=dtype, device=device))
             if count_fg:
-                counted.append((out.argmax(1) != 0).flatten(1).sum(1))
+                # argmax != 0 (ties go to background), without a slow channel-wise argmax on CPU
+                fg_mask = out[:, 1:].amax(1) > out[:, 0] if out.shape[1] > 1 \
+                    else torch.zeros_like(out[:, 0], dtype=torch.bool)
+                counted.extend(foreground_cell_corners(
+                    fg_mask, [cells.window_cuts(windows[i]) for i in chunk]))
             out = out.to(dtype)
             for j, s in enumerate(sls):
                 acc[0][(slice(None), *s)].addcmul_(out[j], gauss)
@@ -164,21 +200,39 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
             stats.windows_run += len(chunk)
             if progress is not None:
                 progress(len(chunk))
+        if not counted:
+            return {}
         # one device->host transfer for all foreground counts
-        return dict(zip(idx, torch.cat(counted).tolist())) if counted else {}
+        flat = torch.cat([c.flatten() for c in counted]).cpu().numpy()
+        fg, o = {}, 0
+        for i, c in zip(idx, counted):
+            counts = cell_counts(flat[o:o + c.numel()].reshape(c.shape))
+            o += c.numel()
+            record_foreground(fg_cells, cells.cells(windows[i]), counts)
+            fg[i] = int(counts.sum())
+        return fg
 
+    grow = skip and grow
     fg = run(plan.first, count_fg=skip)
-    keep = planes_to_run(plan, fg, skip_threshold) if skip \
-        else [True] * len(planes)
-    rest = [w for k, r in zip(keep, plan.rest_of_plane) if k for w in r]
+    keep = planes_to_run(plan, fg, skip_threshold) if skip else [True] * len(planes)
+    run([w for k, r in zip(keep, plan.rest_of_plane) if k for w in r], count_fg=grow)
+    neighbourhoods = [[cells.cells(windows[w], margin=1) for w in r] for r in plan.rest_of_plane] \
+        if grow else []
+    while grow:  # growth safeguard: fixed point over the skipped planes
+        new = planes_to_grow(keep, neighbourhoods, fg_cells, skip_threshold)
+        if not new:
+            break
+        for q in new:
+            keep[q] = True
+            stats.planes_grown.append(planes[q].z)
+        run([w for q in new for w in plan.rest_of_plane[q]], count_fg=True)
     for pl, k, r in zip(planes, keep, plan.rest_of_plane):
         if not k:
             stats.planes_skipped.append(pl.z)
             stats.windows_skipped += len(r)
-    run(rest, count_fg=False)
-    if stats.windows_skipped:
-        log.debug("skipped %d of %d windows (%d planes)", stats.windows_skipped,
-                  stats.windows_total, len(stats.planes_skipped))
+    if stats.windows_skipped or stats.planes_grown:
+        log.debug("skipped %d of %d windows (%d planes), %d planes grown", stats.windows_skipped,
+                  stats.windows_total, len(stats.planes_skipped), len(stats.planes_grown))
 
     logits, weight = acc[0][(slice(None), *crop)], weight[crop]
     covered = weight > 0
