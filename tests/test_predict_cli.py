@@ -95,3 +95,13 @@ def test_permuted_storage_through_cli(tmp_path, model_dir, flag):
     rep = json.loads((tmp_path / "out" / "predict_report.json").read_text())
     assert rep["settings"]["reorient"] == (not flag)
     assert rep["cases"][0]["reoriented"] == (None if flag else [2, 1, 0])
+
+
+def test_match_stock_flag_writes_labels_on_the_input_grid(tmp_path, model_dir):
+    img = _ct(tmp_path / "c_0000.nii.gz", spacing=(1.1, 1.1, 4.5))  # anisotropic: stock's separate z
+    out = tmp_path / "out"
+    rc = main(["predict", "-i", str(tmp_path / "c_0000.nii.gz"), "-o", str(out), "-m", str(model_dir),
+               "--device", "cpu", "--match-stock", "--no-skip", "-q"])
+    assert rc == 0
+    lab = sitk.ReadImage(str(out / "c.nii.gz"))
+    assert geometry_mismatch(Geometry.of(lab), Geometry.of(img)) == []

@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from flareseg.inference.predictor import FastPredictor, body_bbox
+from flareseg.inference.predictor import FastPredictor, body_bbox, widen_to_patch
 from flareseg.inference.sliding_window import gaussian_importance, predict_sliding_window, window_grid
 from flareseg.io import Geometry, InputError, geometry_mismatch
 from flareseg.nnunet.model import load_model
@@ -135,24 +135,72 @@ def test_mirroring_tta_matches_stock(model_dir):
     assert (ours == ref).mean() > 0.995
 
 
-@pytest.mark.slow
-def test_resampled_prediction_agrees_with_stock(tmp_path):
-    """Input at 2.0 x 1.1 x 1.1 mm: stock resamples with splines on the CPU, we trilinear on device.
-
-    Random weights give white-noise argmax maps, so the model is first fitted to phantoms.
-    """
+@pytest.fixture(scope="module")
+def fitted_model_dir(tmp_path_factory):
+    """Random weights give white-noise argmax maps, so the tiny model is first fitted to phantoms."""
     from flareseg.nnunet.model_folder import fit_model_folder
-    md = write_model_folder(tmp_path / "m", labels=LABELS, seed=3)
+    md = write_model_folder(tmp_path_factory.mktemp("fitted"), labels=LABELS, seed=3)
     imgs = [sitk.GetArrayFromImage(phantom_ct(shape=(24, 64, 56), seed=s)) for s in range(2)]
     labs = [(i > 100).astype(int) + 2 * ((i < -50) & (i > -300)).astype(int) for i in imgs]
-    fit_model_folder(md, imgs, labs, steps=200)
+    return fit_model_folder(md, imgs, labs, steps=200)
+
+
+@pytest.mark.slow
+def test_resampled_prediction_agrees_with_stock(fitted_model_dir):
+    """Input at 2.0 x 1.1 x 1.1 mm: stock resamples with splines on the CPU, we trilinear on device."""
     img = phantom_ct(shape=(24, 64, 56), spacing_zyx=(2.0, 1.1, 1.1), seed=5)
-    ref = stock_predict(md, img)
-    ours = sitk.GetArrayFromImage(FastPredictor(md, device="cpu", skip=False,
+    ref = stock_predict(fitted_model_dir, img)
+    ours = sitk.GetArrayFromImage(FastPredictor(fitted_model_dir, device="cpu", skip=False,
                                                 crop_to_body=False).predict(img))
     d = dice_per_class(ours, ref)
     assert (ours == ref).mean() > 0.93, d
     assert max(d.values()) > 0.8, d
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spacing", [(2.0, 1.1, 1.1), (4.8, 1.1, 1.1)])  # isotropic rule / separate z
+def test_stock_resampling_mode_agrees_with_stock_better(fitted_model_dir, spacing):
+    """Cubic image + linear logits (stock's rules) agree with stock at least as well as the default."""
+    img = phantom_ct(shape=(24, 64, 56) if spacing[0] < 3 else (10, 64, 56), spacing_zyx=spacing, seed=5)
+    ref = stock_predict(fitted_model_dir, img)
+    kw = dict(device="cpu", skip=False, crop_to_body=False)
+    default = sitk.GetArrayFromImage(FastPredictor(fitted_model_dir, **kw).predict(img))
+    probs = sitk.GetArrayFromImage(FastPredictor(fitted_model_dir, resample_probabilities=True,
+                                                 slab_mb=0.1, **kw).predict(img))
+    stock_like = sitk.GetArrayFromImage(FastPredictor(fitted_model_dir, image_resampling="cubic",
+                                                      resample_probabilities=True, **kw).predict(img))
+    agree = {n: float((a == ref).mean()) for n, a in
+             [("default", default), ("probs", probs), ("stock_like", stock_like)]}
+    assert agree["probs"] >= agree["default"] and agree["stock_like"] >= agree["default"], agree
+    assert agree["stock_like"] > 0.985, agree
+    d_new, d_old = dice_per_class(stock_like, ref), dice_per_class(default, ref)
+    assert np.mean(list(d_new.values())) >= np.mean(list(d_old.values())), (d_new, d_old)
+
+
+def test_stock_resampling_mode_is_exact_at_model_spacing(model_dir):
+    """No resampling needed: the stock-agreement mode gives the default labels (and stock's)."""
+    img = phantom_ct(spacing_zyx=SPACING)
+    kw = dict(device="cpu", skip=False, crop_to_body=False)
+    a = sitk.GetArrayFromImage(FastPredictor(model_dir, **kw).predict(img))
+    b = sitk.GetArrayFromImage(FastPredictor(model_dir, image_resampling="cubic",
+                                             resample_probabilities=True, **kw).predict(img))
+    assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="image_resampling"):
+        FastPredictor(model_dir, device="cpu", image_resampling="spline")
+
+
+def test_crop_is_never_narrower_than_a_patch():
+    # patch 16 x 32 x 32 at 2.5 x 1.5 x 1.5 mm; input at 2.5 x 0.75 x 0.75 mm needs >= 64 voxels in-plane
+    shape, sp, msp, patch = (40, 200, 50), (2.5, 0.75, 0.75), (2.5, 1.5, 1.5), (16, 32, 32)
+    crop = (slice(10, 20), slice(100, 120), slice(5, 45))
+    out = widen_to_patch(crop, shape, sp, msp, patch)
+    assert out[0] == slice(7, 23)                    # grown about its centre to 16 slices
+    assert out[1].stop - out[1].start == 64 and out[1].start <= 100 and out[1].stop >= 120
+    assert out[2] == slice(0, 50)                    # the whole axis is narrower than a patch: no crop
+    assert widen_to_patch((slice(0, 5), slice(190, 200), slice(0, 50)), shape, sp, msp, patch)[:2] == \
+        (slice(0, 16), slice(136, 200))              # clamped inside the image
+    wide = (slice(0, 40), slice(20, 180), slice(0, 50))
+    assert widen_to_patch(wide, shape, sp, msp, patch)[:2] == wide[:2]
 
 
 def test_output_has_input_geometry_and_probabilities(model_dir):

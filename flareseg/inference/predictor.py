@@ -9,11 +9,19 @@ KiTS-style ``(slices, H, W)`` with a permuted direction matrix) is first permute
 (:mod:`flareseg.inference.orientation`; flips and obliquity are kept as stored), then transposed by
 the plans' ``transpose_forward``; labels and probabilities are permuted back at the end, and the
 input's size, spacing, origin and direction are copied over unchanged.
+The crop is never narrower than one patch (at the model spacing)
+where the image is wider, so the network never sees padding that stock nnU-Net would not.
+
+Stock-agreement mode (slower, for comparisons with ``nnUNetPredictor``): ``image_resampling="cubic"``
+resamples the image with cubic convolution and ``resample_probabilities=True`` upsamples the logits
+linearly to the cropped grid (in slabs) before the argmax, both following nnU-Net's rule for
+anisotropic spacing (:mod:`flareseg.inference.stock_resampling`).
 """
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import time
 from contextlib import nullcontext
@@ -30,6 +38,7 @@ from flareseg.inference.normalize import normalize_
 from flareseg.inference.orientation import axial_reorientation
 from flareseg.inference.resample import resample_image, resample_labels, target_shape
 from flareseg.inference.sliding_window import predict_sliding_window
+from flareseg.inference.stock_resampling import resample_image_cubic, separate_axis, upsample_logits_argmax
 from flareseg.nnunet.model import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -73,6 +82,26 @@ def body_bbox(arr: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float = 
     return expand_bbox(full, margin, spacing_zyx, arr.shape)
 
 
+def widen_to_patch(crop: Sequence[slice], shape: Sequence[int], spacing: Sequence[float],
+                   model_spacing: Sequence[float], patch: Sequence[int]) -> tuple[slice, ...]:
+    """Grow each axis of ``crop`` (about its centre, inside ``shape``) to cover at least one patch
+    at the model spacing; an axis whose whole extent is at most one patch is not cropped.
+
+    A crop narrower than the patch would be padded with zeros (the dataset's mean intensity after
+    normalisation) where the image has real content: predictions near the padding would change."""
+    out = []
+    for sl, n, s, t, p in zip(crop, shape, spacing, model_spacing, patch):
+        need = int(math.ceil(p * t / s))
+        if n <= need:
+            out.append(slice(0, n))
+        elif sl.stop - sl.start >= need:
+            out.append(sl)
+        else:
+            start = min(max(0, (sl.start + sl.stop - need) // 2), n - need)
+            out.append(slice(start, start + need))
+    return tuple(out)
+
+
 def validate_array(arr: np.ndarray, spacing_zyx: Sequence[float], name: str,
                    spacing_range_mm: tuple[float, float] = (0.1, 20.0)) -> None:
     """Raise :class:`InputError` for arrays the predictor cannot handle sensibly."""
@@ -96,7 +125,8 @@ class FastPredictor:
                  step_size: float = 0.5, tta: bool = False, batch_windows: int = 4,
                  crop_to_body: bool = True, folds: Sequence[int | str] | None = None,
                  checkpoint: str | None = None, body_margin_mm: float = 10.0, reorient: bool = True,
-                 grow: bool = True):
+                 grow: bool = True, image_resampling: str = "linear",
+                 resample_probabilities: bool = False, slab_mb: float = 256.0):
         self.model = model if isinstance(model, LoadedModel) else load_model(model, folds, checkpoint)
         if self.model.num_input_channels != 1:
             raise ValueError(f"{self.model.model_dir}: the fast predictor handles single-channel CT, "
@@ -111,6 +141,10 @@ class FastPredictor:
         self.step_size, self.tta, self.batch_windows = step_size, tta, batch_windows
         self.crop_to_body, self.body_margin_mm = crop_to_body, body_margin_mm
         self.reorient = reorient  # permute non-axial arrays into axial layout (and back)
+        if image_resampling not in ("linear", "cubic"):
+            raise ValueError(f"image_resampling must be 'linear' or 'cubic', got {image_resampling!r}")
+        self.image_resampling, self.resample_probabilities = image_resampling, resample_probabilities
+        self.slab_mb = slab_mb
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.networks = [n.to(self.device).eval() for n in self.model.networks]
@@ -122,7 +156,9 @@ class FastPredictor:
         kw = dict(device=cfg.device, dtype=cfg.dtype, skip=cfg.skip_windows,
                   skip_threshold=cfg.skip_threshold, step_size=cfg.step_size, tta=cfg.tta,
                   batch_windows=cfg.batch_windows, crop_to_body=cfg.crop_to_body,
-                  reorient=cfg.reorient, grow=cfg.skip_grow)
+                  reorient=cfg.reorient, grow=cfg.skip_grow,
+                  image_resampling="cubic" if cfg.match_stock else "linear",
+                  resample_probabilities=cfg.match_stock)
         kw.update(overrides)
         return cls(model, **kw)
 
@@ -178,7 +214,8 @@ class FastPredictor:
         tb = tuple(int(i) for i in np.argsort(tf))
         arr_t = arr.transpose(tf)
         sp_t = tuple(spacing[i] for i in tf)
-        crop = body_bbox(arr_t, sp_t, self.body_margin_mm) if self.crop_to_body \
+        crop = widen_to_patch(body_bbox(arr_t, sp_t, self.body_margin_mm), arr_t.shape, sp_t,
+                              self.model.spacing, self.model.patch_size) if self.crop_to_body \
             else tuple(slice(0, n) for n in arr_t.shape)
         sub = np.array(arr_t[crop], order="C")  # writable copy (the image's view is read-only)
         t.lap("crop")
@@ -189,27 +226,43 @@ class FastPredictor:
         normalize_(x, self.model.normalization_schemes[0], self.model.intensity_properties[0],
                    self.model.use_mask_for_norm[0])
         shape_model = target_shape(sub.shape, sp_t, self.model.spacing)
-        x = resample_image(x, shape_model)[None]
+        if self.image_resampling == "cubic":
+            kw = self.model.resampling_kwargs.get("data", {})
+            x = resample_image_cubic(x, shape_model, separate_axis(sp_t, self.model.spacing,
+                                                                   kw.get("force_separate_z")),
+                                     int(kw.get("order_z", 0)))[None]
+        else:
+            x = resample_image(x, shape_model)[None]
         t.lap("preprocess")
 
+        want_probs = save_probabilities or prob_hook is not None
+        upsample_logits = self.resample_probabilities and tuple(shape_model) != sub.shape
         out, wstats = predict_sliding_window(
             x, self.window_fn(), self.model.patch_size, self.step_size, self.batch_windows,
-            self.skip, self.skip_threshold, self.dtype,
-            return_logits=save_probabilities or prob_hook is not None, grow=self.grow)
+            self.skip, self.skip_threshold, self.dtype, return_logits=want_probs or upsample_logits,
+            grow=self.grow)
         del x
         hook_result = None
-        if save_probabilities or prob_hook is not None:
+        if want_probs:
             probs = torch.softmax(out.float(), 0)
-            del out
+            if not upsample_logits:
+                out = None  # free the logits before the hook runs
             labels_m = probs.argmax(0).to(torch.uint8)
             if prob_hook is not None:
                 hook_result = prob_hook(probs)
-        else:
+        elif not upsample_logits:
             labels_m = out
         t.lap("sliding_window")
 
         full = torch.zeros(arr_t.shape, dtype=torch.uint8, device=self.device)
-        full[crop] = resample_labels(labels_m, sub.shape)
+        if upsample_logits:  # stock's export: logits linearly to the cropped input grid, then argmax
+            kw = self.model.resampling_kwargs.get("probabilities", {})
+            full[crop] = upsample_logits_argmax(
+                out, sub.shape, separate_axis(self.model.spacing, sp_t, kw.get("force_separate_z")),
+                int(kw.get("order_z", 0)), self.slab_mb)
+        else:
+            full[crop] = resample_labels(labels_m, sub.shape)
+        out = None
         labels = full.permute(*tb).cpu().numpy()
         prob_np = None
         if save_probabilities:

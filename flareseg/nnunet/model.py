@@ -52,6 +52,8 @@ class LoadedModel:
     mirror_axes: tuple[int, ...] | None      # allowed for test-time mirroring (spatial axes)
     deep_supervision: bool = False           # networks are built with it off
     file_ending: str = ".nii.gz"
+    #: the plans' ``resampling_fn_{data,probabilities}_kwargs`` (order, order_z, force_separate_z)
+    resampling_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     plans: dict[str, Any] = field(default_factory=dict, repr=False)
     dataset_json: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -168,4 +170,6 @@ def load_model(model_dir: str | Path, folds: Sequence[int | str] | None = None,
         labels={k: int(v) for k, v in dataset_json["labels"].items()},
         num_input_channels=n_in, num_classes=lm.num_segmentation_heads,
         mirror_axes=tuple(int(a) for a in mirror) if mirror is not None else None,
-        file_ending=dataset_json.get("file_ending", ".nii.gz"), plans=plans, dataset_json=dataset_json)
+        file_ending=dataset_json.get("file_ending", ".nii.gz"), plans=plans, dataset_json=dataset_json,
+        resampling_kwargs={k: dict(cm.configuration.get(f"resampling_fn_{k}_kwargs") or {})
+                           for k in ("data", "probabilities")})
