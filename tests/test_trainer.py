@@ -187,3 +187,37 @@ def test_killed_training_resumes_to_the_same_weights(tiny_plans, tmp_path):
     wb = torch.load(fold_b / "checkpoint_final.pth", weights_only=False)["network_weights"]
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize("name,cls", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
+def test_optimizer_comes_from_the_config(tiny_plans, name, cls):
+    from nnunetv2.run.run_training import get_trainer_from_args
+    from flareseg.nnunet.training import write_train_config
+
+    paths, pf = tiny_plans
+    paths.export()
+    os.environ["nnUNet_compile"] = "f"
+    write_train_config(pf, "fine", TrainConfig(epochs=3, iterations_per_epoch=1, optimizer=name, lr=0.004,
+                                               weight_decay=1e-4))
+    tr = get_trainer_from_args("Dataset901_Tiny", "fine", 0, "FlareSegTrainer", "nnUNetPlans",
+                               device=torch.device("cpu"))
+    tr.initialize()
+    assert type(tr.optimizer) is cls
+    assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(0.004)
+    assert tr.optimizer.param_groups[0]["weight_decay"] == pytest.approx(1e-4)
+    tr.lr_scheduler.step(2)   # poly schedule applies to either optimizer
+    assert tr.optimizer.param_groups[0]["lr"] < 0.004
+
+
+def test_unknown_optimizer_is_rejected_with_the_key(tiny_plans):
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    paths, pf = tiny_plans
+    paths.export()
+    plans = json.loads(pf.read_text())
+    plans["configurations"]["fine"]["flareseg_train"] = {"optimizer": "adam"}
+    pf.write_text(json.dumps(plans))
+    tr = get_trainer_from_args("Dataset901_Tiny", "fine", 0, "FlareSegTrainer", "nnUNetPlans",
+                               device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="optimizer"):
+        tr.initialize()

@@ -10,7 +10,7 @@ Overrides only what it must:
   aims only at that type's annotated classes;
 * ``train_step``/``validation_step``: tell the loss which classes the batch annotates; the
   validation pseudo-Dice counts only annotated classes;
-* ``configure_optimizers``: SGD (momentum, nesterov) + poly LR with our exponent.
+* ``configure_optimizers``: SGD (momentum, nesterov; nnU-Net's) or AdamW + poly LR with our exponent.
 
 The class is discoverable by stock nnU-Net through ``nnUNet_extTrainer`` (see
 :func:`flareseg.nnunet.env.trainer_dir`), so ``nnUNetv2_predict -tr FlareSegTrainer`` loads our
@@ -167,6 +167,7 @@ class FlareSegTrainer(nnUNetTrainer):
         self.momentum = float(hp.get("momentum", 0.99))
         self.nesterov = bool(hp.get("nesterov", True))
         self.poly_exponent = float(hp.get("poly_exponent", 0.9))
+        self.optimizer_name = str(hp.get("optimizer", "sgd"))
         self.loss_variant = str(hp.get("loss", "merge_max"))
         self.type_sampling = str(hp.get("type_sampling", "proportional"))
         self.final_validation = bool(hp.get("final_validation", False))
@@ -315,8 +316,13 @@ class FlareSegTrainer(nnUNetTrainer):
         return out
 
     def configure_optimizers(self):
-        opt = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
-                              momentum=self.momentum, nesterov=self.nesterov)
+        if self.optimizer_name == "adamw":
+            opt = torch.optim.AdamW(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay)
+        elif self.optimizer_name == "sgd":
+            opt = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
+                                  momentum=self.momentum, nesterov=self.nesterov)
+        else:
+            raise ValueError(f"flareseg_train.optimizer: expected 'sgd' or 'adamw', got {self.optimizer_name!r}")
         sched = PolyLRScheduler(opt, self.initial_lr, self.num_epochs, exponent=self.poly_exponent)
         return opt, sched
 
