@@ -6,8 +6,10 @@ checkpoint_final), (b) FastPredictor without window skipping, (c) FastPredictor 
 
 * ``fast``  — the default path: trilinear image resampling, nearest-neighbour label map upsampling;
 * ``probs`` — default image resampling, linear upsampling of the logits before the argmax;
-* ``stock`` — stock-agreement mode: cubic image resampling and linear upsampling of the logits
-  before the argmax, both with nnU-Net's separate low-resolution axis for anisotropic spacing.
+* ``cubic`` — cubic-convolution image resampling on the device and linear upsampling of the logits
+  before the argmax, both with nnU-Net's separate low-resolution axis for anisotropic spacing;
+* ``stock`` — stock-agreement mode (``--match-stock``): the plans' own nnU-Net image resampling
+  (order-3 spline, CPU) and linear upsampling of the logits before the argmax.
 
 Reports per-class Dice of (b) vs (a) over classes present in either, their mean, the share of (b)'s
 foreground voxels that (c) leaves unchanged, seconds (and ratio to stock), and with ``--labels`` the
@@ -43,7 +45,8 @@ from flareseg.nnunet.env import trainer_dir  # noqa: E402
 log = logging.getLogger("predictor_equivalence")
 
 MODES = {"fast": {}, "probs": {"resample_probabilities": True},
-         "stock": {"image_resampling": "cubic", "resample_probabilities": True}}
+         "cubic": {"image_resampling": "cubic", "resample_probabilities": True},
+         "stock": {"image_resampling": "nnunet", "resample_probabilities": True}}
 
 
 def check_model_folder(model: Path, fold: str, checkpoint: str) -> Path:

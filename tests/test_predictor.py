@@ -175,6 +175,12 @@ def test_stock_resampling_mode_agrees_with_stock_better(fitted_model_dir, spacin
     assert agree["stock_like"] > 0.985, agree
     d_new, d_old = dice_per_class(stock_like, ref), dice_per_class(default, ref)
     assert np.mean(list(d_new.values())) >= np.mean(list(d_old.values())), (d_new, d_old)
+    # --match-stock: the plans' own nnU-Net image resampling -> stock's labels (crop to body on)
+    exact = sitk.GetArrayFromImage(FastPredictor(fitted_model_dir, device="cpu", skip=False,
+                                                 image_resampling="nnunet",
+                                                 resample_probabilities=True).predict(img))
+    d_exact = dice_per_class(exact, ref)
+    assert (exact == ref).mean() > 0.999 and min(d_exact.values()) > 0.98, d_exact
 
 
 def test_stock_resampling_mode_is_exact_at_model_spacing(model_dir):

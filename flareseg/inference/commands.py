@@ -100,7 +100,7 @@ def run_predict(args: argparse.Namespace) -> int:
                               tta=args.tta, batch_windows=args.batch_windows,
                               crop_to_body=not args.no_crop, folds=folds, reorient=not args.no_reorient,
                               grow=not args.no_grow,
-                              image_resampling="cubic" if args.match_stock else "linear",
+                              image_resampling="nnunet" if args.match_stock else "linear",
                               resample_probabilities=args.match_stock)
     load_s = time.perf_counter() - t0
     names = {i: n for n, i in predictor.model.labels.items()}
@@ -171,7 +171,7 @@ def register(subparsers) -> None:
                    help="skipping without the growth safeguard: do not run skipped planes that touch "
                         "foreground predicted next to them (faster, may cut organs at the scan's ends)")
     p.add_argument("--match-stock", action="store_true",
-                   help="resample like stock nnU-Net (cubic image, logits linearly to the input grid before "
+                   help="resample like stock nnU-Net (the plans' order-3 image resampling on the CPU, logits linearly to the input grid before "
                         "the argmax); closest agreement with nnUNetv2_predict, ~3x slower on the CPU")
     p.add_argument("--tta", action="store_true", help="test-time mirroring over the model's allowed axes")
     p.add_argument("--step-size", type=float, default=0.5, help="window step as a fraction of the patch (default 0.5)")

@@ -12,8 +12,9 @@ input's size, spacing, origin and direction are copied over unchanged.
 The crop is never narrower than one patch (at the model spacing)
 where the image is wider, so the network never sees padding that stock nnU-Net would not.
 
-Stock-agreement mode (slower, for comparisons with ``nnUNetPredictor``): ``image_resampling="cubic"``
-resamples the image with cubic convolution and ``resample_probabilities=True`` upsamples the logits
+Stock-agreement mode (slower, for comparisons with ``nnUNetPredictor``): ``image_resampling="nnunet"``
+resamples the image with the plans' own nnU-Net function (order-3 spline on the CPU; ``"cubic"`` is a
+device approximation with cubic convolution) and ``resample_probabilities=True`` upsamples the logits
 linearly to the cropped grid (in slabs) before the argmax, both following nnU-Net's rule for
 anisotropic spacing (:mod:`flareseg.inference.stock_resampling`).
 """
@@ -141,8 +142,8 @@ class FastPredictor:
         self.step_size, self.tta, self.batch_windows = step_size, tta, batch_windows
         self.crop_to_body, self.body_margin_mm = crop_to_body, body_margin_mm
         self.reorient = reorient  # permute non-axial arrays into axial layout (and back)
-        if image_resampling not in ("linear", "cubic"):
-            raise ValueError(f"image_resampling must be 'linear' or 'cubic', got {image_resampling!r}")
+        if image_resampling not in ("linear", "cubic", "nnunet"):
+            raise ValueError(f"image_resampling must be 'linear', 'cubic' or 'nnunet', got {image_resampling!r}")
         self.image_resampling, self.resample_probabilities = image_resampling, resample_probabilities
         self.slab_mb = slab_mb
         if self.device.type == "cuda":
@@ -157,7 +158,7 @@ class FastPredictor:
                   skip_threshold=cfg.skip_threshold, step_size=cfg.step_size, tta=cfg.tta,
                   batch_windows=cfg.batch_windows, crop_to_body=cfg.crop_to_body,
                   reorient=cfg.reorient, grow=cfg.skip_grow,
-                  image_resampling="cubic" if cfg.match_stock else "linear",
+                  image_resampling="nnunet" if cfg.match_stock else "linear",
                   resample_probabilities=cfg.match_stock)
         kw.update(overrides)
         return cls(model, **kw)
@@ -231,6 +232,8 @@ class FastPredictor:
             x = resample_image_cubic(x, shape_model, separate_axis(sp_t, self.model.spacing,
                                                                    kw.get("force_separate_z")),
                                      int(kw.get("order_z", 0)))[None]
+        elif self.image_resampling == "nnunet":
+            x = self._nnunet_resample(x, sp_t, shape_model)[None]
         else:
             x = resample_image(x, shape_model)[None]
         t.lap("preprocess")
@@ -278,6 +281,13 @@ class FastPredictor:
             "reoriented": None if ro is None or ro.is_identity else list(ro.perm),
         }
         return Prediction(out_img, prob_np, dict(self.last_stats), hook_result)
+
+    def _nnunet_resample(self, x: torch.Tensor, spacing: Sequence[float], shape: Sequence[int]) -> torch.Tensor:
+        """The plans' own nnU-Net image resampling (scipy, on the CPU): stock-exact, slow."""
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+        fn = PlansManager(self.model.plans).get_configuration(self.model.configuration).resampling_fn_data
+        out = fn(x[None].cpu().numpy(), tuple(shape), list(spacing), list(self.model.spacing))
+        return torch.from_numpy(np.ascontiguousarray(out[0], dtype=np.float32)).to(self.device)
 
     def _probabilities_to_input(self, probs: torch.Tensor, crop_shape, full_shape, crop, tb) -> np.ndarray:
         """Softmax at model resolution -> trilinear to the input grid; background 1 outside the crop."""
