@@ -54,7 +54,8 @@ def test_folder_with_a_bad_case_continues(tmp_path, model_dir):
     assert status["good"]["status"] == "ok" and status["broken"]["status"] == "failed"
     assert "broken.nii.gz" in status["broken"]["error"]
     assert status["good"]["windows"]["windows_total"] > 0 and rep["device"] == "cpu"
-    assert {"torch", "nnunetv2", "flareseg"} <= set(rep["versions"])
+    assert {"torch", "nnunetv2", "flareseg", "cc3d"} <= set(rep["versions"])
+    assert "?" not in rep["versions"].values() and "not installed" not in rep["versions"].values()
     stats = json.loads((out / "statistics.json").read_text())
     assert set(stats) == {"good"} and "liver" in stats["good"]["volumes_ml"]
     assert "components" in stats["good"]["tumor"]

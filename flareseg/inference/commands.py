@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import re
 import time
 from pathlib import Path
@@ -70,14 +69,9 @@ def collect_inputs(path: Path) -> list[tuple[str, Path]]:
 
 
 def _versions() -> dict:
-    import nnunetv2  # noqa: F401  (only for its version)
     import torch
-    from importlib.metadata import version
-    import flareseg
-    return {"flareseg": flareseg.__version__, "torch": torch.__version__,
-            "nnunetv2": version("nnunetv2"), "SimpleITK": sitk.Version_VersionString(),
-            "python": platform.python_version(),
-            "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+    from flareseg.pipeline.stage import versions
+    return versions() | {"cuda": torch.version.cuda if torch.cuda.is_available() else None}
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,14 +43,22 @@ def stage_dir(work: Path, n: int) -> Path:
     return Path(work) / f"stage-{n}-{STAGE_NAMES[n]}"
 
 
+#: module name -> installed distribution (package) name, for the versions recorded in manifests
+DISTRIBUTIONS = {"flareseg": "flareseg", "torch": "torch", "nnunetv2": "nnunetv2", "numpy": "numpy",
+                 "SimpleITK": "SimpleITK", "cc3d": "connected-components-3d"}
+
+
 def versions() -> dict[str, str]:
+    """Python and package versions (installed distribution metadata, no imports)."""
+    from importlib.metadata import PackageNotFoundError, version
     out = {"python": platform.python_version()}
-    for mod in ("flareseg", "torch", "nnunetv2", "numpy", "SimpleITK", "cc3d"):
+    for mod, dist in DISTRIBUTIONS.items():
         try:
-            m = __import__(mod)
-            out[mod] = getattr(m, "__version__", "?")
-        except Exception:  # pragma: no cover - optional in manifests
+            out[mod] = version(dist)
+        except PackageNotFoundError:
             out[mod] = "not installed"
+    if "torch" in sys.modules:  # carries the build tag (e.g. +cu130, +cpu)
+        out["torch"] = sys.modules["torch"].__version__
     return out
 
 
