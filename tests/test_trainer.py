@@ -221,3 +221,12 @@ def test_unknown_optimizer_is_rejected_with_the_key(tiny_plans):
                                device=torch.device("cpu"))
     with pytest.raises(ValueError, match="optimizer"):
         tr.initialize()
+
+
+def test_recent_pseudo_dice_averages_finite_values_of_the_last_epochs():
+    from flareseg.nnunet.training import recent_pseudo_dice
+    nan = float("nan")
+    hist = [[0.0, 0.0, 0.0]] * 5 + [[0.5, nan, nan], [0.7, 0.2, nan], [nan, 0.4, nan]]
+    assert recent_pseudo_dice(hist, last=3) == [0.6, 0.3, None]
+    assert recent_pseudo_dice(hist, last=8)[0] == pytest.approx(1.2 / 7, abs=1e-4)
+    assert recent_pseudo_dice([]) == []

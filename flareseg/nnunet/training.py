@@ -57,16 +57,30 @@ def train(dataset_name: str, configuration: str, tc: TrainConfig, preprocessed_d
     return training_summary(out)
 
 
+def recent_pseudo_dice(history: list, last: int = 10) -> list[float | None]:
+    """Per class, the mean of its finite validation pseudo-Dice over the ``last`` epochs.
+
+    Validation batches are label-type batches, so in one epoch most classes are unannotated (NaN);
+    averaging the finite values of the last epochs gives every annotated class a number."""
+    rows = np.asarray([r for r in history[-last:] if len(r)], dtype=np.float64)
+    if rows.size == 0:
+        return []
+    out = []
+    for col in rows.T:
+        ok = col[np.isfinite(col)]
+        out.append(round(float(ok.mean()), 4) if ok.size else None)
+    return out
+
+
 def training_summary(fold_dir: Path) -> dict:
-    """Final losses and per-class validation pseudo-Dice from the checkpoint's log."""
+    """Final losses and per-class validation pseudo-Dice (mean of the last 10 epochs) from the log."""
     import torch
     ck = Path(fold_dir) / "checkpoint_final.pth"
     state = torch.load(ck, map_location="cpu", weights_only=False)
     logs = state.get("logging", {})
-    dice = logs.get("dice_per_class_or_region", [[]])[-1]
     from flareseg.labels import CLASS_NAMES
-    per_class = {CLASS_NAMES[i + 1]: (None if not np.isfinite(d) else round(float(d), 4))
-                 for i, d in enumerate(dice)}
+    per_class = {CLASS_NAMES[i + 1]: d
+                 for i, d in enumerate(recent_pseudo_dice(logs.get("dice_per_class_or_region", [])))}
     return {"checkpoint": str(ck), "epochs": int(state.get("current_epoch", 0)),
             "final_train_loss": _last(logs.get("train_losses")), "final_val_loss": _last(logs.get("val_losses")),
             "val_pseudo_dice": per_class, "trainer": state.get("trainer_name")}
