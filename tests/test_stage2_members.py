@@ -139,13 +139,14 @@ class StubPredictor:
         return Prediction(out, probs if save_probabilities else None)
 
 
-def mirror_scores(tmp_path, rule) -> tuple[dict, np.ndarray]:
+def mirror_scores(tmp_path, rule, in_memory: bool = False) -> tuple[dict, np.ndarray]:
     arr = np.zeros((2, 3, 8), np.int16)
     arr[:, :, :3] = 1          # asymmetric scan: 'liver' intensity on the left three columns
-    write_array(arr, GEO.__class__((8, 3, 2), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), GEO.direction),
-                tmp_path / "c_0000.nii.gz")
+    geo = Geometry((8, 3, 2), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), GEO.direction)
+    path = write_array(arr, geo, tmp_path / "c_0000.nii.gz")
+    image = geo.apply(sitk.GetImageFromArray(arr)) if in_memory else path
     pc = PseudoLabelConfig(member_tta=True)
-    scorer = make_scorer(StubPredictor(rule), pc, INF, lambda c: tmp_path / f"{c}_0000.nii.gz", tmp_path)
+    scorer = make_scorer(StubPredictor(rule), pc, INF, lambda c: image, tmp_path)
     return dict(scorer("c")), arr
 
 
@@ -162,7 +163,7 @@ def test_mirrored_member_of_a_position_rule(tmp_path):
         lab = np.full(a.shape, 3)
         lab[:, :, :2] = 1
         return lab
-    s, arr = mirror_scores(tmp_path, rule)
+    s, arr = mirror_scores(tmp_path, rule, in_memory=True)
     main = rule(arr)
     mirrored = rule(arr)[:, :, ::-1]
     assert s["organ_disagreement"] == pytest.approx(disagreement_by_hand(main, mirrored)) == 0.5

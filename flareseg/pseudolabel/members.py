@@ -110,7 +110,8 @@ def read_label_member(folder: Path, case_id: str, geometry: Geometry) -> np.ndar
     return lab
 
 
-def single_member_scorer(predictor, image_of: Callable[[str], Path], raw_dir: Path) -> CaseScorer:
+def single_member_scorer(predictor, image_of: Callable[[str], Path | sitk.Image],
+                         raw_dir: Path) -> CaseScorer:
     """The default: fine-model scores at model resolution on the device, raw label written."""
     def scorer(cid: str) -> dict:
         def hook(probs):
@@ -127,7 +128,7 @@ class MultiMemberScorer:
     """Scores of the fine model plus the extra members of ``pc``, all at the scan's grid."""
 
     def __init__(self, predictor, pc: PseudoLabelConfig, inference_cfg: Any,
-                 image_of: Callable[[str], Path], raw_dir: Path,
+                 image_of: Callable[[str], Path | sitk.Image], raw_dir: Path,
                  member_predictors: Sequence[Any] | None = None):
         """``member_predictors`` (one per ``pc.member_models``) defaults to loading each folder."""
         from flareseg.inference.predictor import FastPredictor
@@ -148,8 +149,8 @@ class MultiMemberScorer:
         return getattr(self.predictor, "device", torch.device("cpu"))
 
     def __call__(self, cid: str) -> dict[str, float]:
-        path = self.image_of(cid)
-        image = read_image(path)
+        image = self.image_of(cid)
+        image = image if isinstance(image, sitk.Image) else read_image(image)
         geo = Geometry.of(image)
         labels = [read_label_member(d, cid, geo) for d in self.label_dirs]  # cheap checks first
         acc = MemberAccumulator()
@@ -175,10 +176,11 @@ class MultiMemberScorer:
 
 
 def make_scorer(predictor, pc: PseudoLabelConfig, inference_cfg: Any,
-                image_of: Callable[[str], Path], raw_dir: Path) -> CaseScorer:
+                image_of: Callable[[str], Path | sitk.Image], raw_dir: Path) -> CaseScorer:
     """Stage-2's per-case scorer for ``pc`` (see module doc): ``scorer(case_id) -> scores``.
 
-    It writes ``raw_dir/<case_id>.nii.gz`` (the fine model's argmax) before returning."""
+    ``image_of(case_id)`` gives the scan's path (or an in-memory ``sitk.Image``, e.g. for benchmarks).
+    The scorer writes ``raw_dir/<case_id>.nii.gz`` (the fine model's argmax) before returning."""
     if not member_names(pc):
         return single_member_scorer(predictor, image_of, raw_dir)
     log.info("stage-2 uncertainty members: fine model + %s", ", ".join(member_names(pc)))
