@@ -98,6 +98,10 @@ class PseudoLabelConfig:
     fill_in_organs: bool = True      # fill organ labels into tumor-only cases (feeds the CTO pool)
     fill_in_partial: bool = False    # also complete cases with only some organs annotated
     shard: str = "0/1"               # i/N: this run scores only its share of the unlabeled cases
+    # extra uncertainty members (any of them: scoring at the input grid, multi-member scores)
+    member_models: tuple[str, ...] = ()       # nnU-Net model folders, each optionally "<folder>@<checkpoint>"
+    member_tta: bool = False                  # the fine model on the left-right mirrored scan
+    member_label_dirs: tuple[str, ...] = ()   # folders of label maps <case_id>.nii.gz (other teams')
 
 
 @dataclass(frozen=True)

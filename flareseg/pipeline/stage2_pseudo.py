@@ -3,7 +3,9 @@ fill-in of tumor-only cases, all with the stage-1 fine model.
 
 Per unlabeled case the fast predictor keeps the softmax on the device, where organ and tumor
 uncertainty are computed; only the argmax pseudo label is written (``raw/``), then the scores
-(``scores/``), so a killed run resumes at the next case.  ``pseudolabel.shard = i/N`` scores only
+(``scores/``), so a killed run resumes at the next case.  Extra uncertainty members (other models
+or checkpoints, mirrored TTA, external label folders) join through
+:mod:`flareseg.pseudolabel.members`.  ``pseudolabel.shard = i/N`` scores only
 this shard's cases (run N jobs, then one ``0/1`` run merges and selects).  Selection writes the
 final labels of the K1 selected cases (``pseudo_labels/``) with their label types, and
 ``training_additions.json`` lists everything stage-4/5 add to the training set.
@@ -17,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from flareseg.config import config_hash, to_dict
-from flareseg.io import read_array, read_json, write_array, write_image, write_json
+from flareseg.io import read_array, read_json, write_array, write_json
 from flareseg.labels import ORGANS, TUMOR, label_type
-from flareseg.pipeline.stage import StageContext, StagePaused
+from flareseg.pipeline.stage import StageContext, StageError, StagePaused
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,10 @@ def pseudo_label_quality(selection, raw_dir: Path, gt_dir: Path) -> dict:
 def run(ctx: StageContext) -> dict:
     from flareseg.inference.predictor import FastPredictor
     from flareseg.pseudolabel.fill_in import fill_in
+    from flareseg.pseudolabel.members import check_members, make_scorer, score_fingerprint
     from flareseg.pseudolabel.report import write_report
     from flareseg.pseudolabel.selection import final_label, select
     from flareseg.pseudolabel.shards import merge_scores, parse_shard, run_shard
-    from flareseg.pseudolabel.uncertainty import MemberAccumulator
 
     cfg, pc = ctx.cfg, ctx.cfg.pseudolabel
     s1 = ctx.upstream(1)["result"]
@@ -74,22 +75,17 @@ def run(ctx: StageContext) -> dict:
     types = {k: label_type(v) for k, v in read_json(ds / "label_types.json").items()}
     unlabeled = pools["unlabeled"]
     raw_dir, scores_dir = ctx.dir / "raw", ctx.dir / "scores"
+    try:
+        check_members(pc)
+    except ValueError as e:
+        raise StageError(str(e)) from None
     predictor = FastPredictor.from_config(model_dir, cfg.inference, tta=pc.tta)
-    fingerprint = config_hash({"model": s1["training"]["checkpoint"], "inference": to_dict(cfg.inference),
-                               "tta": pc.tta})
+    fingerprint = score_fingerprint(s1["training"]["checkpoint"], cfg.inference, pc)
 
     def image_of(cid: str) -> Path:
         return ds / "imagesUnlabeled" / f"{cid}_0000.nii.gz"
 
-    def scorer(cid: str) -> dict:
-        def hook(probs):
-            acc = MemberAccumulator()
-            acc.add(probs)
-            return acc.scores()
-        pred = predictor.run(image_of(cid), prob_hook=hook)
-        write_image(sitk.Cast(pred.labels, sitk.sitkUInt8), raw_dir / f"{cid}.nii.gz")
-        return pred.hook_result
-
+    scorer = make_scorer(predictor, pc, cfg.inference, image_of, raw_dir)
     i, n = parse_shard(pc.shard)
     summary = run_shard(unlabeled, scorer, scores_dir, i, n, fingerprint=fingerprint)
     if n > 1:

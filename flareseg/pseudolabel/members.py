@@ -1,0 +1,187 @@
+"""Stage-2 per-case scorer: the fine model alone, or with extra uncertainty *members*.
+
+Default (no extra member configured): the fine model's softmax stays on the device at model
+resolution and :class:`~flareseg.pseudolabel.uncertainty.MemberAccumulator` scores it there (one
+member: entropy only).
+
+With any of ``pseudolabel.member_models``, ``member_tta`` or ``member_label_dirs`` set, every
+member is brought to the scan's own (input) grid ``(Z, Y, X)`` and streamed into one accumulator,
+so the multi-member scores (disagreement, inconsistency, overlap) exist:
+
+1. the fine model: ``FastPredictor.run(image, save_probabilities=True)`` (float16, background 1
+   outside the body crop); its argmax label map is the raw pseudo label, as without members;
+2. ``member_models``: other nnU-Net model folders (checkpoints, folds, other trainings), each
+   ``"<folder>"`` or ``"<folder>@<checkpoint file>"`` (e.g. ``...__fine@checkpoint_best.pth``),
+   with their own predictor and the same inference settings; paths relative to the current
+   directory, like every path in the config;
+3. ``member_tta``: the fine model on the scan mirrored along the patient's left-right index axis
+   (geometry kept), its probabilities flipped back.  Meaningful for models trained with mirroring
+   augmentation (nnU-Net's default), whose left/right organs keep their labels when mirrored;
+4. ``member_label_dirs``: hard label maps ``<folder>/<case_id>.nii.gz`` (other teams' pseudo
+   labels) on the scan's grid.  A missing file or another geometry fails that case only, naming
+   the file (:func:`flareseg.pseudolabel.shards.run_shard` records it and goes on).
+
+:func:`member_names` enter the score fingerprint, so changing the members rescores every case.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from flareseg.config import PseudoLabelConfig, config_hash, to_dict
+from flareseg.io import Geometry, InputError, geometry_mismatch, read_array, read_image, write_image
+from flareseg.pseudolabel.uncertainty import MULTI_MEMBER_SCORES, MemberAccumulator
+
+log = logging.getLogger(__name__)
+
+CaseScorer = Callable[[str], Mapping[str, float]]
+
+
+def parse_model_member(spec: str) -> tuple[Path, str | None]:
+    """``"<folder>@<checkpoint file>"`` -> (folder, checkpoint); no ``@<file>`` -> (folder, None).
+
+    Only a final ``@`` followed by a plain file name counts, so folders containing ``@`` work."""
+    folder, sep, ckpt = spec.rpartition("@")
+    if sep and folder and ckpt and "/" not in ckpt and "\\" not in ckpt:
+        return Path(folder), ckpt
+    return Path(spec), None
+
+
+def member_names(pc: PseudoLabelConfig) -> list[str]:
+    """The extra members' names in scoring order (empty: the single-member default)."""
+    return ([f"model:{m}" for m in pc.member_models] + (["mirror"] if pc.member_tta else [])
+            + [f"labels:{d}" for d in pc.member_label_dirs])
+
+
+def check_members(pc: PseudoLabelConfig) -> None:
+    """Raise ``ValueError`` for a member setup that cannot work (before any case is scored)."""
+    if pc.score in MULTI_MEMBER_SCORES and not member_names(pc):
+        raise ValueError(f"pseudolabel.score={pc.score} needs at least two members: set "
+                         f"pseudolabel.member_models, member_tta or member_label_dirs")
+    for d in pc.member_label_dirs:
+        if not Path(d).is_dir():
+            raise ValueError(f"pseudolabel.member_label_dirs: {d} is not a folder")
+    for m in pc.member_models:
+        folder, _ = parse_model_member(m)
+        if not (folder / "plans.json").is_file():
+            raise ValueError(f"pseudolabel.member_models: {folder} is not an nnU-Net model folder "
+                             f"(no plans.json)")
+
+
+def score_fingerprint(checkpoint: Any, inference_cfg: Any, pc: PseudoLabelConfig) -> str:
+    """Digest stored with each case's scores; a case with the same digest is not rescored.
+
+    Without extra members it is exactly the digest stage-2 always used (no rescoring of old runs)."""
+    key: dict[str, Any] = {"model": checkpoint, "inference": to_dict(inference_cfg), "tta": pc.tta}
+    names = member_names(pc)
+    if names:
+        key["members"] = names
+    return config_hash(key)
+
+
+def lr_axis(image: sitk.Image) -> int:
+    """Array axis (of ``GetArrayFromImage``, ``(Z, Y, X)`` order) along the patient's left-right."""
+    d = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)   # column j = index axis j
+    return 2 - int(np.argmax(np.abs(d[0])))
+
+
+def mirror_lr(image: sitk.Image) -> tuple[sitk.Image, int]:
+    """(``image`` flipped along its left-right array axis with the same geometry, that axis)."""
+    ax = lr_axis(image)
+    out = sitk.GetImageFromArray(np.flip(sitk.GetArrayViewFromImage(image), ax).copy())
+    out.CopyInformation(image)
+    return out, ax
+
+
+def read_label_member(folder: Path, case_id: str, geometry: Geometry) -> np.ndarray:
+    """Label map ``(Z, Y, X)`` of ``case_id`` from ``folder``, checked against the scan's grid."""
+    path = Path(folder) / f"{case_id}.nii.gz"
+    if not path.is_file():
+        raise InputError(path, f"label member for case {case_id} is missing")
+    lab, geo = read_array(path)
+    bad = geometry_mismatch(geo, geometry)
+    if bad:
+        raise InputError(path, "label member grid differs from the scan: " + "; ".join(bad))
+    return lab
+
+
+def single_member_scorer(predictor, image_of: Callable[[str], Path | sitk.Image],
+                         raw_dir: Path) -> CaseScorer:
+    """The default: fine-model scores at model resolution on the device, raw label written."""
+    def scorer(cid: str) -> dict:
+        def hook(probs):
+            acc = MemberAccumulator()
+            acc.add(probs)
+            return acc.scores()
+        pred = predictor.run(image_of(cid), prob_hook=hook)
+        write_image(sitk.Cast(pred.labels, sitk.sitkUInt8), raw_dir / f"{cid}.nii.gz")
+        return pred.hook_result
+    return scorer
+
+
+class MultiMemberScorer:
+    """Scores of the fine model plus the extra members of ``pc``, all at the scan's grid."""
+
+    def __init__(self, predictor, pc: PseudoLabelConfig, inference_cfg: Any,
+                 image_of: Callable[[str], Path | sitk.Image], raw_dir: Path,
+                 member_predictors: Sequence[Any] | None = None):
+        """``member_predictors`` (one per ``pc.member_models``) defaults to loading each folder."""
+        from flareseg.inference.predictor import FastPredictor
+        self.predictor, self.pc, self.image_of, self.raw_dir = predictor, pc, image_of, Path(raw_dir)
+        if member_predictors is None:
+            member_predictors = []
+            for spec in pc.member_models:
+                folder, ckpt = parse_model_member(spec)
+                member_predictors.append(FastPredictor.from_config(folder, inference_cfg, tta=pc.tta,
+                                                                   checkpoint=ckpt))
+        if len(member_predictors) != len(pc.member_models):
+            raise ValueError(f"{len(member_predictors)} member predictors for "
+                             f"{len(pc.member_models)} member_models")
+        self.member_predictors = list(member_predictors)
+        self.label_dirs = [Path(d) for d in pc.member_label_dirs]
+
+    def _device(self) -> torch.device:
+        return getattr(self.predictor, "device", torch.device("cpu"))
+
+    def __call__(self, cid: str) -> dict[str, float]:
+        image = self.image_of(cid)
+        image = image if isinstance(image, sitk.Image) else read_image(image)
+        geo = Geometry.of(image)
+        labels = [read_label_member(d, cid, geo) for d in self.label_dirs]  # cheap checks first
+        acc = MemberAccumulator()
+        pred = self.predictor.run(image, save_probabilities=True)
+        # accumulate on the predictor's device (the first member decides; later ones follow)
+        acc.add(torch.from_numpy(pred.probabilities).to(self._device()))
+        raw = sitk.Cast(pred.labels, sitk.sitkUInt8)
+        del pred
+        for p in self.member_predictors:
+            acc.add(p.run(image, save_probabilities=True).probabilities)
+        if self.pc.member_tta:
+            mirrored, ax = mirror_lr(image)
+            probs = self.predictor.run(mirrored, save_probabilities=True).probabilities
+            acc.add(np.flip(probs, ax + 1))
+        for d, lab in zip(self.label_dirs, labels):
+            try:
+                acc.add(lab)
+            except ValueError as e:
+                raise InputError(d / f"{cid}.nii.gz", f"not a usable label member ({e})") from None
+        scores = acc.scores()
+        write_image(raw, self.raw_dir / f"{cid}.nii.gz")
+        return scores
+
+
+def make_scorer(predictor, pc: PseudoLabelConfig, inference_cfg: Any,
+                image_of: Callable[[str], Path | sitk.Image], raw_dir: Path) -> CaseScorer:
+    """Stage-2's per-case scorer for ``pc`` (see module doc): ``scorer(case_id) -> scores``.
+
+    ``image_of(case_id)`` gives the scan's path (or an in-memory ``sitk.Image``, e.g. for benchmarks).
+    The scorer writes ``raw_dir/<case_id>.nii.gz`` (the fine model's argmax) before returning."""
+    if not member_names(pc):
+        return single_member_scorer(predictor, image_of, raw_dir)
+    log.info("stage-2 uncertainty members: fine model + %s", ", ".join(member_names(pc)))
+    return MultiMemberScorer(predictor, pc, inference_cfg, image_of, raw_dir)
