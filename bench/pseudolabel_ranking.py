@@ -6,8 +6,9 @@
 
 Generates ``--cases`` unlabeled-style phantoms (the config's phantom settings, a seed stream that
 never overlaps the pipeline's own cases) with their full hidden ground truth, scores each one
-exactly like stage-2 does (``FastPredictor.from_config`` with a probability hook feeding
-``MemberAccumulator``; ``--tta`` adds the mirrored member so disagreement-type scores exist), and
+exactly like stage-2 does (``FastPredictor.from_config`` + stage-2's ``make_scorer``; ``--tta``
+adds the left-right mirrored prediction as a second member (``pseudolabel.member_tta``), so the
+disagreement / inconsistency / overlap scores exist too), and
 selects with ``select`` under the config's ``pseudolabel`` settings.  Reports, per score: Spearman
 rank correlation between organ uncertainty and the pseudo label's true mean organ Dice (organs
 present in the truth), and mean Dice of the selected vs the rejected cases; also the same for the
@@ -20,6 +21,7 @@ import argparse
 import logging
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -33,10 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flareseg.config import load_config  # noqa: E402
 from flareseg.data.phantom_case import generate_case  # noqa: E402
 from flareseg.evaluation.metrics import dice  # noqa: E402
+from flareseg.io import read_array  # noqa: E402
 from flareseg.inference.predictor import FastPredictor  # noqa: E402
 from flareseg.labels import ORGANS, TUMOR  # noqa: E402
 from flareseg.pseudolabel.selection import select  # noqa: E402
-from flareseg.pseudolabel.uncertainty import SCORES, MemberAccumulator, score_key  # noqa: E402
+from flareseg.pseudolabel.members import make_scorer  # noqa: E402
+from flareseg.pseudolabel.uncertainty import SCORES, score_key  # noqa: E402
 
 
 def spearman(a, b) -> str:
@@ -49,22 +53,22 @@ def spearman(a, b) -> str:
 
 def score_cases(model: Path, cfg, n: int, seed: int, tta: bool):
     """Per case: stage-2 scores, true mean organ Dice, true tumor Dice (None without tumor)."""
-    pred = FastPredictor.from_config(model, cfg.inference, tta=tta)
-    rows = {}
-    for i in range(n):
-        image, full, geo, _ = generate_case(np.random.default_rng([seed, i]), cfg.data.phantoms)
-        img = geo.apply(sitk.GetImageFromArray(image))
-
-        def hook(probs):
-            acc = MemberAccumulator()
-            acc.add(probs)
-            return acc.scores()
-
-        out = pred.run(img, prob_hook=hook)
-        lab = sitk.GetArrayFromImage(out.labels)
-        organ = float(np.mean([dice(lab == c, full == c) for c in ORGANS if (full == c).any()]))
-        tumor = dice(lab == TUMOR, full == TUMOR) if (full == TUMOR).any() else None
-        rows[f"R{i:04d}"] = (out.hook_result, organ, tumor)
+    pred = FastPredictor.from_config(model, cfg.inference)
+    pc = replace(cfg.pseudolabel, member_tta=tta)
+    cases = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        scorer = make_scorer(pred, pc, cfg.inference, lambda cid: cases[cid][0], Path(tmp))
+        rows = {}
+        for i in range(n):
+            cid = f"R{i:04d}"
+            image, full, geo, _ = generate_case(np.random.default_rng([seed, i]), cfg.data.phantoms)
+            cases[cid] = (geo.apply(sitk.GetImageFromArray(image)), full)
+            scores = scorer(cid)
+            lab, _ = read_array(Path(tmp) / f"{cid}.nii.gz")
+            organ = float(np.mean([dice(lab == c, full == c) for c in ORGANS if (full == c).any()]))
+            tumor = dice(lab == TUMOR, full == TUMOR) if (full == TUMOR).any() else None
+            rows[cid] = (scores, organ, tumor)
+            del cases[cid]
     return rows
 
 
@@ -98,7 +102,7 @@ def main() -> int:
                     help="phantom, inference and pseudolabel settings (default configs/demo.yaml)")
     ap.add_argument("--cases", type=int, default=48)
     ap.add_argument("--seed", type=int, default=1000, help="phantom seed stream (pipeline cases use data.phantoms.seed)")
-    ap.add_argument("--tta", action="store_true", help="add the mirrored member (disagreement/inconsistency scores)")
+    ap.add_argument("--tta", action="store_true", help="add the left-right mirrored member (disagreement/inconsistency/overlap scores)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--out", type=Path, default=None, help="write the table as markdown here")
     args = ap.parse_args()
