@@ -205,7 +205,9 @@ def _fmt(v) -> str:
 def atomic_path(dest: os.PathLike | str) -> Iterator[Path]:
     """Yield a temporary path next to ``dest`` (same suffix); rename onto ``dest`` on success.
 
-    On any exception the temporary file is removed and ``dest`` is untouched.
+    On any exception the temporary file is removed and ``dest`` is untouched.  The file gets the
+    permissions a plain ``open()`` would give (0666 minus the umask), not ``mkstemp``'s 0600, so
+    outputs stay readable by other users (e.g. the host of a Docker run).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -215,11 +217,24 @@ def atomic_path(dest: os.PathLike | str) -> Iterator[Path]:
     tmp_p = Path(tmp)
     try:
         yield tmp_p
+        os.chmod(tmp_p, 0o666 & ~_umask())
         os.replace(tmp_p, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_p.unlink()
         raise
+
+
+def _umask() -> int:
+    """The process umask (read once: setting it to read it is not thread-safe)."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
+
+
+_UMASK: int | None = None
 
 
 def write_image(img: sitk.Image, dest: os.PathLike | str, compress: bool = True) -> Path:

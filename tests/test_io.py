@@ -3,7 +3,7 @@ import pytest
 import SimpleITK as sitk
 
 from flareseg.io import (Geometry, InputError, atomic_path, geometry_mismatch, read_array, read_image,
-                         write_array, write_image)
+                         write_array, write_image, write_json)
 
 
 def test_roundtrip_formats_keep_geometry(tmp_path):
@@ -57,3 +57,14 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert not dest.exists() and list(tmp_path.iterdir()) == []
     write_image(sitk.Image(3, 3, 3, sitk.sitkUInt8), dest)
     assert dest.exists() and [p.name for p in tmp_path.iterdir()] == ["out.nii.gz"]
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    """Not mkstemp's 0600: outputs must be readable by others (Docker host, shared servers)."""
+    import os
+    import stat
+    mask = os.umask(0o022)
+    os.umask(mask)
+    dest = tmp_path / "x.json"
+    write_json({"a": 1}, dest)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o666 & ~mask
