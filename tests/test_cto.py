@@ -13,7 +13,7 @@ from flareseg.anatomy import abdomen_region
 from flareseg.config import CTOConfig
 from flareseg.cto.extract import (crop_object, extract_case, find_tumor_objects, organ_distance_mm,
                                   sample_margins)
-from flareseg.cto.gallery import cto_gallery
+from flareseg.cto.gallery import cto_gallery, tumor_slice
 from flareseg.cto.pool import build_pool, load_pool, resampled_shape
 from flareseg.io import InputError, read_array
 from flareseg.labels import TUMOR
@@ -238,3 +238,12 @@ def test_kits_one_object_per_component(kits):
             for (s, e), (a, b), (ml, mh), dim in zip(rec["bbox"], rec["crop_bbox"], rec["margins"],
                                                      lab.shape):
                 assert a == max(0, s - ml) and b == min(dim, e + mh)
+
+
+def test_gallery_slice_shows_tumor_when_two_tumors_share_a_crop():
+    lab = np.zeros((20, 8, 8), dtype=np.uint8)
+    lab[2:5, 2:4, 2:4] = 14        # tumor near the top of the crop
+    lab[14:17, 3:6, 3:6] = 14      # a bigger one near the bottom: middle of the z-extent (9) has none
+    z = tumor_slice(lab)
+    assert (lab[z] == 14).sum() == 9
+    assert tumor_slice(np.zeros((6, 4, 4), dtype=np.uint8)) == 3

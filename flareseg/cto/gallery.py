@@ -24,9 +24,11 @@ Tile = tuple[str, np.ndarray, np.ndarray]     # (title, image (Z, Y, X), label (
 
 
 def tumor_slice(label: np.ndarray) -> int:
-    """Axial index through the middle of the tumor's z-extent; the middle slice without tumor."""
-    z = np.flatnonzero((label == TUMOR).any(axis=(1, 2)))
-    return int((z[0] + z[-1]) // 2) if z.size else label.shape[0] // 2
+    """Axial index with the most tumor voxels (the first such); the middle slice without tumor.
+
+    (The middle of the z-extent can fall between two tumors of one crop and show none.)"""
+    counts = (label == TUMOR).reshape(label.shape[0], -1).sum(1)
+    return int(counts.argmax()) if counts.any() else label.shape[0] // 2
 
 
 def _squeeze(arr: np.ndarray) -> np.ndarray:
