@@ -40,7 +40,7 @@ from flareseg.inference.orientation import axial_reorientation
 from flareseg.inference.resample import resample_image, resample_labels, target_shape
 from flareseg.inference.sliding_window import predict_sliding_window
 from flareseg.inference.stock_resampling import resample_image_cubic, separate_axis, upsample_logits_argmax
-from flareseg.nnunet.model import LoadedModel, load_model
+from flareseg.nnunet.model import LoadedModel, load_model, nnunet_image_resampler
 
 log = logging.getLogger(__name__)
 
@@ -284,9 +284,8 @@ class FastPredictor:
 
     def _nnunet_resample(self, x: torch.Tensor, spacing: Sequence[float], shape: Sequence[int]) -> torch.Tensor:
         """The plans' own nnU-Net image resampling (scipy, on the CPU): stock-exact, slow."""
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-        fn = PlansManager(self.model.plans).get_configuration(self.model.configuration).resampling_fn_data
-        out = fn(x[None].cpu().numpy(), tuple(shape), list(spacing), list(self.model.spacing))
+        out = nnunet_image_resampler(self.model)(x[None].cpu().numpy(), tuple(shape), list(spacing),
+                                                 list(self.model.spacing))
         return torch.from_numpy(np.ascontiguousarray(out[0], dtype=np.float32)).to(self.device)
 
     def _probabilities_to_input(self, probs: torch.Tensor, crop_shape, full_shape, crop, tb) -> np.ndarray:

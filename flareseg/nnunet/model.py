@@ -117,6 +117,13 @@ def build_network(plans: dict, dataset_json: dict, configuration: str,
                                           enable_deep_supervision=deep_supervision)
 
 
+def nnunet_image_resampler(model: LoadedModel):
+    """The plans' own image resampling function (stock nnU-Net, scipy on the CPU):
+    ``fn(data (C, Z, Y, X) numpy, new_shape, current_spacing, new_spacing) -> numpy``."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    return PlansManager(model.plans).get_configuration(model.configuration).resampling_fn_data
+
+
 def load_model(model_dir: str | Path, folds: Sequence[int | str] | None = None,
                checkpoint: str | None = None) -> LoadedModel:
     """Load ``model_dir``; ``folds=None`` uses every fold with a checkpoint.
