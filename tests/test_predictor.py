@@ -292,3 +292,12 @@ def test_permuted_storage_predicts_the_same_physical_labels(model_dir, transpose
     # without reorientation the network sees the volume rotated: different labels in physical space
     raw = FastPredictor(md, device="cpu", reorient=False).predict(stored)
     assert (sitk.GetArrayFromImage(raw) != lab_ref.transpose(perm)).mean() > 0.05
+
+
+def test_plain_architecture_trainers_build_the_network_like_stock():
+    """build_network skips importing these trainers; that is only right while none overrides
+    build_network_architecture."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from flareseg.nnunet.model import PLAIN_ARCHITECTURE_TRAINERS, trainer_class
+    for name in PLAIN_ARCHITECTURE_TRAINERS:
+        assert trainer_class(name).build_network_architecture is nnUNetTrainer.build_network_architecture, name

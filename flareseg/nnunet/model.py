@@ -83,6 +83,10 @@ def _pick_checkpoint(fold_dir: Path, checkpoint: str | None) -> Path:
     raise ModelFolderError(f"{fold_dir}: no checkpoint ({', '.join(names)})")
 
 
+#: trainers that build the network exactly as stock nnUNetTrainer does (from the plans)
+PLAIN_ARCHITECTURE_TRAINERS = ("nnUNetTrainer", "FlareSegTrainer")
+
+
 def trainer_class(trainer_name: str):
     """nnU-Net trainer class by name (the stock one imported directly: the search imports every trainer)."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -109,6 +113,13 @@ def build_network(plans: dict, dataset_json: dict, configuration: str,
     cm = pm.get_configuration(configuration)
     n_in = determine_num_input_channels(pm, cm, dataset_json)
     n_out = pm.get_label_manager(dataset_json).num_segmentation_heads
+    if trainer_name in PLAIN_ARCHITECTURE_TRAINERS:
+        # what their (inherited) build_network_architecture does, without importing the trainer
+        # module (~2 s of start-up: torch._dynamo, seaborn, ...) in every predict process
+        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+        return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                      cm.network_arch_init_kwargs_req_import, n_in, n_out,
+                                      allow_init=True, deep_supervision=deep_supervision)
     cls = trainer_class(trainer_name)
     if "plans_manager" in inspect.signature(cls.build_network_architecture).parameters:
         return cls.build_network_architecture(pm, cm, n_in, n_out, enable_deep_supervision=deep_supervision)
