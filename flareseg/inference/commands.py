@@ -165,8 +165,9 @@ def register(subparsers) -> None:
                    help="skipping without the growth safeguard: do not run skipped planes that touch "
                         "foreground predicted next to them (faster, may cut organs at the scan's ends)")
     p.add_argument("--match-stock", action="store_true",
-                   help="resample like stock nnU-Net (the plans' order-3 image resampling on the CPU, logits linearly to the input grid before "
-                        "the argmax); closest agreement with nnUNetv2_predict, ~3x slower on the CPU")
+                   help="resample like stock nnU-Net (the plans' order-3 image resampling on the CPU, logits "
+                        "linearly to the input grid before the argmax): labels equal to nnUNetv2_predict's "
+                        "(use with --no-skip), ~3x slower than the default on the CPU")
     p.add_argument("--tta", action="store_true", help="test-time mirroring over the model's allowed axes")
     p.add_argument("--step-size", type=float, default=0.5, help="window step as a fraction of the patch (default 0.5)")
     p.add_argument("--batch-windows", type=int, default=4, help="windows per network call (default 4)")
