@@ -54,7 +54,6 @@ class WorkDir:
     """The finished pipeline run the benchmarks read (never written)."""
 
     def __init__(self, work: Path):
-        from flareseg.config import load_config
         from flareseg.io import read_json
         self.work = Path(work).resolve()
         s5 = self.work / "stage-5-coarse"

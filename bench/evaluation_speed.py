@@ -22,7 +22,6 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-from scipy import ndimage  # noqa: E402
 
 from flareseg.config import EvaluationConfig  # noqa: E402
 from flareseg.evaluation.metrics import dice, evaluate_case, surface_dice  # noqa: E402

@@ -146,7 +146,7 @@ def main() -> int:
     a, b = TRAINERS
     paired_s = statistics.median(x / y for x, y in zip(block_step[a], block_step[b]))
     paired_t = statistics.median(x / y for x, y in zip(block_total[a], block_total[b]))
-    print(f"\nratio FlareSeg/stock iterations/s (goal >= 0.95):")
+    print("\nratio FlareSeg/stock iterations/s (goal >= 0.95):")
     print(f"  train_step:   {med[a][0] / med[b][0]:.3f} (ratio of medians), {paired_s:.3f} (median of paired block ratios)")
     print(f"  load + step:  {med[a][1] / med[b][1]:.3f} (ratio of medians), {paired_t:.3f} (median of paired block ratios)")
     print("FlareSeg batch label types: " + ", ".join(f"{k}: {v}" for k, v in types.most_common()))

@@ -3,7 +3,6 @@ nnU-Net model folder that stock nnU-Net can load and predict with."""
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 
 import numpy as np

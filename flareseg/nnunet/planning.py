@@ -11,9 +11,13 @@ from __future__ import annotations
 import logging
 from copy import deepcopy
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flareseg.config import PlanConfig
 from flareseg.io import read_json, write_json
+
+if TYPE_CHECKING:
+    import numpy
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +93,7 @@ def preprocess(dataset_id: int, configurations: tuple[str, ...], num_processes: 
                        verbose=False, show_progress_bar=True)
 
 
-def load_preprocessed(folder: Path, keys: list[str]) -> list[tuple[str, "np.ndarray", "np.ndarray"]]:
+def load_preprocessed(folder: Path, keys: list[str]) -> list[tuple[str, "numpy.ndarray", "numpy.ndarray"]]:
     """``(key, image (C, Z, Y, X), seg (1, Z, Y, X))`` of preprocessed cases (QC pictures, tests)."""
     import numpy as np
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from flareseg.config import to_dict
-from flareseg.io import read_json, write_image, write_json
+from flareseg.io import write_image, write_json
 from flareseg.pipeline.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)

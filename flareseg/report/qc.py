@@ -114,7 +114,7 @@ def build_qc_report(work_dir: str | os.PathLike, out: str | os.PathLike | None =
     out_dir = Path(out) if out is not None else work / "qc"
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = ReportContext(work, out_dir, {n: _manifest(work, n) for n in STAGE_NAMES})
-    parts = [f"<h1>flareseg QC report</h1>\n",
+    parts = ["<h1>flareseg QC report</h1>\n",
              H.para(f"work folder: {work.resolve()} — generated {time.strftime('%Y-%m-%d %H:%M:%S')}", "note"),
              "<p>" + " · ".join(H.link(f"#stage-{n}", f"stage-{n} {name}") for n, name in STAGE_NAMES.items())
              + "</p>\n",
