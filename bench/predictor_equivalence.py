@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flareseg.evaluation.evaluate import list_cases  # noqa: E402
-from flareseg.evaluation.metrics import dice  # noqa: E402
+from flareseg.evaluation.metrics import dice_per_class  # noqa: E402
 from flareseg.inference.commands import collect_inputs  # noqa: E402
 from flareseg.inference.predictor import FastPredictor, resolve_device  # noqa: E402
 from flareseg.io import InputError, read_image  # noqa: E402
@@ -62,13 +62,6 @@ def check_model_folder(model: Path, fold: str, checkpoint: str) -> Path:
                          f"fold_{fold} has {', '.join(have) or 'no checkpoints'}. "
                          f"Use --checkpoint to pick another one.")
     return ck
-
-
-def class_dice(a: np.ndarray, b: np.ndarray, classes=None) -> dict[int, float]:
-    """Dice per foreground class of two ``(Z, Y, X)`` label maps (default: classes in either)."""
-    if classes is None:
-        classes = sorted((set(np.unique(a).tolist()) | set(np.unique(b).tolist())) - {0})
-    return {int(c): dice(a == c, b == c) for c in classes}
 
 
 def unchanged_fraction(ref: np.ndarray, other: np.ndarray) -> float:
@@ -100,15 +93,15 @@ def run_case(img: sitk.Image, stock, fast: dict, gt: np.ndarray | None) -> dict:
     ref, t_stock = timed(stock.predict_single_npy_array, arr, {"spacing": list(reversed(img.GetSpacing()))})
     row = {"stock_s": t_stock, "modes": {}}
     if gt is not None:
-        row["stock_vs_gt"] = class_dice(ref, gt, sorted(set(np.unique(gt).tolist()) - {0}))
+        row["stock_vs_gt"] = dice_per_class(ref, gt, sorted(set(np.unique(gt).tolist()) - {0}))
     for mode, (ns, sk) in fast.items():
         res_ns, t_ns = timed(ns.run, img)
         res_sk, t_sk = timed(sk.run, img)
         b, c = sitk.GetArrayFromImage(res_ns.labels), sitk.GetArrayFromImage(res_sk.labels)
-        m = {"dice": class_dice(b, ref), "unchanged": unchanged_fraction(b, c), "noskip_s": t_ns,
+        m = {"dice": dice_per_class(b, ref), "unchanged": unchanged_fraction(b, c), "noskip_s": t_ns,
              "skip_s": t_sk, "windows": res_sk.stats["windows"]}
         if gt is not None:
-            m["vs_gt"] = class_dice(b, gt, sorted(set(np.unique(gt).tolist()) - {0}))
+            m["vs_gt"] = dice_per_class(b, gt, sorted(set(np.unique(gt).tolist()) - {0}))
         row["modes"][mode] = m
     return row
 

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flareseg.evaluation.metrics import dice_per_class  # noqa: E402
 from flareseg.inference.predictor import FastPredictor, resolve_device  # noqa: E402
 from flareseg.labels import CLASS_NAMES  # noqa: E402
 from flareseg.nnunet.model_folder import fit_model_folder, tiny_plans, write_model_folder  # noqa: E402
@@ -53,14 +54,6 @@ def synthetic_ct(shape_zyx, spacing_zyx, seed: int = 0) -> tuple[np.ndarray, np.
         lab[m] = c
     ct += rng.normal(0, 10, shape_zyx)
     return ct.astype(np.int16), lab
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
-    out = {}
-    for c in sorted((set(np.unique(a).tolist()) | set(np.unique(b).tolist())) - {0}):
-        x, y = a == c, b == c
-        out[c] = 2 * float((x & y).sum()) / max(1, int(x.sum()) + int(y.sum()))
-    return out
 
 
 def main(argv=None) -> int:
@@ -108,10 +101,10 @@ def main(argv=None) -> int:
         outs[name] = sitk.GetArrayFromImage(res.labels)
         rows.append((name, sec, res.stats))
 
-    d_ns = dice(outs["fast, no skip"], ref)
+    d_ns = dice_per_class(outs["fast, no skip"], ref)
     fg = outs["fast, no skip"] > 0
     unchanged = float((outs["fast, skip"][fg] == outs["fast, no skip"][fg]).mean()) if fg.any() else 1.0
-    d_gt = dice(ref, gt)
+    d_gt = dice_per_class(ref, gt)
     names = {c: CLASS_NAMES[c] for c in d_ns}
     lines = [
         "# Predictor speed: stock nnUNetPredictor vs FastPredictor",

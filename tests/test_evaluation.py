@@ -230,3 +230,14 @@ def test_folder_matching_grid_mismatch_missing_extra(tmp_path, capsys):
 
     zero = evaluate_folders(pred, gt, missing_as_zero=True)
     assert zero.scores["d"][1] == (0.0, 0.0) and zero.per_class()[1] == (0.5, 0.5)
+
+
+def test_dice_per_class_over_classes_in_either_map():
+    from flareseg.evaluation.metrics import dice_per_class
+    a = np.zeros((2, 4, 4), np.uint8)
+    b = np.zeros_like(a)
+    a[0, :2, :2] = 1          # 4 voxels
+    b[0, :2, :1] = 1          # 2 of them
+    b[1, 0, 0] = 3            # only in b
+    assert dice_per_class(a, b) == {1: pytest.approx(2 * 2 / 6), 3: 0.0}
+    assert dice_per_class(a, b, classes=[2]) == {2: 1.0}   # absent from both: FLARE's 1.0

@@ -6,6 +6,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from flareseg.evaluation.metrics import dice_per_class
 from flareseg.inference.predictor import FastPredictor, body_bbox, widen_to_patch
 from flareseg.inference.sliding_window import gaussian_importance, predict_sliding_window, window_grid
 from flareseg.io import Geometry, InputError, geometry_mismatch
@@ -57,14 +58,6 @@ def stock_predict(model_dir, img: sitk.Image, mirroring=False) -> np.ndarray:
     pred.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,))
     arr = sitk.GetArrayFromImage(img).astype(np.float32)[None]
     return pred.predict_single_npy_array(arr, {"spacing": list(reversed(img.GetSpacing()))})
-
-
-def dice_per_class(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
-    out = {}
-    for c in sorted((set(np.unique(a)) | set(np.unique(b))) - {0}):
-        x, y = a == c, b == c
-        out[int(c)] = 2 * float((x & y).sum()) / max(1, int(x.sum() + y.sum()))
-    return out
 
 
 def test_load_model_reads_plans_and_checkpoint(model_dir):

@@ -28,6 +28,13 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     return 2.0 * int(np.count_nonzero(pred & ref)) / (p + r)
 
 
+def dice_per_class(a: np.ndarray, b: np.ndarray, classes: Sequence[int] | None = None) -> dict[int, float]:
+    """Dice of each foreground class of two ``(Z, Y, X)`` label maps (default: classes in either)."""
+    if classes is None:
+        classes = sorted((set(np.unique(a).tolist()) | set(np.unique(b).tolist())) - {0})
+    return {int(c): dice(a == c, b == c) for c in classes}
+
+
 def surface_dice(pred: np.ndarray, ref: np.ndarray, spacing_zyx: Sequence[float],
                  tolerance_mm: float) -> float:
     """Normalised surface Dice of two boolean ``(Z, Y, X)`` masks at ``tolerance_mm``.
