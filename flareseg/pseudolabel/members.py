@@ -34,6 +34,7 @@ import SimpleITK as sitk
 import torch
 
 from flareseg.config import PseudoLabelConfig, config_hash, to_dict
+from flareseg.inference.orientation import axial_reorientation
 from flareseg.io import Geometry, InputError, geometry_mismatch, read_array, read_image, write_image
 from flareseg.pseudolabel.uncertainty import MULTI_MEMBER_SCORES, MemberAccumulator
 
@@ -85,9 +86,9 @@ def score_fingerprint(checkpoint: Any, inference_cfg: Any, pc: PseudoLabelConfig
 
 
 def lr_axis(image: sitk.Image) -> int:
-    """Array axis (of ``GetArrayFromImage``, ``(Z, Y, X)`` order) along the patient's left-right."""
-    d = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)   # column j = index axis j
-    return 2 - int(np.argmax(np.abs(d[0])))
+    """Array axis (of ``GetArrayFromImage``, ``(Z, Y, X)`` order) along the patient's left-right:
+    the one the predictor's reorientation puts last (axial layout's L-R axis)."""
+    return axial_reorientation(image.GetDirection()).perm[2]
 
 
 def mirror_lr(image: sitk.Image) -> tuple[sitk.Image, int]:
