@@ -11,6 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from flareseg.config import InferenceConfig
 from flareseg.io import InputError, image_suffix, is_dicom_dir, strip_suffix, write_image, write_json
 
 log = logging.getLogger(__name__)
@@ -89,13 +90,13 @@ def run_predict(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     folds = [f.strip() for f in args.fold.split(",")] if args.fold else None
-    predictor = FastPredictor(args.model, device=args.device, dtype=args.dtype, skip=not args.no_skip,
-                              skip_threshold=args.skip_threshold, step_size=args.step_size,
-                              tta=args.tta, batch_windows=args.batch_windows,
-                              crop_to_body=not args.no_crop, folds=folds, reorient=not args.no_reorient,
-                              grow=not args.no_grow,
-                              image_resampling="nnunet" if args.match_stock else "linear",
-                              resample_probabilities=args.match_stock)
+    # the flags are the InferenceConfig the stages use; from_config owns the mapping to the predictor
+    cfg = InferenceConfig(skip_windows=not args.no_skip, skip_threshold=args.skip_threshold,
+                          skip_grow=not args.no_grow, step_size=args.step_size, tta=args.tta,
+                          batch_windows=args.batch_windows, dtype=args.dtype,
+                          crop_to_body=not args.no_crop, reorient=not args.no_reorient,
+                          match_stock=args.match_stock, device=args.device)
+    predictor = FastPredictor.from_config(args.model, cfg, folds=folds)
     load_s = time.perf_counter() - t0
     names = {i: n for n, i in predictor.model.labels.items()}
     tumor = predictor.model.labels.get("tumor")
