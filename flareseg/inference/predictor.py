@@ -228,10 +228,8 @@ class FastPredictor:
                    self.model.use_mask_for_norm[0])
         shape_model = target_shape(sub.shape, sp_t, self.model.spacing)
         if self.image_resampling == "cubic":
-            kw = self.model.resampling_kwargs.get("data", {})
-            x = resample_image_cubic(x, shape_model, separate_axis(sp_t, self.model.spacing,
-                                                                   kw.get("force_separate_z")),
-                                     int(kw.get("order_z", 0)))[None]
+            axis_rule = self._stock_axis_rule("data", sp_t, self.model.spacing)
+            x = resample_image_cubic(x, shape_model, *axis_rule)[None]
         elif self.image_resampling == "nnunet":
             x = self._nnunet_resample(x, sp_t, shape_model)[None]
         else:
@@ -259,10 +257,8 @@ class FastPredictor:
 
         full = torch.zeros(arr_t.shape, dtype=torch.uint8, device=self.device)
         if upsample_logits:  # stock's export: logits linearly to the cropped input grid, then argmax
-            kw = self.model.resampling_kwargs.get("probabilities", {})
-            full[crop] = upsample_logits_argmax(
-                out, sub.shape, separate_axis(self.model.spacing, sp_t, kw.get("force_separate_z")),
-                int(kw.get("order_z", 0)), self.slab_mb)
+            axis_rule = self._stock_axis_rule("probabilities", self.model.spacing, sp_t)
+            full[crop] = upsample_logits_argmax(out, sub.shape, *axis_rule, self.slab_mb)
         else:
             full[crop] = resample_labels(labels_m, sub.shape)
         out = None
@@ -281,6 +277,13 @@ class FastPredictor:
             "reoriented": None if ro is None or ro.is_identity else list(ro.perm),
         }
         return Prediction(out_img, prob_np, dict(self.last_stats), hook_result)
+
+    def _stock_axis_rule(self, kind: str, current: Sequence[float],
+                         new: Sequence[float]) -> tuple[int | None, int]:
+        """(axis resampled on its own, its interpolation order) for the plans' ``resampling_fn_<kind>``
+        from spacing ``current`` to ``new``: stock nnU-Net's anisotropy rule."""
+        kw = self.model.resampling_kwargs.get(kind, {})
+        return separate_axis(current, new, kw.get("force_separate_z")), int(kw.get("order_z", 0))
 
     def _nnunet_resample(self, x: torch.Tensor, spacing: Sequence[float], shape: Sequence[int]) -> torch.Tensor:
         """The plans' own nnU-Net image resampling (scipy, on the CPU): stock-exact, slow."""
