@@ -36,6 +36,7 @@ class PhantomConfig:
     inplane_spacing: tuple[float, float] = (0.6, 1.0)   # mm
     slice_spacing: tuple[float, float] = (1.0, 5.0)     # mm
     extent_z_mm: tuple[float, float] = (160.0, 240.0)   # scanned length along z
+    z_margin_mm: float = 0.0   # body scanned above and below the abdominal organs (chest/pelvis stand-in)
 
 
 @dataclass(frozen=True)

@@ -234,3 +234,23 @@ def test_cli_writes_and_rejects_bad_ranges(tmp_path, capsys):
     assert rc == 2
     assert "slice_spacing" in capsys.readouterr().out
     assert not (tmp_path / "q" / "phantoms.json").exists()
+
+
+@pytest.mark.parametrize("orientation", ["identity", "flip_xy"])
+def test_z_margin_adds_body_without_abdominal_organs(orientation):
+    """z_margin_mm scans more body above and below the same patient at the same physical place:
+    organs cut by the original scan end continue a little, then only the vessels and oesophagus."""
+    base = PhantomConfig(size_xy=(64, 64), slice_spacing=(5.0, 5.0), extent_z_mm=(200.0, 200.0))
+    wide = PhantomConfig(**{**base.__dict__, "z_margin_mm": 100.0})
+    img0, lab0, geo0, _ = generate_case(np.random.default_rng(3), base, orientation=orientation, n_tumors=0)
+    img, lab, geo, _ = generate_case(np.random.default_rng(3), wide, orientation=orientation, n_tumors=0)
+    extra = 20  # 100 mm / 5 mm
+    assert lab.shape == (lab0.shape[0] + 2 * extra, *lab0.shape[1:])
+    np.testing.assert_array_equal(lab[extra:-extra], lab0)
+    far_ends = np.concatenate([lab[:extra // 2], lab[-extra // 2:]])   # > 50 mm beyond the scan
+    assert set(np.unique(far_ends).tolist()) <= {0, 5, 6, 10}          # aorta, IVC, oesophagus only
+    assert (img[:extra] > -300).mean() > 0.3 and (img[-extra:] > -300).mean() > 0.3   # body continues
+    # same physical place: the liver inside the original scan range has the same centroid
+    liver = np.zeros_like(lab, dtype=bool)
+    liver[extra:-extra] = lab0 == 1
+    np.testing.assert_allclose(physical_centroid(liver, geo), physical_centroid(lab0 == 1, geo0), atol=1e-3)

@@ -84,9 +84,14 @@ def sample_geometry(rng: np.random.Generator, cfg: PhantomConfig,
     center = (origin[0] + (n - 1) * sxy / 2 + shift[0], origin[1] + (n - 1) * sxy / 2 + shift[1])
     z_lo = CANONICAL_Z[0] + rng.uniform(-15, 15)
     z_hi = CANONICAL_Z[1] + rng.uniform(-15, 15)
-    return CaseGeometry((n, n, nz), (sxy, sxy, sz), origin, orientation,
+    mm_per_unit_z = nz * sz / (z_hi - z_lo)
+    # z_margin_mm: slices of body without abdominal organs at each end (no rng draw, so the
+    # abdomen is the same patient at the same physical position as without the margin)
+    extra = int(round(cfg.z_margin_mm / sz))
+    origin = (*origin[:2], round(origin[2] - extra * sz, 3))
+    return CaseGeometry((n, n, nz + 2 * extra), (sxy, sxy, sz), origin, orientation,
                         (float(center[0]), float(center[1])), fill * fov / 2 / BODY_A,
-                        nz * sz / (z_hi - z_lo), float(z_lo), fill)
+                        mm_per_unit_z, float(z_lo - extra * sz / mm_per_unit_z), fill)
 
 
 def finish_image(rng: np.random.Generator, image: np.ndarray,
