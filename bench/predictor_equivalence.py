@@ -4,12 +4,14 @@ Per case, in one run: (a) stock ``nnUNetPredictor`` (no mirroring, tile step 0.5
 checkpoint_final), (b) FastPredictor without window skipping, (c) FastPredictor with skipping —
 (b) and (c) for each FastPredictor resampling mode:
 
-* ``fast``  — the default path: trilinear image resampling, nearest-neighbour label map upsampling;
-* ``probs`` — default image resampling, linear upsampling of the logits before the argmax;
-* ``cubic`` — cubic-convolution image resampling on the device and linear upsampling of the logits
-  before the argmax, both with nnU-Net's separate low-resolution axis for anisotropic spacing;
-* ``stock`` — stock-agreement mode (``--match-stock``): the plans' own nnU-Net image resampling
-  (order-3 spline, CPU) and linear upsampling of the logits before the argmax.
+* ``fast``    — the default path: stock's order-3 B-spline image resampling (separate coarse axis
+  for anisotropic spacing) on the device, stock's label export (logits linearly to the input
+  grid before the argmax, computed only at label boundaries);
+* ``linear``  — trilinear image resampling (``--image-resampling linear``), stock's label export;
+* ``nearest`` — trilinear image resampling, nearest-neighbour upsampling of the model-resolution
+  argmax (the default path before the B-spline and the boundary-only export);
+* ``stock``   — ``--image-resampling nnunet``: the plans' own nnU-Net image resampling (scipy,
+  CPU), stock's label export.
 
 Reports per-class Dice of (b) vs (a) over classes present in either, their mean, the share of (b)'s
 foreground voxels that (c) leaves unchanged, seconds (and ratio to stock), and with ``--labels`` the
@@ -44,9 +46,9 @@ from flareseg.nnunet.env import trainer_dir  # noqa: E402
 
 log = logging.getLogger("predictor_equivalence")
 
-MODES = {"fast": {}, "probs": {"resample_probabilities": True},
-         "cubic": {"image_resampling": "cubic", "resample_probabilities": True},
-         "stock": {"image_resampling": "nnunet", "resample_probabilities": True}}
+MODES = {"fast": {}, "linear": {"image_resampling": "linear"},
+         "nearest": {"image_resampling": "linear", "resample_probabilities": False},
+         "stock": {"image_resampling": "nnunet"}}
 
 
 def check_model_folder(model: Path, fold: str, checkpoint: str) -> Path:
@@ -173,7 +175,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fold", default="0")
     ap.add_argument("--checkpoint", default="checkpoint_final.pth")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--modes", default="fast,probs,stock", help=f"FastPredictor modes, comma-separated ({', '.join(MODES)})")
+    ap.add_argument("--modes", default="fast,linear,nearest,stock", help=f"FastPredictor modes, comma-separated ({', '.join(MODES)})")
     ap.add_argument("--max-cases", type=int, default=0, help="only the first N cases (0: all)")
     ap.add_argument("--out", type=Path, default=Path("docs/benchmarks/predictor_equivalence.md"))
     args = ap.parse_args(argv)

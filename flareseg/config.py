@@ -145,7 +145,7 @@ class InferenceConfig:
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     crop_to_body: bool = True
     reorient: bool = True            # permute non-axial array layouts to axial, restore after
-    match_stock: bool = False        # resample like stock nnU-Net (cubic image, logits up before argmax)
+    image_resampling: Literal["bspline", "linear", "nnunet"] = "bspline"  # to the model spacing (see docs)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

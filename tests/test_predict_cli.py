@@ -98,11 +98,13 @@ def test_permuted_storage_through_cli(tmp_path, model_dir, flag):
     assert rep["cases"][0]["reoriented"] == (None if flag else [2, 1, 0])
 
 
-def test_match_stock_flag_writes_labels_on_the_input_grid(tmp_path, model_dir):
+@pytest.mark.parametrize("mode", ["bspline", "linear", "nnunet"])
+def test_image_resampling_flag_writes_labels_on_the_input_grid(tmp_path, model_dir, mode):
     img = _ct(tmp_path / "c_0000.nii.gz", spacing=(1.1, 1.1, 4.5))  # anisotropic: stock's separate z
     out = tmp_path / "out"
     rc = main(["predict", "-i", str(tmp_path / "c_0000.nii.gz"), "-o", str(out), "-m", str(model_dir),
-               "--device", "cpu", "--match-stock", "--no-skip", "-q"])
+               "--device", "cpu", "--image-resampling", mode, "--no-skip", "-q"])
     assert rc == 0
     lab = sitk.ReadImage(str(out / "c.nii.gz"))
     assert geometry_mismatch(Geometry.of(lab), Geometry.of(img)) == []
+    assert json.loads((out / "predict_report.json").read_text())["settings"]["image_resampling"] == mode

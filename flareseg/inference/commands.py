@@ -95,7 +95,7 @@ def run_predict(args: argparse.Namespace) -> int:
                           skip_grow=not args.no_grow, step_size=args.step_size, tta=args.tta,
                           batch_windows=args.batch_windows, dtype=args.dtype,
                           crop_to_body=not args.no_crop, reorient=not args.no_reorient,
-                          match_stock=args.match_stock, device=args.device)
+                          image_resampling=args.image_resampling, device=args.device)
     predictor = FastPredictor.from_config(args.model, cfg, folds=folds)
     load_s = time.perf_counter() - t0
     names = {i: n for n, i in predictor.model.labels.items()}
@@ -129,7 +129,7 @@ def run_predict(args: argparse.Namespace) -> int:
                   "skip": not args.no_skip, "skip_threshold": args.skip_threshold, "grow": not args.no_grow,
                   "step_size": args.step_size, "tta": args.tta, "dtype": str(predictor.dtype),
                   "batch_windows": args.batch_windows, "crop_to_body": not args.no_crop,
-                  "reorient": not args.no_reorient},
+                  "reorient": not args.no_reorient, "image_resampling": args.image_resampling},
               "model_load_seconds": round(load_s, 4), "total_seconds": round(time.perf_counter() - t0, 4),
               "cases_ok": len(cases) - failed, "cases_failed": failed, "cases": report_cases}
     write_json(report, Path(args.report) if args.report else out_dir / "predict_report.json")
@@ -165,10 +165,11 @@ def register(subparsers) -> None:
     p.add_argument("--no-grow", action="store_true",
                    help="skipping without the growth safeguard: do not run skipped planes that touch "
                         "foreground predicted next to them (faster, may cut organs at the scan's ends)")
-    p.add_argument("--match-stock", action="store_true",
-                   help="resample like stock nnU-Net (the plans' order-3 image resampling on the CPU, logits "
-                        "linearly to the input grid before the argmax): labels equal to nnUNetv2_predict's "
-                        "(use with --no-skip), ~3x slower than the default on the CPU")
+    p.add_argument("--image-resampling", default="bspline", choices=["bspline", "linear", "nnunet"],
+                   help="image to the model spacing: bspline (default) = stock nnU-Net's order-3 spline computed "
+                        "on the device, labels equal to nnUNetv2_predict's with --no-skip; linear = trilinear, "
+                        "fastest on a CPU, boundaries differ slightly; nnunet = nnU-Net's own function on the CPU "
+                        "(reference, slowest)")
     p.add_argument("--tta", action="store_true", help="test-time mirroring over the model's allowed axes")
     p.add_argument("--step-size", type=float, default=0.5, help="window step as a fraction of the patch (default 0.5)")
     p.add_argument("--batch-windows", type=int, default=4, help="windows per network call (default 4)")

@@ -1,10 +1,14 @@
 """Fast predictor: an nnU-Net v2 model folder applied on the device, label map out.
 
 Pipeline per case: read → (optional) crop to the body bounding box → upload the raw array
-(int16 stays int16) → plans normalisation → trilinear resampling to the model spacing → Gaussian
-sliding window in autocast with window skipping → argmax at model resolution → nearest-neighbour
-label map back to the cropped grid → paste into a full-size zero volume → download → image with
-the input's exact geometry.  An array whose axes are not in axial layout (sagittal/coronal storage,
+(int16 stays int16) → plans normalisation → resampling to the model spacing as stock nnU-Net does it
+(order-3 B-spline, nearest along a separately resampled coarse axis) but on the device → Gaussian
+sliding window in autocast with window skipping → argmax at model resolution → label map back to
+the cropped grid as stock nnU-Net exports it (logits interpolated linearly, nearest along a
+separately resampled coarse axis, then argmax), computed only at label boundaries so no class-score
+map exists at the input resolution (:func:`flareseg.inference.stock_resampling.upsample_logits_argmax`)
+→ paste into a full-size zero volume → download → image with the input's exact geometry.
+An array whose axes are not in axial layout (sagittal/coronal storage,
 KiTS-style ``(slices, H, W)`` with a permuted direction matrix) is first permuted into it
 (:mod:`flareseg.inference.orientation`; flips and obliquity are kept as stored), then transposed by
 the plans' ``transpose_forward``; labels and probabilities are permuted back at the end, and the
@@ -12,11 +16,12 @@ input's size, spacing, origin and direction are copied over unchanged.
 The crop is never narrower than one patch (at the model spacing)
 where the image is wider, so the network never sees padding that stock nnU-Net would not.
 
-Stock-agreement mode (slower, for comparisons with ``nnUNetPredictor``): ``image_resampling="nnunet"``
-resamples the image with the plans' own nnU-Net function (order-3 spline on the CPU; ``"cubic"`` is a
-device approximation with cubic convolution) and ``resample_probabilities=True`` upsamples the logits
-linearly to the cropped grid (in slabs) before the argmax, both following nnU-Net's rule for
-anisotropic spacing (:mod:`flareseg.inference.stock_resampling`).
+With ``--no-skip`` the labels are therefore stock ``nnUNetPredictor``'s (same model, no mirroring).
+Other modes: ``image_resampling="linear"`` (trilinear; fastest on a CPU, labels differ from stock's
+at boundaries), ``"nnunet"`` (the plans' own nnU-Net function on the CPU: the reference the device
+B-spline is tested against); ``resample_probabilities=False`` exports the labels nearest-neighbour
+(the argmax at model resolution, blockier; kept for comparisons).  See
+:mod:`flareseg.inference.stock_resampling`.
 """
 from __future__ import annotations
 
@@ -39,11 +44,14 @@ from flareseg.inference.normalize import normalize_
 from flareseg.inference.orientation import axial_reorientation
 from flareseg.inference.resample import resample_image, resample_labels, target_shape
 from flareseg.inference.sliding_window import predict_sliding_window
-from flareseg.inference.stock_resampling import resample_image_cubic, separate_axis, upsample_logits_argmax
+from flareseg.inference.stock_resampling import resample_image_bspline, separate_axis, upsample_logits_argmax
 from flareseg.nnunet.model import LoadedModel, load_model, nnunet_image_resampler
 
 log = logging.getLogger(__name__)
 
+#: image resampling to the model spacing: the device B-spline (stock's, the default), trilinear,
+#: or nnU-Net's own function on the CPU
+IMAGE_RESAMPLING = ("bspline", "linear", "nnunet")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -126,8 +134,8 @@ class FastPredictor:
                  step_size: float = 0.5, tta: bool = False, batch_windows: int = 4,
                  crop_to_body: bool = True, folds: Sequence[int | str] | None = None,
                  checkpoint: str | None = None, body_margin_mm: float = 10.0, reorient: bool = True,
-                 grow: bool = True, image_resampling: str = "linear",
-                 resample_probabilities: bool = False, slab_mb: float = 256.0):
+                 grow: bool = True, image_resampling: str = "bspline",
+                 resample_probabilities: bool = True, chunk_mb: float = 256.0):
         self.model = model if isinstance(model, LoadedModel) else load_model(model, folds, checkpoint)
         if self.model.num_input_channels != 1:
             raise ValueError(f"{self.model.model_dir}: the fast predictor handles single-channel CT, "
@@ -142,10 +150,10 @@ class FastPredictor:
         self.step_size, self.tta, self.batch_windows = step_size, tta, batch_windows
         self.crop_to_body, self.body_margin_mm = crop_to_body, body_margin_mm
         self.reorient = reorient  # permute non-axial arrays into axial layout (and back)
-        if image_resampling not in ("linear", "cubic", "nnunet"):
-            raise ValueError(f"image_resampling must be 'linear', 'cubic' or 'nnunet', got {image_resampling!r}")
+        if image_resampling not in IMAGE_RESAMPLING:
+            raise ValueError(f"image_resampling must be one of {IMAGE_RESAMPLING}, got {image_resampling!r}")
         self.image_resampling, self.resample_probabilities = image_resampling, resample_probabilities
-        self.slab_mb = slab_mb
+        self.chunk_mb = chunk_mb
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.networks = [n.to(self.device).eval() for n in self.model.networks]
@@ -158,8 +166,7 @@ class FastPredictor:
                   skip_threshold=cfg.skip_threshold, step_size=cfg.step_size, tta=cfg.tta,
                   batch_windows=cfg.batch_windows, crop_to_body=cfg.crop_to_body,
                   reorient=cfg.reorient, grow=cfg.skip_grow,
-                  image_resampling="nnunet" if cfg.match_stock else "linear",
-                  resample_probabilities=cfg.match_stock)
+                  image_resampling=cfg.image_resampling)
         kw.update(overrides)
         return cls(model, **kw)
 
@@ -227,9 +234,9 @@ class FastPredictor:
         normalize_(x, self.model.normalization_schemes[0], self.model.intensity_properties[0],
                    self.model.use_mask_for_norm[0])
         shape_model = target_shape(sub.shape, sp_t, self.model.spacing)
-        if self.image_resampling == "cubic":
+        if self.image_resampling == "bspline":
             axis_rule = self._stock_axis_rule("data", sp_t, self.model.spacing)
-            x = resample_image_cubic(x, shape_model, *axis_rule)[None]
+            x = resample_image_bspline(x, shape_model, *axis_rule)[None]
         elif self.image_resampling == "nnunet":
             x = self._nnunet_resample(x, sp_t, shape_model)[None]
         else:
@@ -258,7 +265,7 @@ class FastPredictor:
         full = torch.zeros(arr_t.shape, dtype=torch.uint8, device=self.device)
         if upsample_logits:  # stock's export: logits linearly to the cropped input grid, then argmax
             axis_rule = self._stock_axis_rule("probabilities", self.model.spacing, sp_t)
-            full[crop] = upsample_logits_argmax(out, sub.shape, *axis_rule, self.slab_mb)
+            full[crop] = upsample_logits_argmax(out, sub.shape, *axis_rule, self.chunk_mb)
         else:
             full[crop] = resample_labels(labels_m, sub.shape)
         out = None

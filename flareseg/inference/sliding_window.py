@@ -151,7 +151,7 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
     """Predict a ``(C, Z, Y, X)`` volume window by window.
 
     Returns ``(labels, stats)`` with ``labels`` a ``(Z, Y, X)`` uint8 argmax, or with
-    ``return_logits`` the Gaussian-averaged ``(K, Z, Y, X)`` logits (float32).  Voxels covered by
+    ``return_logits`` the Gaussian-averaged ``(K, Z, Y, X)`` logits (in ``dtype``).  Voxels covered by
     no predicted window (only possible when ``skip``) are background: label 0, logits
     ``[0, UNCOVERED_LOGIT, ...]``.  ``dtype`` is the accumulator type (float16 halves memory on
     CUDA; use float32 on CPU).  ``progress(n)`` is called after every batch with its window count.
@@ -236,10 +236,10 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
 
     logits, weight = acc[0][(slice(None), *crop)], weight[crop]
     covered = weight > 0
-    if return_logits:
-        out = logits.float().div_(weight.float().clamp_min(1e-12))
+    if return_logits:  # divided in place: no second (K, Z, Y, X) copy
+        out = logits.div_(weight.clamp_min(torch.finfo(dtype).tiny))
         if not bool(covered.all()):
-            fill = torch.full((out.shape[0],), UNCOVERED_LOGIT, device=device)
+            fill = torch.full((out.shape[0],), UNCOVERED_LOGIT, device=device, dtype=dtype)
             fill[0] = 0
             out[:, ~covered] = fill[:, None]
         return out, stats

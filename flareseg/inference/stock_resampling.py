@@ -3,15 +3,17 @@
 Stock nnU-Net resamples the image with order-3 splines and the *logits* linearly back to the input
 grid before the argmax.  When either spacing is anisotropic (largest / smallest > 3) and a single
 axis is the coarse one, that axis is handled separately with ``order_z`` (0: nearest) and the other
-two in-plane.  Here the same rules run in torch: cubic convolution (``bicubic``, applied separably)
-stands in for the spline, and the logits are upsampled in slabs along the first (or separate) axis
-so that at most ``slab_mb`` of class scores exist at the input resolution at any time.
+two in-plane.  Here the same rules run in torch: the cubic B-spline is evaluated on the device
+(prefilter as a truncated FIR, then the four-tap B-spline weights), and the logits are interpolated only at label boundaries (exact, see
+:func:`upsample_logits_argmax`), so no class-score map ever exists at the input resolution.
 
 Shapes are ``(Z, Y, X)`` / ``(K, Z, Y, X)`` in array index space, spacings in mm in the same order;
 the half-voxel convention (``align_corners=False``) throughout, as in :mod:`resample`.
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from typing import Sequence
 
@@ -73,61 +75,140 @@ def _along_first(v: torch.Tensor, n_out: int, nearest: bool) -> torch.Tensor:
     return lo.add_((v.index_select(0, i1) - lo).mul_(w.view(-1, *[1] * (v.ndim - 1))))
 
 
-def _plane(v: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
-    """Resample the last two dims of ``(N, C, H, W)`` to ``size`` (identity when equal)."""
-    size = tuple(int(s) for s in size)
-    if tuple(v.shape[-2:]) == size:
+#: pole of the cubic B-spline prefilter; its impulse response is ``sqrt(3) * POLE ** |n|``
+_POLE = math.sqrt(3.0) - 2.0
+#: prefilter taps kept on each side: the first dropped one weighs ``|POLE| ** 13 < 4e-8``
+_PREFILTER_HALF = 12
+
+
+@functools.lru_cache(maxsize=64)
+def bspline_matrix(n: int, n_out: int) -> torch.Tensor:
+    """``(n_out, n)`` float64 matrix of cubic B-spline resampling of ``n`` samples to ``n_out``.
+
+    What ``scipy.ndimage.zoom(order=3, mode="nearest", grid_mode=True)`` (scikit-image's
+    ``resize(order=3, mode="edge")``, nnU-Net's image resampler) does along one axis, as one linear
+    map: the data, edge-extended, are turned into B-spline coefficients by the inverse B-spline
+    filter (its impulse response truncated to ``2 * _PREFILTER_HALF + 1`` taps), which are then
+    evaluated at the half-voxel-convention positions with the four cubic B-spline weights.  Built
+    by passing the identity through that filter and evaluation (column ``j`` is the response to
+    sample ``j``); applying it is one matrix product per axis, cheap on any device.
+    """
+    half, ext = _PREFILTER_HALF, _PREFILTER_HALF + 2          # 2 more for the evaluation taps
+    x = F.pad(torch.eye(n, dtype=torch.float64)[:, None], (half + ext, half + ext), mode="replicate")
+    k = torch.arange(-half, half + 1, dtype=torch.float64)
+    coef = F.conv1d(x, (math.sqrt(3.0) * _POLE ** k.abs()).view(1, 1, -1))[:, 0]  # indices -ext..n-1+ext
+    src = (torch.arange(n_out, dtype=torch.float64) + 0.5) * (n / n_out) - 0.5
+    i = src.floor()
+    t = src - i
+    i = i.long() + ext
+    weights = ((1 - t) ** 3 / 6, (3 * t ** 3 - 6 * t ** 2 + 4) / 6,
+               (-3 * t ** 3 + 3 * t ** 2 + 3 * t + 1) / 6, t ** 3 / 6)
+    return sum(coef.index_select(1, i + j) * w for j, w in zip(range(-1, 3), weights)).T.contiguous()
+
+
+def _bspline_along(v: torch.Tensor, axis: int, n_out: int) -> torch.Tensor:
+    """Cubic B-spline interpolation of float ``v`` along ``axis`` to ``n_out`` samples (:func:`bspline_matrix`)."""
+    n = v.shape[axis]
+    if n == n_out:
         return v
-    return F.interpolate(v, size=size, mode=mode, align_corners=False)
+    m = bspline_matrix(n, n_out).to(device=v.device, dtype=v.dtype)
+    return torch.matmul(v.movedim(axis, -1), m.T).movedim(-1, axis)
 
 
-def resample_image_cubic(volume: torch.Tensor, out_shape: Sequence[int], axis: int | None = None,
+def resample_image_bspline(volume: torch.Tensor, out_shape: Sequence[int], axis: int | None = None,
                          order_axis: int = 0) -> torch.Tensor:
-    """Cubic resampling of a float ``(Z, Y, X)`` tensor to ``out_shape``.
+    """Cubic B-spline resampling of a float ``(Z, Y, X)`` tensor to ``out_shape``, as nnU-Net does it.
 
     ``axis`` (from :func:`separate_axis`) is resampled on its own, nearest when ``order_axis == 0``
-    and linear otherwise, the other two axes bicubic; with ``axis=None`` all three are cubic
-    (separable: the first axis on ``(first, second)`` planes, then the last two).
+    and linear otherwise, after the other two axes are resampled slice by slice and each slice is
+    clipped to its own value range; with ``axis=None`` all three axes are B-spline interpolated and
+    the result is clipped to the volume's range (scikit-image ``resize(clip=True)``).
     """
     out_shape = tuple(int(s) for s in out_shape)
     if tuple(volume.shape) == out_shape:
         return volume
-    if axis is not None:
-        v = volume.movedim(axis, 0)
-        rest = [s for i, s in enumerate(out_shape) if i != axis]
-        v = _along_first(v, out_shape[axis], nearest=order_axis == 0)
-        return _plane(v[:, None], rest, "bicubic")[:, 0].movedim(0, axis)
-    # first axis: bicubic on (axis 0, axis 1) planes with axis 1 kept (cubic at integer positions = identity)
-    v = volume.permute(2, 0, 1)[:, None]
-    v = _plane(v, (out_shape[0], volume.shape[1]), "bicubic")[:, 0].permute(1, 2, 0)
-    return _plane(v[:, None], out_shape[1:], "bicubic")[:, 0]
+    if axis is None:
+        v = volume
+        for a in range(3):
+            v = _bspline_along(v, a, out_shape[a])
+        return v.clamp_(volume.min(), volume.max())
+    v = volume.movedim(axis, 0)
+    rest = [s for i, s in enumerate(out_shape) if i != axis]
+    lo, hi = v.amin((1, 2)).view(-1, 1, 1), v.amax((1, 2)).view(-1, 1, 1)
+    v = torch.minimum(torch.maximum(_bspline_along(_bspline_along(v, 1, rest[0]), 2, rest[1]), lo), hi)
+    return _along_first(v, out_shape[axis], nearest=order_axis == 0).movedim(0, axis)
+
+
+def _axis_samples(n_in: int, n_out: int, nearest: bool, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """``(i0, i1, w, paired)`` of one axis: linear samples (:func:`linear_weights`), or nearest /
+    identity ones (``i1 = i0``, ``w = 0``, ``paired=False``: the cell has one corner on this axis)."""
+    if n_in == n_out or nearest:
+        i0 = nearest_indices(n_in, n_out, device) if n_in != n_out else torch.arange(n_out, device=device)
+        return i0, i0, torch.zeros(n_out, device=device), False
+    return (*linear_weights(n_in, n_out, device), True)
+
+
+def _uniform_cells(labels: torch.Tensor, paired: Sequence[bool]) -> torch.Tensor:
+    """Label of every interpolation cell whose corners all share it, 255 where they differ.
+
+    Cell ``(i, j, k)`` spans corners ``i..i+1`` on each paired axis (the last index repeated at the
+    far edge, as the interpolation clamps ``i1``)."""
+    lo, hi = labels.clone(), labels.clone()
+    for ax, p in enumerate(paired):
+        if not p or labels.shape[ax] == 1:
+            continue
+        n = labels.shape[ax]
+        nxt = torch.cat([torch.arange(1, n, device=labels.device), torch.tensor([n - 1], device=labels.device)])
+        lo = torch.minimum(lo, lo.index_select(ax, nxt))
+        hi = torch.maximum(hi, hi.index_select(ax, nxt))
+    return torch.where(lo == hi, lo, torch.full_like(lo, 255))
 
 
 def upsample_logits_argmax(logits: torch.Tensor, out_shape: Sequence[int], axis: int | None = None,
-                           order_axis: int = 0, slab_mb: float = 256.0) -> torch.Tensor:
+                           order_axis: int = 0, chunk_mb: float = 256.0) -> torch.Tensor:
     """Argmax of ``(K, z, y, x)`` logits resampled linearly to ``out_shape``: ``(Z, Y, X)`` uint8.
 
     ``axis`` (from :func:`separate_axis`) is resampled nearest when ``order_axis == 0``; otherwise
-    the interpolation is trilinear.  Output slabs along ``axis`` (or the first axis) are done one
-    at a time, so at most ``slab_mb`` MB of float32 class scores exist at the output resolution.
+    the interpolation is trilinear (``F.interpolate``'s sample positions).
+
+    The class scores are interpolated only where the answer can differ from the coarse argmax.
+    An interpolated score vector is a convex combination of its cell's corner vectors, so where
+    one class wins at every corner it wins the combination too: such voxels take the coarse label
+    directly (a uint8 gather), and only voxels in cells whose corners disagree (label boundaries,
+    a few percent of a CT) get their K scores interpolated, ``chunk_mb`` MB at a time.  The result
+    is that of interpolating everything (up to float rounding at exact ties), at a fraction of the
+    cost and without any full-resolution score map.
     """
     out_shape = tuple(int(s) for s in out_shape)
-    first = 0 if axis is None else axis
-    lg = logits.float().movedim(first + 1, 1)                      # (K, n_first, a, b)
-    plane = tuple(s for i, s in enumerate(out_shape) if i != first)
-    n_out = out_shape[first]
-    nearest = axis is not None and order_axis == 0
-    if nearest:
-        i0 = i1 = nearest_indices(lg.shape[1], n_out, lg.device)
-        w = torch.zeros(n_out, device=lg.device)
-    else:
-        i0, i1, w = linear_weights(lg.shape[1], n_out, lg.device)
-    out = torch.empty((n_out, *plane), dtype=torch.uint8, device=lg.device)
-    per = max(1, int(slab_mb * 2 ** 20 // (4 * lg.shape[0] * math.prod(plane))))
-    for a in range(0, n_out, per):
-        b = min(n_out, a + per)
-        lo = lg.index_select(1, i0[a:b])
-        if not nearest:
-            lo = lo.add_((lg.index_select(1, i1[a:b]) - lo).mul_(w[a:b].view(1, -1, 1, 1)))
-        out[a:b] = _plane(lo.transpose(0, 1), plane, "bilinear").argmax(1)
-    return out.movedim(0, first)
+    if len(out_shape) != 3 or logits.ndim != 4:
+        raise ValueError(f"expected (K, z, y, x) logits and a 3-D shape, got {tuple(logits.shape)} -> {out_shape}")
+    lg = logits  # any float dtype: only the gathered boundary scores are promoted to float32
+    k, dev = lg.shape[0], lg.device
+    if k > 255:
+        raise ValueError(f"at most 255 classes fit a uint8 label map, got {k}")
+    samples = [_axis_samples(lg.shape[1 + a], out_shape[a], a == axis and order_axis == 0, dev) for a in range(3)]
+    cells = _uniform_cells(lg.argmax(0).to(torch.uint8), [s[3] for s in samples])
+    out = cells
+    for a, (i0, _, _, _) in enumerate(samples):
+        out = out.index_select(a, i0)
+    todo = torch.nonzero(out.view(-1) == 255).view(-1)
+    if todo.numel():
+        flat = lg.reshape(k, -1)
+        strides = (lg.shape[2] * lg.shape[3], lg.shape[3], 1)
+        per = max(1, int(chunk_mb * 2 ** 20 // (4 * k * 3)))   # a gathered corner, the sum, one temp
+        dst = out.view(-1)
+        for a in range(0, todo.numel(), per):
+            idx = todo[a:a + per]
+            pos = (idx // (out_shape[1] * out_shape[2]), idx // out_shape[2] % out_shape[1], idx % out_shape[2])
+            axes = [(s[0][p], s[1][p], s[2][p]) for s, p in zip(samples, pos)]
+            acc = None
+            for corner in itertools.product(*[(0, 1) if s[3] else (0,) for s in samples]):
+                lin = torch.zeros_like(idx)
+                wgt = torch.ones(idx.numel(), device=dev)
+                for c, st, (j0, j1, w) in zip(corner, strides, axes):
+                    lin += (j1 if c else j0) * st
+                    wgt = wgt * (w if c else 1 - w)
+                term = flat[:, lin].float().mul_(wgt)
+                acc = term if acc is None else acc.add_(term)
+            dst[idx] = acc.argmax(0).to(torch.uint8)
+    return out
