@@ -32,6 +32,11 @@ ORGAN_HU: dict[int, tuple[float, float, float, float]] = {
 MEDULLA_HU = (30, 90, 150, 130)   # kidney inner region per phase
 PELVIS_HU = (20, 20, 30, 350)     # renal pelvis (excreted contrast when delayed)
 
+#: Canonical z (mm) where the aorta and IVC end (their bifurcation into the unlabeled iliac
+#: vessels).  Below every scan without ``z_margin_mm`` (lowest canonical slice -120), so it only
+#: shapes the pelvis that a margin adds: planes there hold nothing FLARE labels.
+VESSELS_END_Z = -135.0
+
 #: Painting order: later organs win overlaps.
 PAINT_ORDER = (1, 3, 11, 2, 13, 4, 12, 9, 7, 8, 10, 6, 5)
 
@@ -199,9 +204,10 @@ def render_anatomy(p: AnatomyParams, grid: Grid) -> Rendered:
 
     label = np.zeros(grid.shape, dtype=np.uint8)
     fields: dict[int, list] = {}
+    vessels_allowed = allowed & (grid.zs >= VESSELS_END_Z)[:, None, None]
     for cls, shape in p.organs:
         for s in (shape if isinstance(shape, list) else [shape]):
-            bbox, f = paint(label, grid, s, cls, allowed)
+            bbox, f = paint(label, grid, s, cls, vessels_allowed if cls in (5, 6) else allowed)
             if bbox is not None:
                 fields.setdefault(cls, []).append((bbox, f, s))
 
