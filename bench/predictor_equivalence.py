@@ -11,7 +11,10 @@ checkpoint_final), (b) FastPredictor without window skipping, (c) FastPredictor 
 * ``nearest`` — trilinear image resampling, nearest-neighbour upsampling of the model-resolution
   argmax (the default path before the B-spline and the boundary-only export);
 * ``stock``   — ``--image-resampling nnunet``: the plans' own nnU-Net image resampling (scipy,
-  CPU), stock's label export.
+  CPU), stock's label export;
+* ``nogrow``  — the default path with skipping but without its growth safeguard (``--no-grow``):
+  what (c) loses when a plane's indicator windows miss an object its other windows hold;
+* ``nocrop``  — the default path without the crop to the body (``--no-crop``): stock's window grid.
 
 Reports per-class Dice of (b) vs (a) over classes present in either, their mean, the share of (b)'s
 foreground voxels that (c) leaves unchanged, seconds (and ratio to stock), and with ``--labels`` the
@@ -48,7 +51,7 @@ log = logging.getLogger("predictor_equivalence")
 
 MODES = {"fast": {}, "linear": {"image_resampling": "linear"},
          "nearest": {"image_resampling": "linear", "resample_probabilities": False},
-         "stock": {"image_resampling": "nnunet"}}
+         "stock": {"image_resampling": "nnunet"}, "nogrow": {"grow": False}, "nocrop": {"crop_to_body": False}}
 
 
 def check_model_folder(model: Path, fold: str, checkpoint: str) -> Path:
@@ -130,7 +133,8 @@ def render(rows: dict[str, dict], modes: list[str], header: list[str]) -> str:
             line = (f"| {case} | {mode} | {per} | {_mean(m['dice']):.4f} | {100 * m['unchanged']:.3f}% | "
                     f"{r['stock_s']:.2f} | {m['noskip_s']:.2f} ({r['stock_s'] / m['noskip_s']:.1f}x) | "
                     f"{m['skip_s']:.2f} ({r['stock_s'] / m['skip_s']:.1f}x) | "
-                    f"{w['windows_skipped']} / {w['windows_total']}")
+                    f"{w['windows_skipped']} / {w['windows_total']} ({w['planes_skipped']} of "
+                    f"{w['planes_total']} planes, {w['planes_grown']} grown)")
             if gt:
                 line += f" | {_mean(r.get('stock_vs_gt', {})):.4f} | {_mean(m.get('vs_gt', {})):.4f}"
             lines.append(line + " |")

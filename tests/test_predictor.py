@@ -7,7 +7,8 @@ import SimpleITK as sitk
 import torch
 
 from flareseg.evaluation.metrics import dice_per_class
-from flareseg.inference.predictor import FastPredictor, body_bbox, widen_to_patch
+from flareseg.inference.predictor import FastPredictor, body_bbox, model_box
+from flareseg.inference.sliding_window import axis_starts, windows_covering
 from flareseg.inference.sliding_window import gaussian_importance, predict_sliding_window, window_grid
 from flareseg.io import Geometry, InputError, geometry_mismatch
 from flareseg.nnunet.model import load_model
@@ -188,18 +189,18 @@ def test_stock_resampling_mode_is_exact_at_model_spacing(model_dir):
         FastPredictor(model_dir, device="cpu", image_resampling="spline")
 
 
-def test_crop_is_never_narrower_than_a_patch():
-    # patch 16 x 32 x 32 at 2.5 x 1.5 x 1.5 mm; input at 2.5 x 0.75 x 0.75 mm needs >= 64 voxels in-plane
-    shape, sp, msp, patch = (40, 200, 50), (2.5, 0.75, 0.75), (2.5, 1.5, 1.5), (16, 32, 32)
-    crop = (slice(10, 20), slice(100, 120), slice(5, 45))
-    out = widen_to_patch(crop, shape, sp, msp, patch)
-    assert out[0] == slice(7, 23)                    # grown about its centre to 16 slices
-    assert out[1].stop - out[1].start == 64 and out[1].start <= 100 and out[1].stop >= 120
-    assert out[2] == slice(0, 50)                    # the whole axis is narrower than a patch: no crop
-    assert widen_to_patch((slice(0, 5), slice(190, 200), slice(0, 50)), shape, sp, msp, patch)[:2] == \
-        (slice(0, 16), slice(136, 200))              # clamped inside the image
-    wide = (slice(0, 40), slice(20, 180), slice(0, 50))
-    assert widen_to_patch(wide, shape, sp, msp, patch)[:2] == wide[:2]
+def test_crop_runs_a_subset_of_stocks_windows():
+    """The body crop keeps stock's window grid over the whole image: the windows meeting the box,
+    their region, and starts relative to it; an axis no longer than a patch stays whole."""
+    shape, patch = (40, 100, 30), (16, 32, 32)
+    every_y = axis_starts(100, 32, 0.5)                     # [0, 17, 34, 51, 68] (5 windows)
+    region, starts = windows_covering(shape, patch, 0.5, (slice(0, 40), slice(40, 60), slice(0, 30)))
+    kept = [s for s in every_y if s < 60 and s + 32 > 40]
+    assert region[1] == slice(kept[0], kept[-1] + 32) and starts[1] == [s - kept[0] for s in kept]
+    assert region[0] == slice(0, 40) and starts[0] == axis_starts(40, 16, 0.5)
+    assert region[2] == slice(0, 30) and starts[2] == [0]   # shorter than the patch: padded, whole
+    assert model_box((slice(10, 30),), (100,), (50,)) == (slice(5, 15),)
+    assert model_box((slice(3, 7),), (10,), (4,)) == (slice(1, 3),)
 
 
 def test_output_has_input_geometry_and_probabilities(model_dir):
@@ -217,16 +218,39 @@ def test_output_has_input_geometry_and_probabilities(model_dir):
 
 def test_crop_to_body_leaves_air_background(model_dir):
     img = phantom_ct(shape=(16, 40, 40))
-    arr = np.full((16, 80, 72), -1000, dtype=np.int16)
-    arr[:, 20:60, 16:56] = sitk.GetArrayFromImage(img)
+    arr = np.full((16, 160, 72), -1000, dtype=np.int16)
+    arr[:, 60:100, 16:56] = sitk.GetArrayFromImage(img)
     big = sitk.GetImageFromArray(arr)
     big.SetSpacing(img.GetSpacing())
     bb = body_bbox(arr, SPACING[::-1][::-1], margin_mm=3.0)
-    assert bb[1].start >= 10 and bb[1].stop <= 70 and bb[2].start >= 6 and bb[2].stop <= 66
+    assert bb[1].start >= 50 and bb[1].stop <= 110 and bb[2].start >= 6 and bb[2].stop <= 66
     fp = FastPredictor(model_dir, device="cpu", crop_to_body=True, body_margin_mm=3.0)
     lab = sitk.GetArrayFromImage(fp.predict(big))
-    assert fp.last_stats["shape_cropped"][1] < 80
-    assert lab[:, :bb[1].start].max() == 0 and lab[:, bb[1].stop:].max() == 0
+    (y0, y1) = fp.last_stats["crop"][1]
+    assert 0 < y0 <= bb[1].start and bb[1].stop <= y1 < 160      # the windows around the body ran
+    assert fp.last_stats["windows"]["windows_total"] < \
+        FastPredictor(model_dir, device="cpu", crop_to_body=False).run(big).stats["windows"]["windows_total"]
+    assert lab[:, :y0].max() == 0 and lab[:, y1:].max() == 0
+
+
+@pytest.mark.parametrize("spacing", [SPACING, (4.8, 0.9, 0.9)])   # at model spacing / resampled (separate z)
+def test_crop_to_body_keeps_stocks_labels_on_the_body(model_dir, spacing):
+    """Cropping runs only stock's windows that meet the body: on the body, where exactly those
+    windows overlap, our labels are stock's (random-weight model: every voxel counts)."""
+    img = phantom_ct(shape=(16, 40, 40), spacing_zyx=spacing)
+    # 157 rows: stock's window starts are not evenly spaced integers, so a grid recomputed on the
+    # crop would differ from stock's (62 vs 63 here at the model spacing)
+    arr = np.full((16, 157, 72), -1000, dtype=np.int16)
+    arr[:, 57:97, 16:56] = sitk.GetArrayFromImage(img)
+    big = sitk.GetImageFromArray(arr)
+    big.SetSpacing(img.GetSpacing())
+    ref = stock_predict(model_dir, big)
+    fp = FastPredictor(model_dir, device="cpu", skip=False, body_margin_mm=3.0)
+    ours = sitk.GetArrayFromImage(fp.predict(big))
+    assert fp.last_stats["crop"][1] != [0, 157]                     # the crop dropped windows
+    bb = body_bbox(arr, tuple(reversed(big.GetSpacing())), margin_mm=3.0)
+    inner = tuple(slice(b.start + 2, b.stop - 2) for b in bb)
+    assert (ours[inner] == ref[inner]).mean() > 0.999
 
 
 @pytest.mark.parametrize("what", ["nan", "constant", "spacing"])

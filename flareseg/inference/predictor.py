@@ -1,20 +1,20 @@
 """Fast predictor: an nnU-Net v2 model folder applied on the device, label map out.
 
-Pipeline per case: read → (optional) crop to the body bounding box → upload the raw array
-(int16 stays int16) → plans normalisation → resampling to the model spacing as stock nnU-Net does it
-(order-3 B-spline, nearest along a separately resampled coarse axis) but on the device → Gaussian
-sliding window in autocast with window skipping → argmax at model resolution → label map back to
-the cropped grid as stock nnU-Net exports it (logits interpolated linearly, nearest along a
-separately resampled coarse axis, then argmax), computed only at label boundaries so no class-score
-map exists at the input resolution (:func:`flareseg.inference.stock_resampling.upsample_logits_argmax`)
-→ paste into a full-size zero volume → download → image with the input's exact geometry.
+Pipeline per case: read → upload the raw array (int16 stays int16) → plans normalisation →
+resampling to the model spacing as stock nnU-Net does it (order-3 B-spline, nearest along a
+separately resampled coarse axis) but on the device → (optional) crop to the body: of stock's
+sliding-window grid over the whole image only the windows that meet the body's bounding box run
+(:func:`flareseg.inference.sliding_window.windows_covering`), so each window sees exactly what it
+sees in stock nnU-Net → Gaussian sliding window in autocast with window skipping → label map on the
+input grid as stock exports it (logits interpolated linearly, nearest along a separately resampled
+coarse axis, then argmax), computed only at label boundaries so no class-score map exists at the
+input resolution (:func:`flareseg.inference.stock_resampling.argmax_of_interpolation`); input voxels
+outside the windows that ran are background → download → image with the input's exact geometry.
 An array whose axes are not in axial layout (sagittal/coronal storage,
 KiTS-style ``(slices, H, W)`` with a permuted direction matrix) is first permuted into it
 (:mod:`flareseg.inference.orientation`; flips and obliquity are kept as stored), then transposed by
 the plans' ``transpose_forward``; labels and probabilities are permuted back at the end, and the
 input's size, spacing, origin and direction are copied over unchanged.
-The crop is never narrower than one patch (at the model spacing)
-where the image is wider, so the network never sees padding that stock nnU-Net would not.
 
 With ``--no-skip`` the labels are therefore stock ``nnUNetPredictor``'s (same model, no mirroring).
 Other modes: ``image_resampling="linear"`` (trilinear; fastest on a CPU, labels differ from stock's
@@ -42,9 +42,10 @@ from flareseg.anatomy import bbox_of, body_mask, expand_bbox
 from flareseg.io import InputError, read_image
 from flareseg.inference.normalize import normalize_
 from flareseg.inference.orientation import axial_reorientation
-from flareseg.inference.resample import resample_image, resample_labels, target_shape
-from flareseg.inference.sliding_window import predict_sliding_window
-from flareseg.inference.stock_resampling import resample_image_bspline, separate_axis, upsample_logits_argmax
+from flareseg.inference.resample import resample_image, target_shape
+from flareseg.inference.sliding_window import predict_sliding_window, windows_covering
+from flareseg.inference.stock_resampling import (argmax_of_interpolation, export_samples, interpolate,
+                                                 resample_image_bspline, separate_axis, take_nearest)
 from flareseg.nnunet.model import LoadedModel, load_model, nnunet_image_resampler
 
 log = logging.getLogger(__name__)
@@ -91,24 +92,11 @@ def body_bbox(arr: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float = 
     return expand_bbox(full, margin, spacing_zyx, arr.shape)
 
 
-def widen_to_patch(crop: Sequence[slice], shape: Sequence[int], spacing: Sequence[float],
-                   model_spacing: Sequence[float], patch: Sequence[int]) -> tuple[slice, ...]:
-    """Grow each axis of ``crop`` (about its centre, inside ``shape``) to cover at least one patch
-    at the model spacing; an axis whose whole extent is at most one patch is not cropped.
-
-    A crop narrower than the patch would be padded with zeros (the dataset's mean intensity after
-    normalisation) where the image has real content: predictions near the padding would change."""
-    out = []
-    for sl, n, s, t, p in zip(crop, shape, spacing, model_spacing, patch):
-        need = int(math.ceil(p * t / s))
-        if n <= need:
-            out.append(slice(0, n))
-        elif sl.stop - sl.start >= need:
-            out.append(sl)
-        else:
-            start = min(max(0, (sl.start + sl.stop - need) // 2), n - need)
-            out.append(slice(start, start + need))
-    return tuple(out)
+def model_box(box: Sequence[slice], shape: Sequence[int], shape_model: Sequence[int]) -> tuple[slice, ...]:
+    """An input-grid box (voxel ranges) as the model-grid voxels it overlaps (half-voxel convention:
+    input voxel ``i`` spans ``[i, i+1) * model / input`` model voxels)."""
+    return tuple(slice(int(math.floor(b.start * m / n)), min(m, int(math.ceil(b.stop * m / n))))
+                 for b, n, m in zip(box, shape, shape_model))
 
 
 def validate_array(arr: np.ndarray, spacing_zyx: Sequence[float], name: str,
@@ -222,65 +210,74 @@ class FastPredictor:
         tb = tuple(int(i) for i in np.argsort(tf))
         arr_t = arr.transpose(tf)
         sp_t = tuple(spacing[i] for i in tf)
-        crop = widen_to_patch(body_bbox(arr_t, sp_t, self.body_margin_mm), arr_t.shape, sp_t,
-                              self.model.spacing, self.model.patch_size) if self.crop_to_body \
-            else tuple(slice(0, n) for n in arr_t.shape)
-        sub = np.array(arr_t[crop], order="C")  # writable copy (the image's view is read-only)
+        full_np = np.array(arr_t, order="C")  # writable copy (the image's view is read-only)
         t.lap("crop")
 
-        x = torch.from_numpy(sub if sub.dtype in (np.int16, np.float32, np.uint8) else sub.astype(np.float32))
+        x = torch.from_numpy(full_np if full_np.dtype in (np.int16, np.float32, np.uint8)
+                             else full_np.astype(np.float32))
         x = x.to(self.device, non_blocking=True).float()
         t.lap("upload")
+        # the whole image is normalised and resampled, as stock does (cheap on the device); the
+        # crop to the body only decides which of stock's windows run
         normalize_(x, self.model.normalization_schemes[0], self.model.intensity_properties[0],
                    self.model.use_mask_for_norm[0])
-        shape_model = target_shape(sub.shape, sp_t, self.model.spacing)
+        shape_model = target_shape(full_np.shape, sp_t, self.model.spacing)
+        del full_np
         if self.image_resampling == "bspline":
-            axis_rule = self._stock_axis_rule("data", sp_t, self.model.spacing)
-            x = resample_image_bspline(x, shape_model, *axis_rule)[None]
+            x = resample_image_bspline(x, shape_model, *self._stock_axis_rule("data", sp_t, self.model.spacing))
         elif self.image_resampling == "nnunet":
-            x = self._nnunet_resample(x, sp_t, shape_model)[None]
+            x = self._nnunet_resample(x, sp_t, shape_model)
         else:
-            x = resample_image(x, shape_model)[None]
+            x = resample_image(x, shape_model)
+        region, starts = (tuple(slice(0, n) for n in shape_model), None)
+        if self.crop_to_body:
+            region, starts = windows_covering(shape_model, self.model.patch_size, self.step_size,
+                                              model_box(body_bbox(arr_t, sp_t, self.body_margin_mm),
+                                                        arr_t.shape, shape_model))
+        x = x[region][None]
         t.lap("preprocess")
 
         want_probs = save_probabilities or prob_hook is not None
-        upsample_logits = self.resample_probabilities and tuple(shape_model) != sub.shape
+        linear = self.resample_probabilities and tuple(shape_model) != arr_t.shape
         out, wstats = predict_sliding_window(
             x, self.window_fn(), self.model.patch_size, self.step_size, self.batch_windows,
-            self.skip, self.skip_threshold, self.dtype, return_logits=want_probs or upsample_logits,
-            grow=self.grow)
+            self.skip, self.skip_threshold, self.dtype, return_logits=want_probs or linear,
+            grow=self.grow, starts=starts)
         del x
         hook_result = None
         if want_probs:
             probs = torch.softmax(out.float(), 0)
-            if not upsample_logits:
+            if not linear:
                 out = None  # free the logits before the hook runs
             labels_m = probs.argmax(0).to(torch.uint8)
             if prob_hook is not None:
                 hook_result = prob_hook(probs)
-        elif not upsample_logits:
+        elif not linear:
             labels_m = out
         t.lap("sliding_window")
 
+        # stock's export: logits linearly (nearest along a separate coarse axis) to the input grid,
+        # then argmax; input voxels that read only model voxels of the region get labels
+        sep = self._stock_axis_rule("probabilities", self.model.spacing, sp_t)
+        samples = export_samples(shape_model, arr_t.shape, *sep, device=self.device, nearest=not linear)
+        crop, samples = zip(*(s.restrict(r.start, r.stop) for s, r in zip(samples, region)))
         full = torch.zeros(arr_t.shape, dtype=torch.uint8, device=self.device)
-        if upsample_logits:  # stock's export: logits linearly to the cropped input grid, then argmax
-            axis_rule = self._stock_axis_rule("probabilities", self.model.spacing, sp_t)
-            full[crop] = upsample_logits_argmax(out, sub.shape, *axis_rule, self.chunk_mb)
-        else:
-            full[crop] = resample_labels(labels_m, sub.shape)
+        full[crop] = argmax_of_interpolation(out, samples, self.chunk_mb) if linear \
+            else take_nearest(labels_m, samples)
         out = None
         labels = full.permute(*tb).cpu().numpy()
         prob_np = None
         if save_probabilities:
-            prob_np = self._probabilities_to_input(probs, sub.shape, arr_t.shape, crop, tb)
+            prob_np = self._probabilities_to_input(probs, region, shape_model, arr_t.shape, sep, tb)
         t.lap("export")
 
         out_img = sitk.GetImageFromArray(labels)
         out_img.CopyInformation(image)
         self.last_stats = {
             "seconds": t.seconds, "windows": wstats.as_dict(), "device": str(self.device),
-            "shape_input_zyx": list(arr.shape), "shape_cropped": list(sub.shape),
+            "shape_input_zyx": list(arr.shape), "shape_cropped": [s.stop - s.start for s in crop],
             "shape_model": list(shape_model), "crop": [[s.start, s.stop] for s in crop],
+            "region_model": [[s.start, s.stop] for s in region],
             "reoriented": None if ro is None or ro.is_identity else list(ro.perm),
         }
         return Prediction(out_img, prob_np, dict(self.last_stats), hook_result)
@@ -298,11 +295,14 @@ class FastPredictor:
                                                  list(self.model.spacing))
         return torch.from_numpy(np.ascontiguousarray(out[0], dtype=np.float32)).to(self.device)
 
-    def _probabilities_to_input(self, probs: torch.Tensor, crop_shape, full_shape, crop, tb) -> np.ndarray:
-        """Softmax at model resolution -> trilinear to the input grid; background 1 outside the crop."""
+    def _probabilities_to_input(self, probs: torch.Tensor, region, shape_model, full_shape, sep, tb) -> np.ndarray:
+        """Softmax over the model region -> linearly to the input grid (stock's export rule);
+        background 1 where no window ran."""
+        samples = export_samples(shape_model, full_shape, *sep, device=probs.device)
+        crop, samples = zip(*(s.restrict(r.start, r.stop) for s, r in zip(samples, region)))
         full = torch.zeros((probs.shape[0], *full_shape), dtype=torch.float16, device=probs.device)
         full[0] = 1
-        full[(slice(None), *crop)] = resample_image(probs, crop_shape).to(torch.float16)
+        full[(slice(None), *crop)] = interpolate(probs, samples).to(torch.float16)
         return full.permute(0, *[a + 1 for a in tb]).cpu().numpy()
 
 

@@ -77,6 +77,28 @@ def window_grid(shape_zyx: Sequence[int], patch: Sequence[int], step_size: float
     return [Plane(z, tuple(ys), tuple(xs)) for z in zs]
 
 
+def windows_covering(shape_zyx: Sequence[int], patch: Sequence[int], step_size: float,
+                     box: Sequence[slice]) -> tuple[tuple[slice, slice, slice], list[list[int]]]:
+    """Stock's window grid over the whole ``shape_zyx``, reduced to the windows that meet ``box``.
+
+    Returns the region those windows cover and their starts relative to it (for
+    :func:`predict_sliding_window`'s ``starts``): the windows a network runs on the region are
+    windows stock nnU-Net runs on the whole volume, so their predictions are stock's.  An axis no
+    longer than the patch is kept whole (it is padded like stock's)."""
+    region, starts = [], []
+    for n, p, b in zip((int(s) for s in shape_zyx), (int(p) for p in patch), box):
+        if n <= p:
+            region.append(slice(0, n))
+            starts.append([0])
+            continue
+        lo, hi = max(0, int(b.start)), min(n, int(b.stop))
+        every = axis_starts(n, p, step_size)
+        keep = [s for s in every if s < hi and s + p > lo] or [min(every, key=lambda s: abs(s + p / 2 - (lo + hi) / 2))]
+        region.append(slice(keep[0], keep[-1] + p))
+        starts.append([s - keep[0] for s in keep])
+    return tuple(region), starts  # type: ignore[return-value]
+
+
 def gaussian_importance(patch: Sequence[int], sigma_scale: float = 1.0 / 8, scale: float = 10.0,
                         device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                         truncate: float = 4.0) -> torch.Tensor:
@@ -147,6 +169,7 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
                            skip_threshold: int = 1, dtype: torch.dtype = torch.float32,
                            return_logits: bool = False, pad_value: float = 0.0,
                            progress: Callable[[int], None] | None = None, *, grow: bool = True,
+                           starts: Sequence[Sequence[int]] | None = None,
                            ) -> tuple[torch.Tensor, WindowStats]:
     """Predict a ``(C, Z, Y, X)`` volume window by window.
 
@@ -157,12 +180,22 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
     CUDA; use float32 on CPU).  ``progress(n)`` is called after every batch with its window count.
     With ``skip``, ``grow`` (default) also runs every skipped plane whose not-run windows touch
     foreground that run windows predicted, to a fixed point (see :mod:`flareseg.inference.skipping`).
+    ``starts`` (per axis, in the padded volume) replaces nnU-Net's window starts, e.g. the part of
+    a larger volume's grid from :func:`windows_covering`; they must cover the volume.
     """
     if volume.ndim != 4:
         raise ValueError(f"volume must be (C, Z, Y, X), got shape {tuple(volume.shape)}")
     patch = tuple(int(p) for p in patch)
     padded, crop = pad_to_patch(volume, patch, pad_value)
-    planes = window_grid(padded.shape[1:], patch, step_size)
+    if starts is None:
+        planes = window_grid(padded.shape[1:], patch, step_size)
+    else:
+        for ax, (st, p, n) in enumerate(zip(starts, patch, padded.shape[1:])):
+            if not st or min(st) != 0 or max(st) + p != n or any(b - a > p for a, b in zip(st, st[1:])):
+                raise ValueError(f"window starts {list(st)} along axis {ax} do not cover {n} voxels "
+                                 f"with patch {p}")
+        planes = [Plane(int(z), tuple(int(y) for y in starts[1]), tuple(int(x) for x in starts[2]))
+                  for z in starts[0]]
     windows = [w for pl in planes for w in pl.windows()]
     plan = plan_skipping([pl.grid for pl in planes], skip)
     cells = CellGrid.of(([pl.z for pl in planes], planes[0].ys, planes[0].xs), patch, padded.shape[1:])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -139,13 +140,63 @@ def resample_image_bspline(volume: torch.Tensor, out_shape: Sequence[int], axis:
     return _along_first(v, out_shape[axis], nearest=order_axis == 0).movedim(0, axis)
 
 
-def _axis_samples(n_in: int, n_out: int, nearest: bool, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-    """``(i0, i1, w, paired)`` of one axis: linear samples (:func:`linear_weights`), or nearest /
-    identity ones (``i1 = i0``, ``w = 0``, ``paired=False``: the cell has one corner on this axis)."""
+@dataclass(frozen=True)
+class AxisSamples:
+    """Where each output voxel of one axis reads the input: ``(1 - w) * v[i0] + w * v[i1]``.
+
+    ``paired=False`` (nearest or identity axis): ``i1 == i0`` and ``w == 0``, the interpolation cell
+    has a single corner on this axis."""
+
+    i0: torch.Tensor
+    i1: torch.Tensor
+    w: torch.Tensor
+    paired: bool
+
+    def __len__(self) -> int:
+        return int(self.i0.numel())
+
+    def restrict(self, lo: int, hi: int) -> tuple[slice, "AxisSamples"]:
+        """The output voxels that read only inputs ``lo <= i < hi`` (a contiguous run, as the
+        samples increase), and their samples relative to ``lo``."""
+        idx = torch.nonzero((self.i0 >= lo) & (self.i1 < hi)).view(-1)
+        a, b = (int(idx[0]), int(idx[-1]) + 1) if idx.numel() else (0, 0)
+        return slice(a, b), AxisSamples(self.i0[a:b] - lo, self.i1[a:b] - lo, self.w[a:b], self.paired)
+
+
+def axis_samples(n_in: int, n_out: int, nearest: bool, device: torch.device | str) -> AxisSamples:
+    """Linear samples (:func:`linear_weights`) of one axis, or nearest ones (identity when equal)."""
     if n_in == n_out or nearest:
         i0 = nearest_indices(n_in, n_out, device) if n_in != n_out else torch.arange(n_out, device=device)
-        return i0, i0, torch.zeros(n_out, device=device), False
-    return (*linear_weights(n_in, n_out, device), True)
+        return AxisSamples(i0, i0, torch.zeros(n_out, device=device), False)
+    return AxisSamples(*linear_weights(n_in, n_out, device), True)
+
+
+def export_samples(in_shape: Sequence[int], out_shape: Sequence[int], axis: int | None = None,
+                   order_axis: int = 0, device: torch.device | str = "cpu",
+                   nearest: bool = False) -> list[AxisSamples]:
+    """Per-axis samples of stock's label export from the model grid ``in_shape`` to the input grid
+    ``out_shape``: linear, nearest along ``axis`` when ``order_axis == 0`` (or everywhere with
+    ``nearest``)."""
+    return [axis_samples(int(i), int(o), nearest or (a == axis and order_axis == 0), device)
+            for a, (i, o) in enumerate(zip(in_shape, out_shape))]
+
+
+def take_nearest(volume: torch.Tensor, samples: Sequence[AxisSamples]) -> torch.Tensor:
+    """Gather the ``i0`` corner of every output voxel of a ``(Z, Y, X)`` volume (any dtype)."""
+    for a, s in enumerate(samples):
+        volume = volume.index_select(a, s.i0)
+    return volume
+
+
+def interpolate(values: torch.Tensor, samples: Sequence[AxisSamples]) -> torch.Tensor:
+    """Separable interpolation of a float ``(K, Z, Y, X)`` tensor at ``samples`` (all of it: dense)."""
+    for a, s in enumerate(samples):
+        lo = values.index_select(a + 1, s.i0)
+        if s.paired:
+            w = s.w.to(values.dtype).view(*[-1 if d == a else 1 for d in range(3)])
+            lo = lo.add_((values.index_select(a + 1, s.i1) - lo).mul_(w))
+        values = lo
+    return values
 
 
 def _uniform_cells(labels: torch.Tensor, paired: Sequence[bool]) -> torch.Tensor:
@@ -164,12 +215,9 @@ def _uniform_cells(labels: torch.Tensor, paired: Sequence[bool]) -> torch.Tensor
     return torch.where(lo == hi, lo, torch.full_like(lo, 255))
 
 
-def upsample_logits_argmax(logits: torch.Tensor, out_shape: Sequence[int], axis: int | None = None,
-                           order_axis: int = 0, chunk_mb: float = 256.0) -> torch.Tensor:
-    """Argmax of ``(K, z, y, x)`` logits resampled linearly to ``out_shape``: ``(Z, Y, X)`` uint8.
-
-    ``axis`` (from :func:`separate_axis`) is resampled nearest when ``order_axis == 0``; otherwise
-    the interpolation is trilinear (``F.interpolate``'s sample positions).
+def argmax_of_interpolation(logits: torch.Tensor, samples: Sequence[AxisSamples],
+                            chunk_mb: float = 256.0) -> torch.Tensor:
+    """Argmax of ``(K, z, y, x)`` logits interpolated at ``samples``: ``(Z, Y, X)`` uint8.
 
     The class scores are interpolated only where the answer can differ from the coarse argmax.
     An interpolated score vector is a convex combination of its cell's corner vectors, so where
@@ -177,38 +225,51 @@ def upsample_logits_argmax(logits: torch.Tensor, out_shape: Sequence[int], axis:
     directly (a uint8 gather), and only voxels in cells whose corners disagree (label boundaries,
     a few percent of a CT) get their K scores interpolated, ``chunk_mb`` MB at a time.  The result
     is that of interpolating everything (up to float rounding at exact ties), at a fraction of the
-    cost and without any full-resolution score map.
+    cost and without any full-resolution score map.  ``logits`` may be half precision: only the
+    gathered boundary scores are promoted to float32.
+    """
+    if logits.ndim != 4 or len(samples) != 3:
+        raise ValueError(f"expected (K, z, y, x) logits and 3 axes of samples, got {tuple(logits.shape)}")
+    k, dev = logits.shape[0], logits.device
+    if k > 255:
+        raise ValueError(f"at most 255 classes fit a uint8 label map, got {k}")
+    out_shape = tuple(len(s) for s in samples)
+    out = take_nearest(_uniform_cells(logits.argmax(0).to(torch.uint8), [s.paired for s in samples]), samples)
+    todo = torch.nonzero(out.view(-1) == 255).view(-1)
+    if not todo.numel():
+        return out
+    flat = logits.reshape(k, -1)
+    strides = (logits.shape[2] * logits.shape[3], logits.shape[3], 1)
+    per = max(1, int(chunk_mb * 2 ** 20 // (4 * k * 3)))   # a gathered corner, the sum, one temp
+    dst = out.view(-1)
+    corners = list(itertools.product(*[(0, 1) if s.paired else (0,) for s in samples]))
+    for a in range(0, todo.numel(), per):
+        idx = todo[a:a + per]
+        pos = (idx // (out_shape[1] * out_shape[2]), idx // out_shape[2] % out_shape[1], idx % out_shape[2])
+        axes = [(s.i0[p], s.i1[p], s.w[p]) for s, p in zip(samples, pos)]
+        acc = None
+        for corner in corners:
+            lin = torch.zeros_like(idx)
+            wgt = torch.ones(idx.numel(), device=dev)
+            for c, st, (j0, j1, w) in zip(corner, strides, axes):
+                lin += (j1 if c else j0) * st
+                wgt = wgt * (w if c else 1 - w)
+            term = flat[:, lin].float().mul_(wgt)
+            acc = term if acc is None else acc.add_(term)
+        dst[idx] = acc.argmax(0).to(torch.uint8)
+    return out
+
+
+def upsample_logits_argmax(logits: torch.Tensor, out_shape: Sequence[int], axis: int | None = None,
+                           order_axis: int = 0, chunk_mb: float = 256.0) -> torch.Tensor:
+    """Argmax of ``(K, z, y, x)`` logits resampled linearly to ``out_shape``: ``(Z, Y, X)`` uint8.
+
+    ``axis`` (from :func:`separate_axis`) is resampled nearest when ``order_axis == 0``; otherwise
+    the interpolation is trilinear (``F.interpolate``'s sample positions).  Computed by
+    :func:`argmax_of_interpolation` (boundary cells only, exact).
     """
     out_shape = tuple(int(s) for s in out_shape)
     if len(out_shape) != 3 or logits.ndim != 4:
         raise ValueError(f"expected (K, z, y, x) logits and a 3-D shape, got {tuple(logits.shape)} -> {out_shape}")
-    lg = logits  # any float dtype: only the gathered boundary scores are promoted to float32
-    k, dev = lg.shape[0], lg.device
-    if k > 255:
-        raise ValueError(f"at most 255 classes fit a uint8 label map, got {k}")
-    samples = [_axis_samples(lg.shape[1 + a], out_shape[a], a == axis and order_axis == 0, dev) for a in range(3)]
-    cells = _uniform_cells(lg.argmax(0).to(torch.uint8), [s[3] for s in samples])
-    out = cells
-    for a, (i0, _, _, _) in enumerate(samples):
-        out = out.index_select(a, i0)
-    todo = torch.nonzero(out.view(-1) == 255).view(-1)
-    if todo.numel():
-        flat = lg.reshape(k, -1)
-        strides = (lg.shape[2] * lg.shape[3], lg.shape[3], 1)
-        per = max(1, int(chunk_mb * 2 ** 20 // (4 * k * 3)))   # a gathered corner, the sum, one temp
-        dst = out.view(-1)
-        for a in range(0, todo.numel(), per):
-            idx = todo[a:a + per]
-            pos = (idx // (out_shape[1] * out_shape[2]), idx // out_shape[2] % out_shape[1], idx % out_shape[2])
-            axes = [(s[0][p], s[1][p], s[2][p]) for s, p in zip(samples, pos)]
-            acc = None
-            for corner in itertools.product(*[(0, 1) if s[3] else (0,) for s in samples]):
-                lin = torch.zeros_like(idx)
-                wgt = torch.ones(idx.numel(), device=dev)
-                for c, st, (j0, j1, w) in zip(corner, strides, axes):
-                    lin += (j1 if c else j0) * st
-                    wgt = wgt * (w if c else 1 - w)
-                term = flat[:, lin].float().mul_(wgt)
-                acc = term if acc is None else acc.add_(term)
-            dst[idx] = acc.argmax(0).to(torch.uint8)
-    return out
+    return argmax_of_interpolation(
+        logits, export_samples(logits.shape[1:], out_shape, axis, order_axis, logits.device), chunk_mb)
