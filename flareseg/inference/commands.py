@@ -175,7 +175,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-windows", type=int, default=4, help="windows per network call (default 4)")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
                    help="autocast/accumulator type on CUDA (CPU always float32)")
-    p.add_argument("--no-crop", action="store_true", help="do not crop to the body before predicting")
+    p.add_argument("--no-crop", action="store_true",
+                   help="run every sliding window, not only those that meet the body's bounding box")
     p.add_argument("--no-reorient", action="store_true",
                    help="feed the array to the network in its stored axis order; by default an image "
                         "stored sagittally/coronally or with permuted axes (per its direction matrix) is "
