@@ -44,8 +44,9 @@ from flareseg.inference.normalize import normalize_
 from flareseg.inference.orientation import axial_reorientation
 from flareseg.inference.resample import resample_image, target_shape
 from flareseg.inference.sliding_window import predict_sliding_window, windows_covering
-from flareseg.inference.stock_resampling import (argmax_of_interpolation, export_samples, interpolate,
-                                                 resample_image_bspline, separate_axis, take_nearest)
+from flareseg.inference.stock_resampling import (AxisSamples, argmax_of_interpolation, export_samples,
+                                                 interpolate, resample_image_bspline, separate_axis,
+                                                 take_nearest)
 from flareseg.nnunet.model import LoadedModel, load_model, nnunet_image_resampler
 
 log = logging.getLogger(__name__)
@@ -247,11 +248,12 @@ class FastPredictor:
         hook_result = None
         if want_probs:
             probs = torch.softmax(out.float(), 0)
-            if not linear:
+            if not (linear or save_probabilities):
                 out = None  # free the logits before the hook runs
             labels_m = probs.argmax(0).to(torch.uint8)
             if prob_hook is not None:
                 hook_result = prob_hook(probs)
+            del probs
         elif not linear:
             labels_m = out
         t.lap("sliding_window")
@@ -264,11 +266,11 @@ class FastPredictor:
         full = torch.zeros(arr_t.shape, dtype=torch.uint8, device=self.device)
         full[crop] = argmax_of_interpolation(out, samples, self.chunk_mb) if linear \
             else take_nearest(labels_m, samples)
-        out = None
         labels = full.permute(*tb).cpu().numpy()
         prob_np = None
         if save_probabilities:
-            prob_np = self._probabilities_to_input(probs, region, shape_model, arr_t.shape, sep, tb)
+            prob_np = self._probabilities_to_input(out, region, shape_model, arr_t.shape, sep, tb)
+        out = None
         t.lap("export")
 
         out_img = sitk.GetImageFromArray(labels)
@@ -295,14 +297,24 @@ class FastPredictor:
                                                  list(self.model.spacing))
         return torch.from_numpy(np.ascontiguousarray(out[0], dtype=np.float32)).to(self.device)
 
-    def _probabilities_to_input(self, probs: torch.Tensor, region, shape_model, full_shape, sep, tb) -> np.ndarray:
-        """Softmax over the model region -> linearly to the input grid (stock's export rule);
-        background 1 where no window ran."""
-        samples = export_samples(shape_model, full_shape, *sep, device=probs.device)
+    def _probabilities_to_input(self, logits: torch.Tensor, region, shape_model, full_shape, sep,
+                                tb) -> np.ndarray:
+        """Stock's probability export: logits of the model region linearly to the input grid (its
+        rule for the coarse axis), then softmax, so their argmax is the label map; background 1
+        where no window ran.  Done in slabs of at most ``chunk_mb`` of float32 scores."""
+        samples = export_samples(shape_model, full_shape, *sep, device=logits.device)
         crop, samples = zip(*(s.restrict(r.start, r.stop) for s, r in zip(samples, region)))
-        full = torch.zeros((probs.shape[0], *full_shape), dtype=torch.float16, device=probs.device)
+        k = logits.shape[0]
+        full = torch.zeros((k, *full_shape), dtype=torch.float16, device=logits.device)
         full[0] = 1
-        full[(slice(None), *crop)] = interpolate(probs, samples).to(torch.float16)
+        s0, rest = samples[0], samples[1:]
+        logits = logits.float()
+        per = max(1, int(self.chunk_mb * 2 ** 20 // (4 * k * len(rest[0]) * len(rest[1]))))
+        for a in range(0, len(s0), per):
+            part = AxisSamples(s0.i0[a:a + per], s0.i1[a:a + per], s0.w[a:a + per], s0.paired)
+            rows = slice(crop[0].start + a, crop[0].start + a + len(part))
+            full[(slice(None), rows, *crop[1:])] = torch.softmax(
+                interpolate(logits, [part, *rest]), 0).to(torch.float16)
         return full.permute(0, *[a + 1 for a in tb]).cpu().numpy()
 
 
