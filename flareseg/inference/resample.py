@@ -1,11 +1,11 @@
-"""On-device resampling in array index space (torch): images trilinear, label maps nearest.
+"""On-device resampling in array index space (torch): images trilinear, nearest-neighbour indices.
 
 Shapes are ``(Z, Y, X)`` (or ``(C, Z, Y, X)``), spacings ``(z, y, x)`` mm in the same axis order.
-Both resamplers use the half-voxel convention (``align_corners=False``): voxel ``i`` of an axis
-with ``n`` voxels spans ``[i, i+1) * extent / n``, so the first and last voxel *edges* line up,
-as in nnU-Net's (scikit-image) resampling and as the physical extent is preserved.  nnU-Net
-resamples the image with order-3 splines on the CPU (order 0 along z for anisotropic data); we use
-trilinear on the device, which keeps the cost negligible and differs only at edges.
+Both use the half-voxel convention (``align_corners=False``): voxel ``i`` of an axis with ``n``
+voxels spans ``[i, i+1) * extent / n``, so the first and last voxel *edges* line up, as in
+nnU-Net's (scikit-image) resampling and as the physical extent is preserved.  Trilinear image
+resampling is the predictor's ``image_resampling="linear"`` option; the default reproduces
+nnU-Net's order-3 spline (:mod:`flareseg.inference.stock_resampling`).
 """
 from __future__ import annotations
 
@@ -36,16 +36,3 @@ def nearest_indices(n_in: int, n_out: int, device: torch.device | str) -> torch.
     """Source index of each output voxel along one axis (half-voxel centres, clamped)."""
     idx = torch.floor((torch.arange(n_out, device=device, dtype=torch.float64) + 0.5) * (n_in / n_out))
     return idx.long().clamp_(0, n_in - 1)
-
-
-def resample_labels(labels: torch.Tensor, out_shape: Sequence[int]) -> torch.Tensor:
-    """Nearest-neighbour resampling of a ``(Z, Y, X)`` label map (any dtype) to ``out_shape``.
-
-    Done by index gathering, so integer types stay integer and no float copy is made.
-    """
-    out = labels
-    for ax, n_out in enumerate(int(s) for s in out_shape):
-        n_in = out.shape[ax]
-        if n_in != n_out:
-            out = out.index_select(ax, nearest_indices(n_in, n_out, labels.device))
-    return out
