@@ -1,16 +1,25 @@
 """Stock nnUNetPredictor vs FastPredictor (with and without window skipping), side by side.
 
-Same model folder, same synthetic CT, no mirroring.  The model is a small PlainConvUNet fitted
-for a few steps to the phantom (random weights give white-noise label maps, which would make the
-Dice agreement meaningless).  Reports seconds, speed-up and per-class Dice between outputs.
+Same model folder, same synthetic CT, no mirroring, in one process (warm: each predictor runs
+once untimed first), and with ``--cold`` each again in a fresh process per case as the FLARE
+harness times it (interpreter start-up, imports, model load, read, predict, write).  Reports
+seconds, speed-up, peak GPU memory (``torch.cuda.max_memory_allocated``) and per-class Dice between
+outputs, for every ``--z``.
+
+``--plan tiny`` (default): a small PlainConvUNet fitted for a few steps to the phantom (random
+weights give white-noise label maps, which would make the agreement meaningless).
+``--plan paper``: nnU-Net's own network size (32…320 features, two convolutions per stage) at the
+coarse spacing with random weights: speed and memory only (issue 8's GPU targets).
 
     python bench/predictor_speed.py                      # 256x256x80 CT, CPU
-    python bench/predictor_speed.py --device cuda --z 200 --out docs/benchmarks/predictor.md
+    python bench/predictor_speed.py --device cuda --plan paper --patch 128,128,128 --z 100,200,400 \
+        --xy 512 --cold --out docs/benchmarks/predictor_gpu.md
 """
 from __future__ import annotations
 
 import argparse
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flareseg.evaluation.metrics import dice_per_class  # noqa: E402
 from flareseg.inference.predictor import FastPredictor, resolve_device  # noqa: E402
-from flareseg.labels import CLASS_NAMES  # noqa: E402
 from flareseg.nnunet.model_folder import fit_model_folder, tiny_plans, write_model_folder  # noqa: E402
 
 # (FLARE class, HU, centre (z, y, x) as a fraction of the extent from the middle, radii mm)
@@ -56,90 +64,150 @@ def synthetic_ct(shape_zyx, spacing_zyx, seed: int = 0) -> tuple[np.ndarray, np.
     return ct.astype(np.int16), lab
 
 
+STOCK_COLD = """
+import sys, torch
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+model, src, dst, dev = sys.argv[1:5]
+p = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device(dev),
+                    perform_everything_on_device=dev == "cuda", allow_tqdm=False)
+p.initialize_from_trained_model_folder(model, use_folds=(0,))
+p.predict_from_files([[src]], [dst], save_probabilities=False, overwrite=True,
+                     num_processes_preprocessing=1, num_processes_segmentation_export=1)
+"""
+
+
+def cold_seconds(cmd: list[str]) -> float:
+    """Wall seconds of one fresh process running ``cmd`` (fails loudly)."""
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    return time.perf_counter() - t
+
+
+def timed_run(fn, device: torch.device):
+    """``(result, seconds, peak MB)``; the peak is the CUDA allocator's, None on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    t = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    sec = time.perf_counter() - t
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
+    return out, sec, peak
+
+
+def _mb(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--z", type=int, default=80, help="slices of the CT (default 80)")
+    ap.add_argument("--z", default="80", help="slices of the CT, comma-separated for several cases (default 80)")
     ap.add_argument("--xy", type=int, default=256, help="in-plane size (default 256)")
     ap.add_argument("--inplane-mm", type=float, default=0.8, help="in-plane spacing (default 0.8 mm)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--fit-steps", type=int, default=150)
+    ap.add_argument("--plan", choices=["tiny", "paper"], default="tiny",
+                    help="tiny: small fitted network; paper: nnU-Net-size network, random weights")
+    ap.add_argument("--patch", default=None, help="patch z,y,x (default tiny 32,64,64; paper 32,192,192)")
+    ap.add_argument("--fit-steps", type=int, default=150, help="fitting steps for --plan tiny")
+    ap.add_argument("--cold", action="store_true", help="also time one fresh process per predictor and case")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
+    zs = [int(z) for z in str(args.z).split(",") if z.strip()]
     spacing = (2.5, args.inplane_mm, args.inplane_mm)
-    model_spacing, patch = (2.5, 1.5, 1.5), (32, 64, 64)
+    model_spacing = (2.5, 1.5, 1.5)
+    paper = args.plan == "paper"
+    patch = tuple(int(p) for p in args.patch.split(",")) if args.patch else \
+        ((32, 192, 192) if paper else (32, 64, 64))
+    features = (32, 64, 128, 256, 320, 320) if paper else (8, 16, 32, 64)
 
     tmp = Path(tempfile.mkdtemp(prefix="flareseg_bench_"))
-    plans = tiny_plans(patch_size=patch, spacing=model_spacing, features=(8, 16, 32, 64))
+    plans = tiny_plans(patch_size=patch, spacing=model_spacing, features=features,
+                       convs_per_stage=2 if paper else 1)
     md = write_model_folder(tmp / "model", plans=plans, seed=0)
-    train_shape = tuple(int(round(n * s / t)) for n, s, t in zip((args.z, args.xy, args.xy), spacing, model_spacing))
-    t = time.perf_counter()
-    pairs = [synthetic_ct(train_shape, model_spacing, seed=s) for s in (1, 2)]
-    fit_model_folder(md, [p[0] for p in pairs], [p[1] for p in pairs], steps=args.fit_steps, batch_size=2)
-    fit_s = time.perf_counter() - t
-
-    ct, gt = synthetic_ct((args.z, args.xy, args.xy), spacing, seed=0)
-    img = sitk.GetImageFromArray(ct)
-    img.SetSpacing(tuple(reversed(spacing)))
+    fit_s = 0.0
+    if not paper and args.fit_steps > 0:
+        train_shape = tuple(int(round(n * s / t)) for n, s, t in
+                            zip((min(zs), args.xy, args.xy), spacing, model_spacing))
+        t = time.perf_counter()
+        pairs = [synthetic_ct(train_shape, model_spacing, seed=s) for s in (1, 2)]
+        fit_model_folder(md, [p[0] for p in pairs], [p[1] for p in pairs], steps=args.fit_steps, batch_size=2)
+        fit_s = time.perf_counter() - t
 
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     stock = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=device,
                             perform_everything_on_device=device.type == "cuda", allow_tqdm=False)
     stock.initialize_from_trained_model_folder(str(md), use_folds=(0,))
-    t = time.perf_counter()
-    ref = stock.predict_single_npy_array(ct.astype(np.float32)[None], {"spacing": list(spacing)})
-    stock_s = time.perf_counter() - t
+    fast = {name: FastPredictor(md, device=device, **kw)
+            for name, kw in [("fast, no skip", dict(skip=False)), ("fast, skip", dict(skip=True))]}
 
-    rows = []
-    outs = {}
-    for name, kw in [("fast, no skip", dict(skip=False)), ("fast, skip", dict(skip=True))]:
-        fp = FastPredictor(md, device=device, **kw)
-        fp.predict(img)  # warm-up (kernel selection); the stock run above had no warm-up either way
-        t = time.perf_counter()
-        res = fp.run(img)
-        sec = time.perf_counter() - t
-        outs[name] = sitk.GetArrayFromImage(res.labels)
-        rows.append((name, sec, res.stats))
-
-    d_ns = dice_per_class(outs["fast, no skip"], ref)
-    fg = outs["fast, no skip"] > 0
-    unchanged = float((outs["fast, skip"][fg] == outs["fast, no skip"][fg]).mean()) if fg.any() else 1.0
-    d_gt = dice_per_class(ref, gt)
-    names = {c: CLASS_NAMES[c] for c in d_ns}
+    model_desc = (f"PlainConvUNet features {features}, {2 if paper else 1} conv(s) per stage, patch {patch} "
+                  f"at {model_spacing} mm, " + ("random weights" if paper or not args.fit_steps else
+                                                f"fitted {args.fit_steps} steps on phantoms ({fit_s:.0f} s)"))
     lines = [
         "# Predictor speed: stock nnUNetPredictor vs FastPredictor",
         "",
         f"Command: `python bench/predictor_speed.py --z {args.z} --xy {args.xy} --inplane-mm {args.inplane_mm} "
-        f"--fit-steps {args.fit_steps} --device {args.device}`",
+        f"--plan {args.plan}" + (f" --patch {args.patch}" if args.patch else "")
+        + ("" if paper else f" --fit-steps {args.fit_steps}") + f" --device {args.device}"
+        + (" --cold" if args.cold else "") + "`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"device `{device}`" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
                                  " (no GPU)") + f"; torch {torch.__version__}.",
         "",
-        f"Case: synthetic CT {args.xy}x{args.xy}x{args.z} at {spacing[1]:.2f}x{spacing[2]:.2f}x{spacing[0]} mm; "
-        f"model PlainConvUNet features (8, 16, 32, 64), patch {patch} at {model_spacing} mm, "
-        f"fitted {args.fit_steps} steps on phantoms ({fit_s:.0f} s). No mirroring anywhere.",
+        f"Cases: synthetic CT {args.xy}x{args.xy}xZ at {spacing[1]:.2f}x{spacing[2]:.2f}x{spacing[0]} mm; "
+        f"model {model_desc}. No mirroring anywhere. Warm: in one process after an untimed run of each "
+        f"predictor; cold: a fresh process per case (start-up, model load, read, predict, write).",
         "",
-        "| predictor | seconds | speed-up vs stock | windows run / total | steps (s) |",
-        "|---|---|---|---|---|",
-        f"| stock nnUNetPredictor | {stock_s:.2f} | 1.0x | - | - |",
+        "| Z | predictor | warm s | speed-up vs stock | peak GPU MB | cold s | windows run / total | "
+        "Dice vs stock (mean) | steps (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, sec, st in rows:
-        w = st["windows"]
-        steps = ", ".join(f"{k} {v:.2f}" for k, v in st["seconds"].items() if k != "total")
-        lines.append(f"| {name} | {sec:.2f} | {stock_s / sec:.1f}x | {w['windows_run']} / {w['windows_total']} | {steps} |")
-    lines += [
-        "",
-        "Agreement (Dice per class present in either output):",
-        "",
-        "| class | fast (no skip) vs stock | stock vs phantom truth |",
-        "|---|---|---|",
-    ]
-    for c in sorted(d_ns):
-        lines.append(f"| {c} {names[c]} | {d_ns[c]:.4f} | {d_gt.get(c, float('nan')):.4f} |")
-    lines += ["", f"Mean Dice fast (no skip) vs stock: {np.mean(list(d_ns.values())):.4f}. "
-                  f"Foreground voxels unchanged by skipping: {100 * unchanged:.3f}%.", ""]
-    text = "\n".join(lines)
+    for z in zs:
+        ct, gt = synthetic_ct((z, args.xy, args.xy), spacing, seed=0)
+        img = sitk.GetImageFromArray(ct)
+        img.SetSpacing(tuple(reversed(spacing)))
+        case = tmp / f"case_z{z}_0000.nii.gz"
+        sitk.WriteImage(img, str(case))
+        arr = ct.astype(np.float32)[None]
+
+        def stock_pred():
+            return stock.predict_single_npy_array(arr, {"spacing": list(spacing)})
+        stock_pred()  # warm-up
+        ref, stock_s, stock_peak = timed_run(stock_pred, device)
+        stock_cold = cold_seconds([sys.executable, "-c", STOCK_COLD, str(md), str(case),
+                                   str(tmp / f"stock_z{z}.nii.gz"), device.type]) if args.cold else None
+        lines.append(f"| {z} | stock nnUNetPredictor | {stock_s:.2f} | 1.0x | {_mb(stock_peak)} | "
+                     + (f"{stock_cold:.2f}" if stock_cold else "-") + " | - | - | - |")
+        outs = {}
+        for name, fp in fast.items():
+            fp.predict(img)  # warm-up (kernel selection)
+            res, sec, peak = timed_run(lambda: fp.run(img), device)
+            outs[name] = sitk.GetArrayFromImage(res.labels)
+            cold = None
+            if args.cold:
+                cmd = [sys.executable, "-m", "flareseg.cli", "predict", "-i", str(case), "-o",
+                       str(tmp / f"ours_z{z}.nii.gz"), "-m", str(md), "--device", device.type, "-q"]
+                if name.endswith("no skip"):
+                    cmd.append("--no-skip")
+                cold = cold_seconds(cmd)
+            w = res.stats["windows"]
+            d = dice_per_class(outs[name], ref)
+            steps = ", ".join(f"{k} {v:.2f}" for k, v in res.stats["seconds"].items() if k != "total")
+            lines.append(f"| {z} | {name} | {sec:.2f} | {stock_s / sec:.1f}x | {_mb(peak)} | "
+                         + (f"{cold:.2f}" if cold else "-")
+                         + f" | {w['windows_run']} / {w['windows_total']} | "
+                         f"{np.mean(list(d.values())) if d else float('nan'):.4f} | {steps} |")
+        fg = outs["fast, no skip"] > 0
+        unchanged = float((outs["fast, skip"][fg] == outs["fast, no skip"][fg]).mean()) if fg.any() else 1.0
+        d_gt = dice_per_class(ref, gt)
+        lines.append(f"| {z} | (skip: foreground unchanged {100 * unchanged:.3f}%; stock vs phantom truth "
+                     f"{np.mean(list(d_gt.values())) if d_gt else float('nan'):.4f}) | | | | | | | |")
+    text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ DEFAULT_INTENSITY = {"max": 1500.0, "mean": 90.0, "median": 80.0, "min": -1000.0
                      "percentile_00_5": -960.0, "percentile_99_5": 1200.0, "std": 160.0}
 
 
-def _architecture(n_stages: int, features: Sequence[int], patch: Sequence[int]) -> dict:
+def _architecture(n_stages: int, features: Sequence[int], patch: Sequence[int], convs: int = 1) -> dict:
     strides = [[1, 1, 1]] + [[2 if p // 2 ** (s - 1) >= 8 else 1 for p in patch] for s in range(1, n_stages)]
     return {
         "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
@@ -30,7 +30,7 @@ def _architecture(n_stages: int, features: Sequence[int], patch: Sequence[int]) 
             "n_stages": n_stages, "features_per_stage": list(features),
             "conv_op": "torch.nn.modules.conv.Conv3d",
             "kernel_sizes": [[3, 3, 3]] * n_stages, "strides": strides,
-            "n_conv_per_stage": [1] * n_stages, "n_conv_per_stage_decoder": [1] * (n_stages - 1),
+            "n_conv_per_stage": [convs] * n_stages, "n_conv_per_stage_decoder": [convs] * (n_stages - 1),
             "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
             "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
             "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
@@ -42,8 +42,11 @@ def _architecture(n_stages: int, features: Sequence[int], patch: Sequence[int]) 
 
 def tiny_plans(patch_size: Sequence[int] = (16, 32, 32), spacing: Sequence[float] = (2.5, 1.5, 1.5),
                features: Sequence[int] = (4, 8, 16), configuration: str = "3d_fullres",
-               transpose_forward: Sequence[int] = (0, 1, 2), intensity: dict | None = None) -> dict:
-    """nnU-Net v2 plans with one small 3-D configuration (PlainConvUNet, CT normalisation)."""
+               transpose_forward: Sequence[int] = (0, 1, 2), intensity: dict | None = None,
+               convs_per_stage: int = 1) -> dict:
+    """nnU-Net v2 plans with one 3-D configuration (PlainConvUNet, CT normalisation); small by
+    default, nnU-Net's own network size with ``features=(32, 64, 128, 256, 320, 320)`` and
+    ``convs_per_stage=2``."""
     tb = [int(i) for i in torch.argsort(torch.tensor(list(transpose_forward))).tolist()]
     order3 = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
     return {
@@ -62,7 +65,7 @@ def tiny_plans(patch_size: Sequence[int] = (16, 32, 32), spacing: Sequence[float
             "resampling_fn_seg_kwargs": {**order3, "is_seg": True, "order": 1},
             "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
             "resampling_fn_probabilities_kwargs": {**order3, "order": 1},
-            "architecture": _architecture(len(features), features, patch_size),
+            "architecture": _architecture(len(features), features, patch_size, convs_per_stage),
             "batch_dice": False,
         }},
         "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
