@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from flareseg.inference.resample import nearest_indices, resample_image
-from flareseg.inference.stock_resampling import (linear_weights, resample_image_bspline, separate_axis,
-                                                 upsample_logits_argmax)
+from flareseg.inference.stock_resampling import (argmax_of_interpolation, export_samples, linear_weights,
+                                                 resample_image_bspline, separate_axis)
 
 
 def smooth_logits(k=4, shape=(6, 9, 8), seed=0) -> torch.Tensor:
@@ -44,7 +44,7 @@ def test_linear_weights_reproduce_torch_interpolation():
 @pytest.mark.parametrize("chunk_mb", [0.001, 256.0])
 def test_logit_upsampling_equals_trilinear_then_argmax(chunk_mb):
     lg = smooth_logits()
-    out = upsample_logits_argmax(lg, (17, 25, 21), chunk_mb=chunk_mb)
+    out = argmax_of_interpolation(lg, export_samples(lg.shape[1:], (17, 25, 21)), chunk_mb)
     ref = resample_image(lg, (17, 25, 21)).argmax(0)
     assert out.dtype == torch.uint8 and out.shape == (17, 25, 21)
     assert (out == ref).float().mean() > 0.999
@@ -58,7 +58,8 @@ def test_logit_upsampling_equals_trilinear_then_argmax(chunk_mb):
 def test_logit_upsampling_matches_stock_export(current, new, out_shape):
     lg = smooth_logits()
     ref = stock_resample(lg.numpy(), out_shape, current, new, order=1).argmax(0)
-    ours = upsample_logits_argmax(lg, out_shape, separate_axis(current, new), 0, chunk_mb=0.01).numpy()
+    ours = argmax_of_interpolation(
+        lg, export_samples(lg.shape[1:], out_shape, separate_axis(current, new), 0), chunk_mb=0.01).numpy()
     assert (ours == ref).mean() > 0.995
 
 
@@ -93,18 +94,18 @@ def test_boundary_only_export_is_exact_even_for_noise(in_shape, out_shape):
     lg = torch.randn((5, *in_shape), generator=g) * 3
     dense = torch.nn.functional.interpolate(lg[None], size=out_shape, mode="trilinear",
                                             align_corners=False)[0].argmax(0)
-    assert torch.equal(upsample_logits_argmax(lg, out_shape, chunk_mb=1e-4), dense.to(torch.uint8))
+    assert torch.equal(argmax_of_interpolation(lg, export_samples(in_shape, out_shape), chunk_mb=1e-4), dense.to(torch.uint8))
     z_nearest = lg.index_select(1, nearest_indices(in_shape[0], out_shape[0], "cpu"))
     dense_z = torch.nn.functional.interpolate(z_nearest.transpose(0, 1), size=out_shape[1:], mode="bilinear",
                                               align_corners=False).argmax(1)
-    assert torch.equal(upsample_logits_argmax(lg, out_shape, 0, 0), dense_z.to(torch.uint8))
+    assert torch.equal(argmax_of_interpolation(lg, export_samples(in_shape, out_shape, 0, 0)), dense_z.to(torch.uint8))
 
 
 def test_boundary_only_export_keeps_the_label_inside_uniform_cells():
     """A one-class volume needs no interpolation at all; half-precision logits are accepted."""
     lg = torch.zeros((3, 4, 5, 6), dtype=torch.float16)
     lg[2] = 1
-    out = upsample_logits_argmax(lg, (9, 11, 13))
+    out = argmax_of_interpolation(lg, export_samples(lg.shape[1:], (9, 11, 13)))
     assert out.dtype == torch.uint8 and bool((out == 2).all())
     with pytest.raises(ValueError, match="logits"):
-        upsample_logits_argmax(lg[0], (9, 11, 13))
+        argmax_of_interpolation(lg[0], export_samples(lg.shape[1:], (9, 11, 13)))

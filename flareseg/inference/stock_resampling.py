@@ -5,7 +5,7 @@ grid before the argmax.  When either spacing is anisotropic (largest / smallest 
 axis is the coarse one, that axis is handled separately with ``order_z`` (0: nearest) and the other
 two in-plane.  Here the same rules run in torch: the cubic B-spline is evaluated on the device
 (prefilter as a truncated FIR, then the four-tap B-spline weights), and the logits are interpolated only at label boundaries (exact, see
-:func:`upsample_logits_argmax`), so no class-score map ever exists at the input resolution.
+:func:`argmax_of_interpolation`), so no class-score map ever exists at the input resolution.
 
 Shapes are ``(Z, Y, X)`` / ``(K, Z, Y, X)`` in array index space, spacings in mm in the same order;
 the half-voxel convention (``align_corners=False``) throughout, as in :mod:`resample`.
@@ -62,18 +62,6 @@ def linear_weights(n_in: int, n_out: int, device: torch.device | str) -> tuple[t
     i0 = src.floor().long().clamp_(max=n_in - 1)
     i1 = (i0 + 1).clamp_(max=n_in - 1)
     return i0, i1, (src - i0).float()
-
-
-def _along_first(v: torch.Tensor, n_out: int, nearest: bool) -> torch.Tensor:
-    """Resample ``(n, ...)`` along dim 0 to ``n_out`` (nearest or linear)."""
-    n_in = v.shape[0]
-    if n_in == n_out:
-        return v
-    if nearest:
-        return v.index_select(0, nearest_indices(n_in, n_out, v.device))
-    i0, i1, w = linear_weights(n_in, n_out, v.device)
-    lo = v.index_select(0, i0)
-    return lo.add_((v.index_select(0, i1) - lo).mul_(w.view(-1, *[1] * (v.ndim - 1))))
 
 
 #: pole of the cubic B-spline prefilter; its impulse response is ``sqrt(3) * POLE ** |n|``
@@ -137,7 +125,9 @@ def resample_image_bspline(volume: torch.Tensor, out_shape: Sequence[int], axis:
     rest = [s for i, s in enumerate(out_shape) if i != axis]
     lo, hi = v.amin((1, 2)).view(-1, 1, 1), v.amax((1, 2)).view(-1, 1, 1)
     v = torch.minimum(torch.maximum(_bspline_along(_bspline_along(v, 1, rest[0]), 2, rest[1]), lo), hi)
-    return _along_first(v, out_shape[axis], nearest=order_axis == 0).movedim(0, axis)
+    if v.shape[0] != out_shape[axis]:
+        v = interpolate_axis(v, 0, axis_samples(v.shape[0], out_shape[axis], order_axis == 0, v.device))
+    return v.movedim(0, axis)
 
 
 @dataclass(frozen=True)
@@ -188,14 +178,19 @@ def take_nearest(volume: torch.Tensor, samples: Sequence[AxisSamples]) -> torch.
     return volume
 
 
+def interpolate_axis(values: torch.Tensor, dim: int, samples: AxisSamples) -> torch.Tensor:
+    """Interpolate a float tensor along ``dim`` at ``samples`` (linear, or nearest when unpaired)."""
+    lo = values.index_select(dim, samples.i0)
+    if samples.paired:
+        w = samples.w.to(values.dtype).view(*[-1 if d == dim else 1 for d in range(values.ndim)])
+        lo = lo.add_((values.index_select(dim, samples.i1) - lo).mul_(w))
+    return lo
+
+
 def interpolate(values: torch.Tensor, samples: Sequence[AxisSamples]) -> torch.Tensor:
     """Separable interpolation of a float ``(K, Z, Y, X)`` tensor at ``samples`` (all of it: dense)."""
     for a, s in enumerate(samples):
-        lo = values.index_select(a + 1, s.i0)
-        if s.paired:
-            w = s.w.to(values.dtype).view(*[-1 if d == a else 1 for d in range(3)])
-            lo = lo.add_((values.index_select(a + 1, s.i1) - lo).mul_(w))
-        values = lo
+        values = interpolate_axis(values, a + 1, s)
     return values
 
 
@@ -258,18 +253,3 @@ def argmax_of_interpolation(logits: torch.Tensor, samples: Sequence[AxisSamples]
             acc = term if acc is None else acc.add_(term)
         dst[idx] = acc.argmax(0).to(torch.uint8)
     return out
-
-
-def upsample_logits_argmax(logits: torch.Tensor, out_shape: Sequence[int], axis: int | None = None,
-                           order_axis: int = 0, chunk_mb: float = 256.0) -> torch.Tensor:
-    """Argmax of ``(K, z, y, x)`` logits resampled linearly to ``out_shape``: ``(Z, Y, X)`` uint8.
-
-    ``axis`` (from :func:`separate_axis`) is resampled nearest when ``order_axis == 0``; otherwise
-    the interpolation is trilinear (``F.interpolate``'s sample positions).  Computed by
-    :func:`argmax_of_interpolation` (boundary cells only, exact).
-    """
-    out_shape = tuple(int(s) for s in out_shape)
-    if len(out_shape) != 3 or logits.ndim != 4:
-        raise ValueError(f"expected (K, z, y, x) logits and a 3-D shape, got {tuple(logits.shape)} -> {out_shape}")
-    return argmax_of_interpolation(
-        logits, export_samples(logits.shape[1:], out_shape, axis, order_axis, logits.device), chunk_mb)
