@@ -134,6 +134,12 @@ class CleaningConfig:
     remove_far_from_organs: bool = True
 
 
+#: image resampling to the model spacing: the device B-spline (stock's, the default), trilinear,
+#: or nnU-Net's own function on the CPU
+ImageResampling = Literal["bspline", "linear", "nnunet"]
+IMAGE_RESAMPLING: tuple[str, ...] = typing.get_args(ImageResampling)
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     skip_windows: bool = True
@@ -145,7 +151,7 @@ class InferenceConfig:
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     crop_to_body: bool = True
     reorient: bool = True            # permute non-axial array layouts to axial, restore after
-    image_resampling: Literal["bspline", "linear", "nnunet"] = "bspline"  # to the model spacing (see docs)
+    image_resampling: ImageResampling = "bspline"  # to the model spacing (see docs)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

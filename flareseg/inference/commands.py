@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from flareseg.config import InferenceConfig
+from flareseg.config import IMAGE_RESAMPLING, InferenceConfig
 from flareseg.io import InputError, image_suffix, is_dicom_dir, strip_suffix, write_image, write_json
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-grow", action="store_true",
                    help="skipping without the growth safeguard: do not run skipped planes that touch "
                         "foreground predicted next to them (faster, may cut organs at the scan's ends)")
-    p.add_argument("--image-resampling", default="bspline", choices=["bspline", "linear", "nnunet"],
+    p.add_argument("--image-resampling", default="bspline", choices=IMAGE_RESAMPLING,
                    help="image to the model spacing: bspline (default) = stock nnU-Net's order-3 spline computed "
                         "on the device, labels equal to nnUNetv2_predict's with --no-skip; linear = trilinear, "
                         "fastest on a CPU, boundaries differ slightly; nnunet = nnU-Net's own function on the CPU "

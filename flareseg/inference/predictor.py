@@ -39,6 +39,7 @@ import SimpleITK as sitk
 import torch
 
 from flareseg.anatomy import bbox_of, body_mask, expand_bbox
+from flareseg.config import IMAGE_RESAMPLING
 from flareseg.io import InputError, read_image
 from flareseg.inference.normalize import normalize_
 from flareseg.inference.orientation import axial_reorientation
@@ -51,9 +52,6 @@ from flareseg.nnunet.model import LoadedModel, load_model, nnunet_image_resample
 
 log = logging.getLogger(__name__)
 
-#: image resampling to the model spacing: the device B-spline (stock's, the default), trilinear,
-#: or nnU-Net's own function on the CPU
-IMAGE_RESAMPLING = ("bspline", "linear", "nnunet")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -98,6 +96,16 @@ def model_box(box: Sequence[slice], shape: Sequence[int], shape_model: Sequence[
     input voxel ``i`` spans ``[i, i+1) * model / input`` model voxels)."""
     return tuple(slice(int(math.floor(b.start * m / n)), min(m, int(math.ceil(b.stop * m / n))))
                  for b, n, m in zip(box, shape, shape_model))
+
+
+def region_samples(shape_model: Sequence[int], shape: Sequence[int], region: Sequence[slice],
+                   separate: tuple[int | None, int], device: torch.device, nearest: bool = False
+                   ) -> tuple[tuple[slice, ...], tuple[AxisSamples, ...]]:
+    """Stock's export samples from the model grid to the input grid (``separate``: the coarse axis
+    and its order, :func:`separate_axis`), restricted to input voxels that read only model voxels
+    of ``region``: ``(crop in the input grid, samples relative to the region)``."""
+    samples = export_samples(shape_model, shape, *separate, device=device, nearest=nearest)
+    return tuple(zip(*(s.restrict(r.start, r.stop) for s, r in zip(samples, region))))  # type: ignore[return-value]
 
 
 def validate_array(arr: np.ndarray, spacing_zyx: Sequence[float], name: str,
@@ -250,7 +258,8 @@ class FastPredictor:
             probs = torch.softmax(out.float(), 0)
             if not (linear or save_probabilities):
                 out = None  # free the logits before the hook runs
-            labels_m = probs.argmax(0).to(torch.uint8)
+            if not linear:
+                labels_m = probs.argmax(0).to(torch.uint8)
             if prob_hook is not None:
                 hook_result = prob_hook(probs)
             del probs
@@ -261,15 +270,15 @@ class FastPredictor:
         # stock's export: logits linearly (nearest along a separate coarse axis) to the input grid,
         # then argmax; input voxels that read only model voxels of the region get labels
         sep = self._stock_axis_rule("probabilities", self.model.spacing, sp_t)
-        samples = export_samples(shape_model, arr_t.shape, *sep, device=self.device, nearest=not linear)
-        crop, samples = zip(*(s.restrict(r.start, r.stop) for s, r in zip(samples, region)))
+        crop, samples = region_samples(shape_model, arr_t.shape, region, sep, self.device, nearest=not linear)
         full = torch.zeros(arr_t.shape, dtype=torch.uint8, device=self.device)
         full[crop] = argmax_of_interpolation(out, samples, self.chunk_mb) if linear \
             else take_nearest(labels_m, samples)
         labels = full.permute(*tb).cpu().numpy()
         prob_np = None
         if save_probabilities:
-            prob_np = self._probabilities_to_input(out, region, shape_model, arr_t.shape, sep, tb)
+            prob_np = self._probabilities_to_input(
+                out, *region_samples(shape_model, arr_t.shape, region, sep, self.device), arr_t.shape, tb)
         out = None
         t.lap("export")
 
@@ -297,13 +306,10 @@ class FastPredictor:
                                                  list(self.model.spacing))
         return torch.from_numpy(np.ascontiguousarray(out[0], dtype=np.float32)).to(self.device)
 
-    def _probabilities_to_input(self, logits: torch.Tensor, region, shape_model, full_shape, sep,
-                                tb) -> np.ndarray:
-        """Stock's probability export: logits of the model region linearly to the input grid (its
-        rule for the coarse axis), then softmax, so their argmax is the label map; background 1
-        where no window ran.  Done in slabs of at most ``chunk_mb`` of float32 scores."""
-        samples = export_samples(shape_model, full_shape, *sep, device=logits.device)
-        crop, samples = zip(*(s.restrict(r.start, r.stop) for s, r in zip(samples, region)))
+    def _probabilities_to_input(self, logits: torch.Tensor, crop, samples, full_shape, tb) -> np.ndarray:
+        """Stock's probability export: logits of the model region linearly to the input grid at
+        ``samples`` (written into ``crop``), then softmax, so their argmax is the label map;
+        background 1 where no window ran.  Done in slabs of at most ``chunk_mb`` of float32 scores."""
         k = logits.shape[0]
         full = torch.zeros((k, *full_shape), dtype=torch.float16, device=logits.device)
         full[0] = 1
