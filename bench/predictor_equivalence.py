@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flareseg.evaluation.evaluate import list_cases  # noqa: E402
-from flareseg.evaluation.metrics import dice_per_class  # noqa: E402
+from flareseg.evaluation.metrics import dice_per_class, foreground_unchanged  # noqa: E402
 from flareseg.inference.commands import collect_inputs  # noqa: E402
 from flareseg.inference.predictor import FastPredictor, resolve_device  # noqa: E402
 from flareseg.io import InputError, read_image  # noqa: E402
@@ -67,12 +67,6 @@ def check_model_folder(model: Path, fold: str, checkpoint: str) -> Path:
                          f"fold_{fold} has {', '.join(have) or 'no checkpoints'}. "
                          f"Use --checkpoint to pick another one.")
     return ck
-
-
-def unchanged_fraction(ref: np.ndarray, other: np.ndarray) -> float:
-    """Share of ``ref``'s foreground voxels with the same label in ``other`` (1.0 without foreground)."""
-    fg = ref > 0
-    return float((other[fg] == ref[fg]).mean()) if fg.any() else 1.0
 
 
 def timed(fn, *a):
@@ -103,7 +97,7 @@ def run_case(img: sitk.Image, stock, fast: dict, gt: np.ndarray | None) -> dict:
         res_ns, t_ns = timed(ns.run, img)
         res_sk, t_sk = timed(sk.run, img)
         b, c = sitk.GetArrayFromImage(res_ns.labels), sitk.GetArrayFromImage(res_sk.labels)
-        m = {"dice": dice_per_class(b, ref), "unchanged": unchanged_fraction(b, c), "noskip_s": t_ns,
+        m = {"dice": dice_per_class(b, ref), "unchanged": foreground_unchanged(b, c), "noskip_s": t_ns,
              "skip_s": t_sk, "windows": res_sk.stats["windows"]}
         if gt is not None:
             m["vs_gt"] = dice_per_class(b, gt, sorted(set(np.unique(gt).tolist()) - {0}))

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flareseg.evaluation.metrics import dice_per_class  # noqa: E402
+from flareseg.evaluation.metrics import dice_per_class, foreground_unchanged  # noqa: E402
 from flareseg.inference.predictor import FastPredictor, resolve_device  # noqa: E402
 from flareseg.nnunet.model_folder import fit_model_folder, tiny_plans, write_model_folder  # noqa: E402
 
@@ -202,8 +202,7 @@ def main(argv=None) -> int:
                          + (f"{cold:.2f}" if cold else "-")
                          + f" | {w['windows_run']} / {w['windows_total']} | "
                          f"{np.mean(list(d.values())) if d else float('nan'):.4f} | {steps} |")
-        fg = outs["fast, no skip"] > 0
-        unchanged = float((outs["fast, skip"][fg] == outs["fast, no skip"][fg]).mean()) if fg.any() else 1.0
+        unchanged = foreground_unchanged(outs["fast, no skip"], outs["fast, skip"])
         d_gt = dice_per_class(ref, gt)
         lines.append(f"| {z} | (skip: foreground unchanged {100 * unchanged:.3f}%; stock vs phantom truth "
                      f"{np.mean(list(d_gt.values())) if d_gt else float('nan'):.4f}) | | | | | | | |")

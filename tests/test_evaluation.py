@@ -241,3 +241,14 @@ def test_dice_per_class_over_classes_in_either_map():
     b[1, 0, 0] = 3            # only in b
     assert dice_per_class(a, b) == {1: pytest.approx(2 * 2 / 6), 3: 0.0}
     assert dice_per_class(a, b, classes=[2]) == {2: 1.0}   # absent from both: FLARE's 1.0
+
+
+def test_foreground_unchanged_counts_only_the_reference_foreground():
+    from flareseg.evaluation.metrics import foreground_unchanged
+    ref = np.zeros((2, 4, 4), np.uint8)
+    ref[0, :2, :2] = 1                       # 4 foreground voxels
+    other = ref.copy()
+    other[0, 0, 0] = 0                       # one of them lost
+    other[1] = 2                             # new foreground elsewhere does not count
+    assert foreground_unchanged(ref, other) == pytest.approx(0.75)
+    assert foreground_unchanged(np.zeros_like(ref), other) == 1.0

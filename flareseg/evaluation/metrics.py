@@ -35,6 +35,13 @@ def dice_per_class(a: np.ndarray, b: np.ndarray, classes: Sequence[int] | None =
     return {int(c): dice(a == c, b == c) for c in classes}
 
 
+def foreground_unchanged(ref: np.ndarray, other: np.ndarray) -> float:
+    """Share of ``ref``'s foreground voxels with the same label in ``other`` (1.0 without foreground):
+    what window skipping leaves unchanged against a prediction without it."""
+    fg = ref > 0
+    return float((other[fg] == ref[fg]).mean()) if fg.any() else 1.0
+
+
 def surface_dice(pred: np.ndarray, ref: np.ndarray, spacing_zyx: Sequence[float],
                  tolerance_mm: float) -> float:
     """Normalised surface Dice of two boolean ``(Z, Y, X)`` masks at ``tolerance_mm``.
