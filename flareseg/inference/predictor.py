@@ -117,8 +117,10 @@ def validate_array(arr: np.ndarray, spacing_zyx: Sequence[float], name: str,
             or max(spacing_zyx) > spacing_range_mm[1]:
         raise InputError(name, f"spacing {tuple(round(s, 4) for s in spacing_zyx)} mm is outside "
                                f"[{spacing_range_mm[0]}, {spacing_range_mm[1]}] mm")
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        raise InputError(name, "image contains NaN or infinite values")
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+        if bad:  # checked first: NaN compares unequal, so an all-NaN image is not "constant"
+            raise InputError(name, f"holds {bad} NaN/inf voxels (of {arr.size})")
     if arr.min() == arr.max():
         raise InputError(name, f"image is constant ({arr.flat[0]}): nothing to segment")
 
