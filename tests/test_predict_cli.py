@@ -1,17 +1,20 @@
 """`flareseg predict`: naming, reports, statistics, failing cases, real files."""
 from __future__ import annotations
 
+import argparse
 import json
+import os
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from flareseg.cli import main
-from flareseg.inference.commands import case_name, collect_inputs
+from flareseg.inference.commands import (case_name, check_outputs, collect_inputs, fraction, int_at_least,
+                                        overlapping_paths, planned_outputs)
 from flareseg.inference.statistics import label_statistics
-from flareseg.io import Geometry, geometry_mismatch, read_image
-from flareseg.nnunet.model_folder import tiny_plans, write_model_folder
+from flareseg.io import Geometry, InputError, geometry_mismatch, read_image
+from flareseg.nnunet.model_folder import check_model_folder, find_model_folders, tiny_plans, write_model_folder
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +111,125 @@ def test_image_resampling_flag_writes_labels_on_the_input_grid(tmp_path, model_d
     lab = sitk.ReadImage(str(out / "c.nii.gz"))
     assert geometry_mismatch(Geometry.of(lab), Geometry.of(img)) == []
     assert json.loads((out / "predict_report.json").read_text())["settings"]["image_resampling"] == mode
+
+
+# ------------------------------------------------------------------ refusing to overwrite inputs
+
+def test_overlapping_paths_by_name_symlink_and_hard_link(tmp_path):
+    a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    a.write_bytes(b"ct a")
+    b.write_bytes(b"ct b")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "link.nii.gz").symlink_to(a)
+    os.link(b, tmp_path / "sub" / "hard.nii.gz")
+    outs = [tmp_path / "sub" / ".." / "a.nii.gz",       # same file by name (unnormalised)
+            tmp_path / "sub" / "link.nii.gz",           # a symlink to an input
+            tmp_path / "sub" / "hard.nii.gz",           # a hard link of an input
+            tmp_path / "sub" / "new.nii.gz"]            # a new file: fine
+    hits = overlapping_paths([a, b], outs)
+    assert hits == [(outs[0], a), (outs[1], a), (outs[2], b)]
+    assert overlapping_paths([a], [b, tmp_path / "c.nii.gz"]) == []
+
+
+def test_overlapping_paths_folders(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "in", target_is_directory=True)
+    assert overlapping_paths([tmp_path / "in"], [tmp_path / "in"]) == [(tmp_path / "in", tmp_path / "in")]
+    assert overlapping_paths([tmp_path / "in"], [tmp_path / "alias"]) == [(tmp_path / "alias", tmp_path / "in")]
+    assert overlapping_paths([tmp_path / "in"], [tmp_path / "in" / "out"]) == []   # a subfolder is another path
+
+
+def test_planned_outputs_every_file(tmp_path):
+    cases = [("a", tmp_path / "a_0000.nii.gz"), ("b", tmp_path / "b.mha")]
+    plan = planned_outputs(cases, tmp_path, tmp_path / "out", save_probabilities=True, statistics=True)
+    out = tmp_path / "out"
+    assert plan.folder == out
+    assert sorted(plan.files) == sorted([out / "a.nii.gz", out / "b.nii.gz", out / "a.npz", out / "b.npz",
+                                         out / "predict_report.json", out / "statistics.json"])
+    one = tmp_path / "a_0000.nii.gz"
+    one.write_bytes(b"x")
+    plan = planned_outputs([("a", one)], one, tmp_path / "o" / "lab.nii.gz", report=tmp_path / "r.json")
+    assert plan.files == [tmp_path / "o" / "lab.nii.gz", tmp_path / "r.json"] and plan.folder == tmp_path / "o"
+
+
+def test_check_outputs_rules(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for n in ("a.nii.gz", "b_0000.nii.gz"):
+        _ct(inp / n)
+    cases = collect_inputs(inp)
+    files = [p for _, p in cases]
+
+    def problem(output, input_path=inp, report=None, cs=cases):
+        return check_outputs(planned_outputs(cs, input_path, output, report=report), [input_path, *files])
+
+    assert "is the input folder" in problem(inp)                     # -o == -i: refused even without clobbering
+    assert problem(inp / "out") is None                              # a subfolder: nothing collides
+    assert problem(tmp_path / "out") is None
+    assert "would overwrite the input" in problem(tmp_path / "out", report=inp / "a.nii.gz")
+    assert "--report" in problem(tmp_path / "out", report=inp / "a.nii.gz")
+    assert "written twice" in problem(tmp_path / "out", report=tmp_path / "out" / "a.nii.gz")
+    one = [("a", inp / "a.nii.gz")]
+    assert "would overwrite the input" in problem(inp / "a.nii.gz", inp / "a.nii.gz", cs=one)  # file == file
+    assert "would overwrite the input" in problem(inp, inp / "a.nii.gz", cs=one)   # OUT/a.nii.gz is the input
+    assert problem(inp, inp / "b_0000.nii.gz", cs=[("b", inp / "b_0000.nii.gz")]) is None  # OUT/b.nii.gz is new
+
+
+@pytest.mark.parametrize("output", ["a.nii.gz", "."])
+def test_refused_before_the_model_loads(tmp_path, model_dir, output, caplog):
+    """`-i a.nii.gz -o a.nii.gz` and `-i d -o d` exited 0 and replaced the CT with its label map."""
+    _ct(tmp_path / "a.nii.gz")
+    before = (tmp_path / "a.nii.gz").read_bytes()
+    inp = tmp_path / ("a.nii.gz" if output != "." else "")
+    rc = main(["predict", "-i", str(inp), "-o", str(tmp_path / output), "-m", str(model_dir),
+               "--device", "cpu", "-q"])
+    assert rc == 2 and (tmp_path / "a.nii.gz").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz"]
+    assert "would overwrite the input" in caplog.text or "is the input folder" in caplog.text
+    # the refusal comes first: with no model folder at all the message is still about the output
+    caplog.clear()
+    assert main(["predict", "-i", str(inp), "-o", str(tmp_path / output), "-m", str(tmp_path / "none"),
+                 "-q"]) == 2
+    assert "input" in caplog.text and "model folder does not exist" not in caplog.text
+
+
+# ------------------------------------------------------------------ model folder and flags
+
+def test_check_model_folder(tmp_path, model_dir):
+    assert check_model_folder(model_dir, ["0"]) == model_dir
+    with pytest.raises(InputError, match="does not exist"):
+        check_model_folder(tmp_path / "nope")
+    parent = tmp_path / "models"
+    parent.mkdir()
+    (parent / "coarse").symlink_to(model_dir, target_is_directory=True)
+    with pytest.raises(InputError, match=f"did you mean {parent / 'coarse'}"):
+        check_model_folder(parent)                               # the parent of the model folder
+    with pytest.raises(InputError, match=f"did you mean {model_dir}"):
+        check_model_folder(model_dir / "fold_0")                 # a fold folder
+    with pytest.raises(InputError, match=f"the model folder is {model_dir}"):
+        check_model_folder(model_dir / "fold_0" / "checkpoint_final.pth")
+    with pytest.raises(InputError, match=r"fold 1, 3 not found .*available folds: 0"):
+        check_model_folder(model_dir, ["0", "1", "3"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="missing plans.json, dataset.json, fold_") as e:
+        check_model_folder(empty)
+    assert "did you mean" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_find_model_folders_looks_a_few_levels_down(tmp_path, model_dir):
+    deep = tmp_path / "results" / "Dataset001" / "Trainer__Plans__3d"
+    deep.parent.mkdir(parents=True)
+    (deep).symlink_to(model_dir, target_is_directory=True)
+    assert find_model_folders(tmp_path) == [deep]
+    assert find_model_folders(tmp_path, depth=2) == []
+
+
+def test_numeric_flag_types():
+    assert int_at_least(1)("4") == 4 and fraction("1") == 1.0 and fraction("0.25") == 0.25
+    for bad in ("0", "-1", "2.5", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match=">= 1"):
+            int_at_least(1)(bad)
+    for bad in ("0", "-0.5", "1.01", "nan", "inf", "half"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"\(0, 1\]"):
+            fraction(bad)

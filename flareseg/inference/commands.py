@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,6 +28,13 @@ outputs: OUT/<case>.nii.gz label maps on exactly the input grid (DICOM folder ->
          with --save-probabilities OUT/<case>.npz (softmax, key "probabilities", (K, Z, Y, X)).
          A single input file with -o ending in .nii.gz writes exactly that file.
 A case that fails is reported and skipped; the exit code is 1 if any case failed.
+
+safety:  inputs are never written to. Before the model loads, predict refuses (exit 2) an -o equal
+         to the input folder, and any output (label map, .npz, statistics.json, the report) whose
+         path is an input file, the model's files, or the same file through a symlink or hard
+         link; -o may be a subfolder of the input folder. A bad model folder (missing files,
+         the parent of the real model folder, a fold_X folder, an absent --fold) also exits 2.
+         Exit codes: 0 all written, 1 some cases failed (the rest written), 2 usage error.
 
 examples:
   flareseg predict -i scan.nii.gz -o out/ -m models/coarse
@@ -69,6 +79,110 @@ def collect_inputs(path: Path) -> list[tuple[str, Path]]:
     return out
 
 
+@dataclass(frozen=True)
+class OutputPlan:
+    """Every path a predict run writes (``folder`` is created; the rest are files)."""
+
+    folder: Path
+    labels: dict[str, Path]          # case -> label map
+    probabilities: dict[str, Path]   # case -> softmax .npz (with --save-probabilities)
+    report: Path
+    statistics: Path | None          # with --statistics
+
+    @property
+    def files(self) -> list[Path]:
+        return [*self.labels.values(), *self.probabilities.values(), self.report,
+                *([self.statistics] if self.statistics else [])]
+
+
+def planned_outputs(cases: Sequence[tuple[str, Path]], input_path: str | os.PathLike, output: str | os.PathLike,
+                    save_probabilities: bool = False, statistics: bool = False,
+                    report: str | os.PathLike | None = None) -> OutputPlan:
+    """The outputs of ``flareseg predict`` for ``cases`` (from :func:`collect_inputs`): one input
+    file with an image-suffixed ``output`` writes exactly that file, otherwise ``output`` is a folder."""
+    single_file = len(cases) == 1 and Path(input_path).is_file() and bool(image_suffix(output))
+    folder = Path(output).parent if single_file else Path(output)
+    labels = {c: Path(output) if single_file else folder / f"{c}.nii.gz" for c, _ in cases}
+    probs = {c: folder / f"{c}.npz" for c, _ in cases} if save_probabilities else {}
+    return OutputPlan(folder, labels, probs, Path(report) if report else folder / "predict_report.json",
+                      folder / "statistics.json" if statistics else None)
+
+
+def _resolved(p: Path) -> Path | None:
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):  # symlink loop
+        return None
+
+
+def _inode(p: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(p)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def overlapping_paths(inputs: Iterable[str | os.PathLike],
+                      outputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path]]:
+    """``(output, input)`` pairs where the output is the input: the same path once symlinks are
+    resolved, or the same existing file or folder (device and inode: hard links, bind mounts,
+    case-insensitive names)."""
+    by_path: dict[Path, Path] = {}
+    by_inode: dict[tuple[int, int], Path] = {}
+    for i in map(Path, inputs):
+        r, n = _resolved(i), _inode(i)
+        if r is not None:
+            by_path.setdefault(r, i)
+        if n is not None:
+            by_inode.setdefault(n, i)
+    hits = []
+    for o in map(Path, outputs):
+        r, n = _resolved(o), _inode(o)
+        hit = (by_path.get(r) if r is not None else None) or (by_inode.get(n) if n is not None else None)
+        if hit is not None:
+            hits.append((o, hit))
+    return hits
+
+
+def _input_paths(input_path: Path, cases: Sequence[tuple[str, Path]], model: Path) -> list[Path]:
+    """What predict reads: the -i path, each case (and the files of a DICOM series folder), the
+    model folder's files."""
+    out = [input_path]
+    for _, p in cases:
+        out.append(p)
+        if p.is_dir():
+            out.extend(c for c in p.iterdir() if c.is_file())
+    if model.is_dir():
+        out += [model / "plans.json", model / "dataset.json", *model.glob("fold_*/checkpoint*.pth")]
+    return out
+
+
+def check_outputs(plan: OutputPlan, inputs: Sequence[Path]) -> str | None:
+    """The reason predict must not write ``plan`` (one line naming both paths), or None."""
+    folder = overlapping_paths(inputs, [plan.folder])
+    if folder:
+        o, i = folder[0]
+        if i.is_dir():
+            return (f"output folder {o} is the input folder {i}: outputs would land among the inputs "
+                    "(use another -o; a subfolder of the input folder is fine)")
+        return f"output folder {o} is the input {i}"
+    clobbered = overlapping_paths(inputs, plan.files)
+    if clobbered:
+        o, i = clobbered[0]
+        flag = "--report" if o == plan.report else "-o"
+        return f"output {o} would overwrite the input {i} (same file); use another {flag}"
+    seen: dict[Path, Path] = {}
+    for f in plan.files:
+        r = _resolved(f) or f
+        if r in seen:
+            return f"output {f} is written twice (also as {seen[r]}); use another --report"
+        seen[r] = f
+    if plan.folder.exists() and not plan.folder.is_dir():
+        return f"output folder {plan.folder} is an existing file"
+    return None
+
+
 def _versions() -> dict:
     import torch
     from flareseg.pipeline.stage import versions
@@ -76,41 +190,66 @@ def _versions() -> dict:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from flareseg.inference.predictor import FastPredictor
-    from flareseg.inference.statistics import label_statistics
+    from flareseg.nnunet.model_folder import check_model_folder
 
     try:
         cases = collect_inputs(Path(args.input))
     except InputError as e:
         log.error("%s", e)
         return 2
-    single_file = len(cases) == 1 and Path(args.input).is_file() and bool(image_suffix(args.output))
-    out_dir = Path(args.output).parent if single_file else Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = planned_outputs(cases, args.input, args.output, args.save_probabilities, args.statistics,
+                           args.report)
+    # every refusal happens here, before a folder is created or the model is loaded
+    problem = check_outputs(plan, _input_paths(Path(args.input), cases, Path(args.model)))
+    if problem:
+        log.error("%s", problem)
+        return 2
+    folds = [f.strip() for f in args.fold.split(",")] if args.fold else None
+    try:
+        check_model_folder(args.model, folds)
+    except InputError as e:
+        log.error("%s", e)
+        return 2
+    import torch
+    if args.device == "cuda" and not torch.cuda.is_available():
+        log.error("--device cuda: no CUDA device is available (use --device cpu or auto)")
+        return 2
+    try:
+        plan.folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        log.error("%s: cannot create the output folder (%s)", plan.folder, e.strerror or e)
+        return 2
+
+    from flareseg.inference.predictor import FastPredictor
+    from flareseg.inference.statistics import label_statistics
+    from flareseg.nnunet.model import ModelFolderError
 
     t0 = time.perf_counter()
-    folds = [f.strip() for f in args.fold.split(",")] if args.fold else None
     # the flags are the InferenceConfig the stages use; from_config owns the mapping to the predictor
     cfg = InferenceConfig(skip_windows=not args.no_skip, skip_threshold=args.skip_threshold,
                           skip_grow=not args.no_grow, step_size=args.step_size, tta=args.tta,
                           batch_windows=args.batch_windows, dtype=args.dtype,
                           crop_to_body=not args.no_crop, reorient=not args.no_reorient,
                           image_resampling=args.image_resampling, device=args.device)
-    predictor = FastPredictor.from_config(args.model, cfg, folds=folds)
+    try:
+        predictor = FastPredictor.from_config(args.model, cfg, folds=folds)
+    except (InputError, ModelFolderError) as e:   # corrupt/untrusted checkpoint, inconsistent folder
+        log.error("%s", e)
+        return 2
     load_s = time.perf_counter() - t0
     names = {i: n for n, i in predictor.model.labels.items()}
     tumor = predictor.model.labels.get("tumor")
 
     report_cases, statistics, failed = [], {}, 0
     for case, path in tqdm(cases, desc="predict", unit="case", disable=args.quiet):
-        dest = Path(args.output) if single_file else out_dir / f"{case}.nii.gz"
+        dest = plan.labels[case]
         entry = {"case": case, "input": str(path), "output": str(dest)}
         try:
             t = time.perf_counter()
             res = predictor.run(path, save_probabilities=args.save_probabilities)
             write_image(res.labels, dest)
             if args.save_probabilities:
-                _write_npz(res.probabilities, out_dir / f"{case}.npz")
+                _write_npz(res.probabilities, plan.probabilities[case])
             if args.statistics:
                 arr = sitk.GetArrayViewFromImage(res.labels)
                 spacing = tuple(reversed(res.labels.GetSpacing()))
@@ -132,11 +271,11 @@ def run_predict(args: argparse.Namespace) -> int:
                   "reorient": not args.no_reorient, "image_resampling": args.image_resampling},
               "model_load_seconds": round(load_s, 4), "total_seconds": round(time.perf_counter() - t0, 4),
               "cases_ok": len(cases) - failed, "cases_failed": failed, "cases": report_cases}
-    write_json(report, Path(args.report) if args.report else out_dir / "predict_report.json")
-    if args.statistics:
-        write_json(statistics, out_dir / "statistics.json")
-    print(f"{len(cases) - failed}/{len(cases)} cases written to {out_dir}"
-          + (f"; {failed} failed (see predict_report.json)" if failed else ""))
+    write_json(report, plan.report)
+    if plan.statistics:
+        write_json(statistics, plan.statistics)
+    print(f"{len(cases) - failed}/{len(cases)} cases written to {plan.folder}"
+          + (f"; {failed} failed (see {plan.report.name})" if failed else ""))
     return 1 if failed else 0
 
 
@@ -145,6 +284,31 @@ def _write_npz(probabilities: np.ndarray, dest: Path) -> None:
     with atomic_path(dest) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, probabilities=probabilities)
+
+
+def int_at_least(lo: int):
+    """argparse ``type=``: an integer >= ``lo``; argparse's error names the flag (exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {v}")
+        return v
+    parse.__name__ = f"integer >= {lo}"   # argparse's fallback message shows it
+    return parse
+
+
+def fraction(text: str) -> float:
+    """argparse ``type=``: a number in (0, 1]; argparse's error names the flag (exit 2)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < v <= 1:   # also false for NaN
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return v
 
 
 def register(subparsers) -> None:
@@ -160,8 +324,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="default: auto")
     p.add_argument("--fold", default=None, help="fold(s) to use, e.g. 0 or 0,1,2 or all (default: every fold found)")
     p.add_argument("--no-skip", action="store_true", help="predict every window (turn window skipping off)")
-    p.add_argument("--skip-threshold", type=int, default=1,
-                   help="foreground voxels the indicator windows need to keep a plane (default 1)")
+    p.add_argument("--skip-threshold", type=int_at_least(1), default=1,
+                   help="foreground voxels (>= 1) the indicator windows need to keep a plane (default 1)")
     p.add_argument("--no-grow", action="store_true",
                    help="skipping without the growth safeguard: do not run skipped planes that touch "
                         "foreground predicted next to them (faster, may cut organs at the scan's ends)")
@@ -171,8 +335,10 @@ def register(subparsers) -> None:
                         "fastest on a CPU, boundaries differ slightly; nnunet = nnU-Net's own function on the CPU "
                         "(reference, slowest)")
     p.add_argument("--tta", action="store_true", help="test-time mirroring over the model's allowed axes")
-    p.add_argument("--step-size", type=float, default=0.5, help="window step as a fraction of the patch (default 0.5)")
-    p.add_argument("--batch-windows", type=int, default=4, help="windows per network call (default 4)")
+    p.add_argument("--step-size", type=fraction, default=0.5,
+                   help="window step as a fraction of the patch, in (0, 1] (default 0.5)")
+    p.add_argument("--batch-windows", type=int_at_least(1), default=4,
+                   help="windows per network call, >= 1 (default 4)")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
                    help="autocast/accumulator type on CUDA (CPU always float32)")
     p.add_argument("--no-crop", action="store_true",
