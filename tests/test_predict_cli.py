@@ -233,3 +233,32 @@ def test_numeric_flag_types():
     for bad in ("0", "-0.5", "1.01", "nan", "inf", "half"):
         with pytest.raises(argparse.ArgumentTypeError, match=r"\(0, 1\]"):
             fraction(bad)
+
+
+@pytest.mark.parametrize("reason", ["corrupt checkpoint (truncated)", "untrusted checkpoint (pickled code)"])
+def test_input_error_while_the_model_loads_exits_2(tmp_path, model_dir, monkeypatch, caplog, reason):
+    """Checkpoint loading names the file and the reason with InputError: one line, exit 2, no output."""
+    from flareseg.inference.predictor import FastPredictor
+
+    ckpt = model_dir / "fold_0" / "checkpoint_final.pth"
+
+    def refuse(*a, **k):
+        raise InputError(ckpt, reason)
+    monkeypatch.setattr(FastPredictor, "from_config", classmethod(lambda cls, *a, **k: refuse()))
+    _ct(tmp_path / "a.nii.gz")
+    rc = main(["predict", "-i", str(tmp_path / "a.nii.gz"), "-o", str(tmp_path / "out" / "deep"),
+               "-m", str(model_dir), "--device", "cpu", "-q"])
+    assert rc == 2
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == [f"{ckpt}: {reason}"] and not errors[0].exc_info
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz"]   # no empty output folder left
+
+
+def test_device_cuda_without_cuda_exits_2(tmp_path, model_dir, caplog):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    _ct(tmp_path / "a.nii.gz")
+    assert main(["predict", "-i", str(tmp_path / "a.nii.gz"), "-o", str(tmp_path / "out"), "-m", str(model_dir),
+                 "--device", "cuda", "-q"]) == 2
+    assert "--device cuda: no CUDA device" in caplog.text and not (tmp_path / "out").exists()

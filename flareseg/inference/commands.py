@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -214,6 +215,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         log.error("--device cuda: no CUDA device is available (use --device cpu or auto)")
         return 2
+    created = [d for d in (plan.folder, *plan.folder.parents) if not d.exists()]  # to undo on refusal
     try:
         plan.folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -235,6 +237,9 @@ def run_predict(args: argparse.Namespace) -> int:
         predictor = FastPredictor.from_config(args.model, cfg, folds=folds)
     except (InputError, ModelFolderError) as e:   # corrupt/untrusted checkpoint, inconsistent folder
         log.error("%s", e)
+        for d in created:                           # leave no empty output folders behind
+            with contextlib.suppress(OSError):
+                d.rmdir()
         return 2
     load_s = time.perf_counter() - t0
     names = {i: n for n, i in predictor.model.labels.items()}
