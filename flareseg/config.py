@@ -211,13 +211,14 @@ class Range:
         return True
 
     def describe(self) -> str:
+        def num(v: float) -> str:
+            return str(int(v)) if float(v).is_integer() else f"{v:g}"
         if self.lo is not None and self.hi is not None:
-            s = f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
-            s = f"in {s}"
+            s = f"in {'(' if self.lo_open else '['}{num(self.lo)}, {num(self.hi)}{')' if self.hi_open else ']'}"
         elif self.lo is not None:
-            s = f"{'>' if self.lo_open else '>='} {self.lo:g}"
+            s = f"{'>' if self.lo_open else '>='} {num(self.lo)}"
         elif self.hi is not None:
-            s = f"{'<' if self.hi_open else '<='} {self.hi:g}"
+            s = f"{'<' if self.hi_open else '<='} {num(self.hi)}"
         else:
             s = "finite"
         return s + (" with lo <= hi" if self.ordered else "")

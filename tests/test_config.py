@@ -124,7 +124,7 @@ def test_defaults_and_shipped_configs_are_in_range():
     ("cto.margin_z=[16,8]", "cto.margin_z", "lo <= hi"),
     ("cto.margin_xy=[-1,4]", "cto.margin_xy", "[0, 256]"),
     ("data.phantoms.labeled=1000000000", "data.phantoms.labeled", "[0, 10000]"),
-    ("data.phantoms.seed=-1", "data.phantoms.seed", "[0, 4.29497e+09]"),
+    ("data.phantoms.seed=-1", "data.phantoms.seed", "[0, 4294967295]"),
     ("data.phantoms.size_xy=[8,8]", "data.phantoms.size_xy", "[16, 2048]"),
     ("data.num_processes=0", "data.num_processes", "[1, 512]"),
     ("inference.step_size=0", "inference.step_size", "(0, 1]"),
