@@ -2,7 +2,8 @@
 
 Loading starts from the dataclass defaults (the paper's settings, also written out in
 ``configs/default.yaml``) and merges one YAML file plus ``--set a.b=value`` overrides.  Unknown
-keys and wrong types raise :class:`ConfigError` naming the key and the file.  ``resolved()`` gives
+keys, wrong types and out-of-range numbers (the ``RANGES`` table) raise :class:`ConfigError`
+naming the key, the value, the allowed range and the file.  ``resolved()`` gives
 the plain dict that every stage writes next to its outputs, ``config_hash()`` its digest.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import types
 import typing
@@ -21,7 +23,8 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A config key is unknown, has the wrong type, or an override is malformed."""
+    """A config key is unknown, has the wrong type or an out-of-range value (see ``RANGES``), an
+    override is malformed, or the config file is missing/unreadable.  One line naming the key."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,186 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
+# --------------------------------------------------------------------------- allowed ranges
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric key: ``lo``/``hi`` bounds (None: unbounded), open or closed.
+
+    For a list-valued key every element must lie in the range; ``ordered`` also asks for
+    ``lo <= hi`` between the two elements of a ``[lo, hi]`` pair.  For a mapping the values are
+    checked, and ``keys`` (a Range) checks the keys.  Floats must be finite.
+    """
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    ordered: bool = False
+    keys: Optional["Range"] = None
+
+    def contains(self, v: float) -> bool:
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        if self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi):
+            return False
+        return True
+
+    def describe(self) -> str:
+        def num(v: float) -> str:
+            return str(int(v)) if float(v).is_integer() else f"{v:g}"
+        if self.lo is not None and self.hi is not None:
+            s = f"in {'(' if self.lo_open else '['}{num(self.lo)}, {num(self.hi)}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            s = f"{'>' if self.lo_open else '>='} {num(self.lo)}"
+        elif self.hi is not None:
+            s = f"{'<' if self.hi_open else '<='} {num(self.hi)}"
+        else:
+            s = "finite"
+        return s + (" with lo <= hi" if self.ordered else "")
+
+
+#: the most phantom cases of one kind (labeled, tumor-only, unlabeled, validation) one run writes
+MAX_PHANTOMS = 10_000
+#: the largest seed (numpy and torch both accept 0 .. 2**32 - 1)
+MAX_SEED = 2**32 - 1
+
+_COUNT = Range(0)            # a count that may be 0
+_POSITIVE_INT = Range(1)     # at least one
+_POSITIVE = Range(0, lo_open=True)
+_NON_NEGATIVE = Range(0)
+_FRACTION = Range(0, 1)      # a probability or a share
+_SEED = Range(0, MAX_SEED)
+_CLASS = Range(1, 14)        # a FLARE23 foreground class (flareseg.labels.FOREGROUND)
+
+#: allowed range of every numeric key, per config dataclass and field (tests/test_config.py checks
+#: that no int/float field is missing here).  Cross-field orders live in ``ORDERED_FIELDS``.
+RANGES: dict[str, dict[str, Range]] = {
+    "PhantomConfig": {
+        "labeled": Range(0, MAX_PHANTOMS), "tumor_only": Range(0, MAX_PHANTOMS),
+        "unlabeled": Range(0, MAX_PHANTOMS), "validation": Range(0, MAX_PHANTOMS),
+        "seed": _SEED,
+        "size_xy": Range(16, 2048, ordered=True),              # the generator needs >= 16 voxels
+        "inplane_spacing": Range(0, 20, lo_open=True, ordered=True),
+        "slice_spacing": Range(0, 50, lo_open=True, ordered=True),
+        "extent_z_mm": Range(0, 2000, lo_open=True, ordered=True),
+        "z_margin_mm": Range(0, 1000),
+    },
+    "DataConfig": {
+        "dataset_id": Range(1, 998),     # nnU-Net ids have 3 digits; stage-5 uses dataset_id + 1
+        "num_processes": Range(1, 512),
+    },
+    "PlanConfig": {
+        "spacing": Range(0, 50, lo_open=True),
+        "patch_size": Range(4, 1024),
+        "batch_size": _POSITIVE_INT,
+        "features_base": _POSITIVE_INT,
+        "features_max": _POSITIVE_INT,
+    },
+    "TrainConfig": {
+        "epochs": _POSITIVE_INT, "iterations_per_epoch": _POSITIVE_INT, "val_iterations": _POSITIVE_INT,
+        "lr": Range(0, 10, lo_open=True),
+        "momentum": Range(0, 1, hi_open=True),
+        "weight_decay": _NON_NEGATIVE,
+        "poly_exponent": _NON_NEGATIVE,
+        "oversample_foreground": _FRACTION,
+        "num_workers": Range(0, 512),
+        "fold": _COUNT,
+        "save_every": _POSITIVE_INT,
+        "seed": _SEED,
+    },
+    "PseudoLabelConfig": {
+        "k_organ": _NON_NEGATIVE,    # a count (>= 1) or a fraction (< 1) of the cases
+        "k_tumor": _NON_NEGATIVE,
+    },
+    "CTOConfig": {
+        "margin_z": Range(0, 256, ordered=True), "margin_xy": Range(0, 256, ordered=True),
+        "min_voxels": _POSITIVE_INT,
+        "max_extent_fraction": Range(0, 1, lo_open=True),
+        "abdomen_margin_mm": _NON_NEGATIVE,
+        "seed": _SEED,
+    },
+    "CutMixConfig": {
+        "probability": _FRACTION,
+        "max_objects": Range(1, 100),
+        "abdomen_margin_mm": _NON_NEGATIVE,
+    },
+    "CleaningConfig": {
+        "min_voxels": _COUNT,        # 0 or 1: nothing removed for size
+        "abdomen_margin_mm": _NON_NEGATIVE,
+        "max_organ_distance_mm": _NON_NEGATIVE,
+    },
+    "InferenceConfig": {
+        "skip_threshold": _POSITIVE_INT,
+        "step_size": Range(0, 1, lo_open=True),
+        "batch_windows": _POSITIVE_INT,
+    },
+    "EvaluationConfig": {
+        "nsd_tolerance_mm": Range(0, 100, keys=_CLASS),
+        "z_range_classes": _CLASS,
+        "nsd_min_dsc": _FRACTION,
+    },
+    "Config": {
+        "seed": _SEED,
+    },
+}
+
+#: pairs of fields of one dataclass that must satisfy ``first <= second``
+ORDERED_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "PlanConfig": (("features_base", "features_max"),),
+}
+
+
+def range_of(cls: type, name: str) -> Range | None:
+    """The declared :class:`Range` of field ``name`` of config dataclass ``cls`` (None if none)."""
+    return RANGES.get(cls.__name__, {}).get(name)
+
+
+def out_of_range(cls: type, name: str, value: Any) -> str | None:
+    """Why ``value`` is not allowed for field ``name`` of ``cls`` ("expected ..."), or None."""
+    r = range_of(cls, name)
+    if r is None or value is None or isinstance(value, (bool, str)):
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if r.keys is not None and not r.keys.contains(k):
+                return f"keys {r.keys.describe()}"
+            if not r.contains(v):
+                return f"values {r.describe()}"
+        return None
+    if isinstance(value, (list, tuple)):
+        if any(isinstance(v, (int, float)) and not r.contains(v) for v in value):
+            return ("every element " if len(value) != 2 or not r.ordered else "") + r.describe()
+        if r.ordered and len(value) == 2 and value[0] > value[1]:
+            return r.describe()
+        return None
+    return None if r.contains(value) else r.describe()
+
+
+def check_value(cls: type, name: str, value: Any, key: str, src: str) -> None:
+    """Raise :class:`ConfigError` when ``value`` is outside the declared range of ``cls.name``;
+    the message names ``src`` (file or option), ``key``, the value and the allowed range."""
+    why = out_of_range(cls, name, value)
+    if why is not None:
+        raise ConfigError(f"{src}: key '{key}' = {to_dict(value)!r} is out of range (expected {why})")
+
+
+def validate(cfg: Any, src: str = "<config>", prefix: str = "") -> None:
+    """Check every numeric field of a config dataclass (recursively) against ``RANGES``."""
+    cls = type(cfg)
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            validate(v, src, f"{prefix}{f.name}.")
+        else:
+            check_value(cls, f.name, v, prefix + f.name, src)
+    for a, b in ORDERED_FIELDS.get(cls.__name__, ()):
+        if getattr(cfg, a) > getattr(cfg, b):
+            raise ConfigError(f"{src}: key '{prefix}{a}' = {getattr(cfg, a)!r} is out of range "
+                              f"(expected <= {prefix}{b} = {getattr(cfg, b)!r})")
+
+
 # --------------------------------------------------------------------------- loading
 
 def _coerce(value: Any, tp: Any, key: str, src: str) -> Any:
@@ -252,6 +435,8 @@ def _build(cls: type, data: dict, src: str, prefix: str = "") -> Any:
         raise ConfigError(f"{src}: unknown key '{prefix}{unknown[0]}' "
                           f"(valid keys under '{prefix or '<top>'}': {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], prefix + k, src) for k, v in data.items()}
+    for k, v in kwargs.items():
+        check_value(cls, k, v, prefix + k, src)
     return cls(**kwargs)
 
 
@@ -301,10 +486,16 @@ def load_config(path: os.PathLike | str | None = None, overrides: list[str] | No
         src = str(p)
         if not p.exists():
             raise ConfigError(f"{src}: config file does not exist")
+        if not p.is_file():
+            raise ConfigError(f"{src}: config path is a folder, not a YAML file")
         try:
             loaded = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{src}: not valid YAML ({e})") from None
+            first = " ".join(str(e).split())
+            raise ConfigError(f"{src}: not valid YAML ({first})") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{src}: config file cannot be read ({e.__class__.__name__}: "
+                              f"{getattr(e, 'strerror', None) or e})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{src}: top level must be a mapping")
         _build(Config, loaded, src)   # validate keys/types of the file itself first
@@ -316,12 +507,16 @@ def load_config(path: os.PathLike | str | None = None, overrides: list[str] | No
             nested = {k: nested}
         _build(Config, nested, f"--set {item}")
         data = _deep_merge(data, nested)
-    return _build(Config, data, src)
+    cfg = _build(Config, data, src)
+    validate(cfg, src + (" with --set overrides" if overrides else ""))
+    return cfg
 
 
 def config_from_dict(data: dict, src: str = "<dict>") -> Config:
     """A Config from a plain dict, e.g. a stage's ``config.resolved.json`` (checked like YAML)."""
-    return _build(Config, _deep_merge(to_dict(Config()), data), src)
+    cfg = _build(Config, _deep_merge(to_dict(Config()), data), src)
+    validate(cfg, src)
+    return cfg
 
 
 def load_resolved(path: os.PathLike | str) -> Config:

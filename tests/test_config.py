@@ -61,3 +61,136 @@ def test_resolved_json_round_trip(tmp_path):
     p = tmp_path / "config.resolved.json"
     p.write_text(json.dumps(resolved(cfg)))
     assert load_resolved(p) == cfg
+
+
+# ----------------------------------------------------------------------------- allowed ranges
+
+def _numeric(tp) -> bool:
+    """True for int/float types, tuples of them and mappings to them (not bool, not Literal)."""
+    import typing
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp in (int, float):
+        return True
+    if origin is typing.Literal:
+        return False
+    if origin in (tuple, dict) or origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        return any(_numeric(a) for a in args if a is not Ellipsis and a is not type(None))
+    return False
+
+
+def _config_classes(cls=Config, seen=None):
+    import dataclasses
+    import typing
+    seen = seen if seen is not None else {}
+    seen[cls.__name__] = cls
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp) and tp.__name__ not in seen:
+            _config_classes(tp, seen)
+    return seen
+
+
+def test_every_numeric_key_has_a_declared_range():
+    import typing
+    from flareseg.config import range_of
+    classes = _config_classes()
+    assert len(classes) == 11   # Config and its ten sections (PhantomConfig nested)
+    numeric = [(cls, name) for cls in classes.values()
+               for name, tp in typing.get_type_hints(cls).items() if _numeric(tp)]
+    assert len(numeric) >= 50
+    missing = [f"{cls.__name__}.{name}" for cls, name in numeric if range_of(cls, name) is None]
+    assert not missing, f"numeric config keys without a range in config.RANGES: {missing}"
+
+
+def test_defaults_and_shipped_configs_are_in_range():
+    from flareseg.config import validate
+    validate(Config())
+    for p in sorted((REPO / "configs").glob("*.yaml")):
+        validate(load_config(p), str(p))
+
+
+@pytest.mark.parametrize("override, key, expect", [
+    ("train_fine.epochs=-3", "train_fine.epochs", ">= 1"),
+    ("train_coarse.epochs=0", "train_coarse.epochs", ">= 1"),
+    ("train_fine.iterations_per_epoch=0", "train_fine.iterations_per_epoch", ">= 1"),
+    ("fine.spacing=[0,0,0]", "fine.spacing", "(0, 50]"),
+    ("coarse.spacing=[2.5,-1.5,1.5]", "coarse.spacing", "(0, 50]"),
+    ("fine.patch_size=[0,64,64]", "fine.patch_size", "[4, 1024]"),
+    ("train_fine.lr=0", "train_fine.lr", "(0, 10]"),
+    ("train_fine.momentum=1.0", "train_fine.momentum", "[0, 1)"),
+    ("train_fine.oversample_foreground=1.2", "train_fine.oversample_foreground", "[0, 1]"),
+    ("cutmix.probability=-0.1", "cutmix.probability", "[0, 1]"),
+    ("cleaning.min_voxels=-5", "cleaning.min_voxels", ">= 0"),
+    ("cleaning.max_organ_distance_mm=-20", "cleaning.max_organ_distance_mm", ">= 0"),
+    ("cto.margin_z=[16,8]", "cto.margin_z", "lo <= hi"),
+    ("cto.margin_xy=[-1,4]", "cto.margin_xy", "[0, 256]"),
+    ("data.phantoms.labeled=1000000000", "data.phantoms.labeled", "[0, 10000]"),
+    ("data.phantoms.seed=-1", "data.phantoms.seed", "[0, 4294967295]"),
+    ("data.phantoms.size_xy=[8,8]", "data.phantoms.size_xy", "[16, 2048]"),
+    ("data.num_processes=0", "data.num_processes", "[1, 512]"),
+    ("inference.step_size=0", "inference.step_size", "(0, 1]"),
+    ("evaluation.nsd_min_dsc=.nan", "evaluation.nsd_min_dsc", "[0, 1]"),
+    ("evaluation.nsd_tolerance_mm={99: 2.0}", "evaluation.nsd_tolerance_mm", "keys in [1, 14]"),
+    ("evaluation.z_range_classes=[0, 5]", "evaluation.z_range_classes", "[1, 14]"),
+    ("pseudolabel.k_organ=-1", "pseudolabel.k_organ", ">= 0"),
+    ("seed=-7", "seed", "[0, "),
+])
+def test_out_of_range_value_names_key_value_and_range(override, key, expect):
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO / "configs" / "demo.yaml", [override])
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert f"--set {override}" in msg and f"'{key}' = " in msg and "out of range" in msg, msg
+    assert expect in msg, msg
+
+
+def test_out_of_range_in_a_file_names_the_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train_fine:\n  epochs: -3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(p) in str(e.value) and "'train_fine.epochs' = -3" in str(e.value)
+
+
+def test_cross_field_order_and_boundaries():
+    with pytest.raises(ConfigError, match="fine.features_base.*<= fine.features_max"):
+        load_config(REPO / "configs" / "demo.yaml", ["fine.features_base=128"])
+    # the edges of a closed range are allowed
+    cfg = load_config(None, ["cutmix.probability=0", "cleaning.min_voxels=0",
+                             "data.phantoms.labeled=10000", "inference.step_size=1"])
+    assert cfg.cutmix.probability == 0 and cfg.data.phantoms.labeled == 10000
+
+
+@pytest.mark.parametrize("override, key, expect", [
+    ("train_fine.epochs=abc", "train_fine.epochs", "an integer"),
+    ("train_fine.epochs=2.5", "train_fine.epochs", "an integer"),
+    ("train_fine.lr=fast", "train_fine.lr", "a number"),
+    ("fine.spacing=[1, 2]", "fine.spacing", "a list of 3 values"),
+    ("fine.spacing=2.5", "fine.spacing", "a list"),
+    ("cto.margin_z=[8, x]", "cto.margin_z[1]", "an integer"),
+])
+def test_type_mismatch_names_the_key(override, key, expect):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert f"'{key}'" in str(e.value) and expect in str(e.value)
+
+
+def test_config_path_problems_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "binary.yaml"
+    bad.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ConfigError, match="binary.yaml"):
+        load_config(bad)
+
+
+def test_resolved_config_out_of_range_is_rejected(tmp_path):
+    import json
+    from flareseg.config import load_resolved, resolved
+    d = resolved(Config())
+    d["train_fine"]["epochs"] = -3
+    p = tmp_path / "config.resolved.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(ConfigError, match="train_fine.epochs"):
+        load_resolved(p)

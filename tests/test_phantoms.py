@@ -232,7 +232,7 @@ def test_cli_writes_and_rejects_bad_ranges(tmp_path, capsys):
     assert [c["pool"] for c in meta["cases"].values()] == ["unlabeled"]
     rc = cli_main(["phantoms", "--out", str(tmp_path / "q"), "--slice-spacing", "5", "1"])
     assert rc == 2
-    assert "slice_spacing" in capsys.readouterr().out
+    assert "slice_spacing" in capsys.readouterr().err   # errors go to stderr (issue 14)
     assert not (tmp_path / "q" / "phantoms.json").exists()
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from flareseg.config import ConfigError, load_config
 from flareseg.io import InputError
@@ -18,7 +19,10 @@ Inputs:  --labels DIR with FLARE23 label maps (.nii.gz/.nii/.mha/.nrrd), optiona
          with the CTs (<case>_0000.nii.gz or <case>.nii.gz).
 Outputs: OUT/labels/ cleaned copies (same geometry), OUT/cases/<case>.json sidecars,
          OUT/cleaning_report.csv (every removal), OUT/cleaning_summary.csv (per case).
-Reruns skip cases whose inputs and config are unchanged.  Exit code 1 if any case failed.
+Reruns skip cases whose inputs and config are unchanged.
+Exit: 0 done; 1 some case failed (each reported, the others cleaned); 2 usage/config error
+before any work: missing or empty --labels folder, missing --images folder, --out a file or an input folder, a bad or
+out-of-range key (cleaning.min_voxels >= 0, cleaning.*_mm >= 0).
 
 examples:
   flareseg clean --labels work/labels --out work/stage-4-cleaning
@@ -41,6 +45,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """Usage errors before any work: missing or empty --labels folder, missing --images folder, --out that is a file or
+    the --labels / --images folder itself (InputError naming the option and the path)."""
+    labels, out = Path(args.labels), Path(args.out)
+    for opt, p in (("--labels", labels), ("--images", args.images and Path(args.images))):
+        if p is None:
+            continue
+        if not p.exists():
+            raise InputError(p, f"{opt} folder does not exist")
+        if not p.is_dir():
+            raise InputError(p, f"{opt} is not a folder")
+        if out.resolve() == p.resolve():
+            raise InputError(out, f"--out is the {opt} folder: outputs would be written among the inputs")
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "--out exists and is not a folder")
+    from flareseg.cleaning.folder import list_labels
+    if not list_labels(labels):
+        raise InputError(labels, "--labels holds no label files (.nii.gz/.nii/.mha/.nrrd): "
+                                 "nothing to clean")
+
+
 def run(args: argparse.Namespace) -> int:
     from flareseg.cleaning.folder import clean_folder
     try:
@@ -49,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
+        check_paths(args)
         report = clean_folder(args.labels, args.out, cfg.cleaning, args.images, force=args.force)
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

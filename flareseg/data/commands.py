@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 from collections import Counter
 from pathlib import Path
 
-from flareseg.config import ConfigError, PhantomConfig, load_config
+from flareseg.config import MAX_PHANTOMS, ConfigError, PhantomConfig, check_value, load_config
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,11 @@ Labeled cases mimic the FLARE23 groups: all organs + tumor, all organs, liver + 
 kidneys + tumor, pancreas + tumor. Geometry varies per case (in-plane/slice spacing, size,
 extent, direction identity / diag(-1,-1,1) / flipped z) with anatomy consistent in physical
 space. Same seed -> identical arrays; existing cases of the same config are skipped unless
---overwrite.
+--overwrite.  Each case is written as soon as it is generated.
+
+limits: at most {MAX_PHANTOMS} cases per kind (--labeled, --tumor-only, --unlabeled, --validation),
+--seed 0..2**32-1, --size-xy 16..2048 voxels, spacings and --extent-z > 0 with MIN <= MAX,
+--workers 1..{MAX_WORKERS}.  exit: 0 written; 2 a bad option or config value (one line naming it).
 
 examples:
   flareseg phantoms --out data/phantoms
@@ -39,7 +44,7 @@ def register(subparsers) -> None:
         "phantoms", help="write synthetic partially labeled abdominal CT phantoms",
         description="Write CT-like abdominal phantoms (HU, 13 FLARE organs + tumors) with "
                     "FLARE23-style partial labels, hidden full ground truth and a manifest.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG.format(MAX_PHANTOMS=MAX_PHANTOMS, MAX_WORKERS=MAX_WORKERS), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="output folder (created if needed)")
     p.add_argument("--config", type=Path, default=None,
                    help="YAML config; its data.phantoms section gives the defaults below")
@@ -61,25 +66,46 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+#: command-line option -> PhantomConfig field it sets
+OPTIONS = {"--labeled": "labeled", "--tumor-only": "tumor_only", "--unlabeled": "unlabeled",
+           "--validation": "validation", "--seed": "seed", "--size-xy": "size_xy",
+           "--inplane-spacing": "inplane_spacing", "--slice-spacing": "slice_spacing",
+           "--extent-z": "extent_z_mm"}
+MAX_WORKERS = 256
+
+
 def config_from_args(args: argparse.Namespace) -> PhantomConfig:
-    """PhantomConfig from ``--config`` (or the defaults) with the command-line values on top."""
+    """PhantomConfig from ``--config`` (or the defaults) with the command-line values on top.
+
+    Each option is range-checked like its config key (``flareseg.config.RANGES``: at most
+    ``MAX_PHANTOMS`` cases per kind, seed 0..2**32-1, ranges lo <= hi); ConfigError names it."""
     cfg = load_config(args.config).data.phantoms if args.config else PhantomConfig()
-    over = {"labeled": args.labeled, "tumor_only": args.tumor_only, "unlabeled": args.unlabeled,
-            "validation": args.validation, "seed": args.seed,
-            "size_xy": tuple(args.size_xy) if args.size_xy else None,
-            "inplane_spacing": tuple(args.inplane_spacing) if args.inplane_spacing else None,
-            "slice_spacing": tuple(args.slice_spacing) if args.slice_spacing else None,
-            "extent_z_mm": tuple(args.extent_z) if args.extent_z else None}
-    return dataclasses.replace(cfg, **{k: v for k, v in over.items() if v is not None})
+    over = {}
+    for opt, name in OPTIONS.items():
+        value = getattr(args, opt[2:].replace("-", "_"))
+        if value is None:
+            continue
+        value = tuple(value) if isinstance(value, list) else value
+        check_value(PhantomConfig, name, value, f"data.phantoms.{name}", opt)
+        over[name] = value
+    return dataclasses.replace(cfg, **over)
 
 
 def run(args: argparse.Namespace) -> int:
     from flareseg.data.phantoms import write_phantoms
     try:
+        if not 1 <= args.workers <= MAX_WORKERS:
+            raise ConfigError(f"--workers: {args.workers} is out of range (expected 1..{MAX_WORKERS})")
+        if args.out.exists() and not args.out.is_dir():
+            raise ConfigError(f"{args.out}: --out exists and is not a folder")
         cfg = config_from_args(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
         meta = write_phantoms(args.out, cfg, overwrite=args.overwrite, workers=args.workers)
-    except (ConfigError, ValueError) as e:
-        print(f"error: {e}")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     groups = Counter(c["group"] for c in meta["cases"].values())
     print(f"wrote {len(meta['cases'])} phantoms to {args.out} (seed {cfg.seed}): "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 from flareseg.config import ConfigError, load_config
@@ -11,7 +12,7 @@ from flareseg.evaluation.efficiency import (GPU_UNAVAILABLE, measure_efficiency,
 from flareseg.evaluation.evaluate import evaluate_folders, list_cases
 from flareseg.evaluation.report import format_table
 from flareseg.io import InputError
-from flareseg.labels import FOREGROUND
+from flareseg.labels import CLASS_NAMES, FOREGROUND
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,10 @@ reference's grid.  Cases are matched by file name (image suffix and a trailing _
 inputs : --pred and --gt, two folders of label files (.nii.gz/.nii/.mha/.nrrd) or two files
 outputs: a table on stdout; with --out: per_case.csv (case,class,name,dsc,nsd), summary.json
          (per-class means, organ mean 1-13, tumor, overall, missing/extra/errors), summary.txt
-exit   : 0 when every reference case was scored; 1 when a prediction is missing, unreadable or
-         on another grid (the other cases are still scored and reported)
+exit   : 0 when every reference case was scored; 1 when a prediction is missing, unreadable,
+         on another grid or holds values outside 0..14 (the other cases are still scored and
+         reported); 2 on a usage/config error before any work (missing folder, --gt without
+         references, --classes outside 1..14, --out a file or an input folder, bad config key)
 
 examples:
   flareseg evaluate --pred work/stage-6-predict/outputs --gt data/val/labels --out reports/val
@@ -44,7 +47,9 @@ placeholders in the command: {input} (case file), {output} (OUT/outputs/<case><s
 {input_dir} (a folder holding only this case), {output_dir} (OUT/outputs)
 outputs: OUT/efficiency.csv (case, returncode, wall_s, rss_peak_mb, gpu_max_mb, gpu_auc_mb_s, ...),
          OUT/efficiency.json (summary + rows), OUT/outputs/, OUT/logs/<case>.log
-exit   : 0 when every case's command exited 0, else 1
+exit   : 0 when every case's command exited 0, 1 when some case's command failed (each one
+         reported, the others still run), 2 on a usage error before any case runs (no command,
+         missing input, --out a file, --interval/--timeout <= 0, --gpu-index < 0)
 
 examples:
   flareseg efficiency --inputs data/val/images --out reports/eff -- python predict.py {input} {output}
@@ -82,9 +87,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=run_efficiency)
 
 
+def check_evaluate_args(args: argparse.Namespace) -> None:
+    """Usage errors found before any work (InputError/ConfigError naming the option or path)."""
+    bad = [c for c in args.classes if c not in FOREGROUND]
+    if bad:
+        raise ConfigError(f"--classes: {bad[0]} is not a FLARE23 class to score (valid: "
+                          f"{', '.join(f'{c} {CLASS_NAMES[c]}' for c in FOREGROUND)})")
+    args.classes = list(dict.fromkeys(args.classes))
+    for opt, p in (("--pred", args.pred), ("--gt", args.gt)):
+        if not p.exists():
+            raise InputError(p, f"does not exist ({opt})")
+    if args.pred.is_file() != args.gt.is_file():
+        raise InputError(args.pred, f"--pred and --gt must both be folders or both be files "
+                                    f"(--gt {args.gt} is {'a file' if args.gt.is_file() else 'a folder'})")
+    if args.out is not None:
+        if args.out.exists() and not args.out.is_dir():
+            raise InputError(args.out, "--out exists and is not a folder")
+        for opt, p in (("--pred", args.pred), ("--gt", args.gt)):
+            if args.out.resolve() == p.resolve():
+                raise InputError(args.out, f"--out is the {opt} folder: reports would be written "
+                                           "among the inputs")
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides).evaluation
+        check_evaluate_args(args)
         res = evaluate_folders(args.pred, args.gt, cfg, args.out, classes=args.classes,
                                missing_as_zero=args.missing_zero)
     except (ConfigError, InputError) as e:
@@ -112,6 +140,15 @@ def run_efficiency(args: argparse.Namespace) -> int:
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
         log.error("no command given: put it after `--`, e.g. -- python predict.py {input} {output}")
+        return 2
+    for opt, value, ok, need in (("--interval", args.interval, args.interval > 0, "> 0"),
+                                 ("--timeout", args.timeout, args.timeout is None or args.timeout > 0, "> 0"),
+                                 ("--gpu-index", args.gpu_index, args.gpu_index >= 0, ">= 0")):
+        if not ok or (isinstance(value, float) and not math.isfinite(value)):
+            log.error("%s %s: out of range (expected %s)", opt, value, need)
+            return 2
+    if args.out.exists() and not args.out.is_dir():
+        log.error("%s", InputError(args.out, "--out exists and is not a folder"))
         return 2
     try:
         inputs = _expand_inputs(args.inputs)

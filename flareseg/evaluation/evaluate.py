@@ -64,7 +64,8 @@ def match_cases(pred: os.PathLike | str, gt: os.PathLike | str) -> tuple[list[tu
 
 
 def read_label(path: Path) -> tuple[np.ndarray, Geometry]:
-    """Read an integer label map ``(Z, Y, X)``; float files must hold whole numbers."""
+    """Read an integer label map ``(Z, Y, X)``; float files must hold whole numbers, and every value
+    must be a FLARE23 class 0..14 (else :class:`InputError` naming the file and the bad values)."""
     arr, geo = read_array(path)
     if arr.dtype.kind == "f":
         if not np.all(np.mod(arr, 1) == 0):
@@ -72,6 +73,10 @@ def read_label(path: Path) -> tuple[np.ndarray, Geometry]:
         arr = arr.astype(np.int32)
     elif arr.dtype.kind not in "iub":
         raise InputError(path, f"label map has unsupported voxel type {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() > TUMOR):
+        bad = np.unique(arr[(arr < 0) | (arr > TUMOR)])
+        shown = ", ".join(str(int(v)) for v in bad[:8]) + (", ..." if bad.size > 8 else "")
+        raise InputError(path, f"label values {shown} outside the FLARE23 classes 0..{TUMOR}")
     return arr, geo
 
 
@@ -150,9 +155,13 @@ def evaluate_folders(pred_dir: os.PathLike | str, gt_dir: os.PathLike | str,
     ``pred_dir``/``gt_dir`` may also be two single files.  With ``missing_as_zero`` a reference
     case without prediction scores 0 for every class (the challenge rule) instead of being left
     out of the means.  With ``out_dir`` the reports (``per_case.csv``, ``summary.json``,
-    ``summary.txt``) are written there atomically.
+    ``summary.txt``) are written there atomically.  Raises :class:`InputError` when a folder is
+    missing or ``gt_dir`` holds no reference (nothing to evaluate).
     """
     pairs, missing, extra = match_cases(pred_dir, gt_dir)
+    if not pairs and not missing:
+        raise InputError(gt_dir, "holds no reference label files (.nii.gz/.nii/.mha/.nrrd): "
+                                 "nothing to evaluate")
     res = EvaluationResult(classes=tuple(classes), missing=missing, extra=extra)
     if missing:
         log.warning("%d reference case(s) without prediction in %s: %s", len(missing), pred_dir, ", ".join(missing))

@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flareseg.config import ConfigError, load_config
+from flareseg.config import Config, ConfigError, load_config
+from flareseg.io import InputError
 from flareseg.pipeline.registry import STAGES, run_stage
 from flareseg.pipeline.stage import STAGE_NAMES, StageError, StagePaused
 
@@ -29,7 +30,50 @@ Run flareseg pipeline stages on a work folder.
 
 Each stage writes work/stage-N-<name>/manifest.json and is skipped when its config sections and
 inputs are unchanged (--force reruns it). A killed stage resumes from its finished steps.
+
+exit codes: 0 done (or skipped as current); 2 config/usage error (bad key or value, work folder
+is a file); 3 cannot run (a data folder or an earlier stage's outputs are missing).
 """
+
+#: data keys read by stage-1 when data.source is "folders": key -> (required, a folder (else a file))
+DATA_KEYS = {"labeled_images": (True, True), "labels": (True, True), "unlabeled_images": (False, True),
+             "manifest": (False, False), "validation_images": (False, True),
+             "validation_labels": (False, True)}
+
+
+def check_data_keys(cfg: Config, src: str = "<config>") -> None:
+    """ConfigError when data.source is "folders" but a required folder key is not set."""
+    if cfg.data.source != "folders":
+        return
+    for key, (required, _) in DATA_KEYS.items():
+        if required and not getattr(cfg.data, key):
+            raise ConfigError(f"{src}: key 'data.{key}' must be set (a folder path) when data.source is "
+                              "'folders'")
+
+
+def missing_data_folders(cfg: Config) -> list[str]:
+    """One line per configured data path that does not exist (or is of the wrong kind)."""
+    if cfg.data.source != "folders":
+        return []
+    out = []
+    for key, (_, folder) in DATA_KEYS.items():
+        value = getattr(cfg.data, key)
+        if not value:
+            continue
+        p = Path(value)
+        if not p.exists():
+            out.append(f"{p}: data folder does not exist (data.{key})" if folder
+                       else f"{p}: file does not exist (data.{key})")
+        elif folder and not p.is_dir():
+            out.append(f"{p}: not a folder (data.{key})")
+        elif not folder and not p.is_file():
+            out.append(f"{p}: not a file (data.{key})")
+    return out
+
+
+def _prefixed(n: int, e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    return msg if msg.startswith(f"stage-{n}") else f"stage-{n}: {msg}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,10 +94,22 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         cfg = load_config(args.config, args.overrides)
+        check_data_keys(cfg, str(args.config))
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     work = args.work or Path(cfg.work_dir)
+    if work.exists() and not work.is_dir():
+        print(f"{work}: work folder is a file, not a folder (--work / work_dir)", file=sys.stderr)
+        return 2
+    if args.stage not in ("all", *map(str, STAGE_NAMES)):
+        print(f"unknown stage {args.stage!r}: use 1-6 or all", file=sys.stderr)
+        return 2
+    if args.stage in ("all", "1") and (args.force or not STAGES[1].is_current(cfg, work)):
+        missing = missing_data_folders(cfg)
+        if missing:
+            print(f"stage-1 cannot run: {missing[0]}", file=sys.stderr)
+            return 3
     if args.stage == "all":
         for n in sorted(STAGES):
             cmd = [sys.executable, "-m", "flareseg.pipeline", str(n), "--config", str(args.config),
@@ -71,20 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         build_qc_report(work)
         print(run_summary(work))
         return 0
-    try:
-        n = int(args.stage)
-        if n not in STAGE_NAMES:
-            raise ValueError
-    except ValueError:
-        print(f"unknown stage {args.stage!r}: use 1-6 or all", file=sys.stderr)
-        return 2
+    n = int(args.stage)
     try:
         man = run_stage(n, cfg, work, force=args.force)
     except StagePaused as e:
-        print(f"stage-{n}: {e}")
+        print(_prefixed(n, e))
         return 0
-    except StageError as e:
-        print(f"stage-{n}: {e}", file=sys.stderr)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except (StageError, InputError) as e:   # missing inputs of an earlier stage or of the data
+        print(_prefixed(n, e), file=sys.stderr)
         return 3
     state = "skipped (current)" if man.get("skipped") else "done"
     print(f"stage-{n} ({STAGE_NAMES[n]}) {state}: {work / f'stage-{n}-{STAGE_NAMES[n]}' / 'manifest.json'}")

@@ -17,7 +17,7 @@ shown as "not run".  No server and no scripts: open index.html in a browser, or 
 
 inputs : --work W, a folder written by `python -m flareseg.pipeline` (W/stage-N-<name>/manifest.json)
 outputs: OUT/index.html and, next to it, OUT/stage-N/*.png|csv|json (OUT defaults to W/qc)
-exit   : 0 on success, 2 when W is not a folder
+exit   : 0 on success, 2 when W is not a folder or OUT is a file / cannot be written
 
 examples:
   flareseg report --work work-demo
@@ -28,9 +28,15 @@ examples:
 def run_report(args: argparse.Namespace) -> int:
     from flareseg.report.qc import build_qc_report
     try:
+        if args.out is not None and args.out.exists() and not args.out.is_dir():
+            raise InputError(args.out, "--out exists and is not a folder")
         dest = build_qc_report(args.work, args.out)
     except InputError as e:
         print(f"report: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:   # the output folder cannot be written (permissions, a file on the path)
+        print(f"report: {InputError(e.filename or args.out, f'cannot write the report ({e.strerror})')}",
+              file=sys.stderr)
         return 2
     print(f"QC report: {dest}")
     return 0
