@@ -132,6 +132,7 @@ def is_dicom_dir(path: os.PathLike | str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 _CHUNK = 1 << 20
+_HEADER_MAX = 1 << 20  # longest text header (mha/nrrd) read before calling the file corrupt
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -257,7 +258,7 @@ def _spacing_error(path: Path, spacing: Sequence[float], field: str) -> InputErr
     sp = [float(s) for s in spacing]
     if all(math.isfinite(s) and s > 0 for s in sp):
         return None
-    return InputError(path, f"invalid voxel spacing {tuple(sp)} in the header ({field}): "
+    return InputError(path, f"invalid voxel spacing ({', '.join(f'{s:.6g}' for s in sp)}) in the header ({field}): "
                             "every spacing must be finite and > 0 mm")
 
 
@@ -327,8 +328,8 @@ def _text_header(f: BinaryIO, path: Path, stop) -> list[tuple[str, str]]:
     ``key:=value`` pairs skipped); ``f`` is left at the first byte after the header."""
     fields = []
     seen = 0
-    while seen < _CHUNK:
-        line = f.readline(_CHUNK)
+    while seen < _HEADER_MAX:
+        line = f.readline(_HEADER_MAX)
         if not line:
             break
         seen += len(line)
@@ -703,10 +704,25 @@ def remove_stale_temps(folder: os.PathLike | str) -> list[Path]:
         if not m or m["host"] != host or _pid_alive(int(m["pid"])):
             continue
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(e.path)
+            if e.is_dir(follow_symlinks=False):  # a .mhd write's folder
+                import shutil
+                shutil.rmtree(e.path)
+            else:
+                os.unlink(e.path)
             removed.append(Path(e.path))
             log.info("removed stale temp file %s (its writer, pid %s, is gone)", e.path, m["pid"])
     return removed
+
+
+def _prepare_folder(dest: Path) -> None:
+    """Create ``dest``'s folder; on the first write into it in this process, remove stale temps."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if str(dest.parent.resolve()) not in _cleaned_folders:
+        remove_stale_temps(dest.parent)
+
+
+def _temp_prefix(dest: Path) -> str:
+    return f".{dest.name}.{_writer_host()}-{os.getpid()}."
 
 
 @contextlib.contextmanager
@@ -721,12 +737,9 @@ def atomic_path(dest: os.PathLike | str) -> Iterator[Path]:
     the host of a Docker run).
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if str(dest.parent.resolve()) not in _cleaned_folders:
-        remove_stale_temps(dest.parent)
+    _prepare_folder(dest)
     suffix = image_suffix(dest) or "".join(dest.suffixes[-1:])
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{_writer_host()}-{os.getpid()}.",
-                               suffix=f".tmp{suffix}", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dest), suffix=f".tmp{suffix}", dir=dest.parent)
     os.close(fd)
     tmp_p = Path(tmp)
     try:
@@ -752,10 +765,26 @@ _UMASK: int | None = None
 
 
 def write_image(img: sitk.Image, dest: os.PathLike | str, compress: bool = True) -> Path:
-    """Write a SimpleITK image atomically."""
-    with atomic_path(dest) as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=compress)
-    return Path(dest)
+    """Write a SimpleITK image atomically.
+
+    A ``.mhd`` header names its data file after itself, so it is written under its final name in a
+    temporary folder next to ``dest``; the data file is moved into place first, the header last."""
+    dest = Path(dest)
+    if image_suffix(dest) != ".mhd":
+        with atomic_path(dest) as tmp:
+            sitk.WriteImage(img, str(tmp), useCompression=compress)
+        return dest
+    import shutil
+    _prepare_folder(dest)
+    tmpdir = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest), suffix=".tmp", dir=dest.parent))
+    try:
+        sitk.WriteImage(img, str(tmpdir / dest.name), useCompression=compress)
+        for f in sorted(tmpdir.iterdir(), key=lambda f: f.name == dest.name):  # header last
+            os.chmod(f, 0o666 & ~_umask())
+            os.replace(f, dest.parent / f.name)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return dest
 
 
 def write_array(arr: np.ndarray, geometry: Geometry, dest: os.PathLike | str,
