@@ -519,7 +519,7 @@ def read_image(path: os.PathLike | str) -> sitk.Image:
         raise InputError(p, f"expected a 3-D image, got {img.GetDimension()}-D with size {img.GetSize()}")
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(p, f"expected a scalar image, got {img.GetNumberOfComponentsPerPixel()} components per voxel")
-    err = _spacing_error(p, img.GetSpacing(), "as read")
+    err = _spacing_error(p, img.GetSpacing(), "as SimpleITK reads it")
     if err:
         raise err
     if not nonfinite and img.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
