@@ -227,7 +227,7 @@ ROWS = [
     _batch_row("constant.nii.gz", lambda p: _ct(p, fill=-1000), "constant"),
     _batch_row("movie_0000.nii.gz", _four_d, "3-D"),
     _batch_row("slice_0000.nii.gz", _two_d, "3-D"),
-    _batch_row("notes.nii.gz", lambda p: p.write_text("not an image"), "unreadable"),
+    _batch_row("notes.nii.gz", lambda p: p.write_text("not an image"), "corrupt file"),
 ]
 
 
