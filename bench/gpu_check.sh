@@ -11,9 +11,9 @@ OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"
 PY=${PY:-python3}
 SRC=${SRC:-$PWD}
 DEVICE=${DEVICE:-cuda}
-SPEED_ARGS=${SPEED_ARGS:---plan paper --patch 128,128,128 --z 100,300 --xy 512 --cold}
+SPEED_ARGS=${SPEED_ARGS:---plan paper --patch 128,128,128 --z 100 --xy 512 --cold}
 PREC_ARGS=${PREC_ARGS:---z 80,200 --xy 256 --fit-steps 150}
-T_TESTS=${T_TESTS:-90}; T_SPEED=${T_SPEED:-230}; T_PREC=${T_PREC:-110}
+T_TESTS=${T_TESTS:-90}; T_SPEED=${T_SPEED:-200}; T_PREC=${T_PREC:-110}
 
 # (a) wheels
 if [ -n "$WHL" ]; then
