@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flareseg.evaluation.gpu_memory import MemorySampler, probe_backend  # noqa: E402
 from flareseg.evaluation.metrics import dice_per_class, foreground_unchanged  # noqa: E402
 from flareseg.inference.predictor import FastPredictor, resolve_device  # noqa: E402
 from flareseg.nnunet.model_folder import fit_model_folder, tiny_plans, write_model_folder  # noqa: E402
@@ -84,18 +85,23 @@ def cold_seconds(cmd: list[str]) -> float:
 
 
 def timed_run(fn, device: torch.device):
-    """``(result, seconds, peak MB)``; the peak is the CUDA allocator's, None on the CPU."""
+    """``(result, seconds, peak MB, used MB)``: the CUDA allocator's peak, and the card's used memory
+    (NVML total - free, as the FLARE harness reads it; this process holds every predictor's model,
+    so it is an upper bound for one predictor) sampled every 20 ms; both None on the CPU."""
+    backend = probe_backend(0) if device.type == "cuda" else None
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    sampler = MemorySampler(backend[1], 0.02).start() if backend else None
     t = time.perf_counter()
     out = fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     sec = time.perf_counter() - t
+    used = max(sampler.stop(), default=None) if sampler else None
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
-    return out, sec, peak
+    return out, sec, peak, used
 
 
 def _mb(v: float | None) -> str:
@@ -163,9 +169,9 @@ def main(argv=None) -> int:
         f"model {model_desc}. No mirroring anywhere. Warm: in one process after an untimed run of each "
         f"predictor; cold: a fresh process per case (start-up, model load, read, predict, write).",
         "",
-        "| Z | predictor | warm s | speed-up vs stock | peak GPU MB | cold s | windows run / total | "
+        "| Z | predictor | warm s | speed-up vs stock | peak GPU MB | NVML used MB | cold s | windows run / total | "
         "Dice vs stock (mean) | steps (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for z in zs:
         ct, gt = synthetic_ct((z, args.xy, args.xy), spacing, seed=0)
@@ -178,15 +184,15 @@ def main(argv=None) -> int:
         def stock_pred():
             return stock.predict_single_npy_array(arr, {"spacing": list(spacing)})
         stock_pred()  # warm-up
-        ref, stock_s, stock_peak = timed_run(stock_pred, device)
+        ref, stock_s, stock_peak, stock_used = timed_run(stock_pred, device)
         stock_cold = cold_seconds([sys.executable, "-c", STOCK_COLD, str(md), str(case),
                                    str(tmp / f"stock_z{z}.nii.gz"), device.type]) if args.cold else None
-        lines.append(f"| {z} | stock nnUNetPredictor | {stock_s:.2f} | 1.0x | {_mb(stock_peak)} | "
+        lines.append(f"| {z} | stock nnUNetPredictor | {stock_s:.2f} | 1.0x | {_mb(stock_peak)} | {_mb(stock_used)} | "
                      + (f"{stock_cold:.2f}" if stock_cold else "-") + " | - | - | - |")
         outs = {}
         for name, fp in fast.items():
             fp.predict(img)  # warm-up (kernel selection)
-            res, sec, peak = timed_run(lambda: fp.run(img), device)
+            res, sec, peak, used = timed_run(lambda: fp.run(img), device)
             outs[name] = sitk.GetArrayFromImage(res.labels)
             cold = None
             if args.cold:
@@ -198,14 +204,14 @@ def main(argv=None) -> int:
             w = res.stats["windows"]
             d = dice_per_class(outs[name], ref)
             steps = ", ".join(f"{k} {v:.2f}" for k, v in res.stats["seconds"].items() if k != "total")
-            lines.append(f"| {z} | {name} | {sec:.2f} | {stock_s / sec:.1f}x | {_mb(peak)} | "
+            lines.append(f"| {z} | {name} | {sec:.2f} | {stock_s / sec:.1f}x | {_mb(peak)} | {_mb(used)} | "
                          + (f"{cold:.2f}" if cold else "-")
                          + f" | {w['windows_run']} / {w['windows_total']} | "
                          f"{np.mean(list(d.values())) if d else float('nan'):.4f} | {steps} |")
         unchanged = foreground_unchanged(outs["fast, no skip"], outs["fast, skip"])
         d_gt = dice_per_class(ref, gt)
         lines.append(f"| {z} | (skip: foreground unchanged {100 * unchanged:.3f}%; stock vs phantom truth "
-                     f"{np.mean(list(d_gt.values())) if d_gt else float('nan'):.4f}) | | | | | | | |")
+                     f"{np.mean(list(d_gt.values())) if d_gt else float('nan'):.4f}) | | | | | | | | |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
