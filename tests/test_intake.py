@@ -5,7 +5,8 @@ import pytest
 import SimpleITK as sitk
 
 from flareseg.cli import main as cli
-from flareseg.data.intake import ImportFailed, import_dataset, read_manifest
+from flareseg.data.intake import ImportFailed, import_dataset
+from flareseg.data.sources import ImportConfigError, read_manifest
 from flareseg.io import Geometry, InputError, geometry_mismatch, read_array, write_array
 
 GEO = Geometry((10, 9, 8), (0.8, 0.8, 2.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
@@ -67,8 +68,10 @@ def test_mixed_folder_reports_each_bad_case_and_imports_the_rest(mixed, tmp_path
     ds = json.loads((out / "dataset.json").read_text())
     assert ds["numTraining"] == 3 and ds["labels"]["tumor"] == 14
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # nothing half-written
-    with pytest.raises(ImportFailed):
+    with pytest.raises(ImportFailed) as e:
         import_dataset(tmp_path / "strict", mixed / "images", mixed / "labels", strict=True)
+    assert set(e.value.report.bad) == set(reasons)
+    assert not (tmp_path / "strict").exists()   # validated first: nothing written
 
 
 def test_manifest_gives_label_types_and_rerun_is_skipped(tmp_path):
@@ -89,11 +92,13 @@ def test_manifest_gives_label_types_and_rerun_is_skipped(tmp_path):
 def test_manifest_errors_name_file_and_line(tmp_path):
     m = tmp_path / "m.csv"
     m.write_text("case_id,annotated\na,1 99\n")
-    with pytest.raises(InputError, match=r"m.csv.*line 2"):
+    with pytest.raises(ImportConfigError, match=r"m.csv:2: case a: class 99 is not a FLARE23 class"):
         read_manifest(m)
     m.write_text("case,classes\n")
-    with pytest.raises(InputError, match="header"):
+    with pytest.raises(ImportConfigError, match=r"m.csv:1: .*header"):
         read_manifest(m)
+    with pytest.raises(InputError, match="does not exist"):
+        read_manifest(tmp_path / "none.csv")
 
 
 def test_dicom_with_flipped_label_imports_on_the_image_grid(shared_data, tmp_path):
