@@ -138,8 +138,14 @@ def unlabeled_duplicates_labeled(src):
     return {"--unlabeled": src / "unl"}
 
 
-def empty_images_folder(src):
-    for p in (src / "images").iterdir():
+def empty_input_folders(src):
+    for p in [*(src / "images").iterdir(), *(src / "labels").iterdir()]:
+        p.unlink()
+    return {}
+
+
+def empty_labels_folder(src):
+    for p in (src / "labels").iterdir():
         p.unlink()
     return {}
 
@@ -174,44 +180,46 @@ def out_inside_input(src):
     return {"--out": src / "images" / "ds"}
 
 
-# id, setup, exit code, names on the line, reason on the line, batch goes on (good case done)
+# id, setup, exit code, names on the line, reason on the line, outcome: "batch" (the good case is
+# imported, the bad one not), "nothing" (refused or --strict: no output folder), "no-case" (no good case)
 ROWS = [
-    ("two-files-one-case-id", two_files_one_id, 1, ["bad_0000.nii.gz", "bad_0000.nrrd"], "2 files", True),
-    ("broken-symlink-image", broken_image_link, 1, ["bad_0000.nii.gz"], "broken symlink", True),
-    ("broken-symlink-label", broken_label_link, 1, ["labels/bad.nii.gz"], "broken symlink", True),
-    ("empty-subfolder", empty_subfolder, 1, ["images/bad"], "empty folder, not a DICOM series", True),
-    ("non-dicom-subfolder", non_dicom_subfolder, 1, ["images/bad"], "no DICOM series", True),
-    ("2d-image-no-label", image_2d_no_label, 1, ["bad_0000.nii.gz"], "expected a 3-D image", True),
-    ("4d-image-no-label", image_4d_no_label, 1, ["bad_0000.nii.gz"], "expected a 3-D image", True),
-    ("image-without-label", no_label_file, 1, ["bad_0000.nii.gz"], "no label file", True),
-    ("label-without-image", label_without_image, 1, ["bad.nii.gz"], "label without an image", True),
-    ("corrupt-image", corrupt_image, 1, ["bad_0000.nii.gz"], "unreadable", True),
-    ("label-value-17", label_out_of_range, 1, ["bad.nii.gz", "[17]"], "outside 0..14", True),
-    ("label-geometry-mismatch", label_geometry_mismatch, 1, ["bad.nii.gz", "size"], "geometry does not match", True),
-    ("label-not-integer", label_not_integer, 1, ["bad.nii.gz"], "not integers", True),
-    ("strict-with-bad-case", strict_with_bad_case, 1, ["bad.nii.gz"], "outside 0..14", False),
+    ("two-files-one-case-id", two_files_one_id, 1, ["bad_0000.nii.gz", "bad_0000.nrrd"], "2 files", "batch"),
+    ("broken-symlink-image", broken_image_link, 1, ["bad_0000.nii.gz"], "broken symlink", "batch"),
+    ("broken-symlink-label", broken_label_link, 1, ["labels/bad.nii.gz"], "broken symlink", "batch"),
+    ("empty-subfolder", empty_subfolder, 1, ["images/bad"], "empty folder, not a DICOM series", "batch"),
+    ("non-dicom-subfolder", non_dicom_subfolder, 1, ["images/bad"], "no DICOM series", "batch"),
+    ("2d-image-no-label", image_2d_no_label, 1, ["bad_0000.nii.gz"], "expected a 3-D image", "batch"),
+    ("4d-image-no-label", image_4d_no_label, 1, ["bad_0000.nii.gz"], "expected a 3-D image", "batch"),
+    ("image-without-label", no_label_file, 1, ["bad_0000.nii.gz"], "no label file", "batch"),
+    ("label-without-image", label_without_image, 1, ["bad.nii.gz"], "label without an image", "batch"),
+    ("corrupt-image", corrupt_image, 1, ["bad_0000.nii.gz"], "unreadable", "batch"),
+    ("label-value-17", label_out_of_range, 1, ["bad.nii.gz", "[17]"], "outside 0..14", "batch"),
+    ("label-geometry-mismatch", label_geometry_mismatch, 1, ["bad.nii.gz", "size"], "geometry does not match", "batch"),
+    ("label-not-integer", label_not_integer, 1, ["bad.nii.gz"], "not integers", "batch"),
+    ("strict-with-bad-case", strict_with_bad_case, 1, ["bad.nii.gz"], "outside 0..14", "nothing"),
     ("unlabeled-id-is-labeled", unlabeled_duplicates_labeled, 2, ["unl/good_0000.nii.gz", "images/good_0000.nii.gz"],
-     "also a labeled case", False),
-    ("empty-input-folder", empty_images_folder, 2, ["images"], "nothing to import", False),
-    ("manifest-unknown-class", manifest("x,1 99\n"), 2, ["manifest.csv:3"], "not a FLARE23 class", False),
-    ("manifest-non-integer", manifest("x,1 liver\n"), 2, ["manifest.csv:3", "'liver'"], "not an integer", False),
-    ("manifest-unknown-case", manifest("nosuch,1\n"), 2, ["manifest.csv:3", "nosuch"], "unknown case id", False),
-    ("manifest-duplicate-row", manifest("good,1\n"), 2, ["manifest.csv:3", "good"], "listed twice", False),
-    ("manifest-missing-column", manifest("good2\n"), 2, ["manifest.csv:3"], "expected 2 columns", False),
-    ("manifest-extra-column", manifest("x,1,14\n"), 2, ["manifest.csv:3"], "expected 2 columns", False),
-    ("manifest-bad-header", manifest_header, 2, ["manifest.csv:1"], "header", False),
-    ("manifest-no-row-for-case", manifest_missing_row, 1, ["manifest.csv", "bad"], "no row for case", True),
-    ("manifest-file-missing", missing("--manifest"), 2, ["nope"], "does not exist", False),
-    ("images-folder-missing", missing("--images"), 2, ["nope"], "does not exist", False),
-    ("labels-folder-missing", missing("--labels"), 2, ["nope"], "does not exist", False),
-    ("unlabeled-folder-missing", missing("--unlabeled"), 2, ["nope"], "does not exist", False),
-    ("out-under-a-file", out_under_file, 2, ["afile/ds", "afile"], "is not a folder", False),
-    ("out-inside-an-input", out_inside_input, 2, ["images/ds"], "overlaps the input", False),
+     "also a labeled case", "nothing"),
+    ("empty-input-folders", empty_input_folders, 2, ["src/images"], "nothing to import", "nothing"),
+    ("empty-labels-folder", empty_labels_folder, 1, ["good_0000.nii.gz", "src/labels"], "no label file", "no-case"),
+    ("manifest-unknown-class", manifest("x,1 99\n"), 2, ["manifest.csv:3"], "not a FLARE23 class", "nothing"),
+    ("manifest-non-integer", manifest("x,1 liver\n"), 2, ["manifest.csv:3", "'liver'"], "not an integer", "nothing"),
+    ("manifest-unknown-case", manifest("nosuch,1\n"), 2, ["manifest.csv:3", "nosuch"], "unknown case id", "nothing"),
+    ("manifest-duplicate-row", manifest("good,1\n"), 2, ["manifest.csv:3", "good"], "listed twice", "nothing"),
+    ("manifest-missing-column", manifest("good2\n"), 2, ["manifest.csv:3"], "expected 2 columns", "nothing"),
+    ("manifest-extra-column", manifest("x,1,14\n"), 2, ["manifest.csv:3"], "expected 2 columns", "nothing"),
+    ("manifest-bad-header", manifest_header, 2, ["manifest.csv:1"], "header", "nothing"),
+    ("manifest-no-row-for-case", manifest_missing_row, 1, ["manifest.csv", "bad"], "no row for case", "batch"),
+    ("manifest-file-missing", missing("--manifest"), 2, ["nope"], "does not exist", "nothing"),
+    ("images-folder-missing", missing("--images"), 2, ["nope"], "does not exist", "nothing"),
+    ("labels-folder-missing", missing("--labels"), 2, ["nope"], "does not exist", "nothing"),
+    ("unlabeled-folder-missing", missing("--unlabeled"), 2, ["nope"], "does not exist", "nothing"),
+    ("out-under-a-file", out_under_file, 2, ["afile/ds", "afile"], "is not a folder", "nothing"),
+    ("out-inside-an-input", out_inside_input, 2, ["images/ds"], "overlaps the input", "nothing"),
 ]
 
 
-@pytest.mark.parametrize("setup,rc,names,reason,batch", [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
-def test_import_bad_input(tmp_path, capsys, caplog, setup, rc, names, reason, batch):
+@pytest.mark.parametrize("setup,rc,names,reason,outcome", [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
+def test_import_bad_input(tmp_path, capsys, caplog, setup, rc, names, reason, outcome):
     src = tmp_path / "src"
     write_case(src, "good")
     (src / "labels").mkdir(exist_ok=True)
@@ -221,13 +229,14 @@ def test_import_bad_input(tmp_path, capsys, caplog, setup, rc, names, reason, ba
     argv = ["import"] + [x for k, v in args.items() for x in ([k] if v is True else [k, v])]
     before = md5_tree([src])
     res = run_command(main, argv, capsys, caplog)
+    batch = outcome == "batch"
     done = [out / "imagesTr" / "good_0000.nii.gz", out / "labelsTr" / "good.nii.gz"] if batch else []
     check_contract(res, rc=rc, names=names, reason=reason, inputs_before=before, inputs=[src],
                    outputs=[out] if out.is_dir() else [], done=done)
-    if batch:
+    if outcome == "nothing":   # refused before any work, or --strict with a bad case: nothing written
+        assert not out.exists()
+    else:
         assert_dataset_matches_disk(out)
         assert not (out / "imagesTr" / "bad_0000.nii.gz").exists()
-    else:   # refused before any work, or --strict with a bad case: nothing written
-        assert not out.exists()
     if reason == "expected a 3-D image":   # the image's own problem, not its missing label
         assert not [ln for ln in res.lines if "no label file" in ln]

@@ -32,11 +32,12 @@ the rest is imported. --strict checks every case first and imports nothing if an
 Reruns skip cases already imported from the same files. The output folder always holds exactly the
 good cases of the run: dataset.json, label_types.json and cases.json list what is on disk.
 
-Refused before anything is written (exit 2): a missing input folder or manifest, an input folder
-with nothing to import, a case id that is both labeled (--images/--labels) and unlabeled
-(--unlabeled) (remove one of the two files), a bad manifest row (reported as manifest.csv:LINE:
-missing or extra column, non-integer or unknown class, repeated or unknown case id), an --out that
-is a file, lies under a file or overlaps an input folder.
+Refused before anything is written (exit 2): a missing input folder or manifest, input folders
+that hold nothing to import (one empty folder among others is only a warning), a case id that
+is both labeled (--images/--labels) and unlabeled (--unlabeled): remove one of the two files; a
+bad manifest row, reported as manifest.csv:LINE (missing or extra column, non-integer or unknown
+class, repeated or unknown case id); an --out that is a file, lies under a file or overlaps an
+input folder.
 
 Exit codes: 0 every case imported; 1 some cases bad (each reported, the rest imported; --strict:
 nothing imported); 2 bad arguments or inputs as above.

@@ -51,6 +51,7 @@ class FolderScan:
     folder: Path
     cases: dict[str, Path] = field(default_factory=dict)   # case id -> file or DICOM folder
     bad: dict[str, str] = field(default_factory=dict)      # case id -> "path: reason"
+    given: bool = True                                     # False: the folder was not given
 
     @property
     def ids(self) -> set[str]:
@@ -73,8 +74,7 @@ def scan_folder(folder: Path, channel_suffix: bool = True) -> FolderScan:
     """Cases of ``folder`` keyed by id (``channel_suffix=False`` for label folders, see
     :func:`flareseg.io.case_id_from_name`). Other files are named in a warning and ignored.
 
-    Raises InputError when ``folder`` is missing or not a folder, ImportConfigError when it holds
-    nothing to import."""
+    Raises InputError when ``folder`` is missing or not a folder."""
     folder = Path(folder)
     if not folder.exists():
         raise InputError(folder, "does not exist")
@@ -102,10 +102,11 @@ def scan_folder(folder: Path, channel_suffix: bool = True) -> FolderScan:
             scan.bad[cid] = f"{paths[0]}: {why}"
         else:
             scan.cases[cid] = paths[0]
-    if not by_id:
-        raise ImportConfigError([f"{folder}: nothing to import (no image file {KNOWN_SUFFIXES} "
-                                 "or DICOM series folder)"])
     return scan
+
+
+def _nothing_in(folder: Path) -> str:
+    return f"{folder}: nothing to import (no image file {KNOWN_SUFFIXES} or DICOM series folder)"
 
 
 def pair_cases(images_dir: Path | None, labels_dir: Path | None, unlabeled_dir: Path | None
@@ -113,11 +114,13 @@ def pair_cases(images_dir: Path | None, labels_dir: Path | None, unlabeled_dir: 
     """Match labeled images with labels by case id.
 
     Returns (labeled, unlabeled, bad: case id -> reason, ids of the labeled folders). A case id
-    found both in the labeled folders and in ``unlabeled_dir`` raises ImportConfigError."""
+    found both in the labeled folders and in ``unlabeled_dir``, or no entry in any folder, raises
+    ImportConfigError; a single folder without entries is only warned about (its cases, if any
+    were meant, show up as bad: no label file, label without an image)."""
     labeled: list[SourceCase] = []
     bad: dict[str, str] = {}
     lab_ids: set[str] = set()
-    imgs = labs = FolderScan(Path())
+    imgs = labs = FolderScan(Path(), given=False)
     if images_dir is not None:
         imgs = scan_folder(images_dir)
         if labels_dir is not None:
@@ -136,6 +139,7 @@ def pair_cases(images_dir: Path | None, labels_dir: Path | None, unlabeled_dir: 
             else:
                 labeled.append(SourceCase(cid, imgs.cases[cid], labs.cases[cid]))
     unlabeled: list[SourceCase] = []
+    unl = None
     if unlabeled_dir is not None:
         unl = scan_folder(unlabeled_dir)
         dup = sorted(unl.ids & lab_ids)
@@ -148,6 +152,12 @@ def pair_cases(images_dir: Path | None, labels_dir: Path | None, unlabeled_dir: 
                 bad[cid] = unl.bad[cid]
             else:
                 unlabeled.append(SourceCase(cid, unl.cases[cid]))
+    scans = [s for s in (imgs, labs, unl) if s is not None and s.given]
+    empty = [s.folder for s in scans if not s.ids]
+    if len(empty) == len(scans):
+        raise ImportConfigError(_nothing_in(f) for f in empty)
+    for f in empty:
+        log.warning("%s", _nothing_in(f))
     return labeled, unlabeled, bad, lab_ids
 
 
