@@ -5,7 +5,8 @@ import pytest
 import SimpleITK as sitk
 
 from flareseg.cli import main as cli
-from flareseg.data.intake import ImportFailed, import_dataset, read_manifest
+from flareseg.data.intake import ImportFailed, import_dataset
+from flareseg.data.sources import ImportConfigError, read_manifest
 from flareseg.io import Geometry, InputError, geometry_mismatch, read_array, write_array
 
 GEO = Geometry((10, 9, 8), (0.8, 0.8, 2.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
@@ -67,8 +68,10 @@ def test_mixed_folder_reports_each_bad_case_and_imports_the_rest(mixed, tmp_path
     ds = json.loads((out / "dataset.json").read_text())
     assert ds["numTraining"] == 3 and ds["labels"]["tumor"] == 14
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # nothing half-written
-    with pytest.raises(ImportFailed):
+    with pytest.raises(ImportFailed) as e:
         import_dataset(tmp_path / "strict", mixed / "images", mixed / "labels", strict=True)
+    assert set(e.value.report.bad) == set(reasons)
+    assert not (tmp_path / "strict").exists()   # validated first: nothing written
 
 
 def test_manifest_gives_label_types_and_rerun_is_skipped(tmp_path):
@@ -89,11 +92,13 @@ def test_manifest_gives_label_types_and_rerun_is_skipped(tmp_path):
 def test_manifest_errors_name_file_and_line(tmp_path):
     m = tmp_path / "m.csv"
     m.write_text("case_id,annotated\na,1 99\n")
-    with pytest.raises(InputError, match=r"m.csv.*line 2"):
+    with pytest.raises(ImportConfigError, match=r"m.csv:2: case a: class 99 is not a FLARE23 class"):
         read_manifest(m)
     m.write_text("case,classes\n")
-    with pytest.raises(InputError, match="header"):
+    with pytest.raises(ImportConfigError, match=r"m.csv:1: .*header"):
         read_manifest(m)
+    with pytest.raises(InputError, match="does not exist"):
+        read_manifest(tmp_path / "none.csv")
 
 
 def test_dicom_with_flipped_label_imports_on_the_image_grid(shared_data, tmp_path):
@@ -147,3 +152,114 @@ def test_case_whose_id_ends_in_0000_pairs_image_and_label(tmp_path):
     _case(src, "PH_0001", (1,))
     rep = import_dataset(tmp_path / "Dataset001_X", src / "images", src / "labels")
     assert set(rep.good) == {"PH_0000", "PH_0001"} and not rep.bad
+
+
+def _tree(root):
+    import hashlib
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _listed(out):
+    """(ids in imagesTr, labelsTr, imagesUnlabeled) and what the indexes say."""
+    on_disk = tuple({p.name.split("_0000")[0].replace(".nii.gz", "") for p in (out / d).glob("*.nii.gz")}
+                    for d in ("imagesTr", "labelsTr", "imagesUnlabeled"))
+    pools = json.loads((out / "cases.json").read_text())
+    listed = (set(pools["labeled"] + pools["tumor_only"]), set(json.loads((out / "label_types.json").read_text())),
+              set(pools["unlabeled"]))
+    return on_disk, listed, json.loads((out / "dataset.json").read_text())["numTraining"]
+
+
+def test_rerun_is_idempotent_and_follows_changed_inputs(tmp_path):
+    src = tmp_path / "src"
+    for cid in ("a", "b", "c"):
+        _case(src, cid, (1,))
+    _case(src, "bad", (1, 17))
+    (src / "unl").mkdir()
+    out = tmp_path / "ds"
+    rep = import_dataset(out, src / "images", src / "labels", num_processes=2)
+    assert set(rep.good) == {"a", "b", "c"} and set(rep.bad) == {"bad"}
+    stamp = {p.name: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
+    rep2 = import_dataset(out, src / "images", src / "labels")   # same inputs: nothing rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")} == stamp
+    assert rep2.cases == rep.cases
+    # c leaves the inputs, a becomes unlabeled, b's output was deleted by hand
+    (src / "images" / "c_0000.nii.gz").unlink()
+    (src / "labels" / "c.nii.gz").unlink()
+    (src / "labels" / "a.nii.gz").unlink()
+    (src / "images" / "a_0000.nii.gz").rename(src / "unl" / "a_0000.nii.gz")
+    (out / "imagesTr" / "b_0000.nii.gz").unlink()
+    rep3 = import_dataset(out, src / "images", src / "labels", src / "unl")
+    assert set(rep3.good) == {"a", "b"} and rep3.good["a"]["pool"] == "unlabeled"
+    (tr, lab, unl), (pooled, typed, unl_listed), n = _listed(out)
+    assert tr == lab == pooled == typed == {"b"} and unl == unl_listed == {"a"} and n == 1
+    assert sorted(p.stem for p in (out / ".import").glob("*.json")) == ["a", "b", "bad"]
+
+
+def test_strict_failure_leaves_an_existing_dataset_as_it_was(tmp_path, capsys):
+    src = tmp_path / "src"
+    _case(src, "a", (1,))
+    out = tmp_path / "ds"
+    assert cli(["import", "--images", str(src / "images"), "--labels", str(src / "labels"), "--out", str(out)]) == 0
+    before = _tree(out)
+    _case(src, "bad", (1, 17))
+    _case(src, "new", (1,))
+    rc = cli(["import", "--images", str(src / "images"), "--labels", str(src / "labels"), "--out", str(out),
+              "--strict"])
+    assert rc == 1 and _tree(out) == before
+    rc = cli(["import", "--images", str(src / "images"), "--labels", str(src / "labels"), "--out", str(out)])
+    assert rc == 1 and _listed(out)[0][0] == {"a", "new"}
+
+
+def test_unlabeled_id_equal_to_a_labeled_one_refuses_the_run(tmp_path, caplog):
+    src = tmp_path / "src"
+    _case(src, "a", (1,))
+    (src / "unl").mkdir()
+    write_array(np.zeros(GEO.shape_zyx, np.int16), GEO, src / "unl" / "a_0000.nii.gz")
+    out = tmp_path / "ds"
+    rc = cli(["import", "--images", str(src / "images"), "--labels", str(src / "labels"),
+              "--unlabeled", str(src / "unl"), "--out", str(out)])
+    assert rc == 2 and not out.exists()
+    line = next(r.getMessage() for r in caplog.records if "also a labeled case" in r.getMessage())
+    assert "unl/a_0000.nii.gz" in line and "images/a_0000.nii.gz" in line
+
+
+def test_scan_folder_reports_entries_that_cannot_be_cases(tmp_path, caplog):
+    from flareseg.data.sources import scan_folder
+    d = tmp_path / "images"
+    write_array(np.zeros(GEO.shape_zyx, np.int16), GEO, d / "ok_0000.nii.gz")
+    (d / "x.mhd").write_text("")          # .mhd pixel data (.raw) is not warned about
+    (d / "x.raw").write_bytes(b"")
+    (d / "notes.txt").write_text("hi")
+    (d / ".hidden").write_text("")
+    (d / "gone_0000.nii.gz").symlink_to(tmp_path / "missing.nii.gz")
+    (d / "empty").mkdir()
+    scan = scan_folder(d)
+    assert set(scan.cases) == {"ok", "x"}
+    assert "broken symlink" in scan.bad["gone"] and "empty folder, not a DICOM series" in scan.bad["empty"]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "notes.txt" in warned[0]
+
+
+def test_manifest_reports_every_bad_row_at_once_and_accepts_a_bom(tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_bytes("\ufeffcase_id,annotated\na,1_2_14\nb,1 x\nc\na,3\nz,2\n\nu,1\n".encode("utf-8"))
+    with pytest.raises(ImportConfigError) as e:
+        read_manifest(m, labeled_ids={"a", "b", "c"}, unlabeled_ids={"u"})
+    assert [p.split(": ", 1)[0].rsplit("/", 1)[1] for p in e.value.problems] == [
+        "m.csv:3", "m.csv:4", "m.csv:5", "m.csv:6", "m.csv:8"]
+    assert "unlabeled case" in e.value.problems[-1] and "not among the labeled" in e.value.problems[-2]
+    m.write_bytes("\ufeffcase_id,annotated\na,1_2_14\nb,\n".encode("utf-8"))
+    assert read_manifest(m) == {"a": (1, 2, 14), "b": ()}
+
+
+def test_one_empty_folder_is_a_warning_all_empty_is_nothing_to_import(tmp_path, caplog):
+    src = tmp_path / "src"
+    _case(src, "a", (1,))
+    (src / "unl").mkdir()
+    rep = import_dataset(tmp_path / "ds", src / "images", src / "labels", src / "unl")
+    assert set(rep.good) == {"a"}
+    assert any("unl: nothing to import" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    with pytest.raises(ImportConfigError, match="unl: nothing to import"):
+        import_dataset(tmp_path / "ds2", unlabeled_dir=src / "unl")
+    assert not (tmp_path / "ds2").exists()

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
-from flareseg.data.intake import ImportFailed, import_dataset
+from flareseg.data.intake import ImportConfigError, ImportFailed, import_dataset
+from flareseg.io import InputError
+
+log = logging.getLogger(__name__)
 
 HELP = """\
 Validate FLARE23-style folders and write an nnU-Net v2 raw dataset.
@@ -21,8 +25,22 @@ unlabeled pools), import_report.json (every case; bad ones with file and reason)
 
 Every case is checked: readable, 3-D scalar, finite, sane spacing, label on the image grid
 (labels stored with a flipped/permuted axis are re-gridded by physical coordinates), label values
-integral in 0..14, label not empty when classes are claimed. A bad case is reported and skipped
-(--strict: exit 1 instead). Reruns skip cases already imported from the same files.
+integral in 0..14, label not empty when classes are claimed. Entries that cannot be a case are bad
+cases too: a broken symlink, an empty or non-DICOM subfolder, two files with one case id
+(X_0000.nii.gz and X_0000.nrrd). A bad case is reported (one line: file and reason) and skipped,
+the rest is imported. --strict checks every case first and imports nothing if any is bad.
+Reruns skip cases already imported from the same files. The output folder always holds exactly the
+good cases of the run: dataset.json, label_types.json and cases.json list what is on disk.
+
+Refused before anything is written (exit 2): a missing input folder or manifest, input folders
+that hold nothing to import (one empty folder among others is only a warning), a case id that
+is both labeled (--images/--labels) and unlabeled (--unlabeled): remove one of the two files; a
+bad manifest row, reported as manifest.csv:LINE (missing or extra column, non-integer or unknown
+class, repeated or unknown case id); an --out that is a file, lies under a file or overlaps an
+input folder.
+
+Exit codes: 0 every case imported; 1 some cases bad (each reported, the rest imported; --strict:
+nothing imported); 2 bad arguments or inputs as above.
 
 Example:
   flareseg import --images raw/imagesTr --labels raw/labelsTr --unlabeled raw/unlabeled \\
@@ -38,26 +56,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unlabeled", type=Path, help="folder of unlabeled images")
     p.add_argument("--manifest", type=Path, help="CSV case_id,annotated (space-separated class indices)")
     p.add_argument("--out", type=Path, required=True, help="output dataset folder (DatasetNNN_Name)")
-    p.add_argument("--strict", action="store_true", help="fail (exit 1) if any case is bad")
+    p.add_argument("--strict", action="store_true", help="check every case first; import nothing (exit 1) if any is bad")
     p.add_argument("-j", "--num-processes", type=int, default=1, help="parallel workers")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.images is None and args.unlabeled is None:
-        print("flareseg import: give --images/--labels and/or --unlabeled")
+        log.error("flareseg import: give --images with --labels, and/or --unlabeled")
         return 2
-    if args.images is not None and args.labels is None:
-        print("flareseg import: --images needs --labels")
+    if (args.images is None) != (args.labels is None):
+        log.error("flareseg import: --images and --labels go together (labeled images and their labels)")
+        return 2
+    if args.num_processes < 1:
+        log.error("flareseg import: --num-processes must be at least 1, got %d", args.num_processes)
         return 2
     try:
         rep = import_dataset(args.out, args.images, args.labels, args.unlabeled, args.manifest,
                              strict=args.strict, num_processes=args.num_processes)
-    except ImportFailed as e:
-        print(f"import failed (--strict): {e}")
+    except ImportConfigError as e:
+        for msg in e.problems:
+            log.error("%s", msg)
+        log.error("nothing imported: fix the input(s) above")
+        return 2
+    except InputError as e:
+        log.error("%s", e)
+        return 2
+    except ImportFailed as e:   # each bad case is already logged
+        log.error("import failed (--strict): %s -> %s left as it was", e, args.out)
         return 1
-    for cid, r in sorted(rep.bad.items()):
-        print(f"ERROR {cid}: {r['reason']}")
     print(f"imported {len(rep.good)} case(s), {len(rep.bad)} bad -> {args.out} "
           f"(label types from {rep.label_type_source}; see import_report.json)")
-    return 0
+    return 1 if rep.bad else 0

@@ -16,34 +16,34 @@ Output (``out_dir`` = ``nnUNet_raw/DatasetNNN_Name``)::
     import_report.json every case: status, pool, label type and its source; bad cases with reason
 
 A case whose outputs were already written from the same source files is not redone (resume).
+The dataset folder always describes exactly this run's good cases: outputs of cases that are bad
+(or no longer given) are removed, so dataset.json, label_types.json and cases.json match imagesTr,
+labelsTr and imagesUnlabeled file for file.  Problems with the arguments (missing folder, nothing to
+import, a case id both labeled and unlabeled, a bad manifest row, an unusable ``out_dir``) raise
+before anything is written; with ``strict`` every case is validated before anything is written.
 """
 from __future__ import annotations
 
-import csv
 import logging
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from tqdm import tqdm
 
+from flareseg.data.sources import ImportConfigError, SourceCase, pair_cases, read_manifest
 from flareseg.data.validate import check_case
-from flareseg.io import (InputError, case_id_from_name, link_or_copy, image_suffix, is_dicom_dir, read_json,
-                         write_image, write_json)
-from flareseg.labels import CLASS_NAMES, pool_of, str_to_type, type_to_str
+from flareseg.io import InputError, image_suffix, link_or_copy, read_json, write_image, write_json
+from flareseg.labels import CLASS_NAMES, pool_of, type_to_str
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ImportConfigError", "ImportFailed", "ImportReport", "SourceCase", "check_out_dir",
+           "dataset_folder_name", "dataset_json", "import_dataset", "read_manifest"]
 
-class ImportFailed(RuntimeError):
-    """Raised in strict mode when any case is bad."""
-
-
-@dataclass
-class SourceCase:
-    case_id: str
-    image: Path
-    label: Path | None = None
+OUTPUT_FOLDERS = ("imagesTr", "labelsTr", "imagesUnlabeled")
 
 
 @dataclass
@@ -61,110 +61,99 @@ class ImportReport:
         return {k: v for k, v in self.cases.items() if v["status"] == "ok"}
 
 
-def discover_images(folder: Path, channel_suffix: bool = True) -> dict[str, Path]:
-    """Image files (known suffixes) and DICOM series folders in ``folder``, keyed by case id
-    (``channel_suffix=False`` for label folders, see :func:`case_id_from_name`)."""
-    out: dict[str, Path] = {}
-    if not folder.is_dir():
-        raise InputError(folder, "is not a folder")
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith("."):
+class ImportFailed(RuntimeError):
+    """Strict mode: some case is bad, nothing was written. ``report`` holds every case."""
+
+    def __init__(self, message: str, report: ImportReport):
+        super().__init__(message)
+        self.report = report
+
+
+def check_out_dir(out_dir: Path, inputs: Iterable[Path | None]) -> None:
+    """Raise InputError unless ``out_dir`` can be created or reused as a dataset folder without
+    touching an input (not a file, not under a file, writable, not inside or around an input)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "exists and is not a folder")
+    anc = out_dir
+    while not anc.exists() and not anc.is_symlink():
+        anc = anc.parent
+    if not anc.is_dir():
+        raise InputError(out_dir, f"cannot create the output folder: {anc} is not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise InputError(out_dir, f"cannot create or write the output folder: {anc} is not writable")
+    out_r = out_dir.resolve()
+    for p in inputs:
+        if p is None:
             continue
-        if (p.is_file() and image_suffix(p)) or (p.is_dir() and is_dicom_dir(p)):
-            cid = case_id_from_name(p, channel_suffix)
-            if cid in out:
-                raise InputError(p, f"duplicate case id {cid!r} (also {out[cid].name})")
-            out[cid] = p
-    return out
-
-
-def read_manifest(path: Path) -> dict[str, tuple[int, ...]]:
-    """CSV ``case_id,annotated`` -> case -> label type. Errors name the file and line."""
-    out: dict[str, tuple[int, ...]] = {}
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or [c.strip() for c in rows[0][:2]] != ["case_id", "annotated"]:
-        raise InputError(path, "manifest must start with the header 'case_id,annotated'")
-    for i, row in enumerate(rows[1:], start=2):
-        if not row or not row[0].strip():
-            continue
-        if len(row) < 2:
-            raise InputError(path, f"line {i}: expected 'case_id,annotated'")
-        try:
-            out[row[0].strip()] = str_to_type(row[1])
-        except ValueError as e:
-            raise InputError(path, f"line {i}: {e}") from None
-    return out
-
-
-def pair_cases(images_dir: Path | None, labels_dir: Path | None,
-               unlabeled_dir: Path | None) -> tuple[list[SourceCase], list[SourceCase], dict[str, str]]:
-    """Match labeled images with labels by case id. Returns (labeled, unlabeled, problems)."""
-    labeled: list[SourceCase] = []
-    problems: dict[str, str] = {}
-    if images_dir is not None:
-        imgs = discover_images(images_dir)
-        labs = discover_images(labels_dir, channel_suffix=False) if labels_dir is not None else {}
-        for cid, p in imgs.items():
-            if cid not in labs:
-                problems[cid] = f"{p}: no label file for case {cid} in {labels_dir}"
-                continue
-            labeled.append(SourceCase(cid, p, labs[cid]))
-        for cid, p in labs.items():
-            if cid not in imgs:
-                problems[cid] = f"{p}: label without an image in {images_dir}"
-    unlabeled = ([SourceCase(cid, p) for cid, p in discover_images(unlabeled_dir).items()]
-                 if unlabeled_dir is not None else [])
-    return labeled, unlabeled, problems
+        p_r = Path(p).resolve()
+        if out_r == p_r or out_r in p_r.parents or p_r in out_r.parents:
+            raise InputError(out_dir, f"output folder overlaps the input {p}: imports would overwrite inputs")
 
 
 def _source_stamp(c: SourceCase) -> list:
     def st(p: Path | None):
         if p is None:
             return None
-        if p.is_dir():
-            files = sorted(p.iterdir())
-            return [str(p), len(files), sum(f.stat().st_size for f in files)]
-        s = p.stat()
-        return [str(p), s.st_size, s.st_mtime_ns]
+        try:
+            if p.is_dir():
+                files = sorted(p.iterdir())
+                return [str(p), len(files), sum(f.stat().st_size for f in files)]
+            s = p.stat()
+            return [str(p), s.st_size, s.st_mtime_ns]
+        except OSError:  # vanished or unreadable: never matches a record, the check reports it
+            return [str(p), None]
     return [st(c.image), st(c.label)]
 
 
+def _outputs(out_dir: Path, cid: str, unlabeled: bool) -> list[Path]:
+    if unlabeled:
+        return [out_dir / "imagesUnlabeled" / f"{cid}_0000.nii.gz"]
+    return [out_dir / "imagesTr" / f"{cid}_0000.nii.gz", out_dir / "labelsTr" / f"{cid}.nii.gz"]
+
+
 def _import_one(args: tuple) -> dict:
-    """Worker: validate one case and write it into the dataset. Returns its report record."""
-    c, annotated, out_dir, unlabeled = args
+    """Worker: validate one case and (``write``) write it into the dataset. Returns its record.
+
+    A case already imported from the same files (same record, outputs present) is not redone."""
+    c, annotated, out_dir, unlabeled, write = args
     out_dir = Path(out_dir)
     rec_path = out_dir / ".import" / f"{c.case_id}.json"
+    ann = list(annotated) if annotated is not None else None
     stamp = _source_stamp(c)
-    if rec_path.exists():
+    if c.problem is None and rec_path.exists():
         rec = read_json(rec_path)
-        if rec.get("source") == stamp and rec.get("annotated_in") == (list(annotated) if annotated is not None else None):
+        if (rec.get("source") == stamp and rec.get("annotated_in") == ann
+                and (rec.get("status") != "ok" or all(p.exists() for p in _outputs(out_dir, c.case_id, unlabeled)))):
             return rec
     rec: dict = {"case_id": c.case_id, "image": str(c.image),
-                 "label": str(c.label) if c.label else None, "source": stamp,
-                 "annotated_in": list(annotated) if annotated is not None else None}
+                 "label": str(c.label) if c.label else None, "source": stamp, "annotated_in": ann}
     try:
         checked = check_case(c.image, c.label, annotated)
-        img_dir = "imagesUnlabeled" if unlabeled else "imagesTr"
-        img_out = out_dir / img_dir / f"{c.case_id}_0000.nii.gz"
-        if image_suffix(c.image) == ".nii.gz":
-            link_or_copy(c.image, img_out)   # validated as is: no re-encoding, no second copy on disk
-        else:
-            write_image(checked.image, img_out)
-        if checked.label is not None:
-            write_image(checked.label, out_dir / "labelsTr" / f"{c.case_id}.nii.gz")
+        if c.problem is not None:        # the image is fine: now its missing/bad label or manifest row
+            rec.update(status="error", reason=c.problem)
+            return rec
         ltype = tuple(annotated) if annotated is not None else checked.classes_present
+        if not unlabeled and not ltype:
+            raise InputError(c.label, "label is empty (no annotated class)")
         rec.update(status="ok", notes=checked.notes,
                    label_type=None if unlabeled else list(ltype),
                    pool="unlabeled" if unlabeled else pool_of(ltype),
                    size=list(checked.image.GetSize()), spacing=list(checked.image.GetSpacing()))
-        if not unlabeled and not ltype:
-            rec.update(status="error", reason=f"{c.label}: label is empty (no annotated class)")
+        if write:
+            img_out = _outputs(out_dir, c.case_id, unlabeled)[0]
+            if image_suffix(c.image) == ".nii.gz":
+                link_or_copy(c.image, img_out)   # validated as is: no re-encoding, no second copy on disk
+            else:
+                write_image(checked.image, img_out)
+            if checked.label is not None:
+                write_image(checked.label, _outputs(out_dir, c.case_id, False)[1])
     except InputError as e:
         rec.update(status="error", reason=str(e))
     except Exception as e:  # unexpected library failure: still one case, still reported
         rec.update(status="error", reason=f"{c.image}: {type(e).__name__}: {e}")
-    write_json(rec, rec_path)
+    if write and c.problem is None:
+        write_json(rec, rec_path)
     return rec
 
 
@@ -178,11 +167,16 @@ def dataset_json(num_training: int) -> dict:
 def import_dataset(out_dir: Path, images_dir: Path | None = None, labels_dir: Path | None = None,
                    unlabeled_dir: Path | None = None, manifest: Path | None = None,
                    strict: bool = False, num_processes: int = 1) -> ImportReport:
-    """Validate and import every case; bad cases are reported, the rest imported."""
+    """Validate and import every case; bad cases are reported (logged and in the report), the rest
+    imported.
+
+    Raises before writing anything: InputError / ImportConfigError for unusable arguments (see the
+    module docstring), ImportFailed when ``strict`` and any case is bad."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    labeled, unlabeled, problems = pair_cases(images_dir, labels_dir, unlabeled_dir)
-    types = read_manifest(manifest) if manifest is not None else None
+    check_out_dir(out_dir, (images_dir, labels_dir, unlabeled_dir, manifest))
+    labeled, unlabeled, problems, labeled_ids = pair_cases(images_dir, labels_dir, unlabeled_dir)
+    types = (read_manifest(manifest, labeled_ids, {c.case_id for c in unlabeled})
+             if manifest is not None else None)
     report = ImportReport(out_dir, label_type_source="manifest" if types is not None else "labels")
     if types is None and labeled:
         log.warning("no manifest: label types are inferred from the label values present "
@@ -193,33 +187,54 @@ def import_dataset(out_dir: Path, images_dir: Path | None = None, labels_dir: Pa
     for c in labeled:
         ann = None
         if types is not None:
-            if c.case_id not in types:
-                report.cases[c.case_id] = {"case_id": c.case_id, "status": "error",
-                                           "reason": f"{manifest}: no row for case {c.case_id}"}
-                continue
-            ann = types[c.case_id]
+            ann = types.get(c.case_id)
+            if ann is None and c.problem is None:
+                c.problem = f"{manifest}: no row for case {c.case_id}"
         jobs.append((c, ann, str(out_dir), False))
     jobs += [(c, None, str(out_dir), True) for c in unlabeled]
-    if num_processes > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(num_processes) as ex:
-            recs = list(tqdm(ex.map(_import_one, jobs), total=len(jobs), desc="import", unit="case"))
-    else:
-        recs = [_import_one(j) for j in tqdm(jobs, desc="import", unit="case")]
-    for r in recs:
-        report.cases[r["case_id"]] = r
-    for cid, r in sorted(report.bad.items()):
-        log.error("skipped %s: %s", cid, r["reason"])
-        _remove_outputs(out_dir, cid)
-    if strict and report.bad:
-        raise ImportFailed(f"{len(report.bad)} bad case(s); first: {next(iter(report.bad.values()))['reason']}")
+    if strict:   # validate everything first: nothing is written unless every case is good
+        _collect(report, _run(jobs, False, num_processes, "check"))
+        if report.bad:
+            _log_bad(report)
+            raise ImportFailed(f"{len(report.bad)} bad case(s), nothing imported", report)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _collect(report, _run(jobs, True, num_processes, "import"))
+    _log_bad(report)
+    _reconcile(report)
     _write_indexes(report)
     return report
 
 
-def _remove_outputs(out_dir: Path, cid: str) -> None:
-    for p in (out_dir / "imagesTr" / f"{cid}_0000.nii.gz", out_dir / "labelsTr" / f"{cid}.nii.gz",
-              out_dir / "imagesUnlabeled" / f"{cid}_0000.nii.gz"):
-        if p.exists():
+def _run(jobs: list[tuple], write: bool, num_processes: int, desc: str) -> list[dict]:
+    jobs = [j + (write,) for j in jobs]
+    if num_processes > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(num_processes) as ex:
+            return list(tqdm(ex.map(_import_one, jobs), total=len(jobs), desc=desc, unit="case"))
+    return [_import_one(j) for j in tqdm(jobs, desc=desc, unit="case")]
+
+
+def _collect(report: ImportReport, recs: list[dict]) -> None:
+    for r in recs:
+        report.cases[r["case_id"]] = r
+
+
+def _log_bad(report: ImportReport) -> None:
+    for cid, r in sorted(report.bad.items()):
+        log.error("skipped case %s: %s", cid, r["reason"])
+
+
+def _reconcile(report: ImportReport) -> None:
+    """Remove dataset files (and resume records) that belong to no good case of this run, so the
+    indexes written next list exactly what is on disk."""
+    out_dir = report.dataset_dir
+    keep = {p for cid, r in report.good.items() for p in _outputs(out_dir, cid, r["pool"] == "unlabeled")}
+    for sub in OUTPUT_FOLDERS:
+        for p in sorted((out_dir / sub).glob("*.nii.gz")):
+            if p not in keep and not p.name.startswith("."):
+                log.info("removed %s: not a good case of this import", p)
+                p.unlink()
+    for p in sorted((out_dir / ".import").glob("*.json")):
+        if p.stem not in report.cases:
             p.unlink()
 
 
