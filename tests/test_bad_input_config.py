@@ -106,3 +106,22 @@ def test_config_file_out_of_range_names_file_key_value_range(tmp_path, capsys, c
     out = run_command(pipeline_main, ["1", "--config", cfg, "--work", tmp_path / "w"], capsys, caplog)
     check_contract(out, rc=2, names=[str(cfg), "train_fine.epochs", "-3"], reason="expected >= 1",
                    inputs_before=before, inputs=[cfg], outputs=[tmp_path])
+
+
+def test_stage1_refused_import_is_one_line_exit_3(tmp_path, capsys, caplog):
+    """A data folder whose manifest is unusable stops stage-1 at the import, naming manifest:line."""
+    from tiny import write_tiny_raw
+
+    raw = write_tiny_raw(tmp_path / "raw", n_unlabeled=0)
+    manifest = raw / "manifest.csv"
+    manifest.write_text(manifest.read_text().replace("t04,1", "t04,liver"))
+    before = md5_tree([raw])
+    out = run_command(pipeline_main, [
+        "1", "--config", DEMO, "--work", tmp_path / "work",
+        "--set", "data.source=folders", "--set", f"data.labeled_images={raw / 'imagesTr'}",
+        "--set", f"data.labels={raw / 'labelsTr'}", "--set", f"data.manifest={manifest}"],
+        capsys, caplog)
+    line = next((ln for ln in out.lines if "manifest.csv:" in ln), None)
+    check_contract(out, rc=3, names=[f"{manifest}:"], reason="import refused",
+                   inputs_before=before, inputs=[raw], outputs=[tmp_path / "work"])
+    assert line is not None and "liver" in line

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from flareseg.config import Config, to_dict
 from flareseg.data.intake import dataset_folder_name, import_dataset
+from flareseg.data.sources import ImportConfigError
 from flareseg.io import read_json
 from flareseg.nnunet.env import NNUNetPaths
 from flareseg.pipeline.stage import StageContext, StageError
@@ -51,10 +52,11 @@ def run(ctx: StageContext) -> dict:
     ds_dir = paths.raw / dataset_folder_name(cfg.data.dataset_id, cfg.data.dataset_name)
 
     def do_import() -> dict:
-        rep = import_dataset(ds_dir, src["images"], src["labels"], src["unlabeled"], src["manifest"],
-                             num_processes=cfg.data.num_processes)
-        for cid, r in sorted(rep.bad.items()):
-            log.error("stage-1 import: %s skipped: %s", cid, r["reason"])
+        try:   # import_dataset logs each bad case itself; unusable inputs become one stage error
+            rep = import_dataset(ds_dir, src["images"], src["labels"], src["unlabeled"], src["manifest"],
+                                 num_processes=cfg.data.num_processes)
+        except ImportConfigError as e:
+            raise StageError("import refused: " + "; ".join(e.problems)) from None
         if not rep.good:
             raise StageError(f"stage-1: no valid case imported from {src['images']}")
         return {"ok": len(rep.good), "bad": len(rep.bad), "label_type_source": rep.label_type_source}
