@@ -681,16 +681,24 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: os.PathLike | str) -> list[Path]:
+def remove_stale_temps(folder: os.PathLike | str, recursive: bool = False) -> list[Path]:
     """Remove the temp files :func:`atomic_path` left in ``folder`` when its writer was killed.
 
     Only temps whose name says they were written on this host (and PID namespace) by a process
     that no longer runs are removed: temps of live processes and of other hosts (sharded jobs share
     folders) stay, and so do files whose name does not follow the pattern.  A pid reused by an
     unrelated process keeps its temp until that process ends.  Returns the removed paths (each
-    logged at INFO).  :func:`atomic_path` calls it on its first write into a folder in a process.
+    logged at INFO).  :func:`atomic_path` calls it on its first write into a folder in a process;
+    commands and stages call it on their output folder at start (``recursive``: every subfolder),
+    so a rerun that writes nothing still removes what a killed run left.
     """
     folder = Path(folder)
+    if recursive:
+        removed = []
+        for sub, dirs, _ in os.walk(folder):
+            dirs[:] = [d for d in dirs if not _TEMP_RE.match(d)]
+            removed += remove_stale_temps(sub)
+        return removed
     with _cleaned_lock:
         _cleaned_folders.add(str(folder.resolve()))
     removed = []

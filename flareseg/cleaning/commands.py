@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from flareseg.config import ConfigError, load_config
-from flareseg.io import InputError
+from flareseg.io import InputError, remove_stale_temps
 
 HELP = """\
 Remove label noise before coarse training, without touching the inputs:
@@ -75,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         check_paths(args)
+        if Path(args.out).is_dir():   # what a killed earlier run left half-written
+            remove_stale_temps(args.out, recursive=True)
         report = clean_folder(args.labels, args.out, cfg.cleaning, args.images, force=args.force)
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

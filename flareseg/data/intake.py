@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from flareseg.data.sources import ImportConfigError, SourceCase, pair_cases, read_manifest
 from flareseg.data.validate import check_case
-from flareseg.io import InputError, image_suffix, link_or_copy, read_json, write_image, write_json
+from flareseg.io import (InputError, image_suffix, link_or_copy, read_json, remove_stale_temps, write_image,
+                         write_json)
 from flareseg.labels import CLASS_NAMES, pool_of, type_to_str
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,7 @@ def import_dataset(out_dir: Path, images_dir: Path | None = None, labels_dir: Pa
             _log_bad(report)
             raise ImportFailed(f"{len(report.bad)} bad case(s), nothing imported", report)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir, recursive=True)   # what a killed earlier import left half-written
     _collect(report, _run(jobs, True, num_processes, "import"))
     _log_bad(report)
     _reconcile(report)

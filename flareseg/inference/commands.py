@@ -16,7 +16,8 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from flareseg.config import IMAGE_RESAMPLING, InferenceConfig
-from flareseg.io import InputError, image_suffix, is_dicom_dir, strip_suffix, write_image, write_json
+from flareseg.io import (InputError, image_suffix, is_dicom_dir, remove_stale_temps, strip_suffix, write_image,
+                         write_json)
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,7 @@ def run_predict(args: argparse.Namespace) -> int:
     created = [d for d in (plan.folder, *plan.folder.parents) if not d.exists()]  # to undo on refusal
     try:
         plan.folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(plan.folder)   # what a killed earlier run left half-written
     except OSError as e:
         log.error("%s: cannot create the output folder (%s)", plan.folder, e.strerror or e)
         return 2

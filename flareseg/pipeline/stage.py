@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from flareseg.config import Config, config_hash, resolved, to_dict
-from flareseg.io import read_json, write_json
+from flareseg.io import read_json, remove_stale_temps, write_json
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,8 @@ class Stage:
 
     def execute(self, cfg: Config, work: Path, force: bool = False) -> dict:
         work = Path(work)
+        if stage_dir(work, self.n).is_dir():   # what a killed run of this stage left half-written
+            remove_stale_temps(stage_dir(work, self.n), recursive=True)
         if not force and self.is_current(cfg, work):
             log.info("stage-%d (%s) is current: skipped (use --force to rerun)", self.n, STAGE_NAMES[self.n])
             return read_json(stage_dir(work, self.n) / "manifest.json") | {"skipped": True}
