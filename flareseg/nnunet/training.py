@@ -64,9 +64,12 @@ def _probe(path: Path) -> tuple[dict | None, str | None]:
     """(contents, None) for a readable checkpoint file, (None, reason) for a damaged one; untrusted
     content still raises."""
     try:
-        return load_checkpoint(path), None
+        ck = load_checkpoint(path)
     except CorruptCheckpoint as e:
         return None, e.reason
+    if not isinstance(ck, dict):
+        return None, f"corrupt checkpoint (holds a {type(ck).__name__}, not a dict)"
+    return ck, None
 
 
 def resume_point(fold_dir: Path) -> Path | None:
@@ -109,10 +112,12 @@ def resume_point(fold_dir: Path) -> Path | None:
             else:
                 exact = st.get("epoch", epoch) == epoch
         usable.append((p, epoch, exact))
-    exact = [u for u in usable if u[2]]
-    chosen = exact[0] if exact else (usable[0] if usable else None)
-    if chosen is not None and chosen[0].name == PREVIOUS and (fold_dir / LATEST).is_file():
-        # the latest pair is unusable as a whole (its random state is damaged): set it aside too
+    exact_pairs = [u for u in usable if u[2]]
+    chosen = exact_pairs[0] if exact_pairs else (usable[0] if usable else None)
+    if chosen is not None and chosen[0].name == PREVIOUS and fold_dir / LATEST not in damaged \
+            and (fold_dir / LATEST).is_file():
+        # a readable latest checkpoint whose random state is damaged: set the pair aside (resuming
+        # from it would not continue as the uninterrupted run; the previous pair does)
         for p in (fold_dir / LATEST, rng_path(fold_dir / LATEST)):
             if p.is_file() and p not in damaged:
                 damaged[p] = "not resumable exactly (its random state is damaged or of another epoch)"
