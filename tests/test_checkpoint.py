@@ -2,6 +2,7 @@
 keep the previous good checkpoint, and training that resumes past a damaged checkpoint."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import shutil
@@ -76,6 +77,36 @@ def test_checkpoint_with_pickled_code_is_refused_naming_type_and_flag(tmp_path):
     # the documented opt-in loads it (and, as documented, runs what it holds)
     m = FastPredictor(mdir, device="cpu", trust_model=True).model
     assert m.folds == ["0"] and marker.read_text() == "unpickled"
+
+
+@pytest.mark.parametrize("obj,needs", [
+    (np.array(["a", 1], dtype=object), "numpy.dtypes.ObjectDType"),
+    (np.array(["ab"]), "numpy.dtypes.StrDType"),
+    (os.getcwd, "posix.getcwd"),
+    (Path("x"), "pathlib"),
+    (argparse.Namespace(a=1), "argparse.Namespace"),
+])
+def test_anything_beyond_numbers_and_tensors_is_refused(tmp_path, obj, needs):
+    torch.save({"network_weights": {"w": torch.ones(2)}, "x": obj}, tmp_path / "c.pth")
+    with pytest.raises(UntrustedCheckpoint, match=needs):
+        load_checkpoint(tmp_path / "c.pth")
+
+
+def test_checkpoints_written_with_numpy_1_load(tmp_path):
+    """Released nnU-Net checkpoints were pickled under numpy 1, whose module is numpy.core."""
+    import zipfile
+    torch.save({"logging": {"ema_fg_dice": [np.float32(0.5)]}, "w": torch.ones(3),
+                "numpy": np.arange(3, dtype=np.uint32)}, tmp_path / "np2.pth")
+    with zipfile.ZipFile(tmp_path / "np2.pth") as zin, \
+            zipfile.ZipFile(tmp_path / "np1.pth", "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray\n" in data
+                data = data.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+            zout.writestr(info, data)
+    ck = load_checkpoint(tmp_path / "np1.pth")
+    assert ck["logging"]["ema_fg_dice"] == [np.float32(0.5)] and ck["numpy"].tolist() == [0, 1, 2]
 
 
 def _ct(path: Path) -> None:

@@ -75,14 +75,21 @@ class UntrustedCheckpoint(InputError):
         super().__init__(path, f"untrusted checkpoint: needs {needs}; {TRUST_HINT}")
 
 
-_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
-_CLASS = re.compile(r"but got <class '([\w.]+)'>")
+#: how torch's weights-only unpickler names what it refused (a global, a blocked module's global,
+#: an object of a class it may not build, a function it may not call, a module to import first)
+_NEEDS = [re.compile(p) for p in (r"Unsupported global: GLOBAL ([\w.]+)", r"unsupported GLOBAL ([\w.]+) whose",
+                                  r"but got <class '([\w.]+)'>", r"unrecognized function (\S+)",
+                                  r"``([\w.]+)`` must be imported")]
 
 
 def _needed_type(msg: str) -> str | None:
-    """The type a failed weights-only load names (``None`` when the failure is not about types)."""
-    m = _GLOBAL.search(msg) or _CLASS.search(msg)
-    return m.group(1) if m else None
+    """The type a failed weights-only load names (``None`` when the failure is not about types,
+    e.g. an unknown opcode in a damaged file)."""
+    for pattern in _NEEDS:
+        m = pattern.search(msg)
+        if m:
+            return m.group(1)
+    return None
 
 
 def _first_line(e: BaseException) -> str:
