@@ -281,8 +281,13 @@ def test_training_resumes_past_a_damaged_latest_checkpoint(tiny_plans_dir, tmp_p
     from flareseg.nnunet.trainer import FlareSegTrainer
 
     paths = tiny_plans_dir
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
-        monkeypatch.setenv(var, os.environ.get(var, ""))   # restored after the test
+    # train() and export() set these process-wide: restore them after the test (unset ones unset)
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer",
+                "nnUNet_n_proc_DA", "nnUNet_compile"):
+        old = os.environ.get(var)
+        monkeypatch.setenv(var, old or "")
+        if old is None:
+            monkeypatch.delenv(var)
     monkeypatch.setattr(MetaLogger, "plot_progress_png", lambda self, folder: None)  # test speed only
     ref = _train(paths, tmp_path / "ref")
     assert sorted(p.name for p in (tmp_path / "ref" / _FOLD).glob("checkpoint_*")) == [
