@@ -58,6 +58,8 @@ def train_stock(dataset: str, args, results: Path) -> tuple[Path, float | None]:
     """Reference: stock ``nnUNetTrainer`` (random batches, plain Dice+CE on the partial labels as
     given, i.e. unannotated = background) at the same budget, threads and seed."""
     from nnunetv2.run.run_training import get_trainer_from_args
+
+    from flareseg.nnunet.checkpoint import load_checkpoint
     mdir = results / dataset / "nnUNetTrainer__nnUNetPlans__fine"
     if not (mdir / "fold_0" / "checkpoint_final.pth").exists():
         os.environ["nnUNet_n_proc_DA"] = str(args.workers)
@@ -67,7 +69,7 @@ def train_stock(dataset: str, args, results: Path) -> tuple[Path, float | None]:
         tr.num_epochs, tr.num_iterations_per_epoch = args.epochs, args.iters
         tr.num_val_iterations_per_epoch = args.val_iters
         tr.run_training()
-    state = torch.load(mdir / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    state = load_checkpoint(mdir / "fold_0" / "checkpoint_final.pth")
     losses = state.get("logging", {}).get("train_losses") or [None]
     return mdir, (None if losses[-1] is None else round(float(losses[-1]), 4))
 

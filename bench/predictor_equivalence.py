@@ -45,6 +45,7 @@ from flareseg.inference.commands import collect_inputs  # noqa: E402
 from flareseg.inference.predictor import FastPredictor, resolve_device  # noqa: E402
 from flareseg.io import InputError, read_image  # noqa: E402
 from flareseg.labels import CLASS_NAMES  # noqa: E402
+from flareseg.nnunet.checkpoint import load_checkpoint  # noqa: E402
 from flareseg.nnunet.env import trainer_dir  # noqa: E402
 
 log = logging.getLogger("predictor_equivalence")
@@ -216,7 +217,7 @@ def main(argv=None) -> int:
             log.error("%s: %s", case, e)
             rows[case] = {"error": str(e).replace("|", "/")}
 
-    ck = torch.load(args.model / f"fold_{args.fold}" / args.checkpoint, map_location="cpu", weights_only=False)
+    ck = load_checkpoint(args.model / f"fold_{args.fold}" / args.checkpoint)
     header = [
         "# Predictor equivalence: stock nnUNetPredictor vs FastPredictor (trained model)", "",
         "Command: `python " + " ".join(["bench/predictor_equivalence.py", *(argv if argv is not None else sys.argv[1:])]) + "`",

@@ -181,9 +181,10 @@ def test_killed_training_resumes_to_the_same_weights(tiny_plans, tmp_path):
     assert not (fold_b / "checkpoint_final.pth").exists()
     b = run(tmp_path / "res_b")
     assert b.returncode == 0, b.stderr[-3000:]
-    wa = torch.load(tmp_path / "res_a" / "Dataset901_Tiny" / "FlareSegTrainer__nnUNetPlans__fine" / "fold_0"
-                    / "checkpoint_final.pth", weights_only=False)["network_weights"]
-    wb = torch.load(fold_b / "checkpoint_final.pth", weights_only=False)["network_weights"]
+    from flareseg.nnunet.checkpoint import load_checkpoint
+    wa = load_checkpoint(tmp_path / "res_a" / "Dataset901_Tiny" / "FlareSegTrainer__nnUNetPlans__fine" / "fold_0"
+                         / "checkpoint_final.pth")["network_weights"]
+    wb = load_checkpoint(fold_b / "checkpoint_final.pth")["network_weights"]
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
 

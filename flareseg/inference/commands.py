@@ -236,7 +236,8 @@ def run_predict(args: argparse.Namespace) -> int:
                           crop_to_body=not args.no_crop, reorient=not args.no_reorient,
                           image_resampling=args.image_resampling, device=args.device)
     try:
-        predictor = FastPredictor.from_config(args.model, cfg, folds=folds)
+        predictor = FastPredictor.from_config(args.model, cfg, folds=folds,
+                                              trust_model=getattr(args, "trust_model", False))
     except (InputError, ModelFolderError) as e:   # corrupt/untrusted checkpoint, inconsistent folder
         log.error("%s", e)
         for d in created:                           # leave no empty output folders behind
@@ -358,5 +359,8 @@ def register(subparsers) -> None:
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz softmax maps")
     p.add_argument("--statistics", action="store_true", help="write class volumes and tumor burden (statistics.json)")
     p.add_argument("--report", default=None, help="run report path (default OUT/predict_report.json)")
+    p.add_argument("--trust-model", action="store_true",
+                   help="load checkpoints that need more than tensors and numpy numbers (plain unpickling: "
+                        "code in the model folder can run; only for folders from a source you trust)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_predict)

@@ -134,8 +134,10 @@ class FastPredictor:
                  crop_to_body: bool = True, folds: Sequence[int | str] | None = None,
                  checkpoint: str | None = None, body_margin_mm: float = 10.0, reorient: bool = True,
                  grow: bool = True, image_resampling: str = "bspline",
-                 resample_probabilities: bool = True, chunk_mb: float = 256.0):
-        self.model = model if isinstance(model, LoadedModel) else load_model(model, folds, checkpoint)
+                 resample_probabilities: bool = True, chunk_mb: float = 256.0, trust_model: bool = False):
+        # trust_model: unpickle the checkpoints without the weights-only allow-list (code in them runs)
+        self.model = model if isinstance(model, LoadedModel) else load_model(model, folds, checkpoint,
+                                                                              trusted=trust_model)
         if self.model.num_input_channels != 1:
             raise ValueError(f"{self.model.model_dir}: the fast predictor handles single-channel CT, "
                              f"model has {self.model.num_input_channels} input channels")

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 from torch import nn
+
+from flareseg.nnunet.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +137,13 @@ def nnunet_image_resampler(model: LoadedModel):
 
 
 def load_model(model_dir: str | Path, folds: Sequence[int | str] | None = None,
-               checkpoint: str | None = None) -> LoadedModel:
+               checkpoint: str | None = None, trusted: bool = False) -> LoadedModel:
     """Load ``model_dir``; ``folds=None`` uses every fold with a checkpoint.
 
     ``checkpoint=None`` takes ``checkpoint_final.pth`` and falls back to best, then latest.
+    Checkpoints are read with :func:`flareseg.nnunet.checkpoint.load_checkpoint`: weights and the
+    numpy allow-list only, unless ``trusted`` (``flareseg predict --trust-model``); a checkpoint
+    needing more, or a damaged one, raises :class:`flareseg.io.InputError` naming the file.
     """
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -156,7 +160,7 @@ def load_model(model_dir: str | Path, folds: Sequence[int | str] | None = None,
     for f in fold_names:
         path = _pick_checkpoint(model_dir / f"fold_{f}", checkpoint)
         used_ckpt = path.name
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = load_checkpoint(path, trusted=trusted)
         if meta is None:
             meta = ck
         states.append(ck["network_weights"])

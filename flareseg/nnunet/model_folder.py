@@ -21,6 +21,7 @@ import torch
 
 from flareseg.io import InputError
 from flareseg.labels import CLASS_NAMES
+from flareseg.nnunet.checkpoint import load_checkpoint, save_checkpoint
 from flareseg.nnunet.model import available_folds, build_network
 
 #: CT foreground intensity statistics in HU (typical of abdominal CT)
@@ -111,7 +112,7 @@ def write_model_folder(dest: str | Path, plans: dict | None = None, labels: dict
               "init_args": {"plans": plans, "configuration": configuration, "fold": f,
                             "dataset_json": dataset_json, "device": "cpu"}}
         (dest / f"fold_{f}").mkdir(exist_ok=True)
-        torch.save(ck, dest / f"fold_{f}" / "checkpoint_final.pth")
+        save_checkpoint(ck, dest / f"fold_{f}" / "checkpoint_final.pth")
     return dest
 
 
@@ -158,9 +159,9 @@ def fit_model_folder(model_dir: str | Path, images: Sequence[np.ndarray], labels
             loss.backward()
             opt.step()
         path = model_dir / f"fold_{fold}" / m.checkpoint
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = load_checkpoint(path)
         ck["network_weights"] = net.eval().state_dict()
-        torch.save(ck, path)
+        save_checkpoint(ck, path)
     return model_dir
 
 

@@ -19,6 +19,7 @@ model folders.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from typing import Sequence
@@ -30,8 +31,30 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from flareseg.labels import FOREGROUND, TUMOR, label_type
+from flareseg.nnunet.checkpoint import (LATEST, PREVIOUS, RNG_SUFFIX, CorruptCheckpoint, load_checkpoint,
+                                        rng_path, write_checkpoint)
 
 TRAIN_KEY = "flareseg_train"
+
+log = logging.getLogger(__name__)
+
+
+def _read_rng(checkpoint: str, epoch: int | None) -> dict | None:
+    """The random state saved with ``checkpoint``, or ``None`` (missing, damaged, other epoch)."""
+    path = rng_path(checkpoint)
+    if not path.is_file():
+        return None
+    try:
+        st = load_checkpoint(path)
+    except CorruptCheckpoint as e:
+        log.warning("%s; resuming without it (random streams restart from the seed, the run is not "
+                    "bit-identical to an uninterrupted one)", e)
+        return None
+    if epoch is not None and st.get("epoch", epoch) != epoch:
+        log.warning("%s: random state of epoch %s does not belong to its checkpoint (epoch %s); resuming "
+                    "without it (not bit-identical to an uninterrupted run)", path, st.get("epoch"), epoch)
+        return None
+    return st
 
 
 class CutMixBeforeTransforms:
@@ -205,20 +228,38 @@ class FlareSegTrainer(nnUNetTrainer):
         return st
 
     def save_checkpoint(self, filename: str) -> None:
-        super().save_checkpoint(filename)
-        if self.local_rank == 0 and not self.disable_checkpointing:
-            torch.save(self._rng_state(), filename + ".rng")
+        """nnU-Net's checkpoint and our random state (``.rng``, tagged with the checkpoint's epoch),
+        both written to temporary files renamed into place once complete; ``checkpoint_latest.pth``
+        first moves the pair it replaces to ``checkpoint_previous.pth``.  A kill mid-write thus
+        never leaves a truncated checkpoint, and a damaged latest one has a good predecessor."""
+        if self.local_rank != 0 or self.disable_checkpointing:
+            super().save_checkpoint(filename)   # writes nothing (nnU-Net logs that checkpointing is off)
+            return
+        rng = self._rng_state() | {"epoch": self.current_epoch + 1}   # nnU-Net stores current_epoch + 1
+        write_checkpoint(filename, super().save_checkpoint, rng,
+                         keep_previous=os.path.basename(filename) == LATEST)
 
     def on_train_end(self):
         super().on_train_end()
-        stale = os.path.join(self.output_folder, "checkpoint_latest.pth.rng")
-        if self.local_rank == 0 and os.path.isfile(stale):
-            os.remove(stale)
+        if self.local_rank == 0:
+            for name in (LATEST + RNG_SUFFIX, PREVIOUS, PREVIOUS + RNG_SUFFIX):
+                stale = os.path.join(self.output_folder, name)
+                if os.path.isfile(stale):
+                    os.remove(stale)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
-        if isinstance(filename_or_checkpoint, str) and os.path.isfile(filename_or_checkpoint + ".rng"):
-            self._pending_rng = torch.load(filename_or_checkpoint + ".rng", weights_only=False)
+        """Resume from a checkpoint file: it is read first with the safe loader (weights only plus
+        the numpy allow-list; a damaged or untrusted file fails here, naming the file), then nnU-Net
+        restores from it (its ``load_checkpoint`` only takes a file name in the nnU-Net versions we
+        support).  The ``.rng`` companion restores the generators when it is readable and of the
+        same epoch; otherwise a WARNING says the run continues without it."""
+        if not isinstance(filename_or_checkpoint, (str, os.PathLike)):
+            super().load_checkpoint(filename_or_checkpoint)
+            return
+        path = str(filename_or_checkpoint)
+        epoch = load_checkpoint(path).get("current_epoch")
+        super().load_checkpoint(path)
+        self._pending_rng = _read_rng(path, epoch)
 
     # ------------------------------------------------------------------ data
     def _load_case_types(self) -> dict[str, tuple[int, ...]]:

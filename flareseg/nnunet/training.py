@@ -9,6 +9,8 @@ import numpy as np
 
 from flareseg.config import TrainConfig, to_dict
 from flareseg.io import read_json, write_json
+from flareseg.nnunet.checkpoint import (FINAL, LATEST, PREVIOUS, CorruptCheckpoint, load_checkpoint,
+                                        remove_stale_temporaries, rng_path)
 from flareseg.nnunet.trainer import TRAIN_KEY
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ def train(dataset_name: str, configuration: str, tc: TrainConfig, preprocessed_d
           results_dir: Path, extra: dict | None = None) -> dict:
     """Train (or resume) one configuration; returns checkpoint path, losses and pseudo-Dice."""
     import torch
-    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+    from nnunetv2.run.run_training import get_trainer_from_args
 
     from flareseg.inference.predictor import resolve_device
 
@@ -46,15 +48,91 @@ def train(dataset_name: str, configuration: str, tc: TrainConfig, preprocessed_d
         os.environ["nnUNet_compile"] = "f"
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     out = model_folder(results_dir, dataset_name, configuration) / f"fold_{tc.fold}"
-    resume = (out / "checkpoint_latest.pth").exists() or (out / "checkpoint_final.pth").exists()
-    if (out / "checkpoint_final.pth").exists():
+    start = resume_point(out)
+    if (out / FINAL).exists():
         log.info("%s: final checkpoint exists, nothing to train", out)
     else:
         trainer = get_trainer_from_args(dataset_name, configuration, tc.fold, TRAINER, PLANS,
-                                        continue_training=resume, device=device)
-        maybe_load_checkpoint(trainer, resume, False)
+                                        continue_training=start is not None, device=device)
+        if start is not None:
+            trainer.load_checkpoint(str(start))
         trainer.run_training()
     return training_summary(out)
+
+
+def _probe(path: Path) -> tuple[dict | None, str | None]:
+    """(contents, None) for a readable checkpoint file, (None, reason) for a damaged one; untrusted
+    content still raises."""
+    try:
+        ck = load_checkpoint(path)
+    except CorruptCheckpoint as e:
+        return None, e.reason
+    if not isinstance(ck, dict):
+        return None, f"corrupt checkpoint (holds a {type(ck).__name__}, not a dict)"
+    return ck, None
+
+
+def resume_point(fold_dir: Path) -> Path | None:
+    """Where training of ``fold_dir`` resumes: ``None`` for a fresh start or a finished one.
+
+    A kill cannot truncate a checkpoint any more (atomic writes), but a damaged file (disk full,
+    a copy cut short, an older flareseg) must not block the stage forever: each damaged file is
+    renamed to ``<name>.damaged`` with one WARNING naming it and saying what happens instead.
+    Preference: the latest checkpoint with its random state, the previous one with its random
+    state (both continue exactly as an uninterrupted run would), either without it, else from
+    scratch.  A damaged ``checkpoint_final.pth`` means the step runs again.  Temporary files of
+    a killed write are removed.
+    """
+    fold_dir = Path(fold_dir)
+    if not fold_dir.is_dir():
+        return None
+    remove_stale_temporaries(fold_dir)
+    damaged: dict[Path, str] = {}
+    final = fold_dir / FINAL
+    if final.is_file():
+        ck, why = _probe(final)
+        if ck is not None:
+            return None
+        damaged[final] = why
+    usable: list[tuple[Path, int, bool]] = []      # (checkpoint, epoch, random state usable)
+    for p in (fold_dir / LATEST, fold_dir / PREVIOUS):
+        if not p.is_file():
+            continue
+        ck, why = _probe(p)
+        if ck is None:
+            damaged[p] = why
+            continue
+        epoch = int(ck.get("current_epoch", 0))
+        del ck
+        exact = False
+        if rng_path(p).is_file():
+            st, why = _probe(rng_path(p))
+            if st is None:
+                damaged[rng_path(p)] = why
+            else:
+                exact = st.get("epoch", epoch) == epoch
+        usable.append((p, epoch, exact))
+    exact_pairs = [u for u in usable if u[2]]
+    chosen = exact_pairs[0] if exact_pairs else (usable[0] if usable else None)
+    if chosen is not None and chosen[0].name == PREVIOUS and fold_dir / LATEST not in damaged \
+            and (fold_dir / LATEST).is_file():
+        # a readable latest checkpoint whose random state is damaged: set the pair aside (resuming
+        # from it would not continue as the uninterrupted run; the previous pair does)
+        for p in (fold_dir / LATEST, rng_path(fold_dir / LATEST)):
+            if p.is_file() and p not in damaged:
+                damaged[p] = "not resumable exactly (its random state is damaged or of another epoch)"
+    if chosen is None:
+        action = "training this step again from scratch"
+    elif chosen[2]:
+        action = f"resuming from {chosen[0].name} (epoch {chosen[1]})"
+    else:
+        action = (f"resuming from {chosen[0].name} (epoch {chosen[1]}) without its random state "
+                  "(not bit-identical to an uninterrupted run)")
+    for p, why in damaged.items():
+        aside = p.with_name(p.name + ".damaged")
+        os.replace(p, aside)
+        log.warning("%s: %s; moved to %s, %s", p, why, aside.name, action)
+    return chosen[0] if chosen is not None else None
 
 
 def recent_pseudo_dice(history: list, last: int = 10) -> list[float | None]:
@@ -74,9 +152,8 @@ def recent_pseudo_dice(history: list, last: int = 10) -> list[float | None]:
 
 def training_summary(fold_dir: Path) -> dict:
     """Final losses and per-class validation pseudo-Dice (mean of the last 10 epochs) from the log."""
-    import torch
-    ck = Path(fold_dir) / "checkpoint_final.pth"
-    state = torch.load(ck, map_location="cpu", weights_only=False)
+    ck = Path(fold_dir) / FINAL
+    state = load_checkpoint(ck)
     logs = state.get("logging", {})
     from flareseg.labels import CLASS_NAMES
     per_class = {CLASS_NAMES[i + 1]: d

@@ -3,13 +3,12 @@ preprocessing -> fine model (merge-max loss, label-type batches)."""
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from flareseg.config import Config, to_dict
 from flareseg.data.intake import dataset_folder_name, import_dataset
 from flareseg.data.sources import ImportConfigError
-from flareseg.io import read_json
+from flareseg.io import read_json, write_text
 from flareseg.nnunet.env import NNUNetPaths
 from flareseg.pipeline.stage import StageContext, StageError
 
@@ -68,7 +67,7 @@ def run(ctx: StageContext) -> dict:
         from flareseg.nnunet.planning import plan_and_preprocess
         pf = plan_and_preprocess(cfg.data.dataset_id, {"fine": cfg.fine, "coarse": cfg.coarse},
                                  num_processes=cfg.data.num_processes)
-        shutil.copyfile(ds_dir / "label_types.json", pf.parent / "label_types.json")
+        write_text((ds_dir / "label_types.json").read_text(), pf.parent / "label_types.json")  # atomic copy
         plans = read_json(pf)
         return {"plans": str(pf), "configurations": {
             c: {k: plans["configurations"][c][k] for k in ("spacing", "patch_size", "batch_size")}

@@ -9,12 +9,11 @@ statistics, so the CTO pool and training data are normalised alike) and is prepr
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from flareseg.config import to_dict
 from flareseg.data.intake import dataset_folder_name, dataset_json
-from flareseg.io import link_or_copy, read_json, write_json
+from flareseg.io import link_or_copy, read_json, write_json, write_text
 from flareseg.nnunet.env import NNUNetPaths
 from flareseg.pipeline.stage import StageContext, StageError
 
@@ -59,10 +58,11 @@ def run(ctx: StageContext) -> dict:
         plans["dataset_name"] = ds_name
         pre.mkdir(parents=True, exist_ok=True)
         write_json(plans, pre / "nnUNetPlans.json")
-        shutil.copyfile(ds_dir / "dataset.json", pre / "dataset.json")
-        # stage-1's fingerprint: same intensity statistics as the plans (and the CTO pool)
-        shutil.copyfile(Path(s1["preprocessed"]) / "dataset_fingerprint.json", pre / "dataset_fingerprint.json")
-        shutil.copyfile(ds_dir / "label_types.json", pre / "label_types.json")
+        # stage-1's fingerprint: same intensity statistics as the plans (and the CTO pool);
+        # copied atomically (temporary file renamed), so a kill never leaves half a JSON behind
+        for src in (ds_dir / "dataset.json", Path(s1["preprocessed"]) / "dataset_fingerprint.json",
+                    ds_dir / "label_types.json"):
+            write_text(src.read_text(), pre / src.name)
         preprocess(ds_id, ("coarse",), cfg.data.num_processes)
         return {"cases": len(types)}
 
