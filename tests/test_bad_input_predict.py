@@ -176,6 +176,29 @@ def fold_missing(tmp, model):
                 names=[str(model), "available folds: 0"], reason="fold 3 not found", rc=2, inputs=[inp])
 
 
+def checkpoint_truncated(tmp, model):
+    inp = _folder(tmp, "a.nii.gz")
+    cut = tmp / "cut_model"
+    shutil.copytree(model, cut)
+    ck = cut / "fold_0" / "checkpoint_final.pth"
+    ck.write_bytes(ck.read_bytes()[: ck.stat().st_size // 3])   # a download or copy cut short
+    return dict(argv=["-i", inp, "-o", tmp / "out", "-m", cut], names=[str(ck)],
+                reason="corrupt checkpoint", rc=2, inputs=[inp, cut])
+
+
+def checkpoint_untrusted(tmp, model):
+    import torch
+    inp = _folder(tmp, "a.nii.gz")
+    odd = tmp / "odd_model"
+    shutil.copytree(model, odd)
+    ck = odd / "fold_0" / "checkpoint_final.pth"
+    state = torch.load(ck, weights_only=True)
+    state["hook"] = os.path.join          # any pickled callable: code a weights-only load refuses
+    torch.save(state, ck)
+    return dict(argv=["-i", inp, "-o", tmp / "out", "-m", odd], names=[str(ck), "--trust-model"],
+                reason="untrusted checkpoint", rc=2, inputs=[inp, odd])
+
+
 def _flag_row(flag, value, reason):
     def row(tmp, model):
         inp = _folder(tmp, "a.nii.gz")
@@ -215,7 +238,8 @@ ROWS = [
     out_hardlink_to_input, out_folder_symlink_to_input_folder, case_output_hardlinked_to_input,
     report_is_input, report_is_model_plans, out_is_existing_file,
     model_missing, model_parent_folder, model_fold_folder, model_without_checkpoints,
-    model_plans_not_json, model_dataset_without_labels, fold_missing,
+    model_plans_not_json, model_dataset_without_labels, fold_missing, checkpoint_truncated,
+    checkpoint_untrusted,
     _flag_row("--batch-windows", "0", ">= 1"),
     _flag_row("--batch-windows", "-2", ">= 1"),
     _flag_row("--step-size", "0", "(0, 1]"),
