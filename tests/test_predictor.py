@@ -140,7 +140,15 @@ def fitted_model_dir(tmp_path_factory):
     md = write_model_folder(tmp_path_factory.mktemp("fitted"), labels=LABELS, seed=3)
     imgs = [sitk.GetArrayFromImage(phantom_ct(shape=(24, 64, 56), seed=s)) for s in range(2)]
     labs = [(i > 100).astype(int) + 2 * ((i < -50) & (i > -300)).astype(int) for i in imgs]
-    return fit_model_folder(md, imgs, labs, steps=200)
+    # the fitted weights depend on torch's thread count (summation order; 1 vs 2 threads: another
+    # model): one thread, so they do not vary with the core count or with what set the count earlier
+    # in the session (only with the torch build and CPU); on 2 busy shared cores also faster
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fit_model_folder(md, imgs, labs, steps=200)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
