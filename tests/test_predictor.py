@@ -10,6 +10,7 @@ from flareseg.evaluation.metrics import dice_per_class
 from flareseg.inference.predictor import FastPredictor, body_bbox, model_box
 from flareseg.inference.sliding_window import axis_starts, windows_covering
 from flareseg.inference.sliding_window import gaussian_importance, predict_sliding_window, window_grid
+from flareseg.inference.stock_resampling import export_samples
 from flareseg.io import Geometry, InputError, geometry_mismatch
 from flareseg.nnunet.model import load_model
 from flareseg.nnunet.model_folder import tiny_plans, write_model_folder
@@ -52,13 +53,16 @@ def phantom_ct(shape=(20, 48, 40), spacing_zyx=SPACING, seed=0, noise_hu=15.0) -
     return img
 
 
-def stock_predict(model_dir, img: sitk.Image, mirroring=False) -> np.ndarray:
+def stock_predict(model_dir, img: sitk.Image, mirroring=False, probabilities=False):
+    """Stock nnUNetPredictor's label map of ``img`` (input array order), with ``probabilities``
+    also its exported class probabilities ``(K, Z, Y, X)``."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     pred = nnUNetPredictor(tile_step_size=0.5, use_mirroring=mirroring, device=torch.device("cpu"),
                            perform_everything_on_device=False, allow_tqdm=False)
     pred.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,))
     arr = sitk.GetArrayFromImage(img).astype(np.float32)[None]
-    return pred.predict_single_npy_array(arr, {"spacing": list(reversed(img.GetSpacing()))})
+    return pred.predict_single_npy_array(arr, {"spacing": list(reversed(img.GetSpacing()))},
+                                         None, None, probabilities)
 
 
 def test_load_model_reads_plans_and_checkpoint(model_dir):
@@ -136,7 +140,15 @@ def fitted_model_dir(tmp_path_factory):
     md = write_model_folder(tmp_path_factory.mktemp("fitted"), labels=LABELS, seed=3)
     imgs = [sitk.GetArrayFromImage(phantom_ct(shape=(24, 64, 56), seed=s)) for s in range(2)]
     labs = [(i > 100).astype(int) + 2 * ((i < -50) & (i > -300)).astype(int) for i in imgs]
-    return fit_model_folder(md, imgs, labs, steps=200)
+    # the fitted weights depend on torch's thread count (summation order; 1 vs 2 threads: another
+    # model): one thread, so they do not vary with the core count or with what set the count earlier
+    # in the session (only with the torch build and CPU); on 2 busy shared cores also faster
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fit_model_folder(md, imgs, labs, steps=200)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
@@ -151,13 +163,69 @@ def test_resampled_prediction_agrees_with_stock(fitted_model_dir):
     assert max(d.values()) > 0.8, d
 
 
+#: float16's unit roundoff and the summed-weight floor of :func:`stock_determined` (twice float16's
+#: smallest normal number, so every subnormal rounding step, <= 2**-24, is at most U16 * weight)
+U16, W16_FLOOR = 2.0 ** -11, 2.0 ** -13
+
+
+class _LogitRange(torch.nn.Module):
+    """A network that records the largest |logit| it has returned (``M`` of :func:`stock_determined`)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net, self.largest = net, 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        self.largest = max(self.largest, float(y.abs().max()))
+        return y
+
+
+def stock_determined(fp: FastPredictor, img: sitk.Image, stock_probs: np.ndarray, logit_max: float
+                     ) -> np.ndarray:
+    """Input voxels whose stock label the model decides, not stock's float16 arithmetic.
+
+    Stock nnU-Net sums the Gaussian-weighted window logits and the weights in float16 (on the CPU
+    too), with a float16 Gaussian, and exports float16 logits.  Where a voxel's summed weight ``W``
+    is subnormal in float16 (the volume's edges and corners, reached only by window tails: ~13% of
+    these tiny volumes) its logits are quantised to a few steps and its label is arbitrary; ours
+    (float32) follow the model there.  Elsewhere (``W >= W16_FLOOR`` at every model voxel the
+    export reads), with ``n`` windows over a voxel and window logits at most ``M`` in magnitude,
+    every rounding costs at most ``U16`` relative (a subnormal step <= ``U16 * W``): summing
+    logits and weights and dividing ``(3n + 1) M + n``, the float16 Gaussian ``2 (n + 1) M``, the
+    float16 export ``M``, so stock's logit is within ``d = U16 ((5n + 4) M + n)`` of the exact
+    Gaussian mean that we compute.  The labels must then agree wherever stock's two largest
+    logits (log-probabilities) differ by more than ``2 d``."""
+    shape_model, patch = fp.last_stats["shape_model"], fp.model.patch_size
+    g = gaussian_importance(patch)
+    weight, count = torch.zeros(shape_model), torch.zeros(shape_model)
+    for pl in window_grid(shape_model, patch, fp.step_size):
+        for z, y, x in pl.windows():
+            s = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
+            weight[s] += g
+            count[s] += 1
+    assert fp.model.transpose_forward == (0, 1, 2) and fp.last_stats["reoriented"] is None
+    spacing = tuple(float(s) for s in reversed(img.GetSpacing()))
+    samples = export_samples(shape_model, img.GetSize()[::-1],
+                             *fp._stock_axis_rule("probabilities", fp.model.spacing, spacing))
+    for a, smp in enumerate(samples):       # the smallest weight among the corners each voxel reads
+        weight = torch.minimum(weight.index_select(a, smp.i0), weight.index_select(a, smp.i1))
+    n = float(count.max())
+    d = U16 * ((5 * n + 4) * logit_max + n)
+    top2 = np.sort(np.log(np.clip(stock_probs.astype(np.float64), 1e-300, None)), 0)[-2:]
+    return (weight.numpy() >= W16_FLOOR) & (top2[1] - top2[0] > 2 * d)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("spacing", [(2.0, 1.1, 1.1), (4.8, 1.1, 1.1)])  # isotropic rule / separate z
 def test_default_path_reproduces_stock_labels(fitted_model_dir, spacing):
     """Stock's label export and B-spline image resampling (both the default) each bring us closer to
-    stock; nnU-Net's own resampling function gives stock's labels."""
+    stock; with the default B-spline or nnU-Net's own image resampling (crop on: here every window
+    meets the body box) the labels are stock's on every voxel stock's float16 sums decide
+    (:func:`stock_determined`), whatever the model (the fitted fixture's weights depend on the
+    CPU's thread count)."""
     img = phantom_ct(shape=(24, 64, 56) if spacing[0] < 3 else (10, 64, 56), spacing_zyx=spacing, seed=5)
-    ref = stock_predict(fitted_model_dir, img)
+    ref, stock_probs = stock_predict(fitted_model_dir, img, probabilities=True)
     kw = dict(device="cpu", skip=False, crop_to_body=False)
     nearest = sitk.GetArrayFromImage(FastPredictor(fitted_model_dir, image_resampling="linear",
                                                    resample_probabilities=False, **kw).predict(img))
@@ -167,14 +235,16 @@ def test_default_path_reproduces_stock_labels(fitted_model_dir, spacing):
     agree = {n: float((a == ref).mean()) for n, a in
              [("nearest", nearest), ("linear", linear), ("default", default)]}
     assert agree["nearest"] < agree["linear"] < agree["default"], agree
-    assert agree["linear"] > 0.985 and agree["default"] > 0.999, agree
-    d_new, d_old = dice_per_class(default, ref), dice_per_class(nearest, ref)
-    assert np.mean(list(d_new.values())) >= np.mean(list(d_old.values())), (d_new, d_old)
-    # --image-resampling nnunet: the plans' own nnU-Net image resampling -> stock's labels (crop on)
-    exact = sitk.GetArrayFromImage(FastPredictor(fitted_model_dir, device="cpu", skip=False,
-                                                 image_resampling="nnunet").predict(img))
-    d_exact = dice_per_class(exact, ref)
-    assert (exact == ref).mean() > 0.999 and min(d_exact.values()) > 0.98, d_exact
+    assert agree["linear"] > 0.985, agree
+    # --image-resampling nnunet: the plans' own nnU-Net image resampling, with the body crop
+    fp = FastPredictor(fitted_model_dir, device="cpu", skip=False, image_resampling="nnunet")
+    fp.networks = [_LogitRange(n) for n in fp.networks]
+    exact = sitk.GetArrayFromImage(fp.predict(img))
+    decided = stock_determined(fp, img, stock_probs, max(n.largest for n in fp.networks))
+    assert decided.mean() > 0.7, decided.mean()   # the claim covers most of the volume
+    for name, labels in [("nnunet, crop", exact), ("bspline, no crop", default)]:
+        wrong = decided & (labels != ref)
+        assert not wrong.any(), (name, int(wrong.sum()), dice_per_class(labels, ref))
 
 
 def test_stock_resampling_mode_is_exact_at_model_spacing(model_dir):

@@ -16,7 +16,16 @@ KiTS-style ``(slices, H, W)`` with a permuted direction matrix) is first permute
 the plans' ``transpose_forward``; labels and probabilities are permuted back at the end, and the
 input's size, spacing, origin and direction are copied over unchanged.
 
-With ``--no-skip`` the labels are therefore stock ``nnUNetPredictor``'s (same model, no mirroring).
+With ``--no-skip`` the labels are therefore stock ``nnUNetPredictor``'s (same model, no mirroring)
+wherever stock's own float16 arithmetic decides them: stock sums the Gaussian-weighted logits and
+the weights in float16 (on the CPU too) and exports float16 logits, so (1) where a voxel's summed
+Gaussian weight is subnormal in float16 (the volume's edges and corners, reached only by the tails
+of windows) stock's logits are quantised to a few steps and its label there is arbitrary, while
+ours (float32 on the CPU) follow the model; (2) at near-ties, within float16 rounding of the
+logits, either label can come out.  Elsewhere (with the body crop: inside the windows that ran)
+the labels agree with either the ``bspline`` or the ``nnunet`` image resampling
+(tests/test_predictor.py derives that set of voxels from float16's rounding and checks every one);
+reproducing (1) would mean copying stock's loss of the model's output.
 Other modes: ``image_resampling="linear"`` (trilinear; fastest on a CPU, labels differ from stock's
 at boundaries), ``"nnunet"`` (the plans' own nnU-Net function on the CPU: the reference the device
 B-spline is tested against); ``resample_probabilities=False`` exports the labels nearest-neighbour
@@ -305,7 +314,7 @@ class FastPredictor:
         return separate_axis(current, new, kw.get("force_separate_z")), int(kw.get("order_z", 0))
 
     def _nnunet_resample(self, x: torch.Tensor, spacing: Sequence[float], shape: Sequence[int]) -> torch.Tensor:
-        """The plans' own nnU-Net image resampling (scipy, on the CPU): stock-exact, slow."""
+        """The plans' own nnU-Net image resampling (scipy, on the CPU): stock's input to the network, slow."""
         out = nnunet_image_resampler(self.model)(x[None].cpu().numpy(), tuple(shape), list(spacing),
                                                  list(self.model.spacing))
         return torch.from_numpy(np.ascontiguousarray(out[0], dtype=np.float32)).to(self.device)
