@@ -12,33 +12,24 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import socket
-import struct
 import tempfile
 import threading
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import SimpleITK as sitk
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+from flareseg.dicom import read_dicom_series
+from flareseg.errors import InputError
+from flareseg.file_check import image_suffix, spacing_error, verify_image_file
 
 log = logging.getLogger(__name__)
 
-
-class InputError(ValueError):
-    """Bad input file; the message names the file and the reason."""
-
-    def __init__(self, path: os.PathLike | str, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -81,15 +72,6 @@ class Geometry:
                    tuple(float(v) for v in d["origin"]), tuple(float(v) for v in d["direction"]))
 
 
-def image_suffix(path: os.PathLike | str) -> str:
-    """The image extension of ``path`` (``.nii.gz`` counts as one), or ``""`` for a folder/unknown."""
-    name = Path(path).name.lower()
-    for s in IMAGE_SUFFIXES:
-        if name.endswith(s):
-            return s
-    return ""
-
-
 def strip_suffix(path: os.PathLike | str) -> str:
     name = Path(path).name
     s = image_suffix(name)
@@ -120,384 +102,14 @@ def is_dicom_dir(path: os.PathLike | str) -> bool:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
-# ---------------------------------------------------------------------------------------------
-# Verification of the bytes on disk before SimpleITK reads them.
-#
-# SimpleITK (ITK's NIfTI reader over zlib's gzread) accepts a .nii.gz with a broken CRC, with a
-# corrupted deflate stream or cut to a third of its length, and returns garbage or zeros without an
-# error; a plain .nii cut short reads the same way; pixdim 0 becomes 1 mm; NaN voxels become 0.
-# ``verify_image_file`` streams the file once (compressed data in chunks through zlib, which checks
-# the CRC-32/Adler-32 and the stored length), compares the payload with what the header promises and
-# checks the spacing fields, without holding a second copy of the image in memory.
-# ---------------------------------------------------------------------------------------------
-
-_CHUNK = 1 << 20
-_HEADER_MAX = 1 << 20  # longest text header (mha/nrrd) read before calling the file corrupt
-_GZIP_MAGIC = b"\x1f\x8b"
-
-
-def _corrupt(path: Path, detail: str) -> InputError:
-    return InputError(path, f"corrupt file ({detail})")
-
-
-_ZLIB_ERRORS = {"incorrect data check": "checksum mismatch", "incorrect length check": "length mismatch"}
-
-
-def _zlib_error(path: Path, e: zlib.error) -> InputError:
-    detail = str(e).split("decompressing data: ", 1)[-1]
-    return _corrupt(path, f"compressed data unreadable: {_ZLIB_ERRORS.get(detail, detail)}")
-
-
-def _raw_chunks(f: BinaryIO) -> Iterator[bytes]:
-    for b in iter(lambda: f.read(_CHUNK), b""):
-        yield b
-
-
-def _inflate(f: BinaryIO, path: Path, members: bool) -> Iterator[bytes]:
-    """Decompressed bytes of the gzip or zlib stream starting at ``f``'s position, in chunks.
-
-    zlib verifies the trailer (gzip: CRC-32 and length; zlib: Adler-32); a stream that ends before
-    its trailer is reported as truncated.  With ``members`` (gzip files) further concatenated gzip
-    members are read too; bytes after the last member are ignored, as zlib's ``gzread`` does.
-    """
-    d = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header, detected
-    buf = b""
-    seen = False
-    while True:
-        if not buf:
-            buf = f.read(_CHUNK)
-            if not buf:
-                break
-            seen = True
-        try:
-            out = d.decompress(buf, _CHUNK)
-        except zlib.error as e:
-            raise _zlib_error(path, e) from None
-        if out:
-            yield out
-        buf = d.unconsumed_tail
-        if d.eof:
-            buf = d.unused_data
-            if not members:
-                return
-            while len(buf) < 2:
-                more = f.read(_CHUNK)
-                if not more:
-                    break
-                buf += more
-            if buf[:2] != _GZIP_MAGIC:
-                return
-            d = zlib.decompressobj(32 + zlib.MAX_WBITS)
-    try:
-        out = d.flush()
-    except zlib.error as e:
-        raise _zlib_error(path, e) from None
-    if out:
-        yield out
-    if not d.eof:
-        raise _corrupt(path, "compressed data ends before its end marker: truncated" if seen
-                       else "no compressed data")
-
-
-def _bunzip(f: BinaryIO, path: Path) -> Iterator[bytes]:
-    import bz2
-    d = bz2.BZ2Decompressor()
-    for buf in _raw_chunks(f):
-        while buf:
-            try:
-                out = d.decompress(buf, _CHUNK)
-            except (OSError, ValueError) as e:
-                raise _corrupt(path, f"bzip2 data unreadable: {e}") from None
-            if out:
-                yield out
-            buf = b""
-            while not d.eof and not d.needs_input:
-                out = d.decompress(b"", _CHUNK)
-                if out:
-                    yield out
-            if d.eof:
-                return
-    if not d.eof:
-        raise _corrupt(path, "bzip2 data ends before its end marker: truncated")
-
-
-class _Payload:
-    """Consumes a stream of chunks: skips ``offset`` bytes, then counts the payload bytes and,
-    for floating-point data, the NaN/inf values among the first ``nbytes`` of them."""
-
-    def __init__(self, offset: int, nbytes: int, dtype: np.dtype | None):
-        self.offset, self.nbytes, self.dtype = offset, nbytes, dtype
-        self.total = 0  # bytes seen, offset included
-        self.nonfinite = 0
-        self._carry = b""
-
-    def feed(self, chunk: bytes) -> None:
-        start = self.total
-        self.total += len(chunk)
-        if self.dtype is None:
-            return
-        lo = max(self.offset - start, 0)
-        hi = min(self.offset + self.nbytes - start, len(chunk))
-        if hi <= lo:
-            return
-        data = self._carry + chunk[lo:hi]
-        n = len(data) - len(data) % self.dtype.itemsize
-        self._carry = data[n:]
-        if n:
-            self.nonfinite += int(np.count_nonzero(~np.isfinite(np.frombuffer(data[:n], self.dtype))))
-
-    def check(self, path: Path, what: str) -> None:
-        need = self.offset + self.nbytes
-        if self.total < need:
-            raise _corrupt(path, f"truncated: the header promises {self.nbytes} bytes of voxel data"
-                                 f"{f' after byte {self.offset}' if self.offset else ''}, the {what} "
-                                 f"holds {max(self.total - self.offset, 0)}")
-
-
-def _spacing_error(path: Path, spacing: Sequence[float], field: str) -> InputError | None:
-    sp = [float(s) for s in spacing]
-    if all(math.isfinite(s) and s > 0 for s in sp):
-        return None
-    return InputError(path, f"invalid voxel spacing ({', '.join(f'{s:.6g}' for s in sp)}) in the header ({field}): "
-                            "every spacing must be finite and > 0 mm")
-
-
-_NIFTI_DTYPES = {16: "f4", 64: "f8"}  # floating-point types whose NaN/inf ITK hides
-
-
-def _check_nifti(path: Path) -> int:
-    with open(path, "rb") as f:
-        gz = f.read(2) == _GZIP_MAGIC
-        f.seek(0)
-        chunks = iter(_inflate(f, path, members=True) if gz else _raw_chunks(f))
-        head = b""
-        for chunk in chunks:
-            head += chunk
-            if len(head) >= 540:
-                break
-        for endian in "<>":
-            sizeof_hdr = struct.unpack(endian + "i", head[:4])[0] if len(head) >= 4 else 0
-            if sizeof_hdr in (348, 540):
-                break
-        else:
-            raise _corrupt(path, "no NIfTI header" if len(head) >= 348 else f"only {len(head)} bytes, "
-                           "shorter than a NIfTI header")
-        if len(head) < sizeof_hdr:
-            raise _corrupt(path, f"truncated inside the {sizeof_hdr}-byte NIfTI header")
-        if sizeof_hdr == 348:
-            dim = struct.unpack(endian + "8h", head[40:56])
-            datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
-            pixdim = struct.unpack(endian + "8f", head[76:108])
-            vox_offset = struct.unpack(endian + "f", head[108:112])[0]
-        else:
-            datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
-            dim = struct.unpack(endian + "8q", head[16:80])
-            pixdim = struct.unpack(endian + "8d", head[104:168])
-            vox_offset = struct.unpack(endian + "q", head[168:176])[0]
-        ndim = dim[0]
-        if not 1 <= ndim <= 7 or any(d < 0 for d in dim[1:ndim + 1]) or bitpix <= 0:
-            raise _corrupt(path, f"NIfTI header holds dim {dim[:ndim + 1] if 0 <= ndim <= 7 else dim}, "
-                                 f"bitpix {bitpix}")
-        err = _spacing_error(path, pixdim[1:min(ndim, 3) + 1], "pixdim")
-        if err:
-            raise err
-        offset = max(int(vox_offset) if math.isfinite(vox_offset) else 0, sizeof_hdr)
-        nbytes = -(-math.prod(dim[1:ndim + 1]) * bitpix // 8)
-        code = _NIFTI_DTYPES.get(datatype)
-        dtype = np.dtype(endian + code) if code else None
-        if not gz and dtype is None:  # integer .nii: the size on disk tells it all
-            payload = _Payload(offset, nbytes, None)
-            payload.total = os.fstat(f.fileno()).st_size
-        else:
-            payload = _Payload(offset, nbytes, dtype)
-            payload.feed(head)
-            for chunk in chunks:
-                payload.feed(chunk)
-    payload.check(path, "decompressed stream" if gz else "file")
-    return payload.nonfinite
-
-
-_META_TYPES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
-               "MET_UINT": 4, "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8,
-               "MET_FLOAT": 4, "MET_DOUBLE": 8}
-
-
-def _text_header(f: BinaryIO, path: Path, stop) -> list[tuple[str, str]]:
-    """``key, value`` pairs of a text header read line by line until ``stop(key)`` (MetaImage
-    ``key = value``) or, when ``stop`` is None, a blank line (nrrd ``key: value``; comments and
-    ``key:=value`` pairs skipped); ``f`` is left at the first byte after the header."""
-    fields = []
-    seen = 0
-    while seen < _HEADER_MAX:
-        line = f.readline(_HEADER_MAX)
-        if not line:
-            break
-        seen += len(line)
-        text = line.decode("latin-1").strip()
-        if stop is None and not text:
-            return fields
-        if text.startswith("#"):
-            continue
-        key, _, value = text.partition("=" if stop is not None else ":")
-        if stop is None and value.startswith("="):
-            continue
-        fields.append((key.strip().lower(), value.strip()))
-        if stop is not None and stop(key.strip().lower()):
-            return fields
-    raise _corrupt(path, "header not terminated")
-
-
-def _check_meta(path: Path) -> None:
-    with open(path, "rb") as f:
-        h = dict(_text_header(f, path, lambda k: k == "elementdatafile"))
-        data_start = f.tell()
-        try:
-            ndims = int(h.get("ndims", "0"))
-            dims = [int(v) for v in h["dimsize"].split()][:ndims]
-            spacing = (h.get("elementspacing") or h.get("elementsize"))
-            spacing = [float(v) for v in spacing.split()][:ndims] if spacing else []
-            nbytes = math.prod(dims) * _META_TYPES[h["elementtype"].upper()] * \
-                int(h.get("elementnumberofchannels", "1"))
-            compressed = h.get("compresseddata", "false").lower() == "true"
-            header_size = int(h.get("headersize", "0"))
-            datafile = h["elementdatafile"]
-        except (KeyError, ValueError):
-            return  # an incomplete header: SimpleITK reports it
-        err = _spacing_error(path, spacing, "ElementSpacing")
-        if err:
-            raise err
-        if datafile.upper() == "LOCAL":
-            _check_payload(path, f, data_start, nbytes, compressed, 0, members=False)
-            return
-    if datafile.upper() == "LIST" or "%" in datafile or " " in datafile:
-        return  # one file per slice: left to SimpleITK
-    data = path.parent / datafile
-    if not data.is_file():
-        raise InputError(path, f"corrupt file (its data file {datafile} is missing)")
-    with open(data, "rb") as f:
-        _check_payload(data, f, 0, nbytes, compressed, header_size, members=False)
-
-
-def _check_payload(path: Path, f: BinaryIO, start: int, nbytes: int, encoding: str | bool,
-                   skip: int, members: bool) -> None:
-    """Raw: the file must hold ``nbytes`` after ``start + skip`` (``skip`` -1: data at the end);
-    compressed: the stream must decompress with its checks passing to at least ``nbytes``."""
-    if encoding in (False, "raw"):
-        size = os.fstat(f.fileno()).st_size - start
-        payload = _Payload(0 if skip < 0 else skip, nbytes, None)
-        payload.total = size
-        payload.check(path, "file")
-        return
-    f.seek(start)
-    payload = _Payload(0, nbytes, None)
-    for chunk in (_bunzip(f, path) if encoding == "bzip2" else _inflate(f, path, members)):
-        payload.feed(chunk)
-    payload.check(path, "decompressed stream")
-
-
-_NRRD_SIZES = {1: ("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t"),
-               2: ("short", "short int", "signed short", "signed short int", "int16", "int16_t",
-                   "ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"),
-               4: ("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32", "uint32_t",
-                   "float"),
-               8: ("longlong", "long long", "long long int", "signed long long", "signed long long int",
-                   "int64", "int64_t", "ulonglong", "unsigned long long", "unsigned long long int",
-                   "uint64", "uint64_t", "double")}
-_NRRD_TYPE_BYTES = {name: n for n, names in _NRRD_SIZES.items() for name in names}
-_NRRD_ENCODINGS = {"raw": "raw", "gzip": "gzip", "gz": "gzip", "bzip2": "bzip2", "bz2": "bzip2"}
-
-
-def _check_nrrd(path: Path) -> None:
-    with open(path, "rb") as f:
-        if not f.readline(64).startswith(b"NRRD"):
-            raise _corrupt(path, "no NRRD magic line")
-        h = dict(_text_header(f, path, None))
-        data_start = f.tell()
-        try:
-            dims = [int(v) for v in h["sizes"].split()]
-            nbytes = math.prod(dims) * _NRRD_TYPE_BYTES[h["type"].lower()]
-            encoding = _NRRD_ENCODINGS.get(h.get("encoding", "").lower())
-            byte_skip = int(h.get("byte skip", h.get("byteskip", "0")))
-            line_skip = int(h.get("line skip", h.get("lineskip", "0")))
-        except (KeyError, ValueError):
-            return  # an incomplete or unusual header: SimpleITK reports it
-        spacing, field = [], "spacings"
-        if "space directions" in h:
-            vecs = re.findall(r"\(([^)]*)\)", h["space directions"])
-            try:
-                spacing = [math.sqrt(sum(float(x) ** 2 for x in v.split(","))) for v in vecs]
-            except ValueError:
-                spacing = [math.nan]
-            field = "space directions"
-        elif "spacings" in h:
-            spacing = [float(v) if v.lower() != "nan" else math.nan for v in h["spacings"].split()]
-        err = _spacing_error(path, spacing, field)
-        if err:
-            raise err
-        if encoding is None or line_skip or (byte_skip and encoding != "raw"):
-            return  # text encodings and skips: left to SimpleITK
-        datafile = h.get("data file", h.get("datafile"))
-        if datafile is None:
-            _check_payload(path, f, data_start, nbytes, encoding, byte_skip, members=True)
-            return
-    if datafile.upper().startswith("LIST") or "%" in datafile or " " in datafile:
-        return
-    data = path.parent / datafile
-    if not data.is_file():
-        raise InputError(path, f"corrupt file (its data file {datafile} is missing)")
-    with open(data, "rb") as f:
-        _check_payload(data, f, 0, nbytes, encoding, byte_skip, members=True)
-
-
-def verify_image_file(path: os.PathLike | str) -> int:
-    """Check an image file's bytes against its header in one streaming pass; return the number of
-    NaN/inf voxels of a floating-point NIfTI file (0 otherwise).
-
-    * ``.nii.gz`` (any gzip-compressed NIfTI): full decompression in chunks, so a broken CRC or
-      length trailer, a corrupted deflate stream or a truncated file is caught; the decompressed
-      payload must hold at least ``vox_offset`` + the voxel bytes the header promises.
-    * ``.nii``: the file size against the header (float files are streamed to count NaN/inf).
-    * ``.mha``/``.mhd``: ``DimSize``/``ElementType``/``ElementNumberOfChannels`` against the
-      ``LOCAL`` or single external data file, zlib-checked when ``CompressedData = True``.
-    * ``.nrrd``: ``sizes``/``type`` against the attached or single detached data for ``raw``,
-      ``gzip`` and ``bzip2`` encodings.
-    * every format: the voxel spacing fields (NIfTI ``pixdim[1..3]``, ``ElementSpacing``, nrrd
-      ``space directions``/``spacings``) must be finite and > 0.
-
-    Raises :class:`InputError` with ``"corrupt file (...)"`` or ``"invalid voxel spacing ..."``.
-    """
-    p = Path(path)
-    suffix = image_suffix(p)
-    try:
-        if suffix in (".nii", ".nii.gz"):
-            return _check_nifti(p)
-        if suffix in (".mha", ".mhd"):
-            _check_meta(p)
-        elif suffix == ".nrrd":
-            _check_nrrd(p)
-    except OSError as e:
-        raise InputError(p, f"unreadable ({e.strerror or e})") from None
-    return 0
-
-
-def nifti_nonfinite_count(path: os.PathLike | str) -> int:
-    """Number of NaN/inf voxels stored in a floating-point NIfTI file, read from the raw bytes.
-
-    ITK's NIfTI reader silently turns NaN into 0, so checks on the SimpleITK array miss them.
-    Integer ``.nii`` files cost only a header read. Returns 0 for other formats.  Raises
-    :class:`InputError` for a corrupt file (see :func:`verify_image_file`).
-    """
-    return verify_image_file(path) if image_suffix(path) in (".nii", ".nii.gz") else 0
-
-
 def read_image(path: os.PathLike | str) -> sitk.Image:
     """Read a ``.nii(.gz)``/``.mha``/``.mhd``/``.nrrd`` file or a DICOM series folder.
 
     Raises :class:`InputError` (naming the file) when it is missing or unreadable, when its bytes do
-    not hold what its header promises (``"corrupt file (...)"``, see :func:`verify_image_file`),
+    not hold what its header promises (``"corrupt file (...)"``, see :func:`flareseg.file_check.verify_image_file`),
     when a spacing is zero, negative or not finite, when a floating-point image holds NaN/inf
     voxels, when a DICOM series has missing slices or uneven slice positions
-    (:func:`check_slice_positions`), and when the image is not 3-D or not scalar.
+    (:func:`flareseg.dicom.check_slice_positions`), and when the image is not 3-D or not scalar.
     """
     p = Path(path)
     if not p.exists():
@@ -505,7 +117,7 @@ def read_image(path: os.PathLike | str) -> sitk.Image:
     nonfinite = 0
     try:
         if p.is_dir():
-            img = _read_dicom_series(p)
+            img = read_dicom_series(p)
         else:
             nonfinite = verify_image_file(p)
             img = sitk.ReadImage(str(p))
@@ -519,7 +131,7 @@ def read_image(path: os.PathLike | str) -> sitk.Image:
         raise InputError(p, f"expected a 3-D image, got {img.GetDimension()}-D with size {img.GetSize()}")
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(p, f"expected a scalar image, got {img.GetNumberOfComponentsPerPixel()} components per voxel")
-    err = _spacing_error(p, img.GetSpacing(), "as SimpleITK reads it")
+    err = spacing_error(p, img.GetSpacing(), "as SimpleITK reads it")
     if err:
         raise err
     if not nonfinite and img.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
@@ -527,103 +139,6 @@ def read_image(path: os.PathLike | str) -> sitk.Image:
     if nonfinite:
         raise InputError(p, f"holds {nonfinite} NaN/inf voxels (non-finite values)")
     return img
-
-
-#: DICOM slice positions may deviate from the series' typical slice spacing by this much (mm) or
-#: this fraction of it, whichever is larger, before the series counts as non-uniform
-SLICE_GAP_ATOL_MM = 0.01
-SLICE_GAP_RTOL = 0.01
-
-
-def check_slice_positions(positions: Sequence[float], names: Sequence[str] | None = None) -> str | None:
-    """Why slices at ``positions`` (mm along the slice normal, in file order) do not form a uniform
-    stack, or None when they do.
-
-    The typical spacing is the median gap between neighbouring positions (sorted); a gap that
-    differs from it by more than ``max(SLICE_GAP_ATOL_MM, SLICE_GAP_RTOL * typical)`` (0.01 mm or
-    1 %: DICOM positions are often rounded to 0.01 mm, a missing slice doubles a gap) or two slices
-    at one position make the series non-uniform.  Slices are numbered from 1 in sorted order.
-    """
-    pos = np.asarray(positions, dtype=float)
-    if len(pos) < 3:
-        return None
-    order = np.argsort(pos, kind="stable")
-    gaps = np.diff(pos[order])
-    typical = float(np.median(gaps))
-    names = list(names) if names is not None else None
-
-    def label(i: int) -> str:
-        return f" ({names[order[i]]}, {names[order[i + 1]]})" if names else ""
-
-    dup = np.flatnonzero(gaps <= SLICE_GAP_ATOL_MM)
-    if len(dup):
-        i = int(dup[0])
-        return (f"duplicate slice position: slices {i + 1} and {i + 2} of {len(pos)} both at "
-                f"{pos[order[i]]:.4g} mm{label(i)}")
-    bad = np.flatnonzero(np.abs(gaps - typical) > max(SLICE_GAP_ATOL_MM, SLICE_GAP_RTOL * typical))
-    if not len(bad):
-        return None
-    i = int(bad[0])
-    more = f"; {len(bad) - 1} more uneven gap(s)" if len(bad) > 1 else ""
-    return (f"non-uniform slice spacing: gap of {gaps[i]:.4g} mm between slices {i + 1} and {i + 2} "
-            f"of {len(pos)}{label(i)} where the rest are {typical:.4g} mm{more}")
-
-
-def _dicom_vector(value: str) -> np.ndarray | None:
-    try:
-        v = np.array([float(x) for x in value.strip().split("\\")], dtype=float)
-    except ValueError:
-        return None
-    return v if np.all(np.isfinite(v)) else None
-
-
-def _read_dicom_series(p: Path) -> sitk.Image:
-    """Read the largest DICOM series in folder ``p``; refuse missing slices / uneven positions.
-
-    Positions are each file's ImagePositionPatient (0020|0032) projected on the normal of its
-    ImageOrientationPatient (0020|0037), taken from the per-file metadata dictionaries the series
-    reader fills while reading (no second parse of the files).  ITK's own "non uniform sampling"
-    warning is silenced for the read: it reads such a series at a wrong spacing and only warns.
-    """
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p))
-        if not ids:
-            raise InputError(p, "folder holds no DICOM series")
-        # the series with the most files, as most viewers do
-        files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), i) for i in ids), key=len)
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files)
-        reader.MetaDataDictionaryArrayUpdateOn()
-        img = reader.Execute()
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-    positions = _slice_positions(reader, len(files))
-    if positions is not None:
-        why = check_slice_positions(positions, [Path(f).name for f in files])
-        if why:
-            raise InputError(p, why)
-    return img
-
-
-def _slice_positions(reader: sitk.ImageSeriesReader, n: int) -> list[float] | None:
-    """Slice positions (mm along the slice normal) of the ``n`` files an executed series reader
-    read, or None when a file lacks the position/orientation tags (the check is then left out)."""
-    out = []
-    for i in range(n):
-        if not (reader.HasMetaDataKey(i, "0020|0032") and reader.HasMetaDataKey(i, "0020|0037")):
-            return None
-        ipp = _dicom_vector(reader.GetMetaData(i, "0020|0032"))
-        iop = _dicom_vector(reader.GetMetaData(i, "0020|0037"))
-        if ipp is None or iop is None or len(ipp) != 3 or len(iop) != 6:
-            return None
-        normal = np.cross(iop[:3], iop[3:])
-        norm = float(np.linalg.norm(normal))
-        if not norm > 0:
-            return None
-        out.append(float(ipp @ normal) / norm)
-    return out
 
 
 def read_array(path: os.PathLike | str) -> tuple[np.ndarray, Geometry]:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from flareseg import file_check
 from flareseg.io import (Geometry, InputError, atomic_path, geometry_mismatch, read_array, read_image,
                          write_array, write_image, write_json)
 
@@ -108,7 +109,6 @@ def test_corrupt_real_nifti_gz_is_refused_though_simpleitk_accepts_it(shared_dat
 def test_streaming_in_small_chunks_reads_intact_files_and_counts_nan(tmp_path, monkeypatch):
     """Chunk boundaries that split the header, a voxel and gzip members must not matter."""
     import gzip
-    import flareseg.io as fio
     arr = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)
     arr[0, 0, 0] = np.nan
     arr[2, 3, 4] = np.inf
@@ -119,14 +119,14 @@ def test_streaming_in_small_chunks_reads_intact_files_and_counts_nan(tmp_path, m
     members = tmp_path / "m.nii.gz"  # two concatenated gzip members are one valid gzip file
     body = gzip.decompress(gz.read_bytes())
     members.write_bytes(gzip.compress(body[:401]) + gzip.compress(body[401:]))
-    monkeypatch.setattr(fio, "_CHUNK", 7)
+    monkeypatch.setattr(file_check, "_CHUNK", 7)
     for p in (gz, raw, members):
-        assert fio.verify_image_file(p) == 3, p.name
-        assert fio.nifti_nonfinite_count(p) == 3
+        assert file_check.verify_image_file(p) == 3, p.name
+        assert file_check.nifti_nonfinite_count(p) == 3
         with pytest.raises(InputError, match=rf"{p.name}: holds 3 NaN/inf voxels"):
             read_image(p)
     ok = write_array(np.nan_to_num(arr, posinf=0, neginf=0), geo, tmp_path / "ok.nii.gz")
-    assert fio.verify_image_file(ok) == 0
+    assert file_check.verify_image_file(ok) == 0
     assert read_array(ok)[0][1, 2, 3] == 0
     # float .mha keeps NaN in the array: refused from the array
     with pytest.raises(InputError, match="holds 3 NaN/inf voxels"):
@@ -173,7 +173,7 @@ def test_corrupt_compressed_mha_and_nrrd_are_refused(tmp_path):
 
 def test_bzip2_nrrd_is_verified(tmp_path):
     import bz2
-    from flareseg.io import verify_image_file
+    from flareseg.file_check import verify_image_file
     body = np.zeros((4, 5, 6), np.int16).tobytes()
     head = b"NRRD0004\ntype: short\ndimension: 3\nsizes: 6 5 4\nspacings: 1 1 2\nencoding: bzip2\nendian: little\n\n"
     p = tmp_path / "b.nrrd"
@@ -213,7 +213,7 @@ def test_invalid_spacing_is_refused_not_read_as_1mm(tmp_path, value):
 
 
 def test_check_slice_positions():
-    from flareseg.io import check_slice_positions
+    from flareseg.dicom import check_slice_positions
     assert check_slice_positions([0, 2.5, 5.0, 7.5]) is None
     assert check_slice_positions([7.5, 0.004, 2.5, 5.0, 10.0]) is None  # any order, rounding jitter
     why = check_slice_positions([0, 2.5, 5.0, 10.0, 12.5], ["a", "b", "c", "d", "e"])

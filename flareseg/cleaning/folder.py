@@ -26,7 +26,8 @@ from flareseg.cleaning.clean import clean_label
 from flareseg.cleaning.records import Removal
 from flareseg.cleaning.report import CaseResult, CleaningReport, write_reports
 from flareseg.config import CleaningConfig, Config, config_hash
-from flareseg.io import (IMAGE_SUFFIXES, InputError, file_digest, geometry_mismatch,
+from flareseg.file_check import IMAGE_SUFFIXES
+from flareseg.io import (InputError, file_digest, geometry_mismatch,
                          image_suffix, read_array, read_json, strip_suffix, write_array,
                          write_json)
 from flareseg.labels import ORGANS, TUMOR

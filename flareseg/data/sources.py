@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from flareseg.io import IMAGE_SUFFIXES, InputError, case_id_from_name, image_suffix, is_dicom_dir
+from flareseg.file_check import IMAGE_SUFFIXES
+from flareseg.io import InputError, case_id_from_name, image_suffix, is_dicom_dir
 from flareseg.labels import MAX_LABEL, label_type
 
 log = logging.getLogger(__name__)

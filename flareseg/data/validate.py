@@ -12,7 +12,8 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from flareseg.io import Geometry, InputError, geometry_mismatch, nifti_nonfinite_count, read_image
+from flareseg.file_check import nifti_nonfinite_count
+from flareseg.io import Geometry, InputError, geometry_mismatch, read_image
 from flareseg.labels import MAX_LABEL, label_type, type_to_str
 
 #: accepted voxel spacing range in mm (any axis)

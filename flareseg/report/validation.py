@@ -7,7 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from flareseg.io import IMAGE_SUFFIXES, InputError, read_array
+from flareseg.file_check import IMAGE_SUFFIXES
+from flareseg.io import InputError, read_array
 from flareseg.report import html as H
 from flareseg.report.figures import validation_overlay
 from flareseg.report.qc import ReportContext
