@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,30 +19,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from predictor_speed import synthetic_ct  # noqa: E402
+from predictor_speed import synthetic_ct, timed_run  # noqa: E402
 
-from flareseg.evaluation.gpu_memory import MemorySampler, probe_backend  # noqa: E402
 from flareseg.evaluation.metrics import dice_per_class  # noqa: E402
 from flareseg.inference.predictor import FastPredictor, resolve_device  # noqa: E402
 from flareseg.nnunet.model_folder import fit_model_folder, tiny_plans, write_model_folder  # noqa: E402
-
-
-def measured(fn, device):
-    """(result, seconds, allocator peak MB, NVML used MB max) of ``fn()``."""
-    backend = probe_backend(0) if device.type == "cuda" else None
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    sampler = MemorySampler(backend[1], 0.02).start() if backend else None
-    t = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    sec = time.perf_counter() - t
-    used = max(sampler.stop(), default=None) if sampler else None
-    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
-    return out, sec, peak, used
 
 
 def main(argv=None) -> int:
@@ -77,12 +57,12 @@ def main(argv=None) -> int:
         img.SetSpacing(tuple(reversed(spacing)))
         arr = ct.astype(np.float32)[None]
         stock.predict_single_npy_array(arr, {"spacing": list(spacing)})
-        ref, s, pk, us = measured(lambda: stock.predict_single_npy_array(arr, {"spacing": list(spacing)}), device)
+        ref, s, pk, us = timed_run(lambda: stock.predict_single_npy_array(arr, {"spacing": list(spacing)}), device)
         rows = [("stock (device default)", ref, s, pk, us)]
         for dt in ("float32", "float16", "bfloat16"):
             fp = FastPredictor(md, device=device, dtype=dt, skip=False)
             fp.predict(img)
-            res, s, pk, us = measured(lambda: fp.predict(img), device)
+            res, s, pk, us = timed_run(lambda: fp.predict(img), device)
             rows.append((f"fast --no-skip {dt}", sitk.GetArrayFromImage(res), s, pk, us))
         f32 = rows[1][1]
         for name, lab, s, pk, us in rows:

@@ -13,12 +13,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from flareseg.config import PlanConfig, TrainConfig
+from flareseg.config import TrainConfig
 from flareseg.io import InputError
 from flareseg.nnunet.checkpoint import (CorruptCheckpoint, UntrustedCheckpoint, load_checkpoint,
-                                        remove_stale_temporaries, write_checkpoint)
+                                        write_checkpoint)
 from flareseg.nnunet.model_folder import tiny_plans, write_model_folder
-from tiny import write_tiny_raw
+from tiny import tiny_planned_dataset
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -177,13 +177,6 @@ def test_checkpoint_write_is_atomic_and_keeps_the_previous_pair(tmp_path):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before   # nothing replaced or left
 
 
-def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path):
-    (tmp_path / ".checkpoint_latest.pth.abc123.tmp.pth").write_bytes(b"PK")
-    (tmp_path / "checkpoint_latest.pth").write_bytes(b"keep")
-    assert [p.name for p in remove_stale_temporaries(tmp_path)] == [".checkpoint_latest.pth.abc123.tmp.pth"]
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_latest.pth"]
-
-
 # ---------------------------------------------------------------------------------------- resume decision
 def _pair(folder: Path, name: str, epoch: int, rng_epoch: int | None = None) -> None:
     torch.save({"current_epoch": epoch}, folder / name)
@@ -238,20 +231,7 @@ def test_resume_point_falls_back_past_damaged_files(tmp_path, caplog, setup, exp
 # ---------------------------------------------------------------------------------------- training
 @pytest.fixture(scope="module")
 def tiny_plans_dir(tmp_path_factory):
-    from flareseg.data.intake import import_dataset
-    from flareseg.nnunet.env import NNUNetPaths
-    from flareseg.nnunet.planning import plan_and_preprocess
-
-    root = tmp_path_factory.mktemp("ckpt")
-    raw = write_tiny_raw(root / "raw", n_unlabeled=0)
-    paths = NNUNetPaths.under(root)
-    paths.export()
-    ds = paths.raw / "Dataset901_Tiny"
-    import_dataset(ds, raw / "imagesTr", raw / "labelsTr", manifest=raw / "manifest.csv")
-    pf = plan_and_preprocess(901, {"fine": PlanConfig((3.0, 2.0, 2.0), (16, 32, 32), 2, 4, 16)},
-                             num_processes=1)
-    (pf.parent / "label_types.json").write_text((ds / "label_types.json").read_text())
-    return paths
+    return tiny_planned_dataset(tmp_path_factory.mktemp("ckpt"))[0]
 
 
 class _Killed(Exception):

@@ -9,26 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from flareseg.config import PlanConfig, TrainConfig
-from tiny import TYPES, write_tiny_raw
+from flareseg.config import TrainConfig
+from tiny import TYPES, tiny_planned_dataset
 
 
 @pytest.fixture(scope="module")
 def tiny_plans(tmp_path_factory):
-    from flareseg.data.intake import import_dataset
-    from flareseg.nnunet.env import NNUNetPaths
-    from flareseg.nnunet.planning import plan_and_preprocess
-
-    root = tmp_path_factory.mktemp("trainer")
-    raw = write_tiny_raw(root / "raw", n_unlabeled=0)
-    paths = NNUNetPaths.under(root)
-    paths.export()
-    ds = paths.raw / "Dataset901_Tiny"
-    import_dataset(ds, raw / "imagesTr", raw / "labelsTr", manifest=raw / "manifest.csv")
-    pf = plan_and_preprocess(901, {"fine": PlanConfig((3.0, 2.0, 2.0), (16, 32, 32), 2, 4, 16)},
-                             num_processes=1)
-    (pf.parent / "label_types.json").write_text((ds / "label_types.json").read_text())
-    return paths, pf
+    return tiny_planned_dataset(tmp_path_factory.mktemp("trainer"))
 
 
 def test_label_type_loader_batches_hold_one_type(tiny_plans):

@@ -48,3 +48,22 @@ def write_tiny_raw(root: Path, n_unlabeled: int = 2) -> Path:
         write_array(img, geo, root / "unlabeledTr" / f"u{j:02d}_0000.nii.gz")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     return root
+
+
+def tiny_planned_dataset(root: Path):
+    """The tiny cases imported as nnU-Net dataset 901 and planned/preprocessed at a 'fine'
+    configuration under ``root`` (nnU-Net paths exported): ``(NNUNetPaths, preprocessed folder)``."""
+    from flareseg.config import PlanConfig
+    from flareseg.data.intake import import_dataset
+    from flareseg.nnunet.env import NNUNetPaths
+    from flareseg.nnunet.planning import plan_and_preprocess
+
+    raw = write_tiny_raw(root / "raw", n_unlabeled=0)
+    paths = NNUNetPaths.under(root)
+    paths.export()
+    ds = paths.raw / "Dataset901_Tiny"
+    import_dataset(ds, raw / "imagesTr", raw / "labelsTr", manifest=raw / "manifest.csv")
+    pf = plan_and_preprocess(901, {"fine": PlanConfig((3.0, 2.0, 2.0), (16, 32, 32), 2, 4, 16)},
+                             num_processes=1)
+    (pf.parent / "label_types.json").write_text((ds / "label_types.json").read_text())
+    return paths, pf

@@ -187,13 +187,3 @@ def save_checkpoint(obj: Any, dest: os.PathLike | str) -> Path:
     with atomic_path(dest) as tmp:
         torch.save(obj, tmp)
     return Path(dest)
-
-
-def remove_stale_temporaries(folder: os.PathLike | str) -> list[Path]:
-    """Delete temporary checkpoint files a killed write left behind (``.checkpoint_*.tmp*``)."""
-    gone = []
-    for p in Path(folder).glob(".checkpoint_*.tmp*"):
-        if p.is_file():
-            p.unlink()
-            gone.append(p)
-    return gone

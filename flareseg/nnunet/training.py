@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from flareseg.config import TrainConfig, to_dict
-from flareseg.io import read_json, write_json
-from flareseg.nnunet.checkpoint import (FINAL, LATEST, PREVIOUS, CorruptCheckpoint, load_checkpoint,
-                                        remove_stale_temporaries, rng_path)
+from flareseg.io import read_json, remove_stale_temps, write_json
+from flareseg.nnunet.checkpoint import FINAL, LATEST, PREVIOUS, CorruptCheckpoint, load_checkpoint, rng_path
 from flareseg.nnunet.trainer import TRAIN_KEY
 
 log = logging.getLogger(__name__)
@@ -86,7 +85,7 @@ def resume_point(fold_dir: Path) -> Path | None:
     fold_dir = Path(fold_dir)
     if not fold_dir.is_dir():
         return None
-    remove_stale_temporaries(fold_dir)
+    remove_stale_temps(fold_dir)   # a killed checkpoint write's temp files (dead writers only)
     damaged: dict[Path, str] = {}
     final = fold_dir / FINAL
     if final.is_file():
