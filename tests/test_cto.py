@@ -358,3 +358,23 @@ def test_context_has_the_same_size_in_mm_for_thin_and_thick_slices(tmp_path):
         half = np.array(rec["source_spacing_zyx"])[:, None] / 2
         assert np.all(np.abs(ctx[mm] - drawn) <= half + 1e-9), mm
         assert rec["context_mm"] == ctx[mm].round(3).tolist()
+
+
+def test_kits_objects_are_cut_from_the_cleaned_label_with_coarse_margins(kits):
+    from flareseg.cleaning import clean_label
+    from flareseg.config import CleaningConfig
+    case_id, lab, spacing = kits[2]
+    image = np.broadcast_to(np.int16(0), lab.shape)
+    coarse, rules = (2.5, 1.5, 1.5), CleaningConfig()
+    crops, rejected = extract_case(case_id, image, lab, spacing, CTOConfig(),
+                                   margin_spacing_zyx=coarse, cleaning=rules)
+    cleaned, removals = clean_label(lab, spacing, rules)
+    assert len(crops) == len(find_tumor_objects(cleaned)) >= 1
+    assert len(rejected) == sum(r.cls == TUMOR for r in removals)
+    for c in crops:
+        box = tuple(slice(a, b) for a, b in c.record["crop_bbox"])
+        assert np.array_equal(c.label, cleaned[box])
+        drawn = np.array(c.record["margins_drawn"]) * np.array(coarse)[:, None]
+        ctx = np.array(c.record["margins"]) * np.array(spacing)[:, None]
+        assert np.all(np.abs(ctx - drawn) <= np.array(spacing)[:, None] / 2 + 1e-9)
+        assert drawn[0].min() >= 8 * 2.5 and drawn[1:].min() >= 24 * 1.5   # the paper's numbers in mm
