@@ -110,10 +110,10 @@ class PseudoLabelConfig:
 
 @dataclass(frozen=True)
 class CTOConfig:
-    margin_z: tuple[int, int] = (8, 16)      # voxels, drawn uniformly per object
+    margin_z: tuple[int, int] = (8, 16)      # voxels at the coarse spacing, drawn uniformly per side
     margin_xy: tuple[int, int] = (24, 32)
     connectivity: Literal[6, 18, 26] = 26
-    min_voxels: int = 10
+    min_voxels: int = 10                     # on top of the cleaning rules stage-3 applies first
     max_extent_fraction: float = 1.0         # of the coarse patch, per axis
     exclude_outside_abdomen: bool = True
     abdomen_margin_mm: float = 20.0

@@ -247,3 +247,134 @@ def test_gallery_slice_shows_tumor_when_two_tumors_share_a_crop():
     z = tumor_slice(lab)
     assert (lab[z] == 14).sum() == 9
     assert tumor_slice(np.zeros((6, 4, 4), dtype=np.uint8)) == 3
+
+
+# --------------------------------------------------------------- the pool obeys stage-4 cleaning
+
+def _cleaning_scene() -> tuple[np.ndarray, np.ndarray]:
+    """(24, 40, 80) at SPACING: liver and spleen 60 mm apart; a 150-voxel tumor in the liver, a
+    50-voxel tumor speck touching the liver, and a 128-voxel tumor 30 mm from both organs but inside
+    their bounding box (only the distance rule removes it)."""
+    lab = np.zeros((24, 40, 80), np.uint8)
+    lab[4:20, 10:30, 5:20] = 1                   # liver, x 5..19
+    lab[4:20, 10:30, 60:75] = 3                  # spleen, x 60..74
+    lab[10:15, 15:20, 8:14] = TUMOR              # 150 voxels inside the liver: kept
+    lab[10:12, 30:35, 10:15] = TUMOR             # 50 voxels, face-adjacent to the liver: a speck
+    lab[8:16, 16:24, 39:41] = TUMOR              # 128 voxels; 20 voxels x 1.5 mm = 30 mm to each organ
+    img = np.where(lab > 0, 60.0, 0.0).astype(np.float32)
+    return img, lab
+
+
+def test_pool_leaves_out_tumors_that_cleaning_removes(tmp_path):
+    from flareseg.cleaning import clean_label
+    from flareseg.config import CleaningConfig
+    img, lab = _cleaning_scene()
+    cfg, rules = CTOConfig(margin_z=(1, 2), margin_xy=(2, 4)), CleaningConfig()
+    # the pool's own filters (10 voxels, abdominal region) let the speck and the far tumor through
+    assert cfg.min_voxels < 50 and cfg.exclude_outside_abdomen
+    idx = build_pool([("c", img, lab, SPACING)], tmp_path / "a", cfg, SPACING, _normalize,
+                     progress=False, cleaning=rules)
+    assert [o["bbox"] for o in idx["objects"]] == [[[10, 15], [15, 20], [8, 14]]]
+    reasons = sorted((r["reason"], r["voxels"]) for r in idx["rejected"])
+    assert reasons == [("cleaning: far_from_organs", 128), ("cleaning: small_component", 50)]
+    far = [r for r in idx["rejected"] if r["reason"].endswith("far_from_organs")][0]
+    assert far["bbox"] == [[8, 16], [16, 24], [39, 41]] and far["distance_mm"] is None  # none in 20 mm
+    # the object and its context are exactly stage-4's cleaned label in the crop box
+    cleaned, _ = clean_label(lab, SPACING, rules, image=img)
+    pool = load_pool(tmp_path / "a")
+    for oid in pool.ids:
+        box = tuple(slice(a, b) for a, b in pool.records[oid]["crop_bbox"])
+        assert np.array_equal(pool[oid].label, cleaned[box])
+    assert idx["cleaning"]["max_organ_distance_mm"] == rules.max_organ_distance_mm
+    # same config -> same pool
+    again = build_pool([("c", img, lab, SPACING)], tmp_path / "b", cfg, SPACING, _normalize,
+                       progress=False, cleaning=rules)
+    assert again["objects"] == idx["objects"] and again["rejected"] == idx["rejected"]
+    # the rules follow the cleaning keys: a larger D keeps the far tumor, min_voxels 10 the speck
+    loose = dataclasses.replace(rules, max_organ_distance_mm=31.0, min_voxels=10)
+    idx = build_pool([("c", img, lab, SPACING)], tmp_path / "c", cfg, SPACING, _normalize,
+                     progress=False, cleaning=loose)
+    assert sorted(o["voxels"] for o in idx["objects"]) == [50, 128, 150]
+
+
+def test_stage3_reruns_when_cleaning_keys_change():
+    from flareseg.pipeline.registry import STAGES
+    assert "cleaning" in STAGES[3].sections and STAGES[3].reads == (1, 2)   # not stage-4's outputs
+
+
+def test_float_label_is_cleaned_as_integers():
+    img, lab = _cleaning_scene()
+    from flareseg.config import CleaningConfig
+    crops, rejected = extract_case("c", img, lab.astype(np.float32), SPACING, LOOSE,
+                                   cleaning=CleaningConfig())
+    assert len(crops) == 1 and len(rejected) == 2
+    with pytest.raises(ValueError, match="whole class numbers"):
+        extract_case("c", img, lab + np.float32(0.5), SPACING, LOOSE, cleaning=CleaningConfig())
+
+
+# ------------------------------------------------------------- context margins in physical units
+
+def _slab_scene(slice_mm: float) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """One 80 mm-tall scene sampled with ``slice_mm`` slices (1.5 mm in plane): a liver at
+    z 20-60 mm and an 8 mm-tall tumor inside it at z 36-44 mm."""
+    nz = int(round(80 / slice_mm))
+    z = (np.arange(nz) + 0.5) * slice_mm
+    lab = np.zeros((nz, 40, 40), np.uint8)
+    lab[(z >= 20) & (z < 60), 5:35, 5:25] = 1
+    lab[(z >= 36) & (z < 44), 12:20, 10:18] = TUMOR
+    return np.where(lab > 0, 60.0, 0.0).astype(np.float32), lab, (slice_mm, 1.5, 1.5)
+
+
+def test_margins_to_source_keeps_millimetres():
+    from flareseg.cto.extract import margins_to_source
+    m = np.array([[[8, 16], [24, 32], [24, 32]]])
+    assert np.array_equal(margins_to_source(m, (2.5, 0.8, 0.8), (2.5, 0.8, 0.8)), m)
+    src = margins_to_source(m, (2.5, 0.8, 0.8), (0.5, 1.6, 0.7))
+    assert src[0, 0].tolist() == [40, 80] and src[0, 1].tolist() == [12, 16]
+    assert src[0, 2].tolist() == [27, 37]                        # 27.43 -> 27, 36.57 -> 37
+    assert margins_to_source(np.array([[[1, 3], [0, 0], [0, 0]]]), (2.0, 1, 1), (4.0, 1, 1))[0, 0].tolist() == [1, 2]
+    with pytest.raises(ValueError):
+        margins_to_source(m, (2.5, 0.8, 0.8), (0.0, 1, 1))
+
+
+def test_context_has_the_same_size_in_mm_for_thin_and_thick_slices(tmp_path):
+    target = (2.5, 1.5, 1.5)                                     # the coarse spacing
+    cfg = CTOConfig(margin_z=(2, 6), margin_xy=(3, 5), seed=3)
+    ctx, recs = {}, {}
+    for mm in (0.5, 4.0):
+        img, lab, spacing = _slab_scene(mm)
+        idx = build_pool([("c", img, lab, spacing)], tmp_path / str(mm), cfg, target, _normalize,
+                         progress=False)
+        (recs[mm],) = idx["objects"]
+        ctx[mm] = np.array([[(b0 - c0) * s, (c1 - b1) * s] for (b0, b1), (c0, c1), s
+                            in zip(recs[mm]["bbox"], recs[mm]["crop_bbox"], spacing)])
+    # same case id and seed: the same draw; z context per side in mm agrees within a thick slice
+    assert np.all(np.abs(ctx[0.5] - ctx[4.0]) <= 4.0), (ctx[0.5], ctx[4.0])
+    assert np.array_equal(ctx[0.5][1:], ctx[4.0][1:])            # same in-plane spacing: equal
+    for mm, rec in recs.items():
+        drawn = np.array(rec["margins_drawn"]) * np.array(target)[:, None]
+        assert np.all(drawn[0] >= 5.0) and np.all(drawn[0] <= 15.0)   # 2..6 coarse voxels
+        # each side: the drawn coarse voxels in mm, within half a source voxel
+        half = np.array(rec["source_spacing_zyx"])[:, None] / 2
+        assert np.all(np.abs(ctx[mm] - drawn) <= half + 1e-9), mm
+        assert rec["context_mm"] == ctx[mm].round(3).tolist()
+
+
+def test_kits_objects_are_cut_from_the_cleaned_label_with_coarse_margins(kits):
+    from flareseg.cleaning import clean_label
+    from flareseg.config import CleaningConfig
+    case_id, lab, spacing = kits[2]
+    image = np.broadcast_to(np.int16(0), lab.shape)
+    coarse, rules = (2.5, 1.5, 1.5), CleaningConfig()
+    crops, rejected = extract_case(case_id, image, lab, spacing, CTOConfig(),
+                                   margin_spacing_zyx=coarse, cleaning=rules)
+    cleaned, removals = clean_label(lab, spacing, rules)
+    assert len(crops) == len(find_tumor_objects(cleaned)) >= 1
+    assert len(rejected) == sum(r.cls == TUMOR for r in removals)
+    for c in crops:
+        box = tuple(slice(a, b) for a, b in c.record["crop_bbox"])
+        assert np.array_equal(c.label, cleaned[box])
+        drawn = np.array(c.record["margins_drawn"]) * np.array(coarse)[:, None]
+        ctx = np.array(c.record["margins"]) * np.array(spacing)[:, None]
+        assert np.all(np.abs(ctx - drawn) <= np.array(spacing)[:, None] / 2 + 1e-9)
+        assert drawn[0].min() >= 8 * 2.5 and drawn[1:].min() >= 24 * 1.5   # the paper's numbers in mm

@@ -1,7 +1,12 @@
 """Tumor objects of one case: connected components, context margins, crops and index records.
 
 A *context-aware tumor object* (CTO) is a box around one connected tumor component, grown by a
-random context margin on every side and clipped to the image.  The crop keeps the image and the
+random context margin on every side and clipped to the image.  Margins are drawn in voxels of the
+*margin spacing* (the coarse training spacing in the pipeline: the paper's voxel numbers read at the
+resolution the model trains on) and converted to source voxels, so an object's context has the same
+size in mm whatever its source's slice thickness.  When cleaning rules are given, the source label is
+cleaned first with exactly stage-4's rules (:func:`flareseg.cleaning.clean_label`), so every pooled
+object — and the context label around it — is what the coarse model trains on.  The crop keeps the image and the
 FULL label inside the box: the tumor, the organs around it and — when another tumor component
 reaches into the box — that tumor too (it is real tumor; relabelling it would teach the model a
 wrong background).
@@ -21,7 +26,8 @@ import numpy as np
 from scipy import ndimage
 
 from flareseg.anatomy import BBox, abdomen_region, bbox_of, organ_mask
-from flareseg.config import CTOConfig
+from flareseg.cleaning.clean import clean_label
+from flareseg.config import CleaningConfig, CTOConfig
 from flareseg.labels import ORGANS, TUMOR
 
 log = logging.getLogger(__name__)
@@ -98,6 +104,23 @@ def sample_margins(rng: np.random.Generator, n_objects: int, cfg: CTOConfig) -> 
     return rng.integers(lo, hi + 1, size=(int(n_objects), 3, 2))
 
 
+def margins_to_source(margins: np.ndarray, margin_spacing_zyx: Sequence[float],
+                      source_spacing_zyx: Sequence[float]) -> np.ndarray:
+    """Margins drawn in voxels of ``margin_spacing_zyx`` (mm) as source voxels: ``(..., 3, 2)`` int.
+
+    Each side keeps its physical length, rounded half up to whole source voxels, so the context
+    differs from the drawn length by at most half a source voxel per side.
+    """
+    m = np.asarray(margins, dtype=np.float64)
+    dst = np.asarray([float(s) for s in margin_spacing_zyx])
+    src = np.asarray([float(s) for s in source_spacing_zyx])
+    ok = dst.shape == src.shape == (3,) and np.all(np.isfinite(dst) & np.isfinite(src))
+    if m.shape[-2:] != (3, 2) or not ok or not (np.all(dst > 0) and np.all(src > 0)):
+        raise ValueError(f"margins {m.shape} must be (..., 3, 2) and spacings 3 positive values, got "
+                         f"{tuple(margin_spacing_zyx)} / {tuple(source_spacing_zyx)}")
+    return np.floor(m * (dst / src)[:, None] + 0.5).astype(np.int64)
+
+
 def crop_box(bbox: BBox, margins: np.ndarray, shape: Sequence[int]) -> BBox:
     """``bbox`` grown by ``margins`` ``(3, 2)`` voxels per side, clipped to ``shape``."""
     m = np.asarray(margins).reshape(3, 2)
@@ -165,24 +188,64 @@ def _reject_reason(comp: Component, spacing: Sequence[float], cfg: CTOConfig,
     return None
 
 
+def _integer_label(label: np.ndarray, case_id: str) -> np.ndarray:
+    """``label`` as an integer map (a float map with whole values is converted), else ValueError."""
+    if label.dtype.kind in "ui":
+        return label
+    if label.dtype.kind == "f" and label.size and np.all(np.isfinite(label)) \
+            and np.array_equal(label, np.round(label)) and label.min() >= 0 and label.max() <= 255:
+        return label.astype(np.uint8)
+    raise ValueError(f"case {case_id}: label map must hold whole class numbers, got dtype {label.dtype}")
+
+
+def clean_source(case_id: str, image: np.ndarray, label: np.ndarray, spacing: Sequence[float],
+                 cleaning: CleaningConfig) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """The source label cleaned by stage-4's rules (same function, same ``cleaning.*`` keys), and a
+    rejection record per removed tumor component (other classes' specks are cleaned silently).
+
+    ``image`` (HU) gives the body mask for the abdominal-region rule when the label has no organs.
+    """
+    cleaned, removals = clean_label(_integer_label(label, case_id), spacing, cleaning,
+                                    image=image, case_id=case_id)
+    rejected = [{"case_id": case_id, "voxels": r.voxels, "bbox": [list(b) for b in r.bbox],
+                 "reason": f"cleaning: {r.reason}", "distance_mm": r.distance_mm}
+                for r in removals if r.cls == TUMOR]
+    return cleaned, rejected
+
+
 def extract_case(case_id: str, image: np.ndarray, label: np.ndarray, spacing: Sequence[float],
                  cfg: CTOConfig, patch_extent_mm: Sequence[float] | None = None,
                  abdomen_margin_mm: float = 20.0, tumor_label: int = TUMOR,
+                 margin_spacing_zyx: Sequence[float] | None = None,
+                 cleaning: CleaningConfig | None = None,
                  ) -> tuple[list[TumorCrop], list[dict[str, Any]]]:
     """All CTOs of one case at source spacing, plus one record per rejected component.
 
     ``image``/``label`` are ``(Z, Y, X)``, image in HU (used for the body mask when the label has
-    no organs).  Filters: ``cfg.min_voxels``; tumor box extent (mm) per axis above
-    ``cfg.max_extent_fraction`` x ``patch_extent_mm`` (skipped when ``None``); with
-    ``cfg.exclude_outside_abdomen``, components with no voxel inside
-    :func:`flareseg.anatomy.abdomen_region` (``abdomen_margin_mm``).  Margins are drawn for every
-    component from :func:`case_rng` (``cfg.seed``, ``case_id``) before filtering, so an object's
-    box does not depend on which other objects pass the filters.
+    no organs).  With ``cleaning``, the label is first cleaned by :func:`clean_source` (stage-4's
+    rules: components under ``cleaning.min_voxels``, tumors outside the abdomen, tumors farther than
+    ``cleaning.max_organ_distance_mm`` from every organ), and objects and their context are cut from
+    the cleaned label; the removed tumors are listed as rejected (``"cleaning: <rule>"``).
+    Then the pool's own filters, which can only drop more: ``cfg.min_voxels``; tumor box extent
+    (mm) per axis above ``cfg.max_extent_fraction`` x ``patch_extent_mm`` (skipped when ``None``);
+    with ``cfg.exclude_outside_abdomen``, components with no voxel inside
+    :func:`flareseg.anatomy.abdomen_region` (``abdomen_margin_mm``).
+
+    Margins are drawn in voxels of ``margin_spacing_zyx`` (mm; ``None``: the source spacing) and
+    converted by :func:`margins_to_source`.  They are drawn for every component from
+    :func:`case_rng` (``cfg.seed``, ``case_id``) before filtering, so an object's box does not
+    depend on which other objects pass the filters.
     """
     if image.shape != label.shape:
         raise ValueError(f"case {case_id}: image shape {image.shape} != label shape {label.shape}")
+    cleaned_away: list[dict[str, Any]] = []
+    if cleaning is not None:
+        label, cleaned_away = clean_source(case_id, image, label, spacing, cleaning)
     comps = find_tumor_objects(label, cfg.connectivity, tumor_label)
-    margins = sample_margins(case_rng(cfg.seed, case_id), len(comps), cfg)
+    drawn = sample_margins(case_rng(cfg.seed, case_id), len(comps), cfg)
+    margins = drawn if margin_spacing_zyx is None else \
+        margins_to_source(drawn, margin_spacing_zyx, spacing)
+    margin_spacing = [float(s) for s in (spacing if margin_spacing_zyx is None else margin_spacing_zyx)]
     region = None
     if comps and cfg.exclude_outside_abdomen:
         region = abdomen_region(label, spacing, abdomen_margin_mm, image=image)
@@ -191,8 +254,9 @@ def extract_case(case_id: str, image: np.ndarray, label: np.ndarray, spacing: Se
                         case_id)
             region = None
     voxel_mm3 = float(np.prod([float(s) for s in spacing]))
-    crops, rejected = [], []
-    for comp, m in zip(comps, margins):
+    crops: list[TumorCrop] = []
+    rejected = cleaned_away
+    for comp, m, d in zip(comps, margins, drawn):
         obj_id = f"{case_id}_t{comp.index:03d}"
         reason = _reject_reason(comp, spacing, cfg, patch_extent_mm, region)
         if reason is not None:
@@ -208,7 +272,9 @@ def extract_case(case_id: str, image: np.ndarray, label: np.ndarray, spacing: Se
             "id": obj_id, "case_id": case_id, "component": comp.index,
             "voxels": comp.voxels, "volume_mm3": round(comp.voxels * voxel_mm3, 3),
             "bbox": _box_json(comp.bbox), "crop_bbox": _box_json(box),
-            "margins": m.tolist(), "source_spacing_zyx": [float(s) for s in spacing],
+            "margins": m.tolist(), "margins_drawn": d.tolist(), "margin_spacing_zyx": margin_spacing,
+            "context_mm": [[round(float(a) * float(sp), 3) for a in side] for side, sp in zip(m, spacing)],
+            "source_spacing_zyx": [float(s) for s in spacing],
             "organs_touched": touched,
             "organ_distance_mm": organ_distance_mm(lab_c, comp_in_crop, spacing, bool(touched)),
         }

@@ -6,7 +6,11 @@ Layout of a pool folder::
     objects/<id>.npz      image (Z, Y, X) float32|float16 normalised, label (Z, Y, X) uint8
 
 Each crop is normalised first and then resampled to the target (coarse) spacing — the order
-nnU-Net's preprocessing uses — so pasted objects look like the coarse training data.
+nnU-Net's preprocessing uses — so pasted objects look like the coarse training data.  Context margins
+are counted in voxels of that target spacing (converted to each source's voxels before cropping), so
+objects from thin- and thick-slice scans carry context of the same size in mm.  With cleaning rules,
+each source label is cleaned by stage-4's rules before extraction: no pooled object is one that
+cleaning removes from the training labels.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from flareseg.config import CTOConfig, to_dict
+from flareseg.config import CleaningConfig, CTOConfig, to_dict
 from flareseg.cto.extract import extract_case
 from flareseg.io import InputError, atomic_path, read_json, write_json
 from flareseg.labels import TUMOR
@@ -80,12 +84,16 @@ def build_pool(cases: Iterable[Case], out_dir: os.PathLike | str, cfg: CTOConfig
                normalize: Callable[[np.ndarray], np.ndarray],
                patch_size: Sequence[int] | None = None, abdomen_margin_mm: float = 20.0,
                image_order: int = 3, dtype: str = "float32", progress: bool = True,
+               cleaning: CleaningConfig | None = None,
                ) -> dict[str, Any]:
     """Extract, normalise, resample and store every CTO of ``cases``; return the index (also written).
 
     ``cases`` yields ``(case_id, image (Z, Y, X) HU, label (Z, Y, X) FLARE indices, spacing_zyx mm)``.
     ``normalize`` maps a float32 HU crop to training intensities (the coarse plans' CT
     normalisation).  ``patch_size`` (voxels at the target spacing) enables the extent filter.
+    Margins (``cfg.margin_z``, ``cfg.margin_xy``) are voxels at ``target_spacing_zyx``.
+    ``cleaning``: stage-4's rules, applied to every source label before extraction (the pipeline
+    always passes ``cfg.cleaning``; ``None`` takes the labels as already clean).
     A case that fails (bad shapes, ...) is logged and listed under ``errors``; the others go on.
     Same ``cfg.seed`` and cases -> identical pool (margins depend on seed and case id only).
     """
@@ -102,7 +110,8 @@ def build_pool(cases: Iterable[Case], out_dir: os.PathLike | str, cfg: CTOConfig
         n_cases += 1
         try:
             crops, rej = extract_case(case_id, image, label, spacing, cfg, patch_mm,
-                                      abdomen_margin_mm)
+                                      abdomen_margin_mm, margin_spacing_zyx=target,
+                                      cleaning=cleaning)
         except ValueError as e:
             log.error("case %s skipped: %s", case_id, e)
             errors.append({"case_id": case_id, "error": str(e)})
@@ -124,6 +133,7 @@ def build_pool(cases: Iterable[Case], out_dir: os.PathLike | str, cfg: CTOConfig
     index = {"version": POOL_VERSION, "spacing_zyx": target, "dtype": dtype,
              "patch_size": None if patch_size is None else [int(p) for p in patch_size],
              "abdomen_margin_mm": float(abdomen_margin_mm), "config": to_dict(cfg),
+             "cleaning": None if cleaning is None else to_dict(cleaning),
              "n_cases": n_cases, "objects": objects, "rejected": rejected, "errors": errors}
     write_json(index, out / INDEX_NAME)
     log.info("CTO pool: %d objects from %d cases (%d rejected, %d case errors) -> %s",

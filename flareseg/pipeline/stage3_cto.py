@@ -1,7 +1,11 @@
 """stage-3: the context-aware tumor-object (CTO) pool at coarse spacing, plus a QC gallery.
 
 Sources: every imported training case whose label type includes tumor; tumor-only cases use the
-labels with organs filled in by stage-2 (so each object keeps its organ context).
+labels with organs filled in by stage-2 (so each object keeps its organ context).  These are the
+labels stage-4 cleans, and stage-3 cleans each one with the same rules and keys (``cleaning.*``)
+before cutting objects, so no pooled tumor is one that cleaning deletes from the training labels
+(stage-3 therefore depends on the ``cleaning`` section, not on stage-4's outputs).  Context margins
+(``cto.margin_z``/``cto.margin_xy``) are voxels at the coarse spacing.
 """
 from __future__ import annotations
 
@@ -61,11 +65,12 @@ def run(ctx: StageContext) -> dict:
     def build() -> dict:
         idx = build_pool(_read_cases(cases), pool_dir, cfg.cto, coarse["spacing"],
                          normalizer(plans, "coarse"), patch_size=coarse["patch_size"],
-                         abdomen_margin_mm=cfg.cto.abdomen_margin_mm)
+                         abdomen_margin_mm=cfg.cto.abdomen_margin_mm, cleaning=cfg.cleaning)
         return {"objects": len(idx["objects"]), "rejected": len(idx.get("rejected", [])),
                 "errors": len(idx.get("errors", []))}
 
-    res = ctx.step("pool", {"cto": to_dict(cfg.cto), "cases": [[c, str(i), str(lab)] for c, i, lab in cases],
+    res = ctx.step("pool", {"cto": to_dict(cfg.cto), "cleaning": to_dict(cfg.cleaning),
+                            "cases": [[c, str(i), str(lab)] for c, i, lab in cases],
                             "spacing": coarse["spacing"], "patch": coarse["patch_size"]},
                    build, outputs=[pool_dir / "index.json"])
     gallery = ctx.dir / "qc" / "cto_gallery.png"
