@@ -11,6 +11,7 @@ from flareseg.config import ConfigError, load_config
 from flareseg.evaluation.efficiency import (GPU_UNAVAILABLE, measure_efficiency, summarize,
                                             write_efficiency_reports)
 from flareseg.evaluation.evaluate import evaluate_folders, list_cases
+from flareseg.evaluation.gpu_memory import CADENCES
 from flareseg.evaluation.metrics import RULES
 from flareseg.evaluation.report import format_table
 from flareseg.io import InputError
@@ -51,7 +52,9 @@ examples:
 EFFICIENCY_HELP = """\
 Time a prediction command the way the FLARE23 efficiency harness does: one process per case (so
 start-up and model loading count), used GPU memory (total - free, NVML or nvidia-smi) sampled
-every --interval seconds, peak RSS of the process.  Without a GPU it still times and reports RSS
+every --interval seconds (--sampling fixed: on a fixed schedule; --sampling official: as the
+FLARE23 harness, query then sleep --interval, so the period is interval + query time; the
+AUC counts each sample as --interval s either way, as the harness does), peak RSS of the process.  Without a GPU it still times and reports RSS
 and says GPU memory is unavailable.
 
 placeholders in the command: {input} (case file), {output} (OUT/outputs/<case><suffix>), {case},
@@ -94,6 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="input image files, or folders of them")
     q.add_argument("--out", required=True, type=Path, help="folder for outputs, logs and reports")
     q.add_argument("--interval", type=float, default=0.1, help="GPU memory sampling interval, s (default 0.1)")
+    q.add_argument("--sampling", choices=CADENCES, default="fixed",
+                   help="GPU query cadence: fixed schedule (default) or official (sleep --interval "
+                        "after each query, as the FLARE23 harness)")
     q.add_argument("--timeout", type=float, default=None, help="kill a case after this many seconds")
     q.add_argument("--gpu-index", type=int, default=0, help="GPU to sample (default 0)")
     q.add_argument("command", nargs=argparse.REMAINDER,
@@ -174,8 +180,9 @@ def run_efficiency(args: argparse.Namespace) -> int:
     if not inputs:
         log.error("no input images found in %s", ", ".join(map(str, args.inputs)))
         return 2
-    rows = measure_efficiency(cmd, inputs, args.out, args.interval, args.timeout, args.gpu_index)
-    summary = summarize(rows, cmd, args.interval)
+    rows = measure_efficiency(cmd, inputs, args.out, args.interval, args.timeout, args.gpu_index,
+                              sampling=args.sampling)
+    summary = summarize(rows, cmd, args.interval, args.sampling)
     write_efficiency_reports(rows, summary, args.out)
     print(f"{'case':<24} {'rc':>3} {'wall s':>8} {'RSS MB':>8} {'GPU max MB':>11} {'GPU AUC MB*s':>13}")
     for r in rows:
