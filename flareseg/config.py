@@ -164,7 +164,10 @@ class EvaluationConfig:
         1: 5.0, 2: 3.0, 3: 3.0, 4: 5.0, 5: 2.0, 6: 2.0, 7: 2.0, 8: 2.0, 9: 2.0,
         10: 3.0, 11: 5.0, 12: 7.0, 13: 3.0, 14: 2.0})
     z_range_classes: tuple[int, ...] = (5, 6, 10)
-    nsd_min_dsc: float = 0.1
+    nsd_min_dsc: float = 0.1   # the 2023 challenge script; its current version (2024) uses 0.2
+    # flareseg: z-range inclusive, own surfel table, prediction must be on the reference grid;
+    # flare23-official: the official script's numbers exactly (docs/evaluation.md)
+    rules: Literal["flareseg", "flare23-official"] = "flareseg"
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ import csv
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from flareseg.cli import main
@@ -73,3 +74,56 @@ def test_failures_and_timeout_are_reported(inputs, tmp_path):
     assert missing[0]["returncode"] == 127
     assert main(["efficiency", "--inputs", str(inputs[0]), "--out", str(tmp_path / "cli"), "--",
                  sys.executable, "-c", "import sys; sys.exit(1)", "{input}"]) == 1
+
+
+# --------------------------------------------------------------------------- sampling cadence
+
+class _FakeTime:
+    """A clock that only moves when a query takes time (``query_s``) or the sampler waits."""
+
+    def __init__(self, query_s: float, n: int):
+        self.now, self.query_s, self.n, self.query_times = 0.0, query_s, n, []
+
+    def clock(self) -> float:
+        return self.now
+
+    def wait(self, s: float) -> None:
+        self.now += s
+
+    def read(self) -> float:
+        self.query_times.append(self.now)
+        self.now += self.query_s
+        return 1000.0 + len(self.query_times)
+
+    def stopped(self) -> bool:
+        return len(self.query_times) >= self.n
+
+
+@pytest.mark.parametrize("cadence, period", [("official", 0.1 + 0.03), ("fixed", 0.1)])
+def test_sampling_cadence_with_a_fake_clock(cadence, period):
+    from flareseg.evaluation.gpu_memory import sample_until
+    t = _FakeTime(query_s=0.03, n=6)
+    samples: list[float] = []
+    sample_until(t.read, 0.1, cadence, samples, t.stopped, t.clock, t.wait)
+    assert samples == [1001.0, 1002.0, 1003.0, 1004.0, 1005.0, 1006.0]
+    assert np.diff(t.query_times) == pytest.approx([period] * 5)
+
+
+def test_fixed_cadence_catches_up_after_a_slow_query():
+    from flareseg.evaluation.gpu_memory import sample_until
+    t = _FakeTime(query_s=0.25, n=4)   # each query longer than the interval: no waiting at all
+    sample_until(t.read, 0.1, "fixed", [], t.stopped, t.clock, t.wait)
+    assert np.diff(t.query_times) == pytest.approx([0.25] * 3)
+    with pytest.raises(ValueError, match="cadence"):
+        sample_until(t.read, 0.1, "sometimes", [], t.stopped, t.clock, t.wait)
+
+
+def test_cli_efficiency_sampling_option(inputs, tmp_path, capsys):
+    out = tmp_path / "eff"
+    quick = [sys.executable, "-c", "import shutil, sys; shutil.copy(sys.argv[1], sys.argv[2])", "{input}", "{output}"]
+    assert main(["efficiency", "--inputs", str(inputs[0]), "--out", str(out), "--sampling", "official",
+                 "--", *quick]) == 0
+    assert json.loads((out / "efficiency.json").read_text())["summary"]["sampling"] == "official"
+    with pytest.raises(SystemExit):
+        main(["efficiency", "--inputs", str(inputs[0]), "--out", str(out), "--sampling", "often", "--", *quick])
+    assert "--sampling" in capsys.readouterr().err

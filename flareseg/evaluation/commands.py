@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -10,6 +11,8 @@ from flareseg.config import ConfigError, load_config
 from flareseg.evaluation.efficiency import (GPU_UNAVAILABLE, measure_efficiency, summarize,
                                             write_efficiency_reports)
 from flareseg.evaluation.evaluate import evaluate_folders, list_cases
+from flareseg.evaluation.gpu_memory import CADENCES
+from flareseg.evaluation.metrics import RULES
 from flareseg.evaluation.report import format_table
 from flareseg.io import InputError
 from flareseg.labels import CLASS_NAMES, FOREGROUND
@@ -23,6 +26,14 @@ aorta, IVC and esophagus scored only on the reference's axial slices of that cla
 DSC < evaluation.nsd_min_dsc; spacing from the reference; the prediction must lie on the
 reference's grid.  Cases are matched by file name (image suffix and a trailing _0000 removed).
 
+--rules flare23-official reproduces the official FLARE23 script (JunMa11/FLARE, FLARE23/) to its
+4 decimals: aorta/IVC/esophagus on the reference's slices [z_lower:z_upper] (top slice left out;
+a reference on one slice, where the official script crashes, is scored on that slice), the
+official surfel-area table, and a prediction with the reference's shape but another header
+spacing/origin/direction is scored on the reference's grid (with a warning) instead of refused.
+NSD threshold: evaluation.nsd_min_dsc=0.1 (2023 challenge, default) or 0.2 (current script).
+See docs/evaluation.md.
+
 inputs : --pred and --gt, two folders of label files (.nii.gz/.nii/.mha/.nrrd) or two files
 outputs: a table on stdout; with --out: per_case.csv (case,class,name,dsc,nsd), summary.json
          (per-class means, organ mean 1-13, tumor, overall, missing/extra/errors), summary.txt
@@ -35,12 +46,15 @@ examples:
   flareseg evaluate --pred work/stage-6-predict/outputs --gt data/val/labels --out reports/val
   flareseg evaluate --pred pred/case_01.nii.gz --gt labels/case_01.nii.gz
   flareseg evaluate --pred P --gt G --set evaluation.nsd_min_dsc=0.2 --classes 1 2 3 13
+  flareseg evaluate --pred P --gt G --rules flare23-official --set evaluation.nsd_min_dsc=0.2
 """
 
 EFFICIENCY_HELP = """\
 Time a prediction command the way the FLARE23 efficiency harness does: one process per case (so
 start-up and model loading count), used GPU memory (total - free, NVML or nvidia-smi) sampled
-every --interval seconds, peak RSS of the process.  Without a GPU it still times and reports RSS
+every --interval seconds (--sampling fixed: on a fixed schedule; --sampling official: as the
+FLARE23 harness, query then sleep --interval, so the period is interval + query time; the
+AUC counts each sample as --interval s either way, as the harness does), peak RSS of the process.  Without a GPU it still times and reports RSS
 and says GPU memory is unavailable.
 
 placeholders in the command: {input} (case file), {output} (OUT/outputs/<case><suffix>), {case},
@@ -70,6 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="config override, e.g. evaluation.nsd_min_dsc=0.2 (repeatable)")
     p.add_argument("--classes", type=int, nargs="+", default=list(FOREGROUND),
                    help="classes to score (default: 1..14)")
+    p.add_argument("--rules", choices=RULES, default=None,
+                   help="flareseg (default) or flare23-official: the official script's numbers "
+                        "exactly (overrides evaluation.rules)")
     p.add_argument("--missing-zero", action="store_true",
                    help="score missing predictions as 0 (challenge rule) instead of leaving them out")
     p.set_defaults(func=run_evaluate)
@@ -80,6 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="input image files, or folders of them")
     q.add_argument("--out", required=True, type=Path, help="folder for outputs, logs and reports")
     q.add_argument("--interval", type=float, default=0.1, help="GPU memory sampling interval, s (default 0.1)")
+    q.add_argument("--sampling", choices=CADENCES, default="fixed",
+                   help="GPU query cadence: fixed schedule (default) or official (sleep --interval "
+                        "after each query, as the FLARE23 harness)")
     q.add_argument("--timeout", type=float, default=None, help="kill a case after this many seconds")
     q.add_argument("--gpu-index", type=int, default=0, help="GPU to sample (default 0)")
     q.add_argument("command", nargs=argparse.REMAINDER,
@@ -112,6 +132,8 @@ def check_evaluate_args(args: argparse.Namespace) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides).evaluation
+        if args.rules is not None:
+            cfg = dataclasses.replace(cfg, rules=args.rules)
         check_evaluate_args(args)
         res = evaluate_folders(args.pred, args.gt, cfg, args.out, classes=args.classes,
                                missing_as_zero=args.missing_zero)
@@ -158,8 +180,9 @@ def run_efficiency(args: argparse.Namespace) -> int:
     if not inputs:
         log.error("no input images found in %s", ", ".join(map(str, args.inputs)))
         return 2
-    rows = measure_efficiency(cmd, inputs, args.out, args.interval, args.timeout, args.gpu_index)
-    summary = summarize(rows, cmd, args.interval)
+    rows = measure_efficiency(cmd, inputs, args.out, args.interval, args.timeout, args.gpu_index,
+                              sampling=args.sampling)
+    summary = summarize(rows, cmd, args.interval, args.sampling)
     write_efficiency_reports(rows, summary, args.out)
     print(f"{'case':<24} {'rc':>3} {'wall s':>8} {'RSS MB':>8} {'GPU max MB':>11} {'GPU AUC MB*s':>13}")
     for r in rows:

@@ -3,7 +3,10 @@
 Start-up and model loading therefore count.  Per case it records wall seconds, peak resident
 memory of the process tree (polled from ``/proc``, MB) and, where an NVIDIA GPU is
 visible, used GPU memory (total - free) sampled every ``interval`` seconds: its maximum (MB) and
-the area under the memory-time curve (sum of samples x interval, MB*s).
+the area under the memory-time curve (sum of samples x interval, MB*s).  ``sampling="official"``
+paces the GPU queries as the FLARE23 harness does (query, then sleep ``interval``: the period is
+``interval`` + query time, so a case gets fewer samples); the area still counts each sample as
+``interval`` seconds, as the harness's ``load_json.py`` does, so it is the official number.
 
 Command placeholders (replaced inside every argument): ``{input}`` the case's input file,
 ``{output}`` ``OUT/outputs/<case><suffix>``, ``{case}`` the case name, ``{input_dir}`` a folder
@@ -26,7 +29,7 @@ from tqdm import tqdm
 
 from flareseg.evaluation import proc_memory
 from flareseg.evaluation.evaluate import case_name
-from flareseg.evaluation.gpu_memory import MemorySampler, probe_backend
+from flareseg.evaluation.gpu_memory import CADENCES, MemorySampler, probe_backend
 from flareseg.io import image_suffix, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -83,14 +86,17 @@ def _run_measured(cmd: list[str], log_path: Path, timeout_s: float | None,
 
 def measure_efficiency(command_template: Sequence[str], inputs: Sequence[Path], out_dir: os.PathLike | str,
                        interval: float = 0.1, timeout_s: float | None = None,
-                       gpu_index: int = 0) -> list[dict]:
+                       gpu_index: int = 0, sampling: str = "fixed") -> list[dict]:
     """Run ``command_template`` once per input file and measure it.
 
     Returns one row per case: ``case, input, output, returncode, timed_out, wall_s, rss_peak_mb,
     gpu_backend, gpu_baseline_mb, gpu_max_mb, gpu_auc_mb_s, gpu_samples, log`` (GPU fields
     ``None`` when no GPU memory reading is possible).  Outputs go to ``out_dir/outputs``, the
-    command's stdout+stderr to ``out_dir/logs/<case>.log``.
+    command's stdout+stderr to ``out_dir/logs/<case>.log``.  ``sampling``: GPU query cadence,
+    ``fixed`` or ``official`` (:data:`~flareseg.evaluation.gpu_memory.CADENCES`).
     """
+    if sampling not in CADENCES:
+        raise ValueError(f"sampling {sampling!r}: expected one of {', '.join(CADENCES)}")
     if not command_template:
         raise ValueError("empty command template")
     if not any(ph in arg for arg in command_template for ph in PLACEHOLDERS):
@@ -122,7 +128,7 @@ def measure_efficiency(command_template: Sequence[str], inputs: Sequence[Path], 
                 row["gpu_baseline_mb"] = round(backend[1](), 1)
             except Exception as e:  # transient read failure: the sampler still runs
                 log.debug("GPU baseline read failed: %s", e)
-            sampler = MemorySampler(backend[1], interval).start()
+            sampler = MemorySampler(backend[1], interval, sampling).start()
         log_path = logs / f"{case}.log"
         try:
             rc, wall, rss, timed_out = _run_measured(cmd, log_path, timeout_s, min(interval, 0.05))
@@ -142,7 +148,8 @@ def measure_efficiency(command_template: Sequence[str], inputs: Sequence[Path], 
     return rows
 
 
-def summarize(rows: list[dict], command_template: Sequence[str] = (), interval: float = 0.1) -> dict:
+def summarize(rows: list[dict], command_template: Sequence[str] = (), interval: float = 0.1,
+              sampling: str = "fixed") -> dict:
     """Totals and means over cases; GPU entries say ``unavailable`` when nothing was sampled."""
     def vals(key: str) -> list[float]:
         return [r[key] for r in rows if r.get(key) is not None]
@@ -154,6 +161,7 @@ def summarize(rows: list[dict], command_template: Sequence[str] = (), interval: 
         "n_failed": sum(1 for r in rows if r.get("returncode") != 0),
         "command": list(command_template),
         "interval_s": interval,
+        "sampling": sampling,
         "wall_s_total": round(sum(walls), 3),
         "wall_s_mean": round(sum(walls) / len(walls), 3) if walls else None,
         "wall_s_max": max(walls) if walls else None,

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from flareseg.config import EvaluationConfig
-from flareseg.evaluation.metrics import evaluate_case
+from flareseg.evaluation.metrics import evaluate_case, evaluate_case_official
 from flareseg.evaluation.report import write_reports
 from flareseg.io import (Geometry, InputError, case_id_from_name, geometry_mismatch, image_suffix,
                          read_array)
@@ -85,13 +85,22 @@ def evaluate_pair(pred_path: Path, gt_path: Path, cfg: EvaluationConfig = Evalua
     """Score one prediction file against its reference file (spacing from the reference).
 
     Raises :class:`InputError` naming both files when the prediction is not on the reference grid.
+    Under ``cfg.rules == "flare23-official"`` only the array shapes must agree, as in the official
+    script: a prediction whose header (spacing, origin, direction) differs is scored with the
+    reference's spacing, and a warning names what differs.
     """
     ref, g_geo = read_label(gt_path)
     pred, p_geo = read_label(pred_path)
     why = geometry_mismatch(g_geo, p_geo)
-    if why:
+    official = cfg.rules == "flare23-official"
+    if why and not (official and pred.shape == ref.shape):
         raise InputError(pred_path, f"not on the grid of reference {gt_path}: " + "; ".join(why)
                          + " (reference vs prediction)")
+    if why:
+        log.warning("%s: header differs from reference %s (%s); scored on the reference's grid and "
+                    "spacing as the official script does", pred_path, gt_path, "; ".join(why))
+    if official:
+        return evaluate_case_official(pred, ref, g_geo.spacing_zyx, cfg, classes, case=case_name(gt_path))
     return evaluate_case(pred, ref, g_geo.spacing_zyx, cfg, classes)
 
 

@@ -60,24 +60,50 @@ def probe_backend(index: int = 0) -> tuple[str, Reader] | None:
     return None
 
 
-class MemorySampler:
-    """Calls ``reader()`` every ``interval`` seconds in a daemon thread between start() and stop()."""
+#: sampling cadences: ``fixed`` queries on a fixed schedule (every ``interval`` s, whatever a query
+#: takes); ``official`` is the FLARE23 harness (Efficiency.py): query, then sleep ``interval``, so
+#: the period is ``interval`` + the query's own time (nvidia-smi: tens of ms).
+CADENCES = ("fixed", "official")
 
-    def __init__(self, reader: Reader, interval: float = 0.1):
-        self.reader, self.interval = reader, interval
+
+def sample_until(reader: Reader, interval: float, cadence: str, samples: list[float],
+                 stopped: Callable[[], bool], clock: Callable[[], float],
+                 wait: Callable[[float], object]) -> None:
+    """Append ``reader()`` to ``samples`` until ``stopped()``, paced by ``cadence`` (see ``CADENCES``).
+
+    ``clock`` (seconds) and ``wait(seconds)`` are injectable so the cadence can be tested without
+    real time.  A failed read is skipped (logged at debug level), never fatal.
+    """
+    if cadence not in CADENCES:
+        raise ValueError(f"sampling cadence {cadence!r}: expected one of {', '.join(CADENCES)}")
+    due = clock()
+    while not stopped():
+        try:
+            samples.append(reader())
+        except Exception as e:  # a failed read must not kill the measurement
+            log.debug("GPU memory read failed: %s", e)
+        if cadence == "official":
+            wait(interval)
+        else:
+            due += interval
+            wait(max(0.0, due - clock()))
+
+
+class MemorySampler:
+    """Calls ``reader()`` every ``interval`` seconds (``cadence`` fixed or official, see ``CADENCES``)
+    in a daemon thread between start() and stop()."""
+
+    def __init__(self, reader: Reader, interval: float = 0.1, cadence: str = "fixed"):
+        if cadence not in CADENCES:
+            raise ValueError(f"sampling cadence {cadence!r}: expected one of {', '.join(CADENCES)}")
+        self.reader, self.interval, self.cadence = reader, interval, cadence
         self.samples: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="gpu-memory-sampler")
 
     def _run(self) -> None:
-        due = time.perf_counter()
-        while not self._stop.is_set():
-            try:
-                self.samples.append(self.reader())
-            except Exception as e:  # a failed read must not kill the measurement
-                log.debug("GPU memory read failed: %s", e)
-            due += self.interval
-            self._stop.wait(max(0.0, due - time.perf_counter()))
+        sample_until(self.reader, self.interval, self.cadence, self.samples, self._stop.is_set,
+                     time.perf_counter, self._stop.wait)
 
     def start(self) -> "MemorySampler":
         self._thread.start()
