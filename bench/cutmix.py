@@ -2,6 +2,7 @@
 
     python bench/cutmix.py --work WORK [--scratch DIR] [--parts overhead dice]
                            [--blocks 8] [--batches 10] [--epochs E] [--iters I] [--out docs/benchmarks/cutmix.md]
+    python bench/cutmix.py --parts air --phantoms PH [--config configs/demo.yaml] [--crops 20]
 
 Inputs (read only, never modified): the stage-3 CTO pool ``WORK/stage-3-cto/pool``, stage-5's coarse
 nnU-Net dataset ``WORK/stage-5-coarse/nnUNet_preprocessed/<Dataset>`` (plans, preprocessed
@@ -23,6 +24,18 @@ folders symlinked) whose plans copy carries the training settings, and one resul
    own results root; each model predicts the validation images with ``FastPredictor`` (float32)
    and ``evaluate_folders`` scores them (organ mean DSC, tumor DSC / NSD).  An arm whose final
    checkpoint exists for this budget and seed is not retrained.
+
+3. **air** (no work dir; ``--phantoms`` = a ``flareseg phantoms`` folder): where pasted boxes land.
+   A CTO pool (``--config``'s ``cto`` settings, coarse spacing, images kept in HU) is built from
+   the phantoms' tumor-annotated cases; every training phantom, resampled to the coarse spacing
+   with its hidden full organ labels (tumor removed, type = all organs), gives ``--crops`` random
+   crops of 1.25 x the coarse patch (inside the volume) as CutMix targets.  Each crop is pasted
+   twice with the same seed: **before** = the placement before issue 16.3b (centre in the
+   abdominal box, box clipped to the crop, the whole box pasted), **after** = today's (box inside
+   the body, outer air of the object not pasted, source label types).  Reported: share of box
+   voxels where the target is air (HU < -500: box sticking out of the body), share of pasted
+   voxels that are air (HU < -500) where the target was soft tissue (body, HU >= -500), samples
+   without a fitting location, samples whose label type narrowed.
 
 Prints markdown tables; writes them (with command and machine) to ``--out`` only when given.
 """
@@ -284,6 +297,93 @@ def dice_table(meta: dict, rows: list[dict], wd: WorkDir) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------- air
+def run_air(args) -> dict:
+    import csv
+    import tempfile
+    import numpy as np
+    from flareseg.anatomy import body_mask
+    from flareseg.config import load_config
+    from flareseg.cto.cutmix import apply, object_infos, paste_boxes, sample_params
+    from flareseg.cto.pool import build_pool, load_pool, resample_crop
+    from flareseg.io import read_array
+    from flareseg.labels import ORGANS, TUMOR, label_type
+
+    cfg = load_config(args.config)
+    spacing, patch = tuple(cfg.coarse.spacing), tuple(cfg.coarse.patch_size)
+    ph = args.phantoms
+    with open(ph / "manifest.csv") as f:
+        types = {r["case_id"]: label_type(r["annotated"].split()) for r in csv.DictReader(f)}
+
+    def case(cid):
+        img, geo = read_array(ph / "imagesTr" / f"{cid}_0000.nii.gz")
+        return img.astype(np.float32), geo.spacing_zyx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = ((c, *_pair(case(c), read_array(ph / "labelsTr" / f"{c}.nii.gz")[0])) for c in sorted(types)
+               if TUMOR in types[c])
+        build_pool(src, Path(tmp) / "pool", cfg.cto, spacing, lambda x: x, patch_size=patch,
+                   abdomen_margin_mm=cfg.cto.abdomen_margin_mm, progress=False)
+        pool = load_pool(Path(tmp) / "pool")
+        infos = object_infos(pool, types)
+        crop = [int(round(p * 1.25)) for p in patch]
+        rng_crop = np.random.default_rng(args.seed)
+        st = {a: {"samples": 0, "pasted": 0, "box": 0, "box_air": 0, "pasted_vox": 0, "air_in_tissue": 0,
+                  "no_fit": 0, "narrowed": 0} for a in ("before", "after")}
+        for k, cid in enumerate(sorted(types)):
+            img, sp = case(cid)
+            full, _ = read_array(ph / "hidden_gt" / f"{cid}.nii.gz")
+            full = np.where(full == TUMOR, 0, full)
+            img, lab = resample_crop(img, full.astype(np.uint8), sp, spacing)
+            for j in range(args.crops):
+                lo = [int(rng_crop.integers(0, max(1, n - c) + 1)) for n, c in zip(lab.shape, crop)]
+                box = tuple(slice(a, a + c) for a, c in zip(lo, crop))
+                ti, tl = img[box], lab[box].astype(np.int16)
+                body = body_mask(ti, -500.0)
+                tissue = body & (ti >= -500)
+                for arm in ("before", "after"):
+                    rng = np.random.default_rng([args.seed, k, j])
+                    if arm == "before":
+                        p = sample_params(rng, tl, pool.ids, spacing, cfg.cutmix, image=ti)
+                        oi, _ = apply(p, ti, tl, pool, keep_classes=ORGANS)
+                    else:
+                        p = sample_params(rng, tl, pool.ids, spacing, cfg.cutmix, image=ti, sample_type=ORGANS,
+                                          objects=infos, body_threshold=-500.0)
+                        oi, _ = apply(p, ti, tl, pool, air_threshold=-500.0)
+                    s = st[arm]
+                    s["samples"] += 1
+                    s["pasted"] += int(p.applied)
+                    s["no_fit"] += int(p.no_fit)
+                    s["narrowed"] += int(p.applied and p.label_type is not None and p.label_type != (*ORGANS, TUMOR))
+                    for q in p.pastes:
+                        dst, _ = paste_boxes(q.centre, pool.shape(q.object_id), tl.shape)
+                        changed = oi[dst] != ti[dst]
+                        s["box"] += changed.size
+                        s["box_air"] += int((ti[dst] < -500).sum())
+                        s["pasted_vox"] += int(changed.sum())
+                        s["air_in_tissue"] += int((changed & (oi[dst] < -500) & tissue[dst]).sum())
+    return {"stats": st, "objects": len(pool.ids), "targets": len(types), "crop": crop, "spacing": spacing}
+
+
+def _pair(img_sp, lab):
+    return img_sp[0], lab, img_sp[1]
+
+
+def air_table(r: dict, args) -> str:
+    pct = lambda a, b: f"{100 * a / b:.2f} % ({a}/{b})" if b else "n/a"  # noqa: E731
+    lines = [f"Phantoms `{args.phantoms}` ({r['targets']} training cases as targets, {args.crops} random crops of "
+             f"{r['crop']} voxels each at the coarse spacing {list(r['spacing'])} mm; {r['objects']} pool objects "
+             f"from the tumor-annotated cases, images in HU); CutMix settings of `{args.config}`, seed {args.seed}.",
+             "",
+             "| placement | samples pasted | no fitting location | type narrowed | box voxels on target air | "
+             "pasted air on target soft tissue |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for arm, s in r["stats"].items():
+        lines.append(f"| {arm} | {s['pasted']}/{s['samples']} | {s['no_fit']} | {s['narrowed']} | "
+                     f"{pct(s['box_air'], s['box'])} | {pct(s['air_in_tissue'], s['pasted_vox'])} |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------ main
 def machine() -> str:
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
@@ -292,10 +392,14 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, required=True, help="finished pipeline work dir (read only)")
+    ap.add_argument("--work", type=Path, default=None, help="finished pipeline work dir (read only; "
+                    "needed by overhead and dice)")
     ap.add_argument("--scratch", type=Path, default=None,
                     help="where models, predictions and the plans copy go (default <work>-cutmix-bench)")
-    ap.add_argument("--parts", nargs="+", default=["overhead", "dice"], choices=("overhead", "dice"))
+    ap.add_argument("--parts", nargs="+", default=["overhead", "dice"], choices=("overhead", "dice", "air"))
+    ap.add_argument("--phantoms", type=Path, default=None, help="air: a `flareseg phantoms` folder")
+    ap.add_argument("--config", type=Path, default=Path("configs/demo.yaml"), help="air: CTO/CutMix/coarse settings")
+    ap.add_argument("--crops", type=int, default=20, help="air: random crops per target case")
     ap.add_argument("--blocks", type=int, default=8, help="overhead: interleaved blocks per arm")
     ap.add_argument("--batches", type=int, default=10, help="overhead: batches per block")
     ap.add_argument("--warmup", type=int, default=2, help="overhead: untimed batches per arm first")
@@ -313,14 +417,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.type == "cpu":
         os.environ["nnUNet_compile"] = "f"
 
-    wd = WorkDir(args.work)
-    scratch = (args.scratch or wd.work.parent / f"{wd.work.name}-cutmix-bench").resolve()
-    if scratch == wd.work or wd.work in scratch.parents:
-        raise SystemExit(f"--scratch {scratch} must lie outside the work dir {wd.work}")
-    shadow_preprocessed(wd.pre_dataset, scratch / "nnUNet_preprocessed")
-    seed_everything(0)
-
     sections = []
+    if "air" in args.parts:
+        if args.phantoms is None:
+            raise SystemExit("--parts air needs --phantoms")
+        args.seed = 0 if args.seed is None else args.seed
+        sections.append(("Where pasted boxes land (air)", air_table(run_air(args), args)))
+    wd = None
+    if {"overhead", "dice"} & set(args.parts):
+        if args.work is None:
+            raise SystemExit("--parts overhead/dice need --work")
+        wd = WorkDir(args.work)
+        scratch = (args.scratch or wd.work.parent / f"{wd.work.name}-cutmix-bench").resolve()
+        if scratch == wd.work or wd.work in scratch.parents:
+            raise SystemExit(f"--scratch {scratch} must lie outside the work dir {wd.work}")
+        shadow_preprocessed(wd.pre_dataset, scratch / "nnUNet_preprocessed")
+        seed_everything(0)
+
     if "overhead" in args.parts:
         r = run_overhead(wd, scratch, args)
         sections.append(("CutMix overhead per batch", overhead_table(r, wd, args)))
@@ -332,9 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     body = "\n\n".join(f"## {t}\n\n{s}" for t, s in sections)
     print("\n" + body)
     if args.out is not None:
-        text = (f"# Context-aware CutMix benchmarks\n\nWork dir: `{wd.work}` (dataset {wd.dataset_name}, "
-                f"CTO pool `{wd.pool}`).\nMachine: {machine()}.\n\nCommand (repository root):\n\n```\n{cmd}\n```\n\n"
-                f"{body}\n")
+        where = "" if wd is None else f"Work dir: `{wd.work}` (dataset {wd.dataset_name}, CTO pool `{wd.pool}`).\n"
+        text = (f"# Context-aware CutMix benchmarks\n\n{where}Machine: {machine()}.\n\nCommand (repository root):"
+                f"\n\n```\n{cmd}\n```\n\n{body}\n")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(args.out.suffix + ".tmp")
         tmp.write_text(text)

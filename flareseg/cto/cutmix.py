@@ -1,23 +1,53 @@
 """Context-aware CutMix (the paper's Eq. 2): paste tumor objects into samples without tumor labels.
 
-``x' = M * x_cto + (1 - M) * x`` and the same for the label, where ``M`` is the box of the CTO's
-size centred at a paste centre drawn uniformly inside the sample's abdominal region.  The CTO is
-cropped where its box leaves the volume.
+``x' = M * x_cto + (1 - M) * x`` and the same for the label, where ``M`` is the CTO's box centred
+at a paste centre drawn uniformly among the admissible voxels of the sample (below).
+
+**Where the box lands.**  The paper pastes into the abdominal region.  A centre is admissible when
+it lies inside the abdominal region (the organ box grown by ``cfg.abdomen_margin_mm``; without
+organ voxels, the body) *and the whole box lies inside the sample's body*: every voxel of the box
+that falls inside the array is body (``image > body_threshold``, largest connected region, holes
+filled per slice, nnU-Net's padding — negative label — excluded).  Parts of the box beyond the
+array are cropped as before: the array is a training patch, its border is not the body's edge.
+A drawn object with no admissible centre is not pasted (``CutMixParams.unplaced`` counts it; a
+sample none of whose objects fit gets no paste and the loader counts it).  The object's own air
+that touches its box faces (the source's outside air cut in with the context; ``air_threshold``
+in :func:`apply`) is not pasted either: there the sample keeps its own image and label, so no
+source body edge or outside air is carried into the target's abdomen.  Enclosed air (bowel gas
+inside the box) is pasted.
+
+**What the pasted box asserts.**  An object keeps the full label of its source case inside its box;
+classes the source does not annotate are 0 there even where its image shows them (a liver+tumor
+case's kidney).  A pasted box can therefore only assert the classes annotated in *both* the source
+(``ObjectInfo.label_type``) and the sample.  We keep the paste and shrink the sample's label type
+to ``(sample type ∩ source types of its pasted objects) ∪ {tumor}`` (``CutMixParams.label_type``,
+what the loader hands to the loss): the dropped classes follow the merge-max rule for unannotated
+classes (merged with background), in the box and — for one label type per sample — in the rest of
+the sample, where :func:`apply` sets them to 0 so the label holds only classes of its type.  Why
+not exclude incompatible objects instead: with mostly partial tumor sources (FLARE23's liver-,
+kidney-, pancreas-tumor sets) the few fully annotated ones would be pasted into every fully
+annotated sample, collapsing the pool's diversity.  The price is organ supervision of the dropped
+classes in that sample for that iteration; completing partial sources with the fine model
+(``pseudolabel.fill_in_partial``, as stage-2 always does for tumor-only cases) removes it.
 
 Random choices live in :func:`sample_params` (one :class:`CutMixParams` per sample) and
 :func:`apply` is deterministic, so one seed reproduces a batch.  Both take numpy arrays ``(Z, Y, X)``
 or channel-first ``(C, Z, Y, X)`` (nnU-Net's data-loader layout, already at pool spacing and
 normalised like the pool), never mutate their inputs, and ignore negative label values (nnU-Net's
-``-1`` "outside the nonzero crop" marker) when finding the abdomen.
+``-1`` "outside the nonzero crop" marker) when finding the abdomen.  Without ``objects`` (shapes and
+source types unknown) :func:`sample_params` falls back to drawing the centre in the abdominal
+region only, and the pasted label asserts the sample's type (``keep_classes``) — use it for tests
+of the mechanics only.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Iterable, Protocol, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from flareseg.anatomy import BBox, bbox_of, body_mask, expand_bbox, organ_mask
 from flareseg.config import CutMixConfig
@@ -32,6 +62,16 @@ class _Object(Protocol):
 
 
 @dataclass(frozen=True)
+class ObjectInfo:
+    """What placement needs to know of a pool object without loading it: its ``(Z, Y, X)`` shape
+    (pool voxels) and the label type of its source case (the classes its label asserts, tumor
+    included)."""
+
+    shape: tuple[int, int, int]
+    label_type: LabelType
+
+
+@dataclass(frozen=True)
 class Paste:
     """One pasted object: its pool id and the voxel ``(z, y, x)`` its box is centred on."""
 
@@ -41,13 +81,24 @@ class Paste:
 
 @dataclass(frozen=True)
 class CutMixParams:
-    """What :func:`apply` pastes into one sample; no pastes means the sample is left as is."""
+    """What :func:`apply` pastes into one sample; no pastes means the sample is left as is.
+
+    ``label_type``: the sample's label type after the pastes (``None`` when the source types were
+    not known: then :func:`apply`'s ``keep_classes`` decides); ``unplaced``: drawn objects that had
+    no admissible centre (box not fitting inside the body) and were not pasted."""
 
     pastes: tuple[Paste, ...] = ()
+    label_type: LabelType | None = None
+    unplaced: int = 0
 
     @property
     def applied(self) -> bool:
         return bool(self.pastes)
+
+    @property
+    def no_fit(self) -> bool:
+        """Objects were drawn for this sample but none fitted: the sample got no paste."""
+        return self.unplaced > 0 and not self.pastes
 
 
 def _spatial(arr: np.ndarray, name: str) -> np.ndarray:
@@ -64,12 +115,59 @@ def _clean_label(label: np.ndarray) -> np.ndarray:
     return np.where(lab < 0, 0, lab) if lab.size and lab.min() < 0 else lab
 
 
+def object_infos(pool: Mapping[str, Any], case_types: Mapping[str, Iterable[int]]) -> dict[str, ObjectInfo]:
+    """:class:`ObjectInfo` of every object of ``pool`` (a :class:`~flareseg.cto.pool.CTOPool`, read
+    from its index without loading objects, or any mapping ``id -> CTO``).
+
+    The source type is the record's ``label_type`` when the pool index carries one, else
+    ``case_types[record["case_id"]]`` (the training set's ``label_types.json``: for a tumor-only
+    case filled in by stage-2 that is the filled type, matching the label the object was cut
+    from), else tumor only (the object then asserts nothing but its tumor; logged).
+    """
+    records = getattr(pool, "records", None)
+    out, unknown = {}, []
+    for oid in pool:
+        rec = records[oid] if records is not None else dict(getattr(pool[oid], "record", {}) or {})
+        shape = tuple(int(s) for s in rec["shape"]) if "shape" in rec else tuple(pool[oid].label.shape)
+        t = rec.get("label_type")
+        if t is None:
+            t = case_types.get(str(rec.get("case_id")))
+        if t is None:
+            unknown.append(oid)
+            t = ()
+        out[oid] = ObjectInfo(shape, label_type(set(t) | {TUMOR}))  # type: ignore[arg-type]
+    if unknown:
+        log.warning("CutMix: %d of %d pool objects have no known source label type (e.g. %s); they "
+                    "assert only their tumor when pasted", len(unknown), len(out), unknown[0])
+    return out
+
+
 def abdomen_box(label: np.ndarray, spacing: Sequence[float], margin_mm: float) -> BBox | None:
     """Organ bounding box grown by ``margin_mm`` — the box that :func:`flareseg.anatomy.abdomen_region`
     fills — or ``None`` without organ voxels.  ``label`` ``(Z, Y, X)``, negatives ignored."""
     lab = _clean_label(label)
     bb = bbox_of(organ_mask(lab))
     return None if bb is None else expand_bbox(bb, margin_mm, spacing, lab.shape)
+
+
+def sample_body(label: np.ndarray, image: np.ndarray | None, body_threshold: float) -> np.ndarray:
+    """Body mask ``(Z, Y, X)`` of a sample: :func:`flareseg.anatomy.body_mask` of ``image`` (in its
+    own units, ``body_threshold``) with nnU-Net's padding (negative label) outside; without an
+    image, every non-padding voxel."""
+    lab = _spatial(label, "label")
+    inside = lab >= 0
+    if image is None:
+        return inside
+    img = _spatial(image, "image")
+    return body_mask(np.where(inside, img, -np.inf), body_threshold)
+
+
+def fit_centres(body: np.ndarray, obj_shape: Sequence[int]) -> np.ndarray:
+    """Boolean ``(Z, Y, X)``: centres at which a box of ``obj_shape`` (placed as in
+    :func:`paste_boxes`) has every voxel that falls inside the array in ``body``."""
+    outside = (~body).view(np.uint8)
+    blocked = ndimage.maximum_filter(outside, size=[int(s) for s in obj_shape], mode="constant", cval=0)
+    return blocked == 0
 
 
 def _draw_centre(rng: np.random.Generator, box: BBox | None, body: np.ndarray | None,
@@ -82,20 +180,32 @@ def _draw_centre(rng: np.random.Generator, box: BBox | None, body: np.ndarray | 
     return tuple(int(rng.integers(n)) for n in shape)  # type: ignore[return-value]
 
 
+def _draw_fitting(rng: np.random.Generator, admissible: np.ndarray) -> tuple[int, int, int] | None:
+    flat = np.flatnonzero(admissible)
+    if flat.size == 0:
+        return None
+    return tuple(int(v) for v in np.unravel_index(flat[rng.integers(flat.size)], admissible.shape))  # type: ignore[return-value]
+
+
 def sample_params(rng: np.random.Generator, label: np.ndarray, object_ids: Sequence[str],
                   spacing: Sequence[float], cfg: CutMixConfig, image: np.ndarray | None = None,
                   sample_type: Iterable[int] | None = None,
-                  body_threshold: float = -500.0) -> CutMixParams:
+                  body_threshold: float = -500.0,
+                  objects: Mapping[str, ObjectInfo] | None = None) -> CutMixParams:
     """Draw the CutMix of one sample.
 
     ``label`` ``(Z, Y, X)`` or ``(1, Z, Y, X)``; ``object_ids`` the pool ids to draw from (e.g.
     ``pool.ids``); ``spacing`` ``(z, y, x)`` mm of the sample.  With probability
-    ``cfg.probability`` it pastes ``n ~ U{1..cfg.max_objects}`` objects drawn uniformly with
-    replacement, each centred at a voxel drawn uniformly inside the abdominal region: the organ box
-    grown by ``cfg.abdomen_margin_mm``; without organ voxels, the body mask of ``image``
-    (``image > body_threshold``, in the image's units: pass the normalised value of -500 HU for
-    normalised images); without either, anywhere.  When ``sample_type`` is given and already holds
-    tumor, nothing is pasted.  The random stream is consumed in the same order every call.
+    ``cfg.probability`` it draws ``n ~ U{1..cfg.max_objects}`` objects uniformly with replacement;
+    each is centred at a voxel drawn uniformly among the admissible centres (module docstring):
+    inside the abdominal region — the organ box grown by ``cfg.abdomen_margin_mm``; without organ
+    voxels, the body mask of ``image`` (``image > body_threshold``, in the image's units: pass the
+    normalised value of -500 HU for normalised images) — and, with ``objects`` (shapes and source
+    types, see :func:`object_infos`), such that the object's box lies inside the body.  An object
+    without admissible centre is skipped (counted in ``unplaced``).  With ``objects`` and
+    ``sample_type``, ``label_type`` of the result is ``(sample_type ∩ source types) ∪ {tumor}``.
+    When ``sample_type`` already holds tumor, nothing is pasted.  The random stream is consumed in
+    the same order every call.
     """
     lab = _spatial(label, "label")
     u = rng.random()
@@ -104,18 +214,39 @@ def sample_params(rng: np.random.Generator, label: np.ndarray, object_ids: Seque
     if sample_type is not None and has_tumor(sample_type):
         return CutMixParams()
     n = int(rng.integers(1, max(1, cfg.max_objects) + 1))
-    picks = rng.integers(len(object_ids), size=n)
+    picks = [str(object_ids[int(i)]) for i in rng.integers(len(object_ids), size=n)]
     box = abdomen_box(lab, spacing, cfg.abdomen_margin_mm)
-    body = None
-    if box is None and image is not None:
-        body = body_mask(_spatial(image, "image"), body_threshold)
-        if not body.any():
-            body = None
-    if box is None and body is None:
-        log.warning("CutMix: sample has neither organ labels nor a body mask; pasting anywhere")
-    pastes = tuple(Paste(str(object_ids[int(i)]), _draw_centre(rng, box, body, lab.shape))
-                   for i in picks)
-    return CutMixParams(pastes)
+    if objects is None:   # mechanics only: centre in the abdominal region, box clipped to the array
+        body = None
+        if box is None and image is not None:
+            body = body_mask(_spatial(image, "image"), body_threshold)
+            if not body.any():
+                body = None
+        if box is None and body is None:
+            log.warning("CutMix: sample has neither organ labels nor a body mask; pasting anywhere")
+        return CutMixParams(tuple(Paste(p, _draw_centre(rng, box, body, lab.shape)) for p in picks))
+
+    body = sample_body(lab, image, body_threshold)
+    region = body
+    if box is not None:
+        region = np.zeros(lab.shape, dtype=bool)
+        region[box] = True
+    fits: dict[tuple[int, ...], np.ndarray] = {}
+    pastes, t_after = [], None if sample_type is None else set(label_type(sample_type))
+    for p in picks:
+        shape = tuple(objects[p].shape)
+        if shape not in fits:
+            fits[shape] = fit_centres(body, shape) & region
+        centre = _draw_fitting(rng, fits[shape])
+        if centre is None:
+            continue
+        pastes.append(Paste(p, centre))
+        if t_after is not None:
+            t_after &= set(objects[p].label_type)
+    if not pastes:
+        return CutMixParams(unplaced=len(picks))
+    new_type = None if t_after is None else label_type(t_after | {TUMOR})
+    return CutMixParams(tuple(pastes), new_type, len(picks) - len(pastes))
 
 
 def paste_boxes(centre: Sequence[int], obj_shape: Sequence[int],
@@ -137,36 +268,69 @@ def paste_boxes(centre: Sequence[int], obj_shape: Sequence[int],
     return tuple(dst), tuple(src)  # type: ignore[return-value]
 
 
+def outer_air(image: np.ndarray, label: np.ndarray, air_threshold: float) -> np.ndarray:
+    """Boolean ``(Z, Y, X)`` of an object: unlabelled voxels below ``air_threshold`` (image units)
+    connected (6-neighbourhood) to a face of its box — air cut in with the context from outside
+    the source's body, or gas reaching the box edge.  Enclosed air pockets are not included."""
+    air = (image < air_threshold) & (label == 0)
+    if not air.any():
+        return air
+    comp, _ = ndimage.label(air)
+    faces = np.concatenate([comp[0].ravel(), comp[-1].ravel(), comp[:, 0].ravel(), comp[:, -1].ravel(),
+                            comp[:, :, 0].ravel(), comp[:, :, -1].ravel()])
+    touching = np.unique(faces[faces > 0])
+    return np.isin(comp, touching)
+
+
 def apply(params: CutMixParams, image: np.ndarray, label: np.ndarray,
           pool: Mapping[str, _Object], keep_classes: Iterable[int] | None = None,
-          ) -> tuple[np.ndarray, np.ndarray]:
+          air_threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Paste ``params`` into copies of ``image`` and ``label`` (``(Z, Y, X)`` or ``(C, Z, Y, X)``).
 
     Inside each object box the image and label become the object's (image broadcast over
-    channels, cast to the input dtypes).  With ``keep_classes`` (the sample's label type), object
-    label values outside ``keep_classes`` and tumor become 0, so the pasted organs of classes the
-    sample does not annotate cannot contradict its label type.  Later pastes overwrite earlier ones.
+    channels, cast to the input dtypes), except, with ``air_threshold`` (image units, e.g. the
+    normalised -500 HU), the object's :func:`outer_air`, where the sample stays as it was.  The
+    label asserts only ``params.label_type`` (source ∩ sample classes, plus tumor): object values
+    outside it become 0 in the boxes and sample values outside it become 0 everywhere (they are
+    unannotated now and merge with background).  Without ``params.label_type``, ``keep_classes``
+    (the sample's type) plus tumor filters the object values only.  Later pastes overwrite earlier
+    ones.
     """
     if image.shape[-3:] != label.shape[-3:]:
         raise ValueError(f"image shape {image.shape} and label shape {label.shape} disagree")
     img, lab = image.copy(), label.copy()
-    keep = None if keep_classes is None else np.array(sorted(set(label_type(keep_classes)) | {TUMOR}))
+    if not params.pastes:
+        return img, lab
+    types = params.label_type if params.label_type is not None else (
+        None if keep_classes is None else set(label_type(keep_classes)) | {TUMOR})
+    keep = None if types is None else np.array(sorted(types))
+    if params.label_type is not None:
+        lab = np.where((lab > 0) & ~np.isin(lab, keep), 0, lab).astype(label.dtype, copy=False)
     for p in params.pastes:
         obj = pool[p.object_id]
         dst, src = paste_boxes(p.centre, obj.label.shape, lab.shape[-3:])
-        img[(Ellipsis, *dst)] = obj.image[src]
-        piece = obj.label[src]
+        piece_img, piece = obj.image[src], obj.label[src]
         if keep is not None:
             piece = np.where(np.isin(piece, keep), piece, 0)
-        lab[(Ellipsis, *dst)] = piece
+        if air_threshold is None:
+            img[(Ellipsis, *dst)] = piece_img
+            lab[(Ellipsis, *dst)] = piece
+            continue
+        m = ~outer_air(obj.image, obj.label, air_threshold)[src]
+        img_box, lab_box = img[(Ellipsis, *dst)], lab[(Ellipsis, *dst)]   # views
+        img_box[..., m] = piece_img[m]
+        lab_box[..., m] = piece[m]
     return img, lab
 
 
 def label_type_after(sample_type: Iterable[int], params: CutMixParams | None = None) -> LabelType:
-    """The sample's label type after CutMix: plus tumor (14), unchanged when ``params`` pasted nothing."""
+    """The sample's label type after CutMix: ``params.label_type`` when known, else the sample's
+    type plus tumor (14); unchanged when ``params`` pasted nothing."""
     t = label_type(sample_type)
     if params is not None and not params.applied:
         return t
+    if params is not None and params.label_type is not None:
+        return params.label_type
     return label_type(set(t) | {TUMOR})
 
 

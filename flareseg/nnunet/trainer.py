@@ -61,9 +61,12 @@ class CutMixBeforeTransforms:
     """Context-aware CutMix hooked in front of nnU-Net's transforms: pastes tumor objects into the
     cropped (not yet spatially augmented) sample of a batch whose label type lacks tumor, so the
     rotation/scaling that follows applies to the pasted object as well.  Records per sample
-    whether something was pasted; the loader turns that into the sample's label type."""
+    whether something was pasted, the label type it ends with (the batch type narrowed to the
+    classes the pasted objects' source cases annotate, plus tumor; see :mod:`flareseg.cto.cutmix`)
+    and whether no location fitted; ``counts`` sums these per process."""
 
-    def __init__(self, transforms, pool_dir: str, spacing, cfg: dict, body_threshold: float):
+    def __init__(self, transforms, pool_dir: str, spacing, cfg: dict, body_threshold: float,
+                 case_types: dict[str, tuple[int, ...]] | None = None):
         from flareseg.config import CutMixConfig
         self.transforms = transforms
         self.pool_dir = pool_dir
@@ -72,30 +75,50 @@ class CutMixBeforeTransforms:
                                 max_objects=int(cfg.get("max_objects", 1)),
                                 abdomen_margin_mm=float(cfg.get("abdomen_margin_mm", 10.0)))
         self.body_threshold = float(body_threshold)
+        self.case_types = dict(case_types or {})
         self.current_type: tuple[int, ...] = ()
         self.pasted: list[bool] = []
+        self.types: list[tuple[int, ...]] = []
+        self.no_fit: list[bool] = []
+        self.counts = {"eligible": 0, "pasted": 0, "no_fit": 0, "narrowed": 0}
         self._pool = None
+        self._infos = None
         self._rng = None
         self._pid = None
 
+    def start_batch(self, batch_type: tuple[int, ...]) -> None:
+        self.current_type = tuple(batch_type)
+        self.pasted, self.types, self.no_fit = [], [], []
+
     def _state(self):
+        from flareseg.cto.cutmix import object_infos
         from flareseg.cto.pool import load_pool
         if self._pid != os.getpid():   # per worker process: own pool handle and generator
             self._pool = load_pool(self.pool_dir)
+            self._infos = object_infos(self._pool, self.case_types)
             self._rng = np.random.default_rng(int(np.random.randint(0, 2 ** 31 - 1)))
             self._pid = os.getpid()
         return self._pool, self._rng
 
     def __call__(self, image, segmentation):
-        from flareseg.cto.cutmix import apply, sample_params
+        from flareseg.cto.cutmix import apply, label_type_after, sample_params
         pool, rng = self._state()
         img, seg = image.numpy(), segmentation.numpy()
         params = sample_params(rng, seg, pool.ids, self.spacing, self.cfg, image=img,
-                               sample_type=self.current_type, body_threshold=self.body_threshold)
+                               sample_type=self.current_type, body_threshold=self.body_threshold,
+                               objects=self._infos)
         if params.applied:
-            img, seg = apply(params, img, seg, pool, keep_classes=self.current_type)
+            img, seg = apply(params, img, seg, pool, air_threshold=self.body_threshold)
             image, segmentation = torch.from_numpy(img), torch.from_numpy(seg)
+        t = label_type_after(self.current_type, params)
+        eligible = TUMOR not in self.current_type and len(pool.ids) > 0
+        self.counts["eligible"] += int(eligible)
+        self.counts["pasted"] += int(params.applied)
+        self.counts["no_fit"] += int(params.no_fit)
+        self.counts["narrowed"] += int(params.applied and set(t) != set(self.current_type) | {TUMOR})
         self.pasted.append(params.applied)
+        self.types.append(t)
+        self.no_fit.append(params.no_fit)
         if self.transforms is None:
             return {"image": image, "segmentation": segmentation}
         return self.transforms(image=image, segmentation=segmentation)
@@ -137,8 +160,7 @@ class LabelTypeDataLoader(nnUNetDataLoader):
         t, keys = self._get_sampler().next_batch()
         self.current_type = tuple(t)
         if self.cutmix is not None:
-            self.cutmix.current_type = self.current_type
-            self.cutmix.pasted = []
+            self.cutmix.start_batch(self.current_type)
         return list(keys)
 
     def rng_state(self) -> dict:
@@ -167,9 +189,10 @@ class LabelTypeDataLoader(nnUNetDataLoader):
             batch["label_type"] = self.current_type
             return batch
         batch = super().generate_train_batch()   # calls get_indices first, then the transforms
-        per_sample = [label_type(self.current_type + ((TUMOR,) if p else ())) for p in self.cutmix.pasted]
+        per_sample = [label_type(t) for t in self.cutmix.types]
         batch["label_type"] = per_sample[0] if len(set(per_sample)) == 1 else per_sample
         batch["cutmix_pasted"] = list(self.cutmix.pasted)
+        batch["cutmix_no_fit"] = list(self.cutmix.no_fit)
         return batch
 
 
@@ -327,7 +350,8 @@ class FlareSegTrainer(nnUNetTrainer):
         norm = normalizer(self.plans_manager.plans, self.configuration_name)
         body = float(norm(np.array([[[-500.0]]], dtype=np.float32)).ravel()[0])
         self.print_to_log_file(f"context-aware CutMix on, pool {cm['pool']}")
-        return CutMixBeforeTransforms(None, cm["pool"], self.configuration_manager.spacing, cm, body)
+        return CutMixBeforeTransforms(None, cm["pool"], self.configuration_manager.spacing, cm, body,
+                                      case_types=self.case_types)
 
     # ------------------------------------------------------------------ loss / steps
     def _build_loss(self):
@@ -343,7 +367,24 @@ class FlareSegTrainer(nnUNetTrainer):
 
     def train_step(self, batch: dict) -> dict:
         self.loss.annotated = batch.get("label_type") or FOREGROUND
+        if "cutmix_pasted" in batch:
+            self._count_cutmix(batch)
         return super().train_step(batch)
+
+    def _count_cutmix(self, batch: dict) -> None:
+        """Loader statistics of the epoch: samples, pasted ones, and those where no paste location
+        fitted inside the body (they went without paste); logged at the end of the epoch."""
+        c = self.__dict__.setdefault("cutmix_counts", {"samples": 0, "pasted": 0, "no_fit": 0})
+        c["samples"] += len(batch["cutmix_pasted"])
+        c["pasted"] += sum(bool(p) for p in batch["cutmix_pasted"])
+        c["no_fit"] += sum(bool(p) for p in batch.get("cutmix_no_fit") or ())
+
+    def on_train_epoch_end(self, train_outputs):
+        c = self.__dict__.pop("cutmix_counts", None)
+        if c is not None:
+            self.print_to_log_file(f"CutMix: {c['pasted']} of {c['samples']} samples pasted, "
+                                   f"{c['no_fit']} without a location where the object fits inside the body")
+        return super().on_train_epoch_end(train_outputs)
 
     def validation_step(self, batch: dict) -> dict:
         annotated = batch.get("label_type") or FOREGROUND

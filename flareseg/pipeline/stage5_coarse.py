@@ -88,7 +88,7 @@ def run(ctx: StageContext) -> dict:
 def cutmix_gallery_png(training_set: dict, pre_dir: Path, pool_dir: str, cfg, dest: Path, n: int = 4) -> None:
     """QC: CutMix applied (as in training) to a few preprocessed cases without tumor labels."""
     import numpy as np
-    from flareseg.cto.cutmix import apply, sample_params
+    from flareseg.cto.cutmix import apply, object_infos, sample_params
     from flareseg.cto.gallery import cutmix_gallery
     from flareseg.cto.pool import load_pool
     from flareseg.labels import TUMOR
@@ -98,12 +98,15 @@ def cutmix_gallery_png(training_set: dict, pre_dir: Path, pool_dir: str, cfg, de
     keys = sorted(c for c, r in training_set.items() if TUMOR not in r["label_type"])[:n]
     if not keys or not len(pool.ids):
         return
+    from flareseg.nnunet.plans import normalizer
     rng = np.random.default_rng(cfg.seed)
     spacing = pool.spacing_zyx
+    infos = object_infos(pool, {c: r["label_type"] for c, r in training_set.items()})
+    body = float(normalizer(pre_dir.parent / "nnUNetPlans.json", "coarse")(np.array([[[-500.0]]])).ravel()[0])
     tiles = []
-    for key, img, seg in load_preprocessed(pre_dir, keys):
-        p = sample_params(rng, seg, pool.ids, spacing, cfg.cutmix, image=img,
-                          sample_type=training_set[key]["label_type"])
-        img2, seg2 = apply(p, img, seg, pool, keep_classes=training_set[key]["label_type"])
+    for key, img, seg in load_preprocessed(pre_dir, keys):   # as the training loader does
+        p = sample_params(rng, seg, pool.ids, spacing, cfg.cutmix, image=img, body_threshold=body,
+                          sample_type=training_set[key]["label_type"], objects=infos)
+        img2, seg2 = apply(p, img, seg, pool, air_threshold=body)
         tiles.append((f"{key} + {', '.join(x.object_id for x in p.pastes) or 'no paste'}", img2[0], seg2[0]))
     cutmix_gallery(tiles, dest)
