@@ -66,6 +66,9 @@ class PlanConfig:
     batch_size: int = 4
     features_base: int = 32          # U-Net features at the first stage (doubles per stage)
     features_max: int = 320          # cap on features per stage
+    # plain: nnU-Net's default PlainConvUNet (2 convs per stage); resenc: nnU-Net v2's residual
+    # encoder U-Net of the ResEnc M/L/XL presets (1,3,4,6,6,6.. blocks; the presets differ only in patch)
+    architecture: Literal["plain", "resenc"] = "plain"
 
 
 @dataclass(frozen=True)

@@ -5,16 +5,25 @@ default configurations); we add one configuration per :class:`flareseg.config.Pl
 spacing, patch size and batch size from our config, and a U-Net topology derived for that patch
 with nnU-Net's own ``get_pool_and_conv_props``.  Spacing and patch are (z, y, x); we plan without
 axis transposition so plans and config use the same order.
+
+``PlanConfig.architecture`` picks the network class: ``plain`` (nnU-Net's default PlainConvUNet) or
+``resenc`` (the ResidualEncoderUNet of nnU-Net v2's ResEnc M/L/XL presets, whose encoder blocks per
+stage are copied from ``ResEncUNetPlanner``; the three presets differ only in the patch size their
+GPU-memory target buys, so at a given patch they are one network).  :func:`network_size` measures a
+planned configuration (parameters, and the multiply-accumulates of one patch counted from layer
+shapes on PyTorch's meta device, so nothing is computed).
 """
 from __future__ import annotations
 
 import logging
 from copy import deepcopy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flareseg.config import PlanConfig
 from flareseg.io import read_json, write_json
+from flareseg.labels import NUM_CLASSES
 
 if TYPE_CHECKING:
     import numpy
@@ -22,6 +31,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PLANS_NAME = "nnUNetPlans"
+
+#: network class (nnU-Net plans' ``network_class_name``) of each ``PlanConfig.architecture``
+ARCHITECTURES = {
+    "plain": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+    "resenc": "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
+}
+#: residual blocks per encoder stage and convs per decoder stage of nnU-Net v2's ResEnc presets
+#: (``ResEncUNetPlanner.UNet_blocks_per_stage_encoder`` / ``_decoder``, nnunetv2 2.4-2.8)
+RESENC_BLOCKS_ENCODER = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)
+RESENC_CONVS_DECODER = 1
+#: convs per stage (encoder and decoder) of nnU-Net's default PlainConvUNet
+PLAIN_CONVS = 2
 
 
 def configuration_plan(base: dict, pc: PlanConfig, data_identifier: str) -> dict:
@@ -35,18 +56,76 @@ def configuration_plan(base: dict, pc: PlanConfig, data_identifier: str) -> dict
         log.warning("patch size %s adjusted to %s to be divisible by the network's pooling", pc.patch_size, patch)
     n = len(strides)
     plan = deepcopy(base)
+    plan["architecture"]["network_class_name"] = ARCHITECTURES[pc.architecture]
     arch = plan["architecture"]["arch_kwargs"]
     arch.update({
         "n_stages": n,
         "features_per_stage": [min(pc.features_max, pc.features_base * 2 ** i) for i in range(n)],
         "kernel_sizes": [list(k) for k in kernels],
         "strides": [list(s) for s in strides],
-        "n_conv_per_stage": [2] * n,
-        "n_conv_per_stage_decoder": [2] * (n - 1),
     })
+    arch.pop("n_conv_per_stage", None)
+    arch.pop("n_blocks_per_stage", None)
+    if pc.architecture == "resenc":
+        blocks = list(RESENC_BLOCKS_ENCODER[:n]) + [RESENC_BLOCKS_ENCODER[-1]] * max(0, n - len(RESENC_BLOCKS_ENCODER))
+        arch.update({"n_blocks_per_stage": blocks, "n_conv_per_stage_decoder": [RESENC_CONVS_DECODER] * (n - 1)})
+    else:
+        arch.update({"n_conv_per_stage": [PLAIN_CONVS] * n, "n_conv_per_stage_decoder": [PLAIN_CONVS] * (n - 1)})
     plan.update({"data_identifier": data_identifier, "patch_size": patch,
                  "spacing": [float(s) for s in pc.spacing], "batch_size": int(pc.batch_size)})
     return plan
+
+
+@dataclass(frozen=True)
+class NetworkSize:
+    """Size of the network of one configuration: ``parameters`` (all trainable tensors, deep
+    supervision heads included) and ``macs``, the multiply-accumulates of the convolutions and
+    transposed convolutions for one input patch (batch 1; biases, normalisation and nonlinearities
+    are not counted, as in PyTorch's, fvcore's and thop's counters)."""
+    network_class: str
+    n_stages: int
+    patch_size: tuple[int, ...]
+    parameters: int
+    macs: int
+
+    @property
+    def gflops(self) -> float:
+        """GFLOPs of one patch at 2 FLOPs per multiply-accumulate."""
+        return 2 * self.macs / 1e9
+
+    def describe(self) -> str:
+        return (f"{self.network_class.rsplit('.', 1)[-1]}, {self.n_stages} stages, "
+                f"{self.parameters / 1e6:.2f} M parameters, {self.macs / 1e9:.1f} GMACs "
+                f"({self.gflops:.0f} GFLOPs) per {'x'.join(map(str, self.patch_size))} patch")
+
+
+def network_size(conf: dict, num_classes: int, input_channels: int = 1) -> NetworkSize:
+    """Measure the network of configuration ``conf`` (a plans configuration dict, e.g. from
+    :func:`configuration_plan`) with ``num_classes`` outputs: the network is built on PyTorch's
+    meta device (shapes only: no memory, no arithmetic) and one patch is passed through it under
+    ``torch.utils.flop_counter.FlopCounterMode``, which counts each (transposed) convolution from its
+    shapes at 2 FLOPs per multiply-accumulate."""
+    import torch
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from torch.utils.flop_counter import FlopCounterMode
+
+    a = conf["architecture"]
+    with torch.device("meta"):
+        net = get_network_from_plans(a["network_class_name"], a["arch_kwargs"], a["_kw_requires_import"],
+                                     input_channels, num_classes, allow_init=False, deep_supervision=True)
+    params = sum(p.numel() for p in net.parameters())
+    patch = tuple(int(p) for p in conf["patch_size"])
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.empty((1, input_channels, *patch), device="meta"))
+    return NetworkSize(a["network_class_name"], int(a["arch_kwargs"]["n_stages"]), patch, int(params),
+                       int(counter.get_total_flops()) // 2)
+
+
+def _log_size(name: str, conf: dict, num_classes: int) -> None:
+    try:
+        log.info("%s network: %s", name, network_size(conf, num_classes).describe())
+    except Exception as e:  # measuring is informative only; planning does not depend on it
+        log.warning("%s network: size not measured (%s)", name, e)
 
 
 def plan_and_preprocess(dataset_id: int, configs: dict[str, PlanConfig], num_processes: int = 2,
@@ -68,8 +147,10 @@ def plan_and_preprocess(dataset_id: int, configs: dict[str, PlanConfig], num_pro
     planner = ExperimentPlanner(dataset_id, plans_name=PLANS_NAME, suppress_transpose=True)
     plans = planner.plan_experiment()
     base = plans["configurations"]["3d_fullres"]
+    n_classes = len(planner.dataset_json.get("labels", {})) or NUM_CLASSES
     for cname, pc in configs.items():
         plans["configurations"][cname] = configuration_plan(base, pc, f"{PLANS_NAME}_{cname}")
+        _log_size(cname, plans["configurations"][cname], n_classes)
     plans_file = Path(str(nnUNet_preprocessed)) / name / f"{PLANS_NAME}.json"
     write_json(plans, plans_file)
     if preprocess:
@@ -83,6 +164,7 @@ def add_configuration(plans_file: Path, name: str, pc: PlanConfig) -> None:
     plans = read_json(plans_file)
     plans["configurations"][name] = configuration_plan(plans["configurations"]["3d_fullres"], pc,
                                                        f"{PLANS_NAME}_{name}")
+    _log_size(name, plans["configurations"][name], NUM_CLASSES)
     write_json(plans, plans_file)
 
 
