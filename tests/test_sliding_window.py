@@ -145,3 +145,18 @@ def test_pad_to_patch_roundtrip():
 def test_bad_predictor_output_is_reported():
     with pytest.raises(ValueError, match="predictor returned shape"):
         predict_sliding_window(torch.zeros((1, 16, 32, 32)), lambda x: x[:, :, :8], (16, 32, 32))
+
+
+def test_float16_overflow_is_caught_and_predicted_in_float32(caplog):
+    """Stock's inf check: logits x the Gaussian (peak 10) beyond float16's range make inf sums;
+    the volume is then predicted again in float32 (stock aborts), with a warning."""
+    vol = torch.rand((2, 20, 40, 40), generator=torch.Generator().manual_seed(5)) * 8000
+
+    def net(x):
+        return x.half()
+
+    with caplog.at_level("WARNING"):
+        a, _ = predict_sliding_window(vol, net, (16, 32, 32), dtype=torch.float16, return_logits=True)
+    b, _ = predict_sliding_window(vol, net, (16, 32, 32), dtype=torch.float32, return_logits=True)
+    assert "overflowed" in caplog.text
+    assert a.dtype == torch.float32 and torch.isfinite(a).all() and torch.equal(a, b)
