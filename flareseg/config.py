@@ -93,6 +93,7 @@ class TrainConfig:
     save_every: int = 50             # epochs between checkpoint_latest saves (resume granularity)
     seed: int = 0                    # seeds weights, sampling and augmentation (exact with num_workers 0)
     final_validation: bool = False   # nnU-Net's full-volume validation after training (slow)
+    compile: bool = True             # torch.compile the network on CUDA, as nnU-Net 2.8.1 does (never on CPU)
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,86 @@ def test_logits_match_stock_sliding_window(model_dir):
     assert (ours.argmax(0) == ref.argmax(0)).float().mean() > 0.99
 
 
+class _RoundOutput(torch.nn.Module):
+    """The network with its logits rounded to ``dtype``: what CUDA autocast hands back."""
+
+    def __init__(self, net: torch.nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.net, self.dtype = net, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).to(self.dtype)
+
+
+@pytest.mark.parametrize("half_logits", [False, True])   # network in float32 (CPU) / float16 (CUDA autocast)
+def test_float16_sliding_window_is_stocks_bit_for_bit(model_dir, half_logits):
+    """The float16 path sums as stock does (its float16 Gaussian with subnormal tails, products in
+    the logits' type, float16 sums in window order, float16 quotient): given the same window logits
+    (one window per batch: a batch of several changes the network's float32 rounding), every logit
+    is stock's, bit for bit, subnormal edges included."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    pred = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device("cpu"),
+                           perform_everything_on_device=False, allow_tqdm=False)
+    pred.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,))
+    fp = FastPredictor(model_dir, device="cpu")
+    if half_logits:
+        pred.network = _RoundOutput(pred.network, torch.float16)
+        fp.networks = [_RoundOutput(n, torch.float16) for n in fp.networks]
+    x = torch.randn((1, 22, 45, 39), generator=torch.Generator().manual_seed(0))
+    ref = pred.predict_sliding_window_return_logits(x)
+    ours, _ = predict_sliding_window(x, fp.window_fn(), fp.model.patch_size, 0.5, 1, return_logits=True,
+                                     dtype=torch.float16)
+    assert ref.dtype == ours.dtype == torch.float16
+    assert torch.equal(ours, ref)
+    labels, _ = predict_sliding_window(x, fp.window_fn(), fp.model.patch_size, 0.5, 1, dtype=torch.float16)
+    assert torch.equal(labels, ref.argmax(0).to(torch.uint8))   # the argmax of the float16 quotient
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_paths_within_rounding_bound_of_float32(model_dir, dtype):
+    """The float16 path (stock's sums, network logits in float16 as under CUDA autocast) and the
+    bfloat16 path (bfloat16 logits, float32 sums) against float32: every logit within
+    :func:`rounding_bound` of the float32 path where float16 sums stay normal, so every label the
+    model decides by more than that is the same."""
+    fp = FastPredictor(model_dir, device="cpu")
+    nets = [_LogitRange(n) for n in fp.networks]
+    fp.networks = nets
+    patch = fp.model.patch_size
+    x = torch.randn((1, 26, 70, 61), generator=torch.Generator().manual_seed(1))
+    ref, _ = predict_sliding_window(x, fp.window_fn(), patch, 0.5, 3, return_logits=True)
+    fp.networks = [_RoundOutput(n, dtype) for n in nets]
+    half, _ = predict_sliding_window(x, fp.window_fn(), patch, 0.5, 3, return_logits=True, dtype=dtype)
+    labels, _ = predict_sliding_window(x, fp.window_fn(), patch, 0.5, 3, dtype=dtype)
+    weight, count = summed_weight(x.shape[1:], patch, 0.5)
+    n, m = float(count.max()), max(n.largest for n in nets)
+    if dtype == torch.float16:
+        assert half.dtype == torch.float16
+        d, ok = rounding_bound(n, m, U16, out_unit=U16), weight >= W16_FLOOR
+    else:
+        assert half.dtype == torch.float32   # bfloat16 would lose the sums
+        d, ok = rounding_bound(n, m, U32, out_unit=UBF16), torch.ones_like(weight, dtype=torch.bool)
+    d += rounding_bound(n, m, U32)           # the float32 path's own rounding
+    assert ok.float().mean() > 0.7
+    err = (half.float() - ref).abs().amax(0)
+    assert float(err[ok].max()) <= d, (float(err[ok].max()), d)
+    top2 = ref.sort(0).values[-2:]
+    decided = ok & (top2[1] - top2[0] > 2 * d)
+    assert decided.float().mean() > 0.05   # a random-weight model decides few voxels clearly
+    assert torch.equal(labels[decided], ref.argmax(0).to(torch.uint8)[decided])
+    assert int((labels != ref.argmax(0).to(torch.uint8)).sum()) < 0.05 * labels.numel()
+
+
+def test_float16_labels_are_stocks_at_model_spacing(model_dir):
+    """``--no-skip`` with the GPU default dtype (float16; the constructor keeps CPU runs in float32,
+    so it is set here) gives stock's labels on every voxel (stock sums in float16 on the CPU too)."""
+    img = phantom_ct(spacing_zyx=SPACING, seed=3)
+    ref = stock_predict(model_dir, img)
+    fp = FastPredictor(model_dir, device="cpu", skip=False, crop_to_body=False, batch_windows=1)
+    fp.dtype = torch.float16
+    ours = sitk.GetArrayFromImage(fp.predict(img))
+    assert np.array_equal(ours, ref), int((ours != ref).sum())
+
+
 def test_end_to_end_equals_stock_at_model_spacing(model_dir):
     img = phantom_ct(spacing_zyx=SPACING)
     ref = stock_predict(model_dir, img)
@@ -164,8 +244,31 @@ def test_resampled_prediction_agrees_with_stock(fitted_model_dir):
 
 
 #: float16's unit roundoff and the summed-weight floor of :func:`stock_determined` (twice float16's
-#: smallest normal number, so every subnormal rounding step, <= 2**-24, is at most U16 * weight)
+#: smallest normal number, so every subnormal rounding step, <= 2**-24, is at most U16 * weight);
+#: bfloat16's and float32's unit roundoff
 U16, W16_FLOOR = 2.0 ** -11, 2.0 ** -13
+UBF16, U32 = 2.0 ** -8, 2.0 ** -24
+
+
+def summed_weight(shape, patch, step_size):
+    """Per voxel of a ``shape`` volume: the exact summed Gaussian weight of stock's windows and
+    their number."""
+    g = gaussian_importance(patch)
+    weight, count = torch.zeros(shape), torch.zeros(shape)
+    for pl in window_grid(shape, patch, step_size):
+        for z, y, x in pl.windows():
+            s = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
+            weight[s] += g
+            count[s] += 1
+    return weight, count
+
+
+def rounding_bound(n: float, logit_max: float, unit: float = U16, out_unit: float = 0.0) -> float:
+    """How far a Gaussian-weighted mean of ``n`` window logits (each at most ``logit_max`` in
+    magnitude) can land from the exact one when the window logits are rounded to ``out_unit``
+    (the network's output type) and the Gaussian, the sums, the quotient and the exported logits
+    to ``unit`` (:func:`stock_determined` derives the terms)."""
+    return out_unit * logit_max + unit * ((5 * n + 4) * logit_max + n)
 
 
 class _LogitRange(torch.nn.Module):
@@ -197,21 +300,14 @@ def stock_determined(fp: FastPredictor, img: sitk.Image, stock_probs: np.ndarray
     Gaussian mean that we compute.  The labels must then agree wherever stock's two largest
     logits (log-probabilities) differ by more than ``2 d``."""
     shape_model, patch = fp.last_stats["shape_model"], fp.model.patch_size
-    g = gaussian_importance(patch)
-    weight, count = torch.zeros(shape_model), torch.zeros(shape_model)
-    for pl in window_grid(shape_model, patch, fp.step_size):
-        for z, y, x in pl.windows():
-            s = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
-            weight[s] += g
-            count[s] += 1
+    weight, count = summed_weight(shape_model, patch, fp.step_size)
     assert fp.model.transpose_forward == (0, 1, 2) and fp.last_stats["reoriented"] is None
     spacing = tuple(float(s) for s in reversed(img.GetSpacing()))
     samples = export_samples(shape_model, img.GetSize()[::-1],
                              *fp._stock_axis_rule("probabilities", fp.model.spacing, spacing))
     for a, smp in enumerate(samples):       # the smallest weight among the corners each voxel reads
         weight = torch.minimum(weight.index_select(a, smp.i0), weight.index_select(a, smp.i1))
-    n = float(count.max())
-    d = U16 * ((5 * n + 4) * logit_max + n)
+    d = rounding_bound(float(count.max()), logit_max)
     top2 = np.sort(np.log(np.clip(stock_probs.astype(np.float64), 1e-300, None)), 0)[-2:]
     return (weight.numpy() >= W16_FLOOR) & (top2[1] - top2[0] > 2 * d)
 

@@ -72,9 +72,49 @@ def test_labels_are_argmax_and_batching_does_not_matter():
 
 
 def test_float16_accumulators_close_to_float32():
+    """Stock's float16 sums: close wherever the summed weight is a normal float16 number; in the
+    corners, reached only by window tails, subnormal weights quantise the logits as in stock."""
     vol = torch.rand((2, 20, 40, 40), generator=torch.Generator().manual_seed(2))
     a, _ = predict_sliding_window(vol, _double, (16, 32, 32), dtype=torch.float16, return_logits=True)
-    assert a.dtype == torch.float16 and torch.allclose(a.float(), 2 * vol, atol=1e-2)
+    weight = torch.zeros(vol.shape[1:])
+    g = gaussian_importance((16, 32, 32))
+    for pl in window_grid(vol.shape[1:], (16, 32, 32), 0.5):
+        for z, y, x in pl.windows():
+            weight[z:z + 16, y:y + 32, x:x + 32] += g
+    normal = weight >= 2 * torch.finfo(torch.float16).tiny
+    assert a.dtype == torch.float16 and 0.5 < normal.float().mean() < 1
+    assert torch.allclose(a.float()[:, normal], 2 * vol[:, normal], atol=1e-2)
+    assert (a.float() - 2 * vol).abs().max() > 0.1     # quantised corners, as stock's
+
+
+@pytest.mark.parametrize("patch", [(16, 32, 24), (32, 192, 192), (128, 128, 128), (20, 40, 36)])
+def test_float16_gaussian_is_stocks(patch):
+    """Stock's float16 map bit for bit: zeros replaced by the smallest non-zero (subnormal) value,
+    no floor (at 32x192x192 a floor of 1e-3 of the peak moved 37 % of the weights)."""
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+    ref = compute_gaussian.__wrapped__(patch, 1 / 8, 10, dtype=torch.float16, device=torch.device("cpu"))
+    ours = gaussian_importance(patch, dtype=torch.float16)
+    assert torch.equal(ours, ref)
+    assert 0 < float(ours.min()) < torch.finfo(torch.float16).tiny       # subnormal tails, as stock
+
+
+def test_padded_last_batch_gives_identical_results():
+    """Padding the last batch of a pass to ``batch_windows`` (one batch shape for cuDNN's autotuning)
+    runs zero windows whose outputs are dropped: logits and labels unchanged, with skipping too."""
+    vol = torch.rand((3, 24, 50, 41), generator=torch.Generator().manual_seed(4))
+    shapes = []
+
+    def net(x):
+        shapes.append(x.shape[0])
+        return torch.cat([2 * x, x[:, :1] * 0.5], 1)
+    for kw in (dict(return_logits=True), dict(skip=True)):
+        shapes.clear()
+        a, sa = predict_sliding_window(vol, net, (16, 32, 32), batch_windows=5, pad_batch=False, **kw)
+        plain = list(shapes)
+        shapes.clear()
+        b, sb = predict_sliding_window(vol, net, (16, 32, 32), batch_windows=5, pad_batch=True, **kw)
+        assert torch.equal(a, b) and sa.as_dict() == sb.as_dict()
+        assert set(shapes) == {5} and len(set(plain)) > 1
 
 
 def test_window_dependent_predictor_is_gaussian_weighted():
@@ -105,3 +145,18 @@ def test_pad_to_patch_roundtrip():
 def test_bad_predictor_output_is_reported():
     with pytest.raises(ValueError, match="predictor returned shape"):
         predict_sliding_window(torch.zeros((1, 16, 32, 32)), lambda x: x[:, :, :8], (16, 32, 32))
+
+
+def test_float16_overflow_is_caught_and_predicted_in_float32(caplog):
+    """Stock's inf check: logits x the Gaussian (peak 10) beyond float16's range make inf sums;
+    the volume is then predicted again in float32 (stock aborts), with a warning."""
+    vol = torch.rand((2, 20, 40, 40), generator=torch.Generator().manual_seed(5)) * 8000
+
+    def net(x):
+        return x.half()
+
+    with caplog.at_level("WARNING"):
+        a, _ = predict_sliding_window(vol, net, (16, 32, 32), dtype=torch.float16, return_logits=True)
+    b, _ = predict_sliding_window(vol, net, (16, 32, 32), dtype=torch.float32, return_logits=True)
+    assert "overflowed" in caplog.text
+    assert a.dtype == torch.float32 and torch.isfinite(a).all() and torch.equal(a, b)

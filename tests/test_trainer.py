@@ -225,3 +225,38 @@ def test_recent_pseudo_dice_averages_finite_values_of_the_last_epochs():
     assert recent_pseudo_dice(hist, last=3) == [0.6, 0.3, None]
     assert recent_pseudo_dice(hist, last=8)[0] == pytest.approx(1.2 / 7, abs=1e-4)
     assert recent_pseudo_dice([]) == []
+
+
+@pytest.mark.parametrize("ddp", [False, True])
+def test_loss_is_built_with_the_ddp_flag(tiny_plans, ddp):
+    """As stock's ``_build_loss`` passes ``ddp=self.is_ddp``: under DDP the batch Dice statistics
+    are summed over the ranks (a global batch Dice), otherwise they stay per process."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+    from flareseg.nnunet.training import write_train_config
+
+    paths, pf = tiny_plans
+    paths.export()
+    write_train_config(pf, "fine", TrainConfig(epochs=1, iterations_per_epoch=1))
+    tr = get_trainer_from_args("Dataset901_Tiny", "fine", 0, "FlareSegTrainer", "nnUNetPlans",
+                               device=torch.device("cpu"))
+    tr.is_ddp = ddp
+    loss = tr._build_loss()
+    assert loss.loss.ddp is ddp
+    assert loss.loss.batch_dice == tr.configuration_manager.batch_dice
+
+
+@pytest.mark.parametrize("device,compile_network,flag", [("cuda", True, "t"), ("cuda", False, "f"),
+                                                         ("cpu", True, "f")])
+def test_backend_settings_match_stock_training(monkeypatch, device, compile_network, flag):
+    """Stock's run_training turns cudnn.benchmark on for CUDA and nnU-Net 2.8.1 compiles the network
+    on CUDA by default: the same unless the config's ``compile`` is off; never on the CPU."""
+    from flareseg.nnunet.training import backend_settings
+
+    monkeypatch.setenv("nnUNet_compile", "unset")   # restored after the test
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    got = backend_settings(torch.device(device), compile_network)
+    assert os.environ["nnUNet_compile"] == flag == got["nnUNet_compile"]
+    assert torch.backends.cudnn.benchmark is (device == "cuda")
+    assert torch.backends.cudnn.deterministic is (device != "cuda")
+    assert TrainConfig().compile is True   # the default is stock's

@@ -25,7 +25,13 @@ ours (float32 on the CPU) follow the model; (2) at near-ties, within float16 rou
 logits, either label can come out.  Elsewhere (with the body crop: inside the windows that ran)
 the labels agree with either the ``bspline`` or the ``nnunet`` image resampling
 (tests/test_predictor.py derives that set of voxels from float16's rounding and checks every one);
-reproducing (1) would mean copying stock's loss of the model's output.
+reproducing (1) would mean copying stock's loss of the model's output.  With ``dtype="float16"``
+(the GPU default) the sliding window does reproduce it: the same float16 Gaussian and float16 sums
+in stock's order (:func:`flareseg.inference.sliding_window.predict_sliding_window`), so given the
+same window logits every model-grid logit is stock's bit for bit (tests/test_predictor.py, one
+window per batch; batches of several, or another cuDNN algorithm, change the network's own
+rounding, i.e. labels only at float16 near-ties).  ``bfloat16`` runs the network in bfloat16 and
+sums in float32.
 Other modes: ``image_resampling="linear"`` (trilinear; fastest on a CPU, labels differ from stock's
 at boundaries), ``"nnunet"`` (the plans' own nnU-Net function on the CPU: the reference the device
 B-spline is tested against); ``resample_probabilities=False`` exports the labels nearest-neighbour
@@ -182,21 +188,32 @@ class FastPredictor:
 
     # ------------------------------------------------------------------ network callable
     def window_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``(B, 1, pz, py, px) -> (B, K, pz, py, px)`` logits: fold ensemble, optional mirroring."""
+        """``(B, 1, pz, py, px) -> (B, K, pz, py, px)`` logits: fold ensemble, optional mirroring.
+
+        One network: its logits in the network's output type (float16 under CUDA float16
+        autocast), mirrored predictions added and divided in that type, as stock nnU-Net's
+        ``_internal_maybe_mirror_and_predict`` does, so the sliding window sums stock's window
+        logits.  Several folds: their mean in float32."""
         axes = [a + 2 for a in (self.model.mirror_axes or ())] if self.tta else []
         flips = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
         use_amp = self.device.type == "cuda" and self.dtype != torch.float32
 
+        def one(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+            y = net(x)
+            for f in flips[1:]:
+                y += torch.flip(net(torch.flip(x, f)), f)
+            return y / len(flips) if len(flips) > 1 else y
+
         def fn(x: torch.Tensor) -> torch.Tensor:
             ctx = torch.autocast("cuda", dtype=self.dtype) if use_amp else nullcontext()
-            total = None
             with ctx:
+                if len(self.networks) == 1:
+                    return one(self.networks[0], x)
+                total = None
                 for net in self.networks:
-                    for f in flips:
-                        y = net(torch.flip(x, f)) if f else net(x)
-                        y = torch.flip(y, f) if f else y
-                        total = y.float() if total is None else total.add_(y.float())
-            return total.div_(len(self.networks) * len(flips))  # type: ignore[union-attr]
+                    y = one(net, x).float()
+                    total = y if total is None else total.add_(y)
+            return total.div_(len(self.networks))  # type: ignore[union-attr]
         return fn
 
     # ------------------------------------------------------------------ prediction

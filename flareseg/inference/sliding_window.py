@@ -104,9 +104,10 @@ def gaussian_importance(patch: Sequence[int], sigma_scale: float = 1.0 / 8, scal
                         truncate: float = 4.0) -> torch.Tensor:
     """``(pz, py, px)`` Gaussian weight centred at ``patch // 2`` with sigma ``patch * sigma_scale``.
 
-    Same map as nnU-Net (a Gaussian filter of a centred delta, truncated at ``truncate`` sigma,
-    peak scaled to ``scale``), zeros replaced by the smallest positive value so every voxel of a
-    window has weight.  For float16 the map is floored at ``1e-4 * scale`` (normal fp16 range).
+    Stock nnU-Net's map (``compute_gaussian``: a Gaussian filter of a centred delta, truncated at
+    ``truncate`` sigma, peak scaled to ``scale``, computed in float64), converted to ``dtype``, then
+    zeros (float16 underflow of the far tails) replaced by the smallest non-zero value, as stock
+    does: in float16 that value is subnormal, exactly like stock's weights.
     """
     axes = []
     for n in patch:
@@ -117,13 +118,16 @@ def gaussian_importance(patch: Sequence[int], sigma_scale: float = 1.0 / 8, scal
         axes.append(g / g.sum())
     w = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
     w = w / w.max() * scale
-    if dtype == torch.float16:
-        # float16 would hold the far tails as subnormals (or zero) and lose the value of a voxel
-        # that only one window covers; 1e-4 of the peak is still negligible next to any centre
-        w.clamp_(min=scale * 1e-4)
     w = w.to(device=device, dtype=dtype)
     w[w == 0] = w[w > 0].min()
     return w
+
+
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Sum type of the sliding window for a network ``dtype``: float16 sums in float16 as stock
+    nnU-Net does (so its labels are stock's); bfloat16's 8-bit mantissa would lose the sums (stock
+    has no bfloat16 path), so it sums in float32 like float32."""
+    return torch.float16 if dtype == torch.float16 else torch.float32
 
 
 def foreground_cell_corners(fg_mask: torch.Tensor, cuts: Sequence[Sequence[Sequence[int]]]
@@ -170,14 +174,25 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
                            return_logits: bool = False, pad_value: float = 0.0,
                            progress: Callable[[int], None] | None = None, *, grow: bool = True,
                            starts: Sequence[Sequence[int]] | None = None,
+                           pad_batch: bool | None = None,
                            ) -> tuple[torch.Tensor, WindowStats]:
     """Predict a ``(C, Z, Y, X)`` volume window by window.
 
     Returns ``(labels, stats)`` with ``labels`` a ``(Z, Y, X)`` uint8 argmax, or with
-    ``return_logits`` the Gaussian-averaged ``(K, Z, Y, X)`` logits (in ``dtype``).  Voxels covered by
-    no predicted window (only possible when ``skip``) are background: label 0, logits
-    ``[0, UNCOVERED_LOGIT, ...]``.  ``dtype`` is the accumulator type (float16 halves memory on
-    CUDA; use float32 on CPU).  ``progress(n)`` is called after every batch with its window count.
+    ``return_logits`` the Gaussian-averaged ``(K, Z, Y, X)`` logits (in
+    :func:`accumulator_dtype` of ``dtype``).  Voxels covered by no predicted window (only possible
+    when ``skip``) are background: label 0, logits ``[0, UNCOVERED_LOGIT, ...]``.
+
+    ``dtype`` is the network's precision: with float16 the sums are stock nnU-Net's, operation for
+    operation (its float16 Gaussian, each window's logits times the Gaussian in the network output's
+    type, added to float16 logit and weight sums in window order, divided in float16), so with
+    ``skip=False`` the logits and labels are bit-identical to stock's for the same window logits;
+    if the float16 result holds an inf (stock's check), the volume is predicted again in float32
+    (stock would abort), with a warning.  bfloat16 and float32 sum in float32.
+    ``progress(n)`` is called after every batch with its window count.
+    ``pad_batch`` (default: on CUDA) pads the last batch of a pass to ``batch_windows`` windows, so
+    the network sees one batch shape (a fresh process's cuDNN autotuning then runs once, not per
+    shape); the padding windows' outputs are dropped, the labels do not change.
     With ``skip``, ``grow`` (default) also runs every skipped plane whose not-run windows touch
     foreground that run windows predicted, to a fixed point (see :mod:`flareseg.inference.skipping`).
     ``starts`` (per axis, in the padded volume) replaces nnU-Net's window starts, e.g. the part of
@@ -203,33 +218,45 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
     stats = WindowStats(windows_total=len(windows), planes_total=len(planes))
 
     device = padded.device
-    gauss = gaussian_importance(patch, device=device, dtype=dtype)
-    weight = torch.zeros(padded.shape[1:], dtype=dtype, device=device)
+    acc_dtype = accumulator_dtype(dtype)
+    pad_batch = device.type == "cuda" if pad_batch is None else pad_batch
+    batch_windows = max(1, batch_windows)
+    gauss = gaussian_importance(patch, device=device, dtype=acc_dtype)
+    weight = torch.zeros(padded.shape[1:], dtype=acc_dtype, device=device)
     acc: list[torch.Tensor] = []  # holds the (K, Z, Y, X) accumulator once K is known
 
     def run(idx: list[int], count_fg: bool) -> dict[int, int]:
         """Predict windows ``idx``; with ``count_fg`` record their foreground and return it per window."""
         counted: list[torch.Tensor] = []
-        for b in range(0, len(idx), max(1, batch_windows)):
+        for b in range(0, len(idx), batch_windows):
             chunk = idx[b:b + batch_windows]
             sls = [(slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
                    for z, y, x in (windows[i] for i in chunk)]
-            out = predictor(torch.stack([padded[(slice(None), *s)] for s in sls]))
-            if out.ndim != 5 or out.shape[0] != len(chunk) or tuple(out.shape[2:]) != patch:
+            batch = torch.stack([padded[(slice(None), *s)] for s in sls])
+            n_pad = batch_windows - len(chunk) if pad_batch else 0
+            if n_pad:
+                batch = torch.cat([batch, batch.new_zeros((n_pad, *batch.shape[1:]))])
+            out = predictor(batch)
+            if out.ndim != 5 or out.shape[0] != len(batch) or tuple(out.shape[2:]) != patch:
                 raise ValueError(f"predictor returned shape {tuple(out.shape)} for "
-                                 f"{len(chunk)} windows of {patch}")
+                                 f"{len(batch)} windows of {patch}")
+            out = out[:len(chunk)]
             if not acc:
-                acc.append(torch.zeros((out.shape[1], *padded.shape[1:]), dtype=dtype, device=device))
+                acc.append(torch.zeros((out.shape[1], *padded.shape[1:]), dtype=acc_dtype, device=device))
             if count_fg:
                 # argmax != 0 (ties go to background), without a slow channel-wise argmax on CPU
                 fg_mask = out[:, 1:].amax(1) > out[:, 0] if out.shape[1] > 1 \
                     else torch.zeros_like(out[:, 0], dtype=torch.bool)
                 counted.extend(foreground_cell_corners(
                     fg_mask, [cells.window_cuts(windows[i]) for i in chunk]))
-            out = out.to(dtype)
+            if acc_dtype != torch.float16:
+                out = out.float()
+            # stock's order of operations: logits x Gaussian in the logits' type (float16 under
+            # CUDA autocast, float32 on the CPU), then added to the sums window by window
+            out = out * gauss
             for j, s in enumerate(sls):
-                acc[0][(slice(None), *s)].addcmul_(out[j], gauss)
-                weight[s].add_(gauss)
+                acc[0][(slice(None), *s)] += out[j]
+                weight[s] += gauss
             stats.windows_run += len(chunk)
             if progress is not None:
                 progress(len(chunk))
@@ -267,16 +294,27 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
         log.debug("skipped %d of %d windows (%d planes), %d planes grown", stats.windows_skipped,
                   stats.windows_total, len(stats.planes_skipped), len(stats.planes_grown))
 
+    # divided in place (no second (K, Z, Y, X) copy) before the argmax too: in float16 the
+    # quotient's rounding can tie two classes, and stock's argmax sees the quotient
     logits, weight = acc[0][(slice(None), *crop)], weight[crop]
     covered = weight > 0
-    if return_logits:  # divided in place: no second (K, Z, Y, X) copy
-        out = logits.div_(weight.clamp_min(torch.finfo(dtype).tiny))
-        if not bool(covered.all()):
-            fill = torch.full((out.shape[0],), UNCOVERED_LOGIT, device=device, dtype=dtype)
+    all_covered = bool(covered.all())
+    if not all_covered:
+        weight.masked_fill_(~covered, 1)
+    out = logits.div_(weight)
+    if acc_dtype == torch.float16 and bool(torch.isinf(out).any()):
+        log.warning("float16 sliding-window logits overflowed (inf); predicting this volume again "
+                    "in float32 (stock nnU-Net aborts here)")
+        del acc[:], logits, weight, out
+        return predict_sliding_window(volume, predictor, patch, step_size, batch_windows, skip,
+                                      skip_threshold, torch.float32, return_logits, pad_value,
+                                      progress, grow=grow, starts=starts, pad_batch=pad_batch)
+    if return_logits:
+        if not all_covered:
+            fill = torch.full((out.shape[0],), UNCOVERED_LOGIT, device=device, dtype=acc_dtype)
             fill[0] = 0
             out[:, ~covered] = fill[:, None]
         return out, stats
-    # argmax is invariant to the positive per-voxel weight, so no division is needed
-    labels = logits.argmax(0).to(torch.uint8)
+    labels = out.argmax(0).to(torch.uint8)
     labels.mul_(covered)
     return labels, stats

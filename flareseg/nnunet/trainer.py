@@ -361,9 +361,10 @@ class FlareSegTrainer(nnUNetTrainer):
             # nnU-Net's weights; under DDP the lowest scale keeps a tiny weight (no unused parameters)
             weights = deep_supervision_weights(len(self._get_deep_supervision_scales()),
                                                last_weight=1e-6 if self.is_ddp else 0.0)
+        # ddp: batch Dice statistics summed over the ranks, as stock's loss does under DDP
         return AnnotatedLoss(PartialLabelLoss(variant=self.loss_variant,
                                               batch_dice=self.configuration_manager.batch_dice,
-                                              ds_weights=weights))
+                                              ds_weights=weights, ddp=self.is_ddp))
 
     def train_step(self, batch: dict) -> dict:
         self.loss.annotated = batch.get("label_type") or FOREGROUND

@@ -31,6 +31,23 @@ def model_folder(results_dir: Path, dataset_name: str, configuration: str) -> Pa
     return Path(results_dir) / dataset_name / f"{TRAINER}__{PLANS}__{configuration}"
 
 
+def backend_settings(device, compile_network: bool = True) -> dict:
+    """The process-wide settings stock ``nnUNetv2_train`` (``run_training``) makes, which training
+    through ``get_trainer_from_args`` bypasses: on CUDA ``cudnn.benchmark`` on and
+    ``cudnn.deterministic`` off, and ``torch.compile`` (nnU-Net 2.8.1's default on CUDA,
+    ``nnUNet_compile``) as ``compile_network`` says; never compiled on the CPU (stock refuses it
+    there).  Returns what was set."""
+    import torch
+    cuda = torch.device(device).type == "cuda"
+    os.environ["nnUNet_compile"] = "t" if cuda and compile_network else "f"
+    out = {"nnUNet_compile": os.environ["nnUNet_compile"]}
+    if cuda:
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = True
+        out.update(cudnn_benchmark=True, cudnn_deterministic=False)
+    return out
+
+
 def train(dataset_name: str, configuration: str, tc: TrainConfig, preprocessed_dir: Path,
           results_dir: Path, extra: dict | None = None) -> dict:
     """Train (or resume) one configuration; returns checkpoint path, losses and pseudo-Dice."""
@@ -43,8 +60,8 @@ def train(dataset_name: str, configuration: str, tc: TrainConfig, preprocessed_d
     write_train_config(pre / f"{PLANS}.json", configuration, tc, extra)
     os.environ["nnUNet_n_proc_DA"] = str(tc.num_workers)
     device = resolve_device(tc.device)
+    log.info("training backend: %s", backend_settings(device, tc.compile))
     if device.type == "cpu":
-        os.environ["nnUNet_compile"] = "f"
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     out = model_folder(results_dir, dataset_name, configuration) / f"fold_{tc.fold}"
     start = resume_point(out)
