@@ -60,7 +60,7 @@ def main(argv=None) -> int:
         ref, s, pk, us = timed_run(lambda: stock.predict_single_npy_array(arr, {"spacing": list(spacing)}), device)
         rows = [("stock (device default)", ref, s, pk, us)]
         for dt in ("float32", "float16", "bfloat16"):
-            fp = FastPredictor(md, device=device, dtype=dt, skip=False)
+            fp = FastPredictor(md, device=device.type, dtype=dt, skip_windows=False)
             fp.predict(img)
             res, s, pk, us = timed_run(lambda: fp.predict(img), device)
             rows.append((f"fast --no-skip {dt}", sitk.GetArrayFromImage(res), s, pk, us))

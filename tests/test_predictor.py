@@ -110,7 +110,7 @@ def test_logits_match_stock_sliding_window(model_dir):
 def test_end_to_end_equals_stock_at_model_spacing(model_dir):
     img = phantom_ct(spacing_zyx=SPACING)
     ref = stock_predict(model_dir, img)
-    ours = sitk.GetArrayFromImage(FastPredictor(model_dir, device="cpu", skip=False,
+    ours = sitk.GetArrayFromImage(FastPredictor(model_dir, device="cpu", skip_windows=False,
                                                 crop_to_body=False).predict(img))
     assert ours.shape == ref.shape
     assert (ours == ref).mean() > 0.995
@@ -119,7 +119,7 @@ def test_end_to_end_equals_stock_at_model_spacing(model_dir):
 def test_transpose_forward_handled_like_stock(transposed_model_dir):
     img = phantom_ct(shape=(32, 20, 40), spacing_zyx=(2.5, 1.5, 1.5))  # transposed: (1.5, 2.5, 1.5)
     ref = stock_predict(transposed_model_dir, img)
-    fp = FastPredictor(transposed_model_dir, device="cpu", skip=False, crop_to_body=False)
+    fp = FastPredictor(transposed_model_dir, device="cpu", skip_windows=False, crop_to_body=False)
     ours = sitk.GetArrayFromImage(fp.predict(img))
     assert fp.last_stats["shape_model"] == [20, 32, 40]
     assert (ours == ref).mean() > 0.995
@@ -128,7 +128,7 @@ def test_transpose_forward_handled_like_stock(transposed_model_dir):
 def test_mirroring_tta_matches_stock(model_dir):
     img = phantom_ct(spacing_zyx=SPACING, seed=1)
     ref = stock_predict(model_dir, img, mirroring=True)
-    ours = sitk.GetArrayFromImage(FastPredictor(model_dir, device="cpu", skip=False, tta=True,
+    ours = sitk.GetArrayFromImage(FastPredictor(model_dir, device="cpu", skip_windows=False, tta=True,
                                                 crop_to_body=False).predict(img))
     assert (ours == ref).mean() > 0.995
 
@@ -156,7 +156,7 @@ def test_resampled_prediction_agrees_with_stock(fitted_model_dir):
     """Input at 2.0 x 1.1 x 1.1 mm: stock resamples with splines on the CPU, we trilinear on device."""
     img = phantom_ct(shape=(24, 64, 56), spacing_zyx=(2.0, 1.1, 1.1), seed=5)
     ref = stock_predict(fitted_model_dir, img)
-    ours = sitk.GetArrayFromImage(FastPredictor(fitted_model_dir, device="cpu", skip=False,
+    ours = sitk.GetArrayFromImage(FastPredictor(fitted_model_dir, device="cpu", skip_windows=False,
                                                 crop_to_body=False).predict(img))
     d = dice_per_class(ours, ref)
     assert (ours == ref).mean() > 0.93, d
@@ -226,7 +226,7 @@ def test_default_path_reproduces_stock_labels(fitted_model_dir, spacing):
     CPU's thread count)."""
     img = phantom_ct(shape=(24, 64, 56) if spacing[0] < 3 else (10, 64, 56), spacing_zyx=spacing, seed=5)
     ref, stock_probs = stock_predict(fitted_model_dir, img, probabilities=True)
-    kw = dict(device="cpu", skip=False, crop_to_body=False)
+    kw = dict(device="cpu", skip_windows=False, crop_to_body=False)
     nearest = sitk.GetArrayFromImage(FastPredictor(fitted_model_dir, image_resampling="linear",
                                                    resample_probabilities=False, **kw).predict(img))
     linear = sitk.GetArrayFromImage(FastPredictor(fitted_model_dir, image_resampling="linear", chunk_mb=0.1,
@@ -237,7 +237,7 @@ def test_default_path_reproduces_stock_labels(fitted_model_dir, spacing):
     assert agree["nearest"] < agree["linear"] < agree["default"], agree
     assert agree["linear"] > 0.985, agree
     # --image-resampling nnunet: the plans' own nnU-Net image resampling, with the body crop
-    fp = FastPredictor(fitted_model_dir, device="cpu", skip=False, image_resampling="nnunet")
+    fp = FastPredictor(fitted_model_dir, device="cpu", skip_windows=False, image_resampling="nnunet")
     fp.networks = [_LogitRange(n) for n in fp.networks]
     exact = sitk.GetArrayFromImage(fp.predict(img))
     decided = stock_determined(fp, img, stock_probs, max(n.largest for n in fp.networks))
@@ -250,7 +250,7 @@ def test_default_path_reproduces_stock_labels(fitted_model_dir, spacing):
 def test_stock_resampling_mode_is_exact_at_model_spacing(model_dir):
     """No resampling needed: every image resampling and label export gives the same labels."""
     img = phantom_ct(spacing_zyx=SPACING)
-    kw = dict(device="cpu", skip=False, crop_to_body=False)
+    kw = dict(device="cpu", skip_windows=False, crop_to_body=False)
     a = sitk.GetArrayFromImage(FastPredictor(model_dir, **kw).predict(img))
     b = sitk.GetArrayFromImage(FastPredictor(model_dir, image_resampling="linear", **kw).predict(img))
     c = sitk.GetArrayFromImage(FastPredictor(model_dir, resample_probabilities=False, **kw).predict(img))
@@ -329,7 +329,7 @@ def test_crop_to_body_keeps_stocks_labels_on_the_body(model_dir, spacing):
     big = sitk.GetImageFromArray(arr)
     big.SetSpacing(img.GetSpacing())
     ref = stock_predict(model_dir, big)
-    fp = FastPredictor(model_dir, device="cpu", skip=False, body_margin_mm=3.0)
+    fp = FastPredictor(model_dir, device="cpu", skip_windows=False, body_margin_mm=3.0)
     ours = sitk.GetArrayFromImage(fp.predict(big))
     assert fp.last_stats["crop"][1] != [0, 157]                     # the crop dropped windows
     bb = body_bbox(arr, tuple(reversed(big.GetSpacing())), margin_mm=3.0)
