@@ -259,6 +259,29 @@ def test_stock_resampling_mode_is_exact_at_model_spacing(model_dir):
         FastPredictor(model_dir, device="cpu", image_resampling="spline")
 
 
+@pytest.mark.parametrize("kw, key, why", [
+    (dict(skip=False), "inference.skip", "unknown key"),          # the old keyword names are gone
+    (dict(grow=False), "inference.grow", "unknown key"),
+    (dict(step_size=0.0), "inference.step_size", "out of range"),
+    (dict(batch_windows=2.5), "inference.batch_windows", "expects an integer"),
+    (dict(dtype="float64"), "inference.dtype", "expects one of"),
+])
+def test_settings_are_the_config_keys_checked_like_a_config_file(kw, key, why):
+    """FastPredictor's settings are InferenceConfig's own keys, checked before any model loads (the
+    model path here does not exist)."""
+    from flareseg.config import ConfigError
+    with pytest.raises(ConfigError, match=f"'{key}'.*{why}|{why}.*'{key}'"):
+        FastPredictor("/nonexistent/model", **kw)
+
+
+def test_settings_come_from_the_config():
+    from flareseg.config import InferenceConfig, inference_config
+    cfg = InferenceConfig(step_size=0.75, tta=True, device="cpu")
+    assert inference_config(cfg, skip_grow=False) == InferenceConfig(step_size=0.75, tta=True, device="cpu",
+                                                                      skip_grow=False)
+    assert inference_config() == InferenceConfig()
+
+
 def test_crop_runs_a_subset_of_stocks_windows():
     """The body crop keeps stock's window grid over the whole image: the windows meeting the box,
     their region, and starts relative to it; an axis no longer than a patch stays whole."""
