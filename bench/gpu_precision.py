@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         # float16 with one window per batch: the network sees stock's batch shape (batch size
         # changes cuDNN's algorithm and so the float16 window logits themselves)
         for dt, bw in (("float32", 4), ("float16", 4), ("bfloat16", 4), ("float16", 1)):
-            fp = FastPredictor(md, device=device, dtype=dt, skip=False, batch_windows=bw)
+            fp = FastPredictor(md, device=device.type, dtype=dt, skip_windows=False, batch_windows=bw)
             fp.predict(img)
             res, s, pk, us = timed_run(lambda: fp.predict(img), device)
             rows.append((f"fast --no-skip {dt}" + (f", {bw} window/batch" if bw == 1 else ""),

@@ -52,7 +52,7 @@ log = logging.getLogger("predictor_equivalence")
 
 MODES = {"fast": {}, "linear": {"image_resampling": "linear"},
          "nearest": {"image_resampling": "linear", "resample_probabilities": False},
-         "stock": {"image_resampling": "nnunet"}, "nogrow": {"grow": False}, "nocrop": {"crop_to_body": False}}
+         "stock": {"image_resampling": "nnunet"}, "nogrow": {"skip_grow": False}, "nocrop": {"crop_to_body": False}}
 
 
 def check_model_folder(model: Path, fold: str, checkpoint: str) -> Path:
@@ -194,8 +194,8 @@ def main(argv=None) -> int:
     truth = list_cases(args.labels) if args.labels else {}
 
     stock = stock_predictor(args.model, args.fold, args.checkpoint, device)
-    fast = {m: tuple(FastPredictor(args.model, device=device, folds=[args.fold], checkpoint=args.checkpoint,
-                                   skip=sk, **MODES[m]) for sk in (False, True)) for m in modes}
+    fast = {m: tuple(FastPredictor(args.model, device=device.type, folds=[args.fold], checkpoint=args.checkpoint,
+                                   skip_windows=sk, **MODES[m]) for sk in (False, True)) for m in modes}
     warm = read_image(cases[0][1])  # warm-up of every predictor (kernels, caches), not timed
     stock.predict_single_npy_array(sitk.GetArrayFromImage(warm).astype(np.float32)[None],
                                    {"spacing": list(reversed(warm.GetSpacing()))})

@@ -147,8 +147,8 @@ def main(argv=None) -> int:
     stock = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=device,
                             perform_everything_on_device=device.type == "cuda", allow_tqdm=False)
     stock.initialize_from_trained_model_folder(str(md), use_folds=(0,))
-    fast = {name: FastPredictor(md, device=device, **kw)
-            for name, kw in [("fast, no skip", dict(skip=False)), ("fast, skip", dict(skip=True))]}
+    fast = {name: FastPredictor(md, device=device.type, **kw)
+            for name, kw in [("fast, no skip", dict(skip_windows=False)), ("fast, skip", dict(skip_windows=True))]}
 
     model_desc = (f"PlainConvUNet features {features}, {2 if paper else 1} conv(s) per stage, patch {patch} "
                   f"at {model_spacing} mm, " + ("random weights" if paper or not args.fit_steps else

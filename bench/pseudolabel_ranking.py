@@ -6,7 +6,7 @@
 
 Generates ``--cases`` unlabeled-style phantoms (the config's phantom settings, a seed stream that
 never overlaps the pipeline's own cases) with their full hidden ground truth, scores each one
-exactly like stage-2 does (``FastPredictor.from_config`` + stage-2's ``make_scorer``; ``--tta``
+exactly like stage-2 does (``FastPredictor(model, cfg.inference)`` + stage-2's ``make_scorer``; ``--tta``
 adds the left-right mirrored prediction as a second member (``pseudolabel.member_tta``), so the
 disagreement / inconsistency / overlap scores exist too), and
 selects with ``select`` under the config's ``pseudolabel`` settings.  Reports, per score: Spearman
@@ -53,7 +53,7 @@ def spearman(a, b) -> str:
 
 def score_cases(model: Path, cfg, n: int, seed: int, tta: bool):
     """Per case: stage-2 scores, true mean organ Dice, true tumor Dice (None without tumor)."""
-    pred = FastPredictor.from_config(model, cfg.inference)
+    pred = FastPredictor(model, cfg.inference)
     pc = replace(cfg.pseudolabel, member_tta=tta)
     cases = {}
     with tempfile.TemporaryDirectory() as tmp:

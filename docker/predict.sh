@@ -8,7 +8,7 @@ OUTPUT_DIR="${OUTPUT_DIR:-/workspace/outputs}"
 MODEL_DIR="${MODEL_DIR:-/opt/model}"
 FLARESEG="${FLARESEG:-flareseg}"
 REPORT="${REPORT:-${TMPDIR:-/tmp}/flareseg_predict_report.json}"
-DEVICE="${DEVICE:-auto}"
+DEVICE="${DEVICE:-}"   # empty: inference.device of a --config passed below, else auto
 
 if [ ! -d "$INPUT_DIR" ]; then
     echo "predict.sh: input folder $INPUT_DIR does not exist" >&2
@@ -17,5 +17,5 @@ fi
 mkdir -p "$OUTPUT_DIR"
 # only label maps go to the output folder; the run report goes to $REPORT
 # shellcheck disable=SC2086  # FLARESEG may be a command with arguments
-exec $FLARESEG predict -i "$INPUT_DIR" -o "$OUTPUT_DIR" -m "$MODEL_DIR" --device "$DEVICE" \
+exec $FLARESEG predict -i "$INPUT_DIR" -o "$OUTPUT_DIR" -m "$MODEL_DIR" ${DEVICE:+--device "$DEVICE"} \
     --report "$REPORT" -q "$@"

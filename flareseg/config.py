@@ -519,6 +519,17 @@ def load_config(path: os.PathLike | str | None = None, overrides: list[str] | No
     return cfg
 
 
+def inference_config(cfg: InferenceConfig | None = None, src: str = "<inference settings>",
+                     **overrides: Any) -> InferenceConfig:
+    """``cfg`` (default: the :class:`InferenceConfig` defaults) with ``overrides`` given by its own
+    field names, checked like a YAML file (unknown key, type, choices, ``RANGES``): the one way the
+    predictor, ``flareseg predict`` and the stages turn settings into an ``InferenceConfig``."""
+    cfg = InferenceConfig() if cfg is None else cfg
+    if not isinstance(cfg, InferenceConfig):
+        raise TypeError(f"expected an InferenceConfig, got {type(cfg).__name__}")
+    return config_from_dict({"inference": {**to_dict(cfg), **overrides}}, src).inference
+
+
 def config_from_dict(data: dict, src: str = "<dict>") -> Config:
     """A Config from a plain dict, e.g. a stage's ``config.resolved.json`` (checked like YAML)."""
     cfg = _build(Config, _deep_merge(to_dict(Config()), data), src)

@@ -97,7 +97,7 @@ def test_permuted_storage_through_cli(tmp_path, model_dir, flag):
     out = sitk.ReadImage(str(tmp_path / "out" / "sag.nii.gz"))
     assert geometry_mismatch(Geometry.of(out), Geometry.of(stored)) == []
     rep = json.loads((tmp_path / "out" / "predict_report.json").read_text())
-    assert rep["settings"]["reorient"] == (not flag)
+    assert rep["inference"]["reorient"] == (not flag)
     assert rep["cases"][0]["reoriented"] == (None if flag else [2, 1, 0])
 
 
@@ -110,7 +110,46 @@ def test_image_resampling_flag_writes_labels_on_the_input_grid(tmp_path, model_d
     assert rc == 0
     lab = sitk.ReadImage(str(out / "c.nii.gz"))
     assert geometry_mismatch(Geometry.of(lab), Geometry.of(img)) == []
-    assert json.loads((out / "predict_report.json").read_text())["settings"]["image_resampling"] == mode
+    assert json.loads((out / "predict_report.json").read_text())["inference"]["image_resampling"] == mode
+
+
+# ------------------------------------------------------------------ one settings path: --config, --set, flags
+
+def test_config_set_and_flags_resolve_one_inference_config(tmp_path, model_dir):
+    """The defaults, then --config's inference section, then --set, then the shortcut flags; the
+    report lists the resolved config once and the predictor ran with it (its windows match an
+    in-process FastPredictor built from that config, and differ from the defaults')."""
+    from flareseg.config import InferenceConfig, to_dict
+    from flareseg.inference.predictor import FastPredictor
+
+    img = _ct(tmp_path / "a.nii.gz", shape=(40, 64, 64))   # several windows per axis
+    cfg_file = tmp_path / "settings.yaml"
+    cfg_file.write_text("inference:\n  step_size: 0.75\n  tta: true\n  batch_windows: 2\n"
+                        "  image_resampling: linear\n  device: cpu\n")
+    out = tmp_path / "out"
+    assert main(["predict", "-i", str(tmp_path / "a.nii.gz"), "-o", str(out), "-m", str(model_dir),
+                 "--config", str(cfg_file), "--set", "inference.batch_windows=3",
+                 "--set", "inference.skip_grow=false", "--set", "inference.step_size=0.25",
+                 "--step-size", "0.75", "--no-crop", "-q"]) == 0
+    want = InferenceConfig(step_size=0.75, tta=True, batch_windows=3, image_resampling="linear",
+                           skip_grow=False, crop_to_body=False, device="cpu")
+    rep = json.loads((out / "predict_report.json").read_text())
+    assert rep["inference"] == to_dict(want) and rep["config"] == str(cfg_file)
+    assert "settings" not in rep and rep["dtype"] == "torch.float32"   # CPU computes in float32
+    ran = rep["cases"][0]["windows"]
+    assert ran == FastPredictor(model_dir, want).run(img).stats["windows"]
+    assert ran != FastPredictor(model_dir, device="cpu").run(img).stats["windows"]
+
+
+def test_flags_alone_keep_the_config_defaults(tmp_path, model_dir):
+    _ct(tmp_path / "a.nii.gz")
+    out = tmp_path / "out"
+    assert main(["predict", "-i", str(tmp_path / "a.nii.gz"), "-o", str(out), "-m", str(model_dir),
+                 "--device", "cpu", "--no-skip", "-q"]) == 0
+    from flareseg.config import InferenceConfig, to_dict
+    rep = json.loads((out / "predict_report.json").read_text())
+    assert rep["inference"] == to_dict(InferenceConfig(device="cpu", skip_windows=False))
+    assert rep["config"] is None
 
 
 # ------------------------------------------------------------------ refusing to overwrite inputs
@@ -244,7 +283,7 @@ def test_input_error_while_the_model_loads_exits_2(tmp_path, model_dir, monkeypa
 
     def refuse(*a, **k):
         raise InputError(ckpt, reason)
-    monkeypatch.setattr(FastPredictor, "from_config", classmethod(lambda cls, *a, **k: refuse()))
+    monkeypatch.setattr(FastPredictor, "__init__", refuse)
     _ct(tmp_path / "a.nii.gz")
     rc = main(["predict", "-i", str(tmp_path / "a.nii.gz"), "-o", str(tmp_path / "out" / "deep"),
                "-m", str(model_dir), "--device", "cpu", "-q"])
@@ -261,4 +300,4 @@ def test_device_cuda_without_cuda_exits_2(tmp_path, model_dir, caplog):
     _ct(tmp_path / "a.nii.gz")
     assert main(["predict", "-i", str(tmp_path / "a.nii.gz"), "-o", str(tmp_path / "out"), "-m", str(model_dir),
                  "--device", "cuda", "-q"]) == 2
-    assert "--device cuda: no CUDA device" in caplog.text and not (tmp_path / "out").exists()
+    assert "--device cuda (inference.device): no CUDA device" in caplog.text and not (tmp_path / "out").exists()

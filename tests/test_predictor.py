@@ -190,7 +190,7 @@ def test_float16_labels_are_stocks_at_model_spacing(model_dir):
 def test_end_to_end_equals_stock_at_model_spacing(model_dir):
     img = phantom_ct(spacing_zyx=SPACING)
     ref = stock_predict(model_dir, img)
-    ours = sitk.GetArrayFromImage(FastPredictor(model_dir, device="cpu", skip=False,
+    ours = sitk.GetArrayFromImage(FastPredictor(model_dir, device="cpu", skip_windows=False,
                                                 crop_to_body=False).predict(img))
     assert ours.shape == ref.shape
     assert (ours == ref).mean() > 0.995
@@ -199,7 +199,7 @@ def test_end_to_end_equals_stock_at_model_spacing(model_dir):
 def test_transpose_forward_handled_like_stock(transposed_model_dir):
     img = phantom_ct(shape=(32, 20, 40), spacing_zyx=(2.5, 1.5, 1.5))  # transposed: (1.5, 2.5, 1.5)
     ref = stock_predict(transposed_model_dir, img)
-    fp = FastPredictor(transposed_model_dir, device="cpu", skip=False, crop_to_body=False)
+    fp = FastPredictor(transposed_model_dir, device="cpu", skip_windows=False, crop_to_body=False)
     ours = sitk.GetArrayFromImage(fp.predict(img))
     assert fp.last_stats["shape_model"] == [20, 32, 40]
     assert (ours == ref).mean() > 0.995
@@ -208,7 +208,7 @@ def test_transpose_forward_handled_like_stock(transposed_model_dir):
 def test_mirroring_tta_matches_stock(model_dir):
     img = phantom_ct(spacing_zyx=SPACING, seed=1)
     ref = stock_predict(model_dir, img, mirroring=True)
-    ours = sitk.GetArrayFromImage(FastPredictor(model_dir, device="cpu", skip=False, tta=True,
+    ours = sitk.GetArrayFromImage(FastPredictor(model_dir, device="cpu", skip_windows=False, tta=True,
                                                 crop_to_body=False).predict(img))
     assert (ours == ref).mean() > 0.995
 
@@ -236,7 +236,7 @@ def test_resampled_prediction_agrees_with_stock(fitted_model_dir):
     """Input at 2.0 x 1.1 x 1.1 mm: stock resamples with splines on the CPU, we trilinear on device."""
     img = phantom_ct(shape=(24, 64, 56), spacing_zyx=(2.0, 1.1, 1.1), seed=5)
     ref = stock_predict(fitted_model_dir, img)
-    ours = sitk.GetArrayFromImage(FastPredictor(fitted_model_dir, device="cpu", skip=False,
+    ours = sitk.GetArrayFromImage(FastPredictor(fitted_model_dir, device="cpu", skip_windows=False,
                                                 crop_to_body=False).predict(img))
     d = dice_per_class(ours, ref)
     assert (ours == ref).mean() > 0.93, d
@@ -322,7 +322,7 @@ def test_default_path_reproduces_stock_labels(fitted_model_dir, spacing):
     CPU's thread count)."""
     img = phantom_ct(shape=(24, 64, 56) if spacing[0] < 3 else (10, 64, 56), spacing_zyx=spacing, seed=5)
     ref, stock_probs = stock_predict(fitted_model_dir, img, probabilities=True)
-    kw = dict(device="cpu", skip=False, crop_to_body=False)
+    kw = dict(device="cpu", skip_windows=False, crop_to_body=False)
     nearest = sitk.GetArrayFromImage(FastPredictor(fitted_model_dir, image_resampling="linear",
                                                    resample_probabilities=False, **kw).predict(img))
     linear = sitk.GetArrayFromImage(FastPredictor(fitted_model_dir, image_resampling="linear", chunk_mb=0.1,
@@ -333,7 +333,7 @@ def test_default_path_reproduces_stock_labels(fitted_model_dir, spacing):
     assert agree["nearest"] < agree["linear"] < agree["default"], agree
     assert agree["linear"] > 0.985, agree
     # --image-resampling nnunet: the plans' own nnU-Net image resampling, with the body crop
-    fp = FastPredictor(fitted_model_dir, device="cpu", skip=False, image_resampling="nnunet")
+    fp = FastPredictor(fitted_model_dir, device="cpu", skip_windows=False, image_resampling="nnunet")
     fp.networks = [_LogitRange(n) for n in fp.networks]
     exact = sitk.GetArrayFromImage(fp.predict(img))
     decided = stock_determined(fp, img, stock_probs, max(n.largest for n in fp.networks))
@@ -346,13 +346,36 @@ def test_default_path_reproduces_stock_labels(fitted_model_dir, spacing):
 def test_stock_resampling_mode_is_exact_at_model_spacing(model_dir):
     """No resampling needed: every image resampling and label export gives the same labels."""
     img = phantom_ct(spacing_zyx=SPACING)
-    kw = dict(device="cpu", skip=False, crop_to_body=False)
+    kw = dict(device="cpu", skip_windows=False, crop_to_body=False)
     a = sitk.GetArrayFromImage(FastPredictor(model_dir, **kw).predict(img))
     b = sitk.GetArrayFromImage(FastPredictor(model_dir, image_resampling="linear", **kw).predict(img))
     c = sitk.GetArrayFromImage(FastPredictor(model_dir, resample_probabilities=False, **kw).predict(img))
     assert np.array_equal(a, b) and np.array_equal(a, c)
     with pytest.raises(ValueError, match="image_resampling"):
         FastPredictor(model_dir, device="cpu", image_resampling="spline")
+
+
+@pytest.mark.parametrize("kw, key, why", [
+    (dict(skip=False), "inference.skip", "unknown key"),          # the old keyword names are gone
+    (dict(grow=False), "inference.grow", "unknown key"),
+    (dict(step_size=0.0), "inference.step_size", "out of range"),
+    (dict(batch_windows=2.5), "inference.batch_windows", "expects an integer"),
+    (dict(dtype="float64"), "inference.dtype", "expects one of"),
+])
+def test_settings_are_the_config_keys_checked_like_a_config_file(kw, key, why):
+    """FastPredictor's settings are InferenceConfig's own keys, checked before any model loads (the
+    model path here does not exist)."""
+    from flareseg.config import ConfigError
+    with pytest.raises(ConfigError, match=f"'{key}'.*{why}|{why}.*'{key}'"):
+        FastPredictor("/nonexistent/model", **kw)
+
+
+def test_settings_come_from_the_config():
+    from flareseg.config import InferenceConfig, inference_config
+    cfg = InferenceConfig(step_size=0.75, tta=True, device="cpu")
+    assert inference_config(cfg, skip_grow=False) == InferenceConfig(step_size=0.75, tta=True, device="cpu",
+                                                                      skip_grow=False)
+    assert inference_config() == InferenceConfig()
 
 
 def test_crop_runs_a_subset_of_stocks_windows():
@@ -425,7 +448,7 @@ def test_crop_to_body_keeps_stocks_labels_on_the_body(model_dir, spacing):
     big = sitk.GetImageFromArray(arr)
     big.SetSpacing(img.GetSpacing())
     ref = stock_predict(model_dir, big)
-    fp = FastPredictor(model_dir, device="cpu", skip=False, body_margin_mm=3.0)
+    fp = FastPredictor(model_dir, device="cpu", skip_windows=False, body_margin_mm=3.0)
     ours = sitk.GetArrayFromImage(fp.predict(big))
     assert fp.last_stats["crop"][1] != [0, 157]                     # the crop dropped windows
     bb = body_bbox(arr, tuple(reversed(big.GetSpacing())), margin_mm=3.0)

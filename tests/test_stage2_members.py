@@ -37,7 +37,7 @@ def setup(tmp_path_factory):
     images = root / "imagesUnlabeled"
     for j, cid in enumerate(CASES):
         write_array(tiny_case(100 + j)[0], GEO, images / f"{cid}_0000.nii.gz")
-    pred = FastPredictor.from_config(model, INF)
+    pred = FastPredictor(model, INF)
     main = {cid: torch.from_numpy(pred.run(images / f"{cid}_0000.nii.gz", save_probabilities=True)
                                   .probabilities).float().max(0).indices.numpy().astype(np.uint8)
             for cid in CASES}
@@ -55,7 +55,7 @@ def disagreement_by_hand(a: np.ndarray, b: np.ndarray, classes=ORGANS) -> float:
 
 def score_case(setup, tmp_path, pc: PseudoLabelConfig, cid: str = "u00") -> dict:
     root, model, images, _ = setup
-    scorer = make_scorer(FastPredictor.from_config(model, INF, tta=pc.tta), pc, INF, image_of(images),
+    scorer = make_scorer(FastPredictor(model, INF, tta=pc.tta), pc, INF, image_of(images),
                          tmp_path / "raw")
     return dict(scorer(cid))
 
@@ -193,7 +193,7 @@ def test_differing_label_member_matches_hand_count(setup, tmp_path):
     assert s["tumor_disagreement"] == 1.0             # only the member predicts tumor: all disagree
     # the raw pseudo label is still the main model's own argmax
     raw, _ = read_array(tmp_path / "raw" / "u00.nii.gz")
-    own = FastPredictor.from_config(model, INF).predict(images / "u00_0000.nii.gz")
+    own = FastPredictor(model, INF).predict(images / "u00_0000.nii.gz")
     assert np.array_equal(raw, sitk.GetArrayFromImage(own))
 
 
@@ -204,7 +204,7 @@ def test_bad_member_file_fails_only_that_case(setup, tmp_path):
     shifted = Geometry(GEO.size, GEO.spacing, (0.0, 0.0, 30.0), GEO.direction)
     write_array(main["u02"], shifted, team / "u02.nii.gz")           # u01 missing, u02 misplaced
     pc = PseudoLabelConfig(member_label_dirs=(str(team),))
-    scorer = make_scorer(FastPredictor.from_config(model, INF), pc, INF, image_of(images), tmp_path / "raw")
+    scorer = make_scorer(FastPredictor(model, INF), pc, INF, image_of(images), tmp_path / "raw")
     summary = run_shard(CASES, scorer, tmp_path / "scores", fingerprint=score_fingerprint("ck", INF, pc))
     assert summary.computed == ["u00"]
     assert str(team / "u01.nii.gz") in summary.failed["u01"] and "missing" in summary.failed["u01"]
@@ -234,7 +234,7 @@ def test_model_member_uses_the_named_checkpoint(setup, tmp_path):
 
 def test_default_scorer_is_the_single_member_model_resolution_path(setup, tmp_path):
     root, model, images, main = setup
-    pred = FastPredictor.from_config(model, INF)
+    pred = FastPredictor(model, INF)
     s = score_case(setup, tmp_path, PseudoLabelConfig())
     ref = pred.run(images / "u00_0000.nii.gz", prob_hook=case_scores).hook_result
     assert s == ref and s["n_members"] == 1 and "organ_disagreement" not in s
@@ -246,7 +246,7 @@ def test_rerun_skips_finished_cases_and_new_members_rescore(setup, tmp_path):
     root, model, images, main = setup
     for cid in CASES:
         write_array(main[cid], GEO, tmp_path / "same" / f"{cid}.nii.gz")
-    pred = FastPredictor.from_config(model, INF)
+    pred = FastPredictor(model, INF)
     same = (str(tmp_path / "same"),)
     for pc, computed in [(PseudoLabelConfig(member_label_dirs=same), 3),        # first run
                          (PseudoLabelConfig(member_label_dirs=same), 0),        # unchanged: skipped

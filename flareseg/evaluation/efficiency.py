@@ -86,13 +86,14 @@ def _run_measured(cmd: list[str], log_path: Path, timeout_s: float | None,
 
 def measure_efficiency(command_template: Sequence[str], inputs: Sequence[Path], out_dir: os.PathLike | str,
                        interval: float = 0.1, timeout_s: float | None = None,
-                       gpu_index: int = 0, sampling: str = "fixed") -> list[dict]:
+                       gpu_index: int = 0, sampling: str = "fixed",
+                       outputs_dir: os.PathLike | str | None = None) -> list[dict]:
     """Run ``command_template`` once per input file and measure it.
 
     Returns one row per case: ``case, input, output, returncode, timed_out, wall_s, rss_peak_mb,
     gpu_backend, gpu_baseline_mb, gpu_max_mb, gpu_auc_mb_s, gpu_samples, log`` (GPU fields
-    ``None`` when no GPU memory reading is possible).  Outputs go to ``out_dir/outputs``, the
-    command's stdout+stderr to ``out_dir/logs/<case>.log``.  ``sampling``: GPU query cadence,
+    ``None`` when no GPU memory reading is possible).  Outputs go to ``outputs_dir`` (default
+    ``out_dir/outputs``), the command's stdout+stderr to ``out_dir/logs/<case>.log``.  ``sampling``: GPU query cadence,
     ``fixed`` or ``official`` (:data:`~flareseg.evaluation.gpu_memory.CADENCES`).
     """
     if sampling not in CADENCES:
@@ -102,7 +103,7 @@ def measure_efficiency(command_template: Sequence[str], inputs: Sequence[Path], 
     if not any(ph in arg for arg in command_template for ph in PLACEHOLDERS):
         log.warning("command has no {input}/{output} placeholder: every case runs the same command")
     out = Path(out_dir)
-    outputs, logs, staged = out / "outputs", out / "logs", out / "inputs"
+    outputs, logs, staged = Path(outputs_dir or out / "outputs"), out / "logs", out / "inputs"
     for d in (outputs, logs, staged):
         d.mkdir(parents=True, exist_ok=True)
     backend = probe_backend(gpu_index)

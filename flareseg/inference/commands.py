@@ -7,7 +7,8 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -15,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from flareseg.config import IMAGE_RESAMPLING, InferenceConfig
+from flareseg.config import IMAGE_RESAMPLING, ConfigError, InferenceConfig, inference_config, load_config, to_dict
 from flareseg.io import (InputError, image_suffix, is_dicom_dir, remove_stale_temps, strip_suffix, write_image,
                          write_json)
 
@@ -35,13 +36,20 @@ safety:  inputs are never written to. Before the model loads, predict refuses (e
          to the input folder, and any output (label map, .npz, statistics.json, the report) whose
          path is an input file, the model's files, or the same file through a symlink or hard
          link; -o may be a subfolder of the input folder. A bad model folder (missing files,
-         the parent of the real model folder, a fold_X folder, an absent --fold) also exits 2.
+         the parent of the real model folder, a fold_X folder, an absent --fold) also exits 2, as
+         does an unknown, mistyped or out-of-range --config/--set key.
          Exit codes: 0 all written, 1 some cases failed (the rest written), 2 usage error.
+
+settings: the inference section of --config FILE (InferenceConfig defaults otherwise), then each
+         --set inference.KEY=VALUE, then the shortcut flags (--device, --no-skip, --tta, ...), each of
+         which sets one inference key. The report lists the resolved inference config.
 
 examples:
   flareseg predict -i scan.nii.gz -o out/ -m models/coarse
   flareseg predict -i /data/dicom/patient1 -o out/ -m models/coarse --device cpu --no-skip
   flareseg predict -i inputs/ -o outputs/ -m models/coarse --statistics --tta
+  flareseg predict -i inputs/ -o outputs/ -m models/coarse --config my.yaml --set inference.step_size=0.7
+
 """
 
 _CHANNEL = re.compile(r"_(\d{4})$")
@@ -191,9 +199,44 @@ def _versions() -> dict:
     return versions() | {"cuda": torch.version.cuda if torch.cuda.is_available() else None}
 
 
+#: shortcut flag (argparse dest) -> (the InferenceConfig key it sets, the value an on/off flag sets;
+#: None: the flag's parsed value)
+FLAG_KEYS: dict[str, tuple[str, object]] = {
+    "device": ("device", None), "no_skip": ("skip_windows", False), "skip_threshold": ("skip_threshold", None),
+    "no_grow": ("skip_grow", False), "image_resampling": ("image_resampling", None), "tta": ("tta", True),
+    "step_size": ("step_size", None), "batch_windows": ("batch_windows", None), "dtype": ("dtype", None),
+    "no_crop": ("crop_to_body", False), "no_reorient": ("reorient", False),
+}
+
+
+def resolve_inference(args: argparse.Namespace) -> InferenceConfig:
+    """The run's :class:`InferenceConfig`: the defaults, then ``--config FILE``'s ``inference``
+    section, then ``--set inference.KEY=VALUE``, then the shortcut flags given (each sets one key).
+    Raises :class:`ConfigError` naming the file/option and key (exit 2)."""
+    sets = list(getattr(args, "set", None) or [])
+    for item in sets:
+        key = item.split("=", 1)[0].strip()
+        if not key.startswith("inference.") or "=" not in item:
+            raise ConfigError(f"--set {item}: predict takes only inference.KEY=VALUE "
+                              f"(keys: {', '.join(f.name for f in fields(InferenceConfig))})")
+    cfg = load_config(getattr(args, "config", None), sets).inference
+    flags = {}
+    for dest, (key, const) in FLAG_KEYS.items():
+        given = getattr(args, dest, None)
+        if given is None or given is False:      # flag not given: the config's value stands
+            continue
+        flags[key] = given if const is None else const
+    return inference_config(cfg, "command-line flags", **flags)
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from flareseg.nnunet.model_folder import check_model_folder
 
+    try:
+        cfg = resolve_inference(args)
+    except ConfigError as e:
+        log.error("%s", e)
+        return 2
     try:
         cases = collect_inputs(Path(args.input))
     except InputError as e:
@@ -213,8 +256,8 @@ def run_predict(args: argparse.Namespace) -> int:
         log.error("%s", e)
         return 2
     import torch
-    if args.device == "cuda" and not torch.cuda.is_available():
-        log.error("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        log.error("--device cuda (inference.device): no CUDA device is available (use --device cpu or auto)")
         return 2
     created = [d for d in (plan.folder, *plan.folder.parents) if not d.exists()]  # to undo on refusal
     try:
@@ -229,15 +272,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from flareseg.nnunet.model import ModelFolderError
 
     t0 = time.perf_counter()
-    # the flags are the InferenceConfig the stages use; from_config owns the mapping to the predictor
-    cfg = InferenceConfig(skip_windows=not args.no_skip, skip_threshold=args.skip_threshold,
-                          skip_grow=not args.no_grow, step_size=args.step_size, tta=args.tta,
-                          batch_windows=args.batch_windows, dtype=args.dtype,
-                          crop_to_body=not args.no_crop, reorient=not args.no_reorient,
-                          image_resampling=args.image_resampling, device=args.device)
     try:
-        predictor = FastPredictor.from_config(args.model, cfg, folds=folds,
-                                              trust_model=getattr(args, "trust_model", False))
+        predictor = FastPredictor(args.model, cfg, folds=folds, trust_model=getattr(args, "trust_model", False))
     except (InputError, ModelFolderError) as e:   # corrupt/untrusted checkpoint, inconsistent folder
         log.error("%s", e)
         for d in created:                           # leave no empty output folders behind
@@ -271,12 +307,11 @@ def run_predict(args: argparse.Namespace) -> int:
             log.error("case %s failed: %s", case, e)
         report_cases.append(entry)
 
-    report = {"versions": _versions(), "device": str(predictor.device), "model": str(args.model),
-              "folds": predictor.model.folds, "settings": {
-                  "skip": not args.no_skip, "skip_threshold": args.skip_threshold, "grow": not args.no_grow,
-                  "step_size": args.step_size, "tta": args.tta, "dtype": str(predictor.dtype),
-                  "batch_windows": args.batch_windows, "crop_to_body": not args.no_crop,
-                  "reorient": not args.no_reorient, "image_resampling": args.image_resampling},
+    # the resolved inference config, once; device and dtype: what it resolved to on this machine
+    report = {"versions": _versions(), "device": str(predictor.device), "dtype": str(predictor.dtype),
+              "model": str(args.model), "folds": predictor.model.folds,
+              "config": str(args.config) if getattr(args, "config", None) else None,
+              "inference": to_dict(predictor.cfg),
               "model_load_seconds": round(load_s, 4), "total_seconds": round(time.perf_counter() - t0, 4),
               "cases_ok": len(cases) - failed, "cases_failed": failed, "cases": report_cases}
     write_json(report, plan.report)
@@ -319,7 +354,13 @@ def fraction(text: str) -> float:
     return v
 
 
+def _choices(key: str) -> list[str]:
+    """The allowed values of an InferenceConfig Literal field (the flag's choices)."""
+    return list(typing.get_args(typing.get_type_hints(InferenceConfig)[key]))
+
+
 def register(subparsers) -> None:
+    D = InferenceConfig()   # the defaults the help shows (the flags themselves default to "not given")
     p = subparsers.add_parser(
         "predict", help="segment CT images with a trained model folder (fast GPU predictor)",
         description="Predict FLARE23 label maps with an nnU-Net v2 model folder: resampling, "
@@ -329,30 +370,42 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", required=True, help="output folder (or .nii.gz file for one input file)")
     p.add_argument("-m", "--model", required=True,
                    help="nnU-Net model folder (dataset.json, plans.json, fold_X/checkpoint_final.pth)")
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="default: auto")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML config whose inference section sets the predictor (a pipeline config or one "
+                        "with only 'inference:'); see docs/pipeline.md for the keys")
+    p.add_argument("--set", action="append", default=[], metavar="inference.KEY=VALUE",
+                   help="override one inference key (repeatable); the flags below are shortcuts for these "
+                        "and win over --config and --set")
+    p.add_argument("--device", default=None, choices=_choices("device"), help=f"inference.device (default {D.device})")
     p.add_argument("--fold", default=None, help="fold(s) to use, e.g. 0 or 0,1,2 or all (default: every fold found)")
-    p.add_argument("--no-skip", action="store_true", help="predict every window (turn window skipping off)")
-    p.add_argument("--skip-threshold", type=int_at_least(1), default=1,
-                   help="foreground voxels (>= 1) the indicator windows need to keep a plane (default 1)")
+    p.add_argument("--no-skip", action="store_true",
+                   help="predict every window (inference.skip_windows=false: window skipping off)")
+    p.add_argument("--skip-threshold", type=int_at_least(1), default=None,
+                   help="inference.skip_threshold: foreground voxels (>= 1) the indicator windows need to "
+                        f"keep a plane (default {D.skip_threshold})")
     p.add_argument("--no-grow", action="store_true",
-                   help="skipping without the growth safeguard: do not run skipped planes that touch "
-                        "foreground predicted next to them (faster, may cut organs at the scan's ends)")
-    p.add_argument("--image-resampling", default="bspline", choices=IMAGE_RESAMPLING,
-                   help="image to the model spacing: bspline (default) = stock nnU-Net's order-3 spline computed "
+                   help="inference.skip_grow=false: skipping without the growth safeguard: do not run "
+                        "skipped planes that touch foreground predicted next to them (faster, may cut organs "
+                        "at the scan's ends)")
+    p.add_argument("--image-resampling", default=None, choices=IMAGE_RESAMPLING,
+                   help="inference.image_resampling, image to the model spacing: bspline (default) = stock "
+                        "nnU-Net's order-3 spline computed "
                         "on the device, labels equal to nnUNetv2_predict's with --no-skip; linear = trilinear, "
                         "fastest on a CPU, boundaries differ slightly; nnunet = nnU-Net's own function on the CPU "
                         "(reference, slowest)")
-    p.add_argument("--tta", action="store_true", help="test-time mirroring over the model's allowed axes")
-    p.add_argument("--step-size", type=fraction, default=0.5,
-                   help="window step as a fraction of the patch, in (0, 1] (default 0.5)")
-    p.add_argument("--batch-windows", type=int_at_least(1), default=4,
-                   help="windows per network call, >= 1 (default 4)")
-    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
-                   help="autocast/accumulator type on CUDA (CPU always float32)")
+    p.add_argument("--tta", action="store_true",
+                   help="inference.tta=true: test-time mirroring over the model's allowed axes")
+    p.add_argument("--step-size", type=fraction, default=None,
+                   help=f"inference.step_size: window step as a fraction of the patch, in (0, 1] (default {D.step_size})")
+    p.add_argument("--batch-windows", type=int_at_least(1), default=None,
+                   help=f"inference.batch_windows: windows per network call, >= 1 (default {D.batch_windows})")
+    p.add_argument("--dtype", default=None, choices=_choices("dtype"),
+                   help=f"inference.dtype: autocast/accumulator type on CUDA (CPU always float32; default {D.dtype})")
     p.add_argument("--no-crop", action="store_true",
-                   help="run every sliding window, not only those that meet the body's bounding box")
+                   help="inference.crop_to_body=false: run every sliding window, not only those that meet "
+                        "the body's bounding box")
     p.add_argument("--no-reorient", action="store_true",
-                   help="feed the array to the network in its stored axis order; by default an image "
+                   help="inference.reorient=false: feed the array to the network in its stored axis order; by default an image "
                         "stored sagittally/coronally or with permuted axes (per its direction matrix) is "
                         "permuted into axial layout for prediction and the labels permuted back (output "
                         "geometry is the input's either way; flips and obliquity are never changed)")

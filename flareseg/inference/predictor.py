@@ -54,7 +54,7 @@ import SimpleITK as sitk
 import torch
 
 from flareseg.anatomy import bbox_of, body_mask, expand_bbox
-from flareseg.config import IMAGE_RESAMPLING
+from flareseg.config import InferenceConfig, inference_config
 from flareseg.io import InputError, read_image
 from flareseg.inference.normalize import normalize_
 from flareseg.inference.orientation import axial_reorientation
@@ -141,50 +141,42 @@ def validate_array(arr: np.ndarray, spacing_zyx: Sequence[float], name: str,
 
 
 class FastPredictor:
-    """Predict label maps with an nnU-Net v2 model folder on the device (CUDA when present)."""
+    """Predict label maps with an nnU-Net v2 model folder on the device (CUDA when present).
 
-    def __init__(self, model: str | os.PathLike | LoadedModel, device: str | torch.device = "auto",
-                 dtype: str = "float16", skip: bool = True, skip_threshold: int = 1,
-                 step_size: float = 0.5, tta: bool = False, batch_windows: int = 4,
-                 crop_to_body: bool = True, folds: Sequence[int | str] | None = None,
-                 checkpoint: str | None = None, body_margin_mm: float = 10.0, reorient: bool = True,
-                 grow: bool = True, image_resampling: str = "bspline",
-                 resample_probabilities: bool = True, chunk_mb: float = 256.0, trust_model: bool = False):
+    The settings are one :class:`flareseg.config.InferenceConfig` (``cfg``, its defaults when
+    None); keyword ``overrides`` are its own field names (``FastPredictor(m, device="cpu",
+    skip_windows=False)``) and are checked like a config file.  ``self.cfg`` is what ran.  The
+    remaining keywords are not inference settings: which folds/checkpoint to load, whether to trust
+    the checkpoint, and developer knobs for comparisons and memory (``body_margin_mm``,
+    ``resample_probabilities``, ``chunk_mb``).
+    """
+
+    def __init__(self, model: str | os.PathLike | LoadedModel, cfg: InferenceConfig | None = None, *,
+                 folds: Sequence[int | str] | None = None, checkpoint: str | None = None,
+                 trust_model: bool = False, body_margin_mm: float = 10.0,
+                 resample_probabilities: bool = True, chunk_mb: float = 256.0, **overrides: Any):
+        self.cfg = inference_config(cfg, "FastPredictor", **overrides)   # fails before the model loads
         # trust_model: unpickle the checkpoints without the weights-only allow-list (code in them runs)
         self.model = model if isinstance(model, LoadedModel) else load_model(model, folds, checkpoint,
                                                                               trusted=trust_model)
         if self.model.num_input_channels != 1:
             raise ValueError(f"{self.model.model_dir}: the fast predictor handles single-channel CT, "
                              f"model has {self.model.num_input_channels} input channels")
-        self.device = resolve_device(device)
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        c = self.cfg
+        self.device = resolve_device(c.device)
         # half-precision autocast and accumulators only on CUDA (CPU half kernels are slow)
-        self.dtype = DTYPES[dtype] if self.device.type == "cuda" else torch.float32
-        # grow: the skipping growth safeguard (see flareseg.inference.skipping); only with skip
-        self.skip, self.skip_threshold, self.grow = skip, skip_threshold, grow
-        self.step_size, self.tta, self.batch_windows = step_size, tta, batch_windows
-        self.crop_to_body, self.body_margin_mm = crop_to_body, body_margin_mm
-        self.reorient = reorient  # permute non-axial arrays into axial layout (and back)
-        if image_resampling not in IMAGE_RESAMPLING:
-            raise ValueError(f"image_resampling must be one of {IMAGE_RESAMPLING}, got {image_resampling!r}")
-        self.image_resampling, self.resample_probabilities = image_resampling, resample_probabilities
+        self.dtype = DTYPES[c.dtype] if self.device.type == "cuda" else torch.float32
+        # skip_grow: the skipping growth safeguard (see flareseg.inference.skipping); only with skipping
+        self.skip_windows, self.skip_threshold, self.skip_grow = c.skip_windows, c.skip_threshold, c.skip_grow
+        self.step_size, self.tta, self.batch_windows = c.step_size, c.tta, c.batch_windows
+        self.crop_to_body, self.body_margin_mm = c.crop_to_body, body_margin_mm
+        self.reorient = c.reorient  # permute non-axial arrays into axial layout (and back)
+        self.image_resampling, self.resample_probabilities = c.image_resampling, resample_probabilities
         self.chunk_mb = chunk_mb
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.networks = [n.to(self.device).eval() for n in self.model.networks]
         self.last_stats: dict[str, Any] = {}
-
-    @classmethod
-    def from_config(cls, model: str | os.PathLike | LoadedModel, cfg: Any, **overrides) -> "FastPredictor":
-        """Build from a :class:`flareseg.config.InferenceConfig`; keyword arguments win."""
-        kw = dict(device=cfg.device, dtype=cfg.dtype, skip=cfg.skip_windows,
-                  skip_threshold=cfg.skip_threshold, step_size=cfg.step_size, tta=cfg.tta,
-                  batch_windows=cfg.batch_windows, crop_to_body=cfg.crop_to_body,
-                  reorient=cfg.reorient, grow=cfg.skip_grow,
-                  image_resampling=cfg.image_resampling)
-        kw.update(overrides)
-        return cls(model, **kw)
 
     # ------------------------------------------------------------------ network callable
     def window_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -280,8 +272,8 @@ class FastPredictor:
         linear = self.resample_probabilities and tuple(shape_model) != arr_t.shape
         out, wstats = predict_sliding_window(
             x, self.window_fn(), self.model.patch_size, self.step_size, self.batch_windows,
-            self.skip, self.skip_threshold, self.dtype, return_logits=want_probs or linear,
-            grow=self.grow, starts=starts)
+            self.skip_windows, self.skip_threshold, self.dtype, return_logits=want_probs or linear,
+            grow=self.skip_grow, starts=starts)
         del x
         hook_result = None
         if want_probs:

@@ -79,7 +79,7 @@ def run(ctx: StageContext) -> dict:
         check_members(pc)
     except ValueError as e:
         raise StageError(str(e)) from None
-    predictor = FastPredictor.from_config(model_dir, cfg.inference, tta=pc.tta)
+    predictor = FastPredictor(model_dir, cfg.inference, tta=pc.tta)
     fingerprint = score_fingerprint(s1["training"]["checkpoint"], cfg.inference, pc)
 
     def image_of(cid: str) -> Path:

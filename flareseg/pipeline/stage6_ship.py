@@ -1,15 +1,19 @@
-"""stage-6: ship the coarse model: predict the held-out validation set with the fast predictor
-(window skipping on), evaluate DSC/NSD under the FLARE23 rules, and measure per-case efficiency
-the way the FLARE harness does (one ``flareseg predict`` process per case: start-up, model load,
-wall time, CPU RSS, GPU memory when there is a GPU)."""
+"""stage-6: ship the coarse model: predict the held-out validation set once, the way the FLARE
+harness runs a submission (one ``flareseg predict`` process per case, measuring start-up, model
+load, wall time, CPU RSS, GPU memory when there is a GPU), then evaluate those very outputs
+(DSC/NSD under the FLARE23 rules).  The processes get the stage's resolved ``inference`` config
+as a file (``--config``), so the efficiency table measures the predictor that is evaluated; each
+process's run report lists the config it ran with, and the stage checks it against its own."""
 from __future__ import annotations
 
 import logging
 import sys
 from pathlib import Path
 
+import yaml
+
 from flareseg.config import to_dict
-from flareseg.io import write_image, write_json
+from flareseg.io import read_json, write_json, write_text
 from flareseg.pipeline.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -24,12 +28,19 @@ def case_seconds(step_seconds: dict) -> float:
     return float(sum(step_seconds.values()))
 
 
+def efficiency_command(model_dir: Path, settings: Path, reports: Path) -> list[str]:
+    """The ``flareseg predict`` command of one efficiency run (``{input}``, ``{output_dir}``, ``{case}``
+    are filled per case): label map ``<case>.nii.gz``, the model, the inference settings file, a run
+    report per case."""
+    return [sys.executable, "-m", "flareseg.cli", "predict", "-i", "{input}", "-o", "{output_dir}/{case}.nii.gz",
+            "-m", str(model_dir), "--config", str(settings), "--report", str(reports / "{case}.json"), "-q"]
+
+
 def run(ctx: StageContext) -> dict:
     from flareseg.evaluation.efficiency import measure_efficiency, summarize, write_efficiency_reports
     from flareseg.evaluation.evaluate import evaluate_folders
     from flareseg.evaluation.report import format_table, summary_dict
     from flareseg.inference.commands import collect_inputs
-    from flareseg.inference.predictor import FastPredictor
 
     cfg = ctx.cfg
     s1, s5 = ctx.upstream(1)["result"], ctx.upstream(5)["result"]
@@ -37,49 +48,46 @@ def run(ctx: StageContext) -> dict:
         raise StageError("no validation set: set data.validation_images and data.validation_labels")
     val_imgs, val_labs = Path(s1["validation_images"]), Path(s1["validation_labels"])
     model_dir = Path(s5["model_dir"])
-    pred_dir = ctx.dir / "predictions"
+    pred_dir, eff_dir = ctx.dir / "predictions", ctx.dir / "efficiency"
+    settings, reports = eff_dir / "inference.yaml", eff_dir / "reports"
     cases = collect_inputs(val_imgs)
+    inference = to_dict(cfg.inference)
 
-    def predict_all() -> dict:
-        predictor = FastPredictor.from_config(model_dir, cfg.inference)
+    def predict_and_measure() -> dict:
+        write_text(yaml.safe_dump({"inference": inference}, sort_keys=False), settings)
+        cmd = efficiency_command(model_dir, settings, reports)
+        rows = measure_efficiency(cmd, [p for _, p in cases], eff_dir, outputs_dir=pred_dir)
+        summ = summarize(rows, cmd)
+        write_efficiency_reports(rows, summ, eff_dir)
+        failed = [r["case"] for r in rows if r["returncode"] != 0]
+        if failed:
+            raise StageError(f"flareseg predict failed for {failed}; see {eff_dir / 'logs'}")
         per_case = {}
-        for name, path in cases:
-            dest = pred_dir / f"{name}.nii.gz"
-            pred = predictor.run(path)
-            write_image(pred.labels, dest)
-            w = pred.stats["windows"]
-            per_case[name] = {"seconds": round(case_seconds(pred.stats["seconds"]), 3), "windows": w}
+        for r in rows:
+            rep = read_json(reports / f"{r['case']}.json")
+            if rep.get("inference") != inference:   # the run must have used the stage's settings
+                raise StageError(f"{reports / (r['case'] + '.json')}: flareseg predict ran with inference "
+                                 f"{rep.get('inference')}, not the stage's {inference}")
+            c = rep["cases"][0]
+            per_case[r["case"]] = {"seconds": round(case_seconds(c["steps"]), 3), "wall_s": r["wall_s"],
+                                   "windows": c["windows"], "output": c["output"]}
         tot = sum(v["windows"]["windows_total"] for v in per_case.values())
         skipped = sum(v["windows"]["windows_skipped"] for v in per_case.values())
-        return {"cases": per_case, "windows_total": tot, "windows_skipped": skipped}
+        return {"efficiency": summ,
+                "prediction": {"cases": per_case, "windows_total": tot, "windows_skipped": skipped}}
 
-    predicted = ctx.step("predict", {"model": s5["training"]["checkpoint"], "inference": to_dict(cfg.inference),
-                                     "cases": [str(p) for _, p in cases]}, predict_all,
-                         outputs=[pred_dir / f"{n}.nii.gz" for n, _ in cases])
+    # one step: the efficiency outputs are the predictions evaluated (nothing is predicted twice)
+    done = ctx.step("predict_measure", {"model": s5["training"]["checkpoint"], "inference": inference,
+                                "cases": [str(p) for _, p in cases]}, predict_and_measure,
+                    outputs=[pred_dir / f"{n}.nii.gz" for n, _ in cases] + [eff_dir / "efficiency.json"])
+    predicted, eff = done["prediction"], done["efficiency"]
     res = evaluate_folders(pred_dir, val_labs, cfg.evaluation, out_dir=ctx.dir / "evaluation")
     table = format_table(res)
     (ctx.dir / "evaluation").mkdir(parents=True, exist_ok=True)
     log.info("validation results:\n%s", table)
-
-    def efficiency() -> dict:
-        cmd = [sys.executable, "-m", "flareseg.cli", "predict", "-i", "{input}", "-o", "{output}",
-               "-m", str(model_dir), "--device", cfg.inference.device, "--dtype", cfg.inference.dtype, "-q"]
-        if not cfg.inference.skip_windows:
-            cmd.append("--no-skip")
-        rows = measure_efficiency(cmd, [p for _, p in cases], ctx.dir / "efficiency")
-        summ = summarize(rows, cmd)
-        write_efficiency_reports(rows, summ, ctx.dir / "efficiency")
-        failed = [r["case"] for r in rows if r["returncode"] != 0]
-        if failed:
-            raise StageError(f"flareseg predict failed for {failed}; see {ctx.dir / 'efficiency' / 'logs'}")
-        return summ
-
-    eff = ctx.step("efficiency", {"model": s5["training"]["checkpoint"], "inference": to_dict(cfg.inference),
-                                  "cases": [str(p) for _, p in cases]}, efficiency,
-                   outputs=[ctx.dir / "efficiency"])
     summary = summary_dict(res, cfg.evaluation)
     write_json({"evaluation": summary, "prediction": predicted, "efficiency": eff},
                ctx.dir / "ship_report.json")
     return {"evaluation": summary, "windows_total": predicted["windows_total"],
             "windows_skipped": predicted["windows_skipped"], "efficiency": eff, "table": table,
-            "outputs": [pred_dir, ctx.dir / "evaluation", ctx.dir / "ship_report.json"]}
+            "outputs": [pred_dir, ctx.dir / "evaluation", eff_dir, ctx.dir / "ship_report.json"]}

@@ -138,8 +138,8 @@ class MultiMemberScorer:
             member_predictors = []
             for spec in pc.member_models:
                 folder, ckpt = parse_model_member(spec)
-                member_predictors.append(FastPredictor.from_config(folder, inference_cfg, tta=pc.tta,
-                                                                   checkpoint=ckpt))
+                member_predictors.append(FastPredictor(folder, inference_cfg, tta=pc.tta,
+                                                       checkpoint=ckpt))
         if len(member_predictors) != len(pc.member_models):
             raise ValueError(f"{len(member_predictors)} member predictors for "
                              f"{len(pc.member_models)} member_models")
