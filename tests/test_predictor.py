@@ -181,7 +181,7 @@ def test_float16_labels_are_stocks_at_model_spacing(model_dir):
     so it is set here) gives stock's labels on every voxel (stock sums in float16 on the CPU too)."""
     img = phantom_ct(spacing_zyx=SPACING, seed=3)
     ref = stock_predict(model_dir, img)
-    fp = FastPredictor(model_dir, device="cpu", skip=False, crop_to_body=False, batch_windows=1)
+    fp = FastPredictor(model_dir, device="cpu", skip_windows=False, crop_to_body=False, batch_windows=1)
     fp.dtype = torch.float16
     ours = sitk.GetArrayFromImage(fp.predict(img))
     assert np.array_equal(ours, ref), int((ours != ref).sum())
