@@ -276,15 +276,20 @@ class FastPredictor:
             grow=self.skip_grow, starts=starts)
         del x
         hook_result = None
-        if want_probs:
+        if want_probs and prob_hook is not None:
             probs = torch.softmax(out.float(), 0)
             if not (linear or save_probabilities):
                 out = None  # free the logits before the hook runs
             if not linear:
                 labels_m = probs.argmax(0).to(torch.uint8)
-            if prob_hook is not None:
-                hook_result = prob_hook(probs)
+            hook_result = prob_hook(probs)
             del probs
+        elif want_probs and not linear:
+            # the argmax of the softmax, a z-slab of float32 scores at a time (no full score map)
+            labels_m = torch.empty(out.shape[1:], dtype=torch.uint8, device=out.device)
+            per = self._slab_rows(out.shape[0], out.shape[2] * out.shape[3])
+            for a in range(0, out.shape[1], per):
+                labels_m[a:a + per] = torch.softmax(out[:, a:a + per].float(), 0).argmax(0).to(torch.uint8)
         elif not linear:
             labels_m = out
         t.lap("sliding_window")
@@ -328,22 +333,38 @@ class FastPredictor:
                                                  list(self.model.spacing))
         return torch.from_numpy(np.ascontiguousarray(out[0], dtype=np.float32)).to(self.device)
 
+    def _slab_rows(self, k: int, row_voxels: int) -> int:
+        """Rows (leading spatial axis) of a slab of at most ``chunk_mb`` of float32 scores of ``k``
+        classes, ``row_voxels`` voxels per row."""
+        return max(1, int(self.chunk_mb * 2 ** 20 // (4 * k * max(1, row_voxels))))
+
     def _probabilities_to_input(self, logits: torch.Tensor, crop, samples, full_shape, tb) -> np.ndarray:
         """Stock's probability export: logits of the model region linearly to the input grid at
         ``samples`` (written into ``crop``), then softmax, so their argmax is the label map;
-        background 1 where no window ran.  Done in slabs of at most ``chunk_mb`` of float32 scores."""
+        background 1 where no window ran.
+
+        The map is written slab by slab (rows of the leading axis) straight into a float16 host
+        array: on the device only one slab exists at a time, its float32 interpolation stages
+        (each at most ``chunk_mb``) and the model rows it reads, promoted to float32 there, so
+        peak device memory does not grow with the input's size beyond the logits themselves
+        (docs/benchmarks.md, "Peak device memory of probability exports")."""
         k = logits.shape[0]
-        full = torch.zeros((k, *full_shape), dtype=torch.float16, device=logits.device)
-        full[0] = 1
+        host = np.zeros((k, *full_shape), dtype=np.float16)
+        host[0] = 1
         s0, rest = samples[0], samples[1:]
-        logits = logits.float()
-        per = max(1, int(self.chunk_mb * 2 ** 20 // (4 * k * len(rest[0]) * len(rest[1]))))
+        ym, xm = logits.shape[2], logits.shape[3]
+        ny, nx = len(rest[0]), len(rest[1])
+        # largest float32 stage per output row: model rows after z, after y, after x (= the output)
+        per = self._slab_rows(k, max(ym * xm, ny * xm, ny * nx))
         for a in range(0, len(s0), per):
-            part = AxisSamples(s0.i0[a:a + per], s0.i1[a:a + per], s0.w[a:a + per], s0.paired)
+            i0, i1 = s0.i0[a:a + per], s0.i1[a:a + per]
+            lo, hi = int(i0.min()), int(i1.max()) + 1          # model rows this slab reads
+            part = AxisSamples(i0 - lo, i1 - lo, s0.w[a:a + per], s0.paired)
             rows = slice(crop[0].start + a, crop[0].start + a + len(part))
-            full[(slice(None), rows, *crop[1:])] = torch.softmax(
-                interpolate(logits, [part, *rest]), 0).to(torch.float16)
-        return full.permute(0, *[a + 1 for a in tb]).cpu().numpy()
+            slab = torch.softmax(interpolate(logits[:, lo:hi].float(), [part, *rest]), 0)
+            host[(slice(None), rows, *crop[1:])] = slab.to(torch.float16).cpu().numpy()
+            del slab
+        return host.transpose(0, *[a + 1 for a in tb])
 
 
 class _Timer:

@@ -5,8 +5,10 @@ resolution and :class:`~flareseg.pseudolabel.uncertainty.MemberAccumulator` scor
 member: entropy only).
 
 With any of ``pseudolabel.member_models``, ``member_tta`` or ``member_label_dirs`` set, every
-member is brought to the scan's own (input) grid ``(Z, Y, X)`` and streamed into one accumulator,
-so the multi-member scores (disagreement, inconsistency, overlap) exist:
+member is brought to the scan's own (input) grid ``(Z, Y, X)``, kept on the host (float16
+probabilities, uint8 labels) and scored a z-slab at a time on the device
+(:func:`~flareseg.pseudolabel.uncertainty.score_members_in_slabs`), so the multi-member scores
+(disagreement, inconsistency, overlap) exist while device memory stays bounded:
 
 1. the fine model: ``FastPredictor.run(image, save_probabilities=True)`` (float16, background 1
    outside the body crop); its argmax label map is the raw pseudo label, as without members;
@@ -36,7 +38,7 @@ import torch
 from flareseg.config import PseudoLabelConfig, config_hash, to_dict
 from flareseg.inference.orientation import axial_reorientation
 from flareseg.io import Geometry, InputError, geometry_mismatch, read_array, read_image, write_image
-from flareseg.pseudolabel.uncertainty import MULTI_MEMBER_SCORES, MemberAccumulator
+from flareseg.pseudolabel.uncertainty import MULTI_MEMBER_SCORES, MemberAccumulator, score_members_in_slabs
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +132,10 @@ class MultiMemberScorer:
 
     def __init__(self, predictor, pc: PseudoLabelConfig, inference_cfg: Any,
                  image_of: Callable[[str], Path | sitk.Image], raw_dir: Path,
-                 member_predictors: Sequence[Any] | None = None):
-        """``member_predictors`` (one per ``pc.member_models``) defaults to loading each folder."""
+                 member_predictors: Sequence[Any] | None = None, slab_mb: float = 256.0):
+        """``member_predictors`` (one per ``pc.member_models``) defaults to loading each folder;
+        ``slab_mb``: MB of float32 probabilities per z-slab scored on the device."""
+        self.slab_mb = slab_mb
         from flareseg.inference.predictor import FastPredictor
         self.predictor, self.pc, self.image_of, self.raw_dir = predictor, pc, image_of, Path(raw_dir)
         if member_predictors is None:
@@ -154,26 +158,36 @@ class MultiMemberScorer:
         image = image if isinstance(image, sitk.Image) else read_image(image)
         geo = Geometry.of(image)
         labels = [read_label_member(d, cid, geo) for d in self.label_dirs]  # cheap checks first
-        acc = MemberAccumulator()
+        # every member's float16 probabilities stay on the host; they are scored a z-slab at a
+        # time on the predictor's device, so device memory does not grow with the scan's size
         pred = self.predictor.run(image, save_probabilities=True)
-        # accumulate on the predictor's device (the first member decides; later ones follow)
-        acc.add(torch.from_numpy(pred.probabilities).to(self._device()))
+        members: list[np.ndarray] = [pred.probabilities]
         raw = sitk.Cast(pred.labels, sitk.sitkUInt8)
         del pred
         for p in self.member_predictors:
-            acc.add(p.run(image, save_probabilities=True).probabilities)
+            members.append(p.run(image, save_probabilities=True).probabilities)
         if self.pc.member_tta:
             mirrored, ax = mirror_lr(image)
             probs = self.predictor.run(mirrored, save_probabilities=True).probabilities
-            acc.add(np.flip(probs, ax + 1))
-        for d, lab in zip(self.label_dirs, labels):
-            try:
-                acc.add(lab)
-            except ValueError as e:
-                raise InputError(d / f"{cid}.nii.gz", f"not a usable label member ({e})") from None
-        scores = acc.scores()
+            members.append(np.flip(probs, ax + 1))
+        first_label = len(members)
+        members += labels
+        try:
+            scores = score_members_in_slabs(members, self._device(), self.slab_mb)
+        except ValueError as e:
+            n = _member_index(e)
+            if n is None or n < first_label:
+                raise
+            path = self.label_dirs[n - first_label] / f"{cid}.nii.gz"
+            raise InputError(path, f"not a usable label member ({e})") from None
         write_image(raw, self.raw_dir / f"{cid}.nii.gz")
         return scores
+
+
+def _member_index(e: ValueError) -> int | None:
+    """``n`` of a ``"member <n>: ..."`` error of :mod:`flareseg.pseudolabel.uncertainty`."""
+    head = str(e).split(":", 1)[0].split()
+    return int(head[1]) if len(head) == 2 and head[0] == "member" and head[1].isdigit() else None
 
 
 def make_scorer(predictor, pc: PseudoLabelConfig, inference_cfg: Any,

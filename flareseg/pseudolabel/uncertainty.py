@@ -188,21 +188,19 @@ class MemberAccumulator:
         Everything reduces to per-class sums (``bincount``) over the full grid plus dense work only
         on the voxels where members disagree, so the cost stays close to one pass over the members.
         """
+        return self.partial().scores(self.groups, self.num_classes)
+
+    def partial(self) -> "PartialScores":
+        """The sums the scores are ratios of, on the CPU: partial results of disjoint parts of a
+        grid (z-slabs, :func:`score_members_in_slabs`) add up with ``+``."""
         C = self.num_classes
         if self._sum is None:
             raise ValueError("no members added")
         lab = self.label().reshape(-1).long()
         n_c = torch.bincount(lab, minlength=C).double()
         h_c = torch.bincount(lab, weights=voxel_entropy(self._sum, self.n_members).double(), minlength=C)
-        multi = self._multi_member_stats() if self.n_members >= 2 else None
-        out: dict[str, float] = {"n_members": float(self.n_members)}
-        for g, classes in self.groups.items():
-            idx = torch.tensor(classes, device=self.device)
-            out[score_key(g, "voxels")] = float(n_c[idx].sum())
-            out[score_key(g, "entropy")] = _ratio(h_c[idx].sum(), n_c[idx].sum())
-            if multi is not None:
-                out.update(multi.group_scores(g, idx, _lut(classes, C, self.device)))
-        return out
+        multi = self._multi_member_stats().cpu() if self.n_members >= 2 else None
+        return PartialScores(self.n_members, n_c.cpu(), h_c.cpu(), multi)
 
     def _multi_member_stats(self) -> "_MultiStats":
         C, M = self.num_classes, self.n_members
@@ -233,6 +231,31 @@ class MemberAccumulator:
 
 
 @dataclass
+class PartialScores:
+    """Per-class sums of one part of a case's grid (:meth:`MemberAccumulator.partial`)."""
+    n_members: int
+    n_c: torch.Tensor                # (C,) voxels whose mean-prediction argmax is class c
+    h_c: torch.Tensor                # (C,) their summed entropy
+    multi: "_MultiStats | None"      # >= 2 members
+
+    def __add__(self, other: "PartialScores") -> "PartialScores":
+        if other.n_members != self.n_members:
+            raise ValueError(f"partial scores of {self.n_members} and {other.n_members} members")
+        multi = None if self.multi is None else self.multi + other.multi  # type: ignore[operator]
+        return PartialScores(self.n_members, self.n_c + other.n_c, self.h_c + other.h_c, multi)
+
+    def scores(self, groups: Mapping[str, Sequence[int]], num_classes: int) -> dict[str, float]:
+        out: dict[str, float] = {"n_members": float(self.n_members)}
+        for g, classes in groups.items():
+            idx = torch.tensor(classes)
+            out[score_key(g, "voxels")] = float(self.n_c[idx].sum())
+            out[score_key(g, "entropy")] = _ratio(self.h_c[idx].sum(), self.n_c[idx].sum())
+            if self.multi is not None:
+                out.update(self.multi.group_scores(g, idx, _lut(classes, num_classes, torch.device("cpu"))))
+        return out
+
+
+@dataclass
 class _MultiStats:
     """Per-class statistics of >= 2 members, reduced to group scores on demand."""
     agree_n: torch.Tensor            # (C,) voxels where all members predict class c
@@ -241,6 +264,19 @@ class _MultiStats:
     incons_den: torch.Tensor         # (C,) number of those voxels
     volumes: list[torch.Tensor]      # per member (C,) voxels predicted as c
     pair_agree: list[tuple[int, int, torch.Tensor]]   # (a, b, (C,) voxels both call c)
+
+    def cpu(self) -> "_MultiStats":
+        return _MultiStats(self.agree_n.cpu(), self.disagreeing.cpu(), self.incons_num.cpu(),
+                           self.incons_den.cpu(), [v.cpu() for v in self.volumes],
+                           [(a, b, n.cpu()) for a, b, n in self.pair_agree])
+
+    def __add__(self, other: "_MultiStats") -> "_MultiStats":
+        """Statistics of two disjoint parts of the grid: sums add, disagreeing voxels join."""
+        return _MultiStats(self.agree_n + other.agree_n,
+                           torch.cat([self.disagreeing, other.disagreeing], 1),
+                           self.incons_num + other.incons_num, self.incons_den + other.incons_den,
+                           [a + b for a, b in zip(self.volumes, other.volumes)],
+                           [(a, b, n + m) for (a, b, n), (_, _, m) in zip(self.pair_agree, other.pair_agree)])
 
     def group_scores(self, g: str, idx: torch.Tensor, lut: torch.Tensor) -> dict[str, float]:
         dis_in_g = lut[self.disagreeing].any(0).sum() if self.disagreeing.numel() else torch.tensor(0)
@@ -259,6 +295,53 @@ def _argmax0(t: torch.Tensor) -> torch.Tensor:
     """Argmax over dim 0 (first maximum on ties); ``max`` is several times faster than
     ``argmax`` along the leading dim on CPU."""
     return t.max(0).indices
+
+
+def slab_rows(num_classes: int, row_voxels: int, slab_mb: float) -> int:
+    """z-rows of a slab holding at most ``slab_mb`` MB of float32 probabilities of ``num_classes``."""
+    return max(1, int(slab_mb * 2 ** 20 // (4 * num_classes * max(1, row_voxels))))
+
+
+def score_members_in_slabs(members: Sequence[Member], device: torch.device | str | None = None,
+                           slab_mb: float = 256.0, groups: Mapping[str, Sequence[int]] = GROUPS,
+                           num_classes: int = NUM_CLASSES) -> dict[str, float]:
+    """The scores of :class:`MemberAccumulator` for ``members`` kept on the host (float16
+    probabilities ``(C, Z, Y, X)`` or label maps ``(Z, Y, X)``, numpy views of any strides), scored
+    on ``device`` (default: where the first member is) a z-slab at a time.
+
+    Each slab is one accumulator over the members' slabs; its :meth:`~MemberAccumulator.partial`
+    sums add up (the disagreeing voxels join), so the scores equal scoring the whole grid at once up
+    to float summation order, while only a slab of ``slab_mb`` MB of float32 probabilities per
+    running sum exists on the device (docs/benchmarks.md, "Peak device memory of probability
+    exports").  Raises ``ValueError("member <n>: ...")`` like :meth:`MemberAccumulator.add`.
+    """
+    members = list(members)
+    if not members:
+        raise ValueError("no members added")
+    spatial = []
+    for n, m in enumerate(members):
+        if m.ndim == 4 and m.shape[0] != num_classes:
+            raise ValueError(f"member {n}: probabilities need {num_classes} channels, got shape {tuple(m.shape)}")
+        if m.ndim not in (3, 4):
+            raise ValueError(f"member {n}: expected (C, Z, Y, X) probabilities or a (Z, Y, X) label map, "
+                             f"got shape {tuple(m.shape)}")
+        spatial.append(tuple(m.shape[m.ndim - 3:]))
+        if spatial[n] != spatial[0]:
+            raise ValueError(f"member {n}: grid {spatial[n]} differs from the first member's {spatial[0]}")
+    if device is None:
+        device = members[0].device if isinstance(members[0], torch.Tensor) else torch.device("cpu")
+    z, y, x = spatial[0]
+    per = slab_rows(num_classes, y * x, slab_mb)
+    total: PartialScores | None = None
+    for a in range(0, max(z, 1), per):
+        acc = MemberAccumulator(groups, num_classes)
+        for n, m in enumerate(members):
+            part = m[:, a:a + per] if m.ndim == 4 else m[a:a + per]
+            acc.add(as_tensor(part, device))     # errors name member n: the slab counts from 0 too
+        p = acc.partial()
+        del acc
+        total = p if total is None else total + p
+    return total.scores(groups, num_classes)  # type: ignore[union-attr]
 
 
 def score_and_label(members: Member | Iterable[Member], groups: Mapping[str, Sequence[int]] = GROUPS,
