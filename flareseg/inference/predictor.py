@@ -47,7 +47,7 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -215,13 +215,17 @@ class FastPredictor:
 
     @torch.inference_mode()
     def run(self, image: str | os.PathLike | sitk.Image, save_probabilities: bool = False,
-            prob_hook: Callable[[torch.Tensor], Any] | None = None) -> Prediction:
+            prob_hook: Callable[[torch.Tensor], Any] | None = None,
+            slab_hook: Callable[[Iterator[torch.Tensor]], Any] | None = None) -> Prediction:
         """Predict one case; ``stats`` holds seconds per step and window counts.
 
         ``prob_hook`` receives the softmax probabilities ``(K, Z, Y, X)`` at model resolution and in
         model layout (reoriented, then transposed by the plans), on the device, and its return value
         lands in ``Prediction.hook_result`` (stage-2 computes uncertainty there, so probabilities
-        never leave the device).  ``stats["reoriented"]`` is the applied axis permutation or None."""
+        never leave the device).  ``slab_hook`` instead receives those probabilities as an iterator
+        of slabs ``(K, rows, Y, X)`` along the leading axis, in order, each at most ``chunk_mb`` of
+        float32, so no full-size probability map exists on the device (stage-2's default scorer).
+        ``stats["reoriented"]`` is the applied axis permutation or None."""
         t = _Timer(self.device)
         name = "<in-memory image>"
         if not isinstance(image, sitk.Image):
@@ -268,7 +272,7 @@ class FastPredictor:
         x = x[region][None]
         t.lap("preprocess")
 
-        want_probs = save_probabilities or prob_hook is not None
+        want_probs = save_probabilities or prob_hook is not None or slab_hook is not None
         linear = self.resample_probabilities and tuple(shape_model) != arr_t.shape
         out, wstats = predict_sliding_window(
             x, self.window_fn(), self.model.patch_size, self.step_size, self.batch_windows,
@@ -284,12 +288,26 @@ class FastPredictor:
                 labels_m = probs.argmax(0).to(torch.uint8)
             hook_result = prob_hook(probs)
             del probs
-        elif want_probs and not linear:
-            # the argmax of the softmax, a z-slab of float32 scores at a time (no full score map)
-            labels_m = torch.empty(out.shape[1:], dtype=torch.uint8, device=out.device)
+        elif want_probs:
+            # the softmax a slab of float32 scores at a time (no full score map): to the slab hook,
+            # and its argmax is the model-grid label map when no export interpolation follows
+            if not linear:
+                labels_m = torch.empty(out.shape[1:], dtype=torch.uint8, device=out.device)
             per = self._slab_rows(out.shape[0], out.shape[2] * out.shape[3])
-            for a in range(0, out.shape[1], per):
-                labels_m[a:a + per] = torch.softmax(out[:, a:a + per].float(), 0).argmax(0).to(torch.uint8)
+
+            def slabs() -> Iterator[torch.Tensor]:
+                for a in range(0, out.shape[1], per):
+                    p = torch.softmax(out[:, a:a + per].float(), 0)
+                    if not linear:
+                        labels_m[a:a + per] = p.argmax(0).to(torch.uint8)
+                    yield p
+            it = slabs()
+            if slab_hook is not None:
+                hook_result = slab_hook(it)
+            for _ in it:          # whatever the hook left unread (the labels need every slab)
+                pass
+            if not (linear or save_probabilities):
+                out = None
         elif not linear:
             labels_m = out
         t.lap("sliding_window")

@@ -1,8 +1,8 @@
 """Stage-2 per-case scorer: the fine model alone, or with extra uncertainty *members*.
 
 Default (no extra member configured): the fine model's softmax stays on the device at model
-resolution and :class:`~flareseg.pseudolabel.uncertainty.MemberAccumulator` scores it there (one
-member: entropy only).
+resolution and is scored there a slab at a time
+(:func:`~flareseg.pseudolabel.uncertainty.score_slab_stream`; one member: entropy only).
 
 With any of ``pseudolabel.member_models``, ``member_tta`` or ``member_label_dirs`` set, every
 member is brought to the scan's own (input) grid ``(Z, Y, X)``, kept on the host (float16
@@ -38,7 +38,7 @@ import torch
 from flareseg.config import PseudoLabelConfig, config_hash, to_dict
 from flareseg.inference.orientation import axial_reorientation
 from flareseg.io import Geometry, InputError, geometry_mismatch, read_array, read_image, write_image
-from flareseg.pseudolabel.uncertainty import MULTI_MEMBER_SCORES, MemberAccumulator, score_members_in_slabs
+from flareseg.pseudolabel.uncertainty import MULTI_MEMBER_SCORES, score_members_in_slabs, score_slab_stream
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +115,10 @@ def read_label_member(folder: Path, case_id: str, geometry: Geometry) -> np.ndar
 
 def single_member_scorer(predictor, image_of: Callable[[str], Path | sitk.Image],
                          raw_dir: Path) -> CaseScorer:
-    """The default: fine-model scores at model resolution on the device, raw label written."""
+    """The default: fine-model scores at model resolution on the device (its softmax a slab at a
+    time, partial scores added), raw label written."""
     def scorer(cid: str) -> dict:
-        def hook(probs):
-            acc = MemberAccumulator()
-            acc.add(probs)
-            return acc.scores()
-        pred = predictor.run(image_of(cid), prob_hook=hook)
+        pred = predictor.run(image_of(cid), slab_hook=score_slab_stream)
         write_image(sitk.Cast(pred.labels, sitk.sitkUInt8), raw_dir / f"{cid}.nii.gz")
         return pred.hook_result
     return scorer

@@ -332,16 +332,26 @@ def score_members_in_slabs(members: Sequence[Member], device: torch.device | str
         device = members[0].device if isinstance(members[0], torch.Tensor) else torch.device("cpu")
     z, y, x = spatial[0]
     per = slab_rows(num_classes, y * x, slab_mb)
+    return score_slab_stream(([as_tensor(m[:, a:a + per] if m.ndim == 4 else m[a:a + per], device)
+                               for m in members] for a in range(0, max(z, 1), per)), groups, num_classes)
+
+
+def score_slab_stream(slabs: Iterable[Member | Sequence[Member]], groups: Mapping[str, Sequence[int]] = GROUPS,
+                      num_classes: int = NUM_CLASSES) -> dict[str, float]:
+    """Scores of a case given as successive disjoint parts of its grid (z-slabs), each part one
+    member (array/tensor) or every member's slab of it: one accumulator per part, partial sums
+    added (:meth:`MemberAccumulator.partial`), so only a part is ever in memory."""
     total: PartialScores | None = None
-    for a in range(0, max(z, 1), per):
+    for part in slabs:
         acc = MemberAccumulator(groups, num_classes)
-        for n, m in enumerate(members):
-            part = m[:, a:a + per] if m.ndim == 4 else m[a:a + per]
-            acc.add(as_tensor(part, device))     # errors name member n: the slab counts from 0 too
+        for m in ([part] if isinstance(part, (np.ndarray, torch.Tensor)) else part):
+            acc.add(m)
         p = acc.partial()
         del acc
         total = p if total is None else total + p
-    return total.scores(groups, num_classes)  # type: ignore[union-attr]
+    if total is None:
+        raise ValueError("no members added")
+    return total.scores(groups, num_classes)
 
 
 def score_and_label(members: Member | Iterable[Member], groups: Mapping[str, Sequence[int]] = GROUPS,
