@@ -288,7 +288,7 @@ class FastPredictor:
                 labels_m = probs.argmax(0).to(torch.uint8)
             hook_result = prob_hook(probs)
             del probs
-        elif want_probs:
+        elif slab_hook is not None or (want_probs and not linear):
             # the softmax a slab of float32 scores at a time (no full score map): to the slab hook,
             # and its argmax is the model-grid label map when no export interpolation follows
             if not linear:

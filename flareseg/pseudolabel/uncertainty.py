@@ -227,7 +227,10 @@ class MemberAccumulator:
         pairs = [(a, b, torch.bincount(labels[a] + C * (labels[a] != labels[b]).long(),
                                        minlength=2 * C)[:C].double())
                  for a in range(M) for b in range(a + 1, M)]
-        return _MultiStats(agree_n, sub, incons_num, incons_den, vols, pairs)
+        # per group: disagreeing voxels where any member predicts the group (a count, so parts add)
+        dis_in = {g: (_lut(cs, C, self.device)[sub].any(0).sum() if sub.numel() else torch.tensor(0)).double()
+                  for g, cs in self.groups.items()}
+        return _MultiStats(agree_n, dis_in, incons_num, incons_den, vols, pairs)
 
 
 @dataclass
@@ -251,7 +254,7 @@ class PartialScores:
             out[score_key(g, "voxels")] = float(self.n_c[idx].sum())
             out[score_key(g, "entropy")] = _ratio(self.h_c[idx].sum(), self.n_c[idx].sum())
             if self.multi is not None:
-                out.update(self.multi.group_scores(g, idx, _lut(classes, num_classes, torch.device("cpu"))))
+                out.update(self.multi.group_scores(g, idx))
         return out
 
 
@@ -259,27 +262,27 @@ class PartialScores:
 class _MultiStats:
     """Per-class statistics of >= 2 members, reduced to group scores on demand."""
     agree_n: torch.Tensor            # (C,) voxels where all members predict class c
-    disagreeing: torch.Tensor        # (M, n_dis) members' labels where they are not all equal
+    dis_in_group: dict[str, torch.Tensor]   # group -> disagreeing voxels any member calls the group
     incons_num: torch.Tensor         # (C,) sum of std of channel c over voxels any member calls c
     incons_den: torch.Tensor         # (C,) number of those voxels
     volumes: list[torch.Tensor]      # per member (C,) voxels predicted as c
     pair_agree: list[tuple[int, int, torch.Tensor]]   # (a, b, (C,) voxels both call c)
 
     def cpu(self) -> "_MultiStats":
-        return _MultiStats(self.agree_n.cpu(), self.disagreeing.cpu(), self.incons_num.cpu(),
-                           self.incons_den.cpu(), [v.cpu() for v in self.volumes],
+        return _MultiStats(self.agree_n.cpu(), {g: n.cpu() for g, n in self.dis_in_group.items()},
+                           self.incons_num.cpu(), self.incons_den.cpu(), [v.cpu() for v in self.volumes],
                            [(a, b, n.cpu()) for a, b, n in self.pair_agree])
 
     def __add__(self, other: "_MultiStats") -> "_MultiStats":
-        """Statistics of two disjoint parts of the grid: sums add, disagreeing voxels join."""
+        """Statistics of two disjoint parts of the grid: every entry is a sum, so they add."""
         return _MultiStats(self.agree_n + other.agree_n,
-                           torch.cat([self.disagreeing, other.disagreeing], 1),
+                           {g: n + other.dis_in_group[g] for g, n in self.dis_in_group.items()},
                            self.incons_num + other.incons_num, self.incons_den + other.incons_den,
                            [a + b for a, b in zip(self.volumes, other.volumes)],
                            [(a, b, n + m) for (a, b, n), (_, _, m) in zip(self.pair_agree, other.pair_agree)])
 
-    def group_scores(self, g: str, idx: torch.Tensor, lut: torch.Tensor) -> dict[str, float]:
-        dis_in_g = lut[self.disagreeing].any(0).sum() if self.disagreeing.numel() else torch.tensor(0)
+    def group_scores(self, g: str, idx: torch.Tensor) -> dict[str, float]:
+        dis_in_g = self.dis_in_group[g]
         any_fg = self.agree_n[idx].sum() + dis_in_g
         dices = []
         for a, b, agree in self.pair_agree:
@@ -310,7 +313,7 @@ def score_members_in_slabs(members: Sequence[Member], device: torch.device | str
     on ``device`` (default: where the first member is) a z-slab at a time.
 
     Each slab is one accumulator over the members' slabs; its :meth:`~MemberAccumulator.partial`
-    sums add up (the disagreeing voxels join), so the scores equal scoring the whole grid at once up
+    sums add up, so the scores equal scoring the whole grid at once up
     to float summation order, while only a slab of ``slab_mb`` MB of float32 probabilities per
     running sum exists on the device (docs/benchmarks.md, "Peak device memory of probability
     exports").  Raises ``ValueError("member <n>: ...")`` like :meth:`MemberAccumulator.add`.
