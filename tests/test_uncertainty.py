@@ -273,6 +273,14 @@ def test_limited_members_match_the_definitions(seed):
         assert got[k] == pytest.approx(v, rel=1e-4, nan_ok=True), k
 
 
+def test_a_group_without_members_has_no_score():
+    acc = MemberAccumulator()
+    acc.add(labels_of(0, 1, 14), groups=("organ",))
+    s = acc.scores()
+    assert s["tumor_members"] == 0 and s["tumor_voxels"] == 0 and math.isnan(s["tumor_entropy"])
+    assert s["organ_voxels"] == 1 and s["organ_entropy"] == 0 and acc.label().ravel().tolist() == [0, 1, 14]
+
+
 def test_only_label_maps_can_be_limited():
     acc = MemberAccumulator()
     with pytest.raises(ValueError, match="only a label map"):

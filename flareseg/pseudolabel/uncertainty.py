@@ -271,6 +271,12 @@ class MemberAccumulator:
             partial = {c for h, cs in self.groups.items() if any(h not in self._groups[i] for i in members)
                        for c in cs} - set(classes)
             M = len(members)
+            if M == 0:                  # no member counts for this group: nothing to measure
+                out[score_key(g, "voxels")], out[score_key(g, "members")] = 0.0, 0.0
+                out[score_key(g, "entropy")] = math.nan
+                if self.n_members >= 2:
+                    out.update(dict.fromkeys((score_key(g, s) for s in MULTI_MEMBER_SCORES), math.nan))
+                continue
             labs = torch.stack([self._labels[i] for i in members]).long()          # (M, N)
             cand = lut[labs].any(0)
             best = self._sum[classes[0]].clone()
@@ -279,7 +285,7 @@ class MemberAccumulator:
             cand |= best >= M / C - 1e-6       # the mean's argmax needs at least 1/C of the mass
             del best
             if partial:
-                cand &= ~_lut(partial, C, self.device)[torch.stack(self._labels).long()].any(0)
+                cand &= ~_lut(partial, C, self.device)[labs].any(0)
             cols = cand.nonzero().squeeze(1)
             labs = labs[:, cols]
             s1 = self._without(self._sum, members, cols)                           # (C, K) member sum
