@@ -34,6 +34,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -164,10 +165,18 @@ def main() -> int:
             "tumor Dice kept vs dropped | tumor kept in |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     table = "\n".join(head + summarise(rows, pc))
     mean_org = np.mean([r[1] for r in rows.values()])
+    first = select({k: v[0] for k, v in rows.items()}, pc)
+    notes = Counter(s.tumor_note for s in first if s.tumor_note)
+    members = sorted({(v[0].get("organ_members"), v[0].get("tumor_members")) for v in rows.values()})
+    tumor_cases = sum(r[2] is not None for r in rows.values())
+    predicted = sum(v[0].get("tumor_voxels", 0) > 0 for v in rows.values())
     text = (f"Command: `python bench/pseudolabel_ranking.py {' '.join(sys.argv[1:])}`\n\n"
             f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, device "
             f"{cfg.inference.device}; {args.cases} phantoms scored in {secs:.0f} s; k_organ {pc.k_organ}, "
-            f"k_tumor {pc.k_tumor}; mean true organ Dice of all pseudo labels {mean_org:.3f}.\n\n{table}\n")
+            f"k_tumor {pc.k_tumor}; mean true organ Dice of all pseudo labels {mean_org:.3f}; "
+            f"(organ, tumor) members per case {members}; {tumor_cases} phantoms with a tumor in the truth, "
+            f"{predicted} with a tumor predicted; no-tumor-score reasons ({pc.score} row, all cases): "
+            f"{dict(notes) or 'none'}.\n\n{table}\n")
     print(text)
     if args.out:
         args.out.write_text(text)
