@@ -409,7 +409,8 @@ def test_stage2_paper_setup_ranks_tumors_by_the_fine_model(setup, tmp_path, monk
     stub, fine, teams = paper_setup(setup, tmp_path)
     root, model, images, main = setup
     fake_stage1(tmp_path, root, model)
-    monkeypatch.setattr(FastPredictor, "from_config", classmethod(lambda cls, *a, **k: stub))
+    import flareseg.inference.predictor as predictor_module
+    monkeypatch.setattr(predictor_module, "FastPredictor", lambda *a, **k: stub)   # stage-2 imports it per run
     pc = PseudoLabelConfig(k_organ=3, k_tumor=1, score="disagreement", tumor_score="entropy",
                            member_label_dirs=teams, fill_in_organs=False)
     res = run_stage2(tmp_path, pc)
