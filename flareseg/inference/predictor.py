@@ -233,7 +233,7 @@ class FastPredictor:
         arr_t = arr.transpose(tf)
         sp_t = tuple(spacing[i] for i in tf)
         full_np = np.array(arr_t, order="C")  # writable copy (the image's view is read-only)
-        t.lap("crop")
+        t.lap("transpose")
 
         x = torch.from_numpy(full_np if full_np.dtype in (np.int16, np.float32, np.uint8)
                              else full_np.astype(np.float32))

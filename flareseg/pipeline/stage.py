@@ -104,7 +104,6 @@ class Stage:
     sections: tuple[str, ...]
     reads: tuple[int, ...]
     run: Callable[[StageContext], dict]
-    description: str = ""
 
     def key(self, cfg: Config, work: Path) -> str:
         d = to_dict(cfg)
