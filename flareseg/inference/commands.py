@@ -195,7 +195,7 @@ def check_outputs(plan: OutputPlan, inputs: Sequence[Path]) -> str | None:
 
 def _versions() -> dict:
     import torch
-    from flareseg.pipeline.stage import versions
+    from flareseg.versions import versions
     return versions() | {"cuda": torch.version.cuda if torch.cuda.is_available() else None}
 
 
