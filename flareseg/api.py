@@ -70,7 +70,7 @@ def predict(input: PathLike, model: PathLike, output: PathLike | None = None, *,
     """
     from flareseg.config import inference_config
     from flareseg.inference.commands import check_predict, collect_inputs, make_output_folder, predict_cases
-    from flareseg.nnunet.model_folder import check_model_folder
+    from flareseg.nnunet.folder_check import check_model_folder
 
     cfg = inference_config(_settings("inference", config, {}), "flareseg.predict keyword arguments",
                            **settings)

@@ -241,7 +241,7 @@ def check_predict(input_path: str | os.PathLike, output: str | os.PathLike, mode
     and :func:`flareseg.predict` both call it): the cases and the :class:`OutputPlan`.  Raises
     :class:`InputError` (bad input, bad model folder) or :class:`UnsafeOutput` (an output is an
     input, the model's files, or written twice)."""
-    from flareseg.nnunet.model_folder import check_model_folder
+    from flareseg.nnunet.folder_check import check_model_folder
 
     cases = collect_inputs(Path(input_path))
     plan = planned_outputs(cases, input_path, output, save_probabilities, statistics, report)

@@ -62,7 +62,7 @@ def export_model(model_dir: str | os.PathLike, dest: str | os.PathLike,
     from flareseg.nnunet.checkpoint import load_checkpoint, save_checkpoint
     from flareseg.nnunet.model import (CHECKPOINTS, PLAIN_ARCHITECTURE_TRAINERS, ModelFolderError,
                                        available_folds, build_network)
-    from flareseg.nnunet.model_folder import check_model_folder
+    from flareseg.nnunet.folder_check import check_model_folder
 
     src = check_model_folder(model_dir, folds)
     check_destination(src, dest)
