@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flareseg.evaluation.evaluate import list_cases  # noqa: E402
 from flareseg.evaluation.metrics import dice_per_class, foreground_unchanged  # noqa: E402
 from flareseg.inference.commands import collect_inputs  # noqa: E402
-from flareseg.inference.predictor import FastPredictor, resolve_device  # noqa: E402
+from flareseg.devices import resolve_device  # noqa: E402
+from flareseg.inference.predictor import FastPredictor  # noqa: E402
 from flareseg.io import InputError, read_image  # noqa: E402
 from flareseg.labels import CLASS_NAMES  # noqa: E402
 from flareseg.nnunet.checkpoint import load_checkpoint  # noqa: E402

@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flareseg.evaluation.gpu_memory import MemorySampler, probe_backend  # noqa: E402
 from flareseg.evaluation.metrics import dice_per_class, foreground_unchanged  # noqa: E402
-from flareseg.inference.predictor import FastPredictor, resolve_device  # noqa: E402
+from flareseg.devices import resolve_device  # noqa: E402
+from flareseg.inference.predictor import FastPredictor  # noqa: E402
 from flareseg.nnunet.model_folder import fit_model_folder, tiny_plans, write_model_folder  # noqa: E402
 
 # (FLARE class, HU, centre (z, y, x) as a fraction of the extent from the middle, radii mm)

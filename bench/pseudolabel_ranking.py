@@ -2,7 +2,8 @@
 
     python bench/pseudolabel_ranking.py --model WORK/stage-1-fine/nnUNet_results/<Dataset>/FlareSegTrainer__nnUNetPlans__fine
                                         [--config configs/demo.yaml] [--cases 48] [--seed 1000] [--tta]
-                                        [--out docs/benchmarks/pseudolabel_ranking.md]
+                                        [--external MODEL_FOLDER ...] [--external-groups organ|organ+tumor]
+                                        [--tumor-score entropy] [--out docs/benchmarks/pseudolabel_ranking.md]
 
 Generates ``--cases`` unlabeled-style phantoms (the config's phantom settings, a seed stream that
 never overlaps the pipeline's own cases) with their full hidden ground truth, scores each one
@@ -14,6 +15,16 @@ rank correlation between organ uncertainty and the pseudo label's true mean orga
 present in the truth), and mean Dice of the selected vs the rejected cases; also the same for the
 tumor group (cases with a tumor in the truth).  ``overlap`` is a confidence (higher = more
 certain), so a good ranking shows a *positive* correlation for it and a negative one for the others.
+
+``--external FOLDER`` (repeatable) stands in for the paper's external algorithms: that model's
+label map of each phantom, its tumor voxels given the nearest organ's label (an organ-only
+algorithm's view), is written to a label folder and joins as a ``member_label_dirs`` member,
+counting for ``--external-groups`` (default ``organ``, stage-2's default; ``organ+tumor`` is how
+every label folder counted before issue 16).  ``--tumor-score`` ranks tumors by another score
+than the organ one (``pseudolabel.tumor_score``; with organ-only externals and no ``--tta`` the
+fine model is the only tumor member, so only ``entropy`` ranks tumors).  The tumor columns count
+the selected cases with a tumor in the truth; "not scored" = of those, how many got no tumor
+score (ranked last, never kept).
 """
 from __future__ import annotations
 
@@ -23,6 +34,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flareseg.config import load_config  # noqa: E402
 from flareseg.data.phantom_case import generate_case  # noqa: E402
 from flareseg.evaluation.metrics import dice  # noqa: E402
-from flareseg.io import read_array  # noqa: E402
+from flareseg.io import read_array, write_array  # noqa: E402
 from flareseg.inference.predictor import FastPredictor  # noqa: E402
 from flareseg.labels import ORGANS, TUMOR  # noqa: E402
 from flareseg.pseudolabel.selection import select  # noqa: E402
@@ -51,18 +63,36 @@ def spearman(a, b) -> str:
     return f"{float(spearmanr(a, b).statistic):+.3f}"
 
 
-def score_cases(model: Path, cfg, n: int, seed: int, tta: bool):
+def organ_only(lab: np.ndarray) -> np.ndarray:
+    """``lab`` with every tumor voxel given the label of the nearest non-tumor foreground voxel
+    (background where there is none): what an algorithm without a tumor class would output."""
+    from scipy.ndimage import distance_transform_edt
+    tumor = lab == TUMOR
+    fg = (lab > 0) & ~tumor
+    if not tumor.any() or not fg.any():
+        return np.where(tumor, 0, lab).astype(np.uint8)
+    idx = distance_transform_edt(~fg, return_distances=False, return_indices=True)
+    return np.where(tumor, lab[tuple(idx)], lab).astype(np.uint8)
+
+
+def score_cases(model: Path, cfg, n: int, seed: int, tta: bool, externals=(), external_groups="organ"):
     """Per case: stage-2 scores, true mean organ Dice, true tumor Dice (None without tumor)."""
     pred = FastPredictor(model, cfg.inference)
-    pc = replace(cfg.pseudolabel, member_tta=tta)
+    ext_preds = [FastPredictor(m, cfg.inference) for m in externals]
     cases = {}
     with tempfile.TemporaryDirectory() as tmp:
+        ext_dirs = [Path(tmp) / f"external{k}" for k in range(len(externals))]
+        pc = replace(cfg.pseudolabel, member_tta=tta, member_label_dirs=tuple(map(str, ext_dirs)),
+                     member_label_groups=(external_groups,) * len(ext_dirs) if ext_dirs else ())
         scorer = make_scorer(pred, pc, cfg.inference, lambda cid: cases[cid][0], Path(tmp))
         rows = {}
         for i in range(n):
             cid = f"R{i:04d}"
             image, full, geo, _ = generate_case(np.random.default_rng([seed, i]), cfg.data.phantoms)
             cases[cid] = (geo.apply(sitk.GetImageFromArray(image)), full)
+            for p, d in zip(ext_preds, ext_dirs):
+                ext = sitk.GetArrayFromImage(p.predict(cases[cid][0])).astype(np.uint8)
+                write_array(organ_only(ext), geo, d / f"{cid}.nii.gz")
             scores = scorer(cid)
             lab, _ = read_array(Path(tmp) / f"{cid}.nii.gz")
             organ = float(np.mean([dice(lab == c, full == c) for c in ORGANS if (full == c).any()]))
@@ -78,20 +108,24 @@ def summarise(rows, pc) -> list[str]:
     first = next(iter(scores.values()))
     names = [n for n in SCORES if score_key("organ", n) in first]
     for name in names:
+        tname = pc.tumor_score or name
         sel = {s.case_id: s for s in select(scores, replace(pc, score=name))}
         org = [(scores[c][score_key("organ", name)], rows[c][1], sel[c].selected) for c in rows]
         s_sel = [d for _, d, k in org if k]
         s_rej = [d for _, d, k in org if not k]
-        tum = [(scores[c][score_key("tumor", name)], rows[c][2], sel[c].keep_tumor)
-               for c in rows if rows[c][2] is not None and sel[c].selected
-               and np.isfinite(scores[c][score_key("tumor", name)])]
+        true_tumor = [c for c in rows if rows[c][2] is not None and sel[c].selected]
+        tum = [(sel[c].tumor_score, rows[c][2], sel[c].keep_tumor)
+               for c in true_tumor if sel[c].tumor_score is not None]
         t_kept = [d for _, d, k in tum if k]
         t_drop = [d for _, d, k in tum if not k]
+        kept_ids = sorted(c for c in rows if sel[c].keep_tumor)
         lines.append(
-            f"| {name} | {len(org)} | {spearman([u for u, _, _ in org], [d for _, d, _ in org])} | "
+            f"| {name} | {tname} | {len(org)} | {spearman([u for u, _, _ in org], [d for _, d, _ in org])} | "
             f"{len(s_sel)} / {len(s_rej)} | **{np.mean(s_sel):.3f}** vs {np.mean(s_rej):.3f} | "
+            f"{len(true_tumor) - len(tum)} of {len(true_tumor)} | "
             + (f"{spearman([u for u, _, _ in tum], [d for _, d, _ in tum])} ({len(tum)}) | " if len(tum) > 2 else "- | ")
-            + (f"{np.mean(t_kept):.3f} vs {np.mean(t_drop):.3f} |" if t_kept and t_drop else "- |"))
+            + (f"{np.mean(t_kept):.3f} vs {np.mean(t_drop):.3f} |" if t_kept and t_drop else "- |")
+            + f" {len(kept_ids)}: {', '.join(kept_ids[:4])}{' ...' if len(kept_ids) > 4 else ''} |")
     return lines
 
 
@@ -103,6 +137,13 @@ def main() -> int:
     ap.add_argument("--cases", type=int, default=48)
     ap.add_argument("--seed", type=int, default=1000, help="phantom seed stream (pipeline cases use data.phantoms.seed)")
     ap.add_argument("--tta", action="store_true", help="add the left-right mirrored member (disagreement/inconsistency/overlap scores)")
+    ap.add_argument("--external", type=Path, action="append", default=[],
+                    help="model folder standing in for an external algorithm: its labels, tumor given to "
+                         "the nearest organ, join as a label-folder member (repeatable)")
+    ap.add_argument("--external-groups", default="organ", choices=("organ", "organ+tumor"),
+                    help="what the external label members count for (stage-2 default: organ)")
+    ap.add_argument("--tumor-score", default=None, choices=("entropy", "disagreement", "inconsistency"),
+                    help="rank tumors by this score (pseudolabel.tumor_score; default: each organ score)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--out", type=Path, default=None, help="write the table as markdown here")
     args = ap.parse_args()
@@ -110,20 +151,32 @@ def main() -> int:
     if not (args.model / "fold_0" / "checkpoint_final.pth").exists():
         ap.error(f"{args.model}: no fold_0/checkpoint_final.pth (pass stage-1's fine model folder)")
     cfg = load_config(args.config)
-    cfg = replace(cfg, inference=replace(cfg.inference, device=args.device))
+    for m in args.external:
+        if not (m / "fold_0" / "checkpoint_final.pth").exists():
+            ap.error(f"{m}: no fold_0/checkpoint_final.pth (--external needs a model folder)")
+    cfg = replace(cfg, inference=replace(cfg.inference, device=args.device),
+                  pseudolabel=replace(cfg.pseudolabel, tumor_score=args.tumor_score))
     t0 = time.perf_counter()
-    rows = score_cases(args.model, cfg, args.cases, args.seed, args.tta)
+    rows = score_cases(args.model, cfg, args.cases, args.seed, args.tta, args.external, args.external_groups)
     secs = time.perf_counter() - t0
     pc = cfg.pseudolabel
-    head = ["| score | cases | Spearman(organ uncertainty, organ Dice) | selected / rejected | "
-            "organ Dice selected vs rejected | Spearman(tumor uncertainty, tumor Dice) | "
-            "tumor Dice kept vs dropped |", "|---|---:|---:|---:|---:|---:|---:|"]
+    head = ["| organ score | tumor score | cases | Spearman(organ uncertainty, organ Dice) | selected / rejected | "
+            "organ Dice selected vs rejected | true-tumor cases not scored | Spearman(tumor uncertainty, tumor Dice) | "
+            "tumor Dice kept vs dropped | tumor kept in |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     table = "\n".join(head + summarise(rows, pc))
     mean_org = np.mean([r[1] for r in rows.values()])
+    first = select({k: v[0] for k, v in rows.items()}, pc)
+    notes = Counter(s.tumor_note for s in first if s.tumor_note)
+    members = sorted({(v[0].get("organ_members"), v[0].get("tumor_members")) for v in rows.values()})
+    tumor_cases = sum(r[2] is not None for r in rows.values())
+    predicted = sum(v[0].get("tumor_voxels", 0) > 0 for v in rows.values())
     text = (f"Command: `python bench/pseudolabel_ranking.py {' '.join(sys.argv[1:])}`\n\n"
             f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, device "
             f"{cfg.inference.device}; {args.cases} phantoms scored in {secs:.0f} s; k_organ {pc.k_organ}, "
-            f"k_tumor {pc.k_tumor}; mean true organ Dice of all pseudo labels {mean_org:.3f}.\n\n{table}\n")
+            f"k_tumor {pc.k_tumor}; mean true organ Dice of all pseudo labels {mean_org:.3f}; "
+            f"(organ, tumor) members per case {members}; {tumor_cases} phantoms with a tumor in the truth, "
+            f"{predicted} with a tumor predicted; no-tumor-score reasons ({pc.score} row, all cases): "
+            f"{dict(notes) or 'none'}.\n\n{table}\n")
     print(text)
     if args.out:
         args.out.write_text(text)

@@ -15,6 +15,7 @@ COMMAND_MODULES: list[str] = [
     "flareseg.cleaning.commands",
     "flareseg.data.commands",
     "flareseg.report.commands",
+    "flareseg.nnunet.export_cli",
 ]
 
 DESCRIPTION = """\

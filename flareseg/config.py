@@ -110,6 +110,10 @@ class PseudoLabelConfig:
     member_models: tuple[str, ...] = ()       # nnU-Net model folders, each optionally "<folder>@<checkpoint>"
     member_tta: bool = False                  # the fine model on the left-right mirrored scan
     member_label_dirs: tuple[str, ...] = ()   # folders of label maps <case_id>.nii.gz (other teams')
+    # per member_label_dirs entry, the scores it counts for; () = "organ" for every folder (external
+    # algorithms' organ-only labels: they never count for the tumor score)
+    member_label_groups: tuple[Literal["organ", "organ+tumor"], ...] = ()
+    tumor_score: Optional[Literal["entropy", "disagreement", "inconsistency"]] = None   # None: = score
 
 
 @dataclass(frozen=True)

@@ -42,10 +42,6 @@ ALL_ANNOTATED: tuple[int, ...] = FOREGROUND
 LabelType = tuple[int, ...]
 
 
-def is_organ(c: int) -> bool:
-    return c in ORGANS
-
-
 def label_type(classes: Iterable[int]) -> LabelType:
     """Normalise a collection of class indices to a label type (sorted unique, no background).
 

@@ -171,3 +171,40 @@ def test_member_errors_still_name_the_member():
         score_members_in_slabs(members, "cpu", slab_mb=1e-4)
     with pytest.raises(ValueError, match="member 1: grid"):
         score_members_in_slabs([members[0], members[0][:, :3]], "cpu")
+
+
+def test_group_limited_members_fall_back_to_whole_grid_scores():
+    """A label member counting for the organ score only (member_label_groups): the group-limited
+    scores are not slab sums, so score_members_in_slabs scores the whole grid -- main's scores."""
+    import math
+
+    import numpy as np
+
+    from flareseg.pseudolabel.uncertainty import MemberAccumulator, score_members_in_slabs
+
+    rng = np.random.default_rng(3)
+    C, shape = 15, (6, 5, 4)
+
+    def probs():
+        p = rng.random((C,) + shape).astype(np.float32) ** 4
+        return (p / p.sum(0, keepdims=True)).astype(np.float16)
+
+    members = [probs(), probs(), rng.integers(0, C - 1, shape).astype(np.uint8)]
+    groups = [None, None, ("organ",)]
+    want = MemberAccumulator()
+    for m, g in zip(members, groups):
+        want.add(m, groups=g)
+    assert want.limited
+    expected = want.scores()
+    got = score_members_in_slabs(members, "cpu", slab_mb=1e-6, member_groups=groups)
+    assert got.keys() == expected.keys()
+    for k, v in expected.items():
+        assert (math.isnan(v) and math.isnan(got[k])) or got[k] == v, k
+    # every member counting for every group: the slab path, equal to whole-grid scores
+    full = score_members_in_slabs(members, "cpu", slab_mb=1e-6, member_groups=[None, None, ("organ", "tumor")])
+    whole = MemberAccumulator()
+    for m in members:
+        whole.add(m)
+    assert not whole.limited
+    for k, v in whole.scores().items():
+        assert (math.isnan(v) and math.isnan(full[k])) or abs(full[k] - v) < 1e-4, k

@@ -17,7 +17,7 @@ from flareseg.io import Geometry, InputError, write_array
 from flareseg.pipeline.stage import STAGE_NAMES, stage_dir
 from flareseg.report import build_qc_report
 from flareseg.report.figures import describe_type, validation_overlay
-from flareseg.report.qc import local_path
+from flareseg.report.context import local_path
 from flareseg.report.validation import case_mean_dsc, worst_and_best
 
 TINY_RUN = Path("/tmp/wtiny")          # a finished `configs/tiny.yaml` run, when this machine has one

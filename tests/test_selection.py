@@ -81,7 +81,7 @@ def test_nan_scores_ranked_last_and_never_kept(caplog):
     assert not s["x"].selected                                   # no organs predicted
     assert s["y"].selected and not s["y"].keep_tumor             # no tumor to keep
     assert s["w"].keep_tumor and s["y"].tumor_rank == 2
-    assert "predict no organ" in caplog.text and "predict a tumor" in caplog.text
+    assert "no organ score" in caplog.text and "have a tumor score" in caplog.text
 
 
 def test_other_scores_and_overlap_direction():
@@ -115,4 +115,43 @@ def test_organ_fraction_counts_all_cases_but_selects_only_scored_ones(caplog):
     with caplog.at_level(logging.WARNING):
         sel = select(t, PseudoLabelConfig(k_organ=0.75, k_tumor=1))   # round(0.75 * 4) = 3 > 2 valid
     assert [s.case_id for s in sel if s.selected] == ["a", "b"]
-    assert "only 2 cases predict organs" in caplog.text
+    assert "only 2 cases have an organ score" in caplog.text
+
+
+def test_no_nan_ever_reaches_the_selection_and_the_table_says_why():
+    nan, inf = math.nan, math.inf
+    t = {"a": {"organ_entropy": 0.1, "tumor_entropy": nan, "tumor_voxels": 0.0},
+         "b": {"organ_entropy": nan, "organ_voxels": 0.0, "tumor_entropy": 0.2},
+         "c": {"organ_entropy": 0.3, "tumor_entropy": 0.4},
+         "d": {"organ_entropy": inf, "tumor_entropy": 0.05},
+         "e": {"organ_entropy": 0.2, "tumor_entropy": None}}
+    sel = select(t, PseudoLabelConfig(k_organ=5, k_tumor=5))
+    for x in sel:
+        for v in (x.organ_score, x.tumor_score):
+            assert v is None or math.isfinite(v), x
+    s = by_id(sel)
+    assert [x.case_id for x in sel] == ["a", "e", "c", "b", "d"]          # not computable: last
+    assert not s["b"].selected and not s["d"].selected
+    assert s["b"].organ_note == "no member predicts any organ" and "inf" in s["d"].organ_note
+    assert s["a"].tumor_note == "no member predicts a tumor" and s["e"].tumor_note
+    assert [s[c].tumor_rank for c in "ace"] == [2, 1, 3] and s["c"].keep_tumor
+    assert not s["a"].keep_tumor and not s["e"].keep_tumor
+    row = s["a"].row()
+    assert row["tumor_score"] == "" and row["tumor_note"] == "no member predicts a tumor"
+    assert row["organ_note"] == ""
+
+
+def test_tumor_ranked_by_its_own_score_with_a_reason_for_single_members():
+    # the paper's setup: organs by disagreement (fine model + external members), tumors by the
+    # fine model's entropy; the tumor disagreement of a one-member tumor group is never used
+    t = {c: {"organ_disagreement": o, "tumor_disagreement": math.nan, "tumor_members": 1.0,
+             "tumor_entropy": te, "organ_entropy": 0.5}
+         for c, (o, te) in {"a": (0.1, 0.9), "b": (0.2, 0.1), "c": (0.3, 0.5)}.items()}
+    sel = by_id(select(t, PseudoLabelConfig(k_organ=3, k_tumor=1, score="disagreement",
+                                            tumor_score="entropy")))
+    assert [c for c, x in sel.items() if x.keep_tumor] == ["b"]         # not case-id order
+    assert sel["a"].organ_score == 0.1 and sel["b"].tumor_score == 0.1
+    same = by_id(select(t, PseudoLabelConfig(k_organ=3, k_tumor=1, score="disagreement")))
+    assert not any(x.keep_tumor for x in same.values())
+    assert same["a"].tumor_score is None
+    assert same["a"].tumor_note == "tumor_disagreement needs >= 2 members scoring tumor, has 1"

@@ -10,15 +10,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from flareseg.config import (Config, InferenceConfig, PseudoLabelConfig, config_from_dict, config_hash,
-                             dump_yaml, load_config, to_dict)
+from flareseg.config import (Config, ConfigError, InferenceConfig, PseudoLabelConfig, config_from_dict,
+                             config_hash, dump_yaml, load_config, to_dict)
 from flareseg.inference.predictor import FastPredictor, Prediction
-from flareseg.io import Geometry, InputError, read_array, read_json, write_array, write_json
+from flareseg.io import Geometry, InputError, read_array, read_image, read_json, write_array, write_json
 from flareseg.labels import ORGANS
 from flareseg.nnunet.model_folder import write_model_folder
-from flareseg.pipeline.stage import StageContext, StageError, stage_dir
-from flareseg.pseudolabel.members import (check_members, lr_axis, make_scorer, member_names, mirror_lr,
-                                          parse_model_member, score_fingerprint)
+from flareseg.pipeline.stage import StageContext, stage_dir
+from flareseg.pseudolabel.members import (check_members, label_dir_groups, lr_axis, make_scorer, member_names,
+                                          mirror_lr, parse_model_member, score_fingerprint, tumor_member_count)
 from flareseg.pseudolabel.shards import run_shard
 from flareseg.pseudolabel.uncertainty import case_scores
 from tiny import tiny_case
@@ -187,10 +187,17 @@ def test_differing_label_member_matches_hand_count(setup, tmp_path):
     other[4:10, 8:20, 10:30] = 2                      # a block relabelled as right kidney
     other[12:14, 30:35, 5:9] = 14                     # and a small 'tumor'
     write_array(other, GEO, tmp_path / "team" / "u00.nii.gz")
-    s = score_case(setup, tmp_path, PseudoLabelConfig(member_label_dirs=(str(tmp_path / "team"),)))
+    both = PseudoLabelConfig(member_label_dirs=(str(tmp_path / "team"),), member_label_groups=("organ+tumor",))
+    s = score_case(setup, tmp_path, both)
     expected = disagreement_by_hand(main["u00"], other)
     assert 0 < expected < 1 and s["organ_disagreement"] == pytest.approx(expected, rel=1e-9)
     assert s["tumor_disagreement"] == 1.0             # only the member predicts tumor: all disagree
+    # by default a label folder counts for organs only: its 'tumor' voxels leave the organ score
+    s = score_case(setup, tmp_path, PseudoLabelConfig(member_label_dirs=(str(tmp_path / "team"),)))
+    outside = other != 14
+    expected = disagreement_by_hand(main["u00"][outside], other[outside])
+    assert s["organ_disagreement"] == pytest.approx(expected, rel=1e-9)
+    assert s["tumor_members"] == 1 and s["tumor_voxels"] == 0 and math.isnan(s["tumor_disagreement"])
     # the raw pseudo label is still the main model's own argmax
     raw, _ = read_array(tmp_path / "raw" / "u00.nii.gz")
     own = FastPredictor(model, INF).predict(images / "u00_0000.nii.gz")
@@ -307,5 +314,135 @@ def test_stage2_selects_by_disagreement_with_label_members(setup, tmp_path):
 def test_stage2_refuses_multi_member_score_without_members(setup, tmp_path):
     root, model, images, main = setup
     fake_stage1(tmp_path, root, model)
-    with pytest.raises(StageError, match="member_tta"):
+    with pytest.raises(ConfigError, match="member_tta"):        # a config error: exit 2
         run_stage2(tmp_path, PseudoLabelConfig(score="inconsistency"))
+
+
+# ------------------------------------------------------------------ the paper's setup: organ-only external members
+
+class SoftStub:
+    """A fine model with known soft output: per scan (looked up by its voxels) a label map and the
+    probability of its argmax (the rest spread evenly over the other 14 classes)."""
+    device = torch.device("cpu")
+
+    def __init__(self, by_scan: dict[bytes, tuple[np.ndarray, float]]):
+        self.by_scan = by_scan
+
+    def run(self, image, save_probabilities=False, prob_hook=None):
+        image = image if isinstance(image, sitk.Image) else read_image(image)
+        lab, conf = self.by_scan[sitk.GetArrayFromImage(image).tobytes()]
+        probs = np.full((15,) + lab.shape, (1 - conf) / 14, np.float32)
+        np.put_along_axis(probs, lab[None].astype(np.int64), conf, 0)
+        out = sitk.GetImageFromArray(lab)
+        out.CopyInformation(image)
+        return Prediction(out, probs if save_probabilities else None)
+
+
+#: per case: tumor probability of the stub fine model (None: it predicts no tumor in that case)
+CONF = {"u00": 0.55, "u01": 0.95, "u02": None}
+
+
+def paper_setup(setup, tmp_path):
+    """Stub fine model + two organ-only label folders (its labels with tumor called liver; team B
+    relabels a block of u00, so u00 is the least organ-confident)."""
+    root, model, images, main = setup
+    by_scan, fine = {}, {}
+    for j, cid in enumerate(CASES):
+        lab = tiny_case(100 + j)[1]
+        if CONF[cid] is None:
+            lab = np.where(lab == 14, 1, lab).astype(np.uint8)
+        by_scan[read_array(images / f"{cid}_0000.nii.gz")[0].tobytes()] = (lab, CONF[cid] or 0.9)
+        fine[cid] = lab
+        organ_only = np.where(lab == 14, 1, lab).astype(np.uint8)
+        write_array(organ_only, GEO, tmp_path / "teamA" / f"{cid}.nii.gz")
+        if cid == "u00":
+            organ_only = organ_only.copy()
+            organ_only[4:20, 5:20, 5:20] = 2
+        write_array(organ_only, GEO, tmp_path / "teamB" / f"{cid}.nii.gz")
+    return SoftStub(by_scan), fine, (str(tmp_path / "teamA"), str(tmp_path / "teamB"))
+
+
+def test_organ_only_label_members_do_not_break_the_tumor_score(setup, tmp_path):
+    stub, fine, teams = paper_setup(setup, tmp_path)
+    root, model, images, main = setup
+    pc = PseudoLabelConfig(member_label_dirs=teams)           # default: organ only
+    scorer = make_scorer(stub, pc, INF, image_of(images), tmp_path / "raw")
+    s = dict(scorer("u01"))
+    own = case_scores(stub.run(images / "u01_0000.nii.gz", save_probabilities=True).probabilities)
+    assert s["n_members"] == 3 and s["tumor_members"] == 1 and s["organ_members"] == 3
+    assert s["tumor_voxels"] == (fine["u01"] == 14).sum() > 0
+    assert s["tumor_entropy"] == pytest.approx(own["tumor_entropy"], rel=1e-5)   # float32 sums
+    assert s["organ_disagreement"] == 0                      # tumor voxels left out of the organ score
+    # marked organ+tumor, a folder joins the tumor score (and calls every tumor voxel liver)
+    pc2 = PseudoLabelConfig(member_label_dirs=teams, member_label_groups=("organ+tumor", "organ"))
+    s2 = dict(make_scorer(stub, pc2, INF, image_of(images), tmp_path / "raw2")("u01"))
+    assert s2["tumor_members"] == 2 and s2["tumor_disagreement"] == 1.0
+    fp = {score_fingerprint("ck", INF, p) for p in (pc, pc2)}
+    assert len(fp) == 2                                      # what a folder counts for rescores
+
+
+def test_member_label_groups_and_tumor_score_config(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("pseudolabel:\n  score: disagreement\n  tumor_score: entropy\n"
+                 "  member_label_dirs: [a, b]\n  member_label_groups: [organ, organ+tumor]\n")
+    pc = load_config(y).pseudolabel
+    assert pc.member_label_groups == ("organ", "organ+tumor") and pc.tumor_score == "entropy"
+    assert PseudoLabelConfig().member_label_groups == () and PseudoLabelConfig().tumor_score is None
+    with pytest.raises(ConfigError, match="member_label_groups"):
+        load_config(None, ["pseudolabel.member_label_groups=[tumor]"])
+    a, b = str(tmp_path), str(tmp_path)
+    with pytest.raises(ConfigError, match="1 entries for 2 member_label_dirs"):
+        check_members(PseudoLabelConfig(member_label_dirs=(a, b), member_label_groups=("organ",)))
+    # organ-only folders leave one tumor member: a multi-member tumor score cannot rank tumors
+    with pytest.raises(ConfigError, match="tumor_score=entropy"):
+        check_members(PseudoLabelConfig(score="disagreement", member_label_dirs=(a, b)))
+    for ok in (PseudoLabelConfig(score="disagreement", tumor_score="entropy", member_label_dirs=(a, b)),
+               PseudoLabelConfig(score="disagreement", member_label_dirs=(a, b), member_tta=True),
+               PseudoLabelConfig(score="disagreement", member_label_dirs=(a, b), k_tumor=0),
+               PseudoLabelConfig(score="disagreement", member_label_dirs=(a, b),
+                                 member_label_groups=("organ", "organ+tumor"))):
+        check_members(ok)
+
+
+def test_stage2_paper_setup_ranks_tumors_by_the_fine_model(setup, tmp_path, monkeypatch):
+    import csv
+    stub, fine, teams = paper_setup(setup, tmp_path)
+    root, model, images, main = setup
+    fake_stage1(tmp_path, root, model)
+    import flareseg.inference.predictor as predictor_module
+    monkeypatch.setattr(predictor_module, "FastPredictor", lambda *a, **k: stub)   # stage-2 imports it per run
+    pc = PseudoLabelConfig(k_organ=3, k_tumor=1, score="disagreement", tumor_score="entropy",
+                           member_label_dirs=teams, fill_in_organs=False)
+    res = run_stage2(tmp_path, pc)
+    assert (res["scored"], res["failed"], res["selected"], res["tumor_kept"]) == (3, 0, 3, 1)
+    rep = tmp_path / "stage-2-pseudolabels" / "report"
+    rows = {r["case_id"]: r for r in csv.DictReader((rep / "selection.csv").open())}
+    assert "nan" not in (rep / "selection.csv").read_text().lower()
+    assert rows["u00"]["organ_rank"] == "3"                           # team B disagrees on u00
+    # tumors: u01 (the fine model is sure) before u00 (unsure); u02 has no tumor: last, and why
+    assert [rows[c]["keep_tumor"] for c in CASES] == ["0", "1", "0"]
+    assert (rows["u01"]["tumor_rank"], rows["u00"]["tumor_rank"], rows["u02"]["tumor_rank"]) == ("1", "2", "3")
+    assert rows["u02"]["tumor_score"] == "" and rows["u02"]["tumor_note"] == "no member predicts a tumor"
+    lab, _ = read_array(tmp_path / "stage-2-pseudolabels" / "pseudo_labels" / "u01.nii.gz")
+    assert (lab == 14).sum() == (fine["u01"] == 14).sum()           # the kept tumor is the fine model's
+    # the same setup ranking tumors by disagreement is refused before any case is scored
+    shutil.rmtree(tmp_path / "stage-2-pseudolabels")
+    with pytest.raises(ConfigError, match="tumor_score"):
+        run_stage2(tmp_path, PseudoLabelConfig(k_organ=3, k_tumor=1, score="disagreement",
+                                               member_label_dirs=teams, fill_in_organs=False))
+    assert not (tmp_path / "stage-2-pseudolabels" / "scores").exists()
+
+
+def test_flare23_config_is_the_papers_member_setup(tmp_path):
+    cfgs = Path(__file__).resolve().parents[1] / "configs"
+    pc = load_config(cfgs / "flare23.yaml").pseudolabel
+    assert (pc.score, pc.tumor_score, len(pc.member_label_dirs)) == ("disagreement", "entropy", 2)
+    assert label_dir_groups(pc) == [("organ",), ("organ",)] and tumor_member_count(pc) == 1
+    with pytest.raises(ValueError, match="flare22_winner is not a folder"):   # placeholders: exit 3
+        check_members(pc)
+    ok = load_config(cfgs / "flare23.yaml", [f"pseudolabel.member_label_dirs=[{tmp_path}, {tmp_path}]"])
+    check_members(ok.pseudolabel)
+    # documented way to run without the external folders
+    check_members(load_config(cfgs / "flare23.yaml", ["pseudolabel.member_label_dirs=[]",
+                                                      "pseudolabel.score=entropy"]).pseudolabel)
+    assert "Zhou, Liu and\n# Zheng" in (cfgs / "default.yaml").read_text()

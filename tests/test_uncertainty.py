@@ -187,3 +187,104 @@ def test_generator_members_stream_and_give_label():
     scores, label = score_and_label(members())
     assert len(made) == 2 and scores["n_members"] == 2
     assert label.dtype == torch.uint8 and label.ravel().tolist() == [0, 1, 14]
+
+
+# ------------------------------------------------------------------ members that count for some groups only
+
+def _issue_repro() -> tuple[np.ndarray, np.ndarray]:
+    """Issue 16's case: the fine model's probabilities (tumor inside the liver) and an external
+    organ-only label map of the same case (its tumor voxels called liver)."""
+    lab = np.zeros((6, 10, 10), np.uint8)
+    lab[1:5, 2:8, 2:8] = 1
+    lab[2:4, 3:6, 3:6] = 14
+    probs = np.full((C,) + lab.shape, 0.01, np.float32)
+    np.put_along_axis(probs, lab[None].astype(np.int64), 0.86, 0)
+    return probs, np.where(lab == 14, 1, lab).astype(np.uint8)
+
+
+def test_organ_only_label_members_leave_the_tumor_score_to_the_fine_model():
+    probs, ext = _issue_repro()
+    acc = MemberAccumulator()
+    acc.add(probs)
+    acc.add(ext, groups=("organ",))
+    acc.add(ext.copy(), groups=["organ"])
+    s = acc.scores()
+    own = case_scores(probs)
+    # the tumor score is the fine model's own: 18 tumor voxels, its entropy there; never NaN
+    assert s["tumor_members"] == 1 and s["tumor_voxels"] == own["tumor_voxels"] == 18
+    assert s["tumor_entropy"] == pytest.approx(own["tumor_entropy"], rel=1e-6)
+    assert math.isnan(s["tumor_disagreement"])            # one tumor member: nothing to compare
+    # organ score: all three members, the fine model's tumor voxels left out (the externals say
+    # nothing about tumor there), so the members agree perfectly on the organs
+    assert s["organ_members"] == 3 and s["organ_voxels"] == int((ext == 1).sum()) - 18
+    assert s["organ_disagreement"] == 0 and s["organ_overlap"] == 1
+    q = [0.86 / 3 + 2 / 3] + [0.01 / 3] * 14               # mean prediction on a liver voxel
+    assert s["organ_entropy"] == pytest.approx(H(*q), rel=1e-5)
+    # the pseudo label is the fine model's (the organ-only members do not vote the tumor away)
+    assert int((acc.label() == 14).sum()) == 18
+
+
+def test_members_scoring_every_group_keep_the_plain_scores():
+    probs, ext = _issue_repro()
+    plain = case_scores([probs, ext])
+    acc = MemberAccumulator()
+    acc.add(probs)
+    acc.add(ext, groups=("organ", "tumor"))
+    assert acc.scores() == plain
+
+
+def _by_definition_limited(members: list[np.ndarray], groups: list[set[str]]) -> dict[str, float]:
+    """Per group: its members only, on the voxels where none of them predicts a class of a group
+    that some of them do not score (python loops, tiny volumes only)."""
+    G = {"organ": set(range(1, 14)), "tumor": {14}}
+    out = {}
+    for g in G:
+        idx = [i for i, gs in enumerate(groups) if g in gs]
+        partial = set().union(*(G[h] for h in G if any(h not in groups[i] for i in idx))) - G[g]
+        P = [members[i].reshape(C, -1) if members[i].ndim == 4 else np.eye(C)[members[i].reshape(-1)].T
+             for i in idx]
+        keep = [v for v in range(P[0].shape[1]) if not any(int(np.argmax(p[:, v])) in partial for p in P)]
+        sub = [p[:, keep].reshape(C, 1, 1, -1).astype(np.float32) for p in P]
+        ref = _by_definition(sub) if len(sub) > 1 else {
+            f"{h}_entropy": v for h, v in _by_definition(sub + sub).items() if h.endswith("entropy")}
+        out.update({k: v for k, v in ref.items() if k.startswith(g)})
+    return out
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_limited_members_match_the_definitions(seed):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, C, size=(3, 4, 5))
+    members, groups = [], []
+    for k in range(2):
+        logits = rng.normal(size=(C, 3, 4, 5)) + 2.5 * np.eye(C)[base].transpose(3, 0, 1, 2)
+        members.append((np.exp(logits) / np.exp(logits).sum(0)).astype(np.float32))
+        groups.append({"organ", "tumor"})
+    organ_only = np.where(base == 14, 1, base).astype(np.uint8)
+    organ_only[0, 0, :2] = 14                 # an 'organ-only' folder may still hold tumor values
+    members += [organ_only, np.roll(base, 1, axis=2).astype(np.uint8)]
+    groups += [{"organ"}, {"organ", "tumor"}]
+    acc = MemberAccumulator()
+    for m, g in zip(members, groups):
+        acc.add(m, groups=g)
+    got = acc.scores()
+    assert got["organ_members"] == 4 and got["tumor_members"] == 3
+    for k, v in _by_definition_limited(members, groups).items():
+        assert got[k] == pytest.approx(v, rel=1e-4, nan_ok=True), k
+
+
+def test_a_group_without_members_has_no_score():
+    acc = MemberAccumulator()
+    acc.add(labels_of(0, 1, 14), groups=("organ",))
+    s = acc.scores()
+    assert s["tumor_members"] == 0 and s["tumor_voxels"] == 0 and math.isnan(s["tumor_entropy"])
+    assert s["organ_voxels"] == 1 and s["organ_entropy"] == 0 and acc.label().ravel().tolist() == [0, 1, 14]
+
+
+def test_only_label_maps_can_be_limited():
+    acc = MemberAccumulator()
+    with pytest.raises(ValueError, match="only a label map"):
+        acc.add(probs_of({0: 1.0}, {1: 1.0}), groups=("organ",))
+    with pytest.raises(ValueError, match="non-empty subset"):
+        acc.add(labels_of(0, 1), groups=("lungs",))
+    assert acc.n_members == 0

@@ -6,14 +6,11 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from flareseg.config import EvaluationConfig, to_dict
+from flareseg.evaluation.result import EvaluationResult
 from flareseg.io import write_json, write_text
 from flareseg.labels import CLASS_NAMES
-
-if TYPE_CHECKING:  # evaluate.py imports this module
-    from flareseg.evaluation.evaluate import EvaluationResult
 
 
 def _num(x: float) -> float | None:

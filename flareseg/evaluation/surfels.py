@@ -14,18 +14,11 @@ are chained into closed polygons, and each polygon is fanned into triangles arou
 from __future__ import annotations
 
 import functools
-from itertools import combinations
 
 import numpy as np
 
 #: (dz, dy, dx) offset of cell corner ``i``; bit ``i`` of the neighbour code is that corner.
 CORNERS = np.array([((i >> 2) & 1, (i >> 1) & 1, i & 1) for i in range(8)], dtype=np.int64)
-
-
-def _edges() -> list[tuple[int, int]]:
-    """The 12 cell edges as corner index pairs (corners differing in exactly one axis)."""
-    return [(i, j) for i, j in combinations(range(8), 2)
-            if int(np.abs(CORNERS[i] - CORNERS[j]).sum()) == 1]
 
 
 def _faces() -> list[list[int]]:

@@ -195,7 +195,7 @@ def check_outputs(plan: OutputPlan, inputs: Sequence[Path]) -> str | None:
 
 def _versions() -> dict:
     import torch
-    from flareseg.pipeline.stage import versions
+    from flareseg.versions import versions
     return versions() | {"cuda": torch.version.cuda if torch.cuda.is_available() else None}
 
 
@@ -229,75 +229,70 @@ def resolve_inference(args: argparse.Namespace) -> InferenceConfig:
     return inference_config(cfg, "command-line flags", **flags)
 
 
-def run_predict(args: argparse.Namespace) -> int:
-    from flareseg.nnunet.model_folder import check_model_folder
+class UnsafeOutput(ValueError):
+    """An output that would overwrite an input, or land among the inputs (one line naming both)."""
 
-    try:
-        cfg = resolve_inference(args)
-    except ConfigError as e:
-        log.error("%s", e)
-        return 2
-    try:
-        cases = collect_inputs(Path(args.input))
-    except InputError as e:
-        log.error("%s", e)
-        return 2
-    plan = planned_outputs(cases, args.input, args.output, args.save_probabilities, args.statistics,
-                           args.report)
-    # every refusal happens here, before a folder is created or the model is loaded
-    problem = check_outputs(plan, _input_paths(Path(args.input), cases, Path(args.model)))
+
+def check_predict(input_path: str | os.PathLike, output: str | os.PathLike, model: str | os.PathLike,
+                  folds: Sequence[int | str] | None = None, save_probabilities: bool = False,
+                  statistics: bool = False, report: str | os.PathLike | None = None
+                  ) -> tuple[list[tuple[str, Path]], OutputPlan]:
+    """Every refusal of a predict run, before a folder is created or the model is loaded (the CLI
+    and :func:`flareseg.predict` both call it): the cases and the :class:`OutputPlan`.  Raises
+    :class:`InputError` (bad input, bad model folder) or :class:`UnsafeOutput` (an output is an
+    input, the model's files, or written twice)."""
+    from flareseg.nnunet.folder_check import check_model_folder
+
+    cases = collect_inputs(Path(input_path))
+    plan = planned_outputs(cases, input_path, output, save_probabilities, statistics, report)
+    problem = check_outputs(plan, _input_paths(Path(input_path), cases, Path(model)))
     if problem:
-        log.error("%s", problem)
-        return 2
-    folds = [f.strip() for f in args.fold.split(",")] if args.fold else None
-    try:
-        check_model_folder(args.model, folds)
-    except InputError as e:
-        log.error("%s", e)
-        return 2
-    import torch
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        log.error("--device cuda (inference.device): no CUDA device is available (use --device cpu or auto)")
-        return 2
-    created = [d for d in (plan.folder, *plan.folder.parents) if not d.exists()]  # to undo on refusal
-    try:
-        plan.folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(plan.folder)   # what a killed earlier run left half-written
-    except OSError as e:
-        log.error("%s: cannot create the output folder (%s)", plan.folder, e.strerror or e)
-        return 2
+        raise UnsafeOutput(problem)
+    check_model_folder(model, folds)
+    return cases, plan
 
-    from flareseg.inference.predictor import FastPredictor
+
+def make_output_folder(plan: OutputPlan) -> list[Path]:
+    """Create ``plan.folder`` (and parents) and remove what a killed earlier run left half-written;
+    returns the folders created, to remove again if the model then fails to load.  OSError when
+    the folder cannot be created."""
+    created = [d for d in (plan.folder, *plan.folder.parents) if not d.exists()]
+    plan.folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(plan.folder)
+    return created
+
+
+def remove_created(created: Sequence[Path]) -> None:
+    """Remove the (empty) folders :func:`make_output_folder` created."""
+    for d in created:
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def predict_cases(predictor, cases: Sequence[tuple[str, Path]], plan: OutputPlan, *,
+                  save_probabilities: bool = False, statistics: bool = False, quiet: bool = False,
+                  config: str | os.PathLike | None = None, load_seconds: float = 0.0) -> dict:
+    """Predict ``cases`` into ``plan``: one failing case is logged and reported, the others still
+    run; writes the run report (and statistics.json) and returns the report dict."""
     from flareseg.inference.statistics import label_statistics
-    from flareseg.nnunet.model import ModelFolderError
 
     t0 = time.perf_counter()
-    try:
-        predictor = FastPredictor(args.model, cfg, folds=folds, trust_model=getattr(args, "trust_model", False))
-    except (InputError, ModelFolderError) as e:   # corrupt/untrusted checkpoint, inconsistent folder
-        log.error("%s", e)
-        for d in created:                           # leave no empty output folders behind
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        return 2
-    load_s = time.perf_counter() - t0
     names = {i: n for n, i in predictor.model.labels.items()}
     tumor = predictor.model.labels.get("tumor")
-
-    report_cases, statistics, failed = [], {}, 0
-    for case, path in tqdm(cases, desc="predict", unit="case", disable=args.quiet):
+    report_cases, stats, failed = [], {}, 0
+    for case, path in tqdm(cases, desc="predict", unit="case", disable=quiet):
         dest = plan.labels[case]
         entry = {"case": case, "input": str(path), "output": str(dest)}
         try:
             t = time.perf_counter()
-            res = predictor.run(path, save_probabilities=args.save_probabilities)
+            res = predictor.run(path, save_probabilities=save_probabilities)
             write_image(res.labels, dest)
-            if args.save_probabilities:
+            if save_probabilities:
                 _write_npz(res.probabilities, plan.probabilities[case])
-            if args.statistics:
+            if statistics:
                 arr = sitk.GetArrayViewFromImage(res.labels)
                 spacing = tuple(reversed(res.labels.GetSpacing()))
-                statistics[case] = label_statistics(arr, spacing, names, tumor)
+                stats[case] = label_statistics(arr, spacing, names, tumor)
             entry.update(status="ok", seconds=round(time.perf_counter() - t, 4),
                          steps=res.stats["seconds"], windows=res.stats["windows"],
                          reoriented=res.stats["reoriented"])
@@ -309,14 +304,55 @@ def run_predict(args: argparse.Namespace) -> int:
 
     # the resolved inference config, once; device and dtype: what it resolved to on this machine
     report = {"versions": _versions(), "device": str(predictor.device), "dtype": str(predictor.dtype),
-              "model": str(args.model), "folds": predictor.model.folds,
-              "config": str(args.config) if getattr(args, "config", None) else None,
+              "model": str(predictor.model.model_dir), "folds": predictor.model.folds,
+              "config": str(config) if config else None,
               "inference": to_dict(predictor.cfg),
-              "model_load_seconds": round(load_s, 4), "total_seconds": round(time.perf_counter() - t0, 4),
+              "model_load_seconds": round(load_seconds, 4),
+              "total_seconds": round(load_seconds + time.perf_counter() - t0, 4),
               "cases_ok": len(cases) - failed, "cases_failed": failed, "cases": report_cases}
     write_json(report, plan.report)
     if plan.statistics:
-        write_json(statistics, plan.statistics)
+        write_json(stats, plan.statistics)
+    return report
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    try:
+        cfg = resolve_inference(args)
+    except ConfigError as e:
+        log.error("%s", e)
+        return 2
+    folds = [f.strip() for f in args.fold.split(",")] if args.fold else None
+    try:   # every refusal happens here, before a folder is created or the model is loaded
+        cases, plan = check_predict(args.input, args.output, args.model, folds, args.save_probabilities,
+                                    args.statistics, args.report)
+    except (InputError, UnsafeOutput) as e:
+        log.error("%s", e)
+        return 2
+    import torch
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        log.error("--device cuda (inference.device): no CUDA device is available (use --device cpu or auto)")
+        return 2
+    try:
+        created = make_output_folder(plan)   # to undo on refusal
+    except OSError as e:
+        log.error("%s: cannot create the output folder (%s)", plan.folder, e.strerror or e)
+        return 2
+
+    from flareseg.inference.predictor import FastPredictor
+    from flareseg.nnunet.model import ModelFolderError
+
+    t0 = time.perf_counter()
+    try:
+        predictor = FastPredictor(args.model, cfg, folds=folds, trust_model=getattr(args, "trust_model", False))
+    except (InputError, ModelFolderError) as e:   # corrupt/untrusted checkpoint, inconsistent folder
+        log.error("%s", e)
+        remove_created(created)                     # leave no empty output folders behind
+        return 2
+    report = predict_cases(predictor, cases, plan, save_probabilities=args.save_probabilities,
+                           statistics=args.statistics, quiet=args.quiet,
+                           config=getattr(args, "config", None), load_seconds=time.perf_counter() - t0)
+    failed = report["cases_failed"]
     print(f"{len(cases) - failed}/{len(cases)} cases written to {plan.folder}"
           + (f"; {failed} failed (see {plan.report.name})" if failed else ""))
     return 1 if failed else 0

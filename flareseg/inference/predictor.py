@@ -55,6 +55,7 @@ import torch
 
 from flareseg.anatomy import bbox_of, body_mask, expand_bbox
 from flareseg.config import InferenceConfig, inference_config
+from flareseg.devices import resolve_device
 from flareseg.io import InputError, read_image
 from flareseg.inference.normalize import normalize_
 from flareseg.inference.orientation import axial_reorientation
@@ -68,16 +69,6 @@ from flareseg.nnunet.model import LoadedModel, load_model, nnunet_image_resample
 log = logging.getLogger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(device)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
-    return d
 
 
 @dataclass
@@ -246,7 +237,7 @@ class FastPredictor:
         arr_t = arr.transpose(tf)
         sp_t = tuple(spacing[i] for i in tf)
         full_np = np.array(arr_t, order="C")  # writable copy (the image's view is read-only)
-        t.lap("crop")
+        t.lap("transpose")
 
         x = torch.from_numpy(full_np if full_np.dtype in (np.int16, np.float32, np.uint8)
                              else full_np.astype(np.float32))

@@ -19,10 +19,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from flareseg.io import InputError
 from flareseg.labels import CLASS_NAMES
 from flareseg.nnunet.checkpoint import load_checkpoint, save_checkpoint
-from flareseg.nnunet.model import available_folds, build_network
+from flareseg.nnunet.model import build_network
 
 #: CT foreground intensity statistics in HU (typical of abdominal CT)
 DEFAULT_INTENSITY = {"max": 1500.0, "mean": 90.0, "median": 80.0, "min": -1000.0,
@@ -163,99 +162,3 @@ def fit_model_folder(model_dir: str | Path, images: Sequence[np.ndarray], labels
         ck["network_weights"] = net.eval().state_dict()
         save_checkpoint(ck, path)
     return model_dir
-
-
-# --------------------------------------------------------------------------- validation
-
-EXPECTED = "expected plans.json, dataset.json and fold_*/checkpoint_final.pth"
-
-
-def missing_model_files(path: str | Path) -> list[str]:
-    """What ``path`` lacks to be an nnU-Net model folder (empty: it is one)."""
-    p = Path(path)
-    missing = [n for n in ("plans.json", "dataset.json") if not (p / n).is_file()]
-    if not available_folds(p):
-        missing.append("fold_*/checkpoint_*.pth")
-    return missing
-
-
-def find_model_folders(path: str | Path, depth: int = 3, limit: int = 3, max_dirs: int = 2000) -> list[Path]:
-    """Model folders near ``path``: the enclosing one when ``path`` is a ``fold_X`` folder or a
-    checkpoint file, else those nested up to ``depth`` levels below it (at most ``limit``, looking
-    into at most ``max_dirs`` folders so that a user's home folder stays quick)."""
-    p = Path(path)
-    for up in (p.parent, p.parent.parent):
-        if up != p and (p.name.startswith("fold_") or p.parent.name.startswith("fold_")) \
-                and not missing_model_files(up):
-            return [up]
-    found: list[Path] = []
-    level = [p] if p.is_dir() else []
-    for _ in range(depth):
-        nxt = []
-        for d in level:
-            max_dirs -= 1
-            if max_dirs < 0:
-                return found
-            try:
-                subs = sorted(c for c in d.iterdir() if c.is_dir() and not c.name.startswith("."))
-            except OSError:
-                continue
-            for c in subs:
-                if not missing_model_files(c):
-                    found.append(c)
-                    if len(found) >= limit:
-                        return found
-                else:
-                    nxt.append(c)
-        level = nxt
-    return found
-
-
-def _json_dict(path: Path, key: str) -> dict:
-    try:
-        with open(path) as f:
-            obj = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(path, f"not readable as JSON ({str(e).splitlines()[0][:120]})") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get(key), dict) or not obj[key]:
-        raise InputError(path, f"has no '{key}' mapping: not an nnU-Net {path.name}")
-    return obj
-
-
-def check_model_folder(path: str | Path, folds: Sequence[int | str] | None = None,
-                       checkpoint: str | None = None) -> Path:
-    """Validate a model folder before loading it; return it. Raises :class:`InputError` (one line,
-    naming the path) for a missing path, a file, a folder without ``plans.json``/``dataset.json``/
-    ``fold_*/checkpoint_*.pth`` (suggesting the model folder found inside or around it), JSON files
-    that are not nnU-Net's, a model with more than one input channel, or a requested fold that has
-    no checkpoint (listing the available ones). Checkpoint contents are checked when loading."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(p, "model folder does not exist")
-    if not p.is_dir():
-        hint = find_model_folders(p)
-        raise InputError(p, f"is a file, not a model folder ({EXPECTED})"
-                            + (f"; the model folder is {hint[0]}" if hint else ""))
-    missing = missing_model_files(p)
-    if missing:
-        hint = find_model_folders(p)
-        tail = ""
-        if len(hint) == 1:
-            tail = f"; did you mean {hint[0]}?"
-        elif hint:
-            tail = "; model folders inside: " + ", ".join(str(h) for h in hint)
-        raise InputError(p, f"not a model folder, missing {', '.join(missing)} ({EXPECTED}){tail}")
-    _json_dict(p / "plans.json", "configurations")
-    dataset = _json_dict(p / "dataset.json", "labels")
-    channels = dataset.get("channel_names") or dataset.get("modality") or {}
-    if isinstance(channels, dict) and len(channels) > 1:
-        raise InputError(p / "dataset.json", f"the model has {len(channels)} input channels; "
-                                             "the fast predictor handles single-channel CT")
-    if folds is not None:
-        have = available_folds(p, checkpoint)
-        absent = [str(f) for f in folds if str(f) not in have]
-        if absent:
-            names = checkpoint or "checkpoint_*.pth"
-            raise InputError(p, f"fold {', '.join(absent)} not found (no fold_{absent[0]}/{names}); "
-                                f"available folds: {', '.join(have) or 'none'}")
-    return p

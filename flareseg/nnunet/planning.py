@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flareseg.config import PlanConfig
-from flareseg.io import read_json, write_json
+from flareseg.io import write_json
 from flareseg.labels import NUM_CLASSES
 
 if TYPE_CHECKING:
@@ -157,15 +157,6 @@ def plan_and_preprocess(dataset_id: int, configs: dict[str, PlanConfig], num_pro
         preprocess_dataset(dataset_id, PLANS_NAME, tuple(configs), [num_processes] * len(configs),
                            verbose=False, show_progress_bar=True)
     return plans_file
-
-
-def add_configuration(plans_file: Path, name: str, pc: PlanConfig) -> None:
-    """Add/replace one of our configurations in an existing plans file (e.g. after a config change)."""
-    plans = read_json(plans_file)
-    plans["configurations"][name] = configuration_plan(plans["configurations"]["3d_fullres"], pc,
-                                                       f"{PLANS_NAME}_{name}")
-    _log_size(name, plans["configurations"][name], NUM_CLASSES)
-    write_json(plans, plans_file)
 
 
 def preprocess(dataset_id: int, configurations: tuple[str, ...], num_processes: int = 2) -> None:

@@ -54,7 +54,7 @@ def train(dataset_name: str, configuration: str, tc: TrainConfig, preprocessed_d
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    from flareseg.inference.predictor import resolve_device
+    from flareseg.devices import resolve_device
 
     pre = Path(preprocessed_dir) / dataset_name
     write_train_config(pre / f"{PLANS}.json", configuration, tc, extra)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any, Callable
 
 from flareseg.config import Config, config_hash, resolved, to_dict
 from flareseg.io import read_json, remove_stale_temps, write_json
+from flareseg.versions import versions
 
 log = logging.getLogger(__name__)
 
@@ -41,25 +40,6 @@ class StagePaused(StageError):
 
 def stage_dir(work: Path, n: int) -> Path:
     return Path(work) / f"stage-{n}-{STAGE_NAMES[n]}"
-
-
-#: module name -> installed distribution (package) name, for the versions recorded in manifests
-DISTRIBUTIONS = {"flareseg": "flareseg", "torch": "torch", "nnunetv2": "nnunetv2", "numpy": "numpy",
-                 "SimpleITK": "SimpleITK", "cc3d": "connected-components-3d"}
-
-
-def versions() -> dict[str, str]:
-    """Python and package versions (installed distribution metadata, no imports)."""
-    from importlib.metadata import PackageNotFoundError, version
-    out = {"python": platform.python_version()}
-    for mod, dist in DISTRIBUTIONS.items():
-        try:
-            out[mod] = version(dist)
-        except PackageNotFoundError:
-            out[mod] = "not installed"
-    if "torch" in sys.modules:  # carries the build tag (e.g. +cu130, +cpu)
-        out["torch"] = sys.modules["torch"].__version__
-    return out
 
 
 def _digest(obj: Any) -> str:
@@ -124,7 +104,6 @@ class Stage:
     sections: tuple[str, ...]
     reads: tuple[int, ...]
     run: Callable[[StageContext], dict]
-    description: str = ""
 
     def key(self, cfg: Config, work: Path) -> str:
         d = to_dict(cfg)

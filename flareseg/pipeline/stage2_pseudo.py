@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from flareseg.config import ConfigError
 from flareseg.io import read_array, read_json, write_array, write_json
 from flareseg.labels import ORGANS, TUMOR, label_type
 from flareseg.pipeline.stage import StageContext, StageError, StagePaused
@@ -41,7 +42,7 @@ def pseudo_label_quality(selection, raw_dir: Path, gt_dir: Path) -> dict:
     rows = []
     for s in selection:
         gt_p = gt_dir / f"{s.case_id}.nii.gz"
-        if not gt_p.exists() or math.isnan(s.organ_score):
+        if not gt_p.exists() or s.organ_score is None:
             continue
         pred, _ = read_array(raw_dir / f"{s.case_id}.nii.gz")
         gt, _ = read_array(gt_p)
@@ -77,6 +78,8 @@ def run(ctx: StageContext) -> dict:
     raw_dir, scores_dir = ctx.dir / "raw", ctx.dir / "scores"
     try:
         check_members(pc)
+    except ConfigError:
+        raise                           # a key combination that cannot work: exit 2
     except ValueError as e:
         raise StageError(str(e)) from None
     predictor = FastPredictor(model_dir, cfg.inference, tta=pc.tta)
@@ -129,7 +132,8 @@ def run(ctx: StageContext) -> dict:
         img, _ = read_array(image_of(cid))
         lab, _ = read_array(raw_dir / f"{cid}.nii.gz")
         return img, lab
-    report_files = write_report(ctx.dir / "report", scores, selection, pc.score, load_case) if selection else []
+    report_files = (write_report(ctx.dir / "report", scores, selection, pc.score, load_case,
+                                 tumor_score=pc.tumor_score or pc.score) if selection else [])
     quality = {}
     gt_dir = s1.get("hidden_gt")
     if gt_dir and Path(gt_dir).exists():

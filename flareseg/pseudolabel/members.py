@@ -8,7 +8,9 @@ With any of ``pseudolabel.member_models``, ``member_tta`` or ``member_label_dirs
 member is brought to the scan's own (input) grid ``(Z, Y, X)``, kept on the host (float16
 probabilities, uint8 labels) and scored a z-slab at a time on the device
 (:func:`~flareseg.pseudolabel.uncertainty.score_members_in_slabs`), so the multi-member scores
-(disagreement, inconsistency, overlap) exist while device memory stays bounded:
+(disagreement, inconsistency, overlap) exist while device memory stays bounded (except when a
+label folder counts for some groups only, ``member_label_groups``: then the members are scored on
+the whole grid at once, device memory not bounded by the slab size):
 
 1. the fine model: ``FastPredictor.run(image, save_probabilities=True)`` (float16, background 1
    outside the body crop); its argmax label map is the raw pseudo label, as without members;
@@ -21,7 +23,14 @@ probabilities, uint8 labels) and scored a z-slab at a time on the device
    augmentation (nnU-Net's default), whose left/right organs keep their labels when mirrored;
 4. ``member_label_dirs``: hard label maps ``<folder>/<case_id>.nii.gz`` (other teams' pseudo
    labels) on the scan's grid.  A missing file or another geometry fails that case only, naming
-   the file (:func:`flareseg.pseudolabel.shards.run_shard` records it and goes on).
+   the file (:func:`flareseg.pseudolabel.shards.run_shard` records it and goes on).  Each folder
+   counts for the *organ* score only unless ``member_label_groups`` says ``organ+tumor`` for it:
+   the paper's external members (the FLARE22 winner's and the best-accuracy algorithm's pseudo
+   labels) are organ-only, and a member that knows no tumor would make every tumor score
+   meaningless (no tumor survives the mean, every tumor voxel "disagrees").  The tumor score uses
+   the members that predict tumor: the fine model, ``member_models``, ``member_tta`` and the
+   ``organ+tumor`` folders (``pseudolabel.tumor_score``, default ``score``, picks its score: with
+   the fine model as the only tumor member, ``entropy``).
 
 :func:`member_names` enter the score fingerprint, so changing the members rescores every case.
 """
@@ -35,7 +44,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from flareseg.config import PseudoLabelConfig, config_hash, to_dict
+from flareseg.config import ConfigError, PseudoLabelConfig, config_hash, to_dict
 from flareseg.inference.orientation import axial_reorientation
 from flareseg.io import Geometry, InputError, geometry_mismatch, read_array, read_image, write_image
 from flareseg.pseudolabel.uncertainty import MULTI_MEMBER_SCORES, score_members_in_slabs, score_slab_stream
@@ -61,11 +70,42 @@ def member_names(pc: PseudoLabelConfig) -> list[str]:
             + [f"labels:{d}" for d in pc.member_label_dirs])
 
 
+def label_dir_groups(pc: PseudoLabelConfig) -> list[tuple[str, ...]]:
+    """Per ``member_label_dirs`` entry, the score groups it counts for (default: organ only)."""
+    kinds = pc.member_label_groups or ("organ",) * len(pc.member_label_dirs)
+    return [("organ", "tumor") if k == "organ+tumor" else ("organ",) for k in kinds]
+
+
+def tumor_score_name(pc: PseudoLabelConfig) -> str:
+    """The score ranking tumors (``pseudolabel.tumor_score``, or ``score`` when unset)."""
+    return pc.tumor_score or pc.score
+
+
+def tumor_member_count(pc: PseudoLabelConfig) -> int:
+    """Members that count for the tumor score: the fine model, member models, the mirror and the
+    label folders marked ``organ+tumor``."""
+    return (1 + len(pc.member_models) + int(pc.member_tta)
+            + sum("tumor" in g for g in label_dir_groups(pc)))
+
+
 def check_members(pc: PseudoLabelConfig) -> None:
-    """Raise ``ValueError`` for a member setup that cannot work (before any case is scored)."""
+    """Raise ``ValueError`` for a member setup that cannot work (before any case is scored):
+    :class:`~flareseg.config.ConfigError` for a key combination that cannot work."""
     if pc.score in MULTI_MEMBER_SCORES and not member_names(pc):
-        raise ValueError(f"pseudolabel.score={pc.score} needs at least two members: set "
-                         f"pseudolabel.member_models, member_tta or member_label_dirs")
+        raise ConfigError(f"pseudolabel.score={pc.score} needs at least two members: set "
+                          f"pseudolabel.member_models, member_tta or member_label_dirs")
+    if pc.member_label_groups and len(pc.member_label_groups) != len(pc.member_label_dirs):
+        raise ConfigError(f"pseudolabel.member_label_groups: {len(pc.member_label_groups)} entries for "
+                          f"{len(pc.member_label_dirs)} member_label_dirs (one per folder, or none: "
+                          f"organ only for every folder)")
+    ts = tumor_score_name(pc)
+    if ts in MULTI_MEMBER_SCORES and pc.k_tumor > 0 and tumor_member_count(pc) < 2:
+        key = "tumor_score" if pc.tumor_score else "score"
+        raise ConfigError(
+            f"pseudolabel.{key}={ts} ranks tumors with only one member that predicts tumor (the "
+            f"label folders count for organs only): set pseudolabel.tumor_score=entropy (the fine "
+            f"model alone), add member_tta or member_models, or mark a folder organ+tumor in "
+            f"pseudolabel.member_label_groups")
     for d in pc.member_label_dirs:
         if not Path(d).is_dir():
             raise ValueError(f"pseudolabel.member_label_dirs: {d} is not a folder")
@@ -84,6 +124,8 @@ def score_fingerprint(checkpoint: Any, inference_cfg: Any, pc: PseudoLabelConfig
     names = member_names(pc)
     if names:
         key["members"] = names
+    if pc.member_label_dirs:   # what each folder counts for changes its scores
+        key["label_groups"] = ["+".join(g) for g in label_dir_groups(pc)]
     return config_hash(key)
 
 
@@ -146,6 +188,7 @@ class MultiMemberScorer:
                              f"{len(pc.member_models)} member_models")
         self.member_predictors = list(member_predictors)
         self.label_dirs = [Path(d) for d in pc.member_label_dirs]
+        self.label_groups = label_dir_groups(pc)
 
     def _device(self) -> torch.device:
         return getattr(self.predictor, "device", torch.device("cpu"))
@@ -169,8 +212,12 @@ class MultiMemberScorer:
             members.append(np.flip(probs, ax + 1))
         first_label = len(members)
         members += labels
+        # label members limited to some groups (member_label_groups) are scored on the whole grid
+        # (score_members_in_slabs' fallback); otherwise a z-slab at a time
+        member_groups = [None] * first_label + list(self.label_groups)
         try:
-            scores = score_members_in_slabs(members, self._device(), self.slab_mb)
+            scores = score_members_in_slabs(members, self._device(), self.slab_mb,
+                                            member_groups=member_groups)
         except ValueError as e:
             n = _member_index(e)
             if n is None or n < first_label:

@@ -40,7 +40,7 @@ def _fmt(v: object) -> object:
 
 def write_uncertainty_csv(scores: Mapping[str, Mapping[str, float]], dest: os.PathLike | str) -> Path:
     """All scores of all cases, one row per case (sorted by id); known columns first, NaN empty."""
-    known = ["n_members"] + [score_key(g, s) for g in GROUPS for s in ("voxels",) + SCORES]
+    known = ["n_members"] + [score_key(g, s) for g in GROUPS for s in ("voxels", "members") + SCORES]
     seen = {k for s in scores.values() for k in s}
     cols = [k for k in known if k in seen] + sorted(seen - set(known))
     rows = [{"case_id": c, **scores[c]} for c in sorted(scores)]
@@ -63,7 +63,7 @@ def _cut(kept: Sequence[Selection], tumor: bool) -> float | None:
 
 
 def plot_histograms(selection: Sequence[Selection], dest: os.PathLike | str, score: str = "entropy",
-                    bins: int = 30) -> Path:
+                    bins: int = 30, tumor_score: str | None = None) -> Path:
     """Organ and tumor uncertainty histograms with the K1 (organ) and K2 (tumor) cut lines.
 
     The tumor panel shows the K1 selected cases (the ones ranked for tumor).
@@ -72,8 +72,8 @@ def plot_histograms(selection: Sequence[Selection], dest: os.PathLike | str, sco
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    organ = [s.organ_score for s in selection if not math.isnan(s.organ_score)]
-    tumor = [s.tumor_score for s in selection if s.selected and not math.isnan(s.tumor_score)]
+    organ = [s.organ_score for s in selection if s.organ_score is not None]
+    tumor = [s.tumor_score for s in selection if s.selected and s.tumor_score is not None]
     k1 = [s for s in selection if s.selected]
     k2 = [s for s in selection if s.keep_tumor]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -87,11 +87,12 @@ def plot_histograms(selection: Sequence[Selection], dest: os.PathLike | str, sco
         if cut is not None:
             ax.axvline(cut, color="tab:red", ls="--", label=f"{cut_name} cut ({n_cut} kept)")
             ax.legend(loc="upper right", fontsize=8)
-        ax.set_xlabel(f"{name} {score}" + (" (K1 selected cases)" if cut_name == "K2" else ""))
+        shown = (tumor_score or score) if cut_name == "K2" else score
+        ax.set_xlabel(f"{name} {shown}" + (" (K1 selected cases)" if cut_name == "K2" else ""))
         ax.set_ylabel("cases")
-    n_nan = sum(math.isnan(s.organ_score) for s in selection)
+    n_nan = sum(s.organ_score is None for s in selection)
     fig.suptitle(f"pseudo-label uncertainty ({len(selection)} cases"
-                 + (f", {n_nan} without organs" if n_nan else "") + ")")
+                 + (f", {n_nan} without organ score" if n_nan else "") + ")")
     fig.tight_layout()
     with atomic_path(dest) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
@@ -135,16 +136,17 @@ def plot_overlay(image: np.ndarray, label: np.ndarray, dest: os.PathLike | str, 
 
 def write_report(out_dir: os.PathLike | str, scores: Mapping[str, Mapping[str, float]],
                  selection: Sequence[Selection], score: str = "entropy",
-                 load_case: CaseLoader | None = None, n_examples: int = 3) -> list[Path]:
+                 load_case: CaseLoader | None = None, n_examples: int = 3,
+                 tumor_score: str | None = None) -> list[Path]:
     """Write ``uncertainty.csv``, ``selection.csv``, ``uncertainty_hist.png`` and, with
     ``load_case``, overlays of the ``n_examples`` most and least organ-confident cases
     (``overlays/{most,least}_<rank>_<case>.png``).  Returns the written paths."""
     out = Path(out_dir)
     paths = [write_uncertainty_csv(scores, out / "uncertainty.csv"),
              write_selection_csv(selection, out / "selection.csv"),
-             plot_histograms(selection, out / "uncertainty_hist.png", score)]
+             plot_histograms(selection, out / "uncertainty_hist.png", score, tumor_score=tumor_score)]
     if load_case is not None and n_examples > 0:
-        ranked = [s for s in sorted(selection, key=lambda s: s.organ_rank) if not math.isnan(s.organ_score)]
+        ranked = [s for s in sorted(selection, key=lambda s: s.organ_rank) if s.organ_score is not None]
         most = ranked[:n_examples]
         least = [s for s in ranked[::-1][:n_examples] if s not in most]
         for tag, group in (("most", most), ("least", least)):

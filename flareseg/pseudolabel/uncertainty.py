@@ -32,10 +32,25 @@ separately; ``<group>_<score>`` keys:
     over the member pairs where at least one predicts the group.  Higher = more *confident* (an
     agreement, not an uncertainty).
 
-A group that no member predicts anywhere gets ``NaN`` for every score but ``voxels`` (0): there is
-nothing whose uncertainty could be measured.  :mod:`flareseg.pseudolabel.selection` ranks ``NaN``
-last and never selects it — a case without predicted organs is no organ pseudo label, and a case
-without a predicted tumor has no tumor label to keep.
+- ``members``: how many members the group's scores use (see below).
+
+**Members that count for some groups only.**  ``add(label_map, groups=("organ",))`` adds a member
+that scores the organ group only: an external algorithm's organ-only pseudo labels (the paper's
+FLARE22 winner and best-accuracy algorithm) know no tumor class, so their "liver" where the fine
+model sees a tumor is no evidence against the tumor.  Each group's scores then use only the members
+that count for it (``tumor`` above: the members that predict tumor), and a group's scores leave out
+the voxels where any of its members predicts a class of a group that not all of them score (the
+organ score skips the voxels a tumor-predicting member calls tumor: an organ-only member says
+nothing there).  Only label maps can be limited this way (their one-hot sums are taken back out
+exactly); probabilities always count for every group.  Without limited members every score is
+exactly as above.
+
+A group that none of its members predicts anywhere gets ``NaN`` for every score but ``voxels`` (0):
+there is nothing whose uncertainty could be measured; so does a multi-member score of a group
+that fewer than two members score.  :mod:`flareseg.pseudolabel.selection` never carries a ``NaN``:
+such a case gets no score for that group, is ranked last and never selected (a case without
+predicted organs is no organ pseudo label, a case without a predicted tumor has no tumor label to
+keep), and the selection table says why.
 """
 from __future__ import annotations
 
@@ -112,15 +127,27 @@ class MemberAccumulator:
         self._sum: torch.Tensor | None = None      # (C, N) float32 sum of member probabilities
         self._sumsq: torch.Tensor | None = None    # (C, N) float32 sum of squares (from member 2 on)
         self._labels: list[torch.Tensor] = []      # per member (N,) uint8 argmax
+        self._groups: list[frozenset[str]] = []    # per member: the groups it counts for
 
     @property
     def n_members(self) -> int:
         return len(self._labels)
 
     # ------------------------------------------------------------------ intake
-    def add(self, member: Member) -> None:
-        """Add probabilities ``(C, Z, Y, X)`` or a label map ``(Z, Y, X)`` of the same grid."""
+    def add(self, member: Member, groups: Iterable[str] | None = None) -> None:
+        """Add probabilities ``(C, Z, Y, X)`` or a label map ``(Z, Y, X)`` of the same grid.
+
+        ``groups``: the groups whose scores this member counts for (default: all); only a label
+        map may be limited (e.g. ``("organ",)`` for an external organ-only algorithm)."""
+        gs = frozenset(self.groups) if groups is None else frozenset(groups)
+        unknown = sorted(gs - set(self.groups))
+        if unknown or not gs:
+            raise ValueError(f"member {self.n_members}: groups must be a non-empty subset of "
+                             f"{sorted(self.groups)}, got {sorted(gs)}")
         t = as_tensor(member, self.device)
+        if gs != frozenset(self.groups) and t.ndim != 3:
+            raise ValueError(f"member {self.n_members}: only a label map can count for some groups "
+                             f"only ({sorted(gs)}); probabilities count for every group")
         if self.device is None:
             self.device = t.device
         probs, label = self._validate(t)
@@ -136,6 +163,7 @@ class MemberAccumulator:
             else:
                 self._sumsq += probs                                       # one-hot squared = one-hot
         self._labels.append(label if label is not None else _argmax0(probs).to(torch.uint8))
+        self._groups.append(gs)
 
     def _validate(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """-> (probabilities (C, N) float32, label (N,) uint8 or None if the member was soft)."""
@@ -176,31 +204,132 @@ class MemberAccumulator:
 
     # ------------------------------------------------------------------ results
     def label(self) -> torch.Tensor:
-        """Pseudo label: argmax of the mean prediction, ``(Z, Y, X)`` uint8 on the members' device."""
+        """Pseudo label: argmax of the mean prediction, ``(Z, Y, X)`` uint8 on the members' device.
+
+        With members limited to some groups, the mean is over the members that count for every
+        group (an organ-only member would vote a tumor away); over all members if none does."""
         if self._sum is None or self.shape is None:
             raise ValueError("no members added")
-        lab = self._labels[0] if self.n_members == 1 else _argmax0(self._sum).to(torch.uint8)
+        full = self._full_members()
+        if len(full) in (0, self.n_members):
+            lab = self._labels[0] if self.n_members == 1 else _argmax0(self._sum).to(torch.uint8)
+        elif len(full) == 1:
+            lab = self._labels[full[0]]
+        else:
+            lab = _argmax0(self._without(self._sum, full)).to(torch.uint8)
         return lab.reshape(self.shape)
+
+    def _full_members(self) -> list[int]:
+        """Indices of the members that count for every group."""
+        every = frozenset(self.groups)
+        return [i for i, g in enumerate(self._groups) if g == every]
+
+    def _without(self, total: torch.Tensor, keep: Sequence[int], cols: torch.Tensor | None = None) -> torch.Tensor:
+        """``total`` (a sum over all members, optionally restricted to voxel columns ``cols``) less
+        the one-hots of the members not in ``keep`` (label maps by construction); a new tensor."""
+        out = (total if cols is None else total[:, cols]).clone()
+        for i in range(self.n_members):
+            if i not in keep:
+                lab = self._labels[i] if cols is None else self._labels[i][cols]
+                out.scatter_add_(0, lab.long()[None], torch.full_like(out[:1], -1.0))
+        return out.clamp_min_(0)
 
     def scores(self) -> dict[str, float]:
         """Flat dict: ``n_members`` and ``<group>_<score>`` for every group (see module doc).
 
         Everything reduces to per-class sums (``bincount``) over the full grid plus dense work only
         on the voxels where members disagree, so the cost stays close to one pass over the members.
+        With members limited to some groups the scores come from :meth:`_limited_scores` (whole
+        grid; no :meth:`partial` sums).
         """
+        if self._sum is None:
+            raise ValueError("no members added")
+        if self.limited:
+            return self._limited_scores()
         return self.partial().scores(self.groups, self.num_classes)
+
+    @property
+    def limited(self) -> bool:
+        """Whether some member counts for some groups only (its scores are not slab sums)."""
+        return len(self._full_members()) < self.n_members
 
     def partial(self) -> "PartialScores":
         """The sums the scores are ratios of, on the CPU: partial results of disjoint parts of a
-        grid (z-slabs, :func:`score_members_in_slabs`) add up with ``+``."""
+        grid (z-slabs, :func:`score_members_in_slabs`) add up with ``+``.  Only without members
+        limited to some groups (:attr:`limited`; their scores are :meth:`scores` of the whole grid)."""
         C = self.num_classes
         if self._sum is None:
             raise ValueError("no members added")
+        if self.limited:
+            raise ValueError("partial scores need every member to count for every group; "
+                             "score members limited to some groups on the whole grid (scores())")
         lab = self.label().reshape(-1).long()
         n_c = torch.bincount(lab, minlength=C).double()
         h_c = torch.bincount(lab, weights=voxel_entropy(self._sum, self.n_members).double(), minlength=C)
         multi = self._multi_member_stats().cpu() if self.n_members >= 2 else None
         return PartialScores(self.n_members, n_c.cpu(), h_c.cpu(), multi)
+
+    def _limited_scores(self) -> dict[str, float]:
+        """Scores when some members count for some groups only (see module doc): per group, its
+        members, on the voxels a group class could win or any of them predicts (the rest add 0)."""
+        C = self.num_classes
+        out: dict[str, float] = {"n_members": float(self.n_members)}
+        for g, classes in self.groups.items():
+            members = [i for i, gs in enumerate(self._groups) if g in gs]
+            lut = _lut(classes, C, self.device)
+            # classes of the groups not every one of these members scores: their voxels are left out
+            partial = {c for h, cs in self.groups.items() if any(h not in self._groups[i] for i in members)
+                       for c in cs} - set(classes)
+            M = len(members)
+            if M == 0:                  # no member counts for this group: nothing to measure
+                out[score_key(g, "voxels")], out[score_key(g, "members")] = 0.0, 0.0
+                out[score_key(g, "entropy")] = math.nan
+                if self.n_members >= 2:
+                    out.update(dict.fromkeys((score_key(g, s) for s in MULTI_MEMBER_SCORES), math.nan))
+                continue
+            labs = torch.stack([self._labels[i] for i in members]).long()          # (M, N)
+            cand = lut[labs].any(0)
+            best = self._sum[classes[0]].clone()
+            for c in classes[1:]:
+                torch.maximum(best, self._sum[c], out=best)
+            cand |= best >= M / C - 1e-6       # the mean's argmax needs at least 1/C of the mass
+            del best
+            if partial:
+                cand &= ~_lut(partial, C, self.device)[labs].any(0)
+            cols = cand.nonzero().squeeze(1)
+            labs = labs[:, cols]
+            s1 = self._without(self._sum, members, cols)                           # (C, K) member sum
+            win = _argmax0(s1) if M > 1 else labs[0]
+            in_g = lut[win]
+            n_g = float(in_g.sum())
+            ent = voxel_entropy(s1[:, in_g], M).double().sum() if n_g else torch.tensor(0.0)
+            out[score_key(g, "voxels")] = n_g
+            out[score_key(g, "members")] = float(M)
+            out[score_key(g, "entropy")] = float(ent) / n_g if n_g else math.nan
+            if self.n_members < 2:
+                continue
+            res = dict.fromkeys((score_key(g, s) for s in MULTI_MEMBER_SCORES), math.nan)
+            if M >= 2:
+                any_g = lut[labs].any(0)
+                dis = (labs != labs[0]).any(0)
+                res[score_key(g, "disagreement")] = _ratio((dis & any_g).sum(), any_g.sum())
+                m1 = s1 / M
+                std = (self._without(self._sumsq, members, cols) / M - m1.square()).clamp_min_(0).sqrt_()
+                union = torch.zeros_like(std, dtype=torch.bool)
+                for lm in labs:
+                    union.scatter_(0, lm[None], True)
+                idx = torch.tensor(classes, device=self.device)
+                res[score_key(g, "inconsistency")] = _ratio((std * union)[idx].sum(dtype=torch.float64),
+                                                            union[idx].sum())
+                dices = []
+                for a in range(M):
+                    for b in range(a + 1, M):
+                        den = float(lut[labs[a]].sum() + lut[labs[b]].sum())
+                        if den > 0:
+                            dices.append(2.0 * float(((labs[a] == labs[b]) & lut[labs[a]]).sum()) / den)
+                res[score_key(g, "overlap")] = float(np.mean(dices)) if dices else math.nan
+            out.update(res)
+        return out
 
     def _multi_member_stats(self) -> "_MultiStats":
         C, M = self.num_classes, self.n_members
@@ -252,6 +381,7 @@ class PartialScores:
         for g, classes in groups.items():
             idx = torch.tensor(classes)
             out[score_key(g, "voxels")] = float(self.n_c[idx].sum())
+            out[score_key(g, "members")] = float(self.n_members)
             out[score_key(g, "entropy")] = _ratio(self.h_c[idx].sum(), self.n_c[idx].sum())
             if self.multi is not None:
                 out.update(self.multi.group_scores(g, idx))
@@ -307,7 +437,8 @@ def slab_rows(num_classes: int, row_voxels: int, slab_mb: float) -> int:
 
 def score_members_in_slabs(members: Sequence[Member], device: torch.device | str | None = None,
                            slab_mb: float = 256.0, groups: Mapping[str, Sequence[int]] = GROUPS,
-                           num_classes: int = NUM_CLASSES) -> dict[str, float]:
+                           num_classes: int = NUM_CLASSES,
+                           member_groups: Sequence[Iterable[str] | None] | None = None) -> dict[str, float]:
     """The scores of :class:`MemberAccumulator` for ``members`` kept on the host (float16
     probabilities ``(C, Z, Y, X)`` or label maps ``(Z, Y, X)``, numpy views of any strides), scored
     on ``device`` (default: where the first member is) a z-slab at a time.
@@ -317,10 +448,24 @@ def score_members_in_slabs(members: Sequence[Member], device: torch.device | str
     to float summation order, while only a slab of ``slab_mb`` MB of float32 probabilities per
     running sum exists on the device (docs/benchmarks.md, "Peak device memory of probability
     exports").  Raises ``ValueError("member <n>: ...")`` like :meth:`MemberAccumulator.add`.
+
+    ``member_groups`` (one entry per member, ``None`` = every group): the groups each member counts
+    for (``MemberAccumulator.add(groups=...)``).  When some member counts for some groups only, the
+    group-limited scores (:meth:`MemberAccumulator._limited_scores`: per-group member subsets,
+    left-out voxels, the mean's argmax over a subset) are not decomposed into slab sums: the members
+    are then scored on the whole grid at once on ``device``, exactly as ``MemberAccumulator``
+    (whole-grid float32 sums, device memory not bounded by ``slab_mb``).
     """
     members = list(members)
     if not members:
         raise ValueError("no members added")
+    if member_groups is not None:
+        member_groups = list(member_groups)
+        if len(member_groups) != len(members):
+            raise ValueError(f"{len(member_groups)} member_groups for {len(members)} members")
+        every = frozenset(groups)
+        if any(gs is not None and frozenset(gs) != every for gs in member_groups):
+            return _score_whole_grid(members, device, groups, num_classes, member_groups)
     spatial = []
     for n, m in enumerate(members):
         if m.ndim == 4 and m.shape[0] != num_classes:
@@ -337,6 +482,19 @@ def score_members_in_slabs(members: Sequence[Member], device: torch.device | str
     per = slab_rows(num_classes, y * x, slab_mb)
     return score_slab_stream(([as_tensor(m[:, a:a + per] if m.ndim == 4 else m[a:a + per], device)
                                for m in members] for a in range(0, max(z, 1), per)), groups, num_classes)
+
+
+def _score_whole_grid(members: Sequence[Member], device: torch.device | str | None,
+                      groups: Mapping[str, Sequence[int]], num_classes: int,
+                      member_groups: Sequence[Iterable[str] | None]) -> dict[str, float]:
+    """:func:`score_members_in_slabs`'s fallback for members limited to some groups: one
+    accumulator over the whole grid on ``device`` (default: the first member's)."""
+    acc = MemberAccumulator(groups, num_classes)
+    if device is not None:
+        acc.device = torch.device(device)
+    for m, gs in zip(members, member_groups):
+        acc.add(m, groups=gs)
+    return acc.scores()
 
 
 def score_slab_stream(slabs: Iterable[Member | Sequence[Member]], groups: Mapping[str, Sequence[int]] = GROUPS,

@@ -2,69 +2,24 @@
 
 Every picture and table file the page shows is copied (hard-linked when possible) or drawn into
 the output folder, so the folder is self-contained: links are relative, no server, no scripts.
-Paths recorded in manifests are absolute at run time; they are re-based onto ``work_dir`` (the
-part from ``stage-N-<name>/`` on), so a moved or copied work folder still reports.
+Paths recorded in manifests are re-based onto ``work_dir``
+(:func:`flareseg.report.context.local_path`), so a moved or copied work folder still reports.
 """
 from __future__ import annotations
 
 import logging
 import os
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flareseg.io import InputError, link_or_copy, read_json, write_text
+from flareseg.io import InputError, read_json, write_text
 from flareseg.pipeline.stage import STAGE_NAMES, stage_dir
 from flareseg.report import html as H
+from flareseg.report.context import ReportContext
+from flareseg.report.sections import SECTIONS
 
 log = logging.getLogger(__name__)
-
-_STAGE_PART = re.compile(r"^stage-\d-[a-z]+$")
-
-
-def local_path(path: str | os.PathLike | None, work: Path) -> Path | None:
-    """``path`` re-based onto ``work`` when it lies inside a ``stage-N-<name>`` folder and that copy
-    exists; else ``path`` itself if it exists; else None."""
-    if not path:
-        return None
-    p = Path(path)
-    for i, part in enumerate(p.parts):
-        if _STAGE_PART.match(part):
-            cand = Path(work).joinpath(*p.parts[i:])
-            if cand.exists():
-                return cand
-            break
-    return p if p.exists() else None
-
-
-@dataclass
-class ReportContext:
-    """What section builders get: the work folder, the output folder and the stage manifests."""
-    work: Path
-    out: Path
-    manifests: dict[int, dict | None]
-
-    def stage(self, n: int) -> Path:
-        return stage_dir(self.work, n)
-
-    def result(self, n: int) -> dict:
-        return (self.manifests.get(n) or {}).get("result") or {}
-
-    def path(self, p: str | os.PathLike | None) -> Path | None:
-        return local_path(p, self.work)
-
-    def asset(self, src: Path, n: int, name: str | None = None) -> str:
-        """Copy ``src`` into ``out/stage-N/`` and return its link relative to ``out``."""
-        rel = Path(f"stage-{n}") / (name or src.name)
-        link_or_copy(src, self.out / rel)
-        return rel.as_posix()
-
-    def new_asset(self, n: int, name: str) -> tuple[Path, str]:
-        """(destination path, relative link) for a file drawn by the report itself."""
-        rel = Path(f"stage-{n}") / name
-        return self.out / rel, rel.as_posix()
 
 
 def _manifest(work: Path, n: int) -> dict | None:
@@ -106,8 +61,6 @@ def build_qc_report(work_dir: str | os.PathLike, out: str | os.PathLike | None =
     ``out`` defaults to ``work_dir/qc``.  Stages without a manifest are shown as "not run"; a
     section that cannot be drawn (unreadable file...) shows the error and the rest still builds.
     """
-    from flareseg.report.sections import SECTIONS
-
     work = Path(work_dir)
     if not work.is_dir():
         raise InputError(work, "is not a work folder (does not exist or is not a directory)")

@@ -15,8 +15,8 @@ from typing import Any, Callable
 from flareseg.io import read_json
 from flareseg.labels import CLASS_NAMES, str_to_type
 from flareseg.report import html as H
+from flareseg.report.context import ReportContext
 from flareseg.report.figures import describe_type, label_type_bar
-from flareseg.report.qc import ReportContext
 from flareseg.report.validation import validation_overlays
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from typing import Mapping, Sequence
 from flareseg.file_check import IMAGE_SUFFIXES
 from flareseg.io import InputError, read_array
 from flareseg.report import html as H
+from flareseg.report.context import ReportContext
 from flareseg.report.figures import validation_overlay
-from flareseg.report.qc import ReportContext
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,50 @@
+"""`flareseg export-model`: a model folder stock nnU-Net v2 loads without ``nnUNet_extTrainer``."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+HELP = """\
+Write a copy of a model folder that stock nnU-Net v2 (nnUNetv2_predict_from_modelfolder,
+nnUNetPredictor.initialize_from_trained_model_folder) loads as it is, with no nnUNet_extTrainer:
+the checkpoints name nnUNetTrainer (the network comes from the plans, as FlareSegTrainer builds
+it), keep the weights, configuration and allowed mirroring axes, and drop the optimizer state.
+
+inputs : -m MODEL, an nnU-Net model folder (dataset.json, plans.json, fold_X/checkpoint_*.pth)
+outputs: -o OUT with dataset.json, plans.json, fold_X/checkpoint_*.pth and flareseg_export.json
+         (written into a temporary folder renamed into place; an earlier export there is replaced)
+exit   : 0 written; 2 bad model folder, damaged checkpoint, a trainer that builds its own network,
+         -o equal to or inside -m, -o a file or a non-empty folder that is not an earlier export
+
+example:
+  flareseg export-model -m work/stage-5-coarse/model -o models/coarse-stock
+  nnUNetv2_predict_from_modelfolder -i imgs -o out -m models/coarse-stock -f 0
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("export-model", help="write a model folder stock nnU-Net loads without env vars",
+                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-m", "--model", required=True, help="model folder to export (read only)")
+    p.add_argument("-o", "--output", required=True, help="folder to write (not inside -m)")
+    p.add_argument("--fold", default=None, help="fold(s) to export, e.g. 0 or 0,1 (default: every fold found)")
+    p.add_argument("--trust-model", action="store_true",
+                   help="load checkpoints that need more than tensors and numpy numbers (plain unpickling)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from flareseg.io import InputError
+    from flareseg.nnunet.export import export_model
+    from flareseg.nnunet.model import ModelFolderError
+
+    folds = [f.strip() for f in args.fold.split(",")] if args.fold else None
+    try:
+        dest = export_model(args.model, args.output, folds, trust_model=args.trust_model)
+    except (InputError, ModelFolderError) as e:
+        log.error("%s", e)
+        return 2
+    print(f"stock-loadable model folder written to {dest}")
+    return 0
