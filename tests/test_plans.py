@@ -7,7 +7,6 @@ device.  A change to the topology derivation or to the architecture options chan
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -75,7 +74,7 @@ def test_architecture_option_flows_into_the_config_and_is_checked(tmp_path):
 
 
 @pytest.mark.slow   # plans and preprocesses a tiny dataset: ~35 s of CPU
-def test_resenc_configuration_trains_with_the_flareseg_trainer(tmp_path):
+def test_resenc_configuration_trains_with_the_flareseg_trainer(tmp_path, monkeypatch):
     """The option is not only planned: nnU-Net preprocesses it and FlareSegTrainer builds and
     steps the residual-encoder network (merge-max loss, deep supervision) on CPU."""
     from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
@@ -100,8 +99,8 @@ def test_resenc_configuration_trains_with_the_flareseg_trainer(tmp_path):
     conf = read_json(pf)["configurations"]["coarse"]
     assert conf["architecture"]["network_class_name"].endswith("ResidualEncoderUNet")
 
-    os.environ["nnUNet_n_proc_DA"] = "0"
-    os.environ["nnUNet_compile"] = "f"
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")   # restored after the test
+    monkeypatch.setenv("nnUNet_compile", "f")   # restored after the test
     write_train_config(pf, "coarse", TrainConfig(epochs=1, iterations_per_epoch=1, val_iterations=1,
                                                  num_workers=0, device="cpu"))
     tr = get_trainer_from_args("Dataset902_TinyRes", "coarse", 0, "FlareSegTrainer", "nnUNetPlans",
@@ -114,3 +113,14 @@ def test_resenc_configuration_trains_with_the_flareseg_trainer(tmp_path):
     out = tr.train_step(next(gen_tr))
     assert np.isfinite(out["loss"])
     assert any(not torch.equal(a, p.detach()) for a, p in zip(before, tr.network.parameters()))
+
+
+def test_planning_works_with_data_loading_in_the_main_process(tmp_path, monkeypatch):
+    """nnUNet_n_proc_DA=0 is a valid training setting; nnU-Net's planner would pass it to
+    torch.set_num_threads and crash, so planning lifts it to 1 for the planner alone."""
+    import os
+
+    from tiny import tiny_planned_dataset
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    _, pf = tiny_planned_dataset(tmp_path)
+    assert pf.is_file() and os.environ["nnUNet_n_proc_DA"] == "0"

@@ -18,14 +18,14 @@ def tiny_plans(tmp_path_factory):
     return tiny_planned_dataset(tmp_path_factory.mktemp("trainer"))
 
 
-def test_label_type_loader_batches_hold_one_type(tiny_plans):
+def test_label_type_loader_batches_hold_one_type(tiny_plans, monkeypatch):
     from nnunetv2.run.run_training import get_trainer_from_args
     from flareseg.nnunet.training import write_train_config
 
     paths, pf = tiny_plans
     paths.export()
-    os.environ["nnUNet_n_proc_DA"] = "0"
-    os.environ["nnUNet_compile"] = "f"
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")   # restored after the test
+    monkeypatch.setenv("nnUNet_compile", "f")   # restored after the test
     write_train_config(pf, "fine", TrainConfig(epochs=1, iterations_per_epoch=1, val_iterations=1))
     tr = get_trainer_from_args("Dataset901_Tiny", "fine", 0, "FlareSegTrainer", "nnUNetPlans",
                                device=torch.device("cpu"))
@@ -77,7 +77,7 @@ def test_training_writes_standard_model_folder_loadable_by_stock_nnunet(tiny_pla
     assert seg.GetSize() == (40, 40, 24)
 
 
-def test_cutmix_loader_pastes_tumor_into_batches_without_tumor(tiny_plans, tmp_path):
+def test_cutmix_loader_pastes_tumor_into_batches_without_tumor(tiny_plans, tmp_path, monkeypatch):
     from nnunetv2.run.run_training import get_trainer_from_args
     from flareseg.config import CTOConfig
     from flareseg.cto.pool import build_pool
@@ -88,8 +88,8 @@ def test_cutmix_loader_pastes_tumor_into_batches_without_tumor(tiny_plans, tmp_p
 
     paths, pf = tiny_plans
     paths.export()
-    os.environ["nnUNet_n_proc_DA"] = "0"
-    os.environ["nnUNet_compile"] = "f"
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")   # restored after the test
+    monkeypatch.setenv("nnUNet_compile", "f")   # restored after the test
     ds = paths.raw / "Dataset901_Tiny"
     plans = read_json(pf)
     conf = plans["configurations"]["fine"]
@@ -185,13 +185,13 @@ def test_killed_training_resumes_to_the_same_weights(tiny_plans, tmp_path):
 
 
 @pytest.mark.parametrize("name,cls", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
-def test_optimizer_comes_from_the_config(tiny_plans, name, cls):
+def test_optimizer_comes_from_the_config(tiny_plans, name, cls, monkeypatch):
     from nnunetv2.run.run_training import get_trainer_from_args
     from flareseg.nnunet.training import write_train_config
 
     paths, pf = tiny_plans
     paths.export()
-    os.environ["nnUNet_compile"] = "f"
+    monkeypatch.setenv("nnUNet_compile", "f")   # restored after the test
     write_train_config(pf, "fine", TrainConfig(epochs=3, iterations_per_epoch=1, optimizer=name, lr=0.004,
                                                weight_decay=1e-4))
     tr = get_trainer_from_args("Dataset901_Tiny", "fine", 0, "FlareSegTrainer", "nnUNetPlans",

@@ -16,6 +16,7 @@ shapes on PyTorch's meta device, so nothing is computed).
 from __future__ import annotations
 
 import logging
+import os
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +146,16 @@ def plan_and_preprocess(dataset_id: int, configs: dict[str, PlanConfig], num_pro
     extract_fingerprint_dataset(dataset_id, num_processes=num_processes, clean=True, verbose=False,
                                 show_progress_bar=True)
     planner = ExperimentPlanner(dataset_id, plans_name=PLANS_NAME, suppress_transpose=True)
-    plans = planner.plan_experiment()
+    # nnU-Net's planner sets torch's thread count to nnUNet_n_proc_DA while it sizes the network;
+    # "0" (load data in the main process, a valid training setting) would crash it
+    n_da = os.environ.get("nnUNet_n_proc_DA")
+    if n_da is not None and n_da.strip() in ("0", "-0"):
+        os.environ["nnUNet_n_proc_DA"] = "1"
+    try:
+        plans = planner.plan_experiment()
+    finally:
+        if n_da is not None:
+            os.environ["nnUNet_n_proc_DA"] = n_da
     base = plans["configurations"]["3d_fullres"]
     n_classes = len(planner.dataset_json.get("labels", {})) or NUM_CLASSES
     for cname, pc in configs.items():
