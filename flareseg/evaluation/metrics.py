@@ -126,15 +126,20 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing_zyx: Sequence[float
         box = _union(bp, br)
         # for z-range classes the box lies inside the reference's slices, so cropping cuts both
         p, r = pred[box] == c, ref[box] == c
-        d = dice(p, r)
-        if d < cfg.nsd_min_dsc:
-            out[c] = (d, 0.0)
-            continue
-        tol = cfg.nsd_tolerance_mm.get(c)
-        if tol is None:
-            raise KeyError(f"no NSD tolerance configured for class {c} (evaluation.nsd_tolerance_mm)")
-        out[c] = (d, surface_dice(p, r, spacing_zyx, tol))
+        out[c] = _dice_then_nsd(p, r, c, cfg, lambda tol: surface_dice(p, r, spacing_zyx, tol))
     return out
+
+
+def _dice_then_nsd(p: np.ndarray, r: np.ndarray, c: int, cfg, surface) -> tuple[float, float]:
+    """(DSC, NSD) of one class's masks: NSD (``surface(tolerance_mm)``) only when DSC reaches
+    ``cfg.nsd_min_dsc``, else 0, as the FLARE rules score it."""
+    d = dice(p, r)
+    if d < cfg.nsd_min_dsc:
+        return d, 0.0
+    tol = cfg.nsd_tolerance_mm.get(c)
+    if tol is None:
+        raise KeyError(f"no NSD tolerance configured for class {c} (evaluation.nsd_tolerance_mm)")
+    return d, surface(tol)
 
 
 # --------------------------------------------------------------------------- official FLARE23 rules
@@ -234,13 +239,7 @@ def evaluate_case_official(pred: np.ndarray, ref: np.ndarray, spacing_zyx: Seque
         else:
             box = _union(bp, br)
         p, r = pred[box] == c, ref[box] == c
-        d = dice(p, r)
-        if d < cfg.nsd_min_dsc:
-            out[c] = (d, 0.0)
-            continue
-        tol = cfg.nsd_tolerance_mm.get(c)
-        if tol is None:
-            raise KeyError(f"no NSD tolerance configured for class {c} (evaluation.nsd_tolerance_mm)")
-        out[c] = (d, official_surface_dice(np.ascontiguousarray(p.transpose(2, 1, 0)),
-                                           np.ascontiguousarray(r.transpose(2, 1, 0)), spacing_xyz, tol))
+        out[c] = _dice_then_nsd(p, r, c, cfg, lambda tol: official_surface_dice(
+            np.ascontiguousarray(p.transpose(2, 1, 0)), np.ascontiguousarray(r.transpose(2, 1, 0)),
+            spacing_xyz, tol))
     return out
