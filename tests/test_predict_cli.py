@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from flareseg.cli import main
-from flareseg.inference.commands import (case_name, check_outputs, collect_inputs, fraction, int_at_least,
+from flareseg.inference.commands import (case_name, check_outputs, collect_inputs, key_value,
                                         overlapping_paths, planned_outputs)
 from flareseg.inference.statistics import label_statistics
 from flareseg.io import Geometry, InputError, geometry_mismatch, read_image
@@ -266,13 +266,14 @@ def test_find_model_folders_looks_a_few_levels_down(tmp_path, model_dir):
 
 
 def test_numeric_flag_types():
-    assert int_at_least(1)("4") == 4 and fraction("1") == 1.0 and fraction("0.25") == 0.25
+    windows, step = key_value("batch_windows"), key_value("step_size")
+    assert windows("4") == 4 and step("1") == 1.0 and step("0.25") == 0.25
     for bad in ("0", "-1", "2.5", "x"):
         with pytest.raises(argparse.ArgumentTypeError, match=">= 1"):
-            int_at_least(1)(bad)
+            windows(bad)
     for bad in ("0", "-0.5", "1.01", "nan", "inf", "half"):
         with pytest.raises(argparse.ArgumentTypeError, match=r"\(0, 1\]"):
-            fraction(bad)
+            step(bad)
 
 
 @pytest.mark.parametrize("reason", ["corrupt checkpoint (truncated)", "untrusted checkpoint (pickled code)"])

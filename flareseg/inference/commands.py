@@ -365,29 +365,26 @@ def _write_npz(probabilities: np.ndarray, dest: Path) -> None:
             np.savez_compressed(f, probabilities=probabilities)
 
 
-def int_at_least(lo: int):
-    """argparse ``type=``: an integer >= ``lo``; argparse's error names the flag (exit 2)."""
-    def parse(text: str) -> int:
+def key_value(key: str):
+    """argparse ``type=`` for the flag that sets ``inference.<key>``: the field's type (int or float)
+    and its allowed range from :data:`flareseg.config.RANGES`, so a flag and the config key it sets
+    have one bound; argparse's error names the flag (exit 2)."""
+    from flareseg.config import RANGES
+    kind = typing.get_type_hints(InferenceConfig)[key]
+    allowed = RANGES["InferenceConfig"][key]
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
         try:
-            v = int(text)
+            v = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {v}")
+            raise argparse.ArgumentTypeError(f"expected {noun} {allowed.describe()}, got {text!r}") from None
+        if not allowed.contains(v):   # also false for NaN and inf
+            what = f"{noun} " if kind is int else ""
+            raise argparse.ArgumentTypeError(f"must be {what}{allowed.describe()}, got {text}")
         return v
-    parse.__name__ = f"integer >= {lo}"   # argparse's fallback message shows it
+    parse.__name__ = f"{noun} {allowed.describe()}"   # argparse's fallback message shows it
     return parse
-
-
-def fraction(text: str) -> float:
-    """argparse ``type=``: a number in (0, 1]; argparse's error names the flag (exit 2)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < v <= 1:   # also false for NaN
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return v
 
 
 def _choices(key: str) -> list[str]:
@@ -416,7 +413,7 @@ def register(subparsers) -> None:
     p.add_argument("--fold", default=None, help="fold(s) to use, e.g. 0 or 0,1,2 or all (default: every fold found)")
     p.add_argument("--no-skip", action="store_true",
                    help="predict every window (inference.skip_windows=false: window skipping off)")
-    p.add_argument("--skip-threshold", type=int_at_least(1), default=None,
+    p.add_argument("--skip-threshold", type=key_value("skip_threshold"), default=None,
                    help="inference.skip_threshold: foreground voxels (>= 1) the indicator windows need to "
                         f"keep a plane (default {D.skip_threshold})")
     p.add_argument("--no-grow", action="store_true",
@@ -431,9 +428,9 @@ def register(subparsers) -> None:
                         "(reference, slowest)")
     p.add_argument("--tta", action="store_true",
                    help="inference.tta=true: test-time mirroring over the model's allowed axes")
-    p.add_argument("--step-size", type=fraction, default=None,
+    p.add_argument("--step-size", type=key_value("step_size"), default=None,
                    help=f"inference.step_size: window step as a fraction of the patch, in (0, 1] (default {D.step_size})")
-    p.add_argument("--batch-windows", type=int_at_least(1), default=None,
+    p.add_argument("--batch-windows", type=key_value("batch_windows"), default=None,
                    help=f"inference.batch_windows: windows per network call, >= 1 (default {D.batch_windows})")
     p.add_argument("--dtype", default=None, choices=_choices("dtype"),
                    help=f"inference.dtype: autocast/accumulator type on CUDA (CPU always float32; default {D.dtype})")
