@@ -1,21 +1,93 @@
 #!/bin/sh
 # FLARE contract: every image in $INPUT_DIR -> $OUTPUT_DIR/<case>.nii.gz (case_0000.nii.gz -> case.nii.gz).
-# POSIX sh (the challenge runs `sh predict.sh`). Paths are overridable for tests outside Docker:
+# POSIX sh (the challenge runs `sh predict.sh`); a thin wrapper around `flareseg predict`, whose exit
+# status it returns (0 all cases written, 1 some failed and were reported, 2 refused before any work).
+# Paths are overridable for tests outside Docker:
 #   INPUT_DIR=in OUTPUT_DIR=out MODEL_DIR=model FLARESEG="python -m flareseg.cli" sh docker/predict.sh
+#
+# Privileges (docker/README.md, "Users and the output folder"): the image starts as root because the
+# challenge mounts a root-owned outputs/. Started as root, the prediction itself (checkpoint loading,
+# image parsing, the network) runs as the unprivileged $RUN_AS user:
+#   - $OUTPUT_DIR writable for $RUN_AS: it writes there directly;
+#   - otherwise (the FLARE case): it writes into a private staging folder and root then publishes each
+#     finished file into $OUTPUT_DIR (copy to a hidden temp name, rename), so no half-written file
+#     is ever visible there and the mounted folder's owner and mode are left as they were;
+#   - $RUN_AS missing or unable to read the inputs or the model: it runs as root (said on stderr).
+# Started as any other user (docker run --user ...), it runs as that user, writing directly.
 set -eu
 INPUT_DIR="${INPUT_DIR:-/workspace/inputs}"
 OUTPUT_DIR="${OUTPUT_DIR:-/workspace/outputs}"
-MODEL_DIR="${MODEL_DIR:-/opt/model}"
+MODEL_DIR="${MODEL_DIR:-/opt/model}"   # the exported, stock-loadable folder (flareseg export-model)
 FLARESEG="${FLARESEG:-flareseg}"
 REPORT="${REPORT:-${TMPDIR:-/tmp}/flareseg_predict_report.json}"
 DEVICE="${DEVICE:-}"   # empty: inference.device of a --config passed below, else auto
+RUN_AS="${RUN_AS-flare}"   # empty: never drop privileges
 
-if [ ! -d "$INPUT_DIR" ]; then
-    echo "predict.sh: input folder $INPUT_DIR does not exist" >&2
-    exit 2
+drop=""
+if [ "$(id -u)" = 0 ] && [ -n "$RUN_AS" ] && id -u "$RUN_AS" >/dev/null 2>&1 && [ -e "$INPUT_DIR" ]; then
+    drop="--reuid=$(id -u "$RUN_AS") --regid=$(id -g "$RUN_AS") --clear-groups"
+    # shellcheck disable=SC2086
+    if ! unreadable=$(setpriv $drop find "$INPUT_DIR" "$MODEL_DIR" ! -readable -print -quit 2>&1) \
+            || [ -n "$unreadable" ]; then
+        echo "predict.sh: user $RUN_AS cannot read ${unreadable:-the inputs or the model}; predicting as root" >&2
+        drop=""
+    fi
 fi
-mkdir -p "$OUTPUT_DIR"
-# only label maps go to the output folder; the run report goes to $REPORT
-# shellcheck disable=SC2086  # FLARESEG may be a command with arguments
-exec $FLARESEG predict -i "$INPUT_DIR" -o "$OUTPUT_DIR" -m "$MODEL_DIR" ${DEVICE:+--device "$DEVICE"} \
-    --report "$REPORT" -q "$@"
+
+# as_user CMD...: run CMD as $RUN_AS when privileges are dropped, else as we are
+as_user() {
+    if [ -n "$drop" ]; then
+        # shellcheck disable=SC2086
+        HOME="$(getent passwd "$RUN_AS" | cut -d: -f6)" setpriv $drop "$@"
+    else
+        "$@"
+    fi
+}
+
+# predict OUT [ARGS...]: only label maps go to OUT; the run report goes to $REPORT
+predict() {
+    out=$1
+    shift
+    # shellcheck disable=SC2086  # FLARESEG may be a command with arguments
+    as_user $FLARESEG predict -i "$INPUT_DIR" -o "$out" -m "$MODEL_DIR" ${DEVICE:+--device "$DEVICE"} \
+        --report "$REPORT" -q "$@"
+}
+
+if [ -z "$drop" ] || setpriv $drop test -d "$OUTPUT_DIR" -a -w "$OUTPUT_DIR" -a -x "$OUTPUT_DIR"; then
+    rc=0
+    predict "$OUTPUT_DIR" "$@" || rc=$?
+    exit "$rc"
+fi
+
+# staging: $RUN_AS predicts into a private folder, root publishes the finished files
+stage=""
+tmp=""
+cleanup() {
+    [ -z "$tmp" ] || rm -f "$tmp"
+    [ -z "$stage" ] || rm -rf "$stage"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+stage=$(mktemp -d "${TMPDIR:-/tmp}/flareseg-stage.XXXXXX")
+chown "$(id -u "$RUN_AS"):$(id -g "$RUN_AS")" "$stage"
+rc=0
+predict "$stage/out" "$@" || rc=$?
+if [ "$rc" -le 1 ] && [ -d "$stage/out" ]; then   # 0 or 1: the written cases are complete files
+    mkdir -p "$OUTPUT_DIR"
+    n=0
+    host=$(uname -n | tr -c 'A-Za-z0-9_\n-' _)
+    for f in "$stage/out"/*; do
+        [ -f "$f" ] || continue
+        name=${f##*/}
+        # hidden temp name in flareseg's pattern (.<name>.<host>-<pid>.<random>.tmp), then rename
+        tmp=$(mktemp --suffix=.tmp "$OUTPUT_DIR/.$name.$host-$$.XXXXXX")
+        cp "$f" "$tmp"
+        chmod 0644 "$tmp"
+        mv -f "$tmp" "$OUTPUT_DIR/$name"
+        tmp=""
+        n=$((n + 1))
+    done
+    echo "predict.sh: $n file(s) published to $OUTPUT_DIR"
+fi
+exit "$rc"

@@ -34,3 +34,9 @@ def pytest_collection_modifyitems(config, items):
         for it in items:
             if "gpu" in it.keywords:
                 it.add_marker(skip)
+    # container tests build and run an image (podman, root): only when asked for with -m docker
+    if "docker" not in (config.getoption("markexpr", "") or ""):
+        skip = pytest.mark.skip(reason="container test: run with pytest -m docker (see docker/README.md)")
+        for it in items:
+            if "docker" in it.keywords:
+                it.add_marker(skip)

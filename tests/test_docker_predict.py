@@ -37,6 +37,11 @@ def test_predict_sh_writes_one_label_map_per_input(tmp_path):
 
 
 def test_predict_sh_missing_input_folder(tmp_path):
-    env = dict(os.environ, INPUT_DIR=str(tmp_path / "nope"), OUTPUT_DIR=str(tmp_path / "o"))
-    r = subprocess.run(["sh", str(REPO / "docker" / "predict.sh")], env=env, capture_output=True, text=True)
-    assert r.returncode == 2 and "does not exist" in r.stderr
+    model = write_model_folder(tmp_path / "model", seed=2)
+    env = dict(os.environ, INPUT_DIR=str(tmp_path / "nope"), OUTPUT_DIR=str(tmp_path / "o"),
+               MODEL_DIR=str(model), FLARESEG=f"{sys.executable} -m flareseg.cli", PYTHONPATH=str(REPO))
+    r = subprocess.run(["sh", str(REPO / "docker" / "predict.sh")], env=env, capture_output=True, text=True,
+                       timeout=300)
+    # flareseg predict refuses before any work: exit 2, the folder and the reason, no output folder
+    assert r.returncode == 2 and f"{tmp_path / 'nope'}: does not exist" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
