@@ -181,3 +181,15 @@ def test_failed_case_is_reported_and_the_rest_published(image, inputs, tmp_path)
     assert [ln for ln in r.stderr.splitlines() if "Case_00003" in ln and "failed" in ln], r.stderr
     assert "Traceback" not in r.stderr
     assert md5_tree([inputs]) == before and leftovers([outputs, inputs]) == []
+
+
+def test_inputs_flare_cannot_read_are_predicted_as_root(image, inputs, tmp_path):
+    inputs.chmod(0o700)                            # root-only inputs: flare could not open them
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    before = md5_tree([inputs])
+    r = flare_run(image, inputs, outputs, _report_dir(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "user flare cannot read /workspace/inputs; predicting as root" in r.stderr
+    assert sorted(p.name for p in outputs.iterdir()) == ["Case_00001.nii.gz", "Case_00002.nii.gz"]
+    assert md5_tree([inputs]) == before and leftovers([outputs, inputs]) == []
