@@ -8,7 +8,7 @@ WORK ?= work
 PYTEST_ARGS ?=
 STAGE_ARGS ?=
 
-.PHONY: demo test test-fast all clean-work venv docker docker-save report $(addprefix stage-,1 2 3 4 5 6)
+.PHONY: demo test test-fast all clean-work venv docker docker-save test-docker report $(addprefix stage-,1 2 3 4 5 6)
 
 venv: $(VENV)/.installed
 
@@ -36,12 +36,16 @@ stage-%: venv
 clean-work:
 	rm -rf $(WORK)
 
-# FLARE submission image (needs a Docker engine; put the coarse model folder at docker/model first)
+# FLARE submission image (needs a Docker engine; first: flareseg export-model -m MODEL_DIR -o docker/model)
 docker:
 	docker build -f docker/Dockerfile -t flareseg:latest .
 
 docker-save: docker
 	docker save flareseg:latest | gzip > flareseg.tar.gz
+
+# its CPU variant built and run with podman (root; apt-get install podman runc debootstrap), docker/README.md
+test-docker: venv
+	$(PY) -m pytest -q -m docker tests/test_docker_image.py $(PYTEST_ARGS)
 
 report: venv
 	$(PY) -m flareseg.cli report --work $(WORK)

@@ -24,7 +24,8 @@ DEVICE="${DEVICE:-}"   # empty: inference.device of a --config passed below, els
 RUN_AS="${RUN_AS-flare}"   # empty: never drop privileges
 
 drop=""
-if [ "$(id -u)" = 0 ] && [ -n "$RUN_AS" ] && id -u "$RUN_AS" >/dev/null 2>&1 && [ -e "$INPUT_DIR" ]; then
+if [ "$(id -u)" = 0 ] && [ -n "$RUN_AS" ] && id -u "$RUN_AS" >/dev/null 2>&1 \
+        && [ -e "$INPUT_DIR" ] && [ -e "$MODEL_DIR" ]; then   # missing: flareseg predict says so
     drop="--reuid=$(id -u "$RUN_AS") --regid=$(id -g "$RUN_AS") --clear-groups"
     # shellcheck disable=SC2086
     if ! unreadable=$(setpriv $drop find "$INPUT_DIR" "$MODEL_DIR" ! -readable -print -quit 2>&1) \
