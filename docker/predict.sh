@@ -54,7 +54,10 @@ predict() {
         --report "$REPORT" -q "$@"
 }
 
-if [ -z "$drop" ] || setpriv $drop test -d "$OUTPUT_DIR" -a -w "$OUTPUT_DIR" -a -x "$OUTPUT_DIR"; then
+# direct: not dropping, $OUTPUT_DIR writable for $RUN_AS, or the input folder itself (mounted twice),
+# which flareseg predict refuses before any work (publishing would bypass that check)
+if [ -z "$drop" ] || [ "$OUTPUT_DIR" -ef "$INPUT_DIR" ] \
+        || setpriv $drop test -d "$OUTPUT_DIR" -a -w "$OUTPUT_DIR" -a -x "$OUTPUT_DIR"; then
     rc=0
     predict "$OUTPUT_DIR" "$@" || rc=$?
     exit "$rc"

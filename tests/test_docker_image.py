@@ -193,3 +193,15 @@ def test_inputs_flare_cannot_read_are_predicted_as_root(image, inputs, tmp_path)
     assert "user flare cannot read /workspace/inputs; predicting as root" in r.stderr
     assert sorted(p.name for p in outputs.iterdir()) == ["Case_00001.nii.gz", "Case_00002.nii.gz"]
     assert md5_tree([inputs]) == before and leftovers([outputs, inputs]) == []
+
+
+def test_outputs_mounted_on_the_inputs_are_refused(image, tmp_path):
+    data = tmp_path / "data"                      # the same host folder as inputs/ and outputs/
+    data.mkdir()
+    _ct(data / "Case_00001.nii.gz")                # its label map would have this very name
+    before = md5_tree([data])
+    r = flare_run(image, data, data, _report_dir(tmp_path))
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert [ln for ln in r.stderr.splitlines() if "/workspace/outputs" in ln and "input" in ln], r.stderr
+    assert "Traceback" not in r.stderr
+    assert md5_tree([data]) == before and sorted(p.name for p in data.iterdir()) == ["Case_00001.nii.gz"]
