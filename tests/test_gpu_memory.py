@@ -210,3 +210,39 @@ def test_cli_names_the_sampled_card(tmp_path, monkeypatch, capsys, caplog, fake_
     assert f"GPU sampled: Fake H2 (physical index 2, {C})" in out
     summ = json.loads((tmp_path / "eff" / "efficiency.json").read_text())["summary"]
     assert summ["gpu_max_mb"] == 3000.0 and summ["gpu_card"]["uuid"] == C and summ["gpu_max_net_mb"] == 0.0
+
+
+# --------------------------------------------------------------------------- the GPU owner's command
+
+def test_flare_efficiency_bench_table(tmp_path, monkeypatch, fake_cards, capsys):
+    """bench/flare_efficiency.py (docs/benchmarks.md's one command): both predictors measured per
+    case with the official cadence on the visible card, one table.  The predictors are replaced by
+    copy commands; the stock script must at least compile."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "flare_efficiency.py"
+    spec = importlib.util.spec_from_file_location("flare_efficiency", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    compile(mod.STOCK, "stock", "exec")
+    copy = [sys.executable, "-c", "import shutil, sys; shutil.copy(sys.argv[1], sys.argv[2])", "{input}", "{output}"]
+    monkeypatch.setattr(mod, "ours_command", lambda model, device: copy)
+    monkeypatch.setattr(mod, "stock_command", lambda model, device, mirroring: copy)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for c in ("a", "b"):
+        (inputs / f"{c}_0000.nii.gz").write_bytes(c.encode())
+    assert mod.main(["--model", str(tmp_path), "--inputs", str(inputs), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "flare_efficiency.md").read_text()
+    assert "GPU sampled: Fake H1 (physical index 1, GPU-bbbb2222-0000)" in text
+    summary_rows = [ln for ln in text.splitlines() if ln.startswith("| flareseg |") or ln.startswith("| stock")]
+    assert len(summary_rows) == 2 and all("| 2 | 0 |" in ln for ln in summary_rows)
+    assert sum(ln.startswith("| a |") or ln.startswith("| b |") for ln in text.splitlines()) == 4
+    for d in ("flareseg", "stock"):
+        s = json.loads((tmp_path / "out" / d / "efficiency.json").read_text())["summary"]
+        assert s["sampling"] == "official" and s["interval_s"] == 0.1 and s["gpu_max_mb"] == 2000.0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4")
+    assert mod.main(["--model", str(tmp_path), "--inputs", str(inputs), "--out", str(tmp_path / "o2")]) == 2
+    assert "no GPU with physical index 4" in capsys.readouterr().err
