@@ -34,9 +34,37 @@ def test_visible_device_maps_to_the_physical_card(visible, ordinal, want):
     assert visible_card(visible, CARDS, ordinal) == CARDS[want]
 
 
-def test_mig_entries_map_by_their_uuid():
-    cards = CARDS + [(0, "MIG-1234abcd-5678")]      # a MIG instance listed on physical card 0
-    assert visible_card("MIG-1234abcd-5678", cards) == (0, "MIG-1234abcd-5678")
+SMI_L = """GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-aaaa1111-0000)
+  MIG 1g.5gb      Device  0: (UUID: MIG-1234abcd-5678)
+  MIG 3g.20gb     Device  1: (UUID: MIG-9999eeee-0000)
+GPU 1: NVIDIA H200 (UUID: GPU-bbbb2222-0000)
+"""
+
+
+def test_nvidia_smi_list_is_parsed_with_mig_instances_on_their_card():
+    cards = gpu_memory.parse_smi_list(SMI_L)
+    assert cards == [Card(0, "GPU-aaaa1111-0000", "NVIDIA A100-SXM4-40GB"),
+                     Card(0, "MIG-1234abcd-5678", "NVIDIA A100-SXM4-40GB MIG 1g.5gb"),
+                     Card(0, "MIG-9999eeee-0000", "NVIDIA A100-SXM4-40GB MIG 3g.20gb"),
+                     Card(1, "GPU-bbbb2222-0000", "NVIDIA H200")]
+
+
+def test_mig_entries_map_to_their_card():
+    cards = [(c.index, c.uuid) for c in gpu_memory.parse_smi_list(SMI_L)]
+    assert visible_card("MIG-9999", cards) == (0, "MIG-9999eeee-0000")
+    assert visible_card("1,MIG-1234abcd-5678", cards, 1) == (0, "MIG-1234abcd-5678")
+    assert visible_card(None, cards, 1) == (1, "GPU-bbbb2222-0000")      # unset: the cards, not instances
+    assert visible_card("0", cards) == (0, "GPU-aaaa1111-0000")
+    with pytest.raises(ValueError, match="matches 2 GPUs"):
+        visible_card("MIG-", cards)
+
+
+def test_probe_backend_names_the_mig_instance_and_samples_its_card(monkeypatch):
+    made = []
+    monkeypatch.setattr(gpu_memory, "list_cards", lambda: ("nvidia-smi", gpu_memory.parse_smi_list(SMI_L)))
+    monkeypatch.setattr(gpu_memory, "_nvml_reader", lambda index: made.append(index) or (lambda: 1.0))
+    b = probe_backend(0, visible="MIG-9999eeee-0000")
+    assert made == [0] and b.card == Card(0, "MIG-9999eeee-0000", "NVIDIA A100-SXM4-40GB MIG 3g.20gb")
 
 
 @pytest.mark.parametrize("visible, ordinal, reason", [

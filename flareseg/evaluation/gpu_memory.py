@@ -8,7 +8,8 @@ Which card: NVML and ``nvidia-smi --id`` number the cards physically and ignore
 ``CUDA_VISIBLE_DEVICES``, while a measured process's ``cuda:k`` is the k-th entry of that variable.
 :func:`visible_card` maps one to the other (entries: physical indices, ``GPU-<uuid>`` or
 ``MIG-<uuid>``, as CUDA reads them), so the card sampled is the card the process runs on; the
-backend names it (:class:`Card`: name, physical index, UUID) for the report.
+backend names it (:class:`Card`: name, physical index, UUID) for the report.  A MIG instance
+maps to its card, and the card's used memory is sampled (all its instances, as total - free is).
 
 Sample times: :class:`MemorySampler` records when each sample was read; :func:`auc_from_times`
 integrates over those real times, which differs from the official ``sum x interval`` when the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,17 +52,19 @@ def visible_card(visible: str | None, cards: Sequence[tuple[int, str]], ordinal:
 
     ``cards``: ``(physical index, uuid)`` of every card (NVML / nvidia-smi order).  ``visible``
     ``None`` (unset): every card, in that order.  Otherwise comma-separated entries, each a
-    physical index or a UUID (``GPU-...``/``MIG-...``; a unique prefix is enough, as CUDA accepts);
+    physical index or a UUID (``GPU-...``/``MIG-...``; a unique prefix is enough, as CUDA accepts;
+    a MIG instance maps to the physical index of its card, listed as ``(card index, "MIG-...")``);
     ``cuda:k`` is the k-th entry.  CUDA hides every device from the first entry it cannot
     resolve on, so an entry at or before ``ordinal`` that names no card is an error.  Raises
     ``ValueError`` naming the entry and the reason.
     """
     if ordinal < 0:
         raise ValueError(f"device {ordinal}: a device ordinal is >= 0")
-    if visible is None:
-        if ordinal >= len(cards):
-            raise ValueError(f"device {ordinal}: only {len(cards)} GPU(s) present")
-        return tuple(cards[ordinal])  # type: ignore[return-value]
+    if visible is None:      # every card (MIG instances are only visible when named)
+        gpus = [c for c in cards if not c[1].startswith("MIG-")]
+        if ordinal >= len(gpus):
+            raise ValueError(f"device {ordinal}: only {len(gpus)} GPU(s) present")
+        return tuple(gpus[ordinal])  # type: ignore[return-value]
     entries = [e.strip() for e in visible.split(",")]
     entries = [] if entries == [""] else entries
     if ordinal >= len(entries):
@@ -70,7 +74,7 @@ def visible_card(visible: str | None, cards: Sequence[tuple[int, str]], ordinal:
     for k, entry in enumerate(entries[:ordinal + 1]):
         where = f"CUDA_VISIBLE_DEVICES={visible!r}: entry {k} {entry!r}"
         if entry.lstrip("+-").isdigit():
-            match = [c for c in cards if c[0] == int(entry)]
+            match = [c for c in cards if c[0] == int(entry) and not c[1].startswith("MIG-")]
             if not match:
                 raise ValueError(f"{where}: no GPU with physical index {int(entry)} "
                                  f"(present: {', '.join(str(c[0]) for c in cards) or 'none'})")
@@ -89,6 +93,10 @@ def visible_card(visible: str | None, cards: Sequence[tuple[int, str]], ordinal:
     return chosen[ordinal]
 
 
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
 def _nvml_cards() -> list[Card] | None:
     try:
         import pynvml
@@ -96,13 +104,42 @@ def _nvml_cards() -> list[Card] | None:
         cards = []
         for i in range(pynvml.nvmlDeviceGetCount()):
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            uuid, name = pynvml.nvmlDeviceGetUUID(h), pynvml.nvmlDeviceGetName(h)
-            cards.append(Card(i, uuid.decode() if isinstance(uuid, bytes) else str(uuid),
-                              name.decode() if isinstance(name, bytes) else str(name)))
+            name = _text(pynvml.nvmlDeviceGetName(h))
+            cards.append(Card(i, _text(pynvml.nvmlDeviceGetUUID(h)), name))
+            try:   # MIG instances: CUDA_VISIBLE_DEVICES may name them; their card is sampled
+                for k in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(h)):
+                    try:
+                        mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(h, k)
+                    except pynvml.NVMLError:   # an empty slot
+                        continue
+                    cards.append(Card(i, _text(pynvml.nvmlDeviceGetUUID(mig)), f"{name} MIG {k}"))
+            except pynvml.NVMLError:           # MIG not supported / not enabled
+                pass
         return cards
     except Exception as e:  # module missing, no driver
         log.debug("NVML unavailable: %s", e)
         return None
+
+
+_SMI_GPU = re.compile(r"^GPU (\d+): (.*?) \(UUID: (GPU-[^)\s]+)\)")
+_SMI_MIG = re.compile(r"^\s+MIG (\S+)\s+Device\s+\d+: \(UUID: (MIG-[^)\s]+)\)")
+
+
+def parse_smi_list(text: str) -> list[Card]:
+    """Cards of ``nvidia-smi -L`` output: ``GPU <i>: <name> (UUID: GPU-...)`` lines, and the MIG
+    instances under a card (``MIG <profile> Device <n>: (UUID: MIG-...)``) with their card's
+    physical index (the card whose memory is sampled)."""
+    cards: list[Card] = []
+    for line in text.splitlines():
+        m = _SMI_GPU.match(line)
+        if m:
+            cards.append(Card(int(m.group(1)), m.group(3), m.group(2).strip()))
+            continue
+        m = _SMI_MIG.match(line)
+        if m and cards:
+            parent = next(c for c in reversed(cards) if not c.uuid.startswith("MIG-"))
+            cards.append(Card(parent.index, m.group(2), f"{parent.name} MIG {m.group(1)}"))
+    return cards
 
 
 def _smi_cards() -> list[Card] | None:
@@ -110,10 +147,8 @@ def _smi_cards() -> list[Card] | None:
     if exe is None:
         return None
     try:
-        out = subprocess.run([exe, "--query-gpu=index,uuid,name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-        return [Card(int(i), u.strip(), n.strip()) for i, u, n in
-                (line.split(",", 2) for line in out.strip().splitlines() if line.strip())]
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10, check=True).stdout
+        return parse_smi_list(out)
     except (subprocess.SubprocessError, OSError, ValueError) as e:
         log.debug("nvidia-smi unusable: %s", e)
         return None
@@ -181,7 +216,7 @@ def probe_backend(ordinal: int = 0, visible: str | None | bool = True) -> Backen
     if visible is True:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     index, uuid = visible_card(visible, [(c.index, c.uuid) for c in found[1]], ordinal)  # type: ignore[arg-type]
-    card = next(c for c in found[1] if c.index == index)
+    card = next(c for c in found[1] if c.uuid == uuid)
     for name, make in (("nvml", _nvml_reader), ("nvidia-smi", _smi_reader)):
         reader = make(index)
         if reader is not None:
