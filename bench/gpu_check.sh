@@ -37,7 +37,8 @@ if torch.cuda.is_available(): print(torch.cuda.get_device_name(0), torch.cuda.ge
 import nnunetv2, SimpleITK, flareseg, importlib.metadata as m
 print('nnunetv2', m.version('nnunetv2'), 'SimpleITK', SimpleITK.Version_VersionString(), 'flareseg at', flareseg.__file__)
 from flareseg.evaluation.gpu_memory import probe_backend
-print('gpu memory backend', (probe_backend(0) or ['none'])[0])
+b = probe_backend(0)
+print('gpu memory backend', b.name if b else 'none', 'card', b.card if b else '-')
 "; } 2>&1 | tee "$OUT/env.log"
 
 # (c) tests: gpu-marked ones, the predictor's equivalence tests (CPU-pinned, but on this image's

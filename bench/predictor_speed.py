@@ -3,8 +3,9 @@
 Same model folder, same synthetic CT, no mirroring, in one process (warm: each predictor runs
 once untimed first), and with ``--cold`` each again in a fresh process per case as the FLARE
 harness times it (interpreter start-up, imports, model load, read, predict, write).  Reports
-seconds, speed-up, peak GPU memory (``torch.cuda.max_memory_allocated``) and per-class Dice between
-outputs, for every ``--z``.
+seconds, speed-up, peak GPU memory (``torch.cuda.max_memory_allocated``) next to the FLARE figure
+(used memory of the card, total - free, sampled as ``flareseg efficiency`` samples it, of the card
+this process runs on) and per-class Dice between outputs, for every ``--z``.
 
 ``--plan tiny`` (default): a small PlainConvUNet fitted for a few steps to the phantom (random
 weights give white-noise label maps, which would make the agreement meaningless).
@@ -86,15 +87,17 @@ def cold_seconds(cmd: list[str]) -> float:
 
 
 def timed_run(fn, device: torch.device):
-    """``(result, seconds, peak MB, used MB)``: the CUDA allocator's peak, and the card's used memory
-    (NVML total - free, as the FLARE harness reads it; this process holds every predictor's model,
-    so it is an upper bound for one predictor) sampled every 20 ms; both None on the CPU."""
-    backend = probe_backend(0) if device.type == "cuda" else None
+    """``(result, seconds, peak MB, used MB)``: the CUDA allocator's peak, and the FLARE figure: the
+    card's used memory (total - free, NVML or nvidia-smi, as the FLARE harness reads it) sampled
+    every 20 ms, of the card ``device`` is (``CUDA_VISIBLE_DEVICES`` mapped to the physical card);
+    this process holds every predictor's model, so it is an upper bound for one predictor in its own
+    process.  Both None on the CPU."""
+    backend = probe_backend(device.index or 0) if device.type == "cuda" else None
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    sampler = MemorySampler(backend[1], 0.02).start() if backend else None
+    sampler = MemorySampler(backend.reader, 0.02).start() if backend else None
     t = time.perf_counter()
     out = fn()
     if device.type == "cuda":
@@ -170,7 +173,7 @@ def main(argv=None) -> int:
         f"model {model_desc}. No mirroring anywhere. Warm: in one process after an untimed run of each "
         f"predictor; cold: a fresh process per case (start-up, model load, read, predict, write).",
         "",
-        "| Z | predictor | warm s | speed-up vs stock | peak GPU MB | NVML used MB | cold s | windows run / total | "
+        "| Z | predictor | warm s | speed-up vs stock | peak GPU MB | FLARE used MB (total - free) | cold s | windows run / total | "
         "Dice vs stock (mean) | steps (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -173,38 +173,44 @@ def test_member_errors_still_name_the_member():
         score_members_in_slabs([members[0], members[0][:, :3]], "cpu")
 
 
-def test_group_limited_members_fall_back_to_whole_grid_scores():
+@pytest.mark.parametrize("seed", [3, 4])
+def test_group_limited_members_are_scored_in_bounded_slabs(seed):
     """A label member counting for the organ score only (member_label_groups): the group-limited
-    scores are not slab sums, so score_members_in_slabs scores the whole grid -- main's scores."""
-    import math
-
-    import numpy as np
-
-    from flareseg.pseudolabel.uncertainty import MemberAccumulator, score_members_in_slabs
-
-    rng = np.random.default_rng(3)
-    C, shape = 15, (6, 5, 4)
+    scores are slab sums too -- equal to MemberAccumulator's whole-grid scores (to summation order)
+    while no tensor larger than a slab's float32 scores or int64 member labels is allocated."""
+    rng = np.random.default_rng(seed)
+    shape = (12, 10, 9)
 
     def probs():
-        p = rng.random((C,) + shape).astype(np.float32) ** 4
+        p = rng.random((K,) + shape).astype(np.float32) ** 4
+        p[14] *= 6                                                  # some tumor wins, so tumor scores exist
         return (p / p.sum(0, keepdims=True)).astype(np.float16)
 
-    members = [probs(), probs(), rng.integers(0, C - 1, shape).astype(np.uint8)]
-    groups = [None, None, ("organ",)]
+    members = [probs(), probs(), rng.integers(0, K - 1, shape).astype(np.uint8),
+               rng.choice([0, 2, 14], shape).astype(np.uint8)]
+    groups = [None, None, ("organ",), ("tumor",)]
     want = MemberAccumulator()
     for m, g in zip(members, groups):
         want.add(m, groups=g)
     assert want.limited
     expected = want.scores()
-    got = score_members_in_slabs(members, "cpu", slab_mb=1e-6, member_groups=groups)
+    slab_mb = 4 * K * 2 * 10 * 9 / 2 ** 20                    # two z-rows of float32 scores per slab
+    mode = Allocations()
+    with mode:
+        got = score_members_in_slabs(members, "cpu", slab_mb=slab_mb, member_groups=groups)
     assert got.keys() == expected.keys()
+    assert expected["organ_members"] == 3 and expected["tumor_members"] == 3
+    assert expected["organ_disagreement"] > 0 and expected["tumor_voxels"] > 0
     for k, v in expected.items():
-        assert (math.isnan(v) and math.isnan(got[k])) or got[k] == v, k
-    # every member counting for every group: the slab path, equal to whole-grid scores
-    full = score_members_in_slabs(members, "cpu", slab_mb=1e-6, member_groups=[None, None, ("organ", "tumor")])
+        assert got[k] == pytest.approx(v, rel=1e-6, nan_ok=True), k   # float32 per-voxel entropy
+    s = 2 * 10 * 9                                           # voxels of a slab
+    assert mode.largest("outside") <= max(4 * K, 8 * len(members)) * s
+    assert mode.largest("outside") < 4 * K * math.prod(shape) // 4
+    # every member counting for every group: the plain slab path, equal to whole-grid scores
+    full = score_members_in_slabs(members, "cpu", slab_mb=1e-6, member_groups=[None] * 4)
     whole = MemberAccumulator()
     for m in members:
         whole.add(m)
     assert not whole.limited
     for k, v in whole.scores().items():
-        assert (math.isnan(v) and math.isnan(full[k])) or abs(full[k] - v) < 1e-4, k
+        assert full[k] == pytest.approx(v, rel=1e-6, nan_ok=True), k

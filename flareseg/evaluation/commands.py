@@ -11,7 +11,7 @@ from flareseg.config import ConfigError, load_config
 from flareseg.evaluation.efficiency import (GPU_UNAVAILABLE, measure_efficiency, summarize,
                                             write_efficiency_reports)
 from flareseg.evaluation.evaluate import evaluate_folders, list_cases
-from flareseg.evaluation.gpu_memory import CADENCES
+from flareseg.evaluation.gpu_memory import CADENCES, probe_backend
 from flareseg.evaluation.metrics import RULES
 from flareseg.evaluation.report import format_table
 from flareseg.io import InputError
@@ -54,8 +54,14 @@ Time a prediction command the way the FLARE23 efficiency harness does: one proce
 start-up and model loading count), used GPU memory (total - free, NVML or nvidia-smi) sampled
 every --interval seconds (--sampling fixed: on a fixed schedule; --sampling official: as the
 FLARE23 harness, query then sleep --interval, so the period is interval + query time; the
-AUC counts each sample as --interval s either way, as the harness does), peak RSS of the process.  Without a GPU it still times and reports RSS
-and says GPU memory is unavailable.
+AUC counts each sample as --interval s either way, as the harness does; gpu_auc_time_mb_s
+integrates over the real sample times, a drift is warned about), peak RSS of the process.
+Without a GPU it still times and reports RSS and says GPU memory is unavailable.
+
+The card sampled is the command's cuda:<--gpu-index> under the current CUDA_VISIBLE_DEVICES
+(indices, GPU-<uuid> or MIG-<uuid>), mapped to NVML's physical numbering; the report names it
+(name, physical index, uuid).  The used memory before each case (gpu_baseline_mb) is subtracted
+in gpu_max_net_mb / gpu_auc_net_mb_s.
 
 placeholders in the command: {input} (case file), {output} (OUT/outputs/<case><suffix>), {case},
 {input_dir} (a folder holding only this case), {output_dir} (OUT/outputs)
@@ -63,7 +69,8 @@ outputs: OUT/efficiency.csv (case, returncode, wall_s, rss_peak_mb, gpu_max_mb, 
          OUT/efficiency.json (summary + rows), OUT/outputs/, OUT/logs/<case>.log
 exit   : 0 when every case's command exited 0, 1 when some case's command failed (each one
          reported, the others still run), 2 on a usage error before any case runs (no command,
-         missing input, --out a file, --interval/--timeout <= 0, --gpu-index < 0)
+         missing input, --out a file, --interval/--timeout <= 0, --gpu-index < 0,
+         CUDA_VISIBLE_DEVICES naming no GPU)
 
 examples:
   flareseg efficiency --inputs data/val/images --out reports/eff -- python predict.py {input} {output}
@@ -101,7 +108,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="GPU query cadence: fixed schedule (default) or official (sleep --interval "
                         "after each query, as the FLARE23 harness)")
     q.add_argument("--timeout", type=float, default=None, help="kill a case after this many seconds")
-    q.add_argument("--gpu-index", type=int, default=0, help="GPU to sample (default 0)")
+    q.add_argument("--gpu-index", type=int, default=0,
+                   help="device the command uses, as cuda:N under CUDA_VISIBLE_DEVICES (default 0)")
     q.add_argument("command", nargs=argparse.REMAINDER,
                    help="the command, after `--`, with {input}/{output} placeholders")
     q.set_defaults(func=run_efficiency)
@@ -180,17 +188,28 @@ def run_efficiency(args: argparse.Namespace) -> int:
     if not inputs:
         log.error("no input images found in %s", ", ".join(map(str, args.inputs)))
         return 2
+    try:
+        backend = probe_backend(args.gpu_index)
+    except ValueError as e:   # CUDA_VISIBLE_DEVICES names no card: the sampled card would be wrong
+        log.error("%s", e)
+        return 2
     rows = measure_efficiency(cmd, inputs, args.out, args.interval, args.timeout, args.gpu_index,
-                              sampling=args.sampling)
+                              sampling=args.sampling, backend=backend)
     summary = summarize(rows, cmd, args.interval, args.sampling)
     write_efficiency_reports(rows, summary, args.out)
-    print(f"{'case':<24} {'rc':>3} {'wall s':>8} {'RSS MB':>8} {'GPU max MB':>11} {'GPU AUC MB*s':>13}")
+    print(f"{'case':<24} {'rc':>3} {'wall s':>8} {'RSS MB':>8} {'GPU max MB':>11} {'GPU AUC MB*s':>13} "
+          f"{'AUC(t) MB*s':>12}")
     for r in rows:
-        gm = "n/a" if r["gpu_max_mb"] is None else f"{r['gpu_max_mb']:.0f}"
-        ga = "n/a" if r["gpu_auc_mb_s"] is None else f"{r['gpu_auc_mb_s']:.0f}"
-        print(f"{r['case']:<24} {r['returncode']:>3} {r['wall_s']:8.2f} {r['rss_peak_mb']:8.1f} {gm:>11} {ga:>13}")
+        gm, ga, gt = ("n/a" if r[k] is None else f"{r[k]:.0f}" for k in ("gpu_max_mb", "gpu_auc_mb_s",
+                                                                           "gpu_auc_time_mb_s"))
+        print(f"{r['case']:<24} {r['returncode']:>3} {r['wall_s']:8.2f} {r['rss_peak_mb']:8.1f} {gm:>11} {ga:>13} "
+              f"{gt:>12}")
     if summary["gpu_max_mb"] is None:
         print(GPU_UNAVAILABLE)
+    else:
+        card = summary["gpu_card"]
+        print(f"GPU sampled: {card['name']} (physical index {card['physical_index']}, {card['uuid']}); "
+              f"baseline up to {summary['gpu_baseline_mb_max']} MB, net peak {summary['gpu_max_net_mb']} MB")
     print(f"{summary['n_cases']} case(s), {summary['n_failed']} failed, total {summary['wall_s_total']:.2f} s; "
           f"reports in {args.out}")
     return 0 if summary["n_failed"] == 0 else 1

@@ -6,7 +6,17 @@ visible, used GPU memory (total - free) sampled every ``interval`` seconds: its 
 the area under the memory-time curve (sum of samples x interval, MB*s).  ``sampling="official"``
 paces the GPU queries as the FLARE23 harness does (query, then sleep ``interval``: the period is
 ``interval`` + query time, so a case gets fewer samples); the area still counts each sample as
-``interval`` seconds, as the harness's ``load_json.py`` does, so it is the official number.
+``interval``, as the harness's ``load_json.py`` does, so it is the official number.  Next to it
+``gpu_auc_time_mb_s`` integrates over the samples' real times (trapezoids,
+:func:`~flareseg.evaluation.gpu_memory.auc_from_times`): the two agree while the queries keep to
+the interval, and a drift (mean period off by more than 10 %) is logged.
+
+The card sampled is the one the command sees as ``cuda:<gpu_index>`` under this process's
+``CUDA_VISIBLE_DEVICES`` (mapped to NVML's physical numbering); rows and summary name it
+(``gpu_name``, ``gpu_physical_index``, ``gpu_uuid``).  Used memory counts everything on the card,
+as the harness's does; the used memory just before each case starts (``gpu_baseline_mb``: other
+processes, or a CUDA context of the process running this harness, ``gpu_parent_context``) is
+subtracted in ``gpu_max_net_mb`` / ``gpu_auc_net_mb_s``, the case's own share.
 
 Command placeholders (replaced inside every argument): ``{input}`` the case's input file,
 ``{output}`` ``OUT/outputs/<case><suffix>``, ``{case}`` the case name, ``{input_dir}`` a folder
@@ -29,12 +39,16 @@ from tqdm import tqdm
 
 from flareseg.evaluation import proc_memory
 from flareseg.evaluation.evaluate import case_name
-from flareseg.evaluation.gpu_memory import CADENCES, MemorySampler, probe_backend
+from flareseg.evaluation.gpu_memory import (CADENCES, Backend, MemorySampler, auc_from_times,
+                                            cuda_context_alive, mean_period, probe_backend)
 from flareseg.io import image_suffix, write_json, write_text
 
 log = logging.getLogger(__name__)
 
 GPU_UNAVAILABLE = "GPU memory unavailable (no NVML and no nvidia-smi)"
+#: a mean sampling period further than this fraction off the interval is reported as drift
+DRIFT = 0.1
+_PROBE = object()
 PLACEHOLDERS = ("{input}", "{output}", "{case}", "{input_dir}", "{output_dir}")
 
 
@@ -87,12 +101,17 @@ def _run_measured(cmd: list[str], log_path: Path, timeout_s: float | None,
 def measure_efficiency(command_template: Sequence[str], inputs: Sequence[Path], out_dir: os.PathLike | str,
                        interval: float = 0.1, timeout_s: float | None = None,
                        gpu_index: int = 0, sampling: str = "fixed",
-                       outputs_dir: os.PathLike | str | None = None) -> list[dict]:
+                       outputs_dir: os.PathLike | str | None = None,
+                       backend: Backend | None | object = _PROBE) -> list[dict]:
     """Run ``command_template`` once per input file and measure it.
 
     Returns one row per case: ``case, input, output, returncode, timed_out, wall_s, rss_peak_mb,
-    gpu_backend, gpu_baseline_mb, gpu_max_mb, gpu_auc_mb_s, gpu_samples, log`` (GPU fields
-    ``None`` when no GPU memory reading is possible).  Outputs go to ``outputs_dir`` (default
+    gpu_backend, gpu_name, gpu_physical_index, gpu_uuid, gpu_parent_context, gpu_baseline_mb,
+    gpu_max_mb, gpu_max_net_mb, gpu_auc_mb_s, gpu_auc_time_mb_s, gpu_auc_net_mb_s,
+    gpu_period_mean_s, gpu_samples, log`` (GPU fields ``None`` when no GPU memory reading is
+    possible).  ``gpu_index``: the device ordinal the command uses (``cuda:<gpu_index>``);
+    ``backend``: a :class:`~flareseg.evaluation.gpu_memory.Backend` to sample instead of probing
+    (``None``: no GPU sampling).  Raises ``ValueError`` when ``CUDA_VISIBLE_DEVICES`` names no card.  Outputs go to ``outputs_dir`` (default
     ``out_dir/outputs``), the command's stdout+stderr to ``out_dir/logs/<case>.log``.  ``sampling``: GPU query cadence,
     ``fixed`` or ``official`` (:data:`~flareseg.evaluation.gpu_memory.CADENCES`).
     """
@@ -106,9 +125,18 @@ def measure_efficiency(command_template: Sequence[str], inputs: Sequence[Path], 
     outputs, logs, staged = Path(outputs_dir or out / "outputs"), out / "logs", out / "inputs"
     for d in (outputs, logs, staged):
         d.mkdir(parents=True, exist_ok=True)
-    backend = probe_backend(gpu_index)
+    if backend is _PROBE:
+        backend = probe_backend(gpu_index)
     if backend is None:
         log.info(GPU_UNAVAILABLE)
+    else:
+        card = backend.card  # type: ignore[union-attr]
+        log.info("sampling GPU memory of %s (physical index %s, %s) via %s", card.name or "GPU",
+                 card.index, card.uuid, backend.name)  # type: ignore[union-attr]
+    parent_context = cuda_context_alive()
+    if backend is not None and parent_context:
+        log.warning("this process holds a CUDA context: its memory is in every case's GPU baseline "
+                    "(subtracted in gpu_max_net_mb / gpu_auc_net_mb_s)")
     rows = []
     for inp in tqdm([Path(p) for p in inputs], desc="efficiency", unit="case", disable=len(inputs) < 2):
         case = case_name(inp)
@@ -121,15 +149,22 @@ def measure_efficiency(command_template: Sequence[str], inputs: Sequence[Path], 
         cmd = fill_command(command_template, {"input": str(inp), "output": str(dest), "case": case,
                                               "input_dir": str(in_dir), "output_dir": str(outputs)})
         row: dict = {"case": case, "input": str(inp), "output": str(dest),
-                     "gpu_backend": backend[0] if backend else None, "gpu_baseline_mb": None,
-                     "gpu_max_mb": None, "gpu_auc_mb_s": None, "gpu_samples": 0}
-        sampler = None
+                     "gpu_backend": backend.name if backend else None,  # type: ignore[union-attr]
+                     "gpu_name": backend.card.name if backend else None,  # type: ignore[union-attr]
+                     "gpu_physical_index": backend.card.index if backend else None,  # type: ignore[union-attr]
+                     "gpu_uuid": backend.card.uuid if backend else None,  # type: ignore[union-attr]
+                     "gpu_parent_context": parent_context if backend else None,
+                     "gpu_baseline_mb": None, "gpu_max_mb": None, "gpu_max_net_mb": None,
+                     "gpu_auc_mb_s": None, "gpu_auc_time_mb_s": None, "gpu_auc_net_mb_s": None,
+                     "gpu_period_mean_s": None, "gpu_samples": 0}
+        sampler, baseline = None, None
         if backend is not None:
             try:
-                row["gpu_baseline_mb"] = round(backend[1](), 1)
+                baseline = backend.reader()  # type: ignore[union-attr]
+                row["gpu_baseline_mb"] = round(baseline, 1)
             except Exception as e:  # transient read failure: the sampler still runs
                 log.debug("GPU baseline read failed: %s", e)
-            sampler = MemorySampler(backend[1], interval, sampling).start()
+            sampler = MemorySampler(backend.reader, interval, sampling).start()  # type: ignore[union-attr]
         log_path = logs / f"{case}.log"
         try:
             rc, wall, rss, timed_out = _run_measured(cmd, log_path, timeout_s, min(interval, 0.05))
@@ -138,8 +173,12 @@ def measure_efficiency(command_template: Sequence[str], inputs: Sequence[Path], 
             log_path.write_text(f"cannot start {cmd[0]!r}: {e}\n")
         samples = sampler.stop() if sampler else []
         if samples:
-            row.update(gpu_max_mb=round(max(samples), 1), gpu_auc_mb_s=round(sum(samples) * interval, 1),
-                       gpu_samples=len(samples))
+            row.update(gpu_samples=len(samples), **gpu_figures(samples, sampler.times, interval, baseline))
+            period = row["gpu_period_mean_s"]
+            if period is not None and abs(period - interval) > DRIFT * interval:
+                log.warning("case %s: GPU memory sampled every %.3f s on average, not %.3f s: official AUC "
+                            "(sum x interval) %.1f MB*s, over the real sample times %.1f MB*s", case, period,
+                            interval, row["gpu_auc_mb_s"], row["gpu_auc_time_mb_s"])
         row.update(returncode=rc, timed_out=timed_out, wall_s=round(wall, 3), rss_peak_mb=round(rss, 1),
                    log=str(log_path))
         if rc != 0:
@@ -149,14 +188,35 @@ def measure_efficiency(command_template: Sequence[str], inputs: Sequence[Path], 
     return rows
 
 
+def gpu_figures(samples: list[float], times: list[float], interval: float,
+                baseline: float | None) -> dict:
+    """A case's GPU figures from its samples (MB) and their times (s): the official ``max`` and
+    ``sum x interval`` AUC, the AUC over the real times, the mean period, and with a ``baseline``
+    (used MB before the case started) the maximum and time-based AUC above it."""
+    period = mean_period(times)
+    out = {"gpu_max_mb": round(max(samples), 1), "gpu_auc_mb_s": round(sum(samples) * interval, 1),
+           "gpu_auc_time_mb_s": round(auc_from_times(times, samples, interval), 1),
+           "gpu_period_mean_s": None if period is None else round(period, 4),
+           "gpu_max_net_mb": None, "gpu_auc_net_mb_s": None}
+    if baseline is not None:
+        net = [max(0.0, v - baseline) for v in samples]
+        out.update(gpu_max_net_mb=round(max(net), 1), gpu_auc_net_mb_s=round(auc_from_times(times, net, interval), 1))
+    return out
+
+
 def summarize(rows: list[dict], command_template: Sequence[str] = (), interval: float = 0.1,
               sampling: str = "fixed") -> dict:
     """Totals and means over cases; GPU entries say ``unavailable`` when nothing was sampled."""
     def vals(key: str) -> list[float]:
         return [r[key] for r in rows if r.get(key) is not None]
 
+    def mean(key: str) -> float | None:
+        v = vals(key)
+        return round(sum(v) / len(v), 1) if v else None
+
     walls, rss, gmax, gauc = vals("wall_s"), vals("rss_peak_mb"), vals("gpu_max_mb"), vals("gpu_auc_mb_s")
-    backend = next((r["gpu_backend"] for r in rows if r.get("gpu_backend")), None)
+    first = next((r for r in rows if r.get("gpu_backend")), {})
+    backend = first.get("gpu_backend")
     return {
         "n_cases": len(rows),
         "n_failed": sum(1 for r in rows if r.get("returncode") != 0),
@@ -170,11 +230,20 @@ def summarize(rows: list[dict], command_template: Sequence[str] = (), interval: 
         "gpu_memory": backend if gmax else GPU_UNAVAILABLE,
         "gpu_max_mb": max(gmax) if gmax else None,
         "gpu_auc_mb_s_mean": round(sum(gauc) / len(gauc), 1) if gauc else None,
+        "gpu_auc_time_mb_s_mean": mean("gpu_auc_time_mb_s"),
+        "gpu_card": {"name": first.get("gpu_name"), "physical_index": first.get("gpu_physical_index"),
+                     "uuid": first.get("gpu_uuid")} if first else None,
+        "gpu_parent_context": first.get("gpu_parent_context"),
+        "gpu_baseline_mb_max": max(vals("gpu_baseline_mb"), default=None),
+        "gpu_max_net_mb": max(vals("gpu_max_net_mb"), default=None),
+        "gpu_auc_net_mb_s_mean": mean("gpu_auc_net_mb_s"),
     }
 
 
-CSV_FIELDS = ("case", "returncode", "timed_out", "wall_s", "rss_peak_mb", "gpu_backend", "gpu_baseline_mb",
-              "gpu_max_mb", "gpu_auc_mb_s", "gpu_samples", "input", "output", "log")
+CSV_FIELDS = ("case", "returncode", "timed_out", "wall_s", "rss_peak_mb", "gpu_backend", "gpu_name",
+              "gpu_physical_index", "gpu_uuid", "gpu_parent_context", "gpu_baseline_mb", "gpu_max_mb",
+              "gpu_max_net_mb", "gpu_auc_mb_s", "gpu_auc_time_mb_s", "gpu_auc_net_mb_s", "gpu_period_mean_s",
+              "gpu_samples", "input", "output", "log")
 
 
 def write_efficiency_reports(rows: list[dict], summary: dict, out_dir: os.PathLike | str) -> dict[str, Path]:

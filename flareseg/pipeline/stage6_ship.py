@@ -3,7 +3,15 @@ harness runs a submission (one ``flareseg predict`` process per case, measuring 
 load, wall time, CPU RSS, GPU memory when there is a GPU), then evaluate those very outputs
 (DSC/NSD under the FLARE23 rules).  The processes get the stage's resolved ``inference`` config
 as a file (``--config``), so the efficiency table measures the predictor that is evaluated; each
-process's run report lists the config it ran with, and the stage checks it against its own."""
+process's run report lists the config it ran with, and the stage checks it against its own.
+
+GPU memory is the used memory of the card the processes run on (``CUDA_VISIBLE_DEVICES`` mapped to
+the physical card, named in the summary's ``gpu_card``).  When the pipeline process itself holds a
+CUDA context (stage-5 trained in this process), that context's memory sits on the card during every
+case: the summary says so (``gpu_parent_context``), and the per-case baseline measured just before
+each process starts is subtracted in ``gpu_max_net_mb`` / ``gpu_auc_net_mb_s``.  For the official
+figures with nothing else on the card, run stage 6 in a process of its own
+(``python -m flareseg.pipeline 6 ...``) or use ``flareseg efficiency`` (docs/benchmarks.md)."""
 from __future__ import annotations
 
 import logging
@@ -56,7 +64,10 @@ def run(ctx: StageContext) -> dict:
     def predict_and_measure() -> dict:
         write_text(yaml.safe_dump({"inference": inference}, sort_keys=False), settings)
         cmd = efficiency_command(model_dir, settings, reports)
-        rows = measure_efficiency(cmd, [p for _, p in cases], eff_dir, outputs_dir=pred_dir)
+        try:
+            rows = measure_efficiency(cmd, [p for _, p in cases], eff_dir, outputs_dir=pred_dir)
+        except ValueError as e:   # CUDA_VISIBLE_DEVICES names no card: the wrong card would be sampled
+            raise StageError(f"efficiency: {e}") from None
         summ = summarize(rows, cmd)
         write_efficiency_reports(rows, summ, eff_dir)
         failed = [r["case"] for r in rows if r["returncode"] != 0]

@@ -29,7 +29,8 @@ def run_summary(work: Path) -> str:
         f"  predictor s/case (in-proc) {sum(secs) / max(1, len(secs)):6.2f}",
         f"  flareseg predict s/case    {_fmt(eff.get('wall_s_mean'))}  (own process: start-up + model load)",
         f"  peak RSS MB                {eff.get('rss_peak_mb_max')}",
-        f"  GPU memory                 {eff.get('gpu_max_mb') or eff.get('gpu_memory')}",
+        f"  GPU memory                 {eff.get('gpu_max_mb') or eff.get('gpu_memory')}"
+        + (f" MB (net of baseline: {eff.get('gpu_max_net_mb')} MB)" if eff.get("gpu_max_mb") else ""),
         f"  windows skipped            {r['windows_skipped']} of {r['windows_total']}",
     ]
     qc = Path(work) / "qc" / "index.html"

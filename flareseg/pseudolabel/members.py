@@ -8,9 +8,8 @@ With any of ``pseudolabel.member_models``, ``member_tta`` or ``member_label_dirs
 member is brought to the scan's own (input) grid ``(Z, Y, X)``, kept on the host (float16
 probabilities, uint8 labels) and scored a z-slab at a time on the device
 (:func:`~flareseg.pseudolabel.uncertainty.score_members_in_slabs`), so the multi-member scores
-(disagreement, inconsistency, overlap) exist while device memory stays bounded (except when a
-label folder counts for some groups only, ``member_label_groups``: then the members are scored on
-the whole grid at once, device memory not bounded by the slab size):
+(disagreement, inconsistency, overlap) exist while device memory stays bounded (also when a
+label folder counts for some groups only, ``member_label_groups``):
 
 1. the fine model: ``FastPredictor.run(image, save_probabilities=True)`` (float16, background 1
    outside the body crop); its argmax label map is the raw pseudo label, as without members;
@@ -212,8 +211,7 @@ class MultiMemberScorer:
             members.append(np.flip(probs, ax + 1))
         first_label = len(members)
         members += labels
-        # label members limited to some groups (member_label_groups) are scored on the whole grid
-        # (score_members_in_slabs' fallback); otherwise a z-slab at a time
+        # a z-slab at a time, label members limited to some groups (member_label_groups) too
         member_groups = [None] * first_label + list(self.label_groups)
         try:
             scores = score_members_in_slabs(members, self._device(), self.slab_mb,

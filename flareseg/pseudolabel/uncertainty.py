@@ -106,7 +106,7 @@ def _lut(classes: Iterable[int], num_classes: int, device: torch.device) -> torc
     return lut
 
 
-def _ratio(num: torch.Tensor, den: torch.Tensor) -> float:
+def _ratio(num: torch.Tensor | float, den: torch.Tensor | float) -> float:
     d = float(den)
     return float(num) / d if d > 0 else math.nan
 
@@ -239,8 +239,8 @@ class MemberAccumulator:
 
         Everything reduces to per-class sums (``bincount``) over the full grid plus dense work only
         on the voxels where members disagree, so the cost stays close to one pass over the members.
-        With members limited to some groups the scores come from :meth:`_limited_scores` (whole
-        grid; no :meth:`partial` sums).
+        With members limited to some groups the scores come from :meth:`_limited_scores` (its own
+        per-group sums, :class:`LimitedPartialScores`).
         """
         if self._sum is None:
             raise ValueError("no members added")
@@ -250,19 +250,19 @@ class MemberAccumulator:
 
     @property
     def limited(self) -> bool:
-        """Whether some member counts for some groups only (its scores are not slab sums)."""
+        """Whether some member counts for some groups only (scores from per-group member subsets)."""
         return len(self._full_members()) < self.n_members
 
-    def partial(self) -> "PartialScores":
+    def partial(self) -> "PartialScores | LimitedPartialScores":
         """The sums the scores are ratios of, on the CPU: partial results of disjoint parts of a
-        grid (z-slabs, :func:`score_members_in_slabs`) add up with ``+``.  Only without members
-        limited to some groups (:attr:`limited`; their scores are :meth:`scores` of the whole grid)."""
+        grid (z-slabs, :func:`score_members_in_slabs`) add up with ``+``; ``.scores(groups,
+        num_classes)`` of the total are the scores of the whole grid.  With members limited to some
+        groups (:attr:`limited`) these are :class:`LimitedPartialScores`."""
         C = self.num_classes
         if self._sum is None:
             raise ValueError("no members added")
         if self.limited:
-            raise ValueError("partial scores need every member to count for every group; "
-                             "score members limited to some groups on the whole grid (scores())")
+            return self._limited_partial()
         lab = self.label().reshape(-1).long()
         n_c = torch.bincount(lab, minlength=C).double()
         h_c = torch.bincount(lab, weights=voxel_entropy(self._sum, self.n_members).double(), minlength=C)
@@ -270,23 +270,27 @@ class MemberAccumulator:
         return PartialScores(self.n_members, n_c.cpu(), h_c.cpu(), multi)
 
     def _limited_scores(self) -> dict[str, float]:
-        """Scores when some members count for some groups only (see module doc): per group, its
-        members, on the voxels a group class could win or any of them predicts (the rest add 0)."""
+        """Scores when some members count for some groups only (see module doc)."""
+        return self._limited_partial().scores(self.groups, self.num_classes)
+
+    def _limited_partial(self) -> "LimitedPartialScores":
+        """The sums the group-limited scores are ratios of: per group, its members, on the voxels
+        a group class could win or any of them predicts (the rest add 0).  Every entry is a sum
+        over voxels, so the sums of disjoint parts of a grid (z-slabs) add up with ``+``."""
         C = self.num_classes
-        out: dict[str, float] = {"n_members": float(self.n_members)}
+        sums: dict[str, dict] = {}
         for g, classes in self.groups.items():
             members = [i for i, gs in enumerate(self._groups) if g in gs]
+            M = len(members)
+            rec: dict = {"members": M, "voxels": 0.0, "entropy": 0.0, "dis": 0.0, "any": 0.0,
+                         "incons_num": 0.0, "incons_den": 0.0, "pairs": np.zeros((M * (M - 1) // 2, 2))}
+            sums[g] = rec
+            if M == 0:                  # no member counts for this group: nothing to measure
+                continue
             lut = _lut(classes, C, self.device)
             # classes of the groups not every one of these members scores: their voxels are left out
             partial = {c for h, cs in self.groups.items() if any(h not in self._groups[i] for i in members)
                        for c in cs} - set(classes)
-            M = len(members)
-            if M == 0:                  # no member counts for this group: nothing to measure
-                out[score_key(g, "voxels")], out[score_key(g, "members")] = 0.0, 0.0
-                out[score_key(g, "entropy")] = math.nan
-                if self.n_members >= 2:
-                    out.update(dict.fromkeys((score_key(g, s) for s in MULTI_MEMBER_SCORES), math.nan))
-                continue
             labs = torch.stack([self._labels[i] for i in members]).long()          # (M, N)
             cand = lut[labs].any(0)
             best = self._sum[classes[0]].clone()
@@ -301,35 +305,28 @@ class MemberAccumulator:
             s1 = self._without(self._sum, members, cols)                           # (C, K) member sum
             win = _argmax0(s1) if M > 1 else labs[0]
             in_g = lut[win]
-            n_g = float(in_g.sum())
-            ent = voxel_entropy(s1[:, in_g], M).double().sum() if n_g else torch.tensor(0.0)
-            out[score_key(g, "voxels")] = n_g
-            out[score_key(g, "members")] = float(M)
-            out[score_key(g, "entropy")] = float(ent) / n_g if n_g else math.nan
-            if self.n_members < 2:
+            rec["voxels"] = float(in_g.sum())
+            rec["entropy"] = float(voxel_entropy(s1[:, in_g], M).double().sum()) if rec["voxels"] else 0.0
+            if self.n_members < 2 or M < 2:
                 continue
-            res = dict.fromkeys((score_key(g, s) for s in MULTI_MEMBER_SCORES), math.nan)
-            if M >= 2:
-                any_g = lut[labs].any(0)
-                dis = (labs != labs[0]).any(0)
-                res[score_key(g, "disagreement")] = _ratio((dis & any_g).sum(), any_g.sum())
-                m1 = s1 / M
-                std = (self._without(self._sumsq, members, cols) / M - m1.square()).clamp_min_(0).sqrt_()
-                union = torch.zeros_like(std, dtype=torch.bool)
-                for lm in labs:
-                    union.scatter_(0, lm[None], True)
-                idx = torch.tensor(classes, device=self.device)
-                res[score_key(g, "inconsistency")] = _ratio((std * union)[idx].sum(dtype=torch.float64),
-                                                            union[idx].sum())
-                dices = []
-                for a in range(M):
-                    for b in range(a + 1, M):
-                        den = float(lut[labs[a]].sum() + lut[labs[b]].sum())
-                        if den > 0:
-                            dices.append(2.0 * float(((labs[a] == labs[b]) & lut[labs[a]]).sum()) / den)
-                res[score_key(g, "overlap")] = float(np.mean(dices)) if dices else math.nan
-            out.update(res)
-        return out
+            any_g = lut[labs].any(0)
+            dis = (labs != labs[0]).any(0)
+            rec["dis"], rec["any"] = float((dis & any_g).sum()), float(any_g.sum())
+            m1 = s1 / M
+            std = (self._without(self._sumsq, members, cols) / M - m1.square()).clamp_min_(0).sqrt_()
+            union = torch.zeros_like(std, dtype=torch.bool)
+            for lm in labs:
+                union.scatter_(0, lm[None], True)
+            idx = torch.tensor(classes, device=self.device)
+            rec["incons_num"] = float((std * union)[idx].sum(dtype=torch.float64))
+            rec["incons_den"] = float(union[idx].sum())
+            k = 0
+            for a in range(M):
+                for b in range(a + 1, M):
+                    rec["pairs"][k] = (float(((labs[a] == labs[b]) & lut[labs[a]]).sum()),
+                                       float(lut[labs[a]].sum() + lut[labs[b]].sum()))
+                    k += 1
+        return LimitedPartialScores(self.n_members, sums)
 
     def _multi_member_stats(self) -> "_MultiStats":
         C, M = self.num_classes, self.n_members
@@ -385,6 +382,41 @@ class PartialScores:
             out[score_key(g, "entropy")] = _ratio(self.h_c[idx].sum(), self.n_c[idx].sum())
             if self.multi is not None:
                 out.update(self.multi.group_scores(g, idx))
+        return out
+
+
+@dataclass
+class LimitedPartialScores:
+    """Per-group sums of one part of a case's grid when some members count for some groups only
+    (:meth:`MemberAccumulator.partial`); disjoint parts add up with ``+``."""
+    n_members: int
+    sums: dict[str, dict]            # group -> members, voxels, entropy, dis, any, incons_*, pairs
+
+    def __add__(self, other: "LimitedPartialScores") -> "LimitedPartialScores":
+        if not isinstance(other, LimitedPartialScores) or other.n_members != self.n_members \
+                or any(other.sums[g]["members"] != r["members"] for g, r in self.sums.items()):
+            raise ValueError("partial scores of different member sets")
+        return LimitedPartialScores(self.n_members, {
+            g: {k: (v if k == "members" else v + other.sums[g][k]) for k, v in r.items()}
+            for g, r in self.sums.items()})
+
+    def scores(self, groups: Mapping[str, Sequence[int]], num_classes: int) -> dict[str, float]:
+        out: dict[str, float] = {"n_members": float(self.n_members)}
+        for g in groups:
+            r = self.sums[g]
+            M, n_g = r["members"], r["voxels"]
+            out[score_key(g, "voxels")] = float(n_g)
+            out[score_key(g, "members")] = float(M)
+            out[score_key(g, "entropy")] = r["entropy"] / n_g if M and n_g else math.nan
+            if self.n_members < 2:
+                continue
+            res = dict.fromkeys((score_key(g, s) for s in MULTI_MEMBER_SCORES), math.nan)
+            if M >= 2:
+                res[score_key(g, "disagreement")] = _ratio(r["dis"], r["any"])
+                res[score_key(g, "inconsistency")] = _ratio(r["incons_num"], r["incons_den"])
+                dices = [2.0 * agree / den for agree, den in r["pairs"] if den > 0]
+                res[score_key(g, "overlap")] = float(np.mean(dices)) if dices else math.nan
+            out.update(res)
         return out
 
 
@@ -450,11 +482,9 @@ def score_members_in_slabs(members: Sequence[Member], device: torch.device | str
     exports").  Raises ``ValueError("member <n>: ...")`` like :meth:`MemberAccumulator.add`.
 
     ``member_groups`` (one entry per member, ``None`` = every group): the groups each member counts
-    for (``MemberAccumulator.add(groups=...)``).  When some member counts for some groups only, the
-    group-limited scores (:meth:`MemberAccumulator._limited_scores`: per-group member subsets,
-    left-out voxels, the mean's argmax over a subset) are not decomposed into slab sums: the members
-    are then scored on the whole grid at once on ``device``, exactly as ``MemberAccumulator``
-    (whole-grid float32 sums, device memory not bounded by ``slab_mb``).
+    for (``MemberAccumulator.add(groups=...)``).  The group-limited scores (per-group member
+    subsets, left-out voxels, the mean's argmax over a subset) are per-voxel decisions summed over
+    the grid too (:class:`LimitedPartialScores`), so they are scored a slab at a time as well.
     """
     members = list(members)
     if not members:
@@ -463,9 +493,6 @@ def score_members_in_slabs(members: Sequence[Member], device: torch.device | str
         member_groups = list(member_groups)
         if len(member_groups) != len(members):
             raise ValueError(f"{len(member_groups)} member_groups for {len(members)} members")
-        every = frozenset(groups)
-        if any(gs is not None and frozenset(gs) != every for gs in member_groups):
-            return _score_whole_grid(members, device, groups, num_classes, member_groups)
     spatial = []
     for n, m in enumerate(members):
         if m.ndim == 4 and m.shape[0] != num_classes:
@@ -481,32 +508,23 @@ def score_members_in_slabs(members: Sequence[Member], device: torch.device | str
     z, y, x = spatial[0]
     per = slab_rows(num_classes, y * x, slab_mb)
     return score_slab_stream(([as_tensor(m[:, a:a + per] if m.ndim == 4 else m[a:a + per], device)
-                               for m in members] for a in range(0, max(z, 1), per)), groups, num_classes)
-
-
-def _score_whole_grid(members: Sequence[Member], device: torch.device | str | None,
-                      groups: Mapping[str, Sequence[int]], num_classes: int,
-                      member_groups: Sequence[Iterable[str] | None]) -> dict[str, float]:
-    """:func:`score_members_in_slabs`'s fallback for members limited to some groups: one
-    accumulator over the whole grid on ``device`` (default: the first member's)."""
-    acc = MemberAccumulator(groups, num_classes)
-    if device is not None:
-        acc.device = torch.device(device)
-    for m, gs in zip(members, member_groups):
-        acc.add(m, groups=gs)
-    return acc.scores()
+                               for m in members] for a in range(0, max(z, 1), per)), groups, num_classes,
+                             member_groups)
 
 
 def score_slab_stream(slabs: Iterable[Member | Sequence[Member]], groups: Mapping[str, Sequence[int]] = GROUPS,
-                      num_classes: int = NUM_CLASSES) -> dict[str, float]:
+                      num_classes: int = NUM_CLASSES,
+                      member_groups: Sequence[Iterable[str] | None] | None = None) -> dict[str, float]:
     """Scores of a case given as successive disjoint parts of its grid (z-slabs), each part one
     member (array/tensor) or every member's slab of it: one accumulator per part, partial sums
-    added (:meth:`MemberAccumulator.partial`), so only a part is ever in memory."""
-    total: PartialScores | None = None
+    added (:meth:`MemberAccumulator.partial`), so only a part is ever in memory.
+    ``member_groups``: per member, the groups it counts for (``None``: every group)."""
+    total: PartialScores | LimitedPartialScores | None = None
     for part in slabs:
         acc = MemberAccumulator(groups, num_classes)
-        for m in ([part] if isinstance(part, (np.ndarray, torch.Tensor)) else part):
-            acc.add(m)
+        ms = [part] if isinstance(part, (np.ndarray, torch.Tensor)) else list(part)
+        for m, gs in zip(ms, member_groups if member_groups is not None else [None] * len(ms)):
+            acc.add(m, groups=gs)
         p = acc.partial()
         del acc
         total = p if total is None else total + p
