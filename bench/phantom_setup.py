@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +53,7 @@ def prepare(work: Path, config: Path, overrides: list[str] | None = None,
     """Phantoms, import, plans + preprocessing of ``configurations`` (phantom data source only)."""
     from flareseg.data.intake import import_dataset
     from flareseg.data.phantoms import write_phantoms
-    from flareseg.nnunet.planning import plan_and_preprocess
+    from flareseg.nnunet.planning import place_label_types, plan_and_preprocess
 
     cfg = load_config(config, overrides)
     if cfg.data.source != "phantoms":
@@ -81,5 +80,5 @@ def prepare(work: Path, config: Path, overrides: list[str] | None = None,
     if not data.plans_file.exists() or todo:
         log.info("planning and preprocessing %s", configurations)
         plan_and_preprocess(cfg.data.dataset_id, {c: wanted[c] for c in configurations}, num_processes=nproc)
-        shutil.copyfile(ds_dir / "label_types.json", pre / "label_types.json")
+        place_label_types(ds_dir, pre)
     return data

@@ -8,7 +8,7 @@ from pathlib import Path
 from flareseg.config import Config, to_dict
 from flareseg.data.intake import dataset_folder_name, import_dataset
 from flareseg.data.sources import ImportConfigError
-from flareseg.io import read_json, write_text
+from flareseg.io import read_json
 from flareseg.nnunet.env import NNUNetPaths
 from flareseg.pipeline.stage import StageContext, StageError
 
@@ -64,10 +64,10 @@ def run(ctx: StageContext) -> dict:
                         do_import, outputs=[ds_dir / "label_types.json"])
 
     def do_plan() -> dict:
-        from flareseg.nnunet.planning import plan_and_preprocess
+        from flareseg.nnunet.planning import place_label_types, plan_and_preprocess
         pf = plan_and_preprocess(cfg.data.dataset_id, {"fine": cfg.fine, "coarse": cfg.coarse},
                                  num_processes=cfg.data.num_processes)
-        write_text((ds_dir / "label_types.json").read_text(), pf.parent / "label_types.json")  # atomic copy
+        place_label_types(ds_dir, pf.parent)
         plans = read_json(pf)
         return {"plans": str(pf), "configurations": {
             c: {k: plans["configurations"][c][k] for k in ("spacing", "patch_size", "batch_size")}
