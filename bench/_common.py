@@ -1,0 +1,61 @@
+"""What every benchmark shares: nnU-Net process settings, interleaved timing and the machine line.
+
+Benchmarks run from the repository root as ``python -m bench.NAME`` (the root is then on
+``sys.path``, so ``flareseg`` and ``bench._common`` import without path edits).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Mapping
+
+
+def nnunet_process(workers: int | None = 0, compile: bool = False, def_n_proc: int | None = None) -> None:
+    """nnU-Net's environment for an in-process benchmark, set before nnU-Net reads it.
+
+    ``workers``: ``nnUNet_n_proc_DA`` (0 = data loading in this process, no worker processes;
+    None leaves it); ``compile``: ``nnUNet_compile`` ("t"/"f"; off by default: compiling costs
+    minutes that a short benchmark cannot amortise); ``def_n_proc``: ``nnUNet_def_n_proc``
+    (stock's logits export sets torch's thread count to it; set it to ours to compare like with
+    like), default: left as it is.
+    """
+    if workers is not None:
+        os.environ["nnUNet_n_proc_DA"] = str(workers)
+    os.environ["nnUNet_compile"] = "t" if compile else "f"
+    if def_n_proc is not None:
+        os.environ["nnUNet_def_n_proc"] = str(def_n_proc)
+
+
+def interleaved(fns: Mapping[str, Callable[[], object]], repeats: int,
+                reduce: Callable[[list[float]], float] | None = statistics.median
+                ) -> dict[str, float] | dict[str, list[float]]:
+    """Time each of ``fns`` ``repeats`` times, alternating between them (A B A B ..., so a change of
+    machine load hits every contender alike); seconds per name, reduced by ``reduce`` (median by
+    default; None returns every time)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times if reduce is None else {k: reduce(v) for k, v in times.items()}
+
+
+def machine_line(device: str | None = None) -> str:
+    """One line saying where a benchmark ran: CPU, cores, load, device, Python/numpy/torch versions
+    and the thread settings that change timings."""
+    import numpy as np
+    parts = [f"{platform.processor() or platform.machine()}", f"{os.cpu_count()} CPU cores",
+             f"load {os.getloadavg()[0]:.1f}"]
+    if device:
+        parts.append(f"device {device}")
+    parts += [f"python {platform.python_version()}", f"numpy {np.__version__}"]
+    torch = sys.modules.get("torch")       # only when the benchmark uses it (no import cost otherwise)
+    if torch is not None:
+        parts.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    parts += [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "nnUNet_n_proc_DA", "nnUNet_def_n_proc")
+              if k in os.environ]
+    return "machine: " + ", ".join(parts)
