@@ -24,7 +24,7 @@ from predictor_speed import synthetic_ct, timed_run  # noqa: E402
 from flareseg.evaluation.metrics import dice_per_class  # noqa: E402
 from flareseg.devices import resolve_device  # noqa: E402
 from flareseg.inference.predictor import FastPredictor  # noqa: E402
-from flareseg.nnunet.model_folder import fit_model_folder, tiny_plans, write_model_folder  # noqa: E402
+from bench.model_folder import fit_model_folder, tiny_plans, write_model_folder  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -27,9 +27,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                "flareseg.evaluation")),
     # the only code that imports nnunetv2: plans, trainer (uses cto/losses/sampling), model loading
     ("nnunet glue", ("flareseg.nnunet",)),
-    # the predictor loads an nnU-Net model folder; model_folder.py builds tiny model folders for
-    # tests and benches with the predictor's normalisation (scaffolding that still lives here)
-    ("inference", ("flareseg.inference", "flareseg.nnunet.model_folder")),
+    # the predictor loads an nnU-Net model folder
+    ("inference", ("flareseg.inference",)),
     ("pseudolabel", ("flareseg.pseudolabel",)),
     ("pipeline", ("flareseg.pipeline",)),
     # the QC page reads the stage folders (pipeline.stage) and draws each stage

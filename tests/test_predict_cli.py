@@ -15,7 +15,7 @@ from flareseg.inference.commands import (case_name, check_outputs, collect_input
 from flareseg.inference.statistics import label_statistics
 from flareseg.io import Geometry, InputError, geometry_mismatch, read_image
 from flareseg.nnunet.folder_check import check_model_folder, find_model_folders
-from flareseg.nnunet.model_folder import tiny_plans, write_model_folder
+from bench.model_folder import tiny_plans, write_model_folder
 
 
 @pytest.fixture(scope="module")
