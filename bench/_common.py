@@ -13,20 +13,25 @@ import time
 from typing import Callable, Mapping
 
 
-def nnunet_process(workers: int | None = 0, compile: bool = False, def_n_proc: int | None = None) -> None:
-    """nnU-Net's environment for an in-process benchmark, set before nnU-Net reads it.
+def nnunet_process(device: str = "cpu", workers: int | None = None, threads: int | None = None,
+                   def_n_proc: int | None = None) -> None:
+    """nnU-Net's process settings for an in-process benchmark, set before nnU-Net reads them.
 
-    ``workers``: ``nnUNet_n_proc_DA`` (0 = data loading in this process, no worker processes;
-    None leaves it); ``compile``: ``nnUNet_compile`` ("t"/"f"; off by default: compiling costs
-    minutes that a short benchmark cannot amortise); ``def_n_proc``: ``nnUNet_def_n_proc``
-    (stock's logits export sets torch's thread count to it; set it to ours to compare like with
-    like), default: left as it is.
+    ``device`` "cpu": ``nnUNet_compile=f`` (compiling on the CPU costs minutes that a benchmark
+    cannot amortise; on a GPU nnU-Net's default stays).  ``workers``: ``nnUNet_n_proc_DA`` (0 =
+    data loading in this process).  ``threads``: torch's CPU thread count.  ``def_n_proc``:
+    ``nnUNet_def_n_proc`` unless the caller's environment sets it (stock's logits export sets
+    torch's thread count to it; pass ours to compare like with like).  None leaves a setting as is.
     """
+    if str(device).split(":")[0] == "cpu":
+        os.environ["nnUNet_compile"] = "f"
     if workers is not None:
         os.environ["nnUNet_n_proc_DA"] = str(workers)
-    os.environ["nnUNet_compile"] = "t" if compile else "f"
     if def_n_proc is not None:
-        os.environ["nnUNet_def_n_proc"] = str(def_n_proc)
+        os.environ.setdefault("nnUNet_def_n_proc", str(def_n_proc))
+    if threads is not None:
+        import torch
+        torch.set_num_threads(threads)
 
 
 def interleaved(fns: Mapping[str, Callable[[], object]], repeats: int,
@@ -50,10 +55,13 @@ def machine_line(device: str | None = None) -> str:
     import numpy as np
     parts = [f"{platform.processor() or platform.machine()}", f"{os.cpu_count()} CPU cores",
              f"load {os.getloadavg()[0]:.1f}"]
-    if device:
-        parts.append(f"device {device}")
-    parts += [f"python {platform.python_version()}", f"numpy {np.__version__}"]
     torch = sys.modules.get("torch")       # only when the benchmark uses it (no import cost otherwise)
+    if device:
+        gpu = None
+        if str(device).startswith("cuda") and torch is not None and torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(torch.device(device))
+        parts.append(f"device {device}" + (f" ({gpu})" if gpu else ""))
+    parts += [f"python {platform.python_version()}", f"numpy {np.__version__}"]
     if torch is not None:
         parts.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
     parts += [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "nnUNet_n_proc_DA", "nnUNet_def_n_proc")

@@ -1,6 +1,6 @@
 """Forward+backward time of the partial-label loss vs nnU-Net's DC_and_CE_loss, side by side.
 
-    python bench/loss_overhead.py [--shape 2 15 32 96 96] [--reps 15] [--threads 2] [--device cpu]
+    python -m bench.loss_overhead [--shape 2 15 32 96 96] [--reps 15] [--threads 2] [--device cpu]
 
 Runs are interleaved (every loss once per round, order rotated each round).  Reported: median and min time, the
 ratio of medians ``ours / nnU-Net`` and the median over rounds of the ratio to the reference run of
