@@ -37,7 +37,7 @@ import SimpleITK as sitk
 import torch
 
 from bench._common import machine_line, nnunet_process
-from flareseg.evaluation.evaluate import list_cases
+from flareseg.cases import list_cases
 from flareseg.evaluation.metrics import dice_per_class, foreground_unchanged
 from flareseg.inference.commands import collect_inputs
 from flareseg.devices import resolve_device

@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from flareseg.cli import main
-from flareseg.inference.commands import (case_name, check_outputs, collect_inputs, key_value,
+from flareseg.cases import case_name
+from flareseg.inference.commands import (check_outputs, collect_inputs, key_value,
                                         overlapping_paths, planned_outputs)
 from flareseg.inference.statistics import label_statistics
 from flareseg.io import Geometry, InputError, geometry_mismatch, read_image

@@ -28,7 +28,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from flareseg.evaluation import proc_memory
-from flareseg.evaluation.evaluate import case_name
+from flareseg.cases import case_name
 from flareseg.evaluation.gpu_memory import CADENCES, MemorySampler, probe_backend
 from flareseg.io import image_suffix, write_json, write_text
 
