@@ -35,17 +35,22 @@ def nnunet_process(device: str = "cpu", workers: int | None = None, threads: int
 
 
 def interleaved(fns: Mapping[str, Callable[[], object]], repeats: int,
-                reduce: Callable[[list[float]], float] | None = statistics.median
+                reduce: Callable[[list[float]], float] | None = statistics.median,
+                rotate: bool = False, self_timed: bool = False
                 ) -> dict[str, float] | dict[str, list[float]]:
     """Time each of ``fns`` ``repeats`` times, alternating between them (A B A B ..., so a change of
-    machine load hits every contender alike); seconds per name, reduced by ``reduce`` (median by
-    default; None returns every time)."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    machine load hits every contender alike; ``rotate``: the order shifts by one each round, so
+    none always runs first).  ``self_timed``: each function returns its own seconds (when it must
+    leave set-up or a device sync out of the clock).  Seconds per name, reduced by ``reduce``
+    (median by default; None returns every time, in round order, for paired ratios)."""
+    names = list(fns)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)] if rotate else names
+        for name in order:
             t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+            got = fns[name]()
+            times[name].append(float(got) if self_timed else time.perf_counter() - t0)  # type: ignore[arg-type]
     return times if reduce is None else {k: reduce(v) for k, v in times.items()}
 
 

@@ -19,6 +19,10 @@ def test_interleaved_alternates_and_reduces():
     assert set(out) == {"a", "b"} and all(v >= 0 for v in out.values())
     raw = interleaved({"a": lambda: None}, 4, reduce=None)
     assert len(raw["a"]) == 4
+    calls.clear()
+    own = interleaved({"a": lambda: calls.append("a") or 2.0, "b": lambda: calls.append("b") or 3.0}, 3,
+                      rotate=True, self_timed=True)
+    assert calls == ["a", "b", "b", "a", "a", "b"] and own == {"a": 2.0, "b": 3.0}
 
 
 def test_nnunet_process_sets_the_environment(monkeypatch):
