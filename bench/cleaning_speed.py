@@ -4,20 +4,19 @@ The reference applies the same three rules with ``scipy.ndimage.label`` per clas
 volume and one full-volume ``distance_transform_edt``; both run on the same synthetic 512x512x300
 label maps in one process, the outputs are checked to be identical, and the time ratio printed.
 
-    python bench/cleaning_speed.py [--cases 3] [--shape 300 512 512] [--repeats 3]
+    python -m bench.cleaning_speed [--cases 3] [--shape 300 512 512] [--repeats 3]
 """
 from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import platform
 import time
 from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from bench._common import machine_line
 from flareseg.anatomy import abdomen_region, bbox_of, organ_mask
 from flareseg.cleaning import clean_label
 from flareseg.config import CleaningConfig
@@ -102,8 +101,7 @@ def main(argv=None) -> int:
     spacing = (1.5, 0.8, 0.8)
     cfg = CleaningConfig()
     rng = np.random.default_rng(a.seed)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}, "
-          f"python {platform.python_version()}, numpy {np.__version__}")
+    print(machine_line())
     print(f"config: {cfg}")
     print(f"{'case':>4} {'shape':>14} {'removed':>7} {'ours_s':>8} {'scipy_s':>8} {'ratio':>7} same")
     t_ours, t_ref = [], []

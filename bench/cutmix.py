@@ -1,8 +1,8 @@
 """Context-aware CutMix benchmarks on a finished pipeline work dir (stages 1, 3 and 5 done).
 
-    python bench/cutmix.py --work WORK [--scratch DIR] [--parts overhead dice]
+    python -m bench.cutmix --work WORK [--scratch DIR] [--parts overhead dice]
                            [--blocks 8] [--batches 10] [--epochs E] [--iters I] [--out docs/benchmarks/cutmix.md]
-    python bench/cutmix.py --parts air --phantoms PH [--config configs/demo.yaml] [--crops 20]
+    python -m bench.cutmix --parts air --phantoms PH [--config configs/demo.yaml] [--crops 20]
 
 Inputs (read only, never modified): the stage-3 CTO pool ``WORK/stage-3-cto/pool``, stage-5's coarse
 nnU-Net dataset ``WORK/stage-5-coarse/nnUNet_preprocessed/<Dataset>`` (plans, preprocessed
@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -55,7 +53,8 @@ from pathlib import Path
 
 import torch
 
-from loss_ablation import predict_folder, seed_everything
+from bench._common import machine_line, nnunet_process
+from bench.loss_ablation import predict_folder, seed_everything
 
 log = logging.getLogger("bench.cutmix")
 ARMS = ("cutmix", "no_cutmix")
@@ -179,8 +178,7 @@ def paste_stats(batch: dict) -> tuple[int, int, int]:
 def run_overhead(wd: WorkDir, scratch: Path, args) -> dict:
     from flareseg.labels import TUMOR
     tc = replace(wd.cfg.train_coarse, num_workers=0, device=args.device.type)
-    os.environ["nnUNet_n_proc_DA"] = "0"
-    torch.set_num_threads(args.threads)
+    nnunet_process(args.device.type, workers=0, threads=args.threads)
     loaders = {arm: build_loader(wd, scratch, arm, tc, args.device)[1] for arm in ARMS}
     for arm in ARMS:
         for _ in range(args.warmup):
@@ -272,8 +270,7 @@ def run_dice(wd: WorkDir, scratch: Path, args) -> tuple[dict, list[dict]]:
                  iterations_per_epoch=args.iters or base.iterations_per_epoch,
                  seed=base.seed if args.seed is None else args.seed, device=args.device.type, fold=base.fold)
     tc = replace(tc, save_every=max(1, min(base.save_every, tc.epochs)))
-    if args.device.type == "cpu":
-        os.environ["nnUNet_compile"] = "f"
+    nnunet_process(args.device.type)
     rows = []
     for arm in ARMS:
         log.info("arm %s: training %d x %d iterations", arm, tc.epochs, tc.iterations_per_epoch)
@@ -386,8 +383,7 @@ def air_table(r: dict, args) -> str:
 
 # ------------------------------------------------------------------------------------------ main
 def machine() -> str:
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {dev}, torch {torch.__version__}"
+    return machine_line("cuda" if torch.cuda.is_available() else "cpu (no GPU)").removeprefix("machine: ")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -414,8 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.device = torch.device(args.device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if args.device.type == "cpu":
-        os.environ["nnUNet_compile"] = "f"
+    nnunet_process(args.device.type)
 
     sections = []
     if "air" in args.parts:
@@ -441,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         meta, rows = run_dice(wd, scratch, args)
         sections.append(("Tumor Dice with vs without CutMix (same budget and seed)", dice_table(meta, rows, wd)))
 
-    cmd = "python bench/cutmix.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    cmd = "python -m bench.cutmix " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     body = "\n\n".join(f"## {t}\n\n{s}" for t, s in sections)
     print("\n" + body)
     if args.out is not None:

@@ -10,19 +10,19 @@ the same numbers:
 * "no crop": masks and distance transforms over the whole scan.  Slow, so by default it runs on
   one class and is extrapolated to 14.
 
-    python bench/evaluation_speed.py [--ref-classes 1 4] [--full-ref]
+    python -m bench.evaluation_speed [--ref-classes 1 4] [--full-ref]
 """
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from bench._common import machine_line
 from flareseg.config import EvaluationConfig  # noqa: E402
 from flareseg.evaluation.metrics import dice, evaluate_case, surface_dice  # noqa: E402
 from flareseg.labels import FOREGROUND  # noqa: E402
@@ -129,7 +129,7 @@ def main() -> None:
     print(f"\n{'class':>5} {'DSC':>7} {'NSD':>7}")
     for c in FOREGROUND:
         print(f"{c:>5} {ours[c][0]:7.4f} {ours[c][1]:7.4f}")
-    print(f"\nmachine: {platform.machine()} {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}")
+    print("\n" + machine_line())
     print(f"flareseg evaluate_case (crop), 14 classes: {ours_t:.2f} s (best of {args.repeats}: "
           + ", ".join(f"{t:.2f}" for t in times) + ")")
     print(f"official-style (full-volume masks per class, then crop), 14 classes: {official_t:.2f} s "

@@ -2,7 +2,7 @@
 
 One command for a GPU owner::
 
-    python bench/flare_efficiency.py --model MODEL_DIR --inputs IMAGES_DIR --out reports/flare_eff
+    python -m bench.flare_efficiency --model MODEL_DIR --inputs IMAGES_DIR --out reports/flare_eff
 
 Each predictor runs once per case in a fresh process, measured by ``flareseg efficiency``'s harness
 (:func:`flareseg.evaluation.efficiency.measure_efficiency`) with the FLARE23 harness's cadence
@@ -28,12 +28,10 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from flareseg.evaluation.efficiency import measure_efficiency, summarize, write_efficiency_reports  # noqa: E402
-from flareseg.evaluation.gpu_memory import probe_backend  # noqa: E402
-from flareseg.io import write_text  # noqa: E402
-from flareseg.nnunet.env import trainer_dir  # noqa: E402
+from flareseg.evaluation.efficiency import measure_efficiency, summarize, write_efficiency_reports
+from flareseg.evaluation.gpu_memory import probe_backend
+from flareseg.io import write_text
+from flareseg.nnunet.env import trainer_dir
 
 INTERVAL = 0.1      # the FLARE23 harness's sampling interval, s
 

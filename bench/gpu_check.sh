@@ -49,12 +49,12 @@ timeout "$T_TESTS" $PY -m pytest -q -p no:cacheprovider --continue-on-collection
 echo "tests rc=${PIPESTATUS[0]}" | tee -a "$OUT/tests.log"
 
 # (d) stock nnUNetPredictor vs FastPredictor, warm and cold, paper-size network
-timeout "$T_SPEED" $PY bench/predictor_speed.py --device "$DEVICE" $SPEED_ARGS --out "$OUT/predictor_speed.md" \
+timeout "$T_SPEED" $PY -m bench.predictor_speed --device "$DEVICE" $SPEED_ARGS --out "$OUT/predictor_speed.md" \
   2>&1 | tee "$OUT/speed.log"
 echo "speed rc=${PIPESTATUS[0]}" | tee -a "$OUT/speed.log"
 
 # (e) fp32 / fp16 / bf16 labels vs stock on the device; allocator peak vs NVML used
-timeout "$T_PREC" $PY bench/gpu_precision.py --device "$DEVICE" $PREC_ARGS 2>&1 | tee "$OUT/precision.log"
+timeout "$T_PREC" $PY -m bench.gpu_precision --device "$DEVICE" $PREC_ARGS 2>&1 | tee "$OUT/precision.log"
 echo "precision rc=${PIPESTATUS[0]}" | tee -a "$OUT/precision.log"
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv 2>&1 | tee -a "$OUT/env.log"
 exit 0

@@ -3,7 +3,7 @@ nnUNetPredictor on the same device (stock on CUDA runs under fp16 autocast), on 
 and the phantom CT of bench/predictor_speed.py; plus, per run, the CUDA allocator's peak next to the
 card's used memory (NVML total - free) as the FLARE harness reads it.
 
-    python bench/gpu_precision.py --device cuda --z 80,200
+    python -m bench.gpu_precision --device cuda --z 80,200
 """
 from __future__ import annotations
 
@@ -16,15 +16,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from predictor_speed import synthetic_ct, timed_run  # noqa: E402
-
-from flareseg.evaluation.metrics import dice_per_class  # noqa: E402
-from flareseg.devices import resolve_device  # noqa: E402
-from flareseg.inference.predictor import FastPredictor  # noqa: E402
-from flareseg.nnunet.model_folder import fit_model_folder, tiny_plans, write_model_folder  # noqa: E402
+from bench.model_folder import fit_model_folder, tiny_plans, write_model_folder
+from bench.predictor_speed import synthetic_ct, timed_run
+from flareseg.devices import resolve_device
+from flareseg.evaluation.metrics import dice_per_class
+from flareseg.inference.predictor import FastPredictor
 
 
 def main(argv=None) -> int:

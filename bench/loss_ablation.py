@@ -1,7 +1,7 @@
 """Partial-label loss ablation on phantoms with hidden full ground truth: merge-max vs released vs
 marginal vs naive at the same training budget.
 
-    python bench/loss_ablation.py [--work /tmp/flareseg-bench-trainer] [--config configs/demo.yaml]
+    python -m bench.loss_ablation [--work /tmp/flareseg-bench-trainer] [--config configs/demo.yaml]
                                   [--epochs 8] [--iters 20] [--variants merge_max released marginal naive]
 
 Prepares stage-1's data part once (phantoms -> nnU-Net dataset -> fine plans + preprocessing; an
@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from phantom_setup import add_data_args, prepare
+from bench._common import nnunet_process
+from bench.phantom_setup import add_data_args, prepare
 
 VARIANTS = ("merge_max", "released", "marginal", "naive")
 STOCK = "stock_nnUNetTrainer"
@@ -62,8 +63,7 @@ def train_stock(dataset: str, args, results: Path) -> tuple[Path, float | None]:
     from flareseg.nnunet.checkpoint import load_checkpoint
     mdir = results / dataset / "nnUNetTrainer__nnUNetPlans__fine"
     if not (mdir / "fold_0" / "checkpoint_final.pth").exists():
-        os.environ["nnUNet_n_proc_DA"] = str(args.workers)
-        torch.set_num_threads(max(1, os.cpu_count() or 1))   # as flareseg's train() does
+        nnunet_process(args.device, workers=args.workers, threads=max(1, os.cpu_count() or 1))  # as train() does
         tr = get_trainer_from_args(dataset, "fine", 0, "nnUNetTrainer", "nnUNetPlans",
                                    device=torch.device(args.device))
         tr.num_epochs, tr.num_iterations_per_epoch = args.epochs, args.iters
@@ -120,8 +120,7 @@ def main() -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if args.device == "cpu":
-        os.environ["nnUNet_compile"] = "f"
+    nnunet_process(args.device)
 
     data = prepare(args.work, args.config, args.overrides, configurations=("fine",))
     out = (args.out or data.stage_dir.parent / "loss_ablation").resolve()

@@ -1,6 +1,6 @@
 """Forward+backward time of the partial-label loss vs nnU-Net's DC_and_CE_loss, side by side.
 
-    python bench/loss_overhead.py [--shape 2 15 32 96 96] [--reps 15] [--threads 2] [--device cpu]
+    python -m bench.loss_overhead [--shape 2 15 32 96 96] [--reps 15] [--threads 2] [--device cpu]
 
 Runs are interleaved (every loss once per round, order rotated each round).  Reported: median and min time, the
 ratio of medians ``ours / nnU-Net`` and the median over rounds of the ratio to the reference run of
@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from bench._common import interleaved, machine_line
 from flareseg.labels import ALL_ANNOTATED, ORGANS
 from flareseg.losses.merge_max import PartialLabelLoss
 
@@ -60,14 +61,13 @@ def main() -> int:
         loss = PartialLabelLoss(variant, batch_dice=args.batch_dice)
         cases[name] = lambda x, t, loss=loss, a=annotated: loss(x, t, a)
 
-    times: dict[str, list[float]] = {k: [] for k in cases}
     for k, fn in cases.items():  # warm-up
         _time(fn, logits, target, device)
-    names = list(cases)
-    for r in range(args.reps):  # rotate the order each round so no loss always runs first
-        for k in names[r % len(names):] + names[:r % len(names)]:
-            times[k].append(_time(cases[k], logits, target, device))
+    # the order rotates each round so no loss always runs first; paired ratios need every time
+    times = interleaved({k: (lambda fn=fn: _time(fn, logits, target, device)) for k, fn in cases.items()},
+                        args.reps, reduce=None, rotate=True, self_timed=True)
     base = statistics.median(times["nnU-Net DC_and_CE (reference)"])
+    print(machine_line(str(device)))
     print(f"shape {tuple(args.shape)}, device {device}, threads {args.threads}, batch_dice {args.batch_dice}, "
           f"reps {args.reps} (median)")
     ref_t = times["nnU-Net DC_and_CE (reference)"]

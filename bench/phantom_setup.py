@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,35 +50,31 @@ def add_data_args(ap: argparse.ArgumentParser) -> None:
 
 def prepare(work: Path, config: Path, overrides: list[str] | None = None,
             configurations: tuple[str, ...] = ("fine",)) -> BenchData:
-    """Phantoms, import, plans + preprocessing of ``configurations`` (phantom data source only)."""
-    from flareseg.data.intake import import_dataset
-    from flareseg.data.phantoms import write_phantoms
-    from flareseg.nnunet.planning import plan_and_preprocess
+    """Phantoms, import, plans + preprocessing of ``configurations`` (phantom data source only),
+    each by stage-1's own data step (:mod:`flareseg.pipeline.stage1_fine`), skipped when its
+    output exists."""
+    from flareseg.pipeline.stage1_fine import data_sources, import_data, plan_data, write_phantom_data
 
     cfg = load_config(config, overrides)
     if cfg.data.source != "phantoms":
         raise SystemExit(f"{config}: the trainer benchmarks need data.source=phantoms (hidden full labels)")
     stage_dir = Path(work).resolve() / "stage-1-fine"
-    ph = stage_dir / "phantoms"
     paths = NNUNetPaths.under(stage_dir)
     paths.export()
     name = dataset_folder_name(cfg.data.dataset_id, cfg.data.dataset_name)
     data = BenchData(cfg, stage_dir, paths, name)
-    nproc = cfg.data.num_processes
+    src = data_sources(cfg, stage_dir)
 
-    if not (ph / "manifest.csv").exists():
-        log.info("writing phantoms into %s", ph)
-        write_phantoms(ph, cfg.data.phantoms, workers=nproc)
+    if not src["manifest"].exists():
+        log.info("writing phantoms into %s", src["manifest"].parent)
+        write_phantom_data(cfg, stage_dir)
     ds_dir = paths.raw / name
     if not (ds_dir / "label_types.json").exists():
         log.info("importing %s", ds_dir)
-        import_dataset(ds_dir, ph / "imagesTr", ph / "labelsTr", ph / "unlabeledTr", ph / "manifest.csv",
-                       num_processes=nproc)
+        import_data(cfg, src, ds_dir)
     pre = paths.preprocessed / name
-    wanted = {"fine": cfg.fine, "coarse": cfg.coarse}
     todo = [c for c in configurations if not (pre / f"nnUNetPlans_{c}").is_dir()]
     if not data.plans_file.exists() or todo:
         log.info("planning and preprocessing %s", configurations)
-        plan_and_preprocess(cfg.data.dataset_id, {c: wanted[c] for c in configurations}, num_processes=nproc)
-        shutil.copyfile(ds_dir / "label_types.json", pre / "label_types.json")
+        plan_data(cfg, ds_dir, configurations)
     return data

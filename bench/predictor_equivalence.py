@@ -20,7 +20,7 @@ Reports per-class Dice of (b) vs (a) over classes present in either, their mean,
 foreground voxels that (c) leaves unchanged, seconds (and ratio to stock), and with ``--labels`` the
 mean Dice of (a) and (b) against the truth (classes present in the truth).
 
-    python bench/predictor_equivalence.py --model WORK/stage-5-coarse/nnUNet_results/D/FlareSegTrainer__nnUNetPlans__coarse \\
+    python -m bench.predictor_equivalence --model WORK/stage-5-coarse/nnUNet_results/D/FlareSegTrainer__nnUNetPlans__coarse \\
         --images WORK/stage-1-fine/phantoms/imagesVal --labels WORK/stage-1-fine/phantoms/labelsVal
 """
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -37,17 +36,16 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from flareseg.evaluation.evaluate import list_cases  # noqa: E402
-from flareseg.evaluation.metrics import dice_per_class, foreground_unchanged  # noqa: E402
-from flareseg.inference.commands import collect_inputs  # noqa: E402
-from flareseg.devices import resolve_device  # noqa: E402
-from flareseg.inference.predictor import FastPredictor  # noqa: E402
-from flareseg.io import InputError, read_image  # noqa: E402
-from flareseg.labels import CLASS_NAMES  # noqa: E402
-from flareseg.nnunet.checkpoint import load_checkpoint  # noqa: E402
-from flareseg.nnunet.env import trainer_dir  # noqa: E402
+from bench._common import machine_line, nnunet_process
+from flareseg.cases import list_cases
+from flareseg.evaluation.metrics import dice_per_class, foreground_unchanged
+from flareseg.inference.commands import collect_inputs
+from flareseg.devices import resolve_device
+from flareseg.inference.predictor import FastPredictor
+from flareseg.io import InputError, read_image
+from flareseg.labels import CLASS_NAMES
+from flareseg.nnunet.checkpoint import load_checkpoint
+from flareseg.nnunet.env import trainer_dir
 
 log = logging.getLogger("predictor_equivalence")
 
@@ -184,7 +182,7 @@ def main(argv=None) -> int:
     if bad := [m for m in modes if m not in MODES]:
         raise SystemExit(f"--modes: unknown {bad}; choose from {sorted(MODES)}")
     # stock's logits export sets torch's thread count to nnUNet_def_n_proc (8 by default): match ours
-    os.environ.setdefault("nnUNet_def_n_proc", str(torch.get_num_threads()))
+    nnunet_process(args.device, def_n_proc=torch.get_num_threads())
     device = resolve_device(args.device)
     check_model_folder(args.model, args.fold, args.checkpoint)
     cases = collect_inputs(args.images)
@@ -222,9 +220,7 @@ def main(argv=None) -> int:
     header = [
         "# Predictor equivalence: stock nnUNetPredictor vs FastPredictor (trained model)", "",
         "Command: `python " + " ".join(["bench/predictor_equivalence.py", *(argv if argv is not None else sys.argv[1:])]) + "`",
-        "", f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, device `{device}`"
-        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else " (no GPU)")
-        + f"; torch {torch.__version__}; nnUNet_def_n_proc={os.environ['nnUNet_def_n_proc']}.", "",
+        "", machine_line(str(device)).replace("machine: ", "Machine: ", 1) + ".", "",
         f"Model: `{args.model}` fold {args.fold} `{args.checkpoint}` (trainer {ck.get('trainer_name')}, "
         f"configuration {ck.get('init_args', {}).get('configuration')}, epoch {ck.get('current_epoch')}). "
         f"Cases: {len(cases)} from `{args.images}`. No mirroring; tile step 0.5; warm process.", "",

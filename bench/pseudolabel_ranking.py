@@ -1,6 +1,6 @@
 """Does stage-2's uncertainty ranking pick the better pseudo labels?  Measured on fresh phantoms.
 
-    python bench/pseudolabel_ranking.py --model WORK/stage-1-fine/nnUNet_results/<Dataset>/FlareSegTrainer__nnUNetPlans__fine
+    python -m bench.pseudolabel_ranking --model WORK/stage-1-fine/nnUNet_results/<Dataset>/FlareSegTrainer__nnUNetPlans__fine
                                         [--config configs/demo.yaml] [--cases 48] [--seed 1000] [--tta]
                                         [--external MODEL_FOLDER ...] [--external-groups organ|organ+tumor]
                                         [--tumor-score entropy] [--out docs/benchmarks/pseudolabel_ranking.md]
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import sys
 import tempfile
 import time
@@ -40,19 +39,17 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from flareseg.config import load_config  # noqa: E402
-from flareseg.data.phantom_case import generate_case  # noqa: E402
-from flareseg.evaluation.metrics import dice  # noqa: E402
-from flareseg.io import read_array, write_array  # noqa: E402
-from flareseg.inference.predictor import FastPredictor  # noqa: E402
-from flareseg.labels import ORGANS, TUMOR  # noqa: E402
-from flareseg.pseudolabel.selection import select  # noqa: E402
-from flareseg.pseudolabel.members import make_scorer  # noqa: E402
-from flareseg.pseudolabel.uncertainty import SCORES, score_key  # noqa: E402
+from bench._common import machine_line
+from flareseg.config import load_config
+from flareseg.data.phantom_case import generate_case
+from flareseg.evaluation.metrics import dice
+from flareseg.io import read_array, write_array
+from flareseg.inference.predictor import FastPredictor
+from flareseg.labels import ORGANS, TUMOR
+from flareseg.pseudolabel.selection import select
+from flareseg.pseudolabel.members import make_scorer
+from flareseg.pseudolabel.uncertainty import SCORES, score_key
 
 
 def spearman(a, b) -> str:
@@ -170,9 +167,8 @@ def main() -> int:
     members = sorted({(v[0].get("organ_members"), v[0].get("tumor_members")) for v in rows.values()})
     tumor_cases = sum(r[2] is not None for r in rows.values())
     predicted = sum(v[0].get("tumor_voxels", 0) > 0 for v in rows.values())
-    text = (f"Command: `python bench/pseudolabel_ranking.py {' '.join(sys.argv[1:])}`\n\n"
-            f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, device "
-            f"{cfg.inference.device}; {args.cases} phantoms scored in {secs:.0f} s; k_organ {pc.k_organ}, "
+    text = (f"Command: `python -m bench.pseudolabel_ranking {' '.join(sys.argv[1:])}`\n\n"
+            f"{machine_line(cfg.inference.device).replace('machine: ', 'Machine: ', 1)}; {args.cases} phantoms scored in {secs:.0f} s; k_organ {pc.k_organ}, "
             f"k_tumor {pc.k_tumor}; mean true organ Dice of all pseudo labels {mean_org:.3f}; "
             f"(organ, tumor) members per case {members}; {tumor_cases} phantoms with a tumor in the truth, "
             f"{predicted} with a tumor predicted; no-tumor-score reasons ({pc.score} row, all cases): "

@@ -4,19 +4,19 @@ Case: (15, 96, 192, 192) float32 softmax probabilities, 1 member (entropy) and 3
 disagreement, inconsistency, overlap, organs and tumor separately).  The reference computes the
 same numbers with plain numpy on stacked arrays; both results are checked to agree.
 
-    python bench/pseudolabel_throughput.py [--shape 15 96 192 192] [--repeats 3] [--device cpu] [--threads 1]
+    python -m bench.pseudolabel_throughput [--shape 15 96 192 192] [--repeats 3] [--device cpu] [--threads 1]
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import math
-import platform
 import time
 
 import numpy as np
 import torch
 
+from bench._common import machine_line
 from flareseg.pseudolabel.uncertainty import case_scores
 
 ORG = np.arange(1, 14)
@@ -97,8 +97,8 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     members_np = [make_probs(tuple(a.shape), s) for s in range(3)]
     members_t = [torch.from_numpy(m).to(a.device) for m in members_np]
-    print(f"shape {tuple(a.shape)} float32, device {a.device}, torch threads {torch.get_num_threads()}, "
-          f"{platform.processor() or platform.machine()}, best of {a.repeats}")
+    print(machine_line(a.device))
+    print(f"shape {tuple(a.shape)} float32, best of {a.repeats}")
     print("data: organ_disagreement of the 3 members = "
           f"{case_scores(members_t)['organ_disagreement']:.3f} (fraction of organ voxels)")
     print(f"{'members':>8} {'ours s/case':>12} {'numpy s/case':>13} {'ours cases/s':>13} "

@@ -1,6 +1,6 @@
 """Training iterations/s of stock ``nnUNetTrainer`` vs ``FlareSegTrainer`` on the same plans and data.
 
-    python bench/trainer_throughput.py [--work /tmp/bench4work] [--config configs/demo.yaml]
+    python -m bench.trainer_throughput [--work /tmp/bench4work] [--config configs/demo.yaml]
                                        [--iters 5] [--repeats 8] [--threads 2] [--workers 0]
 
 Prepares stage-1's data part once (phantoms -> nnU-Net dataset -> fine plans + preprocessing; an
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
 import time
 from collections import Counter
@@ -31,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from phantom_setup import add_data_args, prepare
+from bench._common import machine_line, nnunet_process
+from bench.phantom_setup import add_data_args, prepare
 
 TRAINERS = ("nnUNetTrainer", "FlareSegTrainer")
 
@@ -85,11 +85,8 @@ def main() -> int:
     data = prepare(args.work, args.config, args.overrides, configurations=(args.configuration,))
     # trainer logs go to a results root of their own, never next to real models
     NNUNetPaths(data.paths.raw, data.paths.preprocessed, data.stage_dir.parent / "throughput_results").export()
-    os.environ["nnUNet_n_proc_DA"] = str(args.workers)
     device = torch.device(args.device)
-    if device.type == "cpu":
-        os.environ["nnUNet_compile"] = "f"
-    torch.set_num_threads(args.threads)
+    nnunet_process(device.type, workers=args.workers, threads=args.threads)
     write_train_config(data.plans_file, args.configuration,
                        TrainConfig(epochs=1, iterations_per_epoch=args.iters, oversample_foreground=args.oversample,
                                    num_workers=args.workers, device=device.type))
@@ -135,6 +132,7 @@ def main() -> int:
           f"device {device}, threads {args.threads}, nnUNet_n_proc_DA {args.workers}, oversample {args.oversample}, "
           f"deep supervision {ours.enable_deep_supervision}; {args.repeats} blocks x {args.iters} iterations "
           f"per trainer (+{args.warmup} warm-up), interleaved")
+    print(machine_line(str(device)))
     print("| trainer | train_step s/it (median) | it/s | load + step s/it (median) | it/s | load s/it |")
     print("|---|---:|---:|---:|---:|---:|")
     med = {}

@@ -27,6 +27,7 @@ import SimpleITK as sitk
 from flareseg.dicom import read_dicom_series
 from flareseg.errors import InputError
 from flareseg.file_check import image_suffix, spacing_error, verify_image_file
+from flareseg.image_check import nonfinite_problem
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +79,6 @@ def strip_suffix(path: os.PathLike | str) -> str:
     return name[: len(name) - len(s)] if s else name
 
 
-def case_id_from_name(path: os.PathLike | str, channel_suffix: bool = True) -> str:
-    """``FLARE23_0001_0000.nii.gz`` -> ``FLARE23_0001``; DICOM folder -> folder name.
-
-    Label files carry no channel suffix (``FLARE23_0000.nii.gz`` is case ``FLARE23_0000``):
-    pass ``channel_suffix=False`` for them."""
-    stem = Path(path).name if Path(path).is_dir() else strip_suffix(path)
-    if channel_suffix and stem.endswith("_0000"):
-        stem = stem[:-5]
-    return stem
-
-
 def is_dicom_dir(path: os.PathLike | str) -> bool:
     """True for a folder holding a DICOM series (GDCM's warning for other folders is silenced)."""
     p = Path(path)
@@ -136,8 +126,9 @@ def read_image(path: os.PathLike | str) -> sitk.Image:
         raise err
     if not nonfinite and img.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         nonfinite = int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(img))))
-    if nonfinite:
-        raise InputError(p, f"holds {nonfinite} NaN/inf voxels (non-finite values)")
+    why = nonfinite_problem(nonfinite)
+    if why:
+        raise InputError(p, why)
     return img
 
 

@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""stage-5: thin entry point; the work is in flareseg.pipeline (see `--help`)."""
+"""stage-5 (coarse): train the coarse model on ground truth and the selected, cleaned pseudo labels
+with online context-aware CutMix from the stage-3 pool."""
+# Docstring = the stage's description in flareseg/pipeline/registry.py (tests/test_pipeline_scripts.py
+# checks they match). Same as `python -m flareseg.pipeline 5 ...`; see `--help`.
 import sys
 
 from flareseg.pipeline.__main__ import main

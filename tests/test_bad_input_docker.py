@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from flareseg.nnunet.model_folder import tiny_plans, write_model_folder
+from bench.model_folder import tiny_plans, write_model_folder
 from tests.bad_input import check_contract, md5_tree, run_command
 
 REPO = Path(__file__).resolve().parents[1]

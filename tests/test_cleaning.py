@@ -208,6 +208,32 @@ def test_component_statistics_agree_between_paths():
     assert len(dense) > 20 and sorted(map(key, dense)) == sorted(map(key, sparse))
 
 
+def _brute_force_components(lab: np.ndarray, connectivity: int) -> list[tuple]:
+    """(bbox, class, voxels) of every per-class component, one ``ndimage.label`` per class and a
+    full-array scan per component (slow, obviously right)."""
+    from scipy import ndimage
+    structure = ndimage.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
+    out = []
+    for cls in np.unique(lab[lab > 0]):
+        comp, n = ndimage.label(lab == cls, structure)
+        for k in range(1, n + 1):
+            where = np.nonzero(comp == k)
+            box = tuple(slice(int(w.min()), int(w.max()) + 1) for w in where)
+            out.append((box, int(cls), int(where[0].size)))
+    return sorted(out, key=lambda t: (t[1], t[2], [(s.start, s.stop) for s in t[0]]))
+
+
+@pytest.mark.parametrize("fill", [0.02, 0.7])     # mostly background (sparse path) / dense (cc3d.statistics)
+@pytest.mark.parametrize("connectivity", [6, 26])
+def test_component_sizes_boxes_classes_match_a_brute_force_reference(fill, connectivity):
+    rng = np.random.default_rng(int(fill * 100) + connectivity)
+    lab = np.where(rng.random((12, 20, 24)) < fill, rng.integers(1, 5, (12, 20, 24)), 0).astype(np.uint8)
+    got = [(c.bbox, c.cls, c.voxels) for c in label_components(lab, connectivity).items]
+    got = sorted(got, key=lambda t: (t[1], t[2], [(s.start, s.stop) for s in t[0]]))
+    ref = _brute_force_components(lab, connectivity)
+    assert len(ref) > 5 and got == ref
+
+
 def test_each_tumor_removed_once_with_its_reason():
     lab = box(np.zeros((40, 80, 80), np.uint8), (10, 30), (10, 30), (10, 30), LIVER)
     box(lab, (10, 30), (10, 30), (50, 60), KIDNEY)        # organ bbox spans x 10..60

@@ -21,7 +21,7 @@ import pytest
 import SimpleITK as sitk
 
 from flareseg.cli import main
-from flareseg.nnunet.model_folder import tiny_plans, write_model_folder
+from bench.model_folder import tiny_plans, write_model_folder
 from tests.bad_input import leftovers, md5_tree
 
 pytestmark = pytest.mark.docker

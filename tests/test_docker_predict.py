@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from flareseg.nnunet.model_folder import write_model_folder
+from bench.model_folder import write_model_folder
 
 REPO = Path(__file__).resolve().parents[1]
 

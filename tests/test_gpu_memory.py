@@ -246,13 +246,8 @@ def test_flare_efficiency_bench_table(tmp_path, monkeypatch, fake_cards, capsys)
     """bench/flare_efficiency.py (docs/benchmarks.md's one command): both predictors measured per
     case with the official cadence on the visible card, one table.  The predictors are replaced by
     copy commands; the stock script must at least compile."""
-    import importlib.util
-    from pathlib import Path
+    from bench import flare_efficiency as mod
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "flare_efficiency.py"
-    spec = importlib.util.spec_from_file_location("flare_efficiency", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     compile(mod.STOCK, "stock", "exec")
     copy = [sys.executable, "-c", "import shutil, sys; shutil.copy(sys.argv[1], sys.argv[2])", "{input}", "{output}"]
     monkeypatch.setattr(mod, "ours_command", lambda model, device: copy)

@@ -21,15 +21,15 @@ ROOT = Path(__file__).resolve().parents[1] / "flareseg"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ground", ("flareseg.errors", "flareseg.labels", "flareseg.config", "flareseg.versions",
                 "flareseg.devices")),
-    ("files and anatomy", ("flareseg.dicom", "flareseg.file_check", "flareseg.io", "flareseg.anatomy")),
+    ("files and anatomy", ("flareseg.dicom", "flareseg.file_check", "flareseg.image_check", "flareseg.io",
+                           "flareseg.cases", "flareseg.anatomy")),
     # one package per paper idea, pure functions over arrays and files
     ("ideas", ("flareseg.data", "flareseg.cleaning", "flareseg.cto", "flareseg.losses", "flareseg.sampling",
                "flareseg.evaluation")),
     # the only code that imports nnunetv2: plans, trainer (uses cto/losses/sampling), model loading
     ("nnunet glue", ("flareseg.nnunet",)),
-    # the predictor loads an nnU-Net model folder; model_folder.py builds tiny model folders for
-    # tests and benches with the predictor's normalisation (scaffolding that still lives here)
-    ("inference", ("flareseg.inference", "flareseg.nnunet.model_folder")),
+    # the predictor loads an nnU-Net model folder
+    ("inference", ("flareseg.inference",)),
     ("pseudolabel", ("flareseg.pseudolabel",)),
     ("pipeline", ("flareseg.pipeline",)),
     # the QC page reads the stage folders (pipeline.stage) and draws each stage

@@ -14,7 +14,7 @@ import torch
 
 from flareseg.config import ConfigError, PlanConfig, load_config
 from flareseg.labels import NUM_CLASSES
-from flareseg.nnunet.model_folder import tiny_plans
+from bench.model_folder import tiny_plans
 from flareseg.nnunet.planning import configuration_plan, network_size
 
 COARSE = (2.5, 1.5, 1.5)
@@ -84,7 +84,7 @@ def test_resenc_configuration_trains_with_the_flareseg_trainer(tmp_path, monkeyp
     from flareseg.data.intake import import_dataset
     from flareseg.io import read_json
     from flareseg.nnunet.env import NNUNetPaths
-    from flareseg.nnunet.planning import plan_and_preprocess
+    from flareseg.nnunet.planning import place_label_types, plan_and_preprocess
     from flareseg.nnunet.training import write_train_config
     from tiny import write_tiny_raw
 
@@ -95,7 +95,7 @@ def test_resenc_configuration_trains_with_the_flareseg_trainer(tmp_path, monkeyp
     import_dataset(ds, raw / "imagesTr", raw / "labelsTr", manifest=raw / "manifest.csv")
     pc = PlanConfig((3.0, 2.0, 2.0), (16, 32, 32), 2, 4, 16, architecture="resenc")
     pf = plan_and_preprocess(902, {"coarse": pc}, num_processes=1)
-    (pf.parent / "label_types.json").write_text((ds / "label_types.json").read_text())
+    place_label_types(ds, pf.parent)
     conf = read_json(pf)["configurations"]["coarse"]
     assert conf["architecture"]["network_class_name"].endswith("ResidualEncoderUNet")
 

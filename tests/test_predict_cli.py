@@ -10,12 +10,13 @@ import pytest
 import SimpleITK as sitk
 
 from flareseg.cli import main
-from flareseg.inference.commands import (case_name, check_outputs, collect_inputs, key_value,
+from flareseg.cases import case_name
+from flareseg.inference.commands import (check_outputs, collect_inputs, key_value,
                                         overlapping_paths, planned_outputs)
 from flareseg.inference.statistics import label_statistics
 from flareseg.io import Geometry, InputError, geometry_mismatch, read_image
 from flareseg.nnunet.folder_check import check_model_folder, find_model_folders
-from flareseg.nnunet.model_folder import tiny_plans, write_model_folder
+from bench.model_folder import tiny_plans, write_model_folder
 
 
 @pytest.fixture(scope="module")

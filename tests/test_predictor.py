@@ -13,7 +13,7 @@ from flareseg.inference.sliding_window import gaussian_importance, predict_slidi
 from flareseg.inference.stock_resampling import export_samples
 from flareseg.io import Geometry, InputError, geometry_mismatch
 from flareseg.nnunet.model import load_model
-from flareseg.nnunet.model_folder import tiny_plans, write_model_folder
+from bench.model_folder import tiny_plans, write_model_folder
 
 LABELS = {0: "background", 1: "liver", 2: "spleen", 3: "tumor"}
 SPACING = (2.5, 1.5, 1.5)
@@ -216,19 +216,12 @@ def test_mirroring_tta_matches_stock(model_dir):
 @pytest.fixture(scope="module")
 def fitted_model_dir(tmp_path_factory):
     """Random weights give white-noise argmax maps, so the tiny model is first fitted to phantoms."""
-    from flareseg.nnunet.model_folder import fit_model_folder
+    from bench.model_folder import fit_model_folder
     md = write_model_folder(tmp_path_factory.mktemp("fitted"), labels=LABELS, seed=3)
     imgs = [sitk.GetArrayFromImage(phantom_ct(shape=(24, 64, 56), seed=s)) for s in range(2)]
     labs = [(i > 100).astype(int) + 2 * ((i < -50) & (i > -300)).astype(int) for i in imgs]
-    # the fitted weights depend on torch's thread count (summation order; 1 vs 2 threads: another
-    # model): one thread, so they do not vary with the core count or with what set the count earlier
-    # in the session (only with the torch build and CPU); on 2 busy shared cores also faster
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return fit_model_folder(md, imgs, labs, steps=200)
-    finally:
-        torch.set_num_threads(threads)
+    # fit_model_folder trains on one torch thread: the weights do not vary with the core count
+    return fit_model_folder(md, imgs, labs, steps=200)
 
 
 @pytest.mark.slow

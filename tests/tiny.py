@@ -56,7 +56,7 @@ def tiny_planned_dataset(root: Path):
     from flareseg.config import PlanConfig
     from flareseg.data.intake import import_dataset
     from flareseg.nnunet.env import NNUNetPaths
-    from flareseg.nnunet.planning import plan_and_preprocess
+    from flareseg.nnunet.planning import place_label_types, plan_and_preprocess
 
     raw = write_tiny_raw(root / "raw", n_unlabeled=0)
     paths = NNUNetPaths.under(root)
@@ -65,5 +65,5 @@ def tiny_planned_dataset(root: Path):
     import_dataset(ds, raw / "imagesTr", raw / "labelsTr", manifest=raw / "manifest.csv")
     pf = plan_and_preprocess(901, {"fine": PlanConfig((3.0, 2.0, 2.0), (16, 32, 32), 2, 4, 16)},
                              num_processes=1)
-    (pf.parent / "label_types.json").write_text((ds / "label_types.json").read_text())
+    place_label_types(ds, pf.parent)
     return paths, pf

@@ -11,7 +11,6 @@ from typing import Sequence
 import cc3d
 import fastremap
 import numpy as np
-from scipy import ndimage
 
 from flareseg.anatomy import BBox, bbox_of
 
@@ -117,8 +116,13 @@ def _stats_sparse(ids: np.ndarray, sub: np.ndarray) -> tuple[list[BBox], np.ndar
 
 def _stats_dense(ids: np.ndarray, sub: np.ndarray, n: int
                  ) -> tuple[list[BBox], np.ndarray, np.ndarray]:
-    """Boxes, sizes and classes of components 1..n in a few passes over the crop."""
-    boxes = ndimage.find_objects(ids)
-    sizes = np.bincount(ids.ravel(), minlength=n + 1)[1:]
+    """Boxes, sizes and classes of components 1..n in a few passes over the crop.
+
+    ``cc3d.statistics`` gives the sizes and boxes (measured identical to ``ndimage.find_objects`` +
+    ``bincount`` and faster on a 512x512x100 map, docs/benchmarks.md); it scans the whole crop, so
+    mostly-background crops take :func:`_stats_sparse` instead (13x faster there).
+    """
+    st = cc3d.statistics(ids)
     cmap = fastremap.component_map(ids, sub)
-    return boxes, sizes, np.array([cmap[i] for i in range(1, n + 1)])
+    boxes = list(st["bounding_boxes"][1:n + 1])
+    return boxes, np.asarray(st["voxel_counts"][1:n + 1]), np.array([cmap[i] for i in range(1, n + 1)])

@@ -25,10 +25,11 @@ from tqdm import tqdm
 from flareseg.cleaning.clean import clean_label
 from flareseg.cleaning.records import Removal
 from flareseg.cleaning.report import CaseResult, CleaningReport, write_reports
+from flareseg.cases import folder_entries
 from flareseg.config import CleaningConfig, Config, config_hash
 from flareseg.file_check import IMAGE_SUFFIXES
 from flareseg.io import (InputError, file_digest, geometry_mismatch,
-                         image_suffix, read_array, read_json, strip_suffix, write_array,
+                         read_array, read_json, strip_suffix, write_array,
                          write_json)
 from flareseg.labels import ORGANS, TUMOR
 
@@ -49,11 +50,11 @@ def find_image(images_dir: Path | None, case: str) -> Path | None:
 
 
 def list_labels(labels_dir: Path) -> list[Path]:
-    """Label files (known image suffixes, not hidden) of a folder, sorted by name."""
-    if not labels_dir.is_dir():
+    """Label files of a folder (the listing rule of :mod:`flareseg.cases`, no channel suffix),
+    sorted by name; two files of one case both appear (the caller reports the second)."""
+    if not Path(labels_dir).is_dir():
         raise InputError(labels_dir, "labels folder does not exist")
-    return sorted(p for p in labels_dir.iterdir()
-                  if p.is_file() and image_suffix(p) and not p.name.startswith("."))
+    return sorted(p for paths in folder_entries(labels_dir, channel_suffix=False).values() for p in paths)
 
 
 def clean_folder(labels_dir: os.PathLike | str, out_dir: os.PathLike | str,

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Iterable
 
 from flareseg.file_check import IMAGE_SUFFIXES
-from flareseg.io import InputError, case_id_from_name, image_suffix, is_dicom_dir
+from flareseg.cases import folder_entries
+from flareseg.io import InputError, image_suffix, is_dicom_dir
 from flareseg.labels import MAX_LABEL, label_type
 
 log = logging.getLogger(__name__)
@@ -73,24 +74,15 @@ def _entry_problem(p: Path) -> str | None:
 
 def scan_folder(folder: Path, channel_suffix: bool = True) -> FolderScan:
     """Cases of ``folder`` keyed by id (``channel_suffix=False`` for label folders, see
-    :func:`flareseg.io.case_id_from_name`). Other files are named in a warning and ignored.
+    :func:`flareseg.cases.case_name`). Other files are named in a warning and ignored.
 
     Raises InputError when ``folder`` is missing or not a folder."""
     folder = Path(folder)
-    if not folder.exists():
-        raise InputError(folder, "does not exist")
-    if not folder.is_dir():
-        raise InputError(folder, "is not a folder")
-    try:
-        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    except OSError as e:
-        raise InputError(folder, f"cannot list the folder ({e.strerror})") from None
-    by_id: dict[str, list[Path]] = {}
-    for p in entries:
-        broken = p.is_symlink() and not p.exists()
-        if p.is_dir() or (image_suffix(p) and (p.is_file() or broken)):
-            by_id.setdefault(case_id_from_name(p, channel_suffix), []).append(p)
-        elif not p.name.lower().endswith((".raw", ".zraw")):   # .mhd pixel data
+    by_id = folder_entries(folder, channel_suffix, dirs=True)
+    listed = {p for paths in by_id.values() for p in paths}
+    for p in sorted(folder.iterdir()):
+        if p not in listed and not p.name.startswith(".") and not image_suffix(p) \
+                and not p.name.lower().endswith((".raw", ".zraw")):   # .mhd pixel data
             log.warning("%s: ignored: not an image file (%s) or a DICOM series folder", p, KNOWN_SUFFIXES)
     scan = FolderScan(folder)
     for cid, paths in by_id.items():

@@ -13,12 +13,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from flareseg.file_check import nifti_nonfinite_count
+from flareseg.image_check import nonfinite_count, nonfinite_problem, spacing_problem
 from flareseg.io import Geometry, InputError, geometry_mismatch, read_image
 from flareseg.labels import MAX_LABEL, label_type, type_to_str
-
-#: accepted voxel spacing range in mm (any axis)
-SPACING_RANGE_MM = (0.1, 12.0)
-
 
 @dataclass
 class CheckedCase:
@@ -30,17 +27,18 @@ class CheckedCase:
 
 
 def check_image(img: sitk.Image, path: Path) -> None:
-    """Finite values and a sane spacing; raises InputError."""
-    sp = img.GetSpacing()
-    lo, hi = SPACING_RANGE_MM
-    if any(not (lo <= s <= hi) for s in sp):
-        raise InputError(path, f"spacing {tuple(round(s, 4) for s in sp)} mm outside the sane range [{lo}, {hi}] mm")
+    """The input limits of :mod:`flareseg.image_check` (spacing range, finite values); raises
+    InputError."""
+    why = spacing_problem(img.GetSpacing())
+    if why:
+        raise InputError(path, why)
     arr = sitk.GetArrayViewFromImage(img)
-    n = 0
-    if np.issubdtype(arr.dtype, np.floating):
-        n = int((~np.isfinite(arr)).sum()) or (nifti_nonfinite_count(path) if path.is_file() else 0)
-    if n:
-        raise InputError(path, f"{n} non-finite voxel values (NaN/inf)")
+    n = nonfinite_count(arr)
+    if not n and np.issubdtype(arr.dtype, np.floating) and path.is_file():
+        n = nifti_nonfinite_count(path)     # NaN/inf that ITK's reader turned into numbers
+    why = nonfinite_problem(n)
+    if why:
+        raise InputError(path, why)
 
 
 def align_label_to_image(label: sitk.Image, image: sitk.Image, atol_vox: float = 1e-3) -> sitk.Image | None:

@@ -10,7 +10,8 @@ from pathlib import Path
 from flareseg.config import ConfigError, load_config
 from flareseg.evaluation.efficiency import (GPU_UNAVAILABLE, measure_efficiency, summarize,
                                             write_efficiency_reports)
-from flareseg.evaluation.evaluate import evaluate_folders, list_cases
+from flareseg.cases import list_cases
+from flareseg.evaluation.evaluate import evaluate_folders
 from flareseg.evaluation.gpu_memory import CADENCES, probe_backend
 from flareseg.evaluation.metrics import RULES
 from flareseg.evaluation.report import format_table

@@ -38,7 +38,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from flareseg.evaluation import proc_memory
-from flareseg.evaluation.evaluate import case_name
+from flareseg.cases import case_name
 from flareseg.evaluation.gpu_memory import (CADENCES, Backend, MemorySampler, auc_from_times,
                                             cuda_context_alive, mean_period, probe_backend)
 from flareseg.io import image_suffix, write_json, write_text

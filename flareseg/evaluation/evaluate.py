@@ -19,34 +19,11 @@ from flareseg.config import EvaluationConfig
 from flareseg.evaluation.metrics import evaluate_case, evaluate_case_official
 from flareseg.evaluation.report import write_reports
 from flareseg.evaluation.result import EvaluationResult
-from flareseg.io import (Geometry, InputError, case_id_from_name, geometry_mismatch, image_suffix,
-                         read_array)
+from flareseg.cases import case_name, list_cases
+from flareseg.io import Geometry, InputError, geometry_mismatch, read_array
 from flareseg.labels import FOREGROUND, TUMOR
 
 log = logging.getLogger(__name__)
-
-
-def case_name(path: os.PathLike | str) -> str:
-    """``.../case_01_0000.nii.gz`` -> ``case_01`` (the shared rule, :func:`flareseg.io.case_id_from_name`)."""
-    return case_id_from_name(path)
-
-
-def list_cases(folder: os.PathLike | str) -> dict[str, Path]:
-    """Image files of a folder by case name (or the file itself when ``folder`` is a file)."""
-    folder = Path(folder)
-    if folder.is_file():
-        return {case_name(folder): folder}
-    if not folder.is_dir():
-        raise InputError(folder, "does not exist")
-    out: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not image_suffix(p):
-            continue
-        name = case_name(p)
-        if name in out:
-            raise InputError(folder, f"case {name!r} appears twice ({out[name].name}, {p.name})")
-        out[name] = p
-    return out
 
 
 def match_cases(pred: os.PathLike | str, gt: os.PathLike | str) -> tuple[list[tuple[str, Path, Path]], list[str], list[str]]:

@@ -5,7 +5,6 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import time
 import typing
 from dataclasses import dataclass, fields
@@ -16,9 +15,9 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from flareseg.cases import list_cases
 from flareseg.config import IMAGE_RESAMPLING, ConfigError, InferenceConfig, inference_config, load_config, to_dict
-from flareseg.io import (InputError, image_suffix, is_dicom_dir, remove_stale_temps, strip_suffix, write_image,
-                         write_json)
+from flareseg.io import InputError, image_suffix, remove_stale_temps, write_image, write_json
 
 log = logging.getLogger(__name__)
 
@@ -52,40 +51,15 @@ examples:
 
 """
 
-_CHANNEL = re.compile(r"_(\d{4})$")
-
-
-def case_name(path: Path) -> str:
-    """``case_0000.nii.gz`` -> ``case``; DICOM folder -> its name."""
-    if path.is_dir():
-        return path.name
-    return _CHANNEL.sub("", strip_suffix(path))
-
-
 def collect_inputs(path: Path) -> list[tuple[str, Path]]:
-    """(case name, input path) pairs for a file, a DICOM folder, or a folder of files/DICOM folders."""
+    """(case name, input path) pairs for a file, a DICOM folder, or a folder of files/DICOM folders
+    (the listing and naming rule of :mod:`flareseg.cases`)."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "does not exist")
-    if path.is_file():
-        return [(case_name(path), path)]
-    if is_dicom_dir(path):
-        return [(path.name, path)]
-    out = []
-    for p in sorted(path.iterdir()):
-        if p.is_file() and image_suffix(p):
-            m = _CHANNEL.search(strip_suffix(p))
-            if m and m.group(1) != "0000":
-                continue
-            out.append((case_name(p), p))
-        elif p.is_dir() and is_dicom_dir(p):
-            out.append((p.name, p))
+    out = list(list_cases(path, dicom=True).items())
     if not out:
         raise InputError(path, "holds no image files or DICOM series")
-    names = [n for n, _ in out]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise InputError(path, f"several inputs map to the same case name: {', '.join(dup)}")
     return out
 
 

@@ -57,6 +57,8 @@ from flareseg.anatomy import bbox_of, body_mask, expand_bbox
 from flareseg.config import InferenceConfig, inference_config
 from flareseg.devices import resolve_device
 from flareseg.io import InputError, read_image
+from flareseg.image_check import (constant_problem, nonfinite_count, nonfinite_problem, shape_problem,
+                                  spacing_problem)
 from flareseg.inference.normalize import normalize_
 from flareseg.inference.orientation import axial_reorientation
 from flareseg.inference.resample import resample_image, target_shape
@@ -114,21 +116,14 @@ def region_samples(shape_model: Sequence[int], shape: Sequence[int], region: Seq
     return tuple(zip(*(s.restrict(r.start, r.stop) for s, r in zip(samples, region))))  # type: ignore[return-value]
 
 
-def validate_array(arr: np.ndarray, spacing_zyx: Sequence[float], name: str,
-                   spacing_range_mm: tuple[float, float] = (0.1, 20.0)) -> None:
-    """Raise :class:`InputError` for arrays the predictor cannot handle sensibly."""
-    if arr.ndim != 3 or min(arr.shape) < 1:
-        raise InputError(name, f"expected a non-empty 3-D volume, got shape {arr.shape}")
-    if not np.all(np.isfinite(spacing_zyx)) or min(spacing_zyx) < spacing_range_mm[0] \
-            or max(spacing_zyx) > spacing_range_mm[1]:
-        raise InputError(name, f"spacing {tuple(round(s, 4) for s in spacing_zyx)} mm is outside "
-                               f"[{spacing_range_mm[0]}, {spacing_range_mm[1]}] mm")
-    if np.issubdtype(arr.dtype, np.floating):
-        bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
-        if bad:  # checked first: NaN compares unequal, so an all-NaN image is not "constant"
-            raise InputError(name, f"holds {bad} NaN/inf voxels (of {arr.size})")
-    if arr.min() == arr.max():
-        raise InputError(name, f"image is constant ({arr.flat[0]}): nothing to segment")
+def validate_array(arr: np.ndarray, spacing_zyx: Sequence[float], name: str) -> None:
+    """Raise :class:`InputError` for arrays outside the input limits of :mod:`flareseg.image_check`
+    (shape, spacing range, NaN/inf, one constant value)."""
+    why = (shape_problem(arr.shape) or spacing_problem(spacing_zyx)
+           # NaN first: NaN compares unequal, so an all-NaN image is not "constant"
+           or nonfinite_problem(nonfinite_count(arr)) or constant_problem(arr))
+    if why:
+        raise InputError(name, why)
 
 
 class FastPredictor:

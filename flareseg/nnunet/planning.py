@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flareseg.config import PlanConfig
-from flareseg.io import write_json
+from flareseg.io import write_json, write_text
 from flareseg.labels import NUM_CLASSES
 
 if TYPE_CHECKING:
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PLANS_NAME = "nnUNetPlans"
+#: case -> annotated classes; written by the import into the raw dataset and read by the trainer
+#: from next to the plans (``preprocessed_dataset_folder_base``)
+LABEL_TYPES_FILE = "label_types.json"
 
 #: network class (nnU-Net plans' ``network_class_name``) of each ``PlanConfig.architecture``
 ARCHITECTURES = {
@@ -167,6 +170,17 @@ def plan_and_preprocess(dataset_id: int, configs: dict[str, PlanConfig], num_pro
         preprocess_dataset(dataset_id, PLANS_NAME, tuple(configs), [num_processes] * len(configs),
                            verbose=False, show_progress_bar=True)
     return plans_file
+
+
+def place_label_types(raw_dataset: Path, preprocessed_dataset: Path) -> Path:
+    """Copy the raw dataset's ``label_types.json`` next to the plans, where the trainer reads it.
+
+    The copy goes through a temporary file renamed into place, so a kill never leaves half a
+    JSON behind.  Returns the copy's path.
+    """
+    dest = Path(preprocessed_dataset) / LABEL_TYPES_FILE
+    write_text((Path(raw_dataset) / LABEL_TYPES_FILE).read_text(), dest)
+    return dest
 
 
 def preprocess(dataset_id: int, configurations: tuple[str, ...], num_processes: int = 2) -> None:

@@ -14,19 +14,24 @@ from pathlib import Path
 
 from flareseg.config import Config, ConfigError, load_config
 from flareseg.io import InputError
-from flareseg.pipeline.registry import STAGES, run_stage
+from flareseg.pipeline.registry import DESCRIPTIONS, STAGES, run_stage
 from flareseg.pipeline.stage import STAGE_NAMES, StageError, StagePaused
 
-HELP = """\
+def _stage_table() -> str:
+    """One wrapped entry per stage: number, name, description (from the registry)."""
+    import textwrap
+    rows = []
+    for n, name in STAGE_NAMES.items():
+        head = f"  {n} {name:<13} "
+        rows.append(textwrap.fill(DESCRIPTIONS[n], width=100, initial_indent=head,
+                                  subsequent_indent=" " * len(head)))
+    return "\n".join(rows)
+
+
+HELP = f"""\
 Run flareseg pipeline stages on a work folder.
 
-  1 fine          import + validate data (or generate phantoms), plan/preprocess fine and coarse
-                  spacing with nnU-Net, train the fine model with the merge-max loss
-  2 pseudolabels  pseudo-label unlabeled scans, rank by uncertainty, fill organs into tumor-only cases
-  3 cto           context-aware tumor-object pool
-  4 cleaning      clean training labels (small regions, tumors outside the abdomen / far from organs)
-  5 coarse        train the coarse model with online context-aware CutMix
-  6 ship          fast predictor on the validation set, evaluation and efficiency report
+{_stage_table()}
 
 Each stage writes work/stage-N-<name>/manifest.json and is skipped when its config sections and
 inputs are unchanged (--force reruns it). A killed stage resumes from its finished steps.

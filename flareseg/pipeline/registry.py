@@ -1,4 +1,7 @@
-"""The stage table: which config sections each stage depends on and which stages it reads."""
+"""The stage table: which config sections each stage depends on, which stages it reads, and what
+each stage does (its one-paragraph description, shown by ``--help`` and as the docstring of the
+per-stage script ``stages/stage_N.py``).  Stage folder names are :data:`STAGE_NAMES` (defined with
+``stage_dir`` in :mod:`flareseg.pipeline.stage`, which this module builds on)."""
 from __future__ import annotations
 
 import importlib
@@ -6,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from flareseg.config import Config
-from flareseg.pipeline.stage import Stage, StageContext
+from flareseg.pipeline.stage import STAGE_NAMES, Stage, StageContext
 
 
 def _lazy(module: str) -> Callable[[StageContext], dict]:
@@ -25,6 +28,29 @@ STAGES: dict[int, Stage] = {
     5: Stage(5, ("seed", "data", "coarse", "train_coarse", "cutmix"), (1, 2, 3, 4), _lazy("stage5_coarse")),
     6: Stage(6, ("inference", "evaluation"), (1, 5), _lazy("stage6_ship")),
 }
+
+#: what each stage does, one paragraph (``--help``, ``stages/stage_N.py`` docstrings)
+DESCRIPTIONS: dict[int, str] = {
+    1: "import and validate the labeled data (or generate phantoms), plan and preprocess the fine and "
+       "coarse spacings with nnU-Net, and train the fine model with the merge-max loss and "
+       "label-type batches.",
+    2: "pseudo-label the unlabeled scans with the fine model, rank them by organ and tumor "
+       "uncertainty, select the most certain ones, and fill organs into the tumor-only cases.",
+    3: "build the context-aware tumor-object (CTO) pool: tumors with their organ context cut from "
+       "the cleaned training labels at the coarse spacing, plus a QC gallery.",
+    4: "clean every label the coarse model will train on (small regions, tumors outside the abdomen "
+       "or far from organs) and write the coarse training set.",
+    5: "train the coarse model on ground truth and the selected, cleaned pseudo labels with online "
+       "context-aware CutMix from the stage-3 pool.",
+    6: "ship the coarse model: predict the validation set the way the FLARE harness runs a "
+       "submission, evaluate DSC/NSD and write the efficiency report.",
+}
+assert set(DESCRIPTIONS) == set(STAGES) == set(STAGE_NAMES)
+
+
+def stage_doc(n: int) -> str:
+    """The one-paragraph description of stage ``n``: ``stage-N (name): what it does``."""
+    return f"stage-{n} ({STAGE_NAMES[n]}): {DESCRIPTIONS[n]}"
 
 
 def run_stage(n: int, cfg: Config, work: Path, force: bool = False) -> dict:

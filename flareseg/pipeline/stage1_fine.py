@@ -8,7 +8,7 @@ from pathlib import Path
 from flareseg.config import Config, to_dict
 from flareseg.data.intake import dataset_folder_name, import_dataset
 from flareseg.data.sources import ImportConfigError
-from flareseg.io import read_json, write_text
+from flareseg.io import read_json
 from flareseg.nnunet.env import NNUNetPaths
 from flareseg.pipeline.stage import StageContext, StageError
 
@@ -36,48 +36,58 @@ def nnunet_paths(stage_dir: Path) -> NNUNetPaths:
     return NNUNetPaths.under(stage_dir)
 
 
+def write_phantom_data(cfg: Config, stage_dir: Path) -> dict:
+    """Data step ``phantoms``: the synthetic cases of ``data.phantoms`` under ``stage_dir/phantoms``."""
+    from flareseg.data.phantoms import write_phantoms
+    ph = stage_dir / "phantoms"
+    return {"cases": len(write_phantoms(ph, cfg.data.phantoms, workers=cfg.data.num_processes).get("cases", {}))}
+
+
+def import_data(cfg: Config, src: dict[str, Path | None], ds_dir: Path) -> dict:
+    """Data step ``import``: validate and import ``src`` (:func:`data_sources`) as nnU-Net dataset
+    ``ds_dir``; StageError when the inputs are unusable or no case is valid."""
+    try:   # import_dataset logs each bad case itself; unusable inputs become one stage error
+        rep = import_dataset(ds_dir, src["images"], src["labels"], src["unlabeled"], src["manifest"],
+                             num_processes=cfg.data.num_processes)
+    except ImportConfigError as e:
+        raise StageError("import refused: " + "; ".join(e.problems)) from None
+    if not rep.good:
+        raise StageError(f"stage-1: no valid case imported from {src['images']}")
+    return {"ok": len(rep.good), "bad": len(rep.bad), "label_type_source": rep.label_type_source}
+
+
+def plan_data(cfg: Config, ds_dir: Path, configurations: tuple[str, ...] = ("fine", "coarse")) -> dict:
+    """Data step ``plan_preprocess``: fingerprint, plans with our ``configurations``, preprocessing,
+    and ``label_types.json`` next to the plans (nnU-Net's folders exported)."""
+    from flareseg.nnunet.planning import place_label_types, plan_and_preprocess
+    wanted = {"fine": cfg.fine, "coarse": cfg.coarse}
+    pf = plan_and_preprocess(cfg.data.dataset_id, {c: wanted[c] for c in configurations},
+                             num_processes=cfg.data.num_processes)
+    place_label_types(ds_dir, pf.parent)
+    plans = read_json(pf)
+    return {"plans": str(pf), "configurations": {
+        c: {k: plans["configurations"][c][k] for k in ("spacing", "patch_size", "batch_size")}
+        for c in configurations}}
+
+
 def run(ctx: StageContext) -> dict:
     cfg = ctx.cfg
     src = data_sources(cfg, ctx.dir)
     if cfg.data.source == "phantoms":
-        from flareseg.data.phantoms import write_phantoms
-        ph = ctx.dir / "phantoms"
-        ctx.step("phantoms", to_dict(cfg.data.phantoms),
-                 lambda: {"cases": len(write_phantoms(ph, cfg.data.phantoms, workers=cfg.data.num_processes).get("cases", {}))},
-                 outputs=[ph / "manifest.csv"])
+        ctx.step("phantoms", to_dict(cfg.data.phantoms), lambda: write_phantom_data(cfg, ctx.dir),
+                 outputs=[ctx.dir / "phantoms" / "manifest.csv"])
 
     paths = nnunet_paths(ctx.dir)
     paths.export()
     ds_dir = paths.raw / dataset_folder_name(cfg.data.dataset_id, cfg.data.dataset_name)
-
-    def do_import() -> dict:
-        try:   # import_dataset logs each bad case itself; unusable inputs become one stage error
-            rep = import_dataset(ds_dir, src["images"], src["labels"], src["unlabeled"], src["manifest"],
-                                 num_processes=cfg.data.num_processes)
-        except ImportConfigError as e:
-            raise StageError("import refused: " + "; ".join(e.problems)) from None
-        if not rep.good:
-            raise StageError(f"stage-1: no valid case imported from {src['images']}")
-        return {"ok": len(rep.good), "bad": len(rep.bad), "label_type_source": rep.label_type_source}
-
     imported = ctx.step("import", {"data": to_dict(cfg.data), "src": {k: str(v) for k, v in src.items()}},
-                        do_import, outputs=[ds_dir / "label_types.json"])
-
-    def do_plan() -> dict:
-        from flareseg.nnunet.planning import plan_and_preprocess
-        pf = plan_and_preprocess(cfg.data.dataset_id, {"fine": cfg.fine, "coarse": cfg.coarse},
-                                 num_processes=cfg.data.num_processes)
-        write_text((ds_dir / "label_types.json").read_text(), pf.parent / "label_types.json")  # atomic copy
-        plans = read_json(pf)
-        return {"plans": str(pf), "configurations": {
-            c: {k: plans["configurations"][c][k] for k in ("spacing", "patch_size", "batch_size")}
-            for c in ("fine", "coarse")}}
+                        lambda: import_data(cfg, src, ds_dir), outputs=[ds_dir / "label_types.json"])
 
     pre_dir = paths.preprocessed / ds_dir.name
     planned = ctx.step("plan_preprocess",
                        {"fine": to_dict(cfg.fine), "coarse": to_dict(cfg.coarse), "import": imported,
                         "types": read_json(ds_dir / "label_types.json")},
-                       do_plan, outputs=[pre_dir / "nnUNetPlans.json"])
+                       lambda: plan_data(cfg, ds_dir), outputs=[pre_dir / "nnUNetPlans.json"])
 
     def do_train() -> dict:
         from flareseg.nnunet.training import train

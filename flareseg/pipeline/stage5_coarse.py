@@ -52,7 +52,7 @@ def run(ctx: StageContext) -> dict:
     pre = paths.preprocessed / ds_name
 
     def prepare() -> dict:
-        from flareseg.nnunet.planning import preprocess
+        from flareseg.nnunet.planning import place_label_types, preprocess
         types = build_dataset(training_set, ds_dir)
         plans = read_json(Path(s1["preprocessed"]) / "nnUNetPlans.json")
         plans["dataset_name"] = ds_name
@@ -60,9 +60,9 @@ def run(ctx: StageContext) -> dict:
         write_json(plans, pre / "nnUNetPlans.json")
         # stage-1's fingerprint: same intensity statistics as the plans (and the CTO pool);
         # copied atomically (temporary file renamed), so a kill never leaves half a JSON behind
-        for src in (ds_dir / "dataset.json", Path(s1["preprocessed"]) / "dataset_fingerprint.json",
-                    ds_dir / "label_types.json"):
+        for src in (ds_dir / "dataset.json", Path(s1["preprocessed"]) / "dataset_fingerprint.json"):
             write_text(src.read_text(), pre / src.name)
+        place_label_types(ds_dir, pre)
         preprocess(ds_id, ("coarse",), cfg.data.num_processes)
         return {"cases": len(types)}
 

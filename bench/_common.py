@@ -1,0 +1,74 @@
+"""What every benchmark shares: nnU-Net process settings, interleaved timing and the machine line.
+
+Benchmarks run from the repository root as ``python -m bench.NAME`` (the root is then on
+``sys.path``, so ``flareseg`` and ``bench._common`` import without path edits).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Mapping
+
+
+def nnunet_process(device: str = "cpu", workers: int | None = None, threads: int | None = None,
+                   def_n_proc: int | None = None) -> None:
+    """nnU-Net's process settings for an in-process benchmark, set before nnU-Net reads them.
+
+    ``device`` "cpu": ``nnUNet_compile=f`` (compiling on the CPU costs minutes that a benchmark
+    cannot amortise; on a GPU nnU-Net's default stays).  ``workers``: ``nnUNet_n_proc_DA`` (0 =
+    data loading in this process).  ``threads``: torch's CPU thread count.  ``def_n_proc``:
+    ``nnUNet_def_n_proc`` unless the caller's environment sets it (stock's logits export sets
+    torch's thread count to it; pass ours to compare like with like).  None leaves a setting as is.
+    """
+    if str(device).split(":")[0] == "cpu":
+        os.environ["nnUNet_compile"] = "f"
+    if workers is not None:
+        os.environ["nnUNet_n_proc_DA"] = str(workers)
+    if def_n_proc is not None:
+        os.environ.setdefault("nnUNet_def_n_proc", str(def_n_proc))
+    if threads is not None:
+        import torch
+        torch.set_num_threads(threads)
+
+
+def interleaved(fns: Mapping[str, Callable[[], object]], repeats: int,
+                reduce: Callable[[list[float]], float] | None = statistics.median,
+                rotate: bool = False, self_timed: bool = False
+                ) -> dict[str, float] | dict[str, list[float]]:
+    """Time each of ``fns`` ``repeats`` times, alternating between them (A B A B ..., so a change of
+    machine load hits every contender alike; ``rotate``: the order shifts by one each round, so
+    none always runs first).  ``self_timed``: each function returns its own seconds (when it must
+    leave set-up or a device sync out of the clock).  Seconds per name, reduced by ``reduce``
+    (median by default; None returns every time, in round order, for paired ratios)."""
+    names = list(fns)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)] if rotate else names
+        for name in order:
+            t0 = time.perf_counter()
+            got = fns[name]()
+            times[name].append(float(got) if self_timed else time.perf_counter() - t0)  # type: ignore[arg-type]
+    return times if reduce is None else {k: reduce(v) for k, v in times.items()}
+
+
+def machine_line(device: str | None = None) -> str:
+    """One line saying where a benchmark ran: CPU, cores, load, device, Python/numpy/torch versions
+    and the thread settings that change timings."""
+    import numpy as np
+    parts = [f"{platform.processor() or platform.machine()}", f"{os.cpu_count()} CPU cores",
+             f"load {os.getloadavg()[0]:.1f}"]
+    torch = sys.modules.get("torch")       # only when the benchmark uses it (no import cost otherwise)
+    if device:
+        gpu = None
+        if str(device).startswith("cuda") and torch is not None and torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(torch.device(device))
+        parts.append(f"device {device}" + (f" ({gpu})" if gpu else ""))
+    parts += [f"python {platform.python_version()}", f"numpy {np.__version__}"]
+    if torch is not None:
+        parts.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    parts += [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "nnUNet_n_proc_DA", "nnUNet_def_n_proc")
+              if k in os.environ]
+    return "machine: " + ", ".join(parts)
