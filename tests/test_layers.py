@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1] / "flareseg"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ground", ("flareseg.errors", "flareseg.labels", "flareseg.config", "flareseg.versions",
                 "flareseg.devices")),
-    ("files and anatomy", ("flareseg.dicom", "flareseg.file_check", "flareseg.io", "flareseg.anatomy")),
+    ("files and anatomy", ("flareseg.dicom", "flareseg.file_check", "flareseg.io", "flareseg.anatomy",
+                           "flareseg.overlay")),
     # one package per paper idea, pure functions over arrays and files
     ("ideas", ("flareseg.data", "flareseg.cleaning", "flareseg.cto", "flareseg.losses", "flareseg.sampling",
                "flareseg.evaluation")),

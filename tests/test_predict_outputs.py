@@ -13,7 +13,8 @@ import SimpleITK as sitk
 from flareseg.cli import main, set_log_levels
 from flareseg.config import ConfigError
 from flareseg.inference.commands import roi_names
-from flareseg.inference.preview import colour_of, overlay_rgb, window, write_preview
+from flareseg.inference.preview import write_preview
+from flareseg.overlay import colour_of, overlay_rgb, window
 from flareseg.inference.statistics import label_statistics
 from flareseg.labels import CLASS_NAMES
 from flareseg.nnunet.model_folder import tiny_plans, write_model_folder

@@ -8,41 +8,10 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from flareseg.io import atomic_path
+from flareseg.overlay import ALPHA, WINDOW_HU, add_legend, classes_in, overlay_rgb
 
-#: RGB in [0, 1] per FLARE23 class index (background has none); other indices cycle through it
-CLASS_COLOURS: dict[int, tuple[float, float, float]] = {
-    1: (0.90, 0.10, 0.10), 2: (0.10, 0.60, 0.95), 3: (0.20, 0.80, 0.20), 4: (0.75, 0.75, 0.00),
-    5: (0.95, 0.20, 0.80), 6: (0.40, 0.20, 0.90), 7: (1.00, 0.55, 0.00), 8: (0.00, 0.85, 0.85),
-    9: (0.55, 0.85, 0.30), 10: (0.70, 0.45, 0.20), 11: (0.95, 0.60, 0.70), 12: (0.50, 0.50, 1.00),
-    13: (0.00, 0.45, 0.30), 14: (1.00, 1.00, 0.00),
-}
-ALPHA = 0.5                      # overlay opacity
-WINDOW_HU = (40.0, 400.0)        # level, width (soft tissue)
 AXIAL_SLICES = 3
 PANEL_INCHES, DPI = 3.0, 100     # each panel 300 x 300 pixels
-
-
-def colour_of(label: int) -> tuple[float, float, float]:
-    """The overlay colour of class ``label`` (> 0)."""
-    return CLASS_COLOURS.get(label) or CLASS_COLOURS[(label - 1) % len(CLASS_COLOURS) + 1]
-
-
-def window(ct: np.ndarray, level: float = WINDOW_HU[0], width: float = WINDOW_HU[1]) -> np.ndarray:
-    """HU -> grey in [0, 1] for the window ``level``/``width`` (W400/L40 by default)."""
-    return np.clip((np.asarray(ct, dtype=np.float64) - (level - width / 2)) / width, 0.0, 1.0)
-
-
-def overlay_rgb(ct: np.ndarray, labels: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
-    """``(H, W, 3)`` RGB in [0, 1] of a 2-D CT slice (HU) with the label slice blended in:
-    ``alpha * colour + (1 - alpha) * grey`` where a class is, the windowed grey elsewhere."""
-    grey = window(ct)
-    rgb = np.repeat(grey[..., None], 3, axis=-1)
-    for lab in np.unique(labels):
-        if lab == 0:
-            continue
-        m = labels == lab
-        rgb[m] = alpha * np.asarray(colour_of(int(lab))) + (1 - alpha) * rgb[m]
-    return rgb
 
 
 def preview_slices(labels: np.ndarray, n_axial: int = AXIAL_SLICES) -> tuple[list[int], int]:
@@ -66,22 +35,20 @@ def write_preview(ct: np.ndarray, labels: np.ndarray, spacing_zyx: Sequence[floa
     a legend naming every class present (``names``: index -> class name).  The figure is
     ``(AXIAL_SLICES + 1) * 300`` x 300 pixels plus a legend row."""
     from matplotlib.figure import Figure   # no pyplot: Agg renders it, the user's backend is untouched
-    from matplotlib.patches import Patch
 
     zs, y = preview_slices(labels)
     panels = [(f"axial z={z}", ct[z], labels[z], spacing_zyx[1] / spacing_zyx[2]) for z in zs]
     panels.append((f"coronal y={y}", ct[::-1, y], labels[::-1, y], spacing_zyx[0] / spacing_zyx[2]))
     fig = Figure(figsize=(PANEL_INCHES * (AXIAL_SLICES + 1), PANEL_INCHES + 1.0), dpi=DPI)
-    present = [int(c) for c in np.unique(labels) if c != 0]
     for i, (label, img, lab, aspect) in enumerate(panels):
         ax = fig.add_axes((i / (AXIAL_SLICES + 1), 1.0 / (PANEL_INCHES + 1.0), 1 / (AXIAL_SLICES + 1),
                            PANEL_INCHES / (PANEL_INCHES + 1.0) - 0.14))
         ax.imshow(overlay_rgb(img, lab), interpolation="nearest", aspect=aspect)
         ax.set_title(label, fontsize=8)
         ax.set_axis_off()
-    handles = [Patch(facecolor=colour_of(c), edgecolor="black", label=names.get(c, str(c))) for c in present]
-    if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=7, frameon=False)
+    present = classes_in(labels)
+    if present:
+        add_legend(fig, present, names)
     else:
         fig.text(0.5, 0.4 / (PANEL_INCHES + 1.0), "no foreground class predicted", ha="center", fontsize=8)
     fig.suptitle(f"{title}  (CT W{WINDOW_HU[1]:g}/L{WINDOW_HU[0]:g}, overlay alpha {ALPHA})", fontsize=9)
