@@ -108,12 +108,13 @@ def test_roi_names_validated_in_class_order():
         roi_names(["liver", "livr"], False)
 
 
-def test_predict_preview_per_class_statistics(tmp_path, model_dir, capsys):
+def test_predict_preview_per_class_statistics(tmp_path, model_dir, capsys, caplog):
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     img = _ct(inp / "a_0000.nii.gz")
-    rc = main(["predict", "-i", str(inp), "-o", str(out), "-m", str(model_dir), "--device", "cpu",
-               "--preview", "--statistics", "--roi-subset", "stomach", "esophagus", "-q"])
+    with caplog.at_level(logging.DEBUG):
+        rc = main(["predict", "-i", str(inp), "-o", str(out), "-m", str(model_dir), "--device", "cpu",
+                   "--preview", "--statistics", "--roi-subset", "stomach", "esophagus", "-q"])
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["a", "a.nii.gz", "a_preview.png", "predict_report.json",
                                                      "statistics.json"]
@@ -131,8 +132,10 @@ def test_predict_preview_per_class_statistics(tmp_path, model_dir, capsys):
         if (lab == idx).any():
             assert stats["hu"][name]["mean"] == round(float(ct[lab == idx].mean()), 2)
     assert stats["tumor"]["components"] == len(stats["tumor"]["component_list"])
-    # stdout: the one result line, no third-party noise
+    # stdout: the one result line, no third-party noise; no other package's INFO record without -v
     assert capsys.readouterr().out.splitlines() == [f"1/1 cases written to {out}"]
+    noise = [r for r in caplog.records if not r.name.startswith("flareseg") and r.levelno < logging.WARNING]
+    assert noise == []
 
 
 def test_api_predict_per_class(tmp_path, model_dir):

@@ -316,12 +316,14 @@ def window_progress(case: str, show: bool):
     return progress, bar.close
 
 
-def write_per_class(labels: sitk.Image, masks: dict[str, Path]) -> None:
-    """One uint8 0/1 mask per class name in ``masks`` (class -> path), on the label map's grid."""
+def write_per_class(labels: sitk.Image, masks: dict[str, Path], index: dict[str, int] | None = None) -> None:
+    """One uint8 0/1 mask per class name in ``masks`` (class -> path), on the label map's grid;
+    ``index``: class name -> label value (the model's labels; FLARE23's for names it lacks)."""
     from flareseg.labels import NAME_TO_INDEX
+    index = {**NAME_TO_INDEX, **(index or {})}
     arr = sitk.GetArrayViewFromImage(labels)
     for name, dest in masks.items():
-        img = sitk.GetImageFromArray((arr == NAME_TO_INDEX[name]).astype(np.uint8))
+        img = sitk.GetImageFromArray((arr == index[name]).astype(np.uint8))
         img.CopyInformation(labels)
         dest.parent.mkdir(parents=True, exist_ok=True)
         write_image(img, dest)
@@ -365,7 +367,7 @@ def predict_cases(predictor, cases: Sequence[tuple[str, Path]], plan: OutputPlan
                 from flareseg.inference.preview import write_preview
                 write_preview(ct, arr, spacing, names, plan.previews[case], title=case)
             if plan.per_class:
-                write_per_class(res.labels, plan.per_class[case])
+                write_per_class(res.labels, plan.per_class[case], predictor.model.labels)
             entry.update(status="ok", seconds=round(time.perf_counter() - t, 4),
                          steps=res.stats["seconds"], windows=res.stats["windows"],
                          reoriented=res.stats["reoriented"])
