@@ -177,3 +177,19 @@ def test_third_party_info_only_with_verbose(caplog):
         assert logging.getLogger("numexpr").level == logging.NOTSET   # the root level decides again
     finally:
         set_log_levels(False)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_real_numexpr_line_only_with_verbose(verbose):
+    """NumExpr logs "NumExpr defaulting to N threads." at import when no thread variable is set."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("numexpr")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMEXPR_NUM_THREADS", "OMP_NUM_THREADS", "NUMEXPR_MAX_THREADS")}
+    code = f"from flareseg.cli import set_log_levels; set_log_levels({verbose}); import numexpr"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""
+    assert ("NumExpr defaulting to" in r.stderr) is verbose
