@@ -75,6 +75,26 @@ def test_preview_png_shows_each_present_class(tmp_path):
     assert grey > 2000                                                   # the CT where no label is
 
 
+def test_preview_radiological_orientation():
+    from flareseg.inference.preview import display_flips
+    assert display_flips(None) == (True, False, False)                          # LPS identity
+    assert display_flips((-1, 0, 0, 0, -1, 0, 0, 0, 1)) == (True, True, True)   # RAS-stored NIfTI
+    assert display_flips((1, 0, 0, 0, 1, 0, 0, 0, -1)) == (False, False, False)  # slices stored top-down
+
+
+def test_preview_puts_the_patients_right_on_the_left(tmp_path):
+    import matplotlib.image
+    ct = np.full((8, 30, 30), 40, dtype=np.int16)
+    lab = np.zeros(ct.shape, dtype=np.uint8)
+    lab[2:6, 10:20, 0:10] = 1      # low x index: the patient's right in LPS (image left), left with x = -1
+    for direction, left in (((1, 0, 0, 0, 1, 0, 0, 0, 1), True), ((-1, 0, 0, 0, -1, 0, 0, 0, 1), False)):
+        write_preview(ct, lab, (1.0, 1.0, 1.0), CLASS_NAMES, tmp_path / "p.png", direction=direction)
+        px = matplotlib.image.imread(str(tmp_path / "p.png"))[..., :3]
+        hit = np.abs(px - (0.5 * np.asarray(colour_of(1)) + 0.25)).max(-1) < 2.5 / 255
+        cols = np.nonzero(hit[:, :300].any(0))[0]                  # the first axial panel
+        assert cols.size and bool(cols.mean() < 150) == left
+
+
 # ------------------------------------------------------------------ statistics
 def test_hu_statistics_per_class_and_tumor_component_exact():
     lab = np.zeros((6, 10, 10), dtype=np.uint8)

@@ -365,7 +365,8 @@ def predict_cases(predictor, cases: Sequence[tuple[str, Path]], plan: OutputPlan
                 stats[case] = label_statistics(arr, spacing, names, tumor, image=ct)
             if plan.previews:
                 from flareseg.inference.preview import write_preview
-                write_preview(ct, arr, spacing, names, plan.previews[case], title=case)
+                write_preview(ct, arr, spacing, names, plan.previews[case], title=case,
+                              direction=res.labels.GetDirection())
             if plan.per_class:
                 write_per_class(res.labels, plan.per_class[case], predictor.model.labels)
             entry.update(status="ok", seconds=round(time.perf_counter() - t, 4),
