@@ -54,6 +54,7 @@ def _settings(section: str, config: PathLike | None, settings: dict[str, Any]):
 def predict(input: PathLike, model: PathLike, output: PathLike | None = None, *,
             config: PathLike | None = None, folds: Sequence[int | str] | None = None,
             save_probabilities: bool = False, statistics: bool = False, report: PathLike | None = None,
+            preview: bool = False, per_class: bool = False, roi_subset: Sequence[str] | None = None,
             trust_model: bool = False, quiet: bool = True, **settings: Any):
     """Label maps of ``input`` (a CT file, a DICOM series folder, or a folder of either) with the
     model folder ``model``, as ``flareseg predict`` computes them.
@@ -66,22 +67,29 @@ def predict(input: PathLike, model: PathLike, output: PathLike | None = None, *,
     the input's grid), a folder ``{case: image}``.  With ``output`` the files are those of
     ``flareseg predict -o output`` (label maps, run report, optional .npz and statistics.json):
     one input gives the label map's path, a folder ``{case: path}``; when some cases fail the
-    others are still written and :class:`CasesFailed` is raised at the end.
+    others are still written and :class:`CasesFailed` is raised at the end.  ``preview``,
+    ``per_class`` and ``roi_subset`` (class names; implies ``per_class``; an unknown name raises
+    :class:`flareseg.config.ConfigError` listing the valid ones) are ``--preview``,
+    ``--per-class`` and ``--roi-subset`` and need ``output``.
     """
     from flareseg.config import inference_config
-    from flareseg.inference.commands import check_predict, collect_inputs, make_output_folder, predict_cases
+    from flareseg.inference.commands import (check_predict, collect_inputs, make_output_folder, predict_cases,
+                                             roi_names)
     from flareseg.nnunet.folder_check import check_model_folder
 
     cfg = inference_config(_settings("inference", config, {}), "flareseg.predict keyword arguments",
                            **settings)
     single = Path(input).is_file() or _is_dicom(input)
+    classes = roi_names(roi_subset, per_class)
     if output is None:
-        if save_probabilities or statistics or report is not None:
-            raise ValueError("save_probabilities, statistics and report need an output folder")
+        if save_probabilities or statistics or report is not None or preview or classes is not None:
+            raise ValueError("save_probabilities, statistics, report, preview, per_class and roi_subset "
+                             "need an output folder")
         cases = collect_inputs(Path(input))
         check_model_folder(model, folds)
     else:
-        cases, plan = check_predict(input, output, model, folds, save_probabilities, statistics, report)
+        cases, plan = check_predict(input, output, model, folds, save_probabilities, statistics, report,
+                                    preview, classes)
 
     from flareseg.inference.predictor import FastPredictor
     if cfg.device == "cuda":

@@ -32,7 +32,8 @@ explains each command's inputs and outputs.
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flareseg", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging, and other packages' INFO lines (nnU-Net, NumExpr, ...)")
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND")
     for mod in COMMAND_MODULES:
@@ -45,14 +46,28 @@ def _version() -> str:
     return f"flareseg {__version__}"
 
 
+#: loggers of other packages that log routine INFO lines (NumExpr's "defaulting to N threads",
+#: nnU-Net, matplotlib font scans): shown only with -v
+THIRD_PARTY_LOGGERS = ("numexpr", "nnunetv2", "matplotlib", "PIL", "batchgenerators", "torch", "h5py",
+                       "urllib3", "acvl_utils", "dynamic_network_architectures")
+
+
+def set_log_levels(verbose: bool) -> None:
+    """Our messages at INFO (DEBUG with -v); other packages' only from WARNING unless ``verbose``.
+    Every record goes to stderr (stdout holds only a command's result lines)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     # OpenMP threads that spin while waiting collapse throughput when two torch processes share
     # the cores (epochs 10x slower); passive waiting costs nothing measurable on a quiet machine
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    set_log_levels(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ground", ("flareseg.errors", "flareseg.labels", "flareseg.config", "flareseg.versions",
                 "flareseg.devices")),
     ("files and anatomy", ("flareseg.dicom", "flareseg.file_check", "flareseg.image_check", "flareseg.io",
-                           "flareseg.cases", "flareseg.anatomy")),
+                           "flareseg.cases", "flareseg.anatomy", "flareseg.overlay")),
     # one package per paper idea, pure functions over arrays and files
     ("ideas", ("flareseg.data", "flareseg.cleaning", "flareseg.cto", "flareseg.losses", "flareseg.sampling",
                "flareseg.evaluation")),

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from flareseg.io import atomic_path
-from flareseg.labels import MAX_LABEL, TUMOR
+from flareseg.labels import TUMOR
+from flareseg.overlay import add_legend, classes_in, overlay_rgb
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,15 @@ def _save_grid(tiles: Sequence[Tile], dest: os.PathLike | str, columns: int, ove
     n = max(1, len(tiles))
     cols = max(1, min(columns, n))
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(tile_inches * cols, tile_inches * rows + 0.3))
+    fig = Figure(figsize=(tile_inches * cols, tile_inches * rows + 1.0))   # + title and legend rows
     FigureCanvasAgg(fig)            # Agg canvas, no pyplot global state
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    if not tiles:
-        axes[0, 0].text(0.5, 0.5, "nothing to show", ha="center", va="center")
+    shown: set[int] = set()
+    if not tiles:   # an empty panel says why
+        axes[0, 0].text(0.5, 0.5, "no objects: the pool or sample list is empty", ha="center", va="center",
+                        fontsize=8)
     for ax, (title, image, label) in zip(axes.ravel(), tiles):
         image, label = _squeeze(image), _squeeze(label)
         z = tumor_slice(label)
@@ -59,13 +62,17 @@ def _save_grid(tiles: Sequence[Tile], dest: os.PathLike | str, columns: int, ove
         lo, hi = np.percentile(sl_img, [1, 99]) if sl_img.size else (0.0, 1.0)
         ax.imshow(sl_img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
         if overlay:
-            organs = np.ma.masked_where((sl_lab <= 0) | (sl_lab == TUMOR), sl_lab)
-            ax.imshow(organs, cmap="tab20", vmin=0, vmax=MAX_LABEL + 5, alpha=0.4,
+            organs = np.where(sl_lab == TUMOR, 0, np.clip(sl_lab, 0, None))
+            ax.imshow(overlay_rgb(sl_img, organs, level=(lo + hi) / 2, width=max(hi - lo, 1.0)),
                       interpolation="nearest")
+            shown.update(classes_in(organs))
         if (sl_lab == TUMOR).any():
             ax.contour((sl_lab == TUMOR).astype(np.uint8), levels=[0.5], colors="red", linewidths=0.8)
         ax.set_title(f"{title}\nz={z}", fontsize=7)
-    fig.tight_layout()
+    # the legend names every class shown; tumor is the red contour
+    from matplotlib.lines import Line2D
+    add_legend(fig, sorted(shown), extra=[Line2D([], [], color="red", lw=1, label="tumor (contour)")])
+    fig.tight_layout(rect=(0, 0.7 / (tile_inches * rows + 1.0), 1, 1))
     dest = Path(dest)
     with atomic_path(dest) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

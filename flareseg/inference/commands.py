@@ -5,9 +5,10 @@ import argparse
 import contextlib
 import logging
 import os
+import sys
 import time
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from flareseg.cases import list_cases
 from flareseg.config import IMAGE_RESAMPLING, ConfigError, InferenceConfig, inference_config, load_config, to_dict
-from flareseg.io import InputError, image_suffix, remove_stale_temps, write_image, write_json
+from flareseg.io import InputError, image_suffix, read_image, remove_stale_temps, write_image, write_json
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,11 @@ inputs:  a CT file (.nii.gz/.nii/.mha/.nrrd), a DICOM series folder, or a folder
          (nnU-Net channel files case_0000.nii.gz count as case; other channels are ignored).
 outputs: OUT/<case>.nii.gz label maps on exactly the input grid (DICOM folder -> <folder>.nii.gz),
          OUT/predict_report.json (versions, device, seconds and skipped windows per case),
-         with --statistics OUT/statistics.json (class volumes in mL, tumor burden per case),
-         with --save-probabilities OUT/<case>.npz (softmax, key "probabilities", (K, Z, Y, X)).
+         with --statistics OUT/statistics.json (class volumes in mL, HU per class and per tumor
+         component, tumor burden per case),
+         with --save-probabilities OUT/<case>.npz (softmax, key "probabilities", (K, Z, Y, X)),
+         with --preview OUT/<case>_preview.png (CT slices with the label overlay and legend),
+         with --per-class / --roi-subset OUT/<case>/<class_name>.nii.gz (one 0/1 mask per class).
          A single input file with -o ending in .nii.gz writes exactly that file.
 A case that fails is reported and skipped; the exit code is 1 if any case failed.
 
@@ -72,24 +76,47 @@ class OutputPlan:
     probabilities: dict[str, Path]   # case -> softmax .npz (with --save-probabilities)
     report: Path
     statistics: Path | None          # with --statistics
+    previews: dict[str, Path] = field(default_factory=dict)               # case -> PNG (--preview)
+    per_class: dict[str, dict[str, Path]] = field(default_factory=dict)   # case -> class -> mask
 
     @property
     def files(self) -> list[Path]:
         return [*self.labels.values(), *self.probabilities.values(), self.report,
-                *([self.statistics] if self.statistics else [])]
+                *([self.statistics] if self.statistics else []), *self.previews.values(),
+                *(p for masks in self.per_class.values() for p in masks.values())]
 
 
 def planned_outputs(cases: Sequence[tuple[str, Path]], input_path: str | os.PathLike, output: str | os.PathLike,
                     save_probabilities: bool = False, statistics: bool = False,
-                    report: str | os.PathLike | None = None) -> OutputPlan:
+                    report: str | os.PathLike | None = None, preview: bool = False,
+                    per_class: Sequence[str] | None = None) -> OutputPlan:
     """The outputs of ``flareseg predict`` for ``cases`` (from :func:`collect_inputs`): one input
-    file with an image-suffixed ``output`` writes exactly that file, otherwise ``output`` is a folder."""
+    file with an image-suffixed ``output`` writes exactly that file, otherwise ``output`` is a folder.
+    ``preview``: ``<case>_preview.png`` next to each label map; ``per_class``: the class names
+    written as ``<folder>/<case>/<class>.nii.gz`` (None: no per-class masks)."""
     single_file = len(cases) == 1 and Path(input_path).is_file() and bool(image_suffix(output))
     folder = Path(output).parent if single_file else Path(output)
     labels = {c: Path(output) if single_file else folder / f"{c}.nii.gz" for c, _ in cases}
     probs = {c: folder / f"{c}.npz" for c, _ in cases} if save_probabilities else {}
+    previews = {c: labels[c].parent / f"{c}_preview.png" for c, _ in cases} if preview else {}
+    masks = {c: {n: folder / c / f"{n}.nii.gz" for n in per_class} for c, _ in cases} \
+        if per_class is not None else {}
     return OutputPlan(folder, labels, probs, Path(report) if report else folder / "predict_report.json",
-                      folder / "statistics.json" if statistics else None)
+                      folder / "statistics.json" if statistics else None, previews, masks)
+
+
+def roi_names(roi_subset: Sequence[str] | None, per_class: bool) -> list[str] | None:
+    """The class names written one mask per class: ``roi_subset`` (validated, in FLARE23 order)
+    or every foreground class with ``per_class``; None when neither is asked for.  Raises
+    :class:`flareseg.config.ConfigError` naming an unknown class and listing the valid names."""
+    from flareseg.labels import CLASS_NAMES, FOREGROUND
+    valid = [CLASS_NAMES[i] for i in FOREGROUND]
+    if roi_subset is None or len(roi_subset) == 0:
+        return valid if per_class else None
+    unknown = [n for n in roi_subset if n not in valid]
+    if unknown:
+        raise ConfigError(f"--roi-subset {unknown[0]}: not a class name (valid: {', '.join(valid)})")
+    return [n for n in valid if n in set(roi_subset)]
 
 
 def _resolved(p: Path) -> Path | None:
@@ -156,6 +183,13 @@ def check_outputs(plan: OutputPlan, inputs: Sequence[Path]) -> str | None:
         o, i = clobbered[0]
         flag = "--report" if o == plan.report else "-o"
         return f"output {o} would overwrite the input {i} (same file); use another {flag}"
+    # per-class masks go into <folder>/<case>/: that folder must not be an input (a DICOM series
+    # folder when -o is its parent)
+    folders = [i for i in inputs if i.is_dir()]
+    for f in plan.files:
+        inside = overlapping_paths(folders, [f.parent]) if f.parent != plan.folder else []
+        if inside:
+            return f"output {f} would be written into the input folder {inside[0][1]}; use another -o"
     seen: dict[Path, Path] = {}
     for f in plan.files:
         r = _resolved(f) or f
@@ -209,7 +243,8 @@ class UnsafeOutput(ValueError):
 
 def check_predict(input_path: str | os.PathLike, output: str | os.PathLike, model: str | os.PathLike,
                   folds: Sequence[int | str] | None = None, save_probabilities: bool = False,
-                  statistics: bool = False, report: str | os.PathLike | None = None
+                  statistics: bool = False, report: str | os.PathLike | None = None,
+                  preview: bool = False, per_class: Sequence[str] | None = None
                   ) -> tuple[list[tuple[str, Path]], OutputPlan]:
     """Every refusal of a predict run, before a folder is created or the model is loaded (the CLI
     and :func:`flareseg.predict` both call it): the cases and the :class:`OutputPlan`.  Raises
@@ -218,7 +253,7 @@ def check_predict(input_path: str | os.PathLike, output: str | os.PathLike, mode
     from flareseg.nnunet.folder_check import check_model_folder
 
     cases = collect_inputs(Path(input_path))
-    plan = planned_outputs(cases, input_path, output, save_probabilities, statistics, report)
+    plan = planned_outputs(cases, input_path, output, save_probabilities, statistics, report, preview, per_class)
     problem = check_outputs(plan, _input_paths(Path(input_path), cases, Path(model)))
     if problem:
         raise UnsafeOutput(problem)
@@ -243,30 +278,71 @@ def remove_created(created: Sequence[Path]) -> None:
             d.rmdir()
 
 
+def window_progress(case: str, show: bool):
+    """``(progress(done, total), close())`` for one case's sliding windows: a tqdm bar of windows
+    done / total when ``show`` (a TTY and not -q), nothing otherwise."""
+    bar = tqdm(total=0, desc=case, unit="window", leave=False, disable=not show)
+
+    def progress(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+    return progress, bar.close
+
+
+def write_per_class(labels: sitk.Image, masks: dict[str, Path], index: dict[str, int] | None = None) -> None:
+    """One uint8 0/1 mask per class name in ``masks`` (class -> path), on the label map's grid;
+    ``index``: class name -> label value (the model's labels; FLARE23's for names it lacks)."""
+    from flareseg.labels import NAME_TO_INDEX
+    index = {**NAME_TO_INDEX, **(index or {})}
+    arr = sitk.GetArrayViewFromImage(labels)
+    for name, dest in masks.items():
+        img = sitk.GetImageFromArray((arr == index[name]).astype(np.uint8))
+        img.CopyInformation(labels)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write_image(img, dest)
+
+
 def predict_cases(predictor, cases: Sequence[tuple[str, Path]], plan: OutputPlan, *,
                   save_probabilities: bool = False, statistics: bool = False, quiet: bool = False,
                   config: str | os.PathLike | None = None, load_seconds: float = 0.0) -> dict:
     """Predict ``cases`` into ``plan``: one failing case is logged and reported, the others still
-    run; writes the run report (and statistics.json) and returns the report dict."""
+    run; writes the run report (and statistics.json, previews, per-class masks as ``plan`` lists
+    them) and returns the report dict.  Progress bars (cases, windows within a case) show only
+    when stderr is a terminal and not ``quiet``."""
     from flareseg.inference.statistics import label_statistics
 
     t0 = time.perf_counter()
     names = {i: n for n, i in predictor.model.labels.items()}
     tumor = predictor.model.labels.get("tumor")
+    show = not quiet and sys.stderr.isatty()
     report_cases, stats, failed = [], {}, 0
-    for case, path in tqdm(cases, desc="predict", unit="case", disable=quiet):
+    for case, path in tqdm(cases, desc="predict", unit="case", disable=not show):
         dest = plan.labels[case]
         entry = {"case": case, "input": str(path), "output": str(dest)}
+        progress, close = window_progress(case, show)
         try:
             t = time.perf_counter()
-            res = predictor.run(path, save_probabilities=save_probabilities)
+            try:
+                res = predictor.run(path, save_probabilities=save_probabilities, progress=progress)
+            finally:
+                close()
             write_image(res.labels, dest)
             if save_probabilities:
                 _write_npz(res.probabilities, plan.probabilities[case])
-            if statistics:
+            if statistics or plan.previews:
                 arr = sitk.GetArrayViewFromImage(res.labels)
                 spacing = tuple(reversed(res.labels.GetSpacing()))
-                stats[case] = label_statistics(arr, spacing, names, tumor)
+                image = read_image(path)          # the CT, for HU and the preview (kept: the view needs it)
+                ct = sitk.GetArrayViewFromImage(image)
+            if statistics:
+                stats[case] = label_statistics(arr, spacing, names, tumor, image=ct)
+            if plan.previews:
+                from flareseg.inference.preview import write_preview
+                write_preview(ct, arr, spacing, names, plan.previews[case], title=case,
+                              direction=res.labels.GetDirection())
+            if plan.per_class:
+                write_per_class(res.labels, plan.per_class[case], predictor.model.labels)
             entry.update(status="ok", seconds=round(time.perf_counter() - t, 4),
                          steps=res.stats["seconds"], windows=res.stats["windows"],
                          reoriented=res.stats["reoriented"])
@@ -298,9 +374,10 @@ def run_predict(args: argparse.Namespace) -> int:
         return 2
     folds = [f.strip() for f in args.fold.split(",")] if args.fold else None
     try:   # every refusal happens here, before a folder is created or the model is loaded
+        per_class = roi_names(args.roi_subset, args.per_class)
         cases, plan = check_predict(args.input, args.output, args.model, folds, args.save_probabilities,
-                                    args.statistics, args.report)
-    except (InputError, UnsafeOutput) as e:
+                                    args.statistics, args.report, args.preview, per_class)
+    except (InputError, UnsafeOutput, ConfigError) as e:
         log.error("%s", e)
         return 2
     import torch
@@ -417,10 +494,22 @@ def register(subparsers) -> None:
                         "permuted into axial layout for prediction and the labels permuted back (output "
                         "geometry is the input's either way; flips and obliquity are never changed)")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz softmax maps")
-    p.add_argument("--statistics", action="store_true", help="write class volumes and tumor burden (statistics.json)")
+    p.add_argument("--statistics", action="store_true",
+                   help="write class volumes, HU statistics per class and per tumor component, tumor burden "
+                        "(statistics.json; schema in docs/statistics.md)")
+    p.add_argument("--preview", action="store_true",
+                   help="also write <case>_preview.png next to each label map: axial and coronal CT slices "
+                        "(W400/L40) with the label overlay and a legend of the class names")
+    p.add_argument("--per-class", action="store_true",
+                   help="also write one 0/1 mask per class, OUT/<case>/<class_name>.nii.gz, on the input grid")
+    p.add_argument("--roi-subset", nargs="+", default=None, metavar="NAME",
+                   help="the classes written as per-class masks (implies --per-class), e.g. liver tumor; "
+                        "names as in flareseg.labels.CLASS_NAMES")
     p.add_argument("--report", default=None, help="run report path (default OUT/predict_report.json)")
     p.add_argument("--trust-model", action="store_true",
                    help="load checkpoints that need more than tensors and numpy numbers (plain unpickling: "
                         "code in the model folder can run; only for folders from a source you trust)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars (they show only when stderr is a terminal: cases, and windows "
+                        "done/total within a case)")
     p.set_defaults(func=run_predict)

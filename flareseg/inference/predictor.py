@@ -202,7 +202,8 @@ class FastPredictor:
     @torch.inference_mode()
     def run(self, image: str | os.PathLike | sitk.Image, save_probabilities: bool = False,
             prob_hook: Callable[[torch.Tensor], Any] | None = None,
-            slab_hook: Callable[[Iterator[torch.Tensor]], Any] | None = None) -> Prediction:
+            slab_hook: Callable[[Iterator[torch.Tensor]], Any] | None = None,
+            progress: Callable[[int, int], None] | None = None) -> Prediction:
         """Predict one case; ``stats`` holds seconds per step and window counts.
 
         ``prob_hook`` receives the softmax probabilities ``(K, Z, Y, X)`` at model resolution and in
@@ -211,7 +212,9 @@ class FastPredictor:
         never leave the device).  ``slab_hook`` instead receives those probabilities as an iterator
         of slabs ``(K, rows, Y, X)`` along the leading axis, in order, each at most ``chunk_mb`` of
         float32, so no full-size probability map exists on the device (stage-2's default scorer).
-        ``stats["reoriented"]`` is the applied axis permutation or None."""
+        ``stats["reoriented"]`` is the applied axis permutation or None.  ``progress(done, total)``
+        is called with the sliding windows run so far and the grid's window count (first with
+        ``(0, total)``, then after every batch; skipped windows never run)."""
         t = _Timer(self.device)
         name = "<in-memory image>"
         if not isinstance(image, sitk.Image):
@@ -263,7 +266,7 @@ class FastPredictor:
         out, wstats = predict_sliding_window(
             x, self.window_fn(), self.model.patch_size, self.step_size, self.batch_windows,
             self.skip_windows, self.skip_threshold, self.dtype, return_logits=want_probs or linear,
-            grow=self.skip_grow, starts=starts)
+            grow=self.skip_grow, starts=starts, windows_done=progress)
         del x
         hook_result = None
         if want_probs and prob_hook is not None:

@@ -175,6 +175,7 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
                            progress: Callable[[int], None] | None = None, *, grow: bool = True,
                            starts: Sequence[Sequence[int]] | None = None,
                            pad_batch: bool | None = None,
+                           windows_done: Callable[[int, int], None] | None = None,
                            ) -> tuple[torch.Tensor, WindowStats]:
     """Predict a ``(C, Z, Y, X)`` volume window by window.
 
@@ -189,7 +190,10 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
     ``skip=False`` the logits and labels are bit-identical to stock's for the same window logits;
     if the float16 result holds an inf (stock's check), the volume is predicted again in float32
     (stock would abort), with a warning.  bfloat16 and float32 sum in float32.
-    ``progress(n)`` is called after every batch with its window count.
+    ``progress(n)`` is called after every batch with its window count; ``windows_done(done, total)``
+    once before the first batch with ``(0, total)`` and after every batch with the windows run so
+    far and the grid's window count (windows that skipping leaves out are never run, so with
+    ``skip`` a volume can end with ``done < total``).
     ``pad_batch`` (default: on CUDA) pads the last batch of a pass to ``batch_windows`` windows, so
     the network sees one batch shape (a fresh process's cuDNN autotuning then runs once, not per
     shape); the padding windows' outputs are dropped, the labels do not change.
@@ -216,6 +220,8 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
     cells = CellGrid.of(([pl.z for pl in planes], planes[0].ys, planes[0].xs), patch, padded.shape[1:])
     fg_cells = np.zeros(cells.shape, dtype=np.int64)  # most foreground any run window saw per cell
     stats = WindowStats(windows_total=len(windows), planes_total=len(planes))
+    if windows_done is not None:
+        windows_done(0, len(windows))
 
     device = padded.device
     acc_dtype = accumulator_dtype(dtype)
@@ -260,6 +266,8 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
             stats.windows_run += len(chunk)
             if progress is not None:
                 progress(len(chunk))
+            if windows_done is not None:
+                windows_done(stats.windows_run, stats.windows_total)
         if not counted:
             return {}
         # one device->host transfer for all foreground counts
@@ -308,7 +316,8 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
         del acc[:], logits, weight, out
         return predict_sliding_window(volume, predictor, patch, step_size, batch_windows, skip,
                                       skip_threshold, torch.float32, return_logits, pad_value,
-                                      progress, grow=grow, starts=starts, pad_batch=pad_batch)
+                                      progress, grow=grow, starts=starts, pad_batch=pad_batch,
+                                      windows_done=windows_done)
     if return_logits:
         if not all_covered:
             fill = torch.full((out.shape[0],), UNCOVERED_LOGIT, device=device, dtype=acc_dtype)

@@ -93,10 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train_fine.epochs=2 (repeatable)")
     p.add_argument("--force", action="store_true", help="rerun even if the stage is current")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging, and other packages' INFO lines (nnU-Net, NumExpr, ...)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from flareseg.cli import set_log_levels
+    set_log_levels(args.verbose)   # other packages' INFO (NumExpr, nnU-Net) only with -v
     try:
         cfg = load_config(args.config, args.overrides)
         check_data_keys(cfg, str(args.config))

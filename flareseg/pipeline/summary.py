@@ -7,8 +7,36 @@ from flareseg.io import read_json
 from flareseg.pipeline.stage import stage_dir
 
 
+#: a class whose validation DSC stays below this is reported as not learned at the run's budget
+NOT_LEARNED_DSC = 0.05
+
+
 def _fmt(v) -> str:
     return "   -  " if v is None else f"{v:6.3f}"
+
+
+def class_table(per_class: dict, not_learned_below: float = NOT_LEARNED_DSC) -> list[str]:
+    """Lines of the per-class DSC / NSD table (``per_class``: summary.json's ``{"1": {"name",
+    "dsc", "nsd"}, ...}``, in class order), marking every class whose DSC is below
+    ``not_learned_below`` as not learned at this budget (a tiny CPU demo trains minutes: organs
+    it has not learned yet read as 0 and are not a fault of the tool) and a class without a score
+    as absent from the validation labels; a closing line counts them."""
+    rows = sorted(per_class.items(), key=lambda kv: int(kv[0]))
+    width = max([len(v.get("name", k)) for k, v in rows] + [5])
+    lines = [f"  {'class':<{width}}    DSC    NSD"]
+    weak = 0
+    for k, v in rows:
+        dsc, nsd = v.get("dsc"), v.get("nsd")
+        note = ""
+        if dsc is None:
+            note = "  no score (absent from the validation labels)"
+        elif dsc < not_learned_below:
+            note, weak = "  not learned at this budget", weak + 1
+        lines.append(f"  {v.get('name', k):<{width}} {_fmt(dsc)} {_fmt(nsd)}{note}".rstrip())
+    if weak:
+        lines.append(f"  {weak} of {len(rows)} classes below DSC {not_learned_below:g}: not learned at this "
+                     "training budget (the CPU demo trains for minutes; a full run learns them)")
+    return lines
 
 
 def run_summary(work: Path) -> str:
@@ -33,6 +61,8 @@ def run_summary(work: Path) -> str:
         + (f" MB (net of baseline: {eff.get('gpu_max_net_mb')} MB)" if eff.get("gpu_max_mb") else ""),
         f"  windows skipped            {r['windows_skipped']} of {r['windows_total']}",
     ]
+    if ev.get("per_class"):
+        lines += ["per class (validation)", *class_table(ev["per_class"])]
     qc = Path(work) / "qc" / "index.html"
     if qc.exists():
         lines.append(f"  QC report                  {qc}")

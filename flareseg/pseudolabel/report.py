@@ -15,7 +15,6 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from flareseg.io import atomic_path, write_text
-from flareseg.labels import NUM_CLASSES, TUMOR
 from flareseg.pseudolabel.selection import Selection
 from flareseg.pseudolabel.uncertainty import GROUPS, SCORES, score_key
 
@@ -71,6 +70,7 @@ def plot_histograms(selection: Sequence[Selection], dest: os.PathLike | str, sco
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     organ = [s.organ_score for s in selection if s.organ_score is not None]
     tumor = [s.tumor_score for s in selection if s.selected and s.tumor_score is not None]
@@ -82,8 +82,12 @@ def plot_histograms(selection: Sequence[Selection], dest: os.PathLike | str, sco
             (axes[1], tumor, _cut(k2, True), "tumor", "K2", len(k2))):
         if vals:
             ax.hist(vals, bins=bins, color="tab:blue", alpha=0.8)
-        else:
-            ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+        else:   # an empty panel says why
+            why = ("no organ score: no case was scored" if name == "organ" else
+                   "no tumor score: no K1-selected case" if not k1 else
+                   "no tumor score: no tumor predicted in the K1-selected cases")
+            ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, fontsize=8)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))   # counts of cases
         if cut is not None:
             ax.axvline(cut, color="tab:red", ls="--", label=f"{cut_name} cut ({n_cut} kept)")
             ax.legend(loc="upper right", fontsize=8)
@@ -108,29 +112,29 @@ def central_slice(label: np.ndarray) -> int:
 
 def plot_overlay(image: np.ndarray, label: np.ndarray, dest: os.PathLike | str, title: str = "",
                  window: tuple[float, float] = (-160.0, 240.0)) -> Path:
-    """PNG of the central axial slice of ``image`` (HU, ``(Z, Y, X)``) with ``label`` overlaid."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
+    """PNG of the central axial slice of ``image`` (HU, ``(Z, Y, X)``) with ``label`` overlaid
+    (colours of :mod:`flareseg.overlay`) and a legend naming the classes shown; an empty pseudo
+    label says so on the picture."""
+    from matplotlib.figure import Figure
+
+    from flareseg.overlay import add_legend, classes_in, overlay_rgb
 
     if image.shape != label.shape:
         raise ValueError(f"image {image.shape} and label {label.shape} grids differ")
     z = central_slice(label)
-    # organs: tab20 without its reds and greys; tumor: pure red so it stands out
-    colors = plt.get_cmap("tab20")([0, 0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13, 16, 0])
-    colors[TUMOR] = (1.0, 0.0, 0.0, 1.0)
-    lab = np.ma.masked_equal(label[z], 0)
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(image[z], cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest")
-    ax.imshow(lab, cmap=ListedColormap(colors), vmin=0, vmax=NUM_CLASSES - 1, alpha=0.45,
+    fig = Figure(figsize=(4, 4.8))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(overlay_rgb(image[z], label[z], level=(window[0] + window[1]) / 2, width=window[1] - window[0]),
               interpolation="nearest")
+    if not label.any():
+        ax.text(0.5, 0.5, "empty pseudo label: the model predicted no foreground", ha="center", va="center",
+                transform=ax.transAxes, fontsize=7, color="white", bbox={"facecolor": "black", "alpha": 0.6})
     ax.set_title(f"{title} (z={z})", fontsize=9)
     ax.axis("off")
-    fig.tight_layout()
+    add_legend(fig, classes_in(label[z]), ncol=3)
+    fig.tight_layout(rect=(0, 0.18, 1, 1))
     with atomic_path(dest) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
     return Path(dest)
 
 

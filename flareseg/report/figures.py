@@ -9,7 +9,8 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from flareseg.io import atomic_path
-from flareseg.labels import CLASS_NAMES, NUM_CLASSES, ORGANS, TUMOR, label_type, str_to_type
+from flareseg.labels import CLASS_NAMES, ORGANS, TUMOR, label_type, str_to_type
+from flareseg.overlay import add_legend, classes_in, overlay_rgb
 
 #: HU window used for the CT background of overlays
 SOFT_TISSUE_HU = (-160.0, 240.0)
@@ -60,22 +61,14 @@ def label_type_bar(types: Mapping[str, Iterable[int]], dest: os.PathLike | str) 
             ax.text(counts[k], y, f" {counts[k]}", va="center", fontsize=8)
         ax.set_xlim(0, max(counts.values()) * 1.15)
     else:
-        ax.text(0.5, 0.5, "no cases", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no cases: label_types.json lists none", ha="center", va="center",
+                transform=ax.transAxes)
     from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("cases")
     ax.set_title(f"label types ({sum(counts.values())} cases; red: tumor only, blue: with tumor)", fontsize=9)
     fig.tight_layout()
     return _save(fig, dest)
-
-
-def _label_cmap():
-    from matplotlib import colormaps
-    from matplotlib.colors import ListedColormap
-    base = colormaps["tab20"].colors
-    organ_colors = [c for i, c in enumerate(base) if i not in (6, 7, 14, 15)]  # no reds, no greys
-    table = [(0.0, 0.0, 0.0)] + [organ_colors[(c - 1) % len(organ_colors)] for c in ORGANS] + [(1.0, 0.0, 0.0)]
-    return ListedColormap(table[:NUM_CLASSES])
 
 
 def overlay_slice(label: np.ndarray) -> int:
@@ -87,9 +80,9 @@ def overlay_slice(label: np.ndarray) -> int:
 def validation_overlay(image: np.ndarray, prediction: np.ndarray, reference: np.ndarray,
                        dest: os.PathLike | str, title: str = "",
                        window: tuple[float, float] = SOFT_TISSUE_HU) -> Path:
-    """Two panels on the reference's central axial slice: CT + prediction, CT + reference.
-
-    ``image`` in HU and both labels are ``(Z, Y, X)`` on the same grid.
+    """Two panels on the reference's central axial slice: CT + prediction, CT + reference, with a
+    legend naming every class shown (colours of :mod:`flareseg.overlay`); a panel without labels
+    on that slice says so.  ``image`` in HU and both labels are ``(Z, Y, X)`` on the same grid.
     """
     from matplotlib.figure import Figure
 
@@ -97,16 +90,19 @@ def validation_overlay(image: np.ndarray, prediction: np.ndarray, reference: np.
         if arr.shape != image.shape:
             raise ValueError(f"{name} grid {arr.shape} differs from the image grid {image.shape}")
     z = overlay_slice(reference)
-    cmap = _label_cmap()
-    fig = Figure(figsize=(8, 4.3))
+    level, width = (window[0] + window[1]) / 2, window[1] - window[0]
+    fig = Figure(figsize=(8, 4.8))
     for i, (name, lab) in enumerate((("prediction", prediction), ("reference", reference))):
         ax = fig.add_subplot(1, 2, i + 1)
-        ax.imshow(image[z], cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest")
-        ax.imshow(np.ma.masked_equal(lab[z], 0), cmap=cmap, vmin=0, vmax=NUM_CLASSES - 1, alpha=0.45,
-                  interpolation="nearest")
+        ax.imshow(overlay_rgb(image[z], lab[z], level=level, width=width), interpolation="nearest")
         ax.set_title(f"{name} (z={z})", fontsize=9)
+        if not lab[z].any():   # an empty panel says why
+            why = f"no {name} label on this slice" + ("" if lab.any() else f" (the {name} is empty)")
+            ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, fontsize=8,
+                    color="white", bbox={"facecolor": "black", "alpha": 0.6})
         ax.axis("off")
+    add_legend(fig, classes_in(prediction[z], reference[z]), ncol=5)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return _save(fig, dest)

@@ -117,6 +117,18 @@ def stage1(ctx: ReportContext, man: dict) -> str:
 
 # --------------------------------------------------------------------------- stage 2
 
+def selection_warning(quality: dict) -> str | None:
+    """The red note of stage 2 when, on the cases with known truth, the pseudo labels the
+    uncertainty selection kept score a lower mean organ Dice than those it rejected (the ranking
+    then works against its purpose); None otherwise or without both numbers."""
+    sel, rej = quality.get("mean_organ_dice_selected"), quality.get("mean_organ_dice_rejected")
+    if not isinstance(sel, (int, float)) or not isinstance(rej, (int, float)) or sel >= rej:
+        return None
+    return (f"pseudo-label selection does worse than rejection: the selected cases' mean organ Dice "
+            f"{sel:.3f} is below the rejected cases' {rej:.3f} (on {quality.get('cases')} cases with "
+            f"known truth); the uncertainty ranking is not picking the better pseudo labels")
+
+
 def stage2(ctx: ReportContext, man: dict) -> str:
     r = man.get("result") or {}
     rep = ctx.stage(2) / "report"
@@ -144,6 +156,9 @@ def stage2(ctx: ReportContext, man: dict) -> str:
         qual = read_json(q)
         parts += [_h3("pseudo-label quality against hidden ground truth"),
                   H.kv_table({k.replace("_", " "): v for k, v in qual.items() if k != "per_case"})]
+        warning = selection_warning(qual)
+        if warning:
+            parts.append(H.para(warning, "error"))
     overlays = sorted((rep / "overlays").glob("*.png")) if (rep / "overlays").is_dir() else []
     if overlays:
         parts.append(_h3("most / least organ-confident pseudo labels"))
