@@ -123,3 +123,42 @@ def test_launch_must_match_gpus_and_nodes(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert "train_fine.rendezvous" in launch_error(cfg, "1")
     assert launch_error(load_config(ROOT / "configs" / "tiny.yaml"), "1") is not None   # 1 x 1 != 2
+
+
+def _md5s(folder: Path) -> dict[str, str]:
+    import hashlib
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_stage2_with_two_processes_equals_one_process(tmp_path):
+    import shutil
+
+    from flareseg.pseudolabel.shards import shard
+    base = tmp_path / "base"
+    one = [s.replace("train_fine.gpus=2", "train_fine.gpus=1").replace("unlabeled=1", "unlabeled=4")
+           for s in TINIER] + ["train_fine.epochs=1"]
+    sets = sum((["--set", s] for s in one), [])
+    tiny = str(ROOT / "configs" / "tiny.yaml")
+    p = subprocess.run([sys.executable, "-m", "flareseg.pipeline", "1", "--config", tiny, "--work", str(base),
+                        *sets], env=_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    unlabeled = json.loads(next(base.rglob("cases.json")).read_text())["unlabeled"]
+    assert shard(unlabeled, 0, 2) and shard(unlabeled, 1, 2)        # both ranks get cases
+    s2 = base / "stage-2-pseudolabels"
+    p = subprocess.run([sys.executable, "-m", "flareseg.pipeline", "2", "--config", tiny, "--work", str(base),
+                        *sets], env=_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    single = tmp_path / "single"
+    shutil.move(str(s2), str(single))      # same work folder (same recorded paths), stage-2 again
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        "-m", "flareseg.pipeline", "2", "--config", tiny, "--work", str(base), *sets],
+                       env=_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    for sub in ("raw", "scores", "pseudo_labels", "filled"):
+        assert _md5s(single / sub) == _md5s(s2 / sub), sub
+    assert (single / "report" / "selection.csv").read_bytes() == (s2 / "report" / "selection.csv").read_bytes()
+    adds = json.loads((s2 / "training_additions.json").read_text())
+    assert adds == json.loads((single / "training_additions.json").read_text())
+    assert any(v["source"] == "pseudo" for v in adds.values())

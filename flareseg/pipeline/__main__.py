@@ -77,6 +77,8 @@ def missing_data_folders(cfg: Config) -> list[str]:
 
 #: stage -> the training section whose gpus/nodes say how many torchrun processes it runs with
 DISTRIBUTED_STAGES = {1: "train_fine", 5: "train_coarse"}
+#: stages that split their cases over any number of torchrun processes (one device each)
+SHARDED_STAGES = (2,)
 
 
 def launch_error(cfg: Config, stage: str) -> str | None:
@@ -86,10 +88,13 @@ def launch_error(cfg: Config, stage: str) -> str | None:
     processes; a config asking for more than one process must be launched by torchrun."""
     from flareseg import distributed as dist
     world = dist.env_world()[2]
+    if stage in {str(n) for n in SHARDED_STAGES}:
+        return None
     if stage not in {str(n) for n in DISTRIBUTED_STAGES}:
         if world > 1:
             return (f"stage {stage} runs as one process; WORLD_SIZE={world} (torchrun) is for stages "
-                    f"{', '.join(map(str, DISTRIBUTED_STAGES))}: run it without torchrun")
+                    f"{', '.join(map(str, sorted([*DISTRIBUTED_STAGES, *SHARDED_STAGES])))}: "
+                    "run it without torchrun")
         return None
     sec = DISTRIBUTED_STAGES[int(stage)]
     tc = getattr(cfg, sec)
@@ -173,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     n = int(args.stage)
     from flareseg import distributed as dist
     if dist.launched():
-        dist.init_from_env(getattr(cfg, DISTRIBUTED_STAGES[n]).device)
+        dist.init_from_env(getattr(cfg, DISTRIBUTED_STAGES[n]).device if n in DISTRIBUTED_STAGES
+                           else cfg.inference.device)
     try:
         man = run_stage(n, cfg, work, force=args.force)
     except StagePaused as e:
