@@ -162,3 +162,37 @@ def test_stage2_with_two_processes_equals_one_process(tmp_path):
     adds = json.loads((s2 / "training_additions.json").read_text())
     assert adds == json.loads((single / "training_additions.json").read_text())
     assert any(v["source"] == "pseudo" for v in adds.values())
+
+
+def test_predict_folder_with_two_processes_writes_each_case_once_as_one_process(tmp_path):
+    import SimpleITK as sitk
+
+    from flareseg.nnunet.model_folder import tiny_plans, write_model_folder
+    from flareseg.pseudolabel.shards import shard
+    from test_predictor import phantom_ct
+    model = write_model_folder(tmp_path / "model", plans=tiny_plans(spacing=(3.0, 3.0, 3.0)),
+                               labels={0: "background", 1: "liver", 2: "kidney", 3: "tumor"}, seed=1)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    names = [f"case{i}" for i in range(5)]
+    assert shard(names, 0, 2) and shard(names, 1, 2)
+    for i, n in enumerate(names):
+        sitk.WriteImage(phantom_ct(shape=(16, 40, 44), spacing_zyx=(4.0, 2.6, 2.2), seed=i),
+                        str(inp / f"{n}_0000.nii.gz"))
+    before = _md5s(inp)
+    args = ["predict", "-i", str(inp), "-m", str(model), "-q", "--device", "cpu", "--statistics"]
+    one = subprocess.run([sys.executable, "-m", "flareseg.cli", *args, "-o", str(tmp_path / "one")],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "flareseg.cli", *args, "-o", str(tmp_path / "two")],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _md5s(tmp_path / "one"), _md5s(tmp_path / "two")
+    assert sorted(a) == sorted(b) == sorted([f"{n}.nii.gz" for n in names] + ["predict_report.json",
+                                                                               "statistics.json"])
+    assert {k: v for k, v in a.items() if k.endswith(".nii.gz")} == {k: v for k, v in b.items() if k.endswith(".nii.gz")}
+    assert (tmp_path / "one" / "statistics.json").read_bytes() == (tmp_path / "two" / "statistics.json").read_bytes()
+    rep = json.loads((tmp_path / "two" / "predict_report.json").read_text())
+    assert [e["case"] for e in rep["cases"]] == names and rep["cases_ok"] == 5   # each case once, in order
+    assert _md5s(inp) == before
