@@ -206,7 +206,8 @@ class FlareSegTrainer(nnUNetTrainer):
             # per device of its node is LOCAL_RANK's device, and gloo on the CPU stays on the CPU
             device = torch.device(device)
             if device.type == "cuda":
-                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+                if "LOCAL_RANK" in os.environ:   # torchrun; stock's mp.spawn (one node) keeps its device
+                    self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
             else:
                 self.device = torch.device("cpu")
                 self.grad_scaler = None
