@@ -192,6 +192,7 @@ class LabelTypeDataLoader(nnUNetDataLoader):
         batch = super().generate_train_batch()   # calls get_indices first, then the transforms
         per_sample = [label_type(t) for t in self.cutmix.types]
         batch["label_type"] = per_sample[0] if len(set(per_sample)) == 1 else per_sample
+        batch["batch_type"] = self.current_type   # the sampler's type, before CutMix added tumor
         batch["cutmix_pasted"] = list(self.cutmix.pasted)
         batch["cutmix_no_fit"] = list(self.cutmix.no_fit)
         return batch
@@ -436,10 +437,12 @@ class FlareSegTrainer(nnUNetTrainer):
 
     def train_step(self, batch: dict) -> dict:
         self.loss.annotated = batch.get("label_type") or FOREGROUND
-        if self.rank_log is not None:
+        if self.rank_log is not None:   # the sampler's type (equal on all ranks), what the loss annotates
             lt = batch.get("label_type")
-            self._steps.append({"type": list(lt) if lt and isinstance(lt[0], int) else [list(t) for t in lt or ()],
-                                "cases": [str(k) for k in batch.get("keys", ())]})
+            rec = {"type": list(batch.get("batch_type") or lt or ()), "cases": [str(k) for k in batch.get("keys", ())]}
+            if "batch_type" in batch:
+                rec["annotated"] = list(lt) if lt and isinstance(lt[0], int) else [list(t) for t in lt or ()]
+            self._steps.append(rec)
         if "cutmix_pasted" in batch:
             self._count_cutmix(batch)
         return super().train_step(batch)
