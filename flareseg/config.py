@@ -94,6 +94,10 @@ class TrainConfig:
     seed: int = 0                    # seeds weights, sampling and augmentation (exact with num_workers 0)
     final_validation: bool = False   # nnU-Net's full-volume validation after training (slow)
     compile: bool = True             # torch.compile the network on CUDA, as nnU-Net 2.8.1 does (never on CPU)
+    # scale-out (docs/scale.md): processes per node and nodes of a torchrun launch; 1 x 1 = one process
+    gpus: int = 1
+    nodes: int = 1
+    rendezvous: str = ""             # host:port of the torchrun rendezvous for nodes > 1 ("" = single node)
 
 
 @dataclass(frozen=True)
@@ -283,6 +287,7 @@ RANGES: dict[str, dict[str, Range]] = {
         "fold": _COUNT,
         "save_every": _POSITIVE_INT,
         "seed": _SEED,
+        "gpus": Range(1, 1024), "nodes": Range(1, 4096),
     },
     "PseudoLabelConfig": {
         "k_organ": _NON_NEGATIVE,    # a count (>= 1) or a fraction (< 1) of the cases

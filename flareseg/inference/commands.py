@@ -305,11 +305,21 @@ def write_per_class(labels: sitk.Image, masks: dict[str, Path], index: dict[str,
 
 def predict_cases(predictor, cases: Sequence[tuple[str, Path]], plan: OutputPlan, *,
                   save_probabilities: bool = False, statistics: bool = False, quiet: bool = False,
-                  config: str | os.PathLike | None = None, load_seconds: float = 0.0) -> dict:
+                  config: str | os.PathLike | None = None, load_seconds: float = 0.0,
+                  shared: bool = False) -> dict:
     """Predict ``cases`` into ``plan``: one failing case is logged and reported, the others still
     run; writes the run report (and statistics.json, previews, per-class masks as ``plan`` lists
     them) and returns the report dict.  Progress bars (cases, windows within a case) show only
-    when stderr is a terminal and not ``quiet``."""
+    when stderr is a terminal and not ``quiet``.
+    ``shared`` (under torchrun): this process predicts its hash shard of ``cases`` only (each case
+    by exactly one rank); rank 0 gathers the ranks' entries and writes the one report, in the
+    order of ``cases``."""
+    from flareseg import distributed as dist
+    all_cases = list(cases)
+    if shared and dist.world_size() > 1:
+        from flareseg.pseudolabel.shards import shard
+        mine = set(shard([c for c, _ in all_cases], dist.rank(), dist.world_size()))
+        cases = [(c, p) for c, p in all_cases if c in mine]
     from flareseg.inference.statistics import label_statistics
 
     t0 = time.perf_counter()
@@ -352,6 +362,16 @@ def predict_cases(predictor, cases: Sequence[tuple[str, Path]], plan: OutputPlan
             log.error("case %s failed: %s", case, e)
         report_cases.append(entry)
 
+    if shared and dist.world_size() > 1:
+        parts = dist.gather((report_cases, stats, failed))
+        if not dist.is_main():
+            dist.barrier()      # rank 0 writes the report
+            return {"cases_ok": len(cases) - failed, "cases_failed": failed, "cases": report_cases}
+        order = {c: i for i, (c, _) in enumerate(all_cases)}
+        report_cases = sorted((e for part in parts for e in part[0]), key=lambda e: order[e["case"]])
+        stats = {c: part[1][c] for c, _ in all_cases for part in parts if c in part[1]}
+        failed = sum(part[2] for part in parts)
+        cases = all_cases
     # the resolved inference config, once; device and dtype: what it resolved to on this machine
     report = {"versions": _versions(), "device": str(predictor.device), "dtype": str(predictor.dtype),
               "model": str(predictor.model.model_dir), "folds": predictor.model.folds,
@@ -363,6 +383,8 @@ def predict_cases(predictor, cases: Sequence[tuple[str, Path]], plan: OutputPlan
     write_json(report, plan.report)
     if plan.statistics:
         write_json(stats, plan.statistics)
+    if shared:
+        dist.barrier()
     return report
 
 
@@ -384,10 +406,15 @@ def run_predict(args: argparse.Namespace) -> int:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         log.error("--device cuda (inference.device): no CUDA device is available (use --device cpu or auto)")
         return 2
+    from flareseg import distributed as dist
+    if dist.launched():   # torchrun: one device per rank, each rank its hash shard of the cases
+        dist.init_from_env(cfg.device)
     try:
-        created = make_output_folder(plan)   # to undo on refusal
+        created = dist.on_main(lambda: make_output_folder(plan))   # to undo on refusal
     except OSError as e:
         log.error("%s: cannot create the output folder (%s)", plan.folder, e.strerror or e)
+        return 2
+    except dist.RankFailed:
         return 2
 
     from flareseg.inference.predictor import FastPredictor
@@ -398,12 +425,17 @@ def run_predict(args: argparse.Namespace) -> int:
         predictor = FastPredictor(args.model, cfg, folds=folds, trust_model=getattr(args, "trust_model", False))
     except (InputError, ModelFolderError) as e:   # corrupt/untrusted checkpoint, inconsistent folder
         log.error("%s", e)
-        remove_created(created)                     # leave no empty output folders behind
+        dist.barrier()
+        if dist.is_main():
+            remove_created(created)                 # leave no empty output folders behind
         return 2
     report = predict_cases(predictor, cases, plan, save_probabilities=args.save_probabilities,
                            statistics=args.statistics, quiet=args.quiet,
-                           config=getattr(args, "config", None), load_seconds=time.perf_counter() - t0)
+                           config=getattr(args, "config", None), load_seconds=time.perf_counter() - t0,
+                           shared=True)
+    dist.shutdown()
     failed = report["cases_failed"]
+    cases = [c for c in cases if c[0] in {e["case"] for e in report["cases"]}]
     print(f"{len(cases) - failed}/{len(cases)} cases written to {plan.folder}"
           + (f"; {failed} failed (see {plan.report.name})" if failed else ""))
     return 1 if failed else 0

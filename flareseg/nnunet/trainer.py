@@ -130,7 +130,7 @@ class LabelTypeDataLoader(nnUNetDataLoader):
 
     def __init__(self, *args, case_types: dict[str, tuple[int, ...]],
                  type_sampling: str = "proportional",
-                 cutmix: CutMixBeforeTransforms | None = None, **kwargs):
+                 cutmix: CutMixBeforeTransforms | None = None, rank: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.cutmix = cutmix
         if cutmix is not None:
@@ -142,6 +142,7 @@ class LabelTypeDataLoader(nnUNetDataLoader):
         if missing:
             raise KeyError(f"label_types.json lacks cases {sorted(missing)[:5]}")
         self._type_sampling = type_sampling
+        self._rank = int(rank)   # DDP rank: same label type per step as the other ranks, other cases
         self._sampler = None
         self._pid = None
         self.current_type: tuple[int, ...] | None = None
@@ -152,7 +153,7 @@ class LabelTypeDataLoader(nnUNetDataLoader):
             # one sampler per worker process, seeded from the (trainer-seeded) numpy state
             seed = int(np.random.randint(0, 2 ** 31 - 1))
             self._sampler = LabelTypeBatchSampler(self.case_types, self.batch_size,
-                                                  mode=self._type_sampling, seed=seed)
+                                                  mode=self._type_sampling, seed=seed, rank=self._rank)
             self._pid = os.getpid()
         return self._sampler
 
@@ -191,6 +192,7 @@ class LabelTypeDataLoader(nnUNetDataLoader):
         batch = super().generate_train_batch()   # calls get_indices first, then the transforms
         per_sample = [label_type(t) for t in self.cutmix.types]
         batch["label_type"] = per_sample[0] if len(set(per_sample)) == 1 else per_sample
+        batch["batch_type"] = self.current_type   # the sampler's type, before CutMix added tumor
         batch["cutmix_pasted"] = list(self.cutmix.pasted)
         batch["cutmix_no_fit"] = list(self.cutmix.no_fit)
         return batch
@@ -200,6 +202,18 @@ class FlareSegTrainer(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_ddp:
+            # nnU-Net's DDP path assumes CUDA and uses the global rank as device index; one process
+            # per device of its node is LOCAL_RANK's device, and gloo on the CPU stays on the CPU
+            device = torch.device(device)
+            if device.type == "cuda":
+                if "LOCAL_RANK" in os.environ:   # torchrun; stock's mp.spawn (one node) keeps its device
+                    self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            else:
+                self.device = torch.device("cpu")
+                self.grad_scaler = None
+        self.rank_log: str | os.PathLike | None = None   # set by flareseg.nnunet.training under torchrun
+        self._steps: list[dict] = []
         hp = self.configuration_manager.configuration.get(TRAIN_KEY, {})
         self.hp = hp
         self.num_epochs = int(hp.get("epochs", self.num_epochs))
@@ -221,6 +235,22 @@ class FlareSegTrainer(nnUNetTrainer):
         self.case_types = self._load_case_types()
         self._pending_rng: dict | None = None
 
+    def initialize(self):
+        """nnU-Net's, with the DDP wrapper built here: ``device_ids`` is this process's device
+        (``LOCAL_RANK`` on CUDA, none on the CPU) where stock passes the global rank."""
+        if self.was_initialized or not self.is_ddp:
+            return super().initialize()
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        self.is_ddp = False          # build the plain network and optimizer first
+        try:
+            super().initialize()
+        finally:
+            self.is_ddp = True
+        self._set_batch_size_and_oversample()   # per-rank batch = global batch / world (stock's rule)
+        self.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.network)
+        self.network = DDP(self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.loss = self._build_loss()          # batch Dice summed over ranks
+
     # ------------------------------------------------------------------ reproducibility
     def on_train_start(self):
         """Seed everything for a fresh run; after a resume, restore the generators saved with the
@@ -236,11 +266,32 @@ class FlareSegTrainer(nnUNetTrainer):
             random.setstate(st["python"])
             np.random.set_state(st["numpy"])
             torch.set_rng_state(st["torch"])
-            for name, gen in (("train", self.dataloader_train), ("val", self.dataloader_val)):
-                dl = getattr(gen, "data_loader", None)
-                if isinstance(dl, LabelTypeDataLoader) and name in st:
-                    dl.set_rng_state(st[name])
+            if "ranks" in st:   # saved by a DDP run: one state per rank
+                import torch.distributed as tdist
+                world = tdist.get_world_size() if self.is_ddp else 1
+                if len(st["ranks"]) != world:
+                    self.print_to_log_file(f"random state saved by {len(st['ranks'])} ranks, resuming with "
+                                           f"{world}: generators restart from the seed")
+                    st = None
+                else:
+                    st = st["ranks"][tdist.get_rank() if self.is_ddp else 0]
+            if st is not None:
+                random.setstate(st["python"])
+                np.random.set_state(st["numpy"])
+                torch.set_rng_state(st["torch"])
+                for name, gen in (("train", self.dataloader_train), ("val", self.dataloader_val)):
+                    dl = getattr(gen, "data_loader", None)
+                    if isinstance(dl, LabelTypeDataLoader) and name in st:
+                        dl.set_rng_state(st[name])
             self._pending_rng = None
+        elif self.is_ddp:
+            # the samplers exist (seeded alike on every rank: same label type per step); from here
+            # on the augmentation streams differ per rank
+            import torch.distributed as tdist
+            r = tdist.get_rank()
+            random.seed(self.seed * 1000 + r)
+            np.random.seed([self.seed, r])
+            torch.manual_seed(self.seed * 1000 + r)
 
     def _rng_state(self) -> dict:
         st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
@@ -255,10 +306,14 @@ class FlareSegTrainer(nnUNetTrainer):
         both written to temporary files renamed into place once complete; ``checkpoint_latest.pth``
         first moves the pair it replaces to ``checkpoint_previous.pth``.  A kill mid-write thus
         never leaves a truncated checkpoint, and a damaged latest one has a good predecessor."""
+        rng = self._rng_state()
+        if self.is_ddp and not self.disable_checkpointing:   # every rank's generators, kept by rank 0
+            from flareseg.distributed import gather
+            rng = {"ranks": gather(rng)}
         if self.local_rank != 0 or self.disable_checkpointing:
             super().save_checkpoint(filename)   # writes nothing (nnU-Net logs that checkpointing is off)
             return
-        rng = self._rng_state() | {"epoch": self.current_epoch + 1}   # nnU-Net stores current_epoch + 1
+        rng = rng | {"epoch": self.current_epoch + 1}   # nnU-Net stores current_epoch + 1
         write_checkpoint(filename, super().save_checkpoint, rng,
                          keep_previous=os.path.basename(filename) == LATEST)
 
@@ -322,7 +377,11 @@ class FlareSegTrainer(nnUNetTrainer):
                                                 foreground_labels=lm.foreground_labels, regions=None,
                                                 ignore_label=lm.ignore_label)
         ds_tr, ds_val = self.get_tr_and_val_datasets()
-        common = dict(case_types=self.case_types, type_sampling=self.type_sampling)
+        rank = 0
+        if self.is_ddp:
+            import torch.distributed as tdist
+            rank = tdist.get_rank()
+        common = dict(case_types=self.case_types, type_sampling=self.type_sampling, rank=rank)
         dl_tr = LabelTypeDataLoader(ds_tr, self.batch_size, initial_patch, patch_size, lm,
                                     oversample_foreground_percent=self.oversample_foreground_percent,
                                     transforms=tr_tf, cutmix=self._cutmix(), **common)
@@ -332,6 +391,16 @@ class FlareSegTrainer(nnUNetTrainer):
         n_proc = get_allowed_n_proc_DA()
         if n_proc == 0:
             gen_tr, gen_val = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
+        elif self.is_ddp:
+            # workers handed out in a fixed order, seeded alike on every rank: step k comes from the
+            # same worker's same draw on each rank, so all ranks train on one label type per step
+            from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+            pin = self.device.type == "cuda"
+            n_val = max(1, n_proc // 2)
+            gen_tr = MultiThreadedAugmenter(dl_tr, None, n_proc, 2, [self.seed * 1000 + i for i in range(n_proc)],
+                                            pin, 0.002)
+            gen_val = MultiThreadedAugmenter(dl_val, None, n_val, 2,
+                                             [self.seed * 1000 + 500 + i for i in range(n_val)], pin, 0.002)
         else:
             pin = self.device.type == "cuda"
             gen_tr = NonDetMultiThreadedAugmenter(dl_tr, None, n_proc, max(6, n_proc // 2), None, pin, 0.002)
@@ -368,6 +437,12 @@ class FlareSegTrainer(nnUNetTrainer):
 
     def train_step(self, batch: dict) -> dict:
         self.loss.annotated = batch.get("label_type") or FOREGROUND
+        if self.rank_log is not None:   # the sampler's type (equal on all ranks), what the loss annotates
+            lt = batch.get("label_type")
+            rec = {"type": list(batch.get("batch_type") or lt or ()), "cases": [str(k) for k in batch.get("keys", ())]}
+            if "batch_type" in batch:
+                rec["annotated"] = list(lt) if lt and isinstance(lt[0], int) else [list(t) for t in lt or ()]
+            self._steps.append(rec)
         if "cutmix_pasted" in batch:
             self._count_cutmix(batch)
         return super().train_step(batch)
@@ -380,7 +455,31 @@ class FlareSegTrainer(nnUNetTrainer):
         c["pasted"] += sum(bool(p) for p in batch["cutmix_pasted"])
         c["no_fit"] += sum(bool(p) for p in batch.get("cutmix_no_fit") or ())
 
+    def weights_digest(self) -> str:
+        """sha256 of the network weights (the unwrapped module's state, in key order)."""
+        import hashlib
+        mod = self.network.module if self.is_ddp else self.network
+        mod = getattr(mod, "_orig_mod", mod)
+        h = hashlib.sha256()
+        for k, v in mod.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def _write_rank_log(self) -> None:
+        """One JSON line per epoch in this rank's log: weight digest after the epoch's steps, and
+        the label type and cases of every training step (how ranks are checked to agree/differ)."""
+        import pathlib
+        rec = {"epoch": self.current_epoch, "weights": self.weights_digest(), "steps": self._steps}
+        self._steps = []
+        path = pathlib.Path(self.rank_log)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
     def on_train_epoch_end(self, train_outputs):
+        if self.rank_log is not None:
+            self._write_rank_log()
         c = self.__dict__.pop("cutmix_counts", None)
         if c is not None:
             self.print_to_log_file(f"CutMix: {c['pasted']} of {c['samples']} samples pasted, "

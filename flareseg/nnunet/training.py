@@ -27,6 +27,16 @@ def write_train_config(plans_file: Path, configuration: str, tc: TrainConfig,
     write_json(plans, plans_file)
 
 
+#: TrainConfig keys that say how a training is launched, not what it trains (left out of step keys,
+#: so a finished model is not retrained when only the number of processes changes)
+LAUNCH_KEYS = ("gpus", "nodes", "rendezvous")
+
+
+def train_key(tc: TrainConfig) -> dict:
+    """The training settings that decide the model (the step key of a training step)."""
+    return {k: v for k, v in to_dict(tc).items() if k not in LAUNCH_KEYS}
+
+
 def model_folder(results_dir: Path, dataset_name: str, configuration: str) -> Path:
     return Path(results_dir) / dataset_name / f"{TRAINER}__{PLANS}__{configuration}"
 
@@ -49,31 +59,47 @@ def backend_settings(device, compile_network: bool = True) -> dict:
 
 
 def train(dataset_name: str, configuration: str, tc: TrainConfig, preprocessed_dir: Path,
-          results_dir: Path, extra: dict | None = None) -> dict:
-    """Train (or resume) one configuration; returns checkpoint path, losses and pseudo-Dice."""
+          results_dir: Path, extra: dict | None = None, log_dir: Path | None = None) -> dict:
+    """Train (or resume) one configuration; returns checkpoint path, losses and pseudo-Dice.
+
+    Under torchrun (:mod:`flareseg.distributed` active) every rank calls this: rank 0 writes the
+    plans entry and picks the resume point, all ranks train ``FlareSegTrainer`` under nnU-Net's DDP
+    path (per-rank batch = batch / world), rank 0 alone writes checkpoints; each rank appends one
+    line per epoch (weight digest, label types and cases per step) to ``log_dir/rank<R>.jsonl``."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
 
+    from flareseg import distributed as dist
     from flareseg.devices import resolve_device
 
     pre = Path(preprocessed_dir) / dataset_name
-    write_train_config(pre / f"{PLANS}.json", configuration, tc, extra)
+    out = model_folder(results_dir, dataset_name, configuration) / f"fold_{tc.fold}"
+
+    def prepare() -> tuple[Path | None, bool]:
+        write_train_config(pre / f"{PLANS}.json", configuration, tc, extra)
+        start = resume_point(out)
+        return start, (out / FINAL).exists()
+
+    start, done = dist.on_main(prepare)
     os.environ["nnUNet_n_proc_DA"] = str(tc.num_workers)
     device = resolve_device(tc.device)
+    if dist.active() and device.type == "cuda":
+        device = torch.device("cuda", dist.env_world()[1])   # one device per rank: LOCAL_RANK
     log.info("training backend: %s", backend_settings(device, tc.compile))
     if device.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-    out = model_folder(results_dir, dataset_name, configuration) / f"fold_{tc.fold}"
-    start = resume_point(out)
-    if (out / FINAL).exists():
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dist.active() else 1
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
+    if done:
         log.info("%s: final checkpoint exists, nothing to train", out)
     else:
         trainer = get_trainer_from_args(dataset_name, configuration, tc.fold, TRAINER, PLANS,
                                         continue_training=start is not None, device=device)
+        if dist.active() and log_dir is not None:
+            trainer.rank_log = Path(log_dir) / f"rank{dist.rank()}.jsonl"
         if start is not None:
             trainer.load_checkpoint(str(start))
         trainer.run_training()
-    return training_summary(out)
+    return dist.on_main(lambda: training_summary(out))
 
 
 def _probe(path: Path) -> tuple[dict | None, str | None]:

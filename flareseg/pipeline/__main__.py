@@ -36,6 +36,10 @@ Run flareseg pipeline stages on a work folder.
 Each stage writes work/stage-N-<name>/manifest.json and is skipped when its config sections and
 inputs are unchanged (--force reruns it). A killed stage resumes from its finished steps.
 
+Several processes per training (stages 1 and 5; docs/scale.md): set train_fine.gpus /
+train_coarse.gpus (and nodes) and launch the same command under torchrun, e.g.
+  torchrun --nproc-per-node 2 -m flareseg.pipeline 1 --config C --set train_fine.gpus=2
+
 exit codes: 0 done (or skipped as current); 2 config/usage error (bad key or value, work folder
 is a file); 3 cannot run (a data folder or an earlier stage's outputs are missing).
 """
@@ -74,6 +78,41 @@ def missing_data_folders(cfg: Config) -> list[str]:
         elif not folder and not p.is_file():
             out.append(f"{p}: not a file (data.{key})")
     return out
+
+
+#: stage -> the training section whose gpus/nodes say how many torchrun processes it runs with
+DISTRIBUTED_STAGES = {1: "train_fine", 5: "train_coarse"}
+#: stages that split their cases over any number of torchrun processes (one device each)
+SHARDED_STAGES = (2,)
+
+
+def launch_error(cfg: Config, stage: str) -> str | None:
+    """Why this launch does not fit the config (one line naming the key), or None.
+
+    Under torchrun (``WORLD_SIZE`` > 1) the stage must train with ``gpus`` x ``nodes`` = ``WORLD_SIZE``
+    processes; a config asking for more than one process must be launched by torchrun."""
+    from flareseg import distributed as dist
+    world = dist.env_world()[2]
+    if stage in {str(n) for n in SHARDED_STAGES}:
+        return None
+    if stage not in {str(n) for n in DISTRIBUTED_STAGES}:
+        if world > 1:
+            return (f"stage {stage} runs as one process; WORLD_SIZE={world} (torchrun) is for stages "
+                    f"{', '.join(map(str, sorted([*DISTRIBUTED_STAGES, *SHARDED_STAGES])))}: "
+                    "run it without torchrun")
+        return None
+    sec = DISTRIBUTED_STAGES[int(stage)]
+    tc = getattr(cfg, sec)
+    want = tc.gpus * tc.nodes
+    if want != world:
+        how = ("launch it with `torchrun --nproc-per-node {g} --nnodes {n}{r} -m flareseg.pipeline {s} ...`"
+               .format(g=tc.gpus, n=tc.nodes, s=stage,
+                       r=f" --rdzv-backend c10d --rdzv-endpoint {tc.rendezvous}" if tc.rendezvous else ""))
+        return (f"key '{sec}.gpus'={tc.gpus} x '{sec}.nodes'={tc.nodes} = {want} processes, but this "
+                f"launch has WORLD_SIZE={world}: " + (how if want > 1 else "set them to the torchrun launch"))
+    if tc.nodes > 1 and not tc.rendezvous:
+        return f"key '{sec}.rendezvous' must name the torchrun rendezvous host:port when '{sec}.nodes' > 1"
+    return None
 
 
 def _prefixed(n: int, e: BaseException) -> str:
@@ -118,7 +157,16 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             print(f"stage-1 cannot run: {missing[0]}", file=sys.stderr)
             return 3
+    bad_launch = launch_error(cfg, args.stage) if args.stage != "all" else None
+    if bad_launch:
+        print(f"config error: {bad_launch}", file=sys.stderr)
+        return 2
     if args.stage == "all":
+        if any(getattr(cfg, s).gpus * getattr(cfg, s).nodes > 1 for s in DISTRIBUTED_STAGES.values()):
+            print("config error: 'all' runs every stage as one process; with train_fine/train_coarse "
+                  "gpus or nodes > 1 run the stages one by one, the training stages under torchrun "
+                  "(docs/scale.md)", file=sys.stderr)
+            return 2
         for n in sorted(STAGES):
             cmd = [sys.executable, "-m", "flareseg.pipeline", str(n), "--config", str(args.config),
                    "--work", str(work)] + sum((["--set", o] for o in args.overrides), [])
@@ -136,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         print(run_summary(work))
         return 0
     n = int(args.stage)
+    from flareseg import distributed as dist
+    if dist.launched():
+        dist.init_from_env(getattr(cfg, DISTRIBUTED_STAGES[n]).device if n in DISTRIBUTED_STAGES
+                           else cfg.inference.device)
     try:
         man = run_stage(n, cfg, work, force=args.force)
     except StagePaused as e:
@@ -147,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     except (StageError, InputError) as e:   # missing inputs of an earlier stage or of the data
         print(_prefixed(n, e), file=sys.stderr)
         return 3
+    except dist.RankFailed as e:            # rank 0 reported the error itself
+        print(_prefixed(n, e), file=sys.stderr)
+        return 1
+    finally:
+        dist.shutdown()
     state = "skipped (current)" if man.get("skipped") else "done"
     print(f"stage-{n} ({STAGE_NAMES[n]}) {state}: {work / f'stage-{n}-{STAGE_NAMES[n]}' / 'manifest.json'}")
     return 0

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from flareseg import distributed as dist
 from flareseg.config import Config, config_hash, resolved, to_dict
 from flareseg.io import read_json, remove_stale_temps, write_json
 from flareseg.versions import versions
@@ -79,21 +80,35 @@ class StageContext:
                                 f"which has not finished in {self.work}: run `make stage-{n}` first")
         return read_json(m)
 
-    def step(self, name: str, key: Any, fn: Callable[[], dict | None], outputs: list[Path] = ()) -> dict:
-        """Run ``fn`` unless a record with the same ``key`` exists and ``outputs`` exist (resume)."""
+    def step(self, name: str, key: Any, fn: Callable[[], dict | None], outputs: list[Path] = (),
+             collective: bool = False) -> dict:
+        """Run ``fn`` unless a record with the same ``key`` exists and ``outputs`` exist (resume).
+
+        Under torchrun (:mod:`flareseg.distributed`) rank 0 decides whether the step is current
+        and writes its record; ``fn`` runs on rank 0 only (the others get its result) unless
+        ``collective`` (a DDP training: every rank runs ``fn``, rank 0's result is recorded)."""
         rec_path = self.dir / ".steps" / f"{name}.json"
         k = _digest(key)
-        if not self.force and rec_path.exists():
-            rec = read_json(rec_path)
-            if rec.get("key") == k and all(Path(o).exists() for o in outputs):
-                log.info("stage-%d: step %s is current, skipped", self.n, name)
-                self.timings[name] = 0.0
-                return rec.get("result") or {}
+
+        def current() -> dict | None:
+            if not self.force and rec_path.exists():
+                rec = read_json(rec_path)
+                if rec.get("key") == k and all(Path(o).exists() for o in outputs):
+                    return rec
+            return None
+
+        rec = dist.on_main(current)
+        if rec is not None:
+            log.info("stage-%d: step %s is current, skipped", self.n, name)
+            self.timings[name] = 0.0
+            return rec.get("result") or {}
         log.info("stage-%d: step %s ...", self.n, name)
         t0 = time.time()
-        result = fn() or {}
+        result = (fn() or {}) if collective else dist.on_main(lambda: fn() or {})
         self.timings[name] = round(time.time() - t0, 2)
-        write_json({"key": k, "result": result, "seconds": self.timings[name]}, rec_path)
+        if dist.is_main():
+            write_json({"key": k, "result": result, "seconds": self.timings[name]}, rec_path)
+        dist.barrier()
         return result
 
 
@@ -124,19 +139,30 @@ class Stage:
         return all((Path(work) / o["path"]).exists() for o in man.get("outputs", []))
 
     def execute(self, cfg: Config, work: Path, force: bool = False) -> dict:
+        """Run the stage (or skip it when current).  Under torchrun every rank calls this; rank 0
+        alone cleans up, decides the skip and writes config, step records and the manifest."""
         work = Path(work)
-        if stage_dir(work, self.n).is_dir():   # what a killed run of this stage left half-written
-            remove_stale_temps(stage_dir(work, self.n), recursive=True)
-        if not force and self.is_current(cfg, work):
+
+        def prepare() -> bool:
+            if stage_dir(work, self.n).is_dir():   # what a killed run of this stage left half-written
+                remove_stale_temps(stage_dir(work, self.n), recursive=True)
+            return not force and self.is_current(cfg, work)
+
+        if dist.on_main(prepare):
             log.info("stage-%d (%s) is current: skipped (use --force to rerun)", self.n, STAGE_NAMES[self.n])
             return read_json(stage_dir(work, self.n) / "manifest.json") | {"skipped": True}
         ctx = StageContext(self.n, cfg, work, force)
         for u in self.reads:
             ctx.upstream(u)
-        ctx.dir.mkdir(parents=True, exist_ok=True)
-        write_json(resolved(cfg), ctx.dir / "config.resolved.json")
+        if dist.is_main():
+            ctx.dir.mkdir(parents=True, exist_ok=True)
+            write_json(resolved(cfg), ctx.dir / "config.resolved.json")
+        dist.barrier()
         t0 = time.time()
         result = self.run(ctx)
+        if not dist.is_main():   # rank 0 writes the manifest; the others wait for it
+            dist.barrier()
+            return read_json(ctx.dir / "manifest.json")
         outputs = result.pop("outputs", [])
         manifest = {
             "stage": self.n, "name": STAGE_NAMES[self.n], "key": self.key(cfg, work),
@@ -148,4 +174,5 @@ class Stage:
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         write_json(manifest, ctx.dir / "manifest.json")
+        dist.barrier()
         return manifest

@@ -91,12 +91,14 @@ def run(ctx: StageContext) -> dict:
 
     def do_train() -> dict:
         from flareseg.nnunet.training import train
-        return train(ds_dir.name, "fine", cfg.train_fine, paths.preprocessed, paths.results)
+        return train(ds_dir.name, "fine", cfg.train_fine, paths.preprocessed, paths.results,
+                     log_dir=ctx.dir / "logs")
 
-    from flareseg.nnunet.training import model_folder
+    from flareseg.nnunet.training import model_folder, train_key
     model_dir = model_folder(paths.results, ds_dir.name, "fine")
-    trained = ctx.step("train", {"train": to_dict(cfg.train_fine), "plans": planned},
-                       do_train, outputs=[model_dir / f"fold_{cfg.train_fine.fold}" / "checkpoint_final.pth"])
+    trained = ctx.step("train", {"train": train_key(cfg.train_fine), "plans": planned},
+                       do_train, outputs=[model_dir / f"fold_{cfg.train_fine.fold}" / "checkpoint_final.pth"],
+                       collective=True)
 
     outputs = [ds_dir / "dataset.json", ds_dir / "label_types.json", ds_dir / "cases.json",
                ds_dir / "import_report.json", pre_dir / "nnUNetPlans.json"]

@@ -61,6 +61,9 @@ def pseudo_label_quality(selection, raw_dir: Path, gt_dir: Path) -> dict:
 
 
 def run(ctx: StageContext) -> dict:
+    """Under torchrun every rank scores its hash shard of the unlabeled cases on its own device;
+    rank 0 alone merges, selects, writes pseudo labels, fill-ins and the report."""
+    from flareseg import distributed as dist
     from flareseg.inference.predictor import FastPredictor
     from flareseg.pseudolabel.fill_in import fill_in
     from flareseg.pseudolabel.members import check_members, make_scorer, score_fingerprint
@@ -90,7 +93,22 @@ def run(ctx: StageContext) -> dict:
 
     scorer = make_scorer(predictor, pc, cfg.inference, image_of, raw_dir)
     i, n = parse_shard(pc.shard)
-    summary = run_shard(unlabeled, scorer, scores_dir, i, n, fingerprint=fingerprint)
+    if dist.world_size() > 1:
+        # torchrun: rank r scores hash shard r/world; rank 0 merges and selects once all have finished
+        if n > 1:
+            raise ConfigError(f"key 'pseudolabel.shard'={pc.shard}: hand-made shards and torchrun "
+                              "(WORLD_SIZE > 1) do not combine; use one or the other")
+        i, n = dist.rank(), dist.world_size()
+        summary = run_shard(unlabeled, scorer, scores_dir, i, n, fingerprint=fingerprint)
+        failed = {}
+        for f in dist.gather(summary.failed):
+            failed.update(f)
+        summary.failed = failed
+        if not dist.is_main():
+            return {"outputs": []}
+        i, n = 0, 1
+    else:
+        summary = run_shard(unlabeled, scorer, scores_dir, i, n, fingerprint=fingerprint)
     if n > 1:
         raise StagePaused(f"shard {pc.shard} finished ({len(summary.computed)} scored, {len(summary.skipped)} "
                          f"already done, {len(summary.failed)} failed); run again with "

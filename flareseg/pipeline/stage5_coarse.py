@@ -35,7 +35,8 @@ def build_dataset(training_set: dict[str, dict], ds_dir: Path) -> dict[str, list
 
 
 def run(ctx: StageContext) -> dict:
-    from flareseg.nnunet.training import model_folder, train
+    from flareseg import distributed as dist
+    from flareseg.nnunet.training import model_folder, train, train_key
 
     cfg = ctx.cfg
     s1 = ctx.upstream(1)["result"]
@@ -72,14 +73,16 @@ def run(ctx: StageContext) -> dict:
     def do_train() -> dict:
         # the trainer reads CutMix settings (and the pool path) from the plans, like its other settings
         return train(ds_name, "coarse", cfg.train_coarse, paths.preprocessed, paths.results,
-                     extra={"cutmix": {**to_dict(cfg.cutmix), "pool": s3["pool_dir"]}})
+                     extra={"cutmix": {**to_dict(cfg.cutmix), "pool": s3["pool_dir"]}},
+                     log_dir=ctx.dir / "logs")
 
     mdir = model_folder(paths.results, ds_name, "coarse")
     ck = mdir / f"fold_{cfg.train_coarse.fold}" / "checkpoint_final.pth"
-    trained = ctx.step("train", {"train": to_dict(cfg.train_coarse), "cutmix": to_dict(cfg.cutmix),
-                                 "prepared": prepared, "pool": s3.get("objects")}, do_train, outputs=[ck])
+    trained = ctx.step("train", {"train": train_key(cfg.train_coarse), "cutmix": to_dict(cfg.cutmix),
+                                 "prepared": prepared, "pool": s3.get("objects")}, do_train, outputs=[ck],
+                       collective=True)
     gallery = ctx.dir / "qc" / "cutmix_samples.png"
-    if not gallery.exists():
+    if dist.is_main() and not gallery.exists():
         cutmix_gallery_png(training_set, pre / "nnUNetPlans_coarse", s3["pool_dir"], cfg, gallery)
     return {"dataset": str(ds_dir), "model_dir": str(mdir), "training": trained,
             "cutmix_gallery": str(gallery) if gallery.exists() else None, "outputs": [ck]}

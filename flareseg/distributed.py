@@ -1,0 +1,141 @@
+"""torch.distributed glue for runs launched by ``torchrun`` (docs/scale.md).
+
+``torchrun`` sets ``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` (and the rendezvous) in every process's
+environment; :func:`init_from_env` joins the process group (NCCL on CUDA, gloo on the CPU) plus a
+gloo group for small control messages (which rank-0 decision the others follow).  Without
+``torchrun`` (``WORLD_SIZE`` unset or 1) every function here is a no-op and the run is the plain
+single-process one.
+
+Division of labour: rank 0 does all bookkeeping (manifests, step records, checkpoints, planning);
+:func:`on_main` runs a function on rank 0 only and hands its result (or its failure) to the
+others, which write nothing outside their own logs.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+#: how long ranks wait for rank 0 (planning/preprocessing a large data set takes hours)
+WAIT = datetime.timedelta(hours=int(os.environ.get("FLARESEG_DIST_TIMEOUT_H", "24")))
+
+_control = None   # gloo group for objects (NCCL's object collectives need a device per rank)
+
+
+class RankFailed(RuntimeError):
+    """Rank 0 failed a step the other ranks waited for; the message is rank 0's error."""
+
+
+def env_world() -> tuple[int, int, int]:
+    """``(rank, local_rank, world_size)`` from the torchrun environment (``(0, 0, 1)`` without it)."""
+    e = os.environ
+    return int(e.get("RANK", 0)), int(e.get("LOCAL_RANK", 0)), int(e.get("WORLD_SIZE", 1))
+
+
+def launched() -> bool:
+    """True when started by torchrun with more than one process."""
+    return env_world()[2] > 1
+
+
+def active() -> bool:
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    if not active():
+        return 0
+    import torch.distributed as dist
+    return dist.get_rank()
+
+
+def world_size() -> int:
+    if not active():
+        return 1
+    import torch.distributed as dist
+    return dist.get_world_size()
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def backend_for(device: str) -> str:
+    """``nccl`` when the run trains on CUDA (``device`` ``cuda`` or ``auto`` with CUDA), else ``gloo``."""
+    import torch
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return "nccl" if cuda else "gloo"
+
+
+def init_from_env(device: str = "auto") -> bool:
+    """Join the torchrun process group (once); returns whether this is a multi-process run."""
+    global _control
+    if not launched():
+        return False
+    import torch
+    import torch.distributed as dist
+    if active():
+        return True
+    backend = backend_for(device)
+    r, local, world = env_world()
+    if backend == "nccl":
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend, timeout=WAIT)
+    _control = dist.new_group(backend="gloo", timeout=WAIT) if backend != "gloo" else dist.group.WORLD
+    log.info("rank %d of %d (local rank %d), backend %s", r, world, local, backend)
+    return True
+
+
+def shutdown() -> None:
+    global _control
+    if active():
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    _control = None
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` unchanged without a process group)."""
+    if not active():
+        return obj
+    import torch.distributed as dist
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=_control)
+    return box[0]
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` without a process group)."""
+    if not active():
+        return [obj]
+    import torch.distributed as dist
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj, group=_control)
+    return out
+
+
+def barrier() -> None:
+    if active():
+        import torch.distributed as dist
+        dist.barrier(group=_control)
+
+
+def on_main(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 only; every rank returns its result.  When it raises, rank 0 re-raises
+    and the other ranks raise :class:`RankFailed` with the same message (nobody waits forever)."""
+    if not active():
+        return fn()
+    if is_main():
+        try:
+            result = fn()
+        except BaseException as e:
+            broadcast(("error", f"{type(e).__name__}: {e}"))
+            raise
+        return broadcast(("ok", result))[1]
+    status, value = broadcast(None)
+    if status == "error":
+        raise RankFailed(f"rank 0 failed: {value}")
+    return value
