@@ -14,10 +14,12 @@ that ``flareseg import``, ``predict``, ``evaluate`` and ``clean`` share.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 from pathlib import Path
+from typing import Iterable, Literal
 
 from flareseg.io import InputError, image_suffix, is_dicom_dir, strip_suffix
 
@@ -90,3 +92,24 @@ def list_cases(path: os.PathLike | str, channel_suffix: bool = True, dicom: bool
         if paths:
             out[name] = paths[0]
     return out
+
+
+#: how ``--shard i/N`` jobs and torchrun ranks split cases: ``"hash"`` puts a case on shard
+#: ``sha256(case_id) mod N`` (depends only on the id and N), ``"round_robin"`` deals sorted ids
+ShardMethod = Literal["hash", "round_robin"]
+
+
+def _hash_bucket(case_id: str, n: int) -> int:
+    return int.from_bytes(hashlib.sha256(case_id.encode()).digest()[:8], "big") % n
+
+
+def shard(case_ids: Iterable[str], i: int, n: int, method: ShardMethod = "hash") -> list[str]:
+    """The sorted case ids of shard ``i`` of ``n``; the shards partition the (unique) ids."""
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"shard {i}/{n}: need n >= 1 and 0 <= i < n")
+    ids = sorted(set(case_ids))
+    if method == "hash":
+        return [c for c in ids if _hash_bucket(c, n) == i]
+    if method == "round_robin":
+        return ids[i::n]
+    raise ValueError(f"unknown shard method {method!r} (hash, round_robin)")

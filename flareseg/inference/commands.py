@@ -317,7 +317,7 @@ def predict_cases(predictor, cases: Sequence[tuple[str, Path]], plan: OutputPlan
     from flareseg import distributed as dist
     all_cases = list(cases)
     if shared and dist.world_size() > 1:
-        from flareseg.pseudolabel.shards import shard
+        from flareseg.cases import shard
         mine = set(shard([c for c, _ in all_cases], dist.rank(), dist.world_size()))
         cases = [(c, p) for c, p in all_cases if c in mine]
     from flareseg.inference.statistics import label_statistics

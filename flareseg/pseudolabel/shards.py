@@ -20,22 +20,21 @@ sorted ids in turn — exactly balanced, but inserting a case shifts later ones 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 from tqdm import tqdm
 
+from flareseg.cases import ShardMethod, shard
 from flareseg.io import read_json, write_json
 
 log = logging.getLogger(__name__)
 
 Scorer = Callable[[str], Mapping[str, float]]
-ShardMethod = Literal["hash", "round_robin"]
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -48,22 +47,6 @@ def parse_shard(spec: str) -> tuple[int, int]:
     if n < 1 or not 0 <= i < n:
         raise ValueError(f"--shard {spec!r}: need N >= 1 and 0 <= i < N (0-based)")
     return i, n
-
-
-def _hash_bucket(case_id: str, n: int) -> int:
-    return int.from_bytes(hashlib.sha256(case_id.encode()).digest()[:8], "big") % n
-
-
-def shard(case_ids: Iterable[str], i: int, n: int, method: ShardMethod = "hash") -> list[str]:
-    """The sorted case ids of shard ``i`` of ``n``; the shards partition the (unique) ids."""
-    if n < 1 or not 0 <= i < n:
-        raise ValueError(f"shard {i}/{n}: need n >= 1 and 0 <= i < n")
-    ids = sorted(set(case_ids))
-    if method == "hash":
-        return [c for c in ids if _hash_bucket(c, n) == i]
-    if method == "round_robin":
-        return ids[i::n]
-    raise ValueError(f"unknown shard method {method!r} (hash, round_robin)")
 
 
 def _check_id(case_id: str) -> None:
