@@ -68,11 +68,11 @@ def test_dtype_key_accepts_auto_and_refuses_others():
 
 # ------------------------------------------------------------------ bf16 vs float32 labels
 
-def _fit(md, imgs, labs, steps):
+def _fit(md, imgs, labs, steps, lr=3e-3):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # fitted weights independent of the core count (see test_predictor)
     try:
-        return fit_model_folder(md, imgs, labs, steps=steps)
+        return fit_model_folder(md, imgs, labs, steps=steps, lr=lr)
     finally:
         torch.set_num_threads(threads)
 
@@ -81,7 +81,8 @@ def _agreement(model_dir, img: sitk.Image) -> tuple[dict[int, float], dict, dict
     """Per present class Dice of the bfloat16-autocast labels vs float32's, and both runs' stats."""
     out = {}
     for dt in ("float32", "bfloat16"):
-        res = FastPredictor(model_dir, device="cpu", dtype=dt, skip_windows=False).run(img)
+        # step 1.0: fewer windows (bf16 is emulated, ~10x slower, on CPUs without native bf16)
+        res = FastPredictor(model_dir, device="cpu", dtype=dt, skip_windows=False, step_size=1.0).run(img)
         out[dt] = (sitk.GetArrayFromImage(res.labels), res.stats)
     ref, test = out["float32"][0], out["bfloat16"][0]
     assert len(np.unique(ref)) > 2, "the fitted model must predict several classes"
@@ -116,19 +117,18 @@ def test_bf16_labels_agree_with_float32_on_a_fitted_phantom_model(tmp_path):
 
 
 def test_bf16_labels_agree_with_float32_on_real_ct(tmp_path, shared_data):
-    """The shared real CT (3 mm, 13 silver-standard organs), a small model fitted to it."""
-    ct, geo = read_array(shared_data / "ct" / "ts_example_ct_sm.nii.gz")
+    """The shared real CT (3 mm; liver, spleen, stomach of its silver-standard organs), a small model
+    fitted to it (a briefly fitted model has weak logits: a harder case than a trained one)."""
+    path = shared_data / "ct" / "ts_example_ct_sm.nii.gz"
+    ct, geo = read_array(path)
     seg, _ = read_array(shared_data / "ct" / "ts_example_ct_sm_seg_flare.nii.gz")
-    # the organs of at least a few thousand voxels (liver, spleen, kidneys, stomach, aorta, ...)
-    keep = [c for c in range(1, 15) if (seg == c).sum() > 2000][:5]
     lab = np.zeros_like(seg, dtype=np.uint8)
-    for i, c in enumerate(keep, 1):
+    for i, c in enumerate((1, 3, 11), 1):
         lab[seg == c] = i
-    plans = tiny_plans(patch_size=(16, 48, 48), spacing=tuple(reversed(geo.spacing)), features=(8, 16, 32))
-    md = write_model_folder(tmp_path / "m", plans=plans, labels={0: "background", **{i: f"c{i}" for i in range(1, len(keep) + 1)}},
-                            seed=2)
-    _fit(md, [ct], [lab], steps=120)
-    img = sitk.ReadImage(str(shared_data / "ct" / "ts_example_ct_sm.nii.gz"))
-    dice, _, s16 = _agreement(md, img)
-    assert len(dice) >= 3 and min(dice.values()) >= 0.99, dice
+    plans = tiny_plans(patch_size=(16, 48, 48), spacing=tuple(reversed(geo.spacing)), features=(4, 8, 16))
+    md = write_model_folder(tmp_path / "m", plans=plans, labels={0: "background", 1: "liver", 2: "spleen",
+                                                                 3: "stomach"}, seed=2)
+    _fit(md, [ct], [lab], steps=150, lr=1e-2)
+    dice, _, s16 = _agreement(md, sitk.ReadImage(str(path)))
+    assert len(dice) >= 2 and min(dice.values()) >= 0.99, dice
     assert s16["dtype"] == "bfloat16" and "bfloat16" in s16["dtype_reason"]
