@@ -10,7 +10,14 @@ this process runs on) and per-class Dice between outputs, for every ``--z``.
 ``--plan tiny`` (default): a small PlainConvUNet fitted for a few steps to the phantom (random
 weights give white-noise label maps, which would make the agreement meaningless).
 ``--plan paper``: nnU-Net's own network size (32…320 features, two convolutions per stage) at the
-coarse spacing with random weights: speed and memory only (issue 8's GPU targets).
+coarse spacing, fitted ``--fit-steps`` steps (default 10; 0: random weights, speed and memory only)
+so that its logits are not near-tied and Dice vs stock means something.
+``--dtype``: flareseg's network precision(s), comma-separated (``auto``, ``float32``, ``bfloat16``,
+``float16``): one pair of rows (no skip / skip) per dtype; stock runs its own way (float32 on a CPU).
+
+    # issue 18's CPU table (the lead's command; ~30 min per Z on 2 cores):
+    python bench/predictor_speed.py --plan paper --z 100,200 --xy 512 --dtype float32,bfloat16 --cold \
+        --out docs/benchmarks/predictor_paper_cpu.md
 
     python bench/predictor_speed.py                      # 256x256x80 CT, CPU
     python bench/predictor_speed.py --device cuda --plan paper --patch 128,128,128 --z 100,200,400 \
@@ -108,6 +115,14 @@ def timed_run(fn, device: torch.device):
     return out, sec, peak, used
 
 
+def _dice_cell(d: dict[int, float]) -> str:
+    """Dice per present class vs stock: mean, and the worst class."""
+    if not d:
+        return "nan"
+    worst = min(d, key=d.get)
+    return f"{np.mean(list(d.values())):.4f} (min {d[worst]:.4f}, class {worst})"
+
+
 def _mb(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
 
@@ -121,7 +136,11 @@ def main(argv=None) -> int:
     ap.add_argument("--plan", choices=["tiny", "paper"], default="tiny",
                     help="tiny: small fitted network; paper: nnU-Net-size network, random weights")
     ap.add_argument("--patch", default=None, help="patch z,y,x (default tiny 32,64,64; paper 32,192,192)")
-    ap.add_argument("--fit-steps", type=int, default=150, help="fitting steps for --plan tiny")
+    ap.add_argument("--fit-steps", type=int, default=None,
+                    help="fitting steps on phantoms (default tiny 150, paper 10; 0: random weights)")
+    ap.add_argument("--dtype", default="auto",
+                    help="flareseg's inference.dtype, comma-separated for one row pair each "
+                         "(auto, float32, bfloat16, float16; default auto)")
     ap.add_argument("--cold", action="store_true", help="also time one fresh process per predictor and case")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     args = ap.parse_args(argv)
@@ -130,6 +149,12 @@ def main(argv=None) -> int:
     spacing = (2.5, args.inplane_mm, args.inplane_mm)
     model_spacing = (2.5, 1.5, 1.5)
     paper = args.plan == "paper"
+    if args.fit_steps is None:
+        args.fit_steps = 10 if paper else 150
+    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
+    bad = [d for d in dtypes if d not in ("auto", "float32", "bfloat16", "float16")]
+    if bad or not dtypes:
+        ap.error(f"--dtype: unknown {bad or args.dtype!r} (auto, float32, bfloat16, float16)")
     patch = tuple(int(p) for p in args.patch.split(",")) if args.patch else \
         ((32, 192, 192) if paper else (32, 64, 64))
     features = (32, 64, 128, 256, 320, 320) if paper else (8, 16, 32, 64)
@@ -139,30 +164,35 @@ def main(argv=None) -> int:
                        convs_per_stage=2 if paper else 1)
     md = write_model_folder(tmp / "model", plans=plans, seed=0)
     fit_s = 0.0
-    if not paper and args.fit_steps > 0:
-        train_shape = tuple(int(round(n * s / t)) for n, s, t in
-                            zip((min(zs), args.xy, args.xy), spacing, model_spacing))
+    if args.fit_steps > 0:
+        # at least one patch per axis (the paper's 192 in-plane exceeds a 256 x 0.8 mm case)
+        train_shape = tuple(max(p, int(round(n * s / t))) for n, s, t, p in
+                            zip((min(zs), args.xy, args.xy), spacing, model_spacing, patch))
         t = time.perf_counter()
         pairs = [synthetic_ct(train_shape, model_spacing, seed=s) for s in (1, 2)]
-        fit_model_folder(md, [p[0] for p in pairs], [p[1] for p in pairs], steps=args.fit_steps, batch_size=2)
+        fit_model_folder(md, [p[0] for p in pairs], [p[1] for p in pairs], steps=args.fit_steps,
+                         batch_size=1 if paper else 2)
         fit_s = time.perf_counter() - t
 
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     stock = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=device,
                             perform_everything_on_device=device.type == "cuda", allow_tqdm=False)
     stock.initialize_from_trained_model_folder(str(md), use_folds=(0,))
-    fast = {name: FastPredictor(md, device=device.type, **kw)
-            for name, kw in [("fast, no skip", dict(skip_windows=False)), ("fast, skip", dict(skip_windows=True))]}
+    fast = {}
+    for dt in dtypes:
+        for name, skip in (("fast, no skip", False), ("fast, skip", True)):
+            fp = FastPredictor(md, device=device.type, skip_windows=skip, dtype=dt)
+            fast[f"{name}, {fp.dtype_name}" + (" (auto)" if dt == "auto" else "")] = (fp, dt, skip)
 
     model_desc = (f"PlainConvUNet features {features}, {2 if paper else 1} conv(s) per stage, patch {patch} "
-                  f"at {model_spacing} mm, " + ("random weights" if paper or not args.fit_steps else
+                  f"at {model_spacing} mm, " + ("random weights" if not args.fit_steps else
                                                 f"fitted {args.fit_steps} steps on phantoms ({fit_s:.0f} s)"))
     lines = [
         "# Predictor speed: stock nnUNetPredictor vs FastPredictor",
         "",
         f"Command: `python bench/predictor_speed.py --z {args.z} --xy {args.xy} --inplane-mm {args.inplane_mm} "
         f"--plan {args.plan}" + (f" --patch {args.patch}" if args.patch else "")
-        + ("" if paper else f" --fit-steps {args.fit_steps}") + f" --device {args.device}"
+        + f" --fit-steps {args.fit_steps} --dtype {args.dtype} --device {args.device}"
         + (" --cold" if args.cold else "") + "`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
@@ -174,7 +204,7 @@ def main(argv=None) -> int:
         f"predictor; cold: a fresh process per case (start-up, model load, read, predict, write).",
         "",
         "| Z | predictor | warm s | speed-up vs stock | peak GPU MB | FLARE used MB (total - free) | cold s | windows run / total | "
-        "Dice vs stock (mean) | steps (s) |",
+        "Dice vs stock (mean, worst class) | steps (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for z in zs:
@@ -194,15 +224,16 @@ def main(argv=None) -> int:
         lines.append(f"| {z} | stock nnUNetPredictor | {stock_s:.2f} | 1.0x | {_mb(stock_peak)} | {_mb(stock_used)} | "
                      + (f"{stock_cold:.2f}" if stock_cold else "-") + " | - | - | - |")
         outs = {}
-        for name, fp in fast.items():
+        for name, (fp, dt, skip) in fast.items():
             fp.predict(img)  # warm-up (kernel selection)
             res, sec, peak, used = timed_run(lambda: fp.run(img), device)
             outs[name] = sitk.GetArrayFromImage(res.labels)
             cold = None
             if args.cold:
                 cmd = [sys.executable, "-m", "flareseg.cli", "predict", "-i", str(case), "-o",
-                       str(tmp / f"ours_z{z}.nii.gz"), "-m", str(md), "--device", device.type, "-q"]
-                if name.endswith("no skip"):
+                       str(tmp / f"ours_z{z}.nii.gz"), "-m", str(md), "--device", device.type,
+                       "--dtype", dt, "-q"]
+                if not skip:
                     cmd.append("--no-skip")
                 cold = cold_seconds(cmd)
             w = res.stats["windows"]
@@ -211,11 +242,17 @@ def main(argv=None) -> int:
             lines.append(f"| {z} | {name} | {sec:.2f} | {stock_s / sec:.1f}x | {_mb(peak)} | {_mb(used)} | "
                          + (f"{cold:.2f}" if cold else "-")
                          + f" | {w['windows_run']} / {w['windows_total']} | "
-                         f"{np.mean(list(d.values())) if d else float('nan'):.4f} | {steps} |")
-        unchanged = foreground_unchanged(outs["fast, no skip"], outs["fast, skip"])
+                         f"{_dice_cell(d)} | {steps} |")
+        names = list(fast)
+        skips = ", ".join(f"{100 * foreground_unchanged(outs[a], outs[b]):.3f}%"
+                          for a, b in zip(names[0::2], names[1::2]))
         d_gt = dice_per_class(ref, gt)
-        lines.append(f"| {z} | (skip: foreground unchanged {100 * unchanged:.3f}%; stock vs phantom truth "
-                     f"{np.mean(list(d_gt.values())) if d_gt else float('nan'):.4f}) | | | | | | | | |")
+        extra = ""
+        if len(names) > 2:   # the precisions against each other (no skip): what bf16 changes
+            extra = f"; {names[2]} vs {names[0]} per class " + ", ".join(
+                f"{c}: {v:.4f}" for c, v in dice_per_class(outs[names[2]], outs[names[0]]).items())
+        lines.append(f"| {z} | (skip: foreground unchanged {skips}; stock vs phantom truth "
+                     f"{np.mean(list(d_gt.values())) if d_gt else float('nan'):.4f}{extra}) | | | | | | | | |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

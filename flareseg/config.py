@@ -163,7 +163,9 @@ class InferenceConfig:
     step_size: float = 0.5
     tta: bool = False
     batch_windows: int = 4
-    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    # auto: float16 autocast on CUDA, bfloat16 autocast on CPUs with native bf16 (AMX/AVX512-BF16),
+    # else float32; float16 on a CPU runs float32 (see flareseg.inference.predictor.choose_dtype)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     crop_to_body: bool = True
     reorient: bool = True            # permute non-axial array layouts to axial, restore after
     image_resampling: ImageResampling = "bspline"  # to the model spacing (see docs)

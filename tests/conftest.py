@@ -8,6 +8,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# dtype "auto" picks bfloat16 on CPUs with AMX/AVX512-BF16: the suite's numbers (labels equal to
+# stock's, fixed Dice) are float32's on every machine, child processes included; the bf16 path is
+# tested explicitly (tests/test_cpu_dtype.py)
+os.environ["FLARESEG_CPU_FLAGS"] = ""
+
 
 def shared_data_dir() -> Path:
     env = os.environ.get("FLARESEG_SHARED_DATA")

@@ -13,6 +13,7 @@ from flareseg.cli import main
 from flareseg.cases import case_name
 from flareseg.inference.commands import (check_outputs, collect_inputs, key_value,
                                         overlapping_paths, planned_outputs)
+from flareseg.inference.predictor import choose_dtype, cpu_flags
 from flareseg.inference.statistics import label_statistics
 from flareseg.io import Geometry, InputError, geometry_mismatch, read_image
 from flareseg.nnunet.folder_check import check_model_folder, find_model_folders
@@ -137,7 +138,7 @@ def test_config_set_and_flags_resolve_one_inference_config(tmp_path, model_dir):
                            skip_grow=False, crop_to_body=False, device="cpu")
     rep = json.loads((out / "predict_report.json").read_text())
     assert rep["inference"] == to_dict(want) and rep["config"] == str(cfg_file)
-    assert "settings" not in rep and rep["dtype"] == "torch.float32"   # CPU computes in float32
+    assert "settings" not in rep and (rep["dtype"], rep["dtype_reason"]) == choose_dtype("auto", "cpu", cpu_flags())  # what ran, why
     ran = rep["cases"][0]["windows"]
     assert ran == FastPredictor(model_dir, want).run(img).stats["windows"]
     assert ran != FastPredictor(model_dir, device="cpu").run(img).stats["windows"]

@@ -373,7 +373,8 @@ def predict_cases(predictor, cases: Sequence[tuple[str, Path]], plan: OutputPlan
         failed = sum(part[2] for part in parts)
         cases = all_cases
     # the resolved inference config, once; device and dtype: what it resolved to on this machine
-    report = {"versions": _versions(), "device": str(predictor.device), "dtype": str(predictor.dtype),
+    report = {"versions": _versions(), "device": str(predictor.device), "dtype": predictor.dtype_name,
+              "dtype_reason": predictor.dtype_reason,
               "model": str(predictor.model.model_dir), "folds": predictor.model.folds,
               "config": str(config) if config else None,
               "inference": to_dict(predictor.cfg),
@@ -516,7 +517,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-windows", type=key_value("batch_windows"), default=None,
                    help=f"inference.batch_windows: windows per network call, >= 1 (default {D.batch_windows})")
     p.add_argument("--dtype", default=None, choices=_choices("dtype"),
-                   help=f"inference.dtype: autocast/accumulator type on CUDA (CPU always float32; default {D.dtype})")
+                   help=f"inference.dtype: network precision; auto = float16 on CUDA, bfloat16 on CPUs with "
+                        f"AMX/AVX512-BF16, else float32; float16 on a CPU runs float32 (default {D.dtype})")
     p.add_argument("--no-crop", action="store_true",
                    help="inference.crop_to_body=false: run every sliding window, not only those that meet "
                         "the body's bounding box")

@@ -31,7 +31,8 @@ in stock's order (:func:`flareseg.inference.sliding_window.predict_sliding_windo
 same window logits every model-grid logit is stock's bit for bit (tests/test_predictor.py, one
 window per batch; batches of several, or another cuDNN algorithm, change the network's own
 rounding, i.e. labels only at float16 near-ties).  ``bfloat16`` runs the network in bfloat16 and
-sums in float32.
+sums in float32 (on a CPU: the ``auto`` choice where the CPU has AMX/AVX512-BF16,
+:func:`choose_dtype`).
 Other modes: ``image_resampling="linear"`` (trilinear; fastest on a CPU, labels differ from stock's
 at boundaries), ``"nnunet"`` (the plans' own nnU-Net function on the CPU: the reference the device
 B-spline is tested against); ``resample_probabilities=False`` exports the labels nearest-neighbour
@@ -71,6 +72,51 @@ from flareseg.nnunet.model import LoadedModel, load_model, nnunet_image_resample
 log = logging.getLogger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+#: /proc/cpuinfo flags of CPUs with native bfloat16 matrix/vector instructions (Intel AMX, AVX-512 BF16)
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU feature flags of the first processor in ``path`` (empty when unreadable: not Linux).
+
+    ``FLARESEG_CPU_FLAGS`` (space-separated, may be empty), when set, replaces them: the test suite
+    sets it empty so ``dtype: auto`` computes float32 on every machine; ``amx_bf16`` forces the
+    bfloat16 choice."""
+    env = os.environ.get("FLARESEG_CPU_FLAGS")
+    if env is not None:
+        return frozenset(env.split())
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def choose_dtype(requested: str, device_type: str, flags: frozenset[str] | set[str]) -> tuple[str, str]:
+    """The network precision that runs for ``inference.dtype = requested`` on ``device_type``
+    (``"cuda"``/``"cpu"``) with CPU feature ``flags``: ``(dtype name, reason)``.
+
+    CUDA: ``auto`` is float16 (stock nnU-Net's autocast), anything else as asked.  CPU: ``auto`` is
+    bfloat16 autocast when the CPU has native bf16 (:data:`BF16_CPU_FLAGS`), else float32 (bf16 is
+    emulated there and slower than float32); ``bfloat16`` runs as asked; ``float16`` runs float32
+    (CPU float16 convolutions have no fast kernels)."""
+    if device_type != "cpu":
+        if requested == "auto":
+            return "float16", f"auto: float16 autocast on {device_type}"
+        return requested, f"inference.dtype={requested}"
+    native = [f for f in BF16_CPU_FLAGS if f in flags]
+    if requested == "auto":
+        if native:
+            return "bfloat16", f"auto: the CPU has {'/'.join(native)}, bfloat16 autocast"
+        return "float32", "auto: the CPU has no amx_bf16/avx512_bf16, float32 (bfloat16 would be emulated, slower)"
+    if requested == "float16":
+        return "float32", "inference.dtype=float16 is CUDA-only (no fast float16 kernels on a CPU): float32"
+    if requested == "bfloat16" and not native:
+        return "bfloat16", "inference.dtype=bfloat16 (the CPU has no native bf16: emulated, slower than float32)"
+    return requested, f"inference.dtype={requested}"
 
 
 @dataclass
@@ -150,8 +196,12 @@ class FastPredictor:
                              f"model has {self.model.num_input_channels} input channels")
         c = self.cfg
         self.device = resolve_device(c.device)
-        # half-precision autocast and accumulators only on CUDA (CPU half kernels are slow)
-        self.dtype = DTYPES[c.dtype] if self.device.type == "cuda" else torch.float32
+        # the network precision that runs here, and why (float16 only on CUDA; bfloat16 on a CPU
+        # with native bf16 or when asked); sums and softmax stay float32 except CUDA float16
+        name, self.dtype_reason = choose_dtype(c.dtype, self.device.type,
+                                               cpu_flags() if self.device.type == "cpu" else frozenset())
+        self.dtype = DTYPES[name]
+        log.info("inference dtype %s on %s (%s)", name, self.device, self.dtype_reason)
         # skip_grow: the skipping growth safeguard (see flareseg.inference.skipping); only with skipping
         self.skip_windows, self.skip_threshold, self.skip_grow = c.skip_windows, c.skip_threshold, c.skip_grow
         self.step_size, self.tta, self.batch_windows = c.step_size, c.tta, c.batch_windows
@@ -164,6 +214,11 @@ class FastPredictor:
         self.networks = [n.to(self.device).eval() for n in self.model.networks]
         self.last_stats: dict[str, Any] = {}
 
+    @property
+    def dtype_name(self) -> str:
+        """The network precision that runs (``"float32"``, ``"bfloat16"``, ``"float16"``)."""
+        return str(self.dtype).removeprefix("torch.")
+
     # ------------------------------------------------------------------ network callable
     def window_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """``(B, 1, pz, py, px) -> (B, K, pz, py, px)`` logits: fold ensemble, optional mirroring.
@@ -174,16 +229,18 @@ class FastPredictor:
         logits.  Several folds: their mean in float32."""
         axes = [a + 2 for a in (self.model.mirror_axes or ())] if self.tta else []
         flips = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
-        use_amp = self.device.type == "cuda" and self.dtype != torch.float32
+        use_amp = self.dtype != torch.float32
+        # bfloat16 (8 mantissa bits) is only the network's arithmetic: its logits are summed in float32
+        upcast = self.dtype == torch.bfloat16
 
         def one(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-            y = net(x)
+            y = net(x).float() if upcast else net(x)
             for f in flips[1:]:
                 y += torch.flip(net(torch.flip(x, f)), f)
             return y / len(flips) if len(flips) > 1 else y
 
         def fn(x: torch.Tensor) -> torch.Tensor:
-            ctx = torch.autocast("cuda", dtype=self.dtype) if use_amp else nullcontext()
+            ctx = torch.autocast(self.device.type, dtype=self.dtype) if use_amp else nullcontext()
             with ctx:
                 if len(self.networks) == 1:
                     return one(self.networks[0], x)
@@ -320,6 +377,7 @@ class FastPredictor:
         out_img.CopyInformation(image)
         self.last_stats = {
             "seconds": t.seconds, "windows": wstats.as_dict(), "device": str(self.device),
+            "dtype": self.dtype_name, "dtype_reason": self.dtype_reason,
             "shape_input_zyx": list(arr.shape), "shape_cropped": [s.stop - s.start for s in crop],
             "shape_model": list(shape_model), "crop": [[s.start, s.stop] for s in crop],
             "region_model": [[s.start, s.stop] for s in region],
