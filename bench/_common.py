@@ -54,13 +54,31 @@ def interleaved(fns: Mapping[str, Callable[[], object]], repeats: int,
     return times if reduce is None else {k: reduce(v) for k, v in times.items()}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the architecture where that is not readable) and
+    whether it computes bfloat16 natively (AMX / AVX512-BF16: what ``inference.dtype auto`` needs)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and name in (platform.processor(), platform.machine()):
+                name = line.partition(":")[2].strip()
+            elif line.startswith("flags"):
+                flags = set(line.partition(":")[2].split())
+                break
+    except OSError:
+        return name
+    native = sorted(flags & {"amx_bf16", "avx512_bf16"})
+    return f"{name} ({'/'.join(native) if native else 'no native bf16'})"
+
+
 def machine_line(device: str | None = None) -> str:
     """One line saying where a benchmark ran: CPU, cores, load, device, Python/numpy/torch versions
     and the thread settings that change timings."""
     import numpy as np
-    parts = [f"{platform.processor() or platform.machine()}", f"{os.cpu_count()} CPU cores",
-             f"load {os.getloadavg()[0]:.1f}"]
     torch = sys.modules.get("torch")       # only when the benchmark uses it (no import cost otherwise)
+    parts = [cpu_model(), f"{os.cpu_count()} CPU cores", f"load {os.getloadavg()[0]:.1f}"]
+    if torch is not None:
+        parts.append(f"vector ISA {torch.backends.cpu.get_cpu_capability()}")
     if device:
         gpu = None
         if str(device).startswith("cuda") and torch is not None and torch.cuda.is_available():

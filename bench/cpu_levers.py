@@ -10,13 +10,12 @@ are reported), then ``--repeats`` rounds in which the levers take turns (interle
 other processes hits all alike); the median seconds per window is reported, with the argmax
 agreement of its logits vs float32's (random weights: near-tied logits, a lower bound).
 
-    python bench/cpu_levers.py                                   # the paper patch, 3 repeats
-    python bench/cpu_levers.py --patch 32,96,96 --levers fp32,bf16 --out /tmp/x.md
+    python -m bench.cpu_levers                                   # the paper patch, 3 repeats
+    python -m bench.cpu_levers --patch 32,96,96 --levers fp32,bf16 --out /tmp/x.md
 """
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,29 +25,17 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from flareseg.inference.predictor import BF16_CPU_FLAGS, choose_dtype, cpu_flags  # noqa: E402
-from flareseg.nnunet.model import load_model  # noqa: E402
-from flareseg.nnunet.model_folder import tiny_plans, write_model_folder  # noqa: E402
+from bench._common import machine_line as common_machine_line
+from flareseg.inference.predictor import choose_dtype, cpu_flags
+from flareseg.nnunet.model import load_model
+from bench.model_folder import tiny_plans, write_model_folder
 
 PAPER_FEATURES = (32, 64, 128, 256, 320, 320)
 
 
 def machine_line() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
-    flags = cpu_flags()
-    native = [f for f in BF16_CPU_FLAGS if f in flags] or ["no native bf16"]
-    return (f"{name}; {'/'.join(native)}; torch {torch.__version__}, capability "
-            f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads; "
-            f"dtype auto here: {choose_dtype('auto', 'cpu', flags)[0]}")
+    return (common_machine_line("cpu").removeprefix("machine: ")
+            + f"; dtype auto here: {choose_dtype('auto', 'cpu', cpu_flags())[0]}")
 
 
 class Lever:
@@ -160,7 +147,7 @@ def main(argv=None) -> int:
 
     ref = next((lv for lv in levers if lv.name == "fp32"), None)
     base = statistics.median(ref.times) if ref else None
-    cmd = "python bench/cpu_levers.py" + (f" --patch {args.patch}" if args.patch != "32,192,192" else "") \
+    cmd = "python -m bench.cpu_levers" + (f" --patch {args.patch}" if args.patch != "32,192,192" else "") \
         + f" --repeats {args.repeats} --levers {','.join(names)}"
     lines = ["# CPU levers: one window of the paper-size network", "",
              f"Command: `{cmd}`", "", f"Machine: {machine_line()}.", "",

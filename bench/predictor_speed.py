@@ -16,17 +16,16 @@ so that its logits are not near-tied and Dice vs stock means something.
 ``float16``): one pair of rows (no skip / skip) per dtype; stock runs its own way (float32 on a CPU).
 
     # issue 18's CPU table (the lead's command; ~30 min per Z on 2 cores):
-    python bench/predictor_speed.py --plan paper --z 100,200 --xy 512 --dtype float32,bfloat16 --cold \
+    python -m bench.predictor_speed --plan paper --z 100,200 --xy 512 --dtype float32,bfloat16 --cold \
         --out docs/benchmarks/predictor_paper_cpu.md
 
-    python bench/predictor_speed.py                      # 256x256x80 CT, CPU
-    python bench/predictor_speed.py --device cuda --plan paper --patch 128,128,128 --z 100,200,400 \
+    python -m bench.predictor_speed                      # 256x256x80 CT, CPU
+    python -m bench.predictor_speed --device cuda --plan paper --patch 128,128,128 --z 100,200,400 \
         --xy 512 --cold --out docs/benchmarks/predictor_gpu.md
 """
 from __future__ import annotations
 
 import argparse
-import platform
 import subprocess
 import sys
 import tempfile
@@ -37,13 +36,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from flareseg.evaluation.gpu_memory import MemorySampler, probe_backend  # noqa: E402
-from flareseg.evaluation.metrics import dice_per_class, foreground_unchanged  # noqa: E402
-from flareseg.devices import resolve_device  # noqa: E402
-from flareseg.inference.predictor import FastPredictor  # noqa: E402
-from flareseg.nnunet.model_folder import fit_model_folder, tiny_plans, write_model_folder  # noqa: E402
+from bench._common import machine_line
+from flareseg.evaluation.gpu_memory import MemorySampler, probe_backend
+from flareseg.evaluation.metrics import dice_per_class, foreground_unchanged
+from flareseg.devices import resolve_device
+from flareseg.inference.predictor import FastPredictor
+from bench.model_folder import fit_model_folder, tiny_plans, write_model_folder
 
 # (FLARE class, HU, centre (z, y, x) as a fraction of the extent from the middle, radii mm)
 ORGANS = [(1, 60, (0.05, -0.05, -0.18), (60, 55, 70)),
@@ -190,14 +188,12 @@ def main(argv=None) -> int:
     lines = [
         "# Predictor speed: stock nnUNetPredictor vs FastPredictor",
         "",
-        f"Command: `python bench/predictor_speed.py --z {args.z} --xy {args.xy} --inplane-mm {args.inplane_mm} "
+        f"Command: `python -m bench.predictor_speed --z {args.z} --xy {args.xy} --inplane-mm {args.inplane_mm} "
         f"--plan {args.plan}" + (f" --patch {args.patch}" if args.patch else "")
         + f" --fit-steps {args.fit_steps} --dtype {args.dtype} --device {args.device}"
         + (" --cold" if args.cold else "") + "`",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"device `{device}`" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-                                 " (no GPU)") + f"; torch {torch.__version__}.",
+        f"Machine: {machine_line(str(device)).removeprefix('machine: ')}.",
         "",
         f"Cases: synthetic CT {args.xy}x{args.xy}xZ at {spacing[1]:.2f}x{spacing[2]:.2f}x{spacing[0]} mm; "
         f"model {model_desc}. No mirroring anywhere. Warm: in one process after an untimed run of each "
@@ -220,7 +216,7 @@ def main(argv=None) -> int:
         stock_pred()  # warm-up
         ref, stock_s, stock_peak, stock_used = timed_run(stock_pred, device)
         stock_cold = cold_seconds([sys.executable, "-c", STOCK_COLD, str(md), str(case),
-                                   str(tmp / f"stock_z{z}.nii.gz"), device.type]) if args.cold else None
+                                   str(tmp / f"stock_z{z}"), device.type]) if args.cold else None
         lines.append(f"| {z} | stock nnUNetPredictor | {stock_s:.2f} | 1.0x | {_mb(stock_peak)} | {_mb(stock_used)} | "
                      + (f"{stock_cold:.2f}" if stock_cold else "-") + " | - | - | - |")
         outs = {}

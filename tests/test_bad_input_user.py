@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from flareseg.cli import main
-from flareseg.nnunet.model_folder import tiny_plans, write_model_folder
+from bench.model_folder import tiny_plans, write_model_folder
 from tests.bad_input import check_contract, md5_tree, run_command
 
 
