@@ -99,3 +99,19 @@ def test_the_settings_took_effect(shipped):
     assert ran != FastPredictor(model, device="cpu").run(img).stats["windows"]
     got = sitk.GetArrayFromImage(sitk.ReadImage(str(sd / "predictions" / "v00.nii.gz")))
     assert np.mean(got == sitk.GetArrayFromImage(same.labels)) > 0.999
+
+
+def test_stage6_ships_the_stock_loadable_export_it_measured(shipped):
+    """Stage-6 writes the exported model folder (stock trainer name, export marker) and the
+    efficiency processes ran that folder, not stage-5's training folder."""
+    root, model, work, cfg, result = shipped
+    sd = stage_dir(work, 6)
+    assert result["model"] == str(sd / "model")
+    assert (sd / "model" / "flareseg_export.json").is_file()
+    assert read_json(sd / "model" / "flareseg_export.json")["model"] == str(model.resolve())
+    from flareseg.nnunet.export import STOCK_TRAINER
+    ckpt = next((sd / "model").glob("fold_*/checkpoint_*.pth"))
+    from flareseg.nnunet.checkpoint import load_checkpoint
+    assert load_checkpoint(ckpt)["trainer_name"] == STOCK_TRAINER
+    report = read_json(sd / "efficiency" / "reports" / "v00.json")
+    assert report["model"] == str(sd / "model")

@@ -1,4 +1,6 @@
-"""stage-6: ship the coarse model: predict the held-out validation set once, the way the FLARE
+"""stage-6: ship the coarse model: export it as a model folder stock nnU-Net loads as it is
+(``stage-6-*/model``, what ``flareseg export-model`` writes and the Docker image bakes in), then
+predict the held-out validation set once with that folder, the way the FLARE
 harness runs a submission (one ``flareseg predict`` process per case, measuring start-up, model
 load, wall time, CPU RSS, GPU memory when there is a GPU), then evaluate those very outputs
 (DSC/NSD under the FLARE23 rules).  The processes get the stage's resolved ``inference`` config
@@ -61,9 +63,26 @@ def run(ctx: StageContext) -> dict:
     cases = collect_inputs(val_imgs)
     inference = to_dict(cfg.inference)
 
+    ship_dir = ctx.dir / "model"
+
+    def export() -> dict:
+        from flareseg.nnunet.export import export_model
+        from flareseg.nnunet.model import ModelFolderError
+        from flareseg.io import InputError
+        try:
+            export_model(model_dir, ship_dir)
+        except (InputError, ModelFolderError) as e:
+            raise StageError(f"export of the coarse model: {e}") from None
+        return {"model": str(ship_dir)}
+
+    # the shipped folder (stock-loadable, no nnUNet_extTrainer needed; the Docker image's /opt/model)
+    # is the one measured and evaluated below
+    ctx.step("export", {"model": s5["training"]["checkpoint"]}, export,
+             outputs=[ship_dir / "flareseg_export.json"])
+
     def predict_and_measure() -> dict:
         write_text(yaml.safe_dump({"inference": inference}, sort_keys=False), settings)
-        cmd = efficiency_command(model_dir, settings, reports)
+        cmd = efficiency_command(ship_dir, settings, reports)
         try:
             rows = measure_efficiency(cmd, [p for _, p in cases], eff_dir, outputs_dir=pred_dir)
         except ValueError as e:   # CUDA_VISIBLE_DEVICES names no card: the wrong card would be sampled
@@ -101,4 +120,5 @@ def run(ctx: StageContext) -> dict:
                ctx.dir / "ship_report.json")
     return {"evaluation": summary, "windows_total": predicted["windows_total"],
             "windows_skipped": predicted["windows_skipped"], "efficiency": eff, "table": table,
-            "outputs": [pred_dir, ctx.dir / "evaluation", eff_dir, ctx.dir / "ship_report.json"]}
+            "model": str(ship_dir),
+            "outputs": [ship_dir, pred_dir, ctx.dir / "evaluation", eff_dir, ctx.dir / "ship_report.json"]}
