@@ -15,6 +15,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import signal
+import sys
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
@@ -70,11 +72,38 @@ def backend_for(device: str) -> str:
     return "nccl" if cuda else "gloo"
 
 
+def die_with_launcher() -> bool:
+    """Linux: ask the kernel to SIGKILL this process when its parent (torchrun's agent) dies.
+
+    torchrun starts every rank in a session of its own, so killing the launch's process group
+    (a kill -9 of the job, a scheduler killing the launcher) leaves the ranks running: orphans that
+    keep training and rotating checkpoints under a rerun (found by the kill/resume test: the rerun
+    lost ``checkpoint_latest.pth`` to an orphan's rotation).  Returns whether it is set."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        ok = libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0      # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        ok = False
+    if not ok:
+        log.warning("cannot tie this rank's life to its launcher (prctl failed): after a kill -9 of "
+                    "torchrun, kill its ranks too before rerunning")
+        return False
+    if os.getppid() != parent:        # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+    return True
+
+
 def init_from_env(device: str = "auto") -> bool:
-    """Join the torchrun process group (once); returns whether this is a multi-process run."""
+    """Join the torchrun process group (once); returns whether this is a multi-process run.
+    Each rank dies with its launcher (:func:`die_with_launcher`)."""
     global _control
     if not launched():
         return False
+    die_with_launcher()
     import torch
     import torch.distributed as dist
     if active():

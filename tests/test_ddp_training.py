@@ -81,6 +81,26 @@ def test_two_processes_train_a_stock_loadable_model_with_identical_ranks(tmp_pat
     assert not any(k.startswith("module.") for k in ck["network_weights"])   # unwrapped, as stock saves
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie no init reaped does not count: it can no longer write)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 def test_killed_two_process_training_resumes_and_finishes(tmp_path):
     work = tmp_path / "w"
@@ -96,9 +116,17 @@ def test_killed_two_process_training_resumes_and_finishes(tmp_path):
                 break
             time.sleep(0.2)
         assert latest is not None, "no checkpoint before the run ended"
+        ranks = _children(proc.pid)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    # torchrun puts its ranks in sessions of their own: they must die with it, not keep training
+    # (and rotating checkpoints) under the rerun
+    assert len(ranks) == 2
+    deadline = time.time() + 60
+    while time.time() < deadline and any(_alive(p) for p in ranks):
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in ranks), "ranks outlived their killed launcher"
     assert not (latest.parent / "checkpoint_final.pth").exists()
 
     p = subprocess.run(_cmd(work, 6), env=_env(), capture_output=True, text=True, timeout=600)
