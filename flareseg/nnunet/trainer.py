@@ -263,9 +263,6 @@ class FlareSegTrainer(nnUNetTrainer):
         super().on_train_start()
         if self._pending_rng is not None:
             st = self._pending_rng
-            random.setstate(st["python"])
-            np.random.set_state(st["numpy"])
-            torch.set_rng_state(st["torch"])
             if "ranks" in st:   # saved by a DDP run: one state per rank
                 import torch.distributed as tdist
                 world = tdist.get_world_size() if self.is_ddp else 1
