@@ -229,7 +229,9 @@ class FastPredictor:
         logits.  Several folds: their mean in float32."""
         axes = [a + 2 for a in (self.model.mirror_axes or ())] if self.tta else []
         flips = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
-        use_amp = self.dtype != torch.float32
+        # float16 autocast only on CUDA, as stock: on a CPU stock runs the network in float32 and
+        # sums in float16, which is what dtype float16 reproduces there
+        use_amp = self.dtype == torch.bfloat16 or (self.dtype == torch.float16 and self.device.type == "cuda")
         # bfloat16 (8 mantissa bits) is only the network's arithmetic: its logits are summed in float32
         upcast = self.dtype == torch.bfloat16
 
