@@ -97,3 +97,26 @@ def check_contract(out: Outcome, *, rc: int, names: Sequence[str], reason: str,
     assert leftovers(list(outputs) + inputs) == [], "temporary files left behind"
     for p in done:
         assert Path(p).exists(), f"the good case's output {p} is missing: the batch did not go on"
+
+
+def tiny_ct(path, shape=(16, 40, 36), spacing=(1.5, 1.5, 2.5), dtype=None, fill=None):
+    """A small CT for the predict rows: air with a soft-tissue block (``fill``: every voxel that value)."""
+    import numpy as np
+    import SimpleITK as sitk
+    arr = np.full(shape, -1000, dtype=dtype or np.int16)
+    arr[:, 8:32, 6:30] = 60
+    if fill is not None:
+        arr[...] = fill
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing)
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+def ct_folder(tmp, *names):
+    """``tmp/in`` holding one :func:`tiny_ct` per file name."""
+    inp = Path(tmp) / "in"
+    inp.mkdir()
+    for n in names:
+        tiny_ct(inp / n)
+    return inp

@@ -8,12 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from bench.model_folder import tiny_plans, write_model_folder
-from tests.bad_input import check_contract, md5_tree, run_command
+from tests.bad_input import tiny_ct as _ct, check_contract, md5_tree, run_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,15 +34,6 @@ def predict_sh(argv):
 def model(tmp_path_factory):
     return write_model_folder(tmp_path_factory.mktemp("model") / "model", plans=tiny_plans(spacing=(3.0, 3.0, 3.0)),
                               seed=1)
-
-
-def _ct(path):
-    arr = np.full((16, 40, 36), -1000, dtype=np.int16)
-    arr[:, 8:32, 6:30] = 60
-    img = sitk.GetImageFromArray(arr)
-    img.SetSpacing((1.5, 1.5, 2.5))
-    sitk.WriteImage(img, str(path))
-    return path
 
 
 # each row: the environment/arguments, what the line must name, the reason, the exit code, the

@@ -4,28 +4,17 @@ the model not loaded), one line naming the file or option, the key and the reaso
 inputs and model md5-identical."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from flareseg.cli import main
 from bench.model_folder import tiny_plans, write_model_folder
-from tests.bad_input import check_contract, md5_tree, run_command
+from tests.bad_input import tiny_ct as _ct, check_contract, md5_tree, run_command
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return write_model_folder(tmp_path_factory.mktemp("models") / "coarse",
                               plans=tiny_plans(spacing=(3.0, 3.0, 3.0)), seed=1)
-
-
-def _ct(path):
-    arr = np.full((16, 40, 36), -1000, dtype=np.int16)
-    arr[:, 8:32, 6:30] = 60
-    img = sitk.GetImageFromArray(arr)
-    img.SetSpacing((1.5, 1.5, 2.5))
-    sitk.WriteImage(img, str(path))
-    return path
 
 
 def _config_row(name, text, names, reason):

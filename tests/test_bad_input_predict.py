@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from flareseg.cli import main
 from bench.model_folder import tiny_plans, write_model_folder
-from tests.bad_input import check_contract, md5_tree, run_command
+from tests.bad_input import tiny_ct as _ct, ct_folder as _folder, check_contract, md5_tree, run_command
 
 
 @pytest.fixture(scope="module")
@@ -21,25 +21,6 @@ def model(tmp_path_factory):
     # inside a parent folder so the "user passed the parent" row has one to pass
     return write_model_folder(tmp_path_factory.mktemp("models") / "coarse",
                               plans=tiny_plans(spacing=(3.0, 3.0, 3.0)), seed=1)
-
-
-def _ct(path, shape=(16, 40, 36), spacing=(1.5, 1.5, 2.5), dtype=np.int16, fill=None):
-    arr = np.full(shape, -1000, dtype=dtype)
-    arr[:, 8:32, 6:30] = 60
-    if fill is not None:
-        arr[...] = fill
-    img = sitk.GetImageFromArray(arr)
-    img.SetSpacing(spacing)
-    sitk.WriteImage(img, str(path))
-    return path
-
-
-def _folder(tmp, *names):
-    inp = tmp / "in"
-    inp.mkdir()
-    for n in names:
-        _ct(inp / n)
-    return inp
 
 
 # ------------------------------------------------------------------ rows

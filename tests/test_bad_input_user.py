@@ -8,36 +8,17 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from flareseg.cli import main
 from bench.model_folder import tiny_plans, write_model_folder
-from tests.bad_input import check_contract, md5_tree, run_command
+from tests.bad_input import ct_folder as _folder, check_contract, md5_tree, run_command
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return write_model_folder(tmp_path_factory.mktemp("models") / "coarse",
                               plans=tiny_plans(spacing=(3.0, 3.0, 3.0)), seed=1)
-
-
-def _ct(path):
-    arr = np.full((16, 40, 36), -1000, dtype=np.int16)
-    arr[:, 8:32, 6:30] = 60
-    img = sitk.GetImageFromArray(arr)
-    img.SetSpacing((1.5, 1.5, 2.5))
-    sitk.WriteImage(img, str(path))
-    return path
-
-
-def _folder(tmp, *names):
-    inp = tmp / "in"
-    inp.mkdir()
-    for n in names:
-        _ct(inp / n)
-    return inp
 
 
 # ------------------------------------------------------------------ rows
