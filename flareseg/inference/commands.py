@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from flareseg.cases import list_cases
 from flareseg.config import IMAGE_RESAMPLING, ConfigError, InferenceConfig, inference_config, load_config, to_dict
-from flareseg.io import InputError, image_suffix, read_image, remove_stale_temps, write_image, write_json
+from flareseg.io import InputError, image_suffix, remove_stale_temps, write_image, write_json
 
 log = logging.getLogger(__name__)
 
@@ -343,8 +343,7 @@ def predict_cases(predictor, cases: Sequence[tuple[str, Path]], plan: OutputPlan
             if statistics or plan.previews:
                 arr = sitk.GetArrayViewFromImage(res.labels)
                 spacing = tuple(reversed(res.labels.GetSpacing()))
-                image = read_image(path)          # the CT, for HU and the preview (kept: the view needs it)
-                ct = sitk.GetArrayViewFromImage(image)
+                ct = sitk.GetArrayViewFromImage(res.image)   # the CT the predictor read, not read again
             if statistics:
                 stats[case] = label_statistics(arr, spacing, names, tumor, image=ct)
             if plan.previews:

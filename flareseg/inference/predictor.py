@@ -127,6 +127,7 @@ class Prediction:
     probabilities: np.ndarray | None = None   # (K, Z, Y, X) float16, input array order
     stats: dict[str, Any] = field(default_factory=dict)
     hook_result: Any = None
+    image: sitk.Image | None = None           # the CT as read (verified), for HU statistics and previews
 
 
 def body_bbox(arr: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float = 10.0,
@@ -385,7 +386,7 @@ class FastPredictor:
             "region_model": [[s.start, s.stop] for s in region],
             "reoriented": None if ro is None or ro.is_identity else list(ro.perm),
         }
-        return Prediction(out_img, prob_np, dict(self.last_stats), hook_result)
+        return Prediction(out_img, prob_np, dict(self.last_stats), hook_result, image)
 
     def _stock_axis_rule(self, kind: str, current: Sequence[float],
                          new: Sequence[float]) -> tuple[int | None, int]:
