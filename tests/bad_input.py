@@ -120,3 +120,17 @@ def ct_folder(tmp, *names):
     for n in names:
         tiny_ct(inp / n)
     return inp
+
+
+def check_predict_row(main, r: dict, argv: Sequence[str], model, tmp_path, capsys, caplog) -> Outcome:
+    """Run ``flareseg predict ARGV --device cpu -q`` for a matrix row ``r`` (``inputs``, ``rc``,
+    ``names``, ``reason``, optional ``outputs``/``done``) and check the contract; a refusal
+    (exit 2) must leave ``tmp_path`` exactly as it was (not even the output folder created)."""
+    inputs = [*r["inputs"], model]
+    before, everything = md5_tree(inputs), md5_tree([tmp_path])
+    out = run_command(main, ["predict", *argv, "--device", "cpu", "-q"], capsys, caplog)
+    check_contract(out, rc=r["rc"], names=r["names"], reason=r["reason"], inputs_before=before,
+                   inputs=inputs, outputs=r.get("outputs", ()), done=r.get("done", ()))
+    if r["rc"] == 2:
+        assert md5_tree([tmp_path]) == everything
+    return out

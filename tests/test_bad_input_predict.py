@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from flareseg.cli import main
 from bench.model_folder import tiny_plans, write_model_folder
-from tests.bad_input import tiny_ct as _ct, ct_folder as _folder, check_contract, md5_tree, run_command
+from tests.bad_input import tiny_ct as _ct, ct_folder as _folder, check_predict_row
 
 
 @pytest.fixture(scope="module")
@@ -242,10 +242,4 @@ def test_predict_bad_input(row, tmp_path, model, capsys, caplog):
     argv = [str(a) for a in r["argv"]]
     if "-m" not in argv:
         argv += ["-m", str(model)]
-    inputs = [*r["inputs"], model]
-    before, everything = md5_tree(inputs), md5_tree([tmp_path])
-    out = run_command(main, ["predict", *argv, "--device", "cpu", "-q"], capsys, caplog)
-    check_contract(out, rc=r["rc"], names=r["names"], reason=r["reason"], inputs_before=before,
-                   inputs=inputs, outputs=r.get("outputs", ()), done=r.get("done", ()))
-    if r["rc"] == 2:   # refused before any work: not even the output folder was created
-        assert md5_tree([tmp_path]) == everything
+    check_predict_row(main, r, argv, model, tmp_path, capsys, caplog)

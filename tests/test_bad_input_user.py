@@ -12,7 +12,7 @@ import pytest
 
 from flareseg.cli import main
 from bench.model_folder import tiny_plans, write_model_folder
-from tests.bad_input import ct_folder as _folder, check_contract, md5_tree, run_command
+from tests.bad_input import ct_folder as _folder, check_predict_row
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +85,7 @@ ROWS = [
 def test_predict_user_outputs_bad_input(row, tmp_path, model, shared_data, capsys, caplog):
     r = row(tmp_path, model, shared_data)
     argv = [str(a) for a in r["argv"]] + ["-m", str(model)]
-    inputs = [*r["inputs"], model]
-    before, everything = md5_tree(inputs), md5_tree([tmp_path])
-    out = run_command(main, ["predict", *argv, "--device", "cpu", "-q"], capsys, caplog)
-    check_contract(out, rc=r["rc"], names=r["names"], reason=r["reason"], inputs_before=before,
-                   inputs=inputs, outputs=r.get("outputs", ()), done=r.get("done", ()))
-    if r["rc"] == 2:   # refused before any work: not even the output folder was created
-        assert md5_tree([tmp_path]) == everything
-    else:
+    check_predict_row(main, r, argv, model, tmp_path, capsys, caplog)
+    if r["rc"] != 2:
         stats = json.loads((tmp_path / "out" / "statistics.json").read_text())
         assert set(stats) == {"good"} and "hu" in stats["good"]
