@@ -170,6 +170,9 @@ class InferenceConfig:
     reorient: bool = True            # permute non-axial array layouts to axial, restore after
     image_resampling: ImageResampling = "bspline"  # to the model spacing (see docs)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # torch: the network runs in torch; openvino: in OpenVINO on the CPU (optional extra, ~2x faster
+    # float32 there; see flareseg.inference.openvino_runtime); device auto then means the CPU
+    runtime: Literal["torch", "openvino"] = "torch"
 
 
 @dataclass(frozen=True)

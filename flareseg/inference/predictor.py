@@ -61,6 +61,7 @@ from flareseg.io import InputError, read_image
 from flareseg.image_check import (constant_problem, nonfinite_count, nonfinite_problem, shape_problem,
                                   spacing_problem)
 from flareseg.inference.normalize import normalize_
+from flareseg.inference.openvino_runtime import runtime_device, runtime_problem
 from flareseg.inference.orientation import axial_reorientation
 from flareseg.inference.resample import resample_image, target_shape
 from flareseg.inference.sliding_window import predict_sliding_window, windows_covering
@@ -196,7 +197,10 @@ class FastPredictor:
             raise ValueError(f"{self.model.model_dir}: the fast predictor handles single-channel CT, "
                              f"model has {self.model.num_input_channels} input channels")
         c = self.cfg
-        self.device = resolve_device(c.device)
+        self.device = resolve_device(runtime_device(c.runtime, c.device))
+        problem = runtime_problem(c.runtime, self.device.type)
+        if problem:
+            raise ValueError(problem)
         # the network precision that runs here, and why (float16 only on CUDA; bfloat16 on a CPU
         # with native bf16 or when asked); sums and softmax stay float32 except CUDA float16
         name, self.dtype_reason = choose_dtype(c.dtype, self.device.type,
@@ -213,6 +217,16 @@ class FastPredictor:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.networks = [n.to(self.device).eval() for n in self.model.networks]
+        # what runs each network: the torch module itself, or its OpenVINO conversion (runtime_model
+        # says whether that came from the cache or was converted in this process)
+        self.runtime, self.runtime_model = c.runtime, None
+        self.runners: list[Callable[[torch.Tensor], torch.Tensor]] = list(self.networks)
+        if c.runtime == "openvino":
+            from flareseg.inference.openvino_runtime import PRECISION, OpenVINONetwork
+            self.runners = [OpenVINONetwork(n, self.model.num_input_channels, PRECISION[name])
+                            for n in self.networks]
+            self.runtime_model = ", ".join(sorted({r.source for r in self.runners}))
+            log.info("network runtime openvino (%s, precision %s)", self.runtime_model, PRECISION[name])
         self.last_stats: dict[str, Any] = {}
 
     @property
@@ -232,11 +246,12 @@ class FastPredictor:
         flips = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
         # float16 autocast only on CUDA, as stock: on a CPU stock runs the network in float32 and
         # sums in float16, which is what dtype float16 reproduces there
-        use_amp = self.dtype == torch.bfloat16 or (self.dtype == torch.float16 and self.device.type == "cuda")
+        use_amp = self.runtime == "torch" and (
+            self.dtype == torch.bfloat16 or (self.dtype == torch.float16 and self.device.type == "cuda"))
         # bfloat16 (8 mantissa bits) is only the network's arithmetic: its logits are summed in float32
         upcast = self.dtype == torch.bfloat16
 
-        def one(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        def one(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
             y = net(x).float() if upcast else net(x)
             for f in flips[1:]:
                 y += torch.flip(net(torch.flip(x, f)), f)
@@ -245,13 +260,13 @@ class FastPredictor:
         def fn(x: torch.Tensor) -> torch.Tensor:
             ctx = torch.autocast(self.device.type, dtype=self.dtype) if use_amp else nullcontext()
             with ctx:
-                if len(self.networks) == 1:
-                    return one(self.networks[0], x)
+                if len(self.runners) == 1:
+                    return one(self.runners[0], x)
                 total = None
-                for net in self.networks:
+                for net in self.runners:
                     y = one(net, x).float()
                     total = y if total is None else total.add_(y)
-            return total.div_(len(self.networks))  # type: ignore[union-attr]
+            return total.div_(len(self.runners))  # type: ignore[union-attr]
         return fn
 
     # ------------------------------------------------------------------ prediction
@@ -380,7 +395,7 @@ class FastPredictor:
         out_img.CopyInformation(image)
         self.last_stats = {
             "seconds": t.seconds, "windows": wstats.as_dict(), "device": str(self.device),
-            "dtype": self.dtype_name, "dtype_reason": self.dtype_reason,
+            "dtype": self.dtype_name, "dtype_reason": self.dtype_reason, "runtime": self.runtime,
             "shape_input_zyx": list(arr.shape), "shape_cropped": [s.stop - s.start for s in crop],
             "shape_model": list(shape_model), "crop": [[s.start, s.stop] for s in crop],
             "region_model": [[s.start, s.stop] for s in region],
