@@ -5,13 +5,17 @@ convolutions per stage, patch 32x192x192 at 2.5x1.5x1.5 mm; random weights: only
 here, agreement is measured with a fitted model in bench/predictor_speed.py and
 tests/test_cpu_dtype.py).  Levers: float32 vs bfloat16 autocast, channels_last_3d,
 ``torch.compile`` (inductor), ``torch.jit.freeze`` with oneDNN graph fusion, torch threads, window
-batch 1 vs 2.  Every lever runs once untimed (compilation, oneDNN kernel selection; its seconds
+batch 1 vs 2, and two runtimes made for CPU inference: OpenVINO (``fp32_openvino``, flareseg's
+``inference.runtime: openvino``; set-up = conversion, plus the per-process set-up from its cache)
+and ONNX Runtime (``fp32_onnxruntime``; needs ``onnx``/``onnxruntime``, not project dependencies:
+a lever whose package is missing is reported as failed).  Every lever runs once untimed (compilation, oneDNN kernel selection; its seconds
 are reported), then ``--repeats`` rounds in which the levers take turns (interleaved, so load from
 other processes hits all alike); the median seconds per window is reported, with the argmax
 agreement of its logits vs float32's (random weights: near-tied logits, a lower bound).
 
     python -m bench.cpu_levers                                   # the paper patch, 3 repeats
     python -m bench.cpu_levers --patch 32,96,96 --levers fp32,bf16 --out /tmp/x.md
+    python -m bench.cpu_levers --levers fp32,fp32_openvino,fp32_onnxruntime   # runtimes only
 """
 from __future__ import annotations
 
@@ -43,9 +47,10 @@ class Lever:
 
     def __init__(self, name: str, net: torch.nn.Module, x: torch.Tensor, *, bf16: bool = False,
                  channels_last: bool = False, compile: bool = False, jit: bool = False,
-                 threads: int | None = None, batch: int = 1):
+                 threads: int | None = None, batch: int = 1, runtime: str | None = None):
         self.name, self.net, self.bf16, self.cl, self.compile, self.jit = name, net, bf16, channels_last, compile, jit
-        self.threads, self.batch = threads, batch
+        self.threads, self.batch, self.runtime = threads, batch, runtime
+        self.note = ""
         self.x = x.repeat(batch, 1, 1, 1, 1)
         if channels_last:
             self.x = self.x.contiguous(memory_format=torch.channels_last_3d)
@@ -64,6 +69,26 @@ class Lever:
             net = net.to(memory_format=torch.channels_last_3d)
         if self.compile:
             net = torch.compile(net)
+        if self.runtime == "openvino":
+            from flareseg.inference.openvino_runtime import OpenVINONetwork
+            cache = Path(tempfile.mkdtemp(prefix="flareseg_levers_ov_"))
+            net = OpenVINONetwork(net, 1, "bf16" if self.bf16 else "f32", cache=cache)
+            net(self.x)
+            t_cached = time.perf_counter()   # what a later process pays: read the cached IR, compile
+            net = OpenVINONetwork(self.net, 1, "bf16" if self.bf16 else "f32", cache=cache)
+            net._request(tuple(self.x.shape))
+            self.note = f"from cache: {time.perf_counter() - t_cached:.1f} s set-up"
+            self.bf16 = False                # OpenVINO's own precision hint, no torch autocast
+        elif self.runtime == "onnxruntime":
+            import onnxruntime as ort
+            path = Path(tempfile.mkdtemp(prefix="flareseg_levers_ort_")) / "net.onnx"
+            with torch.no_grad():
+                torch.onnx.export(self.net, (self.x,), str(path), dynamo=False, opset_version=17)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            name = sess.get_inputs()[0].name
+            net = lambda x: torch.from_numpy(sess.run(None, {name: x.numpy()})[0])  # noqa: E731
         if self.jit:
             torch.jit.enable_onednn_fusion(True)
             with torch.no_grad(), self.ctx():
@@ -120,6 +145,8 @@ def main(argv=None) -> int:
         "fp32_batch2": dict(batch=2), "bf16_batch2": dict(bf16=True, batch=2),
         "fp32_jit": dict(jit=True), "bf16_jit": dict(bf16=True, jit=True),
         "fp32_compile": dict(compile=True), "bf16_compile": dict(bf16=True, compile=True),
+        "fp32_openvino": dict(runtime="openvino"), "bf16_openvino": dict(bf16=True, runtime="openvino"),
+        "fp32_onnxruntime": dict(runtime="onnxruntime"),
     }
     names = [s.strip() for s in args.levers.split(",") if s.strip()]
     unknown = [s for s in names if s not in spec]
@@ -154,14 +181,14 @@ def main(argv=None) -> int:
              f"Network: PlainConvUNet features {PAPER_FEATURES}, 2 convs per stage ({params:.1f} M parameters), "
              f"one window {patch}, random weights. Median of {args.repeats} interleaved rounds, seconds per window "
              f"(batch 2: per window). Set-up: the untimed first call (compilation, tracing, kernel selection).",
-             "", "| lever | s / window (median) | runs | vs fp32 | set-up s | argmax = fp32's |", "|---|---|---|---|---|---|"]
+             "", "| lever | s / window (median) | runs | vs fp32 | set-up s | argmax = fp32's | note |", "|---|---|---|---|---|---|---|"]
     for lv in levers:
         med = statistics.median(lv.times)
         agree = float((lv.out.argmax(1) == ref.out.argmax(1)).float().mean()) if ref else float("nan")
         lines.append(f"| {lv.name} | {med:.2f} | {', '.join(f'{t:.2f}' for t in lv.times)} | "
-                     + (f"{base / med:.2f}x" if base else "-") + f" | {lv.setup_s:.1f} | {agree:.4f} |")
+                     + (f"{base / med:.2f}x" if base else "-") + f" | {lv.setup_s:.1f} | {agree:.4f} | {lv.note} |")
     for name, why in failed.items():
-        lines.append(f"| {name} | failed: {why} | | | | |")
+        lines.append(f"| {name} | failed: {why} | | | | | |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

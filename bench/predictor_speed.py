@@ -14,10 +14,17 @@ coarse spacing, fitted ``--fit-steps`` steps (default 10; 0: random weights, spe
 so that its logits are not near-tied and Dice vs stock means something.
 ``--dtype``: flareseg's network precision(s), comma-separated (``auto``, ``float32``, ``bfloat16``,
 ``float16``): one pair of rows (no skip / skip) per dtype; stock runs its own way (float32 on a CPU).
+``--runtime``: flareseg's network runtime(s) (``torch``, ``openvino``), rows per dtype and runtime;
+``--variants`` picks the rows' window skipping (``noskip,skip`` by default).  OpenVINO converts the
+network once into a cache in the bench's temporary folder (its seconds are reported); the cold
+processes read it from there, as every process after a user's first does.
+Each predictor's untimed warm-up runs on the case's first ``--warmup-slices`` slices (all of it with
+0), enough for every batch shape, so a paper-size CPU run does not pay a whole case twice.  Cold runs
+also report the process's peak RSS (``wait4``'s ``ru_maxrss``).
 
-    # issue 18's CPU table (the lead's command; ~30 min per Z on 2 cores):
-    python -m bench.predictor_speed --plan paper --z 100,200 --xy 512 --dtype float32,bfloat16 --cold \
-        --out docs/benchmarks/predictor_paper_cpu.md
+    # issue 18's CPU table (~25 min for Z = 100 on 2 cores; bfloat16 only where the CPU has it):
+    python -m bench.predictor_speed --plan paper --z 100 --xy 512 --dtype float32 --runtime torch,openvino \
+        --variants skip --cold --out docs/benchmarks/predictor_paper_cpu.md
 
     python -m bench.predictor_speed                      # 256x256x80 CT, CPU
     python -m bench.predictor_speed --device cuda --plan paper --patch 128,128,128 --z 100,200,400 \
@@ -26,6 +33,7 @@ so that its logits are not near-tied and Dice vs stock means something.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -84,11 +92,19 @@ p.predict_from_files([[src]], [dst], save_probabilities=False, overwrite=True,
 """
 
 
-def cold_seconds(cmd: list[str]) -> float:
-    """Wall seconds of one fresh process running ``cmd`` (fails loudly)."""
+def cold_run(cmd: list[str]) -> tuple[float, float]:
+    """``(wall seconds, peak RSS MB)`` of one fresh process running ``cmd`` (fails loudly with its
+    output); the RSS is this child's own ``ru_maxrss`` from ``wait4``."""
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    return time.perf_counter() - t
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    sec = time.perf_counter() - t
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{out[-3000:]}")
+    return sec, usage.ru_maxrss / 1024
 
 
 def timed_run(fn, device: torch.device):
@@ -139,6 +155,12 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="auto",
                     help="flareseg's inference.dtype, comma-separated for one row pair each "
                          "(auto, float32, bfloat16, float16; default auto)")
+    ap.add_argument("--runtime", default="torch",
+                    help="flareseg's inference.runtime, comma-separated (torch, openvino; default torch)")
+    ap.add_argument("--variants", default="noskip,skip",
+                    help="flareseg rows: noskip, skip or both (default noskip,skip)")
+    ap.add_argument("--warmup-slices", type=int, default=48,
+                    help="slices of each case the untimed warm-up runs on (0: the whole case; default 48)")
     ap.add_argument("--cold", action="store_true", help="also time one fresh process per predictor and case")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     args = ap.parse_args(argv)
@@ -153,11 +175,18 @@ def main(argv=None) -> int:
     bad = [d for d in dtypes if d not in ("auto", "float32", "bfloat16", "float16")]
     if bad or not dtypes:
         ap.error(f"--dtype: unknown {bad or args.dtype!r} (auto, float32, bfloat16, float16)")
+    runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
+    if not runtimes or any(r not in ("torch", "openvino") for r in runtimes):
+        ap.error(f"--runtime: expected torch and/or openvino, got {args.runtime!r}")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants or any(v not in ("noskip", "skip") for v in variants):
+        ap.error(f"--variants: expected noskip and/or skip, got {args.variants!r}")
     patch = tuple(int(p) for p in args.patch.split(",")) if args.patch else \
         ((32, 192, 192) if paper else (32, 64, 64))
     features = (32, 64, 128, 256, 320, 320) if paper else (8, 16, 32, 64)
 
     tmp = Path(tempfile.mkdtemp(prefix="flareseg_bench_"))
+    os.environ["FLARESEG_CACHE_DIR"] = str(tmp / "cache")   # OpenVINO conversions: this run's own (children too)
     plans = tiny_plans(patch_size=patch, spacing=model_spacing, features=features,
                        convs_per_stage=2 if paper else 1)
     md = write_model_folder(tmp / "model", plans=plans, seed=0)
@@ -176,11 +205,19 @@ def main(argv=None) -> int:
     stock = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=device,
                             perform_everything_on_device=device.type == "cuda", allow_tqdm=False)
     stock.initialize_from_trained_model_folder(str(md), use_folds=(0,))
-    fast = {}
+    fast, conversions = {}, []
     for dt in dtypes:
-        for name, skip in (("fast, no skip", False), ("fast, skip", True)):
-            fp = FastPredictor(md, device=device.type, skip_windows=skip, dtype=dt)
-            fast[f"{name}, {fp.dtype_name}" + (" (auto)" if dt == "auto" else "")] = (fp, dt, skip)
+        for rt in runtimes:
+            for name, skip in (("fast, no skip", False), ("fast, skip", True)):
+                if ("skip" if skip else "noskip") not in variants:
+                    continue
+                t = time.perf_counter()
+                fp = FastPredictor(md, device=device.type, skip_windows=skip, dtype=dt, runtime=rt)
+                if fp.runtime_model == "converted":
+                    conversions.append(f"OpenVINO conversion {time.perf_counter() - t:.1f} s (once; later "
+                                       f"processes read the cache)")
+                fast[f"{name}, {fp.dtype_name}" + (" (auto)" if dt == "auto" else "")
+                     + (f", {rt}" if rt != "torch" else "")] = (fp, dt, skip, rt)
 
     model_desc = (f"PlainConvUNet features {features}, {2 if paper else 1} conv(s) per stage, patch {patch} "
                   f"at {model_spacing} mm, " + ("random weights" if not args.fit_steps else
@@ -190,18 +227,21 @@ def main(argv=None) -> int:
         "",
         f"Command: `python -m bench.predictor_speed --z {args.z} --xy {args.xy} --inplane-mm {args.inplane_mm} "
         f"--plan {args.plan}" + (f" --patch {args.patch}" if args.patch else "")
-        + f" --fit-steps {args.fit_steps} --dtype {args.dtype} --device {args.device}"
+        + f" --fit-steps {args.fit_steps} --dtype {args.dtype} --runtime {args.runtime} --variants {args.variants}"
+        + f" --device {args.device}" + (f" --warmup-slices {args.warmup_slices}" if args.warmup_slices != 48 else "")
         + (" --cold" if args.cold else "") + "`",
         "",
         f"Machine: {machine_line(str(device)).removeprefix('machine: ')}.",
         "",
         f"Cases: synthetic CT {args.xy}x{args.xy}xZ at {spacing[1]:.2f}x{spacing[2]:.2f}x{spacing[0]} mm; "
         f"model {model_desc}. No mirroring anywhere. Warm: in one process after an untimed run of each "
-        f"predictor; cold: a fresh process per case (start-up, model load, read, predict, write).",
+        f"predictor (on the case's first {args.warmup_slices or 'all'} slices); cold: a fresh process per case "
+        f"(start-up, model load, read, predict, write), its peak RSS from wait4."
+        + (" " + "; ".join(conversions) + "." if conversions else ""),
         "",
-        "| Z | predictor | warm s | speed-up vs stock | peak GPU MB | FLARE used MB (total - free) | cold s | windows run / total | "
-        "Dice vs stock (mean, worst class) | steps (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| Z | predictor | warm s | speed-up vs stock | peak GPU MB | FLARE used MB (total - free) | cold s | "
+        "cold speed-up | cold peak RSS MB | windows run / total | Dice vs stock (mean, worst class) | steps (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for z in zs:
         ct, gt = synthetic_ct((z, args.xy, args.xy), spacing, seed=0)
@@ -210,45 +250,50 @@ def main(argv=None) -> int:
         case = tmp / f"case_z{z}_0000.nii.gz"
         sitk.WriteImage(img, str(case))
         arr = ct.astype(np.float32)[None]
+        n_warm = min(z, args.warmup_slices) if args.warmup_slices > 0 else z
+        warm_img = img[:, :, :n_warm]
 
-        def stock_pred():
-            return stock.predict_single_npy_array(arr, {"spacing": list(spacing)})
-        stock_pred()  # warm-up
+        def stock_pred(a=arr):
+            return stock.predict_single_npy_array(a, {"spacing": list(spacing)})
+        stock_pred(arr[:, :n_warm])  # warm-up
         ref, stock_s, stock_peak, stock_used = timed_run(stock_pred, device)
-        stock_cold = cold_seconds([sys.executable, "-c", STOCK_COLD, str(md), str(case),
-                                   str(tmp / f"stock_z{z}"), device.type]) if args.cold else None
+        stock_cold, stock_rss = cold_run([sys.executable, "-c", STOCK_COLD, str(md), str(case),
+                                          str(tmp / f"stock_z{z}"), device.type]) if args.cold else (None, None)
         lines.append(f"| {z} | stock nnUNetPredictor | {stock_s:.2f} | 1.0x | {_mb(stock_peak)} | {_mb(stock_used)} | "
-                     + (f"{stock_cold:.2f}" if stock_cold else "-") + " | - | - | - |")
+                     + (f"{stock_cold:.2f} | 1.0x | {stock_rss:.0f}" if stock_cold else "- | - | -") + " | - | - | - |")
         outs = {}
-        for name, (fp, dt, skip) in fast.items():
-            fp.predict(img)  # warm-up (kernel selection)
+        for name, (fp, dt, skip, rt) in fast.items():
+            fp.predict(warm_img)  # warm-up (kernel selection, OpenVINO's compilation per batch shape)
             res, sec, peak, used = timed_run(lambda: fp.run(img), device)
             outs[name] = sitk.GetArrayFromImage(res.labels)
-            cold = None
+            cold, rss = None, None
             if args.cold:
                 cmd = [sys.executable, "-m", "flareseg.cli", "predict", "-i", str(case), "-o",
                        str(tmp / f"ours_z{z}.nii.gz"), "-m", str(md), "--device", device.type,
-                       "--dtype", dt, "-q"]
+                       "--dtype", dt, "--runtime", rt, "-q"]
                 if not skip:
                     cmd.append("--no-skip")
-                cold = cold_seconds(cmd)
+                cold, rss = cold_run(cmd)
             w = res.stats["windows"]
             d = dice_per_class(outs[name], ref)
             steps = ", ".join(f"{k} {v:.2f}" for k, v in res.stats["seconds"].items() if k != "total")
             lines.append(f"| {z} | {name} | {sec:.2f} | {stock_s / sec:.1f}x | {_mb(peak)} | {_mb(used)} | "
-                         + (f"{cold:.2f}" if cold else "-")
+                         + (f"{cold:.2f} | {stock_cold / cold:.1f}x | {rss:.0f}" if cold and stock_cold
+                            else "- | - | -")
                          + f" | {w['windows_run']} / {w['windows_total']} | "
                          f"{_dice_cell(d)} | {steps} |")
         names = list(fast)
-        skips = ", ".join(f"{100 * foreground_unchanged(outs[a], outs[b]):.3f}%"
-                          for a, b in zip(names[0::2], names[1::2]))
+        notes = []
+        if len(variants) == 2:   # each no-skip row is followed by its skip row
+            notes.append("skip: foreground unchanged " + ", ".join(
+                f"{100 * foreground_unchanged(outs[a], outs[b]):.3f}%" for a, b in zip(names[0::2], names[1::2])))
         d_gt = dice_per_class(ref, gt)
-        extra = ""
-        if len(names) > 2:   # the precisions against each other (no skip): what bf16 changes
-            extra = f"; {names[2]} vs {names[0]} per class " + ", ".join(
-                f"{c}: {v:.4f}" for c, v in dice_per_class(outs[names[2]], outs[names[0]]).items())
-        lines.append(f"| {z} | (skip: foreground unchanged {skips}; stock vs phantom truth "
-                     f"{np.mean(list(d_gt.values())) if d_gt else float('nan'):.4f}{extra}) | | | | | | | | |")
+        notes.append(f"stock vs phantom truth {np.mean(list(d_gt.values())) if d_gt else float('nan'):.4f}")
+        step = len(variants)
+        for other in names[step::step]:   # the other precisions/runtimes vs the first row's: what they change
+            notes.append(f"{other} vs {names[0]} per class " + ", ".join(
+                f"{c}: {v:.4f}" for c, v in dice_per_class(outs[other], outs[names[0]]).items()))
+        lines.append(f"| {z} | ({'; '.join(notes)}) | | | | | | | | | | |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

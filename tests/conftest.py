@@ -1,7 +1,10 @@
 """Shared fixtures: location of the real CT samples in ../shared/data and tiny volumes."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 # stock's, fixed Dice) are float32's on every machine, child processes included; the bf16 path is
 # tested explicitly (tests/test_cpu_dtype.py)
 os.environ["FLARESEG_CPU_FLAGS"] = ""
+# inference.runtime: openvino caches converted networks; the suite's go to a folder of its own
+# (child processes too), never to the user's ~/.cache/flareseg
+os.environ["FLARESEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="flareseg_test_cache_")
+atexit.register(shutil.rmtree, os.environ["FLARESEG_CACHE_DIR"], True)
 
 
 def shared_data_dir() -> Path:

@@ -184,8 +184,9 @@ def cached_model(net: torch.nn.Module, in_channels: int, root: Path | None = Non
 
 class OpenVINONetwork:
     """Callable ``(B, C, z, y, x)`` float tensor -> logits tensor, like the torch network it was
-    made from, run by OpenVINO on the CPU.  One compiled model per input shape (compiling takes
-    ~0.2 s; a sliding window sees one or two shapes)."""
+    made from, run by OpenVINO on the CPU, one window at a time: a batch of windows is no faster
+    per window there (docs/benchmarks/predictor_levers.md), and one window shape means one
+    compilation per process (0.2-0.8 s each), whatever batch sizes window skipping produces."""
 
     def __init__(self, net: torch.nn.Module, in_channels: int, precision: str = "f32",
                  threads: int | None = None, cache: Path | None = None):
@@ -205,7 +206,10 @@ class OpenVINONetwork:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        req = self._request(tuple(arr.shape))
-        req.infer({0: arr})
-        # the request's output buffer is reused by its next call: copy it out
-        return torch.from_numpy(np.array(req.get_output_tensor(0).data, dtype=np.float32, copy=True))
+        req = self._request((1, *arr.shape[1:]))
+        outs = []
+        for window in arr:
+            req.infer({0: window[None]})
+            # the request's output buffer is reused by its next call: copy it out
+            outs.append(np.array(req.get_output_tensor(0).data, dtype=np.float32, copy=True))
+        return torch.from_numpy(np.concatenate(outs))
