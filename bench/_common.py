@@ -90,3 +90,14 @@ def machine_line(device: str | None = None) -> str:
     parts += [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "nnUNet_n_proc_DA", "nnUNet_def_n_proc")
               if k in os.environ]
     return "machine: " + ", ".join(parts)
+
+
+def write_report(text: str, out: "os.PathLike | str | None", echo: bool = True) -> None:
+    """Print a benchmark's markdown (``echo``) and, with ``out``, write it there atomically (folders
+    created; a killed run leaves the previous report, not half of a new one)."""
+    if echo:
+        print(text)
+    if out:
+        from flareseg.io import write_text
+        write_text(text, out)
+        print(f"wrote {out}")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from bench._common import machine_line as common_machine_line
+from bench._common import machine_line as common_machine_line, write_report
 from flareseg.inference.predictor import choose_dtype, cpu_flags
 from flareseg.nnunet.model import load_model
 from bench.model_folder import tiny_plans, write_model_folder
@@ -190,10 +190,7 @@ def main(argv=None) -> int:
     for name, why in failed.items():
         lines.append(f"| {name} | failed: {why} | | | | | |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    write_report(text, args.out)
     return 0
 
 

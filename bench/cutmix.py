@@ -53,7 +53,7 @@ from pathlib import Path
 
 import torch
 
-from bench._common import machine_line, nnunet_process
+from bench._common import machine_line, nnunet_process, write_report
 from bench.loss_ablation import predict_folder, seed_everything
 
 log = logging.getLogger("bench.cutmix")
@@ -443,11 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         where = "" if wd is None else f"Work dir: `{wd.work}` (dataset {wd.dataset_name}, CTO pool `{wd.pool}`).\n"
         text = (f"# Context-aware CutMix benchmarks\n\n{where}Machine: {machine()}.\n\nCommand (repository root):"
                 f"\n\n```\n{cmd}\n```\n\n{body}\n")
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.out)
-        print(f"\nwrote {args.out}")
+        write_report(text, args.out, echo=False)
     return 0
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from flareseg.evaluation.efficiency import measure_efficiency, summarize, write_efficiency_reports
 from flareseg.evaluation.gpu_memory import probe_backend
-from flareseg.io import write_text
+from bench._common import write_report
 from flareseg.nnunet.env import trainer_dir
 
 INTERVAL = 0.1      # the FLARE23 harness's sampling interval, s
@@ -120,8 +120,7 @@ def main(argv=None) -> int:
         write_efficiency_reports(rows, summary, out)
         results[name] = (rows, summary)
     text = table(results)
-    write_text(text, args.out / "flare_efficiency.md")
-    print(text)
+    write_report(text, args.out / "flare_efficiency.md")
     return 0 if all(s["n_failed"] == 0 for _, s in results.values()) else 1
 
 

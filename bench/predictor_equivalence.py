@@ -36,7 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from bench._common import machine_line, nnunet_process
+from bench._common import machine_line, nnunet_process, write_report
 from flareseg.cases import list_cases
 from flareseg.evaluation.metrics import dice_per_class, foreground_unchanged
 from flareseg.inference.commands import collect_inputs
@@ -230,11 +230,7 @@ def main(argv=None) -> int:
     text = render(rows, modes, header)
     if args.out.is_file() and "\n## Notes" in (old := args.out.read_text()):
         text += old[old.index("\n## Notes"):]  # hand-written reading notes survive a rerun
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(args.out)
+    write_report(text, args.out)
     return 1 if any("error" in r for r in rows.values()) else 0
 
 

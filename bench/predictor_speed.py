@@ -44,7 +44,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from bench._common import machine_line
+from bench._common import machine_line, write_report
 from flareseg.evaluation.gpu_memory import MemorySampler, probe_backend
 from flareseg.evaluation.metrics import dice_per_class, foreground_unchanged
 from flareseg.devices import resolve_device
@@ -295,10 +295,7 @@ def main(argv=None) -> int:
                 f"{c}: {v:.4f}" for c, v in dice_per_class(outs[other], outs[names[0]]).items()))
         lines.append(f"| {z} | ({'; '.join(notes)}) | | | | | | | | | | |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    write_report(text, args.out)
     return 0
 
 

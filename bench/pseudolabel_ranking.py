@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from bench._common import machine_line
+from bench._common import machine_line, write_report
 from flareseg.config import load_config
 from flareseg.data.phantom_case import generate_case
 from flareseg.evaluation.metrics import dice
@@ -173,9 +173,7 @@ def main() -> int:
             f"(organ, tumor) members per case {members}; {tumor_cases} phantoms with a tumor in the truth, "
             f"{predicted} with a tumor predicted; no-tumor-score reasons ({pc.score} row, all cases): "
             f"{dict(notes) or 'none'}.\n\n{table}\n")
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    write_report(text, args.out)
     return 0
 
 

@@ -44,3 +44,19 @@ def test_no_bench_edits_sys_path_or_writes_its_own_machine_line():
         text = f.read_text()
         assert "sys.path.insert" not in text and "sys.path.append" not in text, f.name
         assert "platform." not in text, f"{f.name}: use bench._common.machine_line"
+
+
+def test_write_report_prints_and_writes_whole_files(tmp_path, capsys):
+    from bench._common import write_report
+    out = tmp_path / "docs" / "benchmarks" / "x.md"
+    out.parent.mkdir(parents=True)
+    out.write_text("old report\n")
+    write_report("# new\n", out)
+    assert out.read_text() == "# new\n"                          # replaced, folders kept
+    assert sorted(p.name for p in out.parent.iterdir()) == ["x.md"]   # no temp file left
+    assert "# new" in capsys.readouterr().out
+    write_report("# quiet\n", tmp_path / "new" / "y.md", echo=False)   # folders created
+    assert (tmp_path / "new" / "y.md").read_text() == "# quiet\n"
+    assert "# quiet" not in capsys.readouterr().out
+    write_report("# printed only\n", None)
+    assert "# printed only" in capsys.readouterr().out
