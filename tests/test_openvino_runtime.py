@@ -195,6 +195,18 @@ def test_unwritable_cache_still_predicts(fitted, tmp_path, monkeypatch, caplog):
 
 
 @needs_openvino
+@pytest.mark.parametrize("flags, want", [("", "float32"), ("avx2 amx_bf16", "bfloat16")])
+def test_openvino_bfloat16_only_where_the_cpu_has_it(fitted, cache, monkeypatch, flags, want):
+    """OpenVINO runs a bf16 request as float32 on a CPU without native bf16 (no emulation): the
+    predictor says float32 there instead of claiming bf16."""
+    monkeypatch.setenv("FLARESEG_CPU_FLAGS", flags)
+    p = FastPredictor(fitted[0], device="cpu", runtime="openvino", dtype="bfloat16")
+    assert p.dtype_name == want
+    if want == "float32":
+        assert "OpenVINO runs float32" in p.dtype_reason
+
+
+@needs_openvino
 def test_predict_cli_with_openvino_reports_what_ran(fitted, cache, tmp_path):
     md, img = fitted
     sitk.WriteImage(img, str(tmp_path / "c.nii.gz"))

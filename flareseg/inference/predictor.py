@@ -32,7 +32,8 @@ same window logits every model-grid logit is stock's bit for bit (tests/test_pre
 window per batch; batches of several, or another cuDNN algorithm, change the network's own
 rounding, i.e. labels only at float16 near-ties).  ``bfloat16`` runs the network in bfloat16 and
 sums in float32 (on a CPU: the ``auto`` choice where the CPU has AMX/AVX512-BF16,
-:func:`choose_dtype`).
+:func:`choose_dtype`).  ``runtime="openvino"`` runs the same float32 network in OpenVINO on the
+CPU (:mod:`flareseg.inference.openvino_runtime`; the rest of the pipeline is unchanged).
 Other modes: ``image_resampling="linear"`` (trilinear; fastest on a CPU, labels differ from stock's
 at boundaries), ``"nnunet"`` (the plans' own nnU-Net function on the CPU: the reference the device
 B-spline is tested against); ``resample_probabilities=False`` exports the labels nearest-neighbour
@@ -190,6 +191,10 @@ class FastPredictor:
                  trust_model: bool = False, body_margin_mm: float = 10.0,
                  resample_probabilities: bool = True, chunk_mb: float = 256.0, **overrides: Any):
         self.cfg = inference_config(cfg, "FastPredictor", **overrides)   # fails before the model loads
+        self.device = resolve_device(runtime_device(self.cfg.runtime, self.cfg.device))
+        problem = runtime_problem(self.cfg.runtime, self.device.type)    # so does a runtime that cannot run
+        if problem:
+            raise ValueError(problem)
         # trust_model: unpickle the checkpoints without the weights-only allow-list (code in them runs)
         self.model = model if isinstance(model, LoadedModel) else load_model(model, folds, checkpoint,
                                                                               trusted=trust_model)
@@ -197,14 +202,14 @@ class FastPredictor:
             raise ValueError(f"{self.model.model_dir}: the fast predictor handles single-channel CT, "
                              f"model has {self.model.num_input_channels} input channels")
         c = self.cfg
-        self.device = resolve_device(runtime_device(c.runtime, c.device))
-        problem = runtime_problem(c.runtime, self.device.type)
-        if problem:
-            raise ValueError(problem)
         # the network precision that runs here, and why (float16 only on CUDA; bfloat16 on a CPU
         # with native bf16 or when asked); sums and softmax stay float32 except CUDA float16
-        name, self.dtype_reason = choose_dtype(c.dtype, self.device.type,
-                                               cpu_flags() if self.device.type == "cpu" else frozenset())
+        flags = cpu_flags() if self.device.type == "cpu" else frozenset()
+        name, self.dtype_reason = choose_dtype(c.dtype, self.device.type, flags)
+        if c.runtime == "openvino" and name == "bfloat16" and not set(BF16_CPU_FLAGS) & flags:
+            # OpenVINO does not emulate bf16: it silently runs float32 on such a CPU; say so
+            name, self.dtype_reason = "float32", (f"{self.dtype_reason}; OpenVINO runs float32 on a CPU "
+                                                  f"without {'/'.join(BF16_CPU_FLAGS)}")
         self.dtype = DTYPES[name]
         log.info("inference dtype %s on %s (%s)", name, self.device, self.dtype_reason)
         # skip_grow: the skipping growth safeguard (see flareseg.inference.skipping); only with skipping
