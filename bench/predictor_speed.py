@@ -165,6 +165,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
+    kept = False
+    if device.type == "cpu":   # as flareseg predict does on a CPU; in this process stock gets it too
+        from flareseg.inference.cpu_memory import keep_freed_memory
+        kept = keep_freed_memory()
     zs = [int(z) for z in str(args.z).split(",") if z.strip()]
     spacing = (2.5, args.inplane_mm, args.inplane_mm)
     model_spacing = (2.5, 1.5, 1.5)
@@ -236,7 +240,10 @@ def main(argv=None) -> int:
         f"Cases: synthetic CT {args.xy}x{args.xy}xZ at {spacing[1]:.2f}x{spacing[2]:.2f}x{spacing[0]} mm; "
         f"model {model_desc}. No mirroring anywhere. Warm: in one process after an untimed run of each "
         f"predictor (on the case's first {args.warmup_slices or 'all'} slices); cold: a fresh process per case "
-        f"(start-up, model load, read, predict, write), its peak RSS from wait4."
+        f"(start-up, model load, read, predict, write), its peak RSS from wait4. "
+        + ("Freed memory kept in the process (glibc mallopt) for both predictors' warm runs, and in "
+           "flareseg predict's cold process (it does so on a CPU); stock's cold process runs as stock does."
+           if kept else "Freed memory returned to the OS (glibc default) in the warm runs.")
         + (" " + "; ".join(conversions) + "." if conversions else ""),
         "",
         "| Z | predictor | warm s | speed-up vs stock | peak GPU MB | FLARE used MB (total - free) | cold s | "

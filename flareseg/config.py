@@ -162,7 +162,7 @@ class InferenceConfig:
     skip_grow: bool = True           # also run skipped planes next to predicted foreground
     step_size: float = 0.5
     tta: bool = False
-    batch_windows: int = 4
+    batch_windows: int = 0           # windows per network call; 0 = auto: 4 on CUDA, 1 on a CPU
     # auto: float16 autocast on CUDA, bfloat16 autocast on CPUs with native bf16 (AMX/AVX512-BF16),
     # else float32; float16 on a CPU runs float32 (see flareseg.inference.predictor.choose_dtype)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -251,6 +251,7 @@ MAX_SEED = 2**32 - 1
 
 _COUNT = Range(0)            # a count that may be 0
 _POSITIVE_INT = Range(1)     # at least one
+_NON_NEGATIVE_INT = Range(0)
 _POSITIVE = Range(0, lo_open=True)
 _NON_NEGATIVE = Range(0)
 _FRACTION = Range(0, 1)      # a probability or a share
@@ -318,7 +319,7 @@ RANGES: dict[str, dict[str, Range]] = {
     "InferenceConfig": {
         "skip_threshold": _POSITIVE_INT,
         "step_size": Range(0, 1, lo_open=True),
-        "batch_windows": _POSITIVE_INT,
+        "batch_windows": _NON_NEGATIVE_INT,   # 0: auto
     },
     "EvaluationConfig": {
         "nsd_tolerance_mm": Range(0, 100, keys=_CLASS),

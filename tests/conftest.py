@@ -19,6 +19,9 @@ os.environ["FLARESEG_CPU_FLAGS"] = ""
 # (child processes too), never to the user's ~/.cache/flareseg
 os.environ["FLARESEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="flareseg_test_cache_")
 atexit.register(shutil.rmtree, os.environ["FLARESEG_CACHE_DIR"], True)
+# `flareseg predict` on a CPU stops glibc from returning freed memory (flareseg.inference.cpu_memory);
+# in-process CLI tests would switch it on for the whole pytest process: off here, tested in a child
+os.environ["FLARESEG_KEEP_FREED_MEMORY"] = "0"
 
 
 def shared_data_dir() -> Path:

@@ -45,7 +45,7 @@ ROWS = [
     _config_row("out_of_range", "inference:\n  step_size: 1.5\n", ["inference.step_size"], "out of range"),
     _config_row("other_section_bad", "train_fine:\n  epoch: 3\n", ["train_fine.epoch"], "unknown key"),
     _set_row("unknown_key", "inference.grow=false", ["inference.grow"], "unknown key"),
-    _set_row("out_of_range", "inference.batch_windows=0", ["inference.batch_windows"], "out of range"),
+    _set_row("out_of_range", "inference.batch_windows=-1", ["inference.batch_windows"], "out of range"),
     _set_row("wrong_type", "inference.skip_threshold=two", ["inference.skip_threshold"], "expects an integer"),
     _set_row("bad_choice", "inference.dtype=float8", ["inference.dtype"], "expects one of"),
     _set_row("not_inference", "train_fine.epochs=3", ["train_fine.epochs"], "only inference.KEY=VALUE"),

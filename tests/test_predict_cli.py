@@ -269,9 +269,9 @@ def test_find_model_folders_looks_a_few_levels_down(tmp_path, model_dir):
 
 def test_numeric_flag_types():
     windows, step = key_value("batch_windows"), key_value("step_size")
-    assert windows("4") == 4 and step("1") == 1.0 and step("0.25") == 0.25
-    for bad in ("0", "-1", "2.5", "x"):
-        with pytest.raises(argparse.ArgumentTypeError, match=">= 1"):
+    assert windows("4") == 4 and windows("0") == 0 and step("1") == 1.0 and step("0.25") == 0.25
+    for bad in ("-1", "2.5", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match=">= 0"):
             windows(bad)
     for bad in ("0", "-0.5", "1.01", "nan", "inf", "half"):
         with pytest.raises(argparse.ArgumentTypeError, match=r"\(0, 1\]"):
