@@ -408,15 +408,13 @@ def run_predict(args: argparse.Namespace) -> int:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         log.error("--device cuda (inference.device): no CUDA device is available (use --device cpu or auto)")
         return 2
-    from flareseg.devices import resolve_device
-    from flareseg.inference.openvino_runtime import runtime_device, runtime_problem
-    run_on = resolve_device(runtime_device(cfg.runtime, cfg.device)).type
-    problem = runtime_problem(cfg.runtime, run_on)
+    from flareseg.inference.openvino_runtime import resolve_runtime
+    run_on, problem = resolve_runtime(cfg.runtime, cfg.device)
     if problem:
         log.error("%s", problem)
         return 2
     kept = None
-    if run_on == "cpu":   # this process is ours: windows reuse freed memory instead of page-faulting
+    if run_on.type == "cpu":   # this process is ours: windows reuse freed memory instead of page-faulting
         from flareseg.inference.cpu_memory import keep_freed_memory
         kept = keep_freed_memory()
     from flareseg import distributed as dist
@@ -527,7 +525,7 @@ def register(subparsers) -> None:
     p.add_argument("--step-size", type=key_value("step_size"), default=None,
                    help=f"inference.step_size: window step as a fraction of the patch, in (0, 1] (default {D.step_size})")
     p.add_argument("--batch-windows", type=key_value("batch_windows"), default=None,
-                   help=f"inference.batch_windows: windows per network call, >= 1; 0 = auto: 4 on CUDA, 1 on a "
+                   help=f"inference.batch_windows: windows per network call, >= 0; 0 = auto: 4 on CUDA, 1 on a "
                         f"CPU, where batches are no faster and multiply memory (default {D.batch_windows})")
     p.add_argument("--dtype", default=None, choices=_choices("dtype"),
                    help=f"inference.dtype: network precision; auto = float16 on CUDA, bfloat16 on CPUs with "

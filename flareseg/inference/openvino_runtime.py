@@ -68,6 +68,14 @@ def runtime_problem(runtime: str, device_type: str) -> str | None:
     return None
 
 
+def resolve_runtime(runtime: str, device: str) -> tuple[torch.device, str | None]:
+    """The device ``inference.runtime``/``inference.device`` run on, and why they cannot (None: they
+    can): the one check of ``flareseg predict`` (before anything is written) and the predictor."""
+    from flareseg.devices import resolve_device
+    dev = resolve_device(runtime_device(runtime, device))
+    return dev, runtime_problem(runtime, dev.type)
+
+
 def cache_root(env: dict[str, str] | None = None) -> Path:
     """Where converted networks are kept: ``$FLARESEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/flareseg``,
     else ``~/.cache/flareseg`` (``env`` defaults to ``os.environ``)."""

@@ -57,12 +57,11 @@ import torch
 
 from flareseg.anatomy import bbox_of, body_mask, expand_bbox
 from flareseg.config import InferenceConfig, inference_config
-from flareseg.devices import resolve_device
 from flareseg.io import InputError, read_image
 from flareseg.image_check import (constant_problem, nonfinite_count, nonfinite_problem, shape_problem,
                                   spacing_problem)
 from flareseg.inference.normalize import normalize_
-from flareseg.inference.openvino_runtime import runtime_device, runtime_problem
+from flareseg.inference.openvino_runtime import resolve_runtime
 from flareseg.inference.orientation import axial_reorientation
 from flareseg.inference.resample import resample_image, target_shape
 from flareseg.inference.sliding_window import predict_sliding_window, windows_covering
@@ -191,8 +190,7 @@ class FastPredictor:
                  trust_model: bool = False, body_margin_mm: float = 10.0,
                  resample_probabilities: bool = True, chunk_mb: float = 256.0, **overrides: Any):
         self.cfg = inference_config(cfg, "FastPredictor", **overrides)   # fails before the model loads
-        self.device = resolve_device(runtime_device(self.cfg.runtime, self.cfg.device))
-        problem = runtime_problem(self.cfg.runtime, self.device.type)    # so does a runtime that cannot run
+        self.device, problem = resolve_runtime(self.cfg.runtime, self.cfg.device)   # so does a runtime that cannot run
         if problem:
             raise ValueError(problem)
         # trust_model: unpickle the checkpoints without the weights-only allow-list (code in them runs)
