@@ -8,8 +8,12 @@ trimming and ``mmap`` switched off (``mallopt``), freed blocks stay in the heap 
 window reuses them: 0 faults from the second window on, 4.4 s instead of 6.6 s per window.  The
 memory is not handed back until the process ends, so the process's resident size stays at its
 peak: right for a ``flareseg predict`` process, which is why only that command (and processes that
-call this themselves) does it.  ``FLARESEG_KEEP_FREED_MEMORY=0`` turns it off; it is a no-op
-off Linux or with another C library (e.g. musl).
+call this themselves) does it.  (One tensor of one size freed and allocated again is not reused on
+glibc 2.36: torch asks for 64-byte-aligned blocks, which glibc serves with a padded request that
+the freed block cannot meet, so the heap grows instead.  A network's mix of sizes settles after one
+or two windows; the test and docs/benchmarks/predictor_levers.md measure windows, and an 8-case
+folder peaks at the same resident size as one case.)  ``FLARESEG_KEEP_FREED_MEMORY=0`` turns it
+off; it is a no-op off Linux or with another C library (e.g. musl).
 """
 from __future__ import annotations
 
