@@ -68,28 +68,26 @@ def predict(input: PathLike, model: PathLike, output: PathLike | None = None, *,
     ``flareseg predict -o output`` (label maps, run report, optional .npz and statistics.json):
     one input gives the label map's path, a folder ``{case: path}``; when some cases fail the
     others are still written and :class:`CasesFailed` is raised at the end.  ``preview``,
-    ``per_class`` and ``roi_subset`` (class names; implies ``per_class``; an unknown name raises
+    ``per_class`` and ``roi_subset`` (the model's class names; implies ``per_class``; an unknown name raises
     :class:`flareseg.config.ConfigError` listing the valid ones) are ``--preview``,
     ``--per-class`` and ``--roi-subset`` and need ``output``.
     """
     from flareseg.config import inference_config
-    from flareseg.inference.commands import (check_predict, collect_inputs, make_output_folder, predict_cases,
-                                             roi_names)
+    from flareseg.inference.commands import check_predict, collect_inputs, make_output_folder, predict_cases
     from flareseg.nnunet.folder_check import check_model_folder
 
     cfg = inference_config(_settings("inference", config, {}), "flareseg.predict keyword arguments",
                            **settings)
     single = Path(input).is_file() or _is_dicom(input)
-    classes = roi_names(roi_subset, per_class)
     if output is None:
-        if save_probabilities or statistics or report is not None or preview or classes is not None:
+        if save_probabilities or statistics or report is not None or preview or per_class or roi_subset:
             raise ValueError("save_probabilities, statistics, report, preview, per_class and roi_subset "
                              "need an output folder")
         cases = collect_inputs(Path(input))
         check_model_folder(model, folds)
     else:
         cases, plan = check_predict(input, output, model, folds, save_probabilities, statistics, report,
-                                    preview, classes)
+                                    preview, per_class, roi_subset)
 
     from flareseg.inference.predictor import FastPredictor
     if cfg.device == "cuda":

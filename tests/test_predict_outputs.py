@@ -121,11 +121,34 @@ def test_hu_statistics_per_class_and_tumor_component_exact():
 
 # ------------------------------------------------------------------ per class
 def test_roi_names_validated_in_class_order():
-    assert roi_names(None, False) is None
-    assert roi_names(None, True)[0] == "liver" and len(roi_names(None, True)) == 14
-    assert roi_names(["tumor", "liver"], False) == ["liver", "tumor"]
-    with pytest.raises(ConfigError, match=r"--roi-subset livr: not a class name \(valid: liver, right_kidney"):
-        roi_names(["liver", "livr"], False)
+    flare = [CLASS_NAMES[i] for i in range(1, 15)]
+    assert roi_names(None, False, flare) is None
+    assert roi_names(None, True, flare) == flare
+    assert roi_names(["tumor", "liver"], False, flare) == ["liver", "tumor"]
+    with pytest.raises(ConfigError, match=r"--roi-subset livr: not a class name of the model \(valid: liver, "
+                                          r"right_kidney"):
+        roi_names(["liver", "livr"], False, flare)
+
+
+def test_per_class_names_come_from_the_models_labels(tmp_path):
+    """A model trained on other classes: --per-class writes its classes, --roi-subset accepts its names
+    and refuses FLARE23 names it lacks (before anything is created)."""
+    from flareseg.nnunet.folder_check import model_class_names
+    md = write_model_folder(tmp_path / "m", plans=tiny_plans(spacing=(3.0, 3.0, 3.0)),
+                            labels={0: "background", 1: "vessel", 2: "liver", 3: "lesion"}, seed=2)
+    assert model_class_names(md) == ["vessel", "liver", "lesion"]
+    _ct(tmp_path / "a.nii.gz")
+    assert main(["predict", "-i", str(tmp_path / "a.nii.gz"), "-o", str(tmp_path / "o"), "-m", str(md),
+                 "--device", "cpu", "-q", "--per-class"]) == 0
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "o" / "a.nii.gz")))
+    for value, name in ((1, "vessel"), (2, "liver"), (3, "lesion")):
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "o" / "a" / f"{name}.nii.gz")))
+        assert np.array_equal(mask, (labels == value).astype(np.uint8)), name
+    assert sorted(p.name for p in (tmp_path / "o" / "a").iterdir()) == ["lesion.nii.gz", "liver.nii.gz",
+                                                                          "vessel.nii.gz"]
+    assert main(["predict", "-i", str(tmp_path / "a.nii.gz"), "-o", str(tmp_path / "p"), "-m", str(md),
+                 "--device", "cpu", "-q", "--roi-subset", "spleen"]) == 2
+    assert not (tmp_path / "p").exists()
 
 
 def test_predict_preview_per_class_statistics(tmp_path, model_dir, capsys, caplog):

@@ -105,17 +105,17 @@ def planned_outputs(cases: Sequence[tuple[str, Path]], input_path: str | os.Path
                       folder / "statistics.json" if statistics else None, previews, masks)
 
 
-def roi_names(roi_subset: Sequence[str] | None, per_class: bool) -> list[str] | None:
-    """The class names written one mask per class: ``roi_subset`` (validated, in FLARE23 order)
-    or every foreground class with ``per_class``; None when neither is asked for.  Raises
-    :class:`flareseg.config.ConfigError` naming an unknown class and listing the valid names."""
-    from flareseg.labels import CLASS_NAMES, FOREGROUND
-    valid = [CLASS_NAMES[i] for i in FOREGROUND]
+def roi_names(roi_subset: Sequence[str] | None, per_class: bool, valid: Sequence[str]) -> list[str] | None:
+    """The class names written one mask per class: ``roi_subset`` (validated against ``valid``, the
+    model's foreground class names, and returned in their order) or all of ``valid`` with
+    ``per_class``; None when neither is asked for.  Raises :class:`flareseg.config.ConfigError`
+    naming an unknown class and listing the valid names."""
     if roi_subset is None or len(roi_subset) == 0:
-        return valid if per_class else None
+        return list(valid) if per_class else None
     unknown = [n for n in roi_subset if n not in valid]
     if unknown:
-        raise ConfigError(f"--roi-subset {unknown[0]}: not a class name (valid: {', '.join(valid)})")
+        raise ConfigError(f"--roi-subset {unknown[0]}: not a class name of the model "
+                          f"(valid: {', '.join(valid)})")
     return [n for n in valid if n in set(roi_subset)]
 
 
@@ -244,21 +244,28 @@ class UnsafeOutput(ValueError):
 def check_predict(input_path: str | os.PathLike, output: str | os.PathLike, model: str | os.PathLike,
                   folds: Sequence[int | str] | None = None, save_probabilities: bool = False,
                   statistics: bool = False, report: str | os.PathLike | None = None,
-                  preview: bool = False, per_class: Sequence[str] | None = None
+                  preview: bool = False, per_class: bool = False, roi_subset: Sequence[str] | None = None
                   ) -> tuple[list[tuple[str, Path]], OutputPlan]:
     """Every refusal of a predict run, before a folder is created or the model is loaded (the CLI
     and :func:`flareseg.predict` both call it): the cases and the :class:`OutputPlan`.  Raises
-    :class:`InputError` (bad input, bad model folder) or :class:`UnsafeOutput` (an output is an
-    input, the model's files, or written twice)."""
-    from flareseg.nnunet.folder_check import check_model_folder
+    :class:`InputError` (bad input, bad model folder), :class:`flareseg.config.ConfigError` (a
+    ``roi_subset`` name the model does not have) or :class:`UnsafeOutput` (an output is an input,
+    the model's files, or written twice)."""
+    from flareseg.nnunet.folder_check import check_model_folder, model_class_names
 
     cases = collect_inputs(Path(input_path))
-    plan = planned_outputs(cases, input_path, output, save_probabilities, statistics, report, preview, per_class)
-    problem = check_outputs(plan, _input_paths(Path(input_path), cases, Path(model)))
-    if problem:
-        raise UnsafeOutput(problem)
+
+    def checked_plan(masks: Sequence[str] | None) -> OutputPlan:
+        plan = planned_outputs(cases, input_path, output, save_probabilities, statistics, report, preview, masks)
+        problem = check_outputs(plan, _input_paths(Path(input_path), cases, Path(model)))
+        if problem:
+            raise UnsafeOutput(problem)
+        return plan
+
+    plan = checked_plan(None)      # an output onto an input is named first, whatever else is wrong
     check_model_folder(model, folds)
-    return cases, plan
+    masks = roi_names(roi_subset, per_class, model_class_names(model))   # the model's class names
+    return cases, (plan if masks is None else checked_plan(masks))
 
 
 def make_output_folder(plan: OutputPlan) -> list[Path]:
@@ -290,11 +297,9 @@ def window_progress(case: str, show: bool):
     return progress, bar.close
 
 
-def write_per_class(labels: sitk.Image, masks: dict[str, Path], index: dict[str, int] | None = None) -> None:
+def write_per_class(labels: sitk.Image, masks: dict[str, Path], index: dict[str, int]) -> None:
     """One uint8 0/1 mask per class name in ``masks`` (class -> path), on the label map's grid;
-    ``index``: class name -> label value (the model's labels; FLARE23's for names it lacks)."""
-    from flareseg.labels import NAME_TO_INDEX
-    index = {**NAME_TO_INDEX, **(index or {})}
+    ``index``: class name -> label value (the model's dataset.json labels)."""
     arr = sitk.GetArrayViewFromImage(labels)
     for name, dest in masks.items():
         img = sitk.GetImageFromArray((arr == index[name]).astype(np.uint8))
@@ -398,9 +403,8 @@ def run_predict(args: argparse.Namespace) -> int:
         return 2
     folds = [f.strip() for f in args.fold.split(",")] if args.fold else None
     try:   # every refusal happens here, before a folder is created or the model is loaded
-        per_class = roi_names(args.roi_subset, args.per_class)
         cases, plan = check_predict(args.input, args.output, args.model, folds, args.save_probabilities,
-                                    args.statistics, args.report, args.preview, per_class)
+                                    args.statistics, args.report, args.preview, args.per_class, args.roi_subset)
     except (InputError, UnsafeOutput, ConfigError) as e:
         log.error("%s", e)
         return 2
@@ -553,7 +557,7 @@ def register(subparsers) -> None:
                    help="also write one 0/1 mask per class, OUT/<case>/<class_name>.nii.gz, on the input grid")
     p.add_argument("--roi-subset", nargs="+", default=None, metavar="NAME",
                    help="the classes written as per-class masks (implies --per-class), e.g. liver tumor; "
-                        "names as in flareseg.labels.CLASS_NAMES")
+                        "the model's class names (its dataset.json labels; FLARE23's for a flareseg model)")
     p.add_argument("--report", default=None, help="run report path (default OUT/predict_report.json)")
     p.add_argument("--trust-model", action="store_true",
                    help="load checkpoints that need more than tensors and numpy numbers (plain unpickling: "

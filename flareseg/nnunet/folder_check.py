@@ -106,3 +106,11 @@ def check_model_folder(path: str | Path, folds: Sequence[int | str] | None = Non
             raise InputError(p, f"fold {', '.join(absent)} not found (no fold_{absent[0]}/{names}); "
                                 f"available folds: {', '.join(have) or 'none'}")
     return p
+
+
+def model_class_names(path: str | Path) -> list[str]:
+    """The foreground class names of a (checked) model folder, in label-index order, from its
+    dataset.json ``labels`` (name -> index; index 0 and region labels, which are lists, left out)."""
+    labels = _json_dict(Path(path) / "dataset.json", "labels")["labels"]
+    ints = {n: v for n, v in labels.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0}
+    return sorted(ints, key=ints.__getitem__)
