@@ -239,6 +239,15 @@ def _temp_prefix(dest: Path) -> str:
     return f".{dest.name}.{_writer_host()}-{os.getpid()}."
 
 
+def check_writable(folder: os.PathLike | str) -> None:
+    """Raise OSError unless a file can be created in ``folder`` (an existing folder): creates and
+    removes an empty temp named as :func:`atomic_path`'s, so a killed probe is cleaned like them.
+    Asks the file system itself, which permission bits cannot answer (root, read-only mounts, ACLs)."""
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(Path(folder) / "write-probe"), suffix=".tmp", dir=folder)
+    os.close(fd)
+    os.unlink(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(dest: os.PathLike | str) -> Iterator[Path]:
     """Yield a temporary path next to ``dest`` (same suffix); rename onto ``dest`` on success.

@@ -235,6 +235,33 @@ def test_refused_before_the_model_loads(tmp_path, model_dir, output, caplog):
     assert "input" in caplog.text and "model folder does not exist" not in caplog.text
 
 
+def test_unwritable_output_folder_refused_before_the_model_loads(tmp_path, model_dir):
+    """An existing output folder the user cannot write into: exit 2 up front, one line naming the
+    folder, nothing written (it failed case by case, after loading the model, before).  Root writes
+    anywhere, so as root the command runs without the capability to override permissions."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    prefix = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: cannot drop CAP_DAC_OVERRIDE")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+    _ct(tmp_path / "a.nii.gz")
+    (tmp_path / "out").mkdir()
+    os.chmod(tmp_path / "out", 0o555)
+    try:
+        r = subprocess.run([*prefix, sys.executable, "-m", "flareseg.cli", "predict", "-i", str(tmp_path / "a.nii.gz"),
+                            "-o", str(tmp_path / "out"), "-m", str(model_dir), "--device", "cpu", "-q"],
+                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    finally:
+        os.chmod(tmp_path / "out", 0o755)
+    assert r.returncode == 2, r.stderr
+    assert f"{tmp_path / 'out'}: cannot create or write into the output folder (Permission denied)" in r.stderr
+    assert "case" not in r.stderr and list((tmp_path / "out").iterdir()) == []
+
+
 # ------------------------------------------------------------------ model folder and flags
 
 def test_check_model_folder(tmp_path, model_dir):

@@ -271,9 +271,16 @@ def check_predict(input_path: str | os.PathLike, output: str | os.PathLike, mode
 def make_output_folder(plan: OutputPlan) -> list[Path]:
     """Create ``plan.folder`` (and parents) and remove what a killed earlier run left half-written;
     returns the folders created, to remove again if the model then fails to load.  OSError when
-    the folder cannot be created."""
+    the folder cannot be created or a file cannot be written into it (found here, before the model
+    loads, not case by case)."""
+    from flareseg.io import check_writable
     created = [d for d in (plan.folder, *plan.folder.parents) if not d.exists()]
     plan.folder.mkdir(parents=True, exist_ok=True)
+    try:
+        check_writable(plan.folder)
+    except OSError:
+        remove_created(created)
+        raise
     remove_stale_temps(plan.folder)
     return created
 
@@ -427,7 +434,7 @@ def run_predict(args: argparse.Namespace) -> int:
     try:
         created = dist.on_main(lambda: make_output_folder(plan))   # to undo on refusal
     except OSError as e:
-        log.error("%s: cannot create the output folder (%s)", plan.folder, e.strerror or e)
+        log.error("%s: cannot create or write into the output folder (%s)", plan.folder, e.strerror or e)
         return 2
     except dist.RankFailed:
         return 2
