@@ -2,21 +2,23 @@
 
 The reference applies the same three rules with ``scipy.ndimage.label`` per class on the full
 volume and one full-volume ``distance_transform_edt``; both run on the same synthetic 512x512x300
-label maps in one process, the outputs are checked to be identical, and the time ratio printed.
+label maps in one process, alternating (ours, reference, reference, ours, ...: a change of machine
+load hits both alike), the outputs are checked to be identical, and the median of the per-round
+time ratios printed.
 
-    python -m bench.cleaning_speed [--cases 3] [--shape 300 512 512] [--repeats 3]
+    python -m bench.cleaning_speed [--cases 3] [--shape 300 512 512] [--repeats 2] [--out FILE.md]
 """
 from __future__ import annotations
 
 import argparse
 import itertools
-import time
+import statistics
 from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from bench._common import machine_line
+from bench._common import interleaved, machine_line, write_report
 from flareseg.anatomy import abdomen_region, bbox_of, organ_mask
 from flareseg.cleaning import clean_label
 from flareseg.config import CleaningConfig
@@ -95,39 +97,46 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=int, default=3)
     ap.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512))
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs of ours per case (min kept)")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="rounds per case; each round times ours and the reference (order alternating)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="also write the table (markdown) to this file")
     a = ap.parse_args(argv)
     spacing = (1.5, 0.8, 0.8)
     cfg = CleaningConfig()
     rng = np.random.default_rng(a.seed)
-    print(machine_line())
-    print(f"config: {cfg}")
-    print(f"{'case':>4} {'shape':>14} {'removed':>7} {'ours_s':>8} {'scipy_s':>8} {'ratio':>7} same")
-    t_ours, t_ref = [], []
+    lines = [machine_line(), "", f"config: {cfg}", "",
+             f"`python -m bench.cleaning_speed --cases {a.cases} --shape {' '.join(map(str, a.shape))} "
+             f"--repeats {a.repeats} --seed {a.seed}`", "",
+             "| case | shape | removed | ours s (median) | scipy s (median) | ratio (median of rounds) | same |",
+             "|---|---|---|---|---|---|---|"]
+    t_ours, t_ref, ratios, mismatch = [], [], [], 0
     for i in range(a.cases):
         label = synthetic_label(rng, tuple(a.shape), spacing)
-        times = []
-        for _ in range(a.repeats):
-            t0 = time.perf_counter()
-            ours, records = clean_label(label, spacing, cfg)
-            times.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        ref = reference_clean(label, spacing, cfg)
-        tr = time.perf_counter() - t0
-        same = bool(np.array_equal(ours, ref))
-        t_ours.append(min(times))
-        t_ref.append(tr)
-        print(f"{i:>4} {'x'.join(map(str, label.shape)):>14} {len(records):>7} {min(times):8.3f} "
-              f"{tr:8.3f} {tr / min(times):7.1f} {same}")
+        got: dict[str, object] = {}
+
+        def ours_fn():
+            got["ours"] = clean_label(label, spacing, cfg)
+
+        def ref_fn():
+            got["ref"] = reference_clean(label, spacing, cfg)
+
+        times = interleaved({"ours": ours_fn, "scipy": ref_fn}, a.repeats, reduce=None, rotate=True)
+        ours, records = got["ours"]
+        same = bool(np.array_equal(ours, got["ref"]))
+        mismatch += not same
+        per_round = [r / o for o, r in zip(times["ours"], times["scipy"])]
+        t_ours.append(statistics.median(times["ours"]))
+        t_ref.append(statistics.median(times["scipy"]))
+        ratios += per_round
         reasons = {r: sum(x.reason == r for x in records) for r in sorted({x.reason for x in records})}
-        print(f"     removed by reason: {reasons}")
-        if not same:
-            print(f"     MISMATCH: {int((ours != ref).sum())} voxels differ")
-            return 1
-    print(f"mean: ours {np.mean(t_ours):.3f} s, scipy reference {np.mean(t_ref):.3f} s, "
-          f"ratio {np.mean(t_ref) / np.mean(t_ours):.1f}x")
-    return 0
+        lines.append(f"| {i} | {'x'.join(map(str, label.shape))} | {len(records)} {reasons} | {t_ours[-1]:.3f} | "
+                     f"{t_ref[-1]:.3f} | {statistics.median(per_round):.1f}x | {same}"
+                     + ("" if same else f" ({int((ours != got['ref']).sum())} voxels differ)") + " |")
+    lines += ["", f"mean: ours {np.mean(t_ours):.3f} s, scipy reference {np.mean(t_ref):.3f} s; "
+                  f"median of the {len(ratios)} paired ratios {statistics.median(ratios):.1f}x"]
+    write_report("\n".join(lines) + "\n", a.out)
+    return 1 if mismatch else 0
 
 
 if __name__ == "__main__":

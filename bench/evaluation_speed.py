@@ -10,19 +10,23 @@ the same numbers:
 * "no crop": masks and distance transforms over the whole scan.  Slow, so by default it runs on
   one class and is extrapolated to 14.
 
-    python -m bench.evaluation_speed [--ref-classes 1 4] [--full-ref]
+The contenders run alternately in one process (ours, official-style, no-crop, then the order
+shifted by one each round), and ratios are the median of the per-round ratios.
+
+    python -m bench.evaluation_speed [--ref-classes 1 4] [--full-ref] [--repeats 3] [--out FILE.md]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from bench._common import machine_line
+from bench._common import interleaved, machine_line, write_report  # noqa: E402
 from flareseg.config import EvaluationConfig  # noqa: E402
 from flareseg.evaluation.metrics import dice, evaluate_case, surface_dice  # noqa: E402
 from flareseg.labels import FOREGROUND  # noqa: E402
@@ -94,49 +98,54 @@ def official_style_case(pred, ref, cfg: EvaluationConfig) -> dict[int, tuple[flo
     return out
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ref-classes", type=int, nargs="+", default=[1],
                     help="classes for the full-volume reference (default: 1, the liver)")
     ap.add_argument("--full-ref", action="store_true", help="run the reference on all 14 classes")
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    ap.add_argument("--repeats", type=int, default=3, help="rounds; each times every contender once")
+    ap.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512))
+    ap.add_argument("--out", default=None, help="also write the report (markdown) to this file")
+    args = ap.parse_args(argv)
     cfg = EvaluationConfig()
     t0 = time.perf_counter()
-    pred, ref = synthetic_pair()
-    print(f"synthetic pair {ref.shape} uint8, spacing {SPACING} mm, built in {time.perf_counter() - t0:.1f} s")
-    print("voxels per class (ref):", {c: int(v) for c, v in enumerate(np.bincount(ref.ravel(), minlength=15)) if c})
-
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        ours = evaluate_case(pred, ref, SPACING, cfg)
-        times.append(time.perf_counter() - t0)
-    ours_t = min(times)
-
-    t0 = time.perf_counter()
-    official = official_style_case(pred, ref, cfg)
-    official_t = time.perf_counter() - t0
-    worst_off = max(max(abs(ours[c][0] - official[c][0]), abs(ours[c][1] - official[c][1])) for c in FOREGROUND)
-
+    pred, ref = synthetic_pair(tuple(args.shape))
+    built = time.perf_counter() - t0
     ref_classes = list(FOREGROUND) if args.full_ref else args.ref_classes
-    t0 = time.perf_counter()
-    full = full_volume_case(pred, ref, cfg, ref_classes)
-    full_t = time.perf_counter() - t0
-    full_14 = full_t / len(ref_classes) * len(FOREGROUND)
-
+    got: dict[str, dict] = {}
+    contenders = {
+        "ours": lambda: got.__setitem__("ours", evaluate_case(pred, ref, SPACING, cfg)),
+        "official": lambda: got.__setitem__("official", official_style_case(pred, ref, cfg)),
+        "nocrop": lambda: got.__setitem__("nocrop", full_volume_case(pred, ref, cfg, ref_classes)),
+    }
+    times = interleaved(contenders, args.repeats, reduce=None, rotate=True)
+    ours, official, full = got["ours"], got["official"], got["nocrop"]
+    worst_off = max(max(abs(ours[c][0] - official[c][0]), abs(ours[c][1] - official[c][1])) for c in FOREGROUND)
     worst = max(max(abs(ours[c][0] - full[c][0]), abs(ours[c][1] - full[c][1])) for c in ref_classes)
-    print(f"\n{'class':>5} {'DSC':>7} {'NSD':>7}")
-    for c in FOREGROUND:
-        print(f"{c:>5} {ours[c][0]:7.4f} {ours[c][1]:7.4f}")
-    print("\n" + machine_line())
-    print(f"flareseg evaluate_case (crop), 14 classes: {ours_t:.2f} s (best of {args.repeats}: "
-          + ", ".join(f"{t:.2f}" for t in times) + ")")
-    print(f"official-style (full-volume masks per class, then crop), 14 classes: {official_t:.2f} s "
-          f"-> ratio {official_t / ours_t:.1f}x; max |difference|: {worst_off:.2e}")
-    print(f"no-crop reference, classes {ref_classes}: {full_t:.2f} s -> 14 classes ~ {full_14:.1f} s"
-          + ("" if args.full_ref else " (extrapolated)"))
-    print(f"no-crop ratio ~ {full_14 / ours_t:.1f}x; max |difference| on compared classes: {worst:.2e}")
+    scale = len(FOREGROUND) / len(ref_classes)      # no-crop time extrapolated to the 14 classes
+
+    def ratio(name: str, k: float = 1.0) -> float:
+        return statistics.median(t * k / o for o, t in zip(times["ours"], times[name]))
+
+    def med(name: str) -> float:
+        return statistics.median(times[name])
+
+    lines = [machine_line(), "",
+             f"`python -m bench.evaluation_speed --repeats {args.repeats} --shape {' '.join(map(str, args.shape))} "
+             + ("--full-ref" if args.full_ref else "--ref-classes " + " ".join(map(str, ref_classes))) + "`", "",
+             f"synthetic pair {ref.shape} uint8, spacing {SPACING} mm, built in {built:.1f} s; voxels per class (ref): "
+             + str({c: int(v) for c, v in enumerate(np.bincount(ref.ravel(), minlength=15)) if c}), "",
+             "| class | DSC | NSD |", "|---|---|---|"]
+    lines += [f"| {c} | {ours[c][0]:.4f} | {ours[c][1]:.4f} |" for c in FOREGROUND]
+    lines += ["", "| contender | seconds, 14 classes (median; rounds) | ratio vs ours (median of rounds) | max abs difference |",
+              "|---|---|---|---|",
+              f"| flareseg evaluate_case (crop) | {med('ours'):.2f} ("
+              + ", ".join(f"{t:.2f}" for t in times["ours"]) + ") | 1.0x | - |",
+              f"| official-style (full-volume masks per class, then crop) | {med('official'):.2f} ("
+              + ", ".join(f"{t:.2f}" for t in times["official"]) + f") | {ratio('official'):.1f}x | {worst_off:.2e} |",
+              f"| no crop, classes {ref_classes}" + ("" if args.full_ref else " (time extrapolated to 14)")
+              + f" | {med('nocrop') * scale:.1f} | {ratio('nocrop', scale):.1f}x | {worst:.2e} |"]
+    write_report("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":
