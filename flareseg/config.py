@@ -16,15 +16,12 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config key is unknown, has the wrong type or an out-of-range value (see ``RANGES``), an
-    override is malformed, or the config file is missing/unreadable.  One line naming the key."""
+from flareseg.errors import ConfigError, clip, short_repr
+from flareseg.yaml_read import parse_yaml, read_yaml
 
 
 @dataclass(frozen=True)
@@ -368,7 +365,7 @@ def check_value(cls: type, name: str, value: Any, key: str, src: str) -> None:
     the message names ``src`` (file or option), ``key``, the value and the allowed range."""
     why = out_of_range(cls, name, value)
     if why is not None:
-        raise ConfigError(f"{src}: key '{key}' = {to_dict(value)!r} is out of range (expected {why})")
+        raise ConfigError(f"{src}: key '{key}' = {short_repr(to_dict(value))} is out of range (expected {why})")
 
 
 def validate(cfg: Any, src: str = "<config>", prefix: str = "") -> None:
@@ -382,8 +379,8 @@ def validate(cfg: Any, src: str = "<config>", prefix: str = "") -> None:
             check_value(cls, f.name, v, prefix + f.name, src)
     for a, b in ORDERED_FIELDS.get(cls.__name__, ()):
         if getattr(cfg, a) > getattr(cfg, b):
-            raise ConfigError(f"{src}: key '{prefix}{a}' = {getattr(cfg, a)!r} is out of range "
-                              f"(expected <= {prefix}{b} = {getattr(cfg, b)!r})")
+            raise ConfigError(f"{src}: key '{prefix}{a}' = {short_repr(getattr(cfg, a))} is out of range "
+                              f"(expected <= {prefix}{b} = {short_repr(getattr(cfg, b))})")
 
 
 # --------------------------------------------------------------------------- loading
@@ -394,7 +391,8 @@ def _coerce(value: Any, tp: Any, key: str, src: str) -> Any:
     args = typing.get_args(tp)
 
     def bad(expect: str) -> ConfigError:
-        return ConfigError(f"{src}: key '{key}' expects {expect}, got {value!r} ({type(value).__name__})")
+        return ConfigError(f"{src}: key '{clip(key)}' expects {expect}, got {short_repr(value)} "
+                           f"({type(value).__name__})")
 
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -454,7 +452,7 @@ def _build(cls: type, data: dict, src: str, prefix: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = [k for k in data if k not in names]
     if unknown:
-        raise ConfigError(f"{src}: unknown key '{prefix}{unknown[0]}' "
+        raise ConfigError(f"{src}: unknown key '{clip(prefix + str(unknown[0]))}' "
                           f"(valid keys under '{prefix or '<top>'}': {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], prefix + k, src) for k, v in data.items()}
     for k, v in kwargs.items():
@@ -491,33 +489,23 @@ def to_dict(cfg: Any) -> Any:
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``"a.b=3"`` -> (["a", "b"], 3); the value is parsed as YAML."""
     if "=" not in item:
-        raise ConfigError(f"--set: expected key=value, got {item!r}")
+        raise ConfigError(f"--set: expected key=value, got {short_repr(item)}")
     k, v = item.split("=", 1)
     k = k.strip()
     if not k:
-        raise ConfigError(f"--set: empty key in {item!r}")
-    return k.split("."), yaml.safe_load(v)
+        raise ConfigError(f"--set: empty key in {short_repr(item)}")
+    return k.split("."), parse_yaml(v, f"--set {clip(item)}")
 
 
 def load_config(path: os.PathLike | str | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config over the defaults and apply ``key=value`` overrides."""
+    """Load a YAML config over the defaults and apply ``key=value`` overrides.  The file is read
+    by :func:`flareseg.yaml_read.read_yaml` (duplicate keys, alias bombs and non-files refused);
+    every problem is a one-line :class:`ConfigError` naming the file or option and the key."""
     data: dict = to_dict(Config())
     src = "<defaults>"
     if path is not None:
-        p = Path(path)
-        src = str(p)
-        if not p.exists():
-            raise ConfigError(f"{src}: config file does not exist")
-        if not p.is_file():
-            raise ConfigError(f"{src}: config path is a folder, not a YAML file")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            first = " ".join(str(e).split())
-            raise ConfigError(f"{src}: not valid YAML ({first})") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{src}: config file cannot be read ({e.__class__.__name__}: "
-                              f"{getattr(e, 'strerror', None) or e})") from None
+        src = str(path)
+        loaded = read_yaml(path) or {}   # duplicate keys, alias bombs, non-files refused
         if not isinstance(loaded, dict):
             raise ConfigError(f"{src}: top level must be a mapping")
         _build(Config, loaded, src)   # validate keys/types of the file itself first
@@ -527,7 +515,7 @@ def load_config(path: os.PathLike | str | None = None, overrides: list[str] | No
         nested: Any = value
         for k in reversed(keys):
             nested = {k: nested}
-        _build(Config, nested, f"--set {item}")
+        _build(Config, nested, f"--set {clip(item)}")
         data = _deep_merge(data, nested)
     cfg = _build(Config, data, src)
     validate(cfg, src + (" with --set overrides" if overrides else ""))

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1] / "flareseg"
 
 #: ground floor first; a module may import its own layer and the layers below it
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("ground", ("flareseg.errors", "flareseg.labels", "flareseg.config", "flareseg.versions",
+    ("ground", ("flareseg.errors", "flareseg.yaml_read", "flareseg.labels", "flareseg.config", "flareseg.versions",
                 "flareseg.devices", "flareseg.distributed")),
     ("files and anatomy", ("flareseg.dicom", "flareseg.file_check", "flareseg.image_check", "flareseg.io",
                            "flareseg.cases", "flareseg.anatomy", "flareseg.overlay")),
