@@ -15,19 +15,21 @@ import logging
 import os
 import re
 import socket
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
+from flareseg import dicom
 from flareseg.dicom import read_dicom_series
 from flareseg.errors import InputError
-from flareseg.file_check import image_suffix, spacing_error, verify_image_file
-from flareseg.image_check import nonfinite_problem
+from flareseg.file_check import image_suffix, require_regular, spacing_error, stat_path, verify_image_file
+from flareseg.image_check import nonfinite_problem, size_problem
 
 log = logging.getLogger(__name__)
 
@@ -80,37 +82,37 @@ def strip_suffix(path: os.PathLike | str) -> str:
 
 
 def is_dicom_dir(path: os.PathLike | str) -> bool:
-    """True for a folder holding a DICOM series (GDCM's warning for other folders is silenced)."""
-    p = Path(path)
-    if not p.is_dir():
-        return False
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+    """True for a folder holding a DICOM series (:func:`flareseg.dicom.is_dicom_dir`)."""
+    return dicom.is_dicom_dir(path)
 
 
-def read_image(path: os.PathLike | str) -> sitk.Image:
-    """Read a ``.nii(.gz)``/``.mha``/``.mhd``/``.nrrd`` file or a DICOM series folder.
+def read_image(path: os.PathLike | str, series: str | Sequence[str] | None = None) -> sitk.Image:
+    """Read a ``.nii(.gz)``/``.mha``/``.mhd``/``.nrrd`` file or a DICOM series folder: the one
+    verified read path of flareseg (docs/reliability.md, "Verify what is read").
 
-    Raises :class:`InputError` (naming the file) when it is missing or unreadable, when its bytes do
-    not hold what its header promises (``"corrupt file (...)"``, see :func:`flareseg.file_check.verify_image_file`),
+    ``series``: the SeriesInstanceUID(s) that pick one series of a DICOM folder holding several
+    (default: those of ``--series``, :func:`flareseg.dicom.selected_series`).
+
+    Raises :class:`InputError` (naming the file) when it is missing, a broken symlink or a symlink
+    loop, not a regular file (a FIFO or device is never opened), unreadable, larger than the voxel
+    ceiling (:func:`flareseg.image_check.max_image_voxels`, checked on the header before any data is
+    decompressed), when its bytes do not hold exactly what its header promises (``"corrupt file
+    (...)"``: too short, too long, trailing data; see :func:`flareseg.file_check.verify_image_file`),
     when a spacing is zero, negative or not finite, when a floating-point image holds NaN/inf
-    voxels, when a DICOM series has missing slices or uneven slice positions
-    (:func:`flareseg.dicom.check_slice_positions`), and when the image is not 3-D or not scalar.
+    voxels, for the DICOM refusals of :func:`flareseg.dicom.read_dicom_series` (missing slices or
+    uneven positions, several series, one 2-D slice, a non-regular or unreadable file), and when
+    the image is not 3-D or not scalar.
     """
     p = Path(path)
-    if not p.exists():
-        raise InputError(p, "does not exist")
+    st = stat_path(p)
     nonfinite = 0
     try:
-        if p.is_dir():
-            img = read_dicom_series(p)
+        if stat.S_ISDIR(st.st_mode):
+            img = read_dicom_series(p, series)
         else:
+            require_regular(p, "an image file or a DICOM series folder")
             nonfinite = verify_image_file(p)
-            img = sitk.ReadImage(str(p))
+            img = _read_file(p)
     except InputError:
         raise
     except RuntimeError as e:
@@ -130,6 +132,20 @@ def read_image(path: os.PathLike | str) -> sitk.Image:
     if why:
         raise InputError(p, why)
     return img
+
+
+def _read_file(p: Path) -> sitk.Image:
+    """SimpleITK's read of a checked file, after its header's size is checked against the voxel
+    ceiling (for every format ITK reads, including those :mod:`flareseg.file_check` does not parse)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    reader.ReadImageInformation()
+    one_voxel = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID())
+    why = size_problem((*reader.GetSize(), reader.GetNumberOfComponents()),
+                       sitk.GetArrayViewFromImage(one_voxel).itemsize)
+    if why:
+        raise InputError(p, why)
+    return reader.Execute()
 
 
 def read_array(path: os.PathLike | str) -> tuple[np.ndarray, Geometry]:

@@ -59,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", help="check every case first; import nothing (exit 1) if any is bad")
     p.add_argument("-j", "--num-processes", type=int, default=1, help="parallel workers")
     p.set_defaults(func=run)
+    from flareseg.dicom import add_series_option
+    add_series_option(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -59,9 +59,7 @@ def collect_inputs(path: Path) -> list[tuple[str, Path]]:
     """(case name, input path) pairs for a file, a DICOM folder, or a folder of files/DICOM folders
     (the listing and naming rule of :mod:`flareseg.cases`)."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, "does not exist")
-    out = list(list_cases(path, dicom=True).items())
+    out = list(list_cases(path, dicom=True).items())  # says why a path cannot be read (loop, FIFO, ...)
     if not out:
         raise InputError(path, "holds no image files or DICOM series")
     return out
@@ -573,3 +571,5 @@ def register(subparsers) -> None:
                    help="no progress bars (they show only when stderr is a terminal: cases, and windows "
                         "done/total within a case)")
     p.set_defaults(func=run_predict)
+    from flareseg.dicom import add_series_option
+    add_series_option(p)

@@ -97,8 +97,10 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
-def load_checkpoint(path: os.PathLike | str, trusted: bool = False, map_location: Any = "cpu") -> Any:
-    """Load a checkpoint (or ``.rng``) file.
+def load_checkpoint(path: os.PathLike | str, trusted: bool = False, map_location: Any = "cpu",
+                    mmap: bool = False) -> Any:
+    """Load a checkpoint (or ``.rng``) file.  ``mmap``: map the tensors' storage instead of reading
+    it (cheap, for looking at shapes; zip-format files only, others are read).
 
     ``trusted=False`` (default): tensors, plain containers and the numpy allow-list only; anything
     else raises :class:`UntrustedCheckpoint` without running any of the file's code.
@@ -111,11 +113,12 @@ def load_checkpoint(path: os.PathLike | str, trusted: bool = False, map_location
     damage = _structural_damage(path)
     if damage:
         raise CorruptCheckpoint(path, f"corrupt checkpoint ({damage})")
+    mmap = bool(mmap) and zipfile.is_zipfile(path)
     try:
         if trusted:
-            return torch.load(path, map_location=map_location, weights_only=False)
+            return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
         with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         needs = None if trusted else _needed_type(str(e))
         if needs is not None:

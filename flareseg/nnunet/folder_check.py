@@ -2,7 +2,8 @@
 
 A missing path, a file, a folder without ``plans.json``/``dataset.json``/``fold_*/checkpoint_*.pth``
 (suggesting the model folder found inside or around it), JSON files that are not nnU-Net's, a model
-with more than one input channel, or a requested fold without a checkpoint.
+with more than one input channel, a requested fold without a checkpoint, or a plans.json/dataset.json
+that does not fit the checkpoints (labels, configuration, architecture: :mod:`flareseg.nnunet.model_check`).
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 from typing import Sequence
 
 from flareseg.io import InputError
-from flareseg.nnunet.model import available_folds
+from flareseg.nnunet.model import CHECKPOINTS, available_folds
+from flareseg.nnunet.model_check import check_labels, check_model_against_checkpoint
 
 
 EXPECTED = "expected plans.json, dataset.json and fold_*/checkpoint_final.pth"
@@ -70,12 +72,14 @@ def _json_dict(path: Path, key: str) -> dict:
 
 
 def check_model_folder(path: str | Path, folds: Sequence[int | str] | None = None,
-                       checkpoint: str | None = None) -> Path:
+                       checkpoint: str | None = None, deep: bool = True) -> Path:
     """Validate a model folder before loading it; return it. Raises :class:`InputError` (one line,
     naming the path) for a missing path, a file, a folder without ``plans.json``/``dataset.json``/
     ``fold_*/checkpoint_*.pth`` (suggesting the model folder found inside or around it), JSON files
     that are not nnU-Net's, a model with more than one input channel, or a requested fold that has
-    no checkpoint (listing the available ones). Checkpoint contents are checked when loading."""
+    no checkpoint (listing the available ones).  ``deep``: also each checkpoint against the plans
+    and dataset.json (labels, configuration, architecture, tensor shapes; see
+    :func:`check_checkpoints`), so an inconsistent folder is refused before any output exists."""
     p = Path(path)
     if not p.exists():
         raise InputError(p, "model folder does not exist")
@@ -92,8 +96,9 @@ def check_model_folder(path: str | Path, folds: Sequence[int | str] | None = Non
         elif hint:
             tail = "; model folders inside: " + ", ".join(str(h) for h in hint)
         raise InputError(p, f"not a model folder, missing {', '.join(missing)} ({EXPECTED}){tail}")
-    _json_dict(p / "plans.json", "configurations")
+    plans = _json_dict(p / "plans.json", "configurations")
     dataset = _json_dict(p / "dataset.json", "labels")
+    check_labels(dataset, p / "dataset.json")
     channels = dataset.get("channel_names") or dataset.get("modality") or {}
     if isinstance(channels, dict) and len(channels) > 1:
         raise InputError(p / "dataset.json", f"the model has {len(channels)} input channels; "
@@ -105,7 +110,29 @@ def check_model_folder(path: str | Path, folds: Sequence[int | str] | None = Non
             names = checkpoint or "checkpoint_*.pth"
             raise InputError(p, f"fold {', '.join(absent)} not found (no fold_{absent[0]}/{names}); "
                                 f"available folds: {', '.join(have) or 'none'}")
+    if deep:
+        check_checkpoints(p, plans, dataset, folds, checkpoint)
     return p
+
+
+def check_checkpoints(p: Path, plans: dict, dataset: dict, folds: Sequence[int | str] | None = None,
+                      checkpoint: str | None = None) -> None:
+    """Each fold's checkpoint (the one loading would pick) against the plans and dataset.json:
+    trainer, configuration, tensor names and shapes (:mod:`flareseg.nnunet.model_check`).  The
+    files are memory-mapped, not read.  A checkpoint that needs ``--trust-model`` is left to the
+    loader (which knows whether the user trusts it); a damaged one is refused here."""
+    from flareseg.nnunet.checkpoint import UntrustedCheckpoint, load_checkpoint
+    names = [checkpoint] if checkpoint else list(CHECKPOINTS)
+    loaded = {}
+    for f in ([str(f) for f in folds] if folds is not None else available_folds(p, checkpoint)):
+        path = next((p / f"fold_{f}" / n for n in names if (p / f"fold_{f}" / n).is_file()), None)
+        if path is None:
+            continue
+        try:
+            loaded[path] = load_checkpoint(path, mmap=True)
+        except UntrustedCheckpoint:
+            continue
+    check_model_against_checkpoint(p, plans, dataset, loaded)
 
 
 def model_class_names(path: str | Path) -> list[str]:

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from flareseg.nnunet.checkpoint import load_checkpoint
+from flareseg.nnunet.model_check import check_model_against_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -155,16 +156,19 @@ def load_model(model_dir: str | Path, folds: Sequence[int | str] | None = None,
     if not fold_names:
         raise ModelFolderError(f"{model_dir}: no fold_*/checkpoint_*.pth found")
 
-    states, meta = [], None
+    meta, loaded = None, {}
     used_ckpt = ""
     for f in fold_names:
         path = _pick_checkpoint(model_dir / f"fold_{f}", checkpoint)
         used_ckpt = path.name
         ck = load_checkpoint(path, trusted=trusted)
+        loaded[path] = ck
         if meta is None:
             meta = ck
-        states.append(ck["network_weights"])
     assert meta is not None
+    # labels, configuration, trainer and every tensor shape, before a network is built (InputError)
+    check_model_against_checkpoint(model_dir, plans, dataset_json, loaded)
+    states = [ck["network_weights"] for ck in loaded.values()]
     trainer_name = meta["trainer_name"]
     configuration = meta["init_args"]["configuration"]
 
