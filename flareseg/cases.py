@@ -5,8 +5,9 @@ that ``flareseg import``, ``predict``, ``evaluate`` and ``clean`` share.
   channel suffix ``_0000`` (``FLARE23_0001_0000.nii.gz`` -> ``FLARE23_0001``); label files carry
   no channel suffix (``channel_suffix=False``: ``FLARE23_0000.nii.gz`` is case
   ``FLARE23_0000``); a DICOM series folder is named after the folder.
-* A folder's entries are its files with a known image suffix (a broken symlink with one too: the
-  caller reports it as a bad case) and, where DICOM is accepted, its sub-folders; hidden entries
+* A folder's entries are its files with a known image suffix (a broken symlink, a FIFO or a device
+  with one too: nothing here opens them, reading them reports a bad case) and, where DICOM is
+  accepted, its sub-folders (one that cannot be listed too: reading it says why); hidden entries
   (``.name``) are never cases.  A file ``X_0001`` (any ``_dddd`` but ``_0000``) is a further channel
   of case ``X`` when ``X_0000`` is in the same folder and is then left out (flareseg models have
   one channel); otherwise it is the case ``X_0001`` (``FLARE23_0001.nii.gz`` without a channel
@@ -18,9 +19,11 @@ import hashlib
 import logging
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Iterable, Literal
 
+from flareseg.file_check import file_kind, stat_path
 from flareseg.io import InputError, image_suffix, is_dicom_dir, strip_suffix
 
 log = logging.getLogger(__name__)
@@ -47,10 +50,9 @@ def folder_entries(folder: os.PathLike | str, channel_suffix: bool = True, dirs:
     too (DICOM series; the caller checks them).  Raises InputError when ``folder`` is missing, not
     a folder or cannot be listed."""
     folder = Path(folder)
-    if not folder.exists() and not folder.is_symlink():
-        raise InputError(folder, "does not exist")
-    if not folder.is_dir():
-        raise InputError(folder, "is not a folder")
+    st = stat_path(folder)
+    if not stat.S_ISDIR(st.st_mode):
+        raise InputError(folder, f"is {file_kind(st.st_mode)}, not a folder")
     try:
         entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     except OSError as e:
@@ -78,20 +80,35 @@ def folder_entries(folder: os.PathLike | str, channel_suffix: bool = True, dirs:
 def list_cases(path: os.PathLike | str, channel_suffix: bool = True, dicom: bool = False) -> dict[str, Path]:
     """Case name -> image file (or DICOM series folder, with ``dicom``) of a folder, sorted by name;
     a single file (or DICOM folder) gives its own case.  Sub-folders that hold no DICOM series are
-    not cases.  Raises InputError for a missing path and for two entries of one case."""
+    not cases, but one that cannot be listed is (reading it reports why).  Raises InputError for a
+    missing path, a broken symlink or symlink loop, a path that is neither a regular file nor a
+    folder (a FIFO, a device: named as such) and for two entries of one case."""
     path = Path(path)
-    if path.is_file():
+    st = stat_path(path)
+    if stat.S_ISREG(st.st_mode):
         return {case_name(path, channel_suffix): path}
-    if dicom and path.is_dir() and is_dicom_dir(path):
+    if not stat.S_ISDIR(st.st_mode):
+        raise InputError(path, f"is {file_kind(st.st_mode)}, not an image file or a folder")
+    if dicom and is_dicom_dir(path):
         return {path.name: path}
     out: dict[str, Path] = {}
     for name, paths in folder_entries(path, channel_suffix, dirs=dicom).items():
-        paths = [p for p in paths if not p.is_dir() or is_dicom_dir(p)]
+        paths = [p for p in paths if not p.is_dir() or is_dicom_dir(p) or not _listable(p)]
         if len(paths) > 1:
             raise InputError(path, f"case {name!r} appears twice ({', '.join(p.name for p in paths)})")
         if paths:
             out[name] = paths[0]
     return out
+
+
+def _listable(folder: Path) -> bool:
+    """Whether ``folder``'s entries can be listed (an unreadable sub-folder is kept as a case, so
+    that reading it reports it instead of it being skipped without a word)."""
+    try:
+        with os.scandir(folder):
+            return True
+    except OSError:
+        return False
 
 
 #: how ``--shard i/N`` jobs and torchrun ranks split cases: ``"hash"`` puts a case on shard

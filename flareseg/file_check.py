@@ -7,17 +7,21 @@ compares the payload with what the header promises, for NIfTI, MetaImage and NRR
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import os
 import re
+import stat
 import struct
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 
 from flareseg.errors import InputError
+from flareseg.image_check import size_problem
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 
@@ -29,6 +33,68 @@ def image_suffix(path: os.PathLike | str) -> str:
         if name.endswith(s):
             return s
     return ""
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(mode: int) -> str:
+    """``"a regular file"``, ``"a folder"``, ``"a FIFO (named pipe)"``, ... for an ``st_mode``."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def stat_path(path: os.PathLike | str) -> os.stat_result:
+    """``os.stat(path)`` (symlinks followed), or :class:`InputError` saying why there is nothing to
+    read: ``does not exist``, ``broken symlink (target ... does not exist)``, ``symlink loop``,
+    ``cannot be reached (Permission denied)``."""
+    p = Path(path)
+    try:
+        return os.stat(p)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError(p, "symlink loop (the link resolves to itself)") from None
+        if e.errno == errno.ENOENT:
+            if os.path.islink(p):
+                raise InputError(p, f"broken symlink (target {os.readlink(p)} does not exist)") from None
+            raise InputError(p, "does not exist") from None
+        raise InputError(p, f"cannot be reached ({e.strerror or e})") from None
+
+
+def require_regular(path: os.PathLike | str, what: str = "a regular file") -> os.stat_result:
+    """Stat ``path`` (see :func:`stat_path`) and refuse anything but a regular file: a FIFO, a
+    device or a socket would block or never end when read."""
+    st = stat_path(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(path, f"is {file_kind(st.st_mode)}, not {what}: only regular files are read")
+    return st
+
+
+@contextlib.contextmanager
+def open_regular(path: os.PathLike | str) -> Iterator[BinaryIO]:
+    """Open ``path`` for binary reading only if it is a regular file, checked before opening (a
+    FIFO's open blocks) and again on the open descriptor (non-blocking open, ``fstat``), so a file
+    swapped for a FIFO in between is refused too.  Raises :class:`InputError`."""
+    require_regular(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise InputError(path, f"unreadable ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(path, f"is {file_kind(st.st_mode)}, not a regular file: only regular files are read")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f
 
 
 _CHUNK = 1 << 20
@@ -53,12 +119,15 @@ def _raw_chunks(f: BinaryIO) -> Iterator[bytes]:
         yield b
 
 
-def _inflate(f: BinaryIO, path: Path, members: bool) -> Iterator[bytes]:
+def _inflate(f: BinaryIO, path: Path, members: bool, complete: Callable[[], bool]) -> Iterator[bytes]:
     """Decompressed bytes of the gzip or zlib stream starting at ``f``'s position, in chunks.
 
     zlib verifies the trailer (gzip: CRC-32 and length; zlib: Adler-32); a stream that ends before
     its trailer is reported as truncated.  With ``members`` (gzip files) further concatenated gzip
-    members are read too; bytes after the last member are ignored, as zlib's ``gzread`` does.
+    members are read while the payload is incomplete (``complete()`` False).  Anything after the
+    end of a stream once the payload is complete, and bytes that are not a gzip member, are
+    trailing data: refused at once, without reading them (a small image followed by gigabytes of
+    further members must not be read in full).
     """
     d = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header, detected
     buf = b""
@@ -78,15 +147,21 @@ def _inflate(f: BinaryIO, path: Path, members: bool) -> Iterator[bytes]:
         buf = d.unconsumed_tail
         if d.eof:
             buf = d.unused_data
-            if not members:
+            if not buf:
+                buf = f.read(_CHUNK)
+            if not buf:
                 return
+            if complete():
+                raise _corrupt(path, "trailing data after the compressed image"
+                                     f"{' (another gzip member)' if buf[:2] == _GZIP_MAGIC else ''}")
             while len(buf) < 2:
                 more = f.read(_CHUNK)
                 if not more:
                     break
                 buf += more
-            if buf[:2] != _GZIP_MAGIC:
-                return
+            if not members or buf[:2] != _GZIP_MAGIC:
+                raise _corrupt(path, "trailing data after the compressed stream, before the voxel data "
+                                     "is complete")
             d = zlib.decompressobj(32 + zlib.MAX_WBITS)
     try:
         out = d.flush()
@@ -116,6 +191,8 @@ def _bunzip(f: BinaryIO, path: Path) -> Iterator[bytes]:
                 if out:
                     yield out
             if d.eof:
+                if d.unused_data or f.read(1):
+                    raise _corrupt(path, "trailing data after the compressed image")
                 return
     if not d.eof:
         raise _corrupt(path, "bzip2 data ends before its end marker: truncated")
@@ -123,17 +200,32 @@ def _bunzip(f: BinaryIO, path: Path) -> Iterator[bytes]:
 
 class _Payload:
     """Consumes a stream of chunks: skips ``offset`` bytes, then counts the payload bytes and,
-    for floating-point data, the NaN/inf values among the first ``nbytes`` of them."""
+    for floating-point data, the NaN/inf values among the first ``nbytes`` of them.
 
-    def __init__(self, offset: int, nbytes: int, dtype: np.dtype | None):
-        self.offset, self.nbytes, self.dtype = offset, nbytes, dtype
+    The payload must be exactly ``nbytes``: a stream that goes on past it is refused as soon as
+    the first byte too many arrives (:meth:`feed` raises), one that stops short by :meth:`check`.
+    """
+
+    def __init__(self, path: Path, offset: int, nbytes: int, dtype: np.dtype | None, what: str):
+        self.path, self.offset, self.nbytes, self.dtype, self.what = path, offset, nbytes, dtype, what
         self.total = 0  # bytes seen, offset included
         self.nonfinite = 0
         self._carry = b""
 
+    @property
+    def complete(self) -> bool:
+        return self.total >= self.offset + self.nbytes
+
+    def _promise(self) -> str:
+        return (f"the header promises {self.nbytes} bytes of voxel data"
+                f"{f' after byte {self.offset}' if self.offset else ''}")
+
     def feed(self, chunk: bytes) -> None:
         start = self.total
         self.total += len(chunk)
+        if self.total > self.offset + self.nbytes:
+            raise _corrupt(self.path, f"payload larger than the header says: {self._promise()}, the "
+                                      f"{self.what} holds more (at least {self.total - self.offset})")
         if self.dtype is None:
             return
         lo = max(self.offset - start, 0)
@@ -146,12 +238,28 @@ class _Payload:
         if n:
             self.nonfinite += int(np.count_nonzero(~np.isfinite(np.frombuffer(data[:n], self.dtype))))
 
-    def check(self, path: Path, what: str) -> None:
+    def check_size(self, size: int, at_least: bool = False) -> None:
+        """Check a payload of ``size`` bytes (offset included) known without reading it;
+        ``at_least``: only a shortfall is wrong (data placed at the end of the file)."""
+        self.total = size
         need = self.offset + self.nbytes
-        if self.total < need:
-            raise _corrupt(path, f"truncated: the header promises {self.nbytes} bytes of voxel data"
-                                 f"{f' after byte {self.offset}' if self.offset else ''}, the {what} "
-                                 f"holds {max(self.total - self.offset, 0)}")
+        if size > need and not at_least:
+            raise _corrupt(self.path, f"payload larger than the header says: {self._promise()}, the "
+                                      f"{self.what} holds {size - self.offset}")
+        self.check()
+
+    def check(self) -> None:
+        if not self.complete:
+            raise _corrupt(self.path, f"truncated: {self._promise()}, the {self.what} holds "
+                                      f"{max(self.total - self.offset, 0)}")
+
+
+def _check_declared(path: Path, dims: Sequence[int], itemsize: int) -> None:
+    """Refuse an image that declares more voxels than :func:`flareseg.image_check.max_image_voxels`,
+    before any of its data is read."""
+    why = size_problem(dims, itemsize)
+    if why:
+        raise InputError(path, why)
 
 
 def spacing_error(path: Path, spacing: Sequence[float], field: str) -> InputError | None:
@@ -166,10 +274,12 @@ _NIFTI_DTYPES = {16: "f4", 64: "f8"}  # floating-point types whose NaN/inf ITK h
 
 
 def _check_nifti(path: Path) -> int:
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         gz = f.read(2) == _GZIP_MAGIC
         f.seek(0)
-        chunks = iter(_inflate(f, path, members=True) if gz else _raw_chunks(f))
+        holder: list[_Payload] = []
+        chunks = iter(_inflate(f, path, True, lambda: bool(holder) and holder[0].complete) if gz
+                      else _raw_chunks(f))
         head = b""
         for chunk in chunks:
             head += chunk
@@ -201,19 +311,20 @@ def _check_nifti(path: Path) -> int:
         err = spacing_error(path, pixdim[1:min(ndim, 3) + 1], "pixdim")
         if err:
             raise err
+        _check_declared(path, dim[1:ndim + 1], -(-bitpix // 8))
         offset = max(int(vox_offset) if math.isfinite(vox_offset) else 0, sizeof_hdr)
         nbytes = -(-math.prod(dim[1:ndim + 1]) * bitpix // 8)
         code = _NIFTI_DTYPES.get(datatype)
         dtype = np.dtype(endian + code) if code else None
+        payload = _Payload(path, offset, nbytes, dtype, "decompressed stream" if gz else "file")
+        holder.append(payload)
         if not gz and dtype is None:  # integer .nii: the size on disk tells it all
-            payload = _Payload(offset, nbytes, None)
-            payload.total = os.fstat(f.fileno()).st_size
-        else:
-            payload = _Payload(offset, nbytes, dtype)
-            payload.feed(head)
-            for chunk in chunks:
-                payload.feed(chunk)
-    payload.check(path, "decompressed stream" if gz else "file")
+            payload.check_size(os.fstat(f.fileno()).st_size)
+            return 0
+        payload.feed(head)
+        for chunk in chunks:
+            payload.feed(chunk)
+    payload.check()
     return payload.nonfinite
 
 
@@ -248,7 +359,7 @@ def _text_header(f: BinaryIO, path: Path, stop) -> list[tuple[str, str]]:
 
 
 def _check_meta(path: Path) -> None:
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         h = dict(_text_header(f, path, lambda k: k == "elementdatafile"))
         data_start = f.tell()
         try:
@@ -256,8 +367,8 @@ def _check_meta(path: Path) -> None:
             dims = [int(v) for v in h["dimsize"].split()][:ndims]
             spacing = (h.get("elementspacing") or h.get("elementsize"))
             spacing = [float(v) for v in spacing.split()][:ndims] if spacing else []
-            nbytes = math.prod(dims) * _META_TYPES[h["elementtype"].upper()] * \
-                int(h.get("elementnumberofchannels", "1"))
+            itemsize = _META_TYPES[h["elementtype"].upper()] * int(h.get("elementnumberofchannels", "1"))
+            nbytes = math.prod(dims) * itemsize
             compressed = h.get("compresseddata", "false").lower() == "true"
             header_size = int(h.get("headersize", "0"))
             datafile = h["elementdatafile"]
@@ -266,33 +377,40 @@ def _check_meta(path: Path) -> None:
         err = spacing_error(path, spacing, "ElementSpacing")
         if err:
             raise err
+        _check_declared(path, dims, itemsize)
         if datafile.upper() == "LOCAL":
             _check_payload(path, f, data_start, nbytes, compressed, 0, members=False)
             return
     if datafile.upper() == "LIST" or "%" in datafile or " " in datafile:
         return  # one file per slice: left to SimpleITK
-    data = path.parent / datafile
-    if not data.is_file():
-        raise InputError(path, f"corrupt file (its data file {datafile} is missing)")
-    with open(data, "rb") as f:
+    data = _data_file(path, datafile)
+    with open_regular(data) as f:
         _check_payload(data, f, 0, nbytes, compressed, header_size, members=False)
+
+
+def _data_file(path: Path, datafile: str) -> Path:
+    """The detached data file ``datafile`` named in header ``path``; it must exist."""
+    data = path.parent / datafile
+    if not data.exists():
+        raise InputError(path, f"corrupt file (its data file {datafile} is missing)")
+    return data
 
 
 def _check_payload(path: Path, f: BinaryIO, start: int, nbytes: int, encoding: str | bool,
                    skip: int, members: bool) -> None:
-    """Raw: the file must hold ``nbytes`` after ``start + skip`` (``skip`` -1: data at the end);
-    compressed: the stream must decompress with its checks passing to at least ``nbytes``."""
+    """Raw: the file must hold exactly ``nbytes`` after ``start + skip`` (``skip`` -1: the data
+    is the last ``nbytes`` of the file, so only a shortfall can be seen); compressed: the stream
+    must decompress, with its checks passing, to exactly ``nbytes`` and end the file."""
     if encoding in (False, "raw"):
-        size = os.fstat(f.fileno()).st_size - start
-        payload = _Payload(0 if skip < 0 else skip, nbytes, None)
-        payload.total = size
-        payload.check(path, "file")
+        payload = _Payload(path, max(skip, 0), nbytes, None, "file")
+        payload.check_size(os.fstat(f.fileno()).st_size - start, at_least=skip < 0)
         return
     f.seek(start)
-    payload = _Payload(0, nbytes, None)
-    for chunk in (_bunzip(f, path) if encoding == "bzip2" else _inflate(f, path, members)):
+    payload = _Payload(path, 0, nbytes, None, "decompressed stream")
+    stream = _bunzip(f, path) if encoding == "bzip2" else _inflate(f, path, members, lambda: payload.complete)
+    for chunk in stream:
         payload.feed(chunk)
-    payload.check(path, "decompressed stream")
+    payload.check()
 
 
 _NRRD_SIZES = {1: ("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t"),
@@ -308,14 +426,15 @@ _NRRD_ENCODINGS = {"raw": "raw", "gzip": "gzip", "gz": "gzip", "bzip2": "bzip2",
 
 
 def _check_nrrd(path: Path) -> None:
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         if not f.readline(64).startswith(b"NRRD"):
             raise _corrupt(path, "no NRRD magic line")
         h = dict(_text_header(f, path, None))
         data_start = f.tell()
         try:
             dims = [int(v) for v in h["sizes"].split()]
-            nbytes = math.prod(dims) * _NRRD_TYPE_BYTES[h["type"].lower()]
+            itemsize = _NRRD_TYPE_BYTES[h["type"].lower()]
+            nbytes = math.prod(dims) * itemsize
             encoding = _NRRD_ENCODINGS.get(h.get("encoding", "").lower())
             byte_skip = int(h.get("byte skip", h.get("byteskip", "0")))
             line_skip = int(h.get("line skip", h.get("lineskip", "0")))
@@ -334,6 +453,7 @@ def _check_nrrd(path: Path) -> None:
         err = spacing_error(path, spacing, field)
         if err:
             raise err
+        _check_declared(path, dims, itemsize)
         if encoding is None or line_skip or (byte_skip and encoding != "raw"):
             return  # text encodings and skips: left to SimpleITK
         datafile = h.get("data file", h.get("datafile"))
@@ -342,10 +462,8 @@ def _check_nrrd(path: Path) -> None:
             return
     if datafile.upper().startswith("LIST") or "%" in datafile or " " in datafile:
         return
-    data = path.parent / datafile
-    if not data.is_file():
-        raise InputError(path, f"corrupt file (its data file {datafile} is missing)")
-    with open(data, "rb") as f:
+    data = _data_file(path, datafile)
+    with open_regular(data) as f:
         _check_payload(data, f, 0, nbytes, encoding, byte_skip, members=True)
 
 

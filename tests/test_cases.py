@@ -61,7 +61,7 @@ def test_missing_folder_and_file_inputs(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         folder_entries(tmp_path / "nope")
     f = _touch(tmp_path, "x_0000.nii.gz") / "x_0000.nii.gz"
-    with pytest.raises(InputError, match="is not a folder"):
+    with pytest.raises(InputError, match="is a regular file, not a folder"):
         folder_entries(f)
     assert list_cases(f) == {"x": f}
 
