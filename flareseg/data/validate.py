@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from flareseg.file_check import nifti_nonfinite_count
-from flareseg.image_check import nonfinite_count, nonfinite_problem, spacing_problem
+from flareseg.image_check import ct_plausibility_problem, nonfinite_count, nonfinite_problem, spacing_problem
 from flareseg.io import Geometry, InputError, geometry_mismatch, read_image
 from flareseg.labels import MAX_LABEL, label_type, type_to_str
 
@@ -27,8 +27,8 @@ class CheckedCase:
 
 
 def check_image(img: sitk.Image, path: Path) -> None:
-    """The input limits of :mod:`flareseg.image_check` (spacing range, finite values); raises
-    InputError."""
+    """The input limits of :mod:`flareseg.image_check` (spacing range, finite values, CT
+    plausibility); raises InputError."""
     why = spacing_problem(img.GetSpacing())
     if why:
         raise InputError(path, why)
@@ -36,7 +36,7 @@ def check_image(img: sitk.Image, path: Path) -> None:
     n = nonfinite_count(arr)
     if not n and np.issubdtype(arr.dtype, np.floating) and path.is_file():
         n = nifti_nonfinite_count(path)     # NaN/inf that ITK's reader turned into numbers
-    why = nonfinite_problem(n)
+    why = nonfinite_problem(n) or ct_plausibility_problem(arr)
     if why:
         raise InputError(path, why)
 

@@ -58,7 +58,7 @@ import torch
 from flareseg.anatomy import bbox_of, body_mask, expand_bbox
 from flareseg.config import InferenceConfig, inference_config
 from flareseg.io import InputError, read_image
-from flareseg.image_check import (constant_problem, nonfinite_count, nonfinite_problem, shape_problem,
+from flareseg.image_check import (constant_problem, ct_plausibility_problem, nonfinite_count, nonfinite_problem, shape_problem,
                                   spacing_problem)
 from flareseg.inference.normalize import normalize_
 from flareseg.inference.openvino_runtime import resolve_runtime
@@ -166,10 +166,10 @@ def region_samples(shape_model: Sequence[int], shape: Sequence[int], region: Seq
 
 def validate_array(arr: np.ndarray, spacing_zyx: Sequence[float], name: str) -> None:
     """Raise :class:`InputError` for arrays outside the input limits of :mod:`flareseg.image_check`
-    (shape, spacing range, NaN/inf, one constant value)."""
+    (shape, spacing range, NaN/inf, one constant value, CT plausibility: most voxels in HU range)."""
     why = (shape_problem(arr.shape) or spacing_problem(spacing_zyx)
            # NaN first: NaN compares unequal, so an all-NaN image is not "constant"
-           or nonfinite_problem(nonfinite_count(arr)) or constant_problem(arr))
+           or nonfinite_problem(nonfinite_count(arr)) or constant_problem(arr) or ct_plausibility_problem(arr))
     if why:
         raise InputError(name, why)
 
