@@ -154,25 +154,83 @@ def read_array(path: os.PathLike | str) -> tuple[np.ndarray, Geometry]:
     return sitk.GetArrayFromImage(img), Geometry.of(img)
 
 
-def geometry_mismatch(a: Geometry, b: Geometry, atol_mm: float = 1e-3, rtol: float = 1e-4,
-                      direction_atol: float = 1e-4) -> list[str]:
-    """Reasons why two grids differ (empty list if they agree within tolerance)."""
+#: label/image (and prediction/reference) grids agree when the spacing differs by at most this
+#: fraction, each origin coordinate by at most this fraction of the voxel spacing along that axis
+#: (nnU-Net's integrity check only warns about origin differences; 5 % of a voxel moves no voxel
+#: centre anywhere near a neighbour), and the direction cosines by at most this much
+GEOMETRY_SPACING_RTOL = 1e-4
+GEOMETRY_ORIGIN_TOL_VOXELS = 0.05
+GEOMETRY_DIRECTION_ATOL = 1e-4
+#: ``import --copy-image-geometry`` copies the image's geometry onto a label only when doing so
+#: moves no corner of the label's grid by more than this many voxels (half a voxel: every label
+#: voxel keeps the image voxel it overlaps most)
+COPY_GEOMETRY_MAX_VOXELS = 0.5
+
+
+def geometry_mismatch(a: Geometry, b: Geometry, atol_mm: float = 1e-3, rtol: float = GEOMETRY_SPACING_RTOL,
+                      direction_atol: float = GEOMETRY_DIRECTION_ATOL) -> list[str]:
+    """Reasons why two grids differ (empty list if they agree within tolerance): size exactly,
+    spacing within ``rtol`` (and ``atol_mm``), origin within :data:`GEOMETRY_ORIGIN_TOL_VOXELS` of
+    the voxel spacing per axis (at least ``atol_mm``), direction within ``direction_atol``.
+    Values are printed with enough digits to tell them apart, with the largest difference."""
     out = []
     if a.size != b.size:
         out.append(f"size {a.size} != {b.size}")
         return out
     if not np.allclose(a.spacing, b.spacing, rtol=rtol, atol=atol_mm):
-        out.append(f"spacing {_fmt(a.spacing)} != {_fmt(b.spacing)}")
-    tol = max(atol_mm, 0.5 * min(a.spacing) * 1e-2)
-    if not np.allclose(a.origin, b.origin, atol=tol, rtol=0):
-        out.append(f"origin {_fmt(a.origin)} != {_fmt(b.origin)}")
+        out.append(_differ("spacing", a.spacing, b.spacing, "mm"))
+    tol = np.maximum(atol_mm, GEOMETRY_ORIGIN_TOL_VOXELS * np.asarray(a.spacing, float))
+    if np.any(np.abs(np.subtract(a.origin, b.origin)) > tol):
+        out.append(_differ("origin", a.origin, b.origin, "mm"))
     if not np.allclose(a.direction, b.direction, atol=direction_atol, rtol=0):
-        out.append(f"direction {_fmt(a.direction)} != {_fmt(b.direction)}")
+        out.append(_differ("direction", a.direction, b.direction, ""))
     return out
 
 
-def _fmt(v) -> str:
-    return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
+def grid_shift_voxels(a: Geometry, b: Geometry) -> float:
+    """Largest distance, in voxels of ``a`` (per axis), between where a corner voxel of the grid
+    lies under geometry ``a`` and under geometry ``b`` (same size): how far giving an image of grid
+    ``b`` the geometry ``a`` moves it.  ``inf`` when the sizes differ."""
+    if a.size != b.size:
+        return float("inf")
+    n = len(a.size)
+    corners = np.array(np.meshgrid(*[(0, s - 1) for s in a.size], indexing="ij")).reshape(n, -1)
+
+    def physical(g: Geometry) -> np.ndarray:
+        d = np.asarray(g.direction, float).reshape(n, n)
+        return np.asarray(g.origin, float)[:, None] + d @ (corners * np.asarray(g.spacing, float)[:, None])
+
+    da = np.asarray(a.direction, float).reshape(n, n)
+    shift = da.T @ (physical(b) - physical(a)) / np.asarray(a.spacing, float)[:, None]
+    return float(np.abs(shift).max())
+
+
+def copyable_geometry(image: Geometry, label: Geometry) -> str | None:
+    """Why ``image``'s geometry may not be copied onto ``label`` (``import --copy-image-geometry``),
+    or None when it may: same size and no label grid corner moved by more than
+    :data:`COPY_GEOMETRY_MAX_VOXELS` voxels."""
+    if image.size != label.size:
+        return f"size {label.size} != {image.size}"
+    shift = grid_shift_voxels(image, label)
+    if shift <= COPY_GEOMETRY_MAX_VOXELS:
+        return None
+    return (f"copying the image's geometry would move the label by {shift:.3g} voxels, more than "
+            f"{COPY_GEOMETRY_MAX_VOXELS:g}")
+
+
+def _differ(what: str, a, b, unit: str) -> str:
+    """``what (a) != (b)``, with the digits that tell them apart and the largest difference."""
+    diff = float(np.max(np.abs(np.subtract(a, b))))
+    apart = [i for i, (x, y) in enumerate(zip(a, b)) if abs(x - y) > 1e-9 * max(1.0, abs(x))]
+    for digits in range(4, 13):
+        if all(f"{a[i]:.{digits}g}" != f"{b[i]:.{digits}g}" for i in apart):
+            break
+    sa, sb = _fmt(a, digits), _fmt(b, digits)
+    return f"{what} {sa} != {sb} (largest difference {diff:.3g}{' ' + unit if unit else ''})"
+
+
+def _fmt(v, digits: int = 4) -> str:
+    return "(" + ", ".join(f"{x:.{digits}g}" for x in v) + ")"
 
 
 @functools.lru_cache(maxsize=None)

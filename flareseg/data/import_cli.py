@@ -61,6 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
     from flareseg.dicom import add_series_option
     add_series_option(p)
+    from flareseg.data.validate import add_copy_geometry_option
+    add_copy_geometry_option(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,6 +5,10 @@ can report the case and go on with the others.
 """
 from __future__ import annotations
 
+import argparse
+import functools
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -14,8 +18,11 @@ import SimpleITK as sitk
 
 from flareseg.file_check import nifti_nonfinite_count
 from flareseg.image_check import ct_plausibility_problem, nonfinite_count, nonfinite_problem, spacing_problem
-from flareseg.io import Geometry, InputError, geometry_mismatch, read_image
+from flareseg.io import (COPY_GEOMETRY_MAX_VOXELS, Geometry, InputError, copyable_geometry, geometry_mismatch,
+                         read_image)
 from flareseg.labels import MAX_LABEL, label_type, type_to_str
+
+log = logging.getLogger(__name__)
 
 @dataclass
 class CheckedCase:
@@ -63,18 +70,77 @@ def align_label_to_image(label: sitk.Image, image: sitk.Image, atol_vox: float =
     return sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
 
 
+#: environment variable set (to ``1``) by ``import --copy-image-geometry`` for one command, so that
+#: worker processes see it too
+COPY_GEOMETRY_ENV = "FLARESEG_COPY_IMAGE_GEOMETRY"
+
+
+def _copy_geometry(label: sitk.Image, image: sitk.Image, label_path: Path, image_path: Path,
+                   mism: list[str], notes: list[str], copy: bool | None) -> sitk.Image:
+    """``label`` with ``image``'s geometry when copying is asked for (``copy``, default
+    :data:`COPY_GEOMETRY_ENV`) and moves no label voxel by more than
+    :data:`flareseg.io.COPY_GEOMETRY_MAX_VOXELS` (half a voxel); noted and logged per case.
+    Otherwise raises InputError naming the label, with the differences (and the flag when it
+    would help)."""
+    copy = os.environ.get(COPY_GEOMETRY_ENV) == "1" if copy is None else copy
+    why_not = copyable_geometry(Geometry.of(image), Geometry.of(label))
+    if copy and why_not is None:
+        note = f"label geometry replaced by the image's ({'; '.join(mism)})"
+        log.warning("%s: %s", label_path, note)
+        notes.append(note)
+        out = sitk.Image(label)
+        out.CopyInformation(image)
+        return out
+    hint = ""
+    if why_not is None:
+        hint = (f" (within {COPY_GEOMETRY_MAX_VOXELS:g} voxel: import --copy-image-geometry copies the "
+                "image's geometry onto the label)")
+    elif copy:
+        hint = f" (not copied: {why_not})"
+    raise InputError(label_path, f"geometry does not match image {image_path.name}: " + "; ".join(mism) + hint)
+
+
+def add_copy_geometry_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--copy-image-geometry`` to ``flareseg import`` and wrap its ``func`` so the choice
+    reaches every case's check (:data:`COPY_GEOMETRY_ENV` set for the call, then restored)."""
+    parser.add_argument("--copy-image-geometry", action="store_true",
+                        help="a label whose origin/spacing/direction differ from its image's by more than the "
+                             "tolerance, but move no voxel by more than half a voxel, gets the image's geometry "
+                             "(logged per case) instead of being refused")
+    func = parser.get_default("func")
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        if not getattr(args, "copy_image_geometry", False):
+            return func(args)
+        old = os.environ.get(COPY_GEOMETRY_ENV)
+        os.environ[COPY_GEOMETRY_ENV] = "1"
+        try:
+            return func(args)
+        finally:
+            if old is None:
+                os.environ.pop(COPY_GEOMETRY_ENV, None)
+            else:
+                os.environ[COPY_GEOMETRY_ENV] = old
+    parser.set_defaults(func=run)
+
+
 def check_label(label: sitk.Image, image: sitk.Image, label_path: Path, image_path: Path,
-                annotated: Sequence[int] | None) -> tuple[sitk.Image, tuple[int, ...], list[str]]:
+                annotated: Sequence[int] | None, copy_image_geometry: bool | None = None
+                ) -> tuple[sitk.Image, tuple[int, ...], list[str]]:
     """Validate a label against its image; returns the label on the image grid (uint8), the classes
-    present and report notes.  Raises InputError naming the label file."""
+    present and report notes.  ``copy_image_geometry`` (default: :data:`COPY_GEOMETRY_ENV` is
+    ``1``, set by ``import --copy-image-geometry``): see :func:`_copy_geometry`.  Raises InputError
+    naming the label file."""
     notes: list[str] = []
     mism = geometry_mismatch(Geometry.of(image), Geometry.of(label))
     if mism:
         aligned = align_label_to_image(label, image)
-        if aligned is None:
-            raise InputError(label_path, f"geometry does not match image {image_path.name}: " + "; ".join(mism))
-        notes.append("label re-gridded onto the image lattice (same physical grid, different axis order/flip)")
-        label = aligned
+        if aligned is not None:
+            notes.append("label re-gridded onto the image lattice (same physical grid, different axis order/flip)")
+            label = aligned
+        else:
+            label = _copy_geometry(label, image, label_path, image_path, mism, notes, copy_image_geometry)
     arr = sitk.GetArrayFromImage(label)
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all():
@@ -94,14 +160,14 @@ def check_label(label: sitk.Image, image: sitk.Image, label_path: Path, image_pa
 
 
 def check_case(image_path: Path, label_path: Path | None = None,
-               annotated: Sequence[int] | None = None) -> CheckedCase:
+               annotated: Sequence[int] | None = None, copy_image_geometry: bool | None = None) -> CheckedCase:
     """Read and validate one case (label optional)."""
     img = read_image(image_path)
     check_image(img, image_path)
     if label_path is None:
         return CheckedCase(img, None, (), [])
     lab = read_image(label_path)
-    lab, present, notes = check_label(lab, img, label_path, image_path, annotated)
+    lab, present, notes = check_label(lab, img, label_path, image_path, annotated, copy_image_geometry)
     if annotated is not None:
         extra = [c for c in present if c not in set(annotated)]
         if extra:
