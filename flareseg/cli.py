@@ -62,6 +62,14 @@ def set_log_levels(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; its exit code.  Ctrl-C (130), SIGTERM (143) and an OSError no command
+    handled (4: disk full, read-only, permission denied) end it with one line, not a traceback
+    (:mod:`flareseg.boundary`; docs/reliability.md lists the codes)."""
+    from flareseg.boundary import run_at_boundary
+    return run_at_boundary(lambda: _main(argv), "flareseg")
+
+
+def _main(argv: list[str] | None) -> int:
     # OpenMP threads that spin while waiting collapse throughput when two torch processes share
     # the cores (epochs 10x slower); passive waiting costs nothing measurable on a quiet machine
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

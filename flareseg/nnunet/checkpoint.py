@@ -19,6 +19,7 @@ good predecessor to fall back to.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import re
@@ -162,9 +163,11 @@ def write_checkpoint(dest: os.PathLike | str, write: Callable[[str], None], rng_
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(dest))              # renamed last (exits last)
         tmp_rng = stack.enter_context(atomic_path(rng_dest)) if rng_state is not None else None
-        write(str(tmp))
+        with _write_errors_as_oserror(dest):
+            write(str(tmp))
         if tmp_rng is not None:
-            torch.save(rng_state, tmp_rng)
+            with _write_errors_as_oserror(rng_dest):
+                torch.save(rng_state, tmp_rng)
         if keep_previous:
             prev = dest.with_name(PREVIOUS)
             if dest.is_file():
@@ -187,6 +190,17 @@ def _replace_or_remove(src: Path, dest: Path) -> None:
 
 def save_checkpoint(obj: Any, dest: os.PathLike | str) -> Path:
     """``torch.save`` through a temporary file renamed into place (model folders, ``.rng`` files)."""
-    with atomic_path(dest) as tmp:
+    with atomic_path(dest) as tmp, _write_errors_as_oserror(dest):
         torch.save(obj, tmp)
     return Path(dest)
+
+
+@contextlib.contextmanager
+def _write_errors_as_oserror(dest: os.PathLike | str):
+    """torch's zip writer reports a full disk or a file-size limit as a ``RuntimeError``
+    ("iostream error", "unexpected pos"): re-raise it as the ``OSError`` it is, naming ``dest``."""
+    try:
+        yield
+    except RuntimeError as e:
+        raise OSError(errno.EIO, f"checkpoint could not be written ({_first_line(e)}; is the disk full?)",
+                      str(dest)) from None

@@ -121,6 +121,13 @@ def _prefixed(n: int, e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a stage (or all); its exit code.  Ctrl-C (130), SIGTERM (143) and an OSError no stage
+    handled (4) end it with one line, not a traceback (:mod:`flareseg.boundary`)."""
+    from flareseg.boundary import run_at_boundary
+    return run_at_boundary(lambda: _main(argv), "python -m flareseg.pipeline")
+
+
+def _main(argv: list[str] | None = None) -> int:
     # OpenMP threads that spin while waiting collapse throughput when two torch processes share
     # the cores (epochs 10x slower); passive waiting costs nothing measurable on a quiet machine
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
