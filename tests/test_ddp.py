@@ -1,9 +1,13 @@
 """Two CPU processes on the gloo backend: gradients of the partial-label loss are synchronised by
-DDP (each rank sees a different label type; both end with the mean gradient)."""
+DDP (each rank sees a different label type; both end with the mean gradient).
+
+The ranks meet through a file store in the test's tmp folder, not a TCP port: a port picked free
+and released before the ranks bind it can be taken by another process under load (rank 0 then
+aborted with "terminate called without an active exception")."""
 from __future__ import annotations
 
 import os
-import socket
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -36,10 +40,10 @@ def _grads(net):
     return torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
 
 
-def _worker(rank, world, port, out_dir):
+def _worker(rank, world, store, out_dir):
     from flareseg.losses.merge_max import PartialLabelLoss
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=timedelta(minutes=5))
     from flareseg.losses.merge_max import deep_supervision_weights
     # nnU-Net's DDP setting: the lowest scale keeps a tiny weight so no parameter goes unused
     loss_fn = PartialLabelLoss(variant="merge_max", batch_dice=False,
@@ -55,14 +59,8 @@ def _worker(rank, world, port, out_dir):
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_gloo_synchronises_gradients(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = torch.load(tmp_path / "r0.pt"), torch.load(tmp_path / "r1.pt")
     assert not torch.allclose(r0["local"], r1["local"])          # ranks saw different batches/types
     torch.testing.assert_close(r0["ddp"], r1["ddp"])               # synchronised
