@@ -5,7 +5,8 @@ keys: ``predict(..., device="cpu", skip_windows=False)`` is ``flareseg predict -
 --no-skip``), runs the same checks before any work (an output that would overwrite an input is
 refused; inputs are never written to) and raises instead of exiting: :class:`flareseg.io.InputError`
 for a bad file or folder, :class:`flareseg.config.ConfigError` for a bad setting,
-:class:`flareseg.inference.commands.UnsafeOutput` for an output that is an input.
+:class:`flareseg.write_guard.UnsafeOutput` for an output that is an input or would replace a file
+the command did not write (``overwrite=True`` is ``--overwrite``).
 
     import flareseg
     labels = flareseg.predict("scan.nii.gz", model="models/coarse", device="cpu")   # SimpleITK image
@@ -55,7 +56,7 @@ def predict(input: PathLike, model: PathLike, output: PathLike | None = None, *,
             config: PathLike | None = None, folds: Sequence[int | str] | None = None,
             save_probabilities: bool = False, statistics: bool = False, report: PathLike | None = None,
             preview: bool = False, per_class: bool = False, roi_subset: Sequence[str] | None = None,
-            trust_model: bool = False, quiet: bool = True, **settings: Any):
+            trust_model: bool = False, quiet: bool = True, overwrite: bool = False, **settings: Any):
     """Label maps of ``input`` (a CT file, a DICOM series folder, or a folder of either) with the
     model folder ``model``, as ``flareseg predict`` computes them.
 
@@ -70,7 +71,9 @@ def predict(input: PathLike, model: PathLike, output: PathLike | None = None, *,
     others are still written and :class:`CasesFailed` is raised at the end.  ``preview``,
     ``per_class`` and ``roi_subset`` (the model's class names; implies ``per_class``; an unknown name raises
     :class:`flareseg.config.ConfigError` listing the valid ones) are ``--preview``,
-    ``--per-class`` and ``--roi-subset`` and need ``output``.
+    ``--per-class`` and ``--roi-subset`` and need ``output``.  An existing file of an output's name
+    that predict did not write raises :class:`flareseg.write_guard.UnsafeOutput` unless
+    ``overwrite`` (``--overwrite``).
     """
     from flareseg.config import inference_config
     from flareseg.inference.commands import check_predict, collect_inputs, make_output_folder, predict_cases
@@ -87,7 +90,7 @@ def predict(input: PathLike, model: PathLike, output: PathLike | None = None, *,
         check_model_folder(model, folds)
     else:
         cases, plan = check_predict(input, output, model, folds, save_probabilities, statistics, report,
-                                    preview, per_class, roi_subset)
+                                    preview, per_class, roi_subset, overwrite=overwrite)
 
     from flareseg.inference.predictor import FastPredictor
     if cfg.device == "cuda":
@@ -124,7 +127,7 @@ def _is_dicom(path: PathLike) -> bool:
 
 def evaluate(pred: PathLike, gt: PathLike, out: PathLike | None = None, *, config: PathLike | None = None,
              classes: Sequence[int] | None = None, rules: str | None = None, missing_as_zero: bool = False,
-             **settings: Any):
+             overwrite: bool = False, **settings: Any):
     """FLARE23 DSC/NSD of the label maps ``pred`` (a folder or one file) against ``gt``, as
     ``flareseg evaluate`` scores them; ``settings`` are :class:`flareseg.config.EvaluationConfig`
     keys (``nsd_min_dsc``, ``rules``, ...).  With ``out`` the reports (per_case.csv, summary.json,
@@ -140,14 +143,15 @@ def evaluate(pred: PathLike, gt: PathLike, out: PathLike | None = None, *, confi
         settings = {**settings, "rules": rules}
     cfg = _settings("evaluation", config, settings)
     args = argparse.Namespace(pred=Path(pred), gt=Path(gt), out=Path(out) if out is not None else None,
-                              classes=list(classes) if classes is not None else list(FOREGROUND))
+                              classes=list(classes) if classes is not None else list(FOREGROUND),
+                              overwrite=overwrite)
     check_evaluate_args(args)
     return evaluate_folders(args.pred, args.gt, cfg, args.out, classes=args.classes,
-                            missing_as_zero=missing_as_zero)
+                            missing_as_zero=missing_as_zero, overwrite=overwrite)
 
 
 def clean(labels: PathLike, out: PathLike, *, images: PathLike | None = None, config: PathLike | None = None,
-          force: bool = False, **settings: Any):
+          force: bool = False, overwrite: bool = False, **settings: Any):
     """Clean the label maps of the folder ``labels`` into ``out`` as ``flareseg clean`` does
     (``out/labels/`` and the reports); ``settings`` are :class:`flareseg.config.CleaningConfig` keys
     (``min_voxels``, ``max_organ_distance_mm``, ...).  Returns the :class:`CleaningReport` (its
@@ -159,7 +163,7 @@ def clean(labels: PathLike, out: PathLike, *, images: PathLike | None = None, co
     from flareseg.io import remove_stale_temps
 
     cfg = _settings("cleaning", config, settings)
-    check_paths(argparse.Namespace(labels=labels, out=out, images=images))
+    check_paths(argparse.Namespace(labels=labels, out=out, images=images, overwrite=overwrite))
     if Path(out).is_dir():   # what a killed earlier run left half-written
         remove_stale_temps(out, recursive=True)
-    return clean_folder(labels, out, cfg, images, force=force)
+    return clean_folder(labels, out, cfg, images, force=force, overwrite=overwrite)

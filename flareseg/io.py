@@ -20,7 +20,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -322,16 +322,30 @@ def check_writable(folder: os.PathLike | str) -> None:
     os.unlink(tmp)
 
 
-@contextlib.contextmanager
-def atomic_path(dest: os.PathLike | str) -> Iterator[Path]:
-    """Yield a temporary path next to ``dest`` (same suffix); rename onto ``dest`` on success.
+class WriteFailed(OSError):
+    """A write whose result did not verify (SimpleITK reports no "no space left"): one line naming
+    the file; the real name was not touched."""
 
-    On any exception the temporary file is removed and ``dest`` is untouched.  The temporary file
-    is named ``.<name>.<host>-<pid>.<random>.tmp<suffix>``; a process killed mid-write leaves it
-    behind, and the first atomic write into that folder by a later process on this host removes it
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+@contextlib.contextmanager
+def atomic_path(dest: os.PathLike | str, verify: Callable[[Path], str | None] | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``dest`` (same suffix); verify it, then rename onto ``dest``.
+
+    ``verify(tmp)`` returns why the written file is broken (or None); a broken file raises
+    :class:`WriteFailed` and never reaches ``dest`` (SimpleITK writes 0-byte or truncated files
+    on a full disk without an error).  Without ``verify`` the file must exist as a regular file.
+    On any exception the temporary file is removed and ``dest`` is untouched; after the rename no
+    temp is left whatever the rename did (renaming a hard link onto another link of the same file
+    does nothing under POSIX, so the temp is unlinked).  The temporary file is named
+    ``.<name>.<host>-<pid>.<random>.tmp<suffix>``; a process killed mid-write leaves it behind, and
+    the first atomic write into that folder by a later process on this host removes it
     (:func:`remove_stale_temps`).  The file gets the permissions a plain ``open()`` would give
     (0666 minus the umask), not ``mkstemp``'s 0600, so outputs stay readable by other users (e.g.
-    the host of a Docker run).
+    the host of a Docker run).  A file renamed into a folder guarded by
+    :func:`flareseg.write_guard.recording` is recorded in its ledger.
     """
     dest = Path(dest)
     _prepare_folder(dest)
@@ -341,12 +355,54 @@ def atomic_path(dest: os.PathLike | str) -> Iterator[Path]:
     tmp_p = Path(tmp)
     try:
         yield tmp_p
+        _verify_written(tmp_p, dest, verify)
         os.chmod(tmp_p, 0o666 & ~_umask())
         os.replace(tmp_p, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_p.unlink()
         raise
+    with contextlib.suppress(FileNotFoundError):
+        tmp_p.unlink()            # still there when tmp and dest were links to one file
+    from flareseg import write_guard
+    write_guard.note_written(dest)
+
+
+def _verify_written(tmp: Path, dest: Path, verify: Callable[[Path], str | None] | None) -> None:
+    """Raise :class:`WriteFailed` naming ``dest`` unless ``tmp`` is a regular file that passes
+    ``verify``."""
+    import errno
+    import stat
+    try:
+        st = os.lstat(tmp)
+    except OSError:
+        st = None
+    why = None if st is not None and stat.S_ISREG(st.st_mode) else "no file was written"
+    if why is None and verify is not None:
+        why = verify(tmp)
+    if why:
+        raise WriteFailed(errno.EIO, f"write failed, {why} (is the disk full?); nothing was written under "
+                                     "this name", str(dest))
+
+
+def _image_problem(path: Path) -> str | None:
+    """Why a just-written image file is broken (empty, or its payload short of its header)."""
+    if os.path.getsize(path) == 0:
+        return "the written file is empty"
+    try:
+        verify_image_file(path)
+    except InputError as e:
+        return f"the written file does not read back ({e.reason})"
+    except OSError as e:
+        return f"the written file does not read back ({e.strerror or e})"
+    return None
+
+
+def _size_is(n: int) -> Callable[[Path], str | None]:
+    def check(path: Path) -> str | None:
+        got = os.path.getsize(path)
+        return None if got == n else f"{got} of {n} bytes written"
+    return check
 
 
 def _umask() -> int:
@@ -368,17 +424,20 @@ def write_image(img: sitk.Image, dest: os.PathLike | str, compress: bool = True)
     temporary folder next to ``dest``; the data file is moved into place first, the header last."""
     dest = Path(dest)
     if image_suffix(dest) != ".mhd":
-        with atomic_path(dest) as tmp:
+        with atomic_path(dest, verify=_image_problem) as tmp:
             sitk.WriteImage(img, str(tmp), useCompression=compress)
         return dest
     import shutil
+    from flareseg import write_guard
     _prepare_folder(dest)
     tmpdir = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest), suffix=".tmp", dir=dest.parent))
     try:
         sitk.WriteImage(img, str(tmpdir / dest.name), useCompression=compress)
+        _verify_written(tmpdir / dest.name, dest, _image_problem)
         for f in sorted(tmpdir.iterdir(), key=lambda f: f.name == dest.name):  # header last
             os.chmod(f, 0o666 & ~_umask())
             os.replace(f, dest.parent / f.name)
+            write_guard.note_written(dest.parent / f.name)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return dest
@@ -396,7 +455,7 @@ def write_array(arr: np.ndarray, geometry: Geometry, dest: os.PathLike | str,
 def link_or_copy(src: os.PathLike | str, dest: os.PathLike | str) -> Path:
     """Hard-link ``src`` at ``dest`` (copy across file systems), atomically."""
     import shutil
-    with atomic_path(dest) as tmp:
+    with atomic_path(dest, verify=_size_is(os.path.getsize(src))) as tmp:
         tmp.unlink()
         try:
             os.link(src, tmp)
@@ -406,8 +465,17 @@ def link_or_copy(src: os.PathLike | str, dest: os.PathLike | str) -> Path:
 
 
 def write_text(text: str, dest: os.PathLike | str) -> Path:
-    with atomic_path(dest) as tmp:
-        tmp.write_text(text)
+    """Write ``text`` (UTF-8) atomically; the written size is checked before the rename."""
+    data = text.encode()
+    with atomic_path(dest, verify=_size_is(len(data))) as tmp:
+        tmp.write_bytes(data)
+    return Path(dest)
+
+
+def write_bytes(data: bytes, dest: os.PathLike | str) -> Path:
+    """Write ``data`` atomically; the written size is checked before the rename."""
+    with atomic_path(dest, verify=_size_is(len(data))) as tmp:
+        tmp.write_bytes(data)
     return Path(dest)
 
 

@@ -110,7 +110,7 @@ def test_evaluate_and_clean(model, inputs, tmp_path):
     assert cleaned[0, 0, 0] == 0 and (cleaned == 1).sum() == (ref == 1).sum() and _md5(labels) == before
     res = evaluate(tmp_path / "clean" / "labels", labels, classes=[1])
     assert res.ok and res.scores["case0"][1][0] == pytest.approx(1.0)
-    with pytest.raises(InputError, match="--out is the --gt folder"):
+    with pytest.raises(UnsafeOutput, match=r"\(--out\) is the --gt folder"):
         evaluate(tmp_path / "clean" / "labels", labels, labels)
     with pytest.raises(ConfigError):
         clean(labels, tmp_path / "c2", min_voxels=-1)

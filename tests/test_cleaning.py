@@ -9,6 +9,8 @@ from pathlib import Path
 import fastremap
 import numpy as np
 import pytest
+
+from flareseg.write_guard import UnsafeOutput
 from scipy import ndimage
 
 from flareseg.cleaning import (FAR_FROM_ORGANS, OUTSIDE_ABDOMEN, SMALL_COMPONENT, clean_folder,
@@ -330,8 +332,11 @@ def test_clean_folder_is_idempotent(label_folder: Path, tmp_path: Path):
     # a changed config or a damaged output is recomputed
     third = clean_folder(label_folder, out, replace(cfg, min_voxels=20))
     assert third.reused == 0 and len(third.records) == len(first.records) - 1
-    (out / "labels" / "case_b.nii.gz").write_bytes(b"damaged")
-    assert clean_folder(label_folder, out, replace(cfg, min_voxels=20)).reused == 1
+    (out / "labels" / "case_b.nii.gz").write_bytes(b"damaged")   # changed since clean wrote it: foreign
+    with pytest.raises(UnsafeOutput, match="case_b.nii.gz exists and was not written by flareseg clean"):
+        clean_folder(label_folder, out, replace(cfg, min_voxels=20))
+    assert (out / "labels" / "case_b.nii.gz").read_bytes() == b"damaged"
+    assert clean_folder(label_folder, out, replace(cfg, min_voxels=20), overwrite=True).reused == 1
     with pytest.raises(ValueError, match="overwrite"):
         clean_folder(label_folder, label_folder.parent, cfg)
 

@@ -71,7 +71,10 @@ def test_stock_loads_export_without_env_and_labels_match_predict(flare_model, tm
 def test_reexport_replaces_an_earlier_export(flare_model, tmp_path):
     out = tmp_path / "stock"
     export_model(flare_model, out)
-    (out / "fold_0" / "stale.txt").write_text("x")
+    (out / "fold_0" / "stale.txt").write_text("x")       # not export's: kept (delete only what it wrote)
+    before = (out / "fold_0" / "checkpoint_final.pth").stat().st_mtime_ns
     export_model(flare_model, out)
-    assert (out / MARKER).is_file() and not (out / "fold_0" / "stale.txt").exists()
+    assert (out / MARKER).is_file() and (out / "fold_0" / "stale.txt").read_text() == "x"
+    assert (out / "fold_0" / "checkpoint_final.pth").stat().st_mtime_ns != before        # replaced
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]    # no temp folders left
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".flareseg-written.jsonl"]

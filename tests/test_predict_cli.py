@@ -53,7 +53,8 @@ def test_folder_with_a_bad_case_continues(tmp_path, model_dir):
     rc = main(["predict", "-i", str(inp), "-o", str(out), "-m", str(model_dir), "--device", "cpu",
                "--statistics", "-q"])
     assert rc == 1
-    assert sorted(p.name for p in out.iterdir()) == ["good.nii.gz", "predict_report.json", "statistics.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".flareseg-written.jsonl", "good.nii.gz", "predict_report.json",
+                                                     "statistics.json"]
     assert geometry_mismatch(Geometry.of(sitk.ReadImage(str(out / "good.nii.gz"))), Geometry.of(img)) == []
     rep = json.loads((out / "predict_report.json").read_text())
     status = {c["case"]: c for c in rep["cases"]}

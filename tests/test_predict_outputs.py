@@ -159,8 +159,8 @@ def test_predict_preview_per_class_statistics(tmp_path, model_dir, capsys, caplo
         rc = main(["predict", "-i", str(inp), "-o", str(out), "-m", str(model_dir), "--device", "cpu",
                    "--preview", "--statistics", "--roi-subset", "stomach", "esophagus", "-q"])
     assert rc == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a", "a.nii.gz", "a_preview.png", "predict_report.json",
-                                                     "statistics.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".flareseg-written.jsonl", "a", "a.nii.gz", "a_preview.png",
+                                                     "predict_report.json", "statistics.json"]
     assert sorted(p.name for p in (out / "a").iterdir()) == ["esophagus.nii.gz", "stomach.nii.gz"]
     assert png_size(out / "a_preview.png") == (1200, 400)
     labels = sitk.ReadImage(str(out / "a.nii.gz"))

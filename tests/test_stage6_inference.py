@@ -81,7 +81,7 @@ def test_efficiency_runs_use_every_configured_inference_key(shipped):
     # the processes' outputs are the predictions evaluated; nothing else predicted the set
     ship = read_json(sd / "ship_report.json")
     assert ship["prediction"]["cases"]["v00"]["output"] == str(sd / "predictions" / "v00.nii.gz")
-    assert sorted(p.name for p in (sd / "predictions").iterdir()) == ["v00.nii.gz"]
+    assert sorted(p.name for p in (sd / "predictions").iterdir()) == [".flareseg-written.jsonl", "v00.nii.gz"]
     assert not (sd / "efficiency" / "outputs").exists()
     assert (sd / "evaluation" / "per_case.csv").exists() and result["efficiency"]["n_cases"] == 1
 

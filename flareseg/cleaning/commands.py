@@ -7,6 +7,7 @@ from pathlib import Path
 
 from flareseg.config import ConfigError, load_config
 from flareseg.io import InputError, remove_stale_temps
+from flareseg.write_guard import check_plan
 
 HELP = """\
 Remove label noise before coarse training, without touching the inputs:
@@ -21,8 +22,11 @@ Outputs: OUT/labels/ cleaned copies (same geometry), OUT/cases/<case>.json sidec
          OUT/cleaning_report.csv (every removal), OUT/cleaning_summary.csv (per case).
 Reruns skip cases whose inputs and config are unchanged.
 Exit: 0 done; 1 some case failed (each reported, the others cleaned); 2 usage/config error
-before any work: missing or empty --labels folder, missing --images folder, --out a file or an input folder, a bad or
-out-of-range key (cleaning.min_voxels >= 0, cleaning.*_mm >= 0).
+before any work: missing or empty --labels folder, missing --images folder, --out a file, an input folder or
+inside one, an output file that is an input file (e.g. --images OUT/labels), an existing output file clean did
+not write (unless --overwrite), an --out that cannot be created or written into, a bad or out-of-range key
+(cleaning.min_voxels >= 0, cleaning.*_mm >= 0); 4 when writing the reports fails (disk full: one line
+naming the file, no partial file under a real name; a cleaned label that cannot be written fails its case).
 
 examples:
   flareseg clean --labels work/labels --out work/stage-4-cleaning
@@ -42,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. cleaning.min_voxels=50 (repeatable)")
     p.add_argument("--force", action="store_true", help="recompute cases that are up to date")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing files of the output names that clean did not write (refused by default)")
     p.set_defaults(func=run)
 
 
@@ -56,14 +62,15 @@ def check_paths(args: argparse.Namespace) -> None:
             raise InputError(p, f"{opt} folder does not exist")
         if not p.is_dir():
             raise InputError(p, f"{opt} is not a folder")
-        if out.resolve() == p.resolve():
-            raise InputError(out, f"--out is the {opt} folder: outputs would be written among the inputs")
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "--out exists and is not a folder")
-    from flareseg.cleaning.folder import list_labels
-    if not list_labels(labels):
+    from flareseg.cleaning.folder import clean_plan, list_labels
+    files = list_labels(labels)
+    if not files:
         raise InputError(labels, "--labels holds no label files (.nii.gz/.nii/.mha/.nrrd): "
                                  "nothing to clean")
+    images = Path(args.images) if args.images else None
+    # the write guard: every output file against every input file (clean_folder checks again);
+    # UnsafeOutput is a ValueError, exit 2 like the InputErrors above
+    check_plan(clean_plan(labels, out, images, files, getattr(args, "overwrite", False)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,10 +84,12 @@ def run(args: argparse.Namespace) -> int:
         check_paths(args)
         if Path(args.out).is_dir():   # what a killed earlier run left half-written
             remove_stale_temps(args.out, recursive=True)
-        report = clean_folder(args.labels, args.out, cfg.cleaning, args.images, force=args.force)
+        report = clean_folder(args.labels, args.out, cfg.cleaning, args.images, force=args.force,
+                              overwrite=args.overwrite)
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
     by_reason: dict[str, int] = {}
     for r in report.records:
         by_reason[r.reason] = by_reason.get(r.reason, 0) + 1

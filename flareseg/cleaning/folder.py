@@ -32,6 +32,8 @@ from flareseg.io import (InputError, file_digest, geometry_mismatch,
                          read_array, read_json, strip_suffix, write_array,
                          write_json)
 from flareseg.labels import ORGANS, TUMOR
+from flareseg import write_guard
+from flareseg.write_guard import LEDGER, WritePlan, check_plan, folder_files
 
 log = logging.getLogger(__name__)
 SIDECAR_VERSION = 1
@@ -57,21 +59,65 @@ def list_labels(labels_dir: Path) -> list[Path]:
     return sorted(p for paths in folder_entries(labels_dir, channel_suffix=False).values() for p in paths)
 
 
+def clean_plan(labels_dir: Path, out: Path, images: Path | None, files: list[Path],
+               overwrite: bool = False) -> WritePlan:
+    """The :class:`flareseg.write_guard.WritePlan` of a clean run: every cleaned label, sidecar and
+    report against every label file and every file of the images folder; ``--out`` may not lie
+    inside an input folder."""
+    outs = [out / "labels" / p.name for p in files] + [out / "cases" / f"{strip_suffix(p)}.json" for p in files]
+    outs += [out / "cleaning_report.csv", out / "cleaning_summary.csv"]
+    outs = list(dict.fromkeys(outs))   # two files of one case: one sidecar (the second is an error)
+    folders = [labels_dir] + ([images] if images is not None else [])
+    reads = list(files) + (folder_files(images) if images is not None and images.is_dir() else [])
+    return WritePlan("clean", out, outs, reads=reads, input_folders=folders, overwrite=overwrite,
+                     out_inside_input=False, input_inside_out=True, flag="--out",
+                     input_names={labels_dir: "--labels folder", **({images: "--images folder"} if images else {})})
+
+
+def _adopt_earlier_clean(out: Path) -> None:
+    """Record as clean's own what a clean run wrote before ledgers existed: cleaned labels whose
+    digest their sidecar records, those sidecars and the two reports."""
+    if (out / LEDGER).exists() or not (out / "cases").is_dir():
+        return
+    mine: list[Path] = []
+    for sidecar in (out / "cases").glob("*.json"):
+        try:
+            meta = read_json(sidecar)
+            dest = out / "labels" / meta["input"]
+            if dest.is_file() and file_digest(dest) == meta["output_digest"]:
+                mine += [dest, sidecar]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if mine:
+        write_guard.adopt(mine + [out / "cleaning_report.csv", out / "cleaning_summary.csv"], "clean")
+
+
 def clean_folder(labels_dir: os.PathLike | str, out_dir: os.PathLike | str,
                  cfg: CleaningConfig | Config, images_dir: os.PathLike | str | None = None,
-                 force: bool = False) -> CleaningReport:
+                 force: bool = False, overwrite: bool = False) -> CleaningReport:
     """Clean every label map of ``labels_dir`` into ``out_dir`` (layout in the module docstring).
 
     ``images_dir`` (optional) holds the CTs, used for the body mask of cases without organs.
     ``force`` recomputes cases even when their sidecar is current.  Bad files are reported in
     the summary with status ``error`` and skipped.  Returns the :class:`CleaningReport`.
+    Before any work the write guard (:func:`clean_plan`) raises
+    :class:`flareseg.write_guard.UnsafeOutput` for an output that is an input file, lands in an
+    input folder, or would replace a file clean did not write (unless ``overwrite``).
     """
     cfg = getattr(cfg, "cleaning", cfg)
     labels_dir, out = Path(labels_dir), Path(out_dir)
     images = Path(images_dir) if images_dir is not None else None
-    if (out / "labels").resolve() == labels_dir.resolve():
-        raise ValueError(f"{out}: output labels would overwrite the inputs in {labels_dir}")
     files = list_labels(labels_dir)
+    if out.is_dir():
+        _adopt_earlier_clean(out)
+    check_plan(clean_plan(labels_dir, out, images, files, overwrite))
+    with write_guard.recording(out, "clean"):
+        write_guard.compact(out)
+        return _clean_files(files, out, cfg, images, force)
+
+
+def _clean_files(files: list[Path], out: Path, cfg: CleaningConfig, images: Path | None,
+                 force: bool) -> CleaningReport:
     chash = config_hash(cfg)
     results, seen = [], set()
     for path in tqdm(files, desc="cleaning", unit="case", disable=len(files) < 2):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from flareseg.data.intake import ImportConfigError, ImportFailed, import_dataset
 from flareseg.io import InputError
+from flareseg.write_guard import UnsafeOutput
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,14 @@ Refused before anything is written (exit 2): a missing input folder or manifest,
 that hold nothing to import (one empty folder among others is only a warning), a case id that
 is both labeled (--images/--labels) and unlabeled (--unlabeled): remove one of the two files; a
 bad manifest row, reported as manifest.csv:LINE (missing or extra column, non-integer or unknown
-class, repeated or unknown case id); an --out that is a file, lies under a file or overlaps an
-input folder.
+class, repeated or unknown case id); an --out that is a file, lies under a file, overlaps an
+input folder, cannot be written into, or is a non-empty folder that is not an earlier import
+(an existing nnU-Net dataset of yours is refused, never cleaned up: import replaces or removes
+only files an earlier import wrote, as recorded in --out/.flareseg-written.jsonl).
 
 Exit codes: 0 every case imported; 1 some cases bad (each reported, the rest imported; --strict:
-nothing imported); 2 bad arguments or inputs as above.
+nothing imported); 2 bad arguments or inputs as above; 4 a write failed mid-run (disk full,
+read-only: one line naming the file, no half-written file under a real name).
 
 Example:
   flareseg import --images raw/imagesTr --labels raw/labelsTr --unlabeled raw/unlabeled \\
@@ -83,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             log.error("%s", msg)
         log.error("nothing imported: fix the input(s) above")
         return 2
-    except InputError as e:
+    except (InputError, UnsafeOutput) as e:
         log.error("%s", e)
         return 2
     except ImportFailed as e:   # each bad case is already logged

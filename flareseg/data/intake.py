@@ -16,14 +16,17 @@ Output (``out_dir`` = ``nnUNet_raw/DatasetNNN_Name``)::
     import_report.json every case: status, pool, label type and its source; bad cases with reason
 
 A case whose outputs were already written from the same source files is not redone (resume).
-The dataset folder always describes exactly this run's good cases: outputs of cases that are bad
-(or no longer given) are removed, so dataset.json, label_types.json and cases.json match imagesTr,
+The dataset folder always describes exactly this run's good cases: outputs an earlier import wrote
+for cases that are bad (or no longer given) are removed, so dataset.json, label_types.json and cases.json match imagesTr,
 labelsTr and imagesUnlabeled file for file.  Problems with the arguments (missing folder, nothing to
 import, a case id both labeled and unlabeled, a bad manifest row, an unusable ``out_dir``) raise
 before anything is written; with ``strict`` every case is validated before anything is written.
+An ``out_dir`` that is not empty must be an earlier import (its ledger ``.flareseg-written.jsonl``
+records the files it wrote): a user's own dataset folder is refused, never cleaned up.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -38,6 +41,8 @@ from flareseg.data.validate import check_case
 from flareseg.io import (InputError, image_suffix, link_or_copy, read_json, remove_stale_temps, write_image,
                          write_json)
 from flareseg.labels import CLASS_NAMES, pool_of, type_to_str
+from flareseg import write_guard
+from flareseg.write_guard import LEDGER, WritePlan, check_plan, folder_files
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,7 @@ __all__ = ["ImportConfigError", "ImportFailed", "ImportReport", "SourceCase", "c
            "dataset_folder_name", "dataset_json", "import_dataset", "read_manifest"]
 
 OUTPUT_FOLDERS = ("imagesTr", "labelsTr", "imagesUnlabeled")
+INDEX_FILES = ("label_types.json", "cases.json", "dataset.json", "import_report.json")
 
 
 @dataclass
@@ -70,26 +76,63 @@ class ImportFailed(RuntimeError):
         self.report = report
 
 
+def import_plan(out_dir: Path, labeled: list[SourceCase], unlabeled: list[SourceCase],
+                inputs: Iterable[Path | None]) -> WritePlan:
+    """The :class:`flareseg.write_guard.WritePlan` of an import: every case's outputs, resume
+    records and the index files; the files read (images, DICOM series files, labels, manifest)
+    and the input folders.  ``--out`` may neither lie inside nor hold an input folder, and must be
+    new, empty or an earlier import (its ledger says so)."""
+    files = [p for c in labeled for p in _outputs(out_dir, c.case_id, False)]
+    files += [p for c in unlabeled for p in _outputs(out_dir, c.case_id, True)]
+    files += [out_dir / ".import" / f"{c.case_id}.json" for c in (*labeled, *unlabeled)]
+    files += [out_dir / n for n in INDEX_FILES]
+    reads: list[Path] = []
+    folders = [Path(p) for p in inputs if p is not None and Path(p).is_dir()]
+    for c in (*labeled, *unlabeled):
+        for p in (c.image, c.label):
+            if p is None:
+                continue
+            if p.is_dir():
+                folders.append(p)
+                reads += folder_files(p)
+            else:
+                reads.append(p)
+    reads += [Path(p) for p in inputs if p is not None and not Path(p).is_dir()]
+    return WritePlan("import", out_dir, files, reads=reads, input_folders=folders, out_inside_input=False,
+                     input_inside_out=False, flag="--out", exclusive="import")
+
+
 def check_out_dir(out_dir: Path, inputs: Iterable[Path | None]) -> None:
-    """Raise InputError unless ``out_dir`` can be created or reused as a dataset folder without
-    touching an input (not a file, not under a file, writable, not inside or around an input)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(out_dir, "exists and is not a folder")
-    anc = out_dir
-    while not anc.exists() and not anc.is_symlink():
-        anc = anc.parent
-    if not anc.is_dir():
-        raise InputError(out_dir, f"cannot create the output folder: {anc} is not a folder")
-    if not os.access(anc, os.W_OK | os.X_OK):
-        raise InputError(out_dir, f"cannot create or write the output folder: {anc} is not writable")
-    out_r = out_dir.resolve()
-    for p in inputs:
-        if p is None:
-            continue
-        p_r = Path(p).resolve()
-        if out_r == p_r or out_r in p_r.parents or p_r in out_r.parents:
-            raise InputError(out_dir, f"output folder overlaps the input {p}: imports would overwrite inputs")
+    """Raise :class:`flareseg.write_guard.UnsafeOutput` unless ``out_dir`` can be created or reused as a dataset folder without
+    touching an input (the folder-level rules of :func:`import_plan`; the file-level ones need
+    the cases, see :func:`import_dataset`)."""
+    plan = import_plan(Path(out_dir), [], [], inputs)
+    plan.exclusive = None   # judged once earlier imports are recognised
+    check_plan(plan)
+
+
+def _adopt_earlier_import(out_dir: Path, labeled: list[SourceCase], unlabeled: list[SourceCase]) -> None:
+    """Record as import's own what an import wrote before ledgers existed (its ``.import`` records
+    name the cases), and dataset files that are hard links of their own source image (replacing
+    such a link by a link to the same file changes no byte)."""
+    mine: list[Path] = []
+    if not (out_dir / LEDGER).exists() and (out_dir / ".import").is_dir():
+        for rec in (out_dir / ".import").glob("*.json"):
+            try:
+                r = read_json(rec)
+            except (OSError, ValueError):
+                continue
+            mine.append(rec)
+            if isinstance(r, dict) and r.get("status") == "ok":
+                mine += _outputs(out_dir, rec.stem, r.get("pool") == "unlabeled")
+        mine += [out_dir / n for n in INDEX_FILES]
+    for c, unl in [(c, False) for c in labeled] + [(c, True) for c in unlabeled]:
+        img = _outputs(out_dir, c.case_id, unl)[0]
+        with contextlib.suppress(OSError):
+            if c.image.is_file() and os.path.samefile(img, c.image):
+                mine.append(img)
+    if mine:
+        write_guard.adopt(mine, "import")
 
 
 def _source_stamp(c: SourceCase) -> list:
@@ -172,10 +215,19 @@ def import_dataset(out_dir: Path, images_dir: Path | None = None, labels_dir: Pa
     imported.
 
     Raises before writing anything: InputError / ImportConfigError for unusable arguments (see the
-    module docstring), ImportFailed when ``strict`` and any case is bad."""
+    module docstring), :class:`flareseg.write_guard.UnsafeOutput` for an ``out_dir`` that overlaps an
+    input folder, is a file, cannot be written, or is a non-empty folder that is not an earlier
+    import, or an output that is an input file; ImportFailed when ``strict`` and any case is bad.
+    Only files an earlier import wrote (its ledger, :mod:`flareseg.write_guard`) are ever replaced
+    or removed."""
     out_dir = Path(out_dir)
-    check_out_dir(out_dir, (images_dir, labels_dir, unlabeled_dir, manifest))
+    inputs = (images_dir, labels_dir, unlabeled_dir, manifest)
+    check_out_dir(out_dir, inputs)   # an --out under a file or around an input: before reading inputs
     labeled, unlabeled, problems, labeled_ids = pair_cases(images_dir, labels_dir, unlabeled_dir)
+    if out_dir.is_dir():
+        _adopt_earlier_import(out_dir, labeled, unlabeled)
+    # every output against every input file and every file import did not write
+    check_plan(import_plan(out_dir, labeled, unlabeled, inputs))
     types = (read_manifest(manifest, labeled_ids, {c.case_id for c in unlabeled})
              if manifest is not None else None)
     report = ImportReport(out_dir, label_type_source="manifest" if types is not None else "labels")
@@ -200,10 +252,16 @@ def import_dataset(out_dir: Path, images_dir: Path | None = None, labels_dir: Pa
             raise ImportFailed(f"{len(report.bad)} bad case(s), nothing imported", report)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir, recursive=True)   # what a killed earlier import left half-written
-    _collect(report, _run(jobs, True, num_processes, "import"))
-    _log_bad(report)
-    _reconcile(report)
-    _write_indexes(report)
+    write_guard.compact(out_dir)
+    with write_guard.recording(out_dir, "import"):
+        _collect(report, _run(jobs, True, num_processes, "import"))
+        # worker processes record what they write; files of good cases are import's either way
+        # (every planned output was checked above: none was foreign)
+        write_guard.adopt([p for cid, r in report.good.items()
+                           for p in _outputs(out_dir, cid, r["pool"] == "unlabeled")], "import")
+        _log_bad(report)
+        _reconcile(report)
+        _write_indexes(report)
     return report
 
 
@@ -226,18 +284,19 @@ def _log_bad(report: ImportReport) -> None:
 
 
 def _reconcile(report: ImportReport) -> None:
-    """Remove dataset files (and resume records) that belong to no good case of this run, so the
-    indexes written next list exactly what is on disk."""
+    """Remove dataset files (and resume records) that an earlier import wrote and that belong to
+    no good case of this run, so the indexes written next list exactly what is on disk.  Only
+    files the ledger records as import's own and unchanged are removed; any other file stays
+    (a warning names it)."""
     out_dir = report.dataset_dir
     keep = {p for cid, r in report.good.items() for p in _outputs(out_dir, cid, r["pool"] == "unlabeled")}
     for sub in OUTPUT_FOLDERS:
         for p in sorted((out_dir / sub).glob("*.nii.gz")):
-            if p not in keep and not p.name.startswith("."):
+            if p not in keep and not p.name.startswith(".") and write_guard.remove_owned(p, "import"):
                 log.info("removed %s: not a good case of this import", p)
-                p.unlink()
     for p in sorted((out_dir / ".import").glob("*.json")):
         if p.stem not in report.cases:
-            p.unlink()
+            write_guard.remove_owned(p, "import")
 
 
 def _write_indexes(report: ImportReport) -> None:

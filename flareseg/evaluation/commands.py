@@ -17,6 +17,7 @@ from flareseg.evaluation.metrics import RULES
 from flareseg.evaluation.report import format_table
 from flareseg.io import InputError
 from flareseg.labels import CLASS_NAMES, FOREGROUND
+from flareseg.write_guard import UnsafeOutput, check_plan
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,10 @@ outputs: a table on stdout; with --out: per_case.csv (case,class,name,dsc,nsd), 
 exit   : 0 when every reference case was scored; 1 when a prediction is missing, unreadable,
          on another grid or holds values outside 0..14 (the other cases are still scored and
          reported); 2 on a usage/config error before any work (missing folder, --gt without
-         references, --classes outside 1..14, --out a file or an input folder, bad config key)
+         references, --classes outside 1..14, --out a file, an input folder or inside one, an
+         existing report file evaluate did not write (unless --overwrite), an --out that cannot be
+         created or written into, bad config key); 4 when writing a report fails (disk full):
+         one line naming the file, no half-written report
 
 examples:
   flareseg evaluate --pred work/stage-6-predict/outputs --gt data/val/labels --out reports/val
@@ -95,6 +99,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rules", choices=RULES, default=None,
                    help="flareseg (default) or flare23-official: the official script's numbers "
                         "exactly (overrides evaluation.rules)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace report files in --out that evaluate did not write (refused by default)")
     p.add_argument("--missing-zero", action="store_true",
                    help="score missing predictions as 0 (challenge rule) instead of leaving them out")
     p.set_defaults(func=run_evaluate)
@@ -129,13 +135,9 @@ def check_evaluate_args(args: argparse.Namespace) -> None:
     if args.pred.is_file() != args.gt.is_file():
         raise InputError(args.pred, f"--pred and --gt must both be folders or both be files "
                                     f"(--gt {args.gt} is {'a file' if args.gt.is_file() else 'a folder'})")
-    if args.out is not None:
-        if args.out.exists() and not args.out.is_dir():
-            raise InputError(args.out, "--out exists and is not a folder")
-        for opt, p in (("--pred", args.pred), ("--gt", args.gt)):
-            if args.out.resolve() == p.resolve():
-                raise InputError(args.out, f"--out is the {opt} folder: reports would be written "
-                                           "among the inputs")
+    if args.out is not None:   # the write guard: every report file against every input file
+        from flareseg.evaluation.report import report_plan
+        check_plan(report_plan(args.pred, args.gt, args.out, getattr(args, "overwrite", False)))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -145,8 +147,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             cfg = dataclasses.replace(cfg, rules=args.rules)
         check_evaluate_args(args)
         res = evaluate_folders(args.pred, args.gt, cfg, args.out, classes=args.classes,
-                               missing_as_zero=args.missing_zero)
-    except (ConfigError, InputError) as e:
+                               missing_as_zero=args.missing_zero, overwrite=args.overwrite)
+    except (ConfigError, InputError, UnsafeOutput) as e:
         log.error("%s", e)
         return 2
     print(format_table(res), end="")

@@ -82,15 +82,22 @@ def evaluate_pair(pred_path: Path, gt_path: Path, cfg: EvaluationConfig = Evalua
 
 def evaluate_folders(pred_dir: os.PathLike | str, gt_dir: os.PathLike | str,
                      cfg: EvaluationConfig = EvaluationConfig(), out_dir: os.PathLike | str | None = None,
-                     classes: Sequence[int] = FOREGROUND, missing_as_zero: bool = False) -> EvaluationResult:
+                     classes: Sequence[int] = FOREGROUND, missing_as_zero: bool = False,
+                     overwrite: bool = False) -> EvaluationResult:
     """Evaluate every prediction in ``pred_dir`` against the reference of the same case in ``gt_dir``.
 
     ``pred_dir``/``gt_dir`` may also be two single files.  With ``missing_as_zero`` a reference
     case without prediction scores 0 for every class (the challenge rule) instead of being left
     out of the means.  With ``out_dir`` the reports (``per_case.csv``, ``summary.json``,
     ``summary.txt``) are written there atomically.  Raises :class:`InputError` when a folder is
-    missing or ``gt_dir`` holds no reference (nothing to evaluate).
+    missing or ``gt_dir`` holds no reference (nothing to evaluate), and
+    :class:`flareseg.write_guard.UnsafeOutput` before any work when a report would land among the
+    inputs or replace a file evaluate did not write (unless ``overwrite``).
     """
+    if out_dir is not None:
+        from flareseg.evaluation.report import report_plan
+        from flareseg.write_guard import check_plan
+        check_plan(report_plan(pred_dir, gt_dir, out_dir, overwrite))
     pairs, missing, extra = match_cases(pred_dir, gt_dir)
     if not pairs and not missing:
         raise InputError(gt_dir, "holds no reference label files (.nii.gz/.nii/.mha/.nrrd): "

@@ -11,6 +11,10 @@ from flareseg.config import EvaluationConfig, to_dict
 from flareseg.evaluation.result import EvaluationResult
 from flareseg.io import write_json, write_text
 from flareseg.labels import CLASS_NAMES
+from flareseg import write_guard
+from flareseg.write_guard import WritePlan, folder_files
+
+REPORT_FILES = ("per_case.csv", "summary.json", "summary.txt")
 
 
 def _num(x: float) -> float | None:
@@ -72,12 +76,26 @@ def format_table(res: EvaluationResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report_plan(pred: os.PathLike | str, gt: os.PathLike | str, out_dir: os.PathLike | str,
+                overwrite: bool = False) -> WritePlan:
+    """The :class:`flareseg.write_guard.WritePlan` of the reports: the three files against every
+    file of ``pred`` and ``gt`` (folders or files); ``--out`` may not lie inside either folder."""
+    pred, gt, out = Path(pred), Path(gt), Path(out_dir)
+    folders = [p for p in (pred, gt) if p.is_dir()]
+    reads = [f for p in (pred, gt) for f in (folder_files(p) if p.is_dir() else [p])]
+    return WritePlan("evaluate", out, [out / n for n in REPORT_FILES], reads=reads, input_folders=folders,
+                     overwrite=overwrite, out_inside_input=False, input_inside_out=True, flag="--out",
+                     input_names={pred: "--pred folder", gt: "--gt folder"})
+
+
 def write_reports(res: EvaluationResult, out_dir: os.PathLike | str,
                   cfg: EvaluationConfig | None = None) -> dict[str, Path]:
-    """Write ``per_case.csv``, ``summary.json`` and ``summary.txt`` into ``out_dir`` atomically."""
+    """Write ``per_case.csv``, ``summary.json`` and ``summary.txt`` into ``out_dir`` atomically,
+    each recorded in the folder's ledger (:mod:`flareseg.write_guard`)."""
     out = Path(out_dir)
-    return {
-        "per_case": write_text(per_case_csv(res), out / "per_case.csv"),
-        "summary": write_json(summary_dict(res, cfg), out / "summary.json"),
-        "table": write_text(format_table(res), out / "summary.txt"),
-    }
+    with write_guard.recording(out, "evaluate"):
+        return {
+            "per_case": write_text(per_case_csv(res), out / "per_case.csv"),
+            "summary": write_json(summary_dict(res, cfg), out / "summary.json"),
+            "table": write_text(format_table(res), out / "summary.txt"),
+        }

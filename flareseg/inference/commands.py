@@ -18,7 +18,9 @@ from tqdm import tqdm
 
 from flareseg.cases import list_cases
 from flareseg.config import IMAGE_RESAMPLING, ConfigError, InferenceConfig, inference_config, load_config, to_dict
-from flareseg.io import InputError, image_suffix, remove_stale_temps, write_image, write_json
+from flareseg.io import InputError, image_suffix, read_json, remove_stale_temps, write_image, write_json
+from flareseg.write_guard import UnsafeOutput, WritePlan, check_plan, folder_files, same_files
+from flareseg import write_guard
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,10 @@ A case that fails is reported and skipped; the exit code is 1 if any case failed
 safety:  inputs are never written to. Before the model loads, predict refuses (exit 2) an -o equal
          to the input folder, and any output (label map, .npz, statistics.json, the report) whose
          path is an input file, the model's files, or the same file through a symlink or hard
-         link; -o may be a subfolder of the input folder. A bad model folder (missing files,
+         link; -o may be a subfolder of the input folder. An existing file of an output's name
+         that predict did not write (no unchanged record in OUT/.flareseg-written.jsonl) is
+         refused too unless --overwrite; predict's own outputs are replaced on a rerun. Two runs
+         into one folder share the report (merged under a lock). A bad model folder (missing files,
          the parent of the real model folder, a fold_X folder, an absent --fold) also exits 2, as
          does an unknown, mistyped or out-of-range --config/--set key.
          Exit codes: 0 all written, 1 some cases failed (the rest written), 2 usage error.
@@ -117,85 +122,43 @@ def roi_names(roi_subset: Sequence[str] | None, per_class: bool, valid: Sequence
     return [n for n in valid if n in set(roi_subset)]
 
 
-def _resolved(p: Path) -> Path | None:
-    try:
-        return p.resolve()
-    except (OSError, RuntimeError):  # symlink loop
-        return None
-
-
-def _inode(p: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(p)
-    except (OSError, ValueError):
-        return None
-    return st.st_dev, st.st_ino
-
-
 def overlapping_paths(inputs: Iterable[str | os.PathLike],
                       outputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path]]:
-    """``(output, input)`` pairs where the output is the input: the same path once symlinks are
-    resolved, or the same existing file or folder (device and inode: hard links, bind mounts,
-    case-insensitive names)."""
-    by_path: dict[Path, Path] = {}
-    by_inode: dict[tuple[int, int], Path] = {}
-    for i in map(Path, inputs):
-        r, n = _resolved(i), _inode(i)
-        if r is not None:
-            by_path.setdefault(r, i)
-        if n is not None:
-            by_inode.setdefault(n, i)
-    hits = []
-    for o in map(Path, outputs):
-        r, n = _resolved(o), _inode(o)
-        hit = (by_path.get(r) if r is not None else None) or (by_inode.get(n) if n is not None else None)
-        if hit is not None:
-            hits.append((o, hit))
-    return hits
+    """``(output, input)`` pairs where the output is the input (:func:`flareseg.write_guard.same_files`)."""
+    return same_files(inputs, outputs)
 
 
 def _input_paths(input_path: Path, cases: Sequence[tuple[str, Path]], model: Path) -> list[Path]:
     """What predict reads: the -i path, each case (and the files of a DICOM series folder), the
-    model folder's files."""
+    model folder and its files."""
     out = [input_path]
     for _, p in cases:
         out.append(p)
         if p.is_dir():
-            out.extend(c for c in p.iterdir() if c.is_file())
+            out.extend(folder_files(p))
     if model.is_dir():
-        out += [model / "plans.json", model / "dataset.json", *model.glob("fold_*/checkpoint*.pth")]
+        out += [model, *folder_files(model), *model.glob("fold_*/*")]
     return out
 
 
-def check_outputs(plan: OutputPlan, inputs: Sequence[Path]) -> str | None:
-    """The reason predict must not write ``plan`` (one line naming both paths), or None."""
-    folder = overlapping_paths(inputs, [plan.folder])
-    if folder:
-        o, i = folder[0]
-        if i.is_dir():
-            return (f"output folder {o} is the input folder {i}: outputs would land among the inputs "
-                    "(use another -o; a subfolder of the input folder is fine)")
-        return f"output folder {o} is the input {i}"
-    clobbered = overlapping_paths(inputs, plan.files)
-    if clobbered:
-        o, i = clobbered[0]
-        flag = "--report" if o == plan.report else "-o"
-        return f"output {o} would overwrite the input {i} (same file); use another {flag}"
-    # per-class masks go into <folder>/<case>/: that folder must not be an input (a DICOM series
-    # folder when -o is its parent)
-    folders = [i for i in inputs if i.is_dir()]
-    for f in plan.files:
-        inside = overlapping_paths(folders, [f.parent]) if f.parent != plan.folder else []
-        if inside:
-            return f"output {f} would be written into the input folder {inside[0][1]}; use another -o"
-    seen: dict[Path, Path] = {}
-    for f in plan.files:
-        r = _resolved(f) or f
-        if r in seen:
-            return f"output {f} is written twice (also as {seen[r]}); use another --report"
-        seen[r] = f
-    if plan.folder.exists() and not plan.folder.is_dir():
-        return f"output folder {plan.folder} is an existing file"
+def write_plan(plan: OutputPlan, inputs: Sequence[Path], overwrite: bool = False) -> WritePlan:
+    """The :class:`flareseg.write_guard.WritePlan` of a predict run: ``inputs`` (files and folders:
+    the -i path, the cases, DICOM series files, the model folder's files) split into the files
+    read and the input folders; -o may lie inside the input folder (its files are listed one
+    level deep) and may hold it."""
+    folders = [p for p in inputs if p.is_dir()]
+    return WritePlan("predict", plan.folder, plan.files, reads=[p for p in inputs if not p.is_dir()],
+                     input_folders=folders, overwrite=overwrite, out_inside_input=True, input_inside_out=True,
+                     file_flags={plan.report: "--report"})
+
+
+def check_outputs(plan: OutputPlan, inputs: Sequence[Path], overwrite: bool = False) -> str | None:
+    """The reason predict must not write ``plan`` (one line naming both paths), or None: the write
+    guard's rules (:func:`flareseg.write_guard.check_plan`), without the writability probe."""
+    try:
+        check_plan(write_plan(plan, inputs, overwrite), probe=False)
+    except UnsafeOutput as e:
+        return str(e)
     return None
 
 
@@ -235,27 +198,24 @@ def resolve_inference(args: argparse.Namespace) -> InferenceConfig:
     return inference_config(cfg, "command-line flags", **flags)
 
 
-class UnsafeOutput(ValueError):
-    """An output that would overwrite an input, or land among the inputs (one line naming both)."""
-
-
 def check_predict(input_path: str | os.PathLike, output: str | os.PathLike, model: str | os.PathLike,
                   folds: Sequence[int | str] | None = None, save_probabilities: bool = False,
                   statistics: bool = False, report: str | os.PathLike | None = None,
-                  preview: bool = False, per_class: bool = False, roi_subset: Sequence[str] | None = None
-                  ) -> tuple[list[tuple[str, Path]], OutputPlan]:
+                  preview: bool = False, per_class: bool = False, roi_subset: Sequence[str] | None = None,
+                  overwrite: bool = False) -> tuple[list[tuple[str, Path]], OutputPlan]:
     """Every refusal of a predict run, before a folder is created or the model is loaded (the CLI
     and :func:`flareseg.predict` both call it): the cases and the :class:`OutputPlan`.  Raises
     :class:`InputError` (bad input, bad model folder), :class:`flareseg.config.ConfigError` (a
     ``roi_subset`` name the model does not have) or :class:`UnsafeOutput` (an output is an input,
-    the model's files, or written twice)."""
+    the model's files, written twice, or an existing file predict did not write, unless
+    ``overwrite``)."""
     from flareseg.nnunet.folder_check import check_model_folder, model_class_names
 
     cases = collect_inputs(Path(input_path))
 
     def checked_plan(masks: Sequence[str] | None) -> OutputPlan:
         plan = planned_outputs(cases, input_path, output, save_probabilities, statistics, report, preview, masks)
-        problem = check_outputs(plan, _input_paths(Path(input_path), cases, Path(model)))
+        problem = check_outputs(plan, _input_paths(Path(input_path), cases, Path(model)), overwrite)
         if problem:
             raise UnsafeOutput(problem)
         return plan
@@ -280,6 +240,7 @@ def make_output_folder(plan: OutputPlan) -> list[Path]:
         remove_created(created)
         raise
     remove_stale_temps(plan.folder)
+    write_guard.compact(plan.folder)
     return created
 
 
@@ -313,10 +274,17 @@ def write_per_class(labels: sitk.Image, masks: dict[str, Path], index: dict[str,
         write_image(img, dest)
 
 
-def predict_cases(predictor, cases: Sequence[tuple[str, Path]], plan: OutputPlan, *,
-                  save_probabilities: bool = False, statistics: bool = False, quiet: bool = False,
-                  config: str | os.PathLike | None = None, load_seconds: float = 0.0,
-                  shared: bool = False, keep_freed_memory: bool | None = None) -> dict:
+def predict_cases(predictor, cases: Sequence[tuple[str, Path]], plan: OutputPlan, **kwargs) -> dict:
+    """:func:`_predict_cases` with every file written into ``plan.folder`` recorded in its ledger
+    (:mod:`flareseg.write_guard`), so a rerun may replace them and nothing else."""
+    with write_guard.recording(plan.folder, "predict"):
+        return _predict_cases(predictor, cases, plan, **kwargs)
+
+
+def _predict_cases(predictor, cases: Sequence[tuple[str, Path]], plan: OutputPlan, *,
+                   save_probabilities: bool = False, statistics: bool = False, quiet: bool = False,
+                   config: str | os.PathLike | None = None, load_seconds: float = 0.0,
+                   shared: bool = False, keep_freed_memory: bool | None = None) -> dict:
     """Predict ``cases`` into ``plan``: one failing case is logged and reported, the others still
     run; writes the run report (and statistics.json, previews, per-class masks as ``plan`` lists
     them) and returns the report dict.  Progress bars (cases, windows within a case) show only
@@ -392,12 +360,38 @@ def predict_cases(predictor, cases: Sequence[tuple[str, Path]], plan: OutputPlan
               "model_load_seconds": round(load_seconds, 4),
               "total_seconds": round(load_seconds + time.perf_counter() - t0, 4),
               "cases_ok": len(cases) - failed, "cases_failed": failed, "cases": report_cases}
-    write_json(report, plan.report)
+    write_report(report, plan.report)
     if plan.statistics:
         write_json(stats, plan.statistics)
+        write_guard.record(plan.statistics, command="predict")
     if shared:
         dist.barrier()
     return report
+
+
+def write_report(report: dict, dest: Path) -> None:
+    """Write the run report ``dest``, merged under a lock on its folder with the report already
+    there when predict wrote it: that run's cases whose label maps are still predict's own stay
+    listed (this run's entries win), so two runs into one folder at once both appear.
+    ``cases_ok``/``cases_failed`` count the merged list."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with write_guard.locked(dest.parent):
+        merged = dict(report)
+        if write_guard.owns(dest, "predict"):
+            try:
+                old = read_json(dest)
+                mine = {e["case"] for e in report["cases"]}
+                kept = [e for e in old.get("cases", []) if e.get("case") not in mine and e.get("status") == "ok"
+                        and write_guard.owns(e.get("output", ""), "predict")]
+            except (OSError, ValueError, TypeError, KeyError, AttributeError):
+                kept = []
+            if kept:
+                cases = kept + list(report["cases"])
+                failed = sum(e.get("status") != "ok" for e in cases)
+                merged.update(cases=cases, cases_ok=len(cases) - failed, cases_failed=failed,
+                              cases_from_earlier_runs=len(kept))
+        write_json(merged, dest)
+        write_guard.record(dest, command="predict")
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -409,7 +403,8 @@ def run_predict(args: argparse.Namespace) -> int:
     folds = [f.strip() for f in args.fold.split(",")] if args.fold else None
     try:   # every refusal happens here, before a folder is created or the model is loaded
         cases, plan = check_predict(args.input, args.output, args.model, folds, args.save_probabilities,
-                                    args.statistics, args.report, args.preview, args.per_class, args.roi_subset)
+                                    args.statistics, args.report, args.preview, args.per_class, args.roi_subset,
+                                    overwrite=getattr(args, "overwrite", False))
     except (InputError, UnsafeOutput, ConfigError) as e:
         log.error("%s", e)
         return 2
@@ -461,9 +456,20 @@ def run_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _npz_problem(path: Path) -> str | None:
+    """Why a just-written .npz is broken (not a complete zip archive), or None."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (OSError, zipfile.BadZipFile) as e:
+        return f"the written file does not read back ({e})"
+    return f"the written file does not read back (member {bad} damaged)" if bad else None
+
+
 def _write_npz(probabilities: np.ndarray, dest: Path) -> None:
     from flareseg.io import atomic_path
-    with atomic_path(dest) as tmp:
+    with atomic_path(dest, verify=_npz_problem) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, probabilities=probabilities)
 
@@ -564,6 +570,10 @@ def register(subparsers) -> None:
                    help="the classes written as per-class masks (implies --per-class), e.g. liver tumor; "
                         "the model's class names (its dataset.json labels; FLARE23's for a flareseg model)")
     p.add_argument("--report", default=None, help="run report path (default OUT/predict_report.json)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing files of the same names that predict did not write (by default "
+                        "such a file is refused, exit 2; predict's own outputs of an earlier run are replaced "
+                        "either way)")
     p.add_argument("--trust-model", action="store_true",
                    help="load checkpoints that need more than tensors and numpy numbers (plain unpickling: "
                         "code in the model folder can run; only for folders from a source you trust)")

@@ -11,21 +11,24 @@ checkpoint with only what stock's loader reads: ``network_weights``, ``trainer_n
 dropped.  ``exported_from`` records the source folder and trainer.  The weights are checked to
 load strictly into stock's network before anything is written.
 
-The export is written into a temporary sibling folder renamed into place at the end, so a killed
-export leaves no half-written model folder; an earlier export at the destination (it holds
-:data:`MARKER`) is replaced, any other non-empty destination refused.
+Every file goes through :mod:`flareseg.write_guard`: written atomically and verified, recorded in
+the destination's ledger.  The marker :data:`MARKER` is removed first and written last, so a
+folder without it is an unfinished export; a failed export into a new folder leaves nothing.  An
+earlier export at the destination is replaced file by file: only files an export wrote are
+replaced or removed (never the folder wholesale: a model folder inside an earlier export stays);
+any other non-empty destination is refused.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from flareseg.io import InputError, _umask, read_json, write_json
+from flareseg import write_guard
+from flareseg.io import InputError, read_json, write_bytes, write_json
+from flareseg.write_guard import LEDGER, WritePlan, check_plan, folder_files
 
 log = logging.getLogger(__name__)
 
@@ -36,29 +39,51 @@ MARKER = "flareseg_export.json"
 EXTRA_FILES = ("label_types.json",)
 
 
+def export_plan(model_dir: str | os.PathLike, dest: str | os.PathLike, files: list[Path],
+                overwrite: bool = False) -> WritePlan:
+    """The :class:`flareseg.write_guard.WritePlan` of an export: ``files`` (relative to ``dest``)
+    against every file of the model folder; ``dest`` may not be or lie inside the model folder and
+    must be new, empty or an earlier export (a model folder inside an earlier export is fine: only
+    the files export wrote there are replaced)."""
+    src, out = Path(model_dir), Path(dest)
+    reads = [*folder_files(src), *src.glob("fold_*/*")]
+    return WritePlan("export-model", out, [out / f for f in files], reads=reads, input_folders=[src],
+                     overwrite=overwrite, out_inside_input=False, input_inside_out=True,
+                     input_names={src: "model folder"}, exclusive="export")
+
+
 def check_destination(model_dir: str | os.PathLike, dest: str | os.PathLike) -> None:
-    """Refuse (``InputError`` naming -o) a destination that is the model folder, inside it, a file,
-    or a non-empty folder that is not an earlier export."""
-    src, out = Path(model_dir).resolve(), Path(dest).resolve()
-    if out == src:
-        raise InputError(dest, "-o is the model folder -m: the export would overwrite the model")
-    if src in out.parents:
-        raise InputError(dest, f"-o is inside the model folder {model_dir}: the export would land "
-                               "among the model's files (use a folder outside it)")
-    if out.exists() and not out.is_dir():
-        raise InputError(dest, "-o exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise InputError(dest, f"-o exists, is not empty and is not an earlier export (no {MARKER}); "
-                               "use a new or empty folder")
+    """Refuse (:class:`flareseg.write_guard.UnsafeOutput` naming -o) a destination that is the model
+    folder, inside it, a file, or a non-empty folder that is not an earlier export."""
+    dest = Path(dest)
+    if dest.is_dir():
+        _adopt_earlier_export(dest)
+    check_plan(export_plan(model_dir, dest, []))
+
+
+def _adopt_earlier_export(dest: Path) -> None:
+    """Record as export's own what an export wrote before ledgers existed (its marker lists it)."""
+    if (dest / LEDGER).exists() or not (dest / MARKER).is_file():
+        return
+    try:
+        marker = read_json(dest / MARKER)
+        checkpoints = [dest / c for c in marker.get("checkpoints", [])]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return
+    write_guard.adopt([dest / MARKER, dest / "plans.json", dest / "dataset.json",
+                       *(dest / e for e in EXTRA_FILES), *checkpoints], "export-model")
 
 
 def export_model(model_dir: str | os.PathLike, dest: str | os.PathLike,
-                 folds: Sequence[int | str] | None = None, trust_model: bool = False) -> Path:
+                 folds: Sequence[int | str] | None = None, trust_model: bool = False,
+                 overwrite: bool = False) -> Path:
     """Write ``model_dir`` (folds ``folds``, default all) as a stock-loadable model folder ``dest``.
 
     Raises :class:`InputError` for a bad model folder, a damaged or untrusted checkpoint, or a bad
     destination, and :class:`flareseg.nnunet.model.ModelFolderError` when the checkpoints were
-    made by a trainer that may build its own network (only plan-built networks are exported)."""
+    made by a trainer that may build its own network (only plan-built networks are exported), and
+    :class:`flareseg.write_guard.UnsafeOutput` for a destination the write guard refuses
+    (:func:`export_plan`), before anything is loaded or written."""
     from flareseg.nnunet.checkpoint import load_checkpoint, save_checkpoint
     from flareseg.nnunet.model import (CHECKPOINTS, PLAIN_ARCHITECTURE_TRAINERS, ModelFolderError,
                                        available_folds, build_network)
@@ -105,39 +130,53 @@ def export_model(model_dir: str | os.PathLike, dest: str | os.PathLike,
             del net
     trainers = sorted({e["exported_from"]["trainer_name"] for e in exported.values()})
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    extras = [e for e in EXTRA_FILES if (src / e).is_file()]
+    files = [Path("plans.json"), Path("dataset.json"), *map(Path, extras), *exported, Path(MARKER)]
+    check_plan(export_plan(src, dest, files, overwrite))   # again, now with every file it writes
+    created = [d for d in (dest, *dest.parents) if not d.exists()]
     try:
-        write_json(plans, tmp / "plans.json")
-        write_json(dataset_json, tmp / "dataset.json")
-        for extra in EXTRA_FILES:
-            if (src / extra).is_file():
-                shutil.copyfile(src / extra, tmp / extra)
-        for rel, ck in exported.items():
-            (tmp / rel.parent).mkdir(exist_ok=True)
-            save_checkpoint(ck, tmp / rel)
-        write_json({"model": str(src), "trainer_name": trainers, "exported_trainer_name": STOCK_TRAINER,
-                    "folds": fold_names, "checkpoints": sorted(str(r) for r in exported)}, tmp / MARKER)
-        os.chmod(tmp, 0o777 & ~_umask())
-        _replace_folder(tmp, dest)
+        with write_guard.recording(dest, "export-model"):
+            write_guard.compact(dest)
+            write_guard.remove_owned(dest / MARKER, "export-model")   # incomplete until the marker is back
+            write_json(plans, dest / "plans.json")
+            write_json(dataset_json, dest / "dataset.json")
+            for extra in extras:
+                write_bytes((src / extra).read_bytes(), dest / extra)
+            for rel, ck in exported.items():
+                (dest / rel.parent).mkdir(exist_ok=True)
+                save_checkpoint(ck, dest / rel)
+            _remove_earlier(dest, {dest / f for f in files})
+            write_json({"model": str(src), "trainer_name": trainers, "exported_trainer_name": STOCK_TRAINER,
+                        "folds": fold_names, "checkpoints": sorted(str(r) for r in exported)}, dest / MARKER)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if created:   # a new destination: leave nothing of a failed export
+            for f in files:
+                write_guard.remove_owned(dest / f, "export-model")
+            _remove_empty(dest, created)
         raise
     log.info("exported %s (%s) to %s: %d checkpoint(s), trainer_name %s", src, ", ".join(trainers), dest,
              len(exported), STOCK_TRAINER)
     return dest
 
 
-def _replace_folder(tmp: Path, dest: Path) -> None:
-    """Put the finished folder ``tmp`` at ``dest`` (empty or an earlier export, moved aside first)."""
-    old = None
-    if dest.is_dir():
-        if any(dest.iterdir()):
-            old = dest.with_name(f".{dest.name}.{os.getpid()}.old")
-            os.replace(dest, old)
-        else:
-            dest.rmdir()
-    os.replace(tmp, dest)
-    if old is not None:
+def _remove_earlier(dest: Path, keep: set[Path]) -> None:
+    """Remove what an earlier export wrote into ``dest`` that this one does not (a fold no longer
+    exported); only files the ledger records as export's own and unchanged."""
+    for rel in list(write_guard.ledger_entries(dest, "export-model")):
+        p = dest / rel
+        if p not in keep and write_guard.remove_owned(p, "export-model"):
+            log.info("removed %s: written by an earlier export, not part of this one", p)
+            with contextlib.suppress(OSError):
+                p.parent.rmdir() if p.parent != dest else None
+
+
+def _remove_empty(dest: Path, created: list[Path]) -> None:
+    """Remove the fold folders and the folders this export created, when empty."""
+    for d in sorted(dest.glob("fold_*"), reverse=True):
         with contextlib.suppress(OSError):
-            shutil.rmtree(old)
+            d.rmdir()
+    with contextlib.suppress(OSError):
+        (dest / LEDGER).unlink()
+    for d in created:
+        with contextlib.suppress(OSError):
+            d.rmdir()

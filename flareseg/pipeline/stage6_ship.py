@@ -69,9 +69,10 @@ def run(ctx: StageContext) -> dict:
         from flareseg.nnunet.export import export_model
         from flareseg.nnunet.model import ModelFolderError
         from flareseg.io import InputError
+        from flareseg.write_guard import UnsafeOutput
         try:
             export_model(model_dir, ship_dir)
-        except (InputError, ModelFolderError) as e:
+        except (InputError, ModelFolderError, UnsafeOutput) as e:
             raise StageError(f"export of the coarse model: {e}") from None
         return {"model": str(ship_dir)}
 
