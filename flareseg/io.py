@@ -28,7 +28,7 @@ import SimpleITK as sitk
 from flareseg import dicom
 from flareseg.dicom import read_dicom_series
 from flareseg.errors import InputError
-from flareseg.file_check import image_suffix, require_regular, spacing_error, stat_path, verify_image_file
+from flareseg.file_check import image_suffix, open_regular, require_regular, spacing_error, stat_path, verify_image_file
 from flareseg.image_check import nonfinite_problem, size_problem
 
 log = logging.getLogger(__name__)
@@ -503,9 +503,10 @@ def _json_default(o: Any) -> Any:
 
 
 def file_digest(path: os.PathLike | str, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes (hex, first 16 chars)."""
+    """sha256 of a file's bytes (hex, first 16 chars); a FIFO or device is refused unopened
+    (:class:`InputError`, :func:`flareseg.file_check.open_regular`)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for b in iter(lambda: f.read(chunk), b""):
             h.update(b)
     return h.hexdigest()[:16]
