@@ -107,7 +107,7 @@ def check_out_dir(out_dir: Path, inputs: Iterable[Path | None]) -> None:
     touching an input (the folder-level rules of :func:`import_plan`; the file-level ones need
     the cases, see :func:`import_dataset`)."""
     plan = import_plan(Path(out_dir), [], [], inputs)
-    plan.exclusive = None   # judged once earlier imports are recognised
+    plan.exclusive, plan.files = None, []   # judged once earlier imports are recognised
     check_plan(plan)
 
 
