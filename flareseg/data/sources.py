@@ -65,7 +65,12 @@ def _entry_problem(p: Path) -> str | None:
     if p.is_symlink() and not p.exists():
         return f"broken symlink (target {os.readlink(p)} does not exist)"
     if p.is_dir():
-        if not any(p.iterdir()):
+        try:
+            with os.scandir(p) as it:
+                empty = next(it, None) is None
+        except OSError as e:
+            return f"cannot list the folder ({e.strerror or e}): not read"
+        if empty:
             return "empty folder, not a DICOM series"
         if not is_dicom_dir(p):
             return "folder holds no DICOM series"
