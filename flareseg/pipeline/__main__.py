@@ -14,6 +14,7 @@ from pathlib import Path
 
 from flareseg.config import Config, ConfigError, load_config
 from flareseg.io import InputError
+from flareseg.pipeline.preflight import preflight
 from flareseg.pipeline.registry import DESCRIPTIONS, STAGES, run_stage
 from flareseg.pipeline.stage import STAGE_NAMES, StageError, StagePaused
 
@@ -40,8 +41,13 @@ Several processes per training (stages 1 and 5; docs/scale.md): set train_fine.g
 train_coarse.gpus (and nodes) and launch the same command under torchrun, e.g.
   torchrun --nproc-per-node 2 -m flareseg.pipeline 1 --config C --set train_fine.gpus=2
 
-exit codes: 0 done (or skipped as current); 2 config/usage error (bad key or value, work folder
-is a file); 3 cannot run (a data folder or an earlier stage's outputs are missing).
+Before any work the run checks what its stages will need: the devices they run on (cuda without a
+CUDA device), stage-2's member folders and models; a problem is a config error naming the key.
+
+exit codes: 0 done (or skipped as current); 2 config/usage error (bad key or value, a device or
+folder a stage needs is not there, work folder is a file); 3 cannot run (a data folder or an
+earlier stage's outputs are missing); 4 an OS error (disk full, read-only, permission denied)
+naming the file; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
 """
 
 #: data keys read by stage-1 when data.source is "folders": key -> (required, a folder (else a file))
@@ -115,6 +121,16 @@ def launch_error(cfg: Config, stage: str) -> str | None:
     return None
 
 
+def stages_to_run(cfg: Config, work: Path, stage: str, force: bool) -> list[int]:
+    """The stages a run of ``stage`` (a number or ``all``) will execute: for ``all`` every stage
+    from the first one that is not current (a rerun stage makes the later ones rerun too)."""
+    wanted = sorted(STAGES) if stage == "all" else [int(stage)]
+    for i, n in enumerate(wanted):
+        if force or not STAGES[n].is_current(cfg, work):
+            return wanted[i:]
+    return []
+
+
 def _prefixed(n: int, e: BaseException) -> str:
     msg = " ".join(str(e).split())
     return msg if msg.startswith(f"stage-{n}") else f"stage-{n}: {msg}"
@@ -167,6 +183,11 @@ def _main(argv: list[str] | None = None) -> int:
     bad_launch = launch_error(cfg, args.stage) if args.stage != "all" else None
     if bad_launch:
         print(f"config error: {bad_launch}", file=sys.stderr)
+        return 2
+    try:   # every device, member folder and model this run will need, before any work
+        preflight(cfg, stages_to_run(cfg, work, args.stage, args.force), str(args.config))
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
         return 2
     if args.stage == "all":
         if any(getattr(cfg, s).gpus * getattr(cfg, s).nodes > 1 for s in DISTRIBUTED_STAGES.values()):
