@@ -342,7 +342,7 @@ def run_air(args) -> dict:
                     rng = np.random.default_rng([args.seed, k, j])
                     if arm == "before":
                         p = sample_params(rng, tl, pool.ids, spacing, cfg.cutmix, image=ti)
-                        oi, _ = apply(p, ti, tl, pool, keep_classes=ORGANS)
+                        oi, _ = apply(p, ti, tl, pool, keep_classes=ORGANS, keep_outer_air=True)
                     else:
                         p = sample_params(rng, tl, pool.ids, spacing, cfg.cutmix, image=ti, sample_type=ORGANS,
                                           objects=infos, body_threshold=-500.0)

@@ -59,6 +59,20 @@ def body_mask(image: np.ndarray, threshold_hu: float = -500.0) -> np.ndarray:
     return out
 
 
+def outer_air(air: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Boolean ``(Z, Y, X)`` of a box cut from a CT: the unlabelled ``air`` voxels connected
+    (6-neighbourhood) to a face of the box — outside air cut in with the box, or gas reaching its
+    edge.  Enclosed air pockets are not included.  ``air`` is boolean (e.g. ``HU < -500``)."""
+    air = np.asarray(air, dtype=bool) & (label == 0)
+    if not air.any():
+        return air
+    comp, _ = ndimage.label(air)
+    faces = np.concatenate([comp[0].ravel(), comp[-1].ravel(), comp[:, 0].ravel(), comp[:, -1].ravel(),
+                            comp[:, :, 0].ravel(), comp[:, :, -1].ravel()])
+    touching = np.unique(faces[faces > 0])
+    return np.isin(comp, touching)
+
+
 def abdomen_region(label: np.ndarray | None, spacing: Sequence[float], margin_mm: float,
                    image: np.ndarray | None = None) -> np.ndarray:
     """Boolean mask of the abdominal region.

@@ -121,6 +121,10 @@ class PseudoLabelConfig:
 class CTOConfig:
     margin_z: tuple[int, int] = (8, 16)      # voxels at the coarse spacing, drawn uniformly per side
     margin_xy: tuple[int, int] = (24, 32)
+    # the coarse patch (z, y, x) the margins above are given for (the paper's); the pool scales
+    # them by coarse.patch_size / margin_patch per axis, so the context fills the same fraction of
+    # any patch (the demo's 16x48x48 gets z 4-8 / xy 6-8); null: margins are taken as they are
+    margin_patch: Optional[tuple[int, int, int]] = (32, 192, 192)
     connectivity: Literal[6, 18, 26] = 26
     min_voxels: int = 10                     # on top of the cleaning rules stage-3 applies first
     max_extent_fraction: float = 1.0         # of the coarse patch, per axis
@@ -298,6 +302,7 @@ RANGES: dict[str, dict[str, Range]] = {
     },
     "CTOConfig": {
         "margin_z": Range(0, 256, ordered=True), "margin_xy": Range(0, 256, ordered=True),
+        "margin_patch": Range(1, 4096),
         "min_voxels": _POSITIVE_INT,
         "max_extent_fraction": Range(0, 1, lo_open=True),
         "abdomen_margin_mm": _NON_NEGATIVE,

@@ -65,6 +65,11 @@ def test_whole_pipeline_on_tiny_phantoms(tiny_run):
         assert pred.GetDirection() == pytest.approx(img.GetDirection())
     report = json.loads((ship / "ship_report.json").read_text())
     assert "evaluation" in report and "efficiency" in report
+    # issue 25: CutMix pastes into most eligible samples in the pipeline (0 of 5000 in the demo before)
+    cm = json.loads((work / "stage-5-coarse" / "manifest.json").read_text())["result"]["cutmix"]
+    assert cm["eligible"] >= 2, cm
+    assert cm["pasted"] >= 0.5 * cm["eligible"], cm
+    assert "CutMix pasted" in proc.stdout and "WARNING: below 10 %" not in proc.stdout
 
 
 @pytest.mark.slow

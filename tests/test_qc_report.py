@@ -265,3 +265,20 @@ def test_local_path_rebases_onto_the_work_folder(tmp_path):
     assert local_path(str(tmp_path), tmp_path / "x") == tmp_path                      # outside: as is
     assert local_path("/elsewhere/stage-3-cto/pool", tmp_path) is None
     assert local_path(None, tmp_path) is None
+
+
+@pytest.mark.parametrize("pasted, red", [(0, True), (9, True), (60, False)])
+def test_stage5_shows_cutmix_counts_and_flags_a_low_paste_rate(tmp_path, pasted, red):
+    """Issue 25: the demo pasted 0 of 5000 samples and nothing said so."""
+    work = make_work(tmp_path / "w")
+    man = stage_dir(work, 5) / "manifest.json"
+    m = json.loads(man.read_text())
+    m["result"]["cutmix"] = {"samples": 200, "eligible": 100, "pasted": pasted, "reached_patch": pasted,
+                             "no_fit": 100 - pasted, "paste_rate": pasted / 100}
+    man.write_text(json.dumps(m))
+    text = build_qc_report(work).read_text()
+    assert "context-aware CutMix" in text and "no fitting location" in text
+    assert ('<p class="error">context-aware CutMix pasted into' in text) is red
+    from flareseg.pipeline.summary import cutmix_line
+    assert f"{pasted} of 100 eligible" in cutmix_line(work)
+    assert ("WARNING" in cutmix_line(work)) is red

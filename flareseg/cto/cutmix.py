@@ -7,8 +7,10 @@ at a paste centre drawn uniformly among the admissible voxels of the sample (bel
 it lies inside the abdominal region (the organ box grown by ``cfg.abdomen_margin_mm``; without
 organ voxels, the body) *and the whole box lies inside the sample's body*: every voxel of the box
 that falls inside the array is body (``image > body_threshold``, largest connected region, holes
-filled per slice, nnU-Net's padding — negative label — excluded).  Parts of the box beyond the
-array are cropped as before: the array is a training patch, its border is not the body's edge.
+filled per slice) or beyond the scan (nnU-Net's padding, negative label).  Parts of the box beyond
+the array or the scan are cut: the array is a training patch and the scan's end is not the body's
+edge (a crop of a short scan is padded along z, and the body goes on past it); the centre itself
+is body.
 A drawn object with no admissible centre is not pasted (``CutMixParams.unplaced`` counts it; a
 sample none of whose objects fit gets no paste and the loader counts it).  The object's own air
 that touches its box faces (the source's outside air cut in with the context; ``air_threshold``
@@ -50,6 +52,7 @@ import numpy as np
 from scipy import ndimage
 
 from flareseg.anatomy import BBox, bbox_of, body_mask, expand_bbox, organ_mask
+from flareseg.anatomy import outer_air as anatomy_outer_air
 from flareseg.config import CutMixConfig
 from flareseg.labels import TUMOR, LabelType, has_tumor, label_type
 
@@ -69,14 +72,38 @@ class ObjectInfo:
 
     shape: tuple[int, int, int]
     label_type: LabelType
+    tumor_box: tuple[tuple[int, int], ...] | None = None   # (start, stop) per axis, pool voxels
+
+
+#: context kept when the whole object fits nowhere: fractions of its drawn margins, tried in turn
+CONTEXT_STEPS = (1.0, 0.75, 0.5, 0.25, 0.0)
+
+
+def trimmed_box(info: ObjectInfo, fraction: float) -> tuple[tuple[int, int], ...]:
+    """Sub-box ``(start, stop)`` per axis of an object keeping ``fraction`` of the context on each
+    side of its tumor box (the whole object at 1, the tumor box at 0)."""
+    if info.tumor_box is None or fraction >= 1.0:
+        return tuple((0, int(n)) for n in info.shape)
+    out = []
+    for (a, b), n in zip(info.tumor_box, info.shape):
+        out.append((int(a) - int(round(fraction * int(a))), int(b) + int(round(fraction * (int(n) - int(b))))))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
 class Paste:
-    """One pasted object: its pool id and the voxel ``(z, y, x)`` its box is centred on."""
+    """One pasted object: its pool id, the voxel ``(z, y, x)`` its box is centred on, and the part
+    of the object pasted (``box``: ``(start, stop)`` per axis; None: all of it)."""
 
     object_id: str
     centre: tuple[int, int, int]
+    box: tuple[tuple[int, int], ...] | None = None
+
+    def piece(self, obj: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(image, label, outer_air or None)`` of ``obj`` (a pool object) inside ``box``."""
+        sl = (slice(None),) * 3 if self.box is None else tuple(slice(a, b) for a, b in self.box)
+        air = getattr(obj, "outer_air", None)
+        return obj.image[sl], obj.label[sl], None if air is None else air[sl]
 
 
 @dataclass(frozen=True)
@@ -135,7 +162,9 @@ def object_infos(pool: Mapping[str, Any], case_types: Mapping[str, Iterable[int]
         if t is None:
             unknown.append(oid)
             t = ()
-        out[oid] = ObjectInfo(shape, label_type(set(t) | {TUMOR}))  # type: ignore[arg-type]
+        tb = rec.get("tumor_box")
+        out[oid] = ObjectInfo(shape, label_type(set(t) | {TUMOR}),  # type: ignore[arg-type]
+                              None if tb is None else tuple((int(a), int(b)) for a, b in tb))
     if unknown:
         log.warning("CutMix: %d of %d pool objects have no known source label type (e.g. %s); they "
                     "assert only their tumor when pasted", len(unknown), len(out), unknown[0])
@@ -162,10 +191,23 @@ def sample_body(label: np.ndarray, image: np.ndarray | None, body_threshold: flo
     return body_mask(np.where(inside, img, -np.inf), body_threshold)
 
 
-def fit_centres(body: np.ndarray, obj_shape: Sequence[int]) -> np.ndarray:
+def central_box(crop_shape: Sequence[int], patch_shape: Sequence[int]) -> BBox:
+    """The centred ``patch_shape`` box of a ``crop_shape`` array (each side clipped to the array):
+    where nnU-Net's spatial augmentation (no random crop) cuts the final patch from its larger
+    pre-augmentation crop."""
+    out = []
+    for n, p in zip(crop_shape, patch_shape):
+        lo = max(0, (int(n) - int(p)) // 2)
+        out.append(slice(lo, min(int(n), lo + int(p))))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def fit_centres(body: np.ndarray, obj_shape: Sequence[int], beyond: np.ndarray | None = None) -> np.ndarray:
     """Boolean ``(Z, Y, X)``: centres at which a box of ``obj_shape`` (placed as in
-    :func:`paste_boxes`) has every voxel that falls inside the array in ``body``."""
-    outside = (~body).view(np.uint8)
+    :func:`paste_boxes`) has every voxel that falls inside the array in ``body`` or in ``beyond``
+    (voxels beyond the scan, nnU-Net's padding: like the array border, the box is cut there)."""
+    outside = ~body if beyond is None else ~(body | beyond)
+    outside = outside.view(np.uint8)
     blocked = ndimage.maximum_filter(outside, size=[int(s) for s in obj_shape], mode="constant", cval=0)
     return blocked == 0
 
@@ -191,7 +233,8 @@ def sample_params(rng: np.random.Generator, label: np.ndarray, object_ids: Seque
                   spacing: Sequence[float], cfg: CutMixConfig, image: np.ndarray | None = None,
                   sample_type: Iterable[int] | None = None,
                   body_threshold: float = -500.0,
-                  objects: Mapping[str, ObjectInfo] | None = None) -> CutMixParams:
+                  objects: Mapping[str, ObjectInfo] | None = None,
+                  centre_box: BBox | None = None) -> CutMixParams:
     """Draw the CutMix of one sample.
 
     ``label`` ``(Z, Y, X)`` or ``(1, Z, Y, X)``; ``object_ids`` the pool ids to draw from (e.g.
@@ -204,6 +247,9 @@ def sample_params(rng: np.random.Generator, label: np.ndarray, object_ids: Seque
     types, see :func:`object_infos`), such that the object's box lies inside the body.  An object
     without admissible centre is skipped (counted in ``unplaced``).  With ``objects`` and
     ``sample_type``, ``label_type`` of the result is ``(sample_type ∩ source types) ∪ {tumor}``.
+    ``centre_box`` (with ``objects``) further restricts centres to a box of the sample: the
+    trainer passes the central final-patch box of its larger pre-augmentation crop, where nnU-Net's
+    spatial augmentation cuts the patch, so the pasted tumor reaches the patch.
     When ``sample_type`` already holds tumor, nothing is pasted.  The random stream is consumed in
     the same order every call.
     """
@@ -227,20 +273,32 @@ def sample_params(rng: np.random.Generator, label: np.ndarray, object_ids: Seque
         return CutMixParams(tuple(Paste(p, _draw_centre(rng, box, body, lab.shape)) for p in picks))
 
     body = sample_body(lab, image, body_threshold)
+    beyond = lab < 0
     region = body
     if box is not None:
         region = np.zeros(lab.shape, dtype=bool)
         region[box] = True
+        region &= body
+    if centre_box is not None:
+        inner = np.zeros(lab.shape, dtype=bool)
+        inner[centre_box] = True
+        region = region & inner
     fits: dict[tuple[int, ...], np.ndarray] = {}
     pastes, t_after = [], None if sample_type is None else set(label_type(sample_type))
     for p in picks:
-        shape = tuple(objects[p].shape)
-        if shape not in fits:
-            fits[shape] = fit_centres(body, shape) & region
-        centre = _draw_fitting(rng, fits[shape])
+        centre = sub = None
+        for f in CONTEXT_STEPS if objects[p].tumor_box is not None else (1.0,):
+            sub = trimmed_box(objects[p], f)
+            shape = tuple(b - a for a, b in sub)
+            if shape not in fits:
+                fits[shape] = fit_centres(body, shape, beyond) & region
+            if fits[shape].any():
+                centre = _draw_fitting(rng, fits[shape])
+                break
         if centre is None:
             continue
-        pastes.append(Paste(p, centre))
+        full = sub == tuple((0, int(n)) for n in objects[p].shape)
+        pastes.append(Paste(p, centre, None if full else sub))
         if t_after is not None:
             t_after &= set(objects[p].label_type)
     if not pastes:
@@ -270,26 +328,22 @@ def paste_boxes(centre: Sequence[int], obj_shape: Sequence[int],
 
 def outer_air(image: np.ndarray, label: np.ndarray, air_threshold: float) -> np.ndarray:
     """Boolean ``(Z, Y, X)`` of an object: unlabelled voxels below ``air_threshold`` (image units)
-    connected (6-neighbourhood) to a face of its box — air cut in with the context from outside
-    the source's body, or gas reaching the box edge.  Enclosed air pockets are not included."""
-    air = (image < air_threshold) & (label == 0)
-    if not air.any():
-        return air
-    comp, _ = ndimage.label(air)
-    faces = np.concatenate([comp[0].ravel(), comp[-1].ravel(), comp[:, 0].ravel(), comp[:, -1].ravel(),
-                            comp[:, :, 0].ravel(), comp[:, :, -1].ravel()])
-    touching = np.unique(faces[faces > 0])
-    return np.isin(comp, touching)
+    connected (6-neighbourhood) to a face of its box (:func:`flareseg.anatomy.outer_air`).  Pool
+    objects carry this mask computed in HU (``CTO.outer_air``); this threshold form is for objects
+    without it."""
+    return anatomy_outer_air(image < air_threshold, label)
 
 
 def apply(params: CutMixParams, image: np.ndarray, label: np.ndarray,
           pool: Mapping[str, _Object], keep_classes: Iterable[int] | None = None,
-          air_threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+          air_threshold: float | None = None, keep_outer_air: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Paste ``params`` into copies of ``image`` and ``label`` (``(Z, Y, X)`` or ``(C, Z, Y, X)``).
 
     Inside each object box the image and label become the object's (image broadcast over
-    channels, cast to the input dtypes), except, with ``air_threshold`` (image units, e.g. the
-    normalised -500 HU), the object's :func:`outer_air`, where the sample stays as it was.  The
+    channels, cast to the input dtypes), except the object's outer air, where the sample stays as
+    it was: the object's stored ``outer_air`` mask (pool objects, found in HU), else with
+    ``air_threshold`` (image units) :func:`outer_air`.  ``keep_outer_air=True`` pastes the whole
+    box (the placement before issue 16.3b, for benchmarks).  The
     label asserts only ``params.label_type`` (source ∩ sample classes, plus tumor): object values
     outside it become 0 in the boxes and sample values outside it become 0 everywhere (they are
     unannotated now and merge with background).  Without ``params.label_type``, ``keep_classes``
@@ -307,17 +361,22 @@ def apply(params: CutMixParams, image: np.ndarray, label: np.ndarray,
     if params.label_type is not None:
         lab = np.where((lab > 0) & ~np.isin(lab, keep), 0, lab).astype(label.dtype, copy=False)
     for p in params.pastes:
-        obj = pool[p.object_id]
-        dst, src = paste_boxes(p.centre, obj.label.shape, lab.shape[-3:])
-        piece_img, piece = obj.image[src], obj.label[src]
+        obj_img, obj_lab, obj_air = p.piece(pool[p.object_id])
+        dst, src = paste_boxes(p.centre, obj_lab.shape, lab.shape[-3:])
+        piece_img, piece = obj_img[src], obj_lab[src]
         if keep is not None:
             piece = np.where(np.isin(piece, keep), piece, 0)
-        if air_threshold is None:
+        skip = None
+        if not keep_outer_air:
+            skip = obj_air if obj_air is not None else \
+                None if air_threshold is None else outer_air(obj_img, obj_lab, air_threshold)
+        if skip is None:
             img[(Ellipsis, *dst)] = piece_img
             lab[(Ellipsis, *dst)] = piece
             continue
-        m = ~outer_air(obj.image, obj.label, air_threshold)[src]
+        m = ~skip[src]
         img_box, lab_box = img[(Ellipsis, *dst)], lab[(Ellipsis, *dst)]   # views
+        m = m & (_spatial(lab_box, "label") >= 0)    # nothing pasted beyond the scan (padding)
         img_box[..., m] = piece_img[m]
         lab_box[..., m] = piece[m]
     return img, lab
@@ -341,6 +400,26 @@ def pasted_tumor_voxels(params: CutMixParams, label_after: np.ndarray,
     lab = _spatial(label_after, "label_after")
     out = [np.zeros((0, 3), dtype=np.int64)]
     for p in params.pastes:
-        dst, _ = paste_boxes(p.centre, pool[p.object_id].label.shape, lab.shape)
+        dst, _ = paste_boxes(p.centre, p.piece(pool[p.object_id])[1].shape, lab.shape)
         out.append(np.argwhere(lab[dst] == TUMOR) + np.array([s.start for s in dst]))
     return np.unique(np.concatenate(out), axis=0)
+
+
+#: a run that pastes into fewer eligible samples than this is flagged (log WARNING, QC page in red)
+MIN_PASTE_RATE = 0.10
+
+
+def paste_rate_warning(counts: Mapping[str, int] | None, min_rate: float = MIN_PASTE_RATE) -> str | None:
+    """The warning for a training run's CutMix counts (``cutmix_counts.json``'s ``total``: samples,
+    eligible, pasted, reached_patch, no_fit) when it pasted into fewer than ``min_rate`` of the
+    samples eligible for a paste (label type without tumor); None when it pasted enough or had no
+    eligible sample."""
+    if not counts or not counts.get("eligible"):
+        return None
+    pasted, eligible = int(counts.get("pasted", 0)), int(counts["eligible"])
+    if pasted >= min_rate * eligible:
+        return None
+    return (f"context-aware CutMix pasted into {pasted} of {eligible} eligible samples "
+            f"({100.0 * pasted / eligible:.1f} % < {100 * min_rate:g} %; {int(counts.get('no_fit', 0))} drew "
+            "objects that fit nowhere inside the body): the paper's tumor augmentation is mostly off "
+            "(check cto.margin_z/margin_xy/margin_patch against the coarse patch)")

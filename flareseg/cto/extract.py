@@ -88,14 +88,36 @@ def find_tumor_objects(label: np.ndarray, connectivity: int = 26,
     return out
 
 
-def sample_margins(rng: np.random.Generator, n_objects: int, cfg: CTOConfig) -> np.ndarray:
+def margin_ranges(cfg: CTOConfig, patch_size: Sequence[int] | None = None) -> tuple[tuple[int, int], ...]:
+    """Inclusive margin ranges ``((z_lo, z_hi), (y_lo, y_hi), (x_lo, x_hi))`` in voxels of the
+    margin spacing: ``cfg.margin_z``/``cfg.margin_xy``, scaled per axis by
+    ``patch_size / cfg.margin_patch`` (both bounds rounded half up) when both are given.
+
+    The paper's margins (z 8-16, in-plane 24-32 voxels) belong to its 32x192x192 coarse patch;
+    read literally at a smaller patch they would cut the source's whole cross-section, outside
+    air included, and no such object fits inside a training sample's body (issue 25: 0 of 5000
+    samples pasted in the demo).  Scaled, the context fills the same fraction of the patch.
+    """
+    ranges = [tuple(cfg.margin_z), tuple(cfg.margin_xy), tuple(cfg.margin_xy)]
+    ref = cfg.margin_patch
+    if ref is None or patch_size is None:
+        return tuple((int(lo), int(hi)) for lo, hi in ranges)
+    out = []
+    for (lo, hi), p, r in zip(ranges, patch_size, ref):
+        f = float(p) / float(r)
+        out.append((int(np.floor(lo * f + 0.5)), int(np.floor(hi * f + 0.5))))
+    return tuple(out)
+
+
+def sample_margins(rng: np.random.Generator, n_objects: int, cfg: CTOConfig,
+                   ranges: Sequence[Sequence[int]] | None = None) -> np.ndarray:
     """Context margins in voxels, int array ``(n_objects, 3, 2)`` = [object, axis (z,y,x), side (before, after)].
 
-    Every side of every object is drawn independently and uniformly from the inclusive range
-    ``cfg.margin_z`` (z) or ``cfg.margin_xy`` (y and x), so the tumor also sits at a random
-    position inside its box.
+    Every side of every object is drawn independently and uniformly from the inclusive range of
+    its axis: ``ranges`` (e.g. :func:`margin_ranges`), by default ``cfg.margin_z`` (z) and
+    ``cfg.margin_xy`` (y and x), so the tumor also sits at a random position inside its box.
     """
-    ranges = [cfg.margin_z, cfg.margin_xy, cfg.margin_xy]
+    ranges = list(ranges) if ranges is not None else [cfg.margin_z, cfg.margin_xy, cfg.margin_xy]
     for lo, hi in ranges:
         if lo < 0 or hi < lo:
             raise ValueError(f"margin range ({lo}, {hi}) must satisfy 0 <= low <= high")
@@ -218,6 +240,7 @@ def extract_case(case_id: str, image: np.ndarray, label: np.ndarray, spacing: Se
                  abdomen_margin_mm: float = 20.0, tumor_label: int = TUMOR,
                  margin_spacing_zyx: Sequence[float] | None = None,
                  cleaning: CleaningConfig | None = None,
+                 ranges: Sequence[Sequence[int]] | None = None,
                  ) -> tuple[list[TumorCrop], list[dict[str, Any]]]:
     """All CTOs of one case at source spacing, plus one record per rejected component.
 
@@ -232,7 +255,8 @@ def extract_case(case_id: str, image: np.ndarray, label: np.ndarray, spacing: Se
     :func:`flareseg.anatomy.abdomen_region` (``abdomen_margin_mm``).
 
     Margins are drawn in voxels of ``margin_spacing_zyx`` (mm; ``None``: the source spacing) and
-    converted by :func:`margins_to_source`.  They are drawn for every component from
+    converted by :func:`margins_to_source`; ``ranges`` (per axis, see :func:`margin_ranges`)
+    replaces ``cfg.margin_z``/``cfg.margin_xy`` when given.  They are drawn for every component from
     :func:`case_rng` (``cfg.seed``, ``case_id``) before filtering, so an object's box does not
     depend on which other objects pass the filters.
     """
@@ -242,7 +266,7 @@ def extract_case(case_id: str, image: np.ndarray, label: np.ndarray, spacing: Se
     if cleaning is not None:
         label, cleaned_away = clean_source(case_id, image, label, spacing, cleaning)
     comps = find_tumor_objects(label, cfg.connectivity, tumor_label)
-    drawn = sample_margins(case_rng(cfg.seed, case_id), len(comps), cfg)
+    drawn = sample_margins(case_rng(cfg.seed, case_id), len(comps), cfg, ranges)
     margins = drawn if margin_spacing_zyx is None else \
         margins_to_source(drawn, margin_spacing_zyx, spacing)
     margin_spacing = [float(s) for s in (spacing if margin_spacing_zyx is None else margin_spacing_zyx)]

@@ -38,3 +38,30 @@ def normalizer(plans: dict | Path, name: str) -> Callable[[np.ndarray], np.ndarr
         return norm.run(np.asarray(image, dtype=np.float32).copy(), None)
 
     return apply
+
+
+def body_threshold(plans: dict | Path, name: str, hu: float = -500.0) -> float:
+    """The normalised intensity above which a voxel of this configuration's training data is body
+    (:func:`flareseg.anatomy.body_mask` on normalised images): :func:`above_clip_floor` with the
+    plans' normalisation and lower clip (the foreground 0.5th percentile)."""
+    if not isinstance(plans, dict):
+        plans = read_json(plans)
+    lower = plans["foreground_intensity_properties_per_channel"]["0"].get("percentile_00_5")
+    return above_clip_floor(normalizer(plans, name), lower, hu)
+
+
+def above_clip_floor(norm: Callable[[np.ndarray], np.ndarray], lower_hu: float | None,
+                     hu: float = -500.0) -> float:
+    """``norm(hu)``, unless the normalisation clips below at ``lower_hu`` > ``hu`` (nnU-Net's CT
+    normalisation clips at the foreground 0.5th percentile, usually above -500 HU: -118 HU in the
+    demo plans).  Then ``hu`` and all air collapse onto the clip floor, ``image > norm(hu)`` drops
+    the floor's fat and ``image < norm(hu)`` finds no air; the threshold becomes the normalised
+    value 1 HU above the floor, so body = above the clip floor (fat below it counts as outside,
+    which keeps pastes conservative).  ``norm`` maps a float32 HU array to training intensities."""
+    def n(v: float) -> float:
+        return float(np.asarray(norm(np.array([[[v]]], dtype=np.float32))).ravel()[0])
+
+    t = n(hu)
+    if lower_hu is None or t > n(-1e9):
+        return t
+    return n(float(lower_hu) + 1.0)

@@ -62,11 +62,13 @@ class CutMixBeforeTransforms:
     cropped (not yet spatially augmented) sample of a batch whose label type lacks tumor, so the
     rotation/scaling that follows applies to the pasted object as well.  Records per sample
     whether something was pasted, the label type it ends with (the batch type narrowed to the
-    classes the pasted objects' source cases annotate, plus tumor; see :mod:`flareseg.cto.cutmix`)
-    and whether no location fitted; ``counts`` sums these per process."""
+    classes the pasted objects' source cases annotate, plus tumor; see :mod:`flareseg.cto.cutmix`),
+    whether no location fitted, and whether pasted tumor reached the final (augmented) patch;
+    ``counts`` sums these per process.  With ``patch_size`` (the final patch), paste centres lie
+    in the crop's central patch box, where nnU-Net's spatial transform cuts the patch."""
 
     def __init__(self, transforms, pool_dir: str, spacing, cfg: dict, body_threshold: float,
-                 case_types: dict[str, tuple[int, ...]] | None = None):
+                 case_types: dict[str, tuple[int, ...]] | None = None, patch_size=None):
         from flareseg.config import CutMixConfig
         self.transforms = transforms
         self.pool_dir = pool_dir
@@ -76,11 +78,14 @@ class CutMixBeforeTransforms:
                                 abdomen_margin_mm=float(cfg.get("abdomen_margin_mm", 10.0)))
         self.body_threshold = float(body_threshold)
         self.case_types = dict(case_types or {})
+        self.patch_size = None if patch_size is None else tuple(int(p) for p in patch_size)
         self.current_type: tuple[int, ...] = ()
         self.pasted: list[bool] = []
         self.types: list[tuple[int, ...]] = []
         self.no_fit: list[bool] = []
-        self.counts = {"eligible": 0, "pasted": 0, "no_fit": 0, "narrowed": 0}
+        self.eligible: list[bool] = []
+        self.reached: list[bool] = []
+        self.counts = {"eligible": 0, "pasted": 0, "no_fit": 0, "narrowed": 0, "reached_patch": 0}
         self._pool = None
         self._infos = None
         self._rng = None
@@ -88,7 +93,7 @@ class CutMixBeforeTransforms:
 
     def start_batch(self, batch_type: tuple[int, ...]) -> None:
         self.current_type = tuple(batch_type)
-        self.pasted, self.types, self.no_fit = [], [], []
+        self.pasted, self.types, self.no_fit, self.eligible, self.reached = [], [], [], [], []
 
     def _state(self):
         from flareseg.cto.cutmix import object_infos
@@ -101,12 +106,13 @@ class CutMixBeforeTransforms:
         return self._pool, self._rng
 
     def __call__(self, image, segmentation):
-        from flareseg.cto.cutmix import apply, label_type_after, sample_params
+        from flareseg.cto.cutmix import apply, central_box, label_type_after, sample_params
         pool, rng = self._state()
         img, seg = image.numpy(), segmentation.numpy()
+        inner = None if self.patch_size is None else central_box(seg.shape[-3:], self.patch_size)
         params = sample_params(rng, seg, pool.ids, self.spacing, self.cfg, image=img,
                                sample_type=self.current_type, body_threshold=self.body_threshold,
-                               objects=self._infos)
+                               objects=self._infos, centre_box=inner)
         if params.applied:
             img, seg = apply(params, img, seg, pool, air_threshold=self.body_threshold)
             image, segmentation = torch.from_numpy(img), torch.from_numpy(seg)
@@ -116,12 +122,23 @@ class CutMixBeforeTransforms:
         self.counts["pasted"] += int(params.applied)
         self.counts["no_fit"] += int(params.no_fit)
         self.counts["narrowed"] += int(params.applied and set(t) != set(self.current_type) | {TUMOR})
+        self.last_params = params   # what the last sample got (benchmarks, tests)
         self.pasted.append(params.applied)
         self.types.append(t)
         self.no_fit.append(params.no_fit)
-        if self.transforms is None:
-            return {"image": image, "segmentation": segmentation}
-        return self.transforms(image=image, segmentation=segmentation)
+        self.eligible.append(eligible)
+        out = {"image": image, "segmentation": segmentation} if self.transforms is None else \
+            self.transforms(image=image, segmentation=segmentation)
+        reached = params.applied and _holds_tumor(out["segmentation"])
+        self.counts["reached_patch"] += int(reached)
+        self.reached.append(reached)
+        return out
+
+
+def _holds_tumor(segmentation) -> bool:
+    """Whether the (full-resolution) target of a transformed sample holds tumor voxels."""
+    seg = segmentation[0] if isinstance(segmentation, (list, tuple)) else segmentation
+    return bool((seg == TUMOR).any())
 
 
 class LabelTypeDataLoader(nnUNetDataLoader):
@@ -195,6 +212,8 @@ class LabelTypeDataLoader(nnUNetDataLoader):
         batch["batch_type"] = self.current_type   # the sampler's type, before CutMix added tumor
         batch["cutmix_pasted"] = list(self.cutmix.pasted)
         batch["cutmix_no_fit"] = list(self.cutmix.no_fit)
+        batch["cutmix_eligible"] = list(self.cutmix.eligible)
+        batch["cutmix_reached"] = list(self.cutmix.reached)
         return batch
 
 
@@ -412,12 +431,12 @@ class FlareSegTrainer(nnUNetTrainer):
         cm = self.hp.get("cutmix") or {}
         if not cm.get("pool"):
             return None
-        from flareseg.nnunet.plans import normalizer
-        norm = normalizer(self.plans_manager.plans, self.configuration_name)
-        body = float(norm(np.array([[[-500.0]]], dtype=np.float32)).ravel()[0])
+        from flareseg.nnunet.plans import body_threshold
+        body = body_threshold(self.plans_manager.plans, self.configuration_name)
         self.print_to_log_file(f"context-aware CutMix on, pool {cm['pool']}")
         return CutMixBeforeTransforms(None, cm["pool"], self.configuration_manager.spacing, cm, body,
-                                      case_types=self.case_types)
+                                      case_types=self.case_types,
+                                      patch_size=self.configuration_manager.patch_size)
 
     # ------------------------------------------------------------------ loss / steps
     def _build_loss(self):
@@ -445,12 +464,14 @@ class FlareSegTrainer(nnUNetTrainer):
         return super().train_step(batch)
 
     def _count_cutmix(self, batch: dict) -> None:
-        """Loader statistics of the epoch: samples, pasted ones, and those where no paste location
-        fitted inside the body (they went without paste); logged at the end of the epoch."""
-        c = self.__dict__.setdefault("cutmix_counts", {"samples": 0, "pasted": 0, "no_fit": 0})
+        """Loader statistics of the epoch (:data:`CUTMIX_COUNTS`): samples, eligible ones (type
+        without tumor), pasted ones, pasted ones whose tumor reached the final patch, and those
+        where no paste location fitted inside the body (they went without paste)."""
+        c = self.__dict__.setdefault("cutmix_counts", dict.fromkeys(CUTMIX_COUNTS, 0))
         c["samples"] += len(batch["cutmix_pasted"])
-        c["pasted"] += sum(bool(p) for p in batch["cutmix_pasted"])
-        c["no_fit"] += sum(bool(p) for p in batch.get("cutmix_no_fit") or ())
+        for key, field in (("pasted", "cutmix_pasted"), ("no_fit", "cutmix_no_fit"),
+                           ("eligible", "cutmix_eligible"), ("reached_patch", "cutmix_reached")):
+            c[key] += sum(bool(p) for p in batch.get(field) or ())
 
     def weights_digest(self) -> str:
         """sha256 of the network weights (the unwrapped module's state, in key order)."""
@@ -479,8 +500,11 @@ class FlareSegTrainer(nnUNetTrainer):
             self._write_rank_log()
         c = self.__dict__.pop("cutmix_counts", None)
         if c is not None:
-            self.print_to_log_file(f"CutMix: {c['pasted']} of {c['samples']} samples pasted, "
-                                   f"{c['no_fit']} without a location where the object fits inside the body")
+            self.print_to_log_file(f"CutMix: {c['pasted']} of {c['eligible']} eligible samples pasted "
+                                   f"({c['samples']} samples), {c['reached_patch']} with tumor in the final "
+                                   f"patch, {c['no_fit']} without a location where the object fits inside the body")
+            if self.local_rank == 0:
+                record_cutmix_epoch(self.output_folder, self.current_epoch, c)
         return super().on_train_epoch_end(train_outputs)
 
     def validation_step(self, batch: dict) -> dict:
@@ -510,6 +534,32 @@ class FlareSegTrainer(nnUNetTrainer):
             return super().perform_actual_validation(save_probabilities)
         self.print_to_log_file("final full-volume validation skipped (flareseg_train.final_validation "
                                "is false); flareseg evaluates on the held-out set in stage-6")
+
+
+#: what the trainer counts per epoch (training log, ``cutmix_counts.json``)
+CUTMIX_COUNTS = ("samples", "eligible", "pasted", "reached_patch", "no_fit")
+CUTMIX_COUNTS_FILE = "cutmix_counts.json"
+
+
+def record_cutmix_epoch(folder: str, epoch: int, counts: dict) -> dict:
+    """Add one epoch's CutMix counts to ``folder/cutmix_counts.json`` (``{"epochs": {epoch: counts},
+    "total": sums}``, written atomically); an epoch trained again after a resume replaces its entry,
+    so the totals count every epoch of the run once.  Returns the record."""
+    from pathlib import Path
+    from flareseg.io import read_json, write_json
+    path = Path(folder) / CUTMIX_COUNTS_FILE
+    rec = {"epochs": {}}
+    if path.is_file():
+        try:
+            rec = read_json(path)
+        except ValueError:
+            log.warning("%s: unreadable, CutMix counts start again", path)
+    epochs = {k: v for k, v in rec.get("epochs", {}).items() if int(k) < int(epoch)}
+    epochs[str(int(epoch))] = {k: int(counts.get(k, 0)) for k in CUTMIX_COUNTS}
+    total = {k: sum(e.get(k, 0) for e in epochs.values()) for k in CUTMIX_COUNTS}
+    rec = {"epochs": epochs, "total": total}
+    write_json(rec, path)
+    return rec
 
 
 class AnnotatedLoss(torch.nn.Module):

@@ -81,35 +81,87 @@ def run(ctx: StageContext) -> dict:
     trained = ctx.step("train", {"train": train_key(cfg.train_coarse), "cutmix": to_dict(cfg.cutmix),
                                  "prepared": prepared, "pool": s3.get("objects")}, do_train, outputs=[ck],
                        collective=True)
+    counts = cutmix_counts(ck.parent)
     gallery = ctx.dir / "qc" / "cutmix_samples.png"
+    searched = None
     if dist.is_main() and not gallery.exists():
-        cutmix_gallery_png(training_set, pre / "nnUNetPlans_coarse", s3["pool_dir"], cfg, gallery)
-    return {"dataset": str(ds_dir), "model_dir": str(mdir), "training": trained,
+        searched = cutmix_gallery_png(training_set, pre / "nnUNetPlans_coarse", s3["pool_dir"], cfg, gallery)
+    return {"dataset": str(ds_dir), "model_dir": str(mdir), "training": trained, "cutmix": counts,
+            "cutmix_gallery_search": searched,
             "cutmix_gallery": str(gallery) if gallery.exists() else None, "outputs": [ck]}
 
 
-def cutmix_gallery_png(training_set: dict, pre_dir: Path, pool_dir: str, cfg, dest: Path, n: int = 4) -> None:
-    """QC: CutMix applied (as in training) to a few preprocessed cases without tumor labels."""
+def cutmix_counts(fold_dir: Path) -> dict | None:
+    """The run's CutMix totals (``cutmix_counts.json`` the trainer writes per epoch, rank 0's samples
+    under DDP) with the paste rate, logged; a rate below ``MIN_PASTE_RATE`` is a WARNING.  None
+    when the run had no CutMix (no pool objects)."""
+    from flareseg.cto.cutmix import paste_rate_warning
+    from flareseg.nnunet.trainer import CUTMIX_COUNTS_FILE
+    path = fold_dir / CUTMIX_COUNTS_FILE
+    if not path.is_file():
+        return None
+    total = dict(read_json(path).get("total") or {})
+    if total.get("eligible"):
+        total["paste_rate"] = round(total.get("pasted", 0) / total["eligible"], 4)
+    log.info("CutMix over the run: %s of %s eligible samples pasted, %s with tumor in the final patch, "
+             "%s without a fitting location", total.get("pasted"), total.get("eligible"),
+             total.get("reached_patch"), total.get("no_fit"))
+    warning = paste_rate_warning(total)
+    if warning:
+        log.warning("%s", warning)
+    return total
+
+
+def gallery_crop(rng, shape, patch) -> tuple[slice, ...]:
+    """A random ``patch``-sized box inside ``shape`` (clipped where the case is smaller): the kind of
+    crop the training loader hands to CutMix, for the QC picture."""
+    out = []
+    for n, p in zip(shape, patch):
+        p = min(int(p), int(n))
+        lo = int(rng.integers(0, int(n) - p + 1))
+        out.append(slice(lo, lo + p))
+    return tuple(out)
+
+
+def cutmix_gallery_png(training_set: dict, pre_dir: Path, pool_dir: str, cfg, dest: Path, n: int = 4,
+                       max_draws: int = 200) -> dict:
+    """QC: CutMix applied as in training (patch-sized crops of preprocessed cases without tumor
+    labels, body threshold and pool objects as the trainer uses them) until ``n`` samples got a
+    paste or ``max_draws`` samples were tried; the picture's titles say how many were searched.
+    Returns ``{"searched", "pasted"}``."""
     import numpy as np
     from flareseg.cto.cutmix import apply, object_infos, sample_params
     from flareseg.cto.gallery import cutmix_gallery
     from flareseg.cto.pool import load_pool
     from flareseg.labels import TUMOR
     from flareseg.nnunet.planning import load_preprocessed
+    from flareseg.nnunet.plans import body_threshold, configuration
 
     pool = load_pool(pool_dir)
-    keys = sorted(c for c, r in training_set.items() if TUMOR not in r["label_type"])[:n]
+    keys = sorted(c for c, r in training_set.items() if TUMOR not in r["label_type"])
     if not keys or not len(pool.ids):
-        return
-    from flareseg.nnunet.plans import normalizer
+        return {"searched": 0, "pasted": 0}
+    plans = read_json(pre_dir.parent / "nnUNetPlans.json")
+    patch = configuration(plans, "coarse")["patch_size"]
+    body = body_threshold(plans, "coarse")
     rng = np.random.default_rng(cfg.seed)
-    spacing = pool.spacing_zyx
     infos = object_infos(pool, {c: r["label_type"] for c, r in training_set.items()})
-    body = float(normalizer(pre_dir.parent / "nnUNetPlans.json", "coarse")(np.array([[[-500.0]]])).ravel()[0])
-    tiles = []
-    for key, img, seg in load_preprocessed(pre_dir, keys):   # as the training loader does
-        p = sample_params(rng, seg, pool.ids, spacing, cfg.cutmix, image=img, body_threshold=body,
+    cases = load_preprocessed(pre_dir, keys[:16])
+    tiles, searched = [], 0
+    while len(tiles) < n and searched < max_draws:
+        key, img, seg = cases[searched % len(cases)]
+        searched += 1
+        box = (slice(None),) + gallery_crop(rng, seg.shape[1:], patch)
+        ci, cs = img[box], seg[box]
+        p = sample_params(rng, cs, pool.ids, pool.spacing_zyx, cfg.cutmix, image=ci, body_threshold=body,
                           sample_type=training_set[key]["label_type"], objects=infos)
-        img2, seg2 = apply(p, img, seg, pool, air_threshold=body)
-        tiles.append((f"{key} + {', '.join(x.object_id for x in p.pastes) or 'no paste'}", img2[0], seg2[0]))
-    cutmix_gallery(tiles, dest)
+        if not p.applied:
+            continue
+        img2, seg2 = apply(p, ci, cs, pool, air_threshold=body)
+        tiles.append((f"{key} + {', '.join(x.object_id for x in p.pastes)}", img2[0], seg2[0]))
+    if tiles:
+        tiles[0] = (f"{tiles[0][0]} ({len(tiles)} pasted of {searched} samples searched)", *tiles[0][1:])
+        cutmix_gallery(tiles, dest)
+    else:
+        log.warning("CutMix QC picture: no paste in %d training-like samples; %s not written", searched, dest)
+    return {"searched": searched, "pasted": len(tiles)}

@@ -39,6 +39,19 @@ def class_table(per_class: dict, not_learned_below: float = NOT_LEARNED_DSC) -> 
     return lines
 
 
+def cutmix_line(work: Path) -> str:
+    """The closing table's CutMix line from stage-5's manifest (empty without counts), flagged
+    when the paste rate is below :data:`flareseg.cto.cutmix.MIN_PASTE_RATE`."""
+    from flareseg.cto.cutmix import paste_rate_warning
+    m = stage_dir(work, 5) / "manifest.json"
+    c = (read_json(m).get("result") or {}).get("cutmix") if m.exists() else None
+    if not c:
+        return ""
+    line = (f"  {'CutMix pasted':<27}{c.get('pasted')} of {c.get('eligible')} eligible samples "
+            f"({c.get('reached_patch')} with tumor in the patch, {c.get('no_fit')} no fit)")
+    return line + ("  WARNING: below 10 %" if paste_rate_warning(c) else "")
+
+
 def run_summary(work: Path) -> str:
     """Text table of the validation results of a finished run (empty if stage-6 has not run)."""
     m = stage_dir(work, 6) / "manifest.json"
@@ -61,6 +74,9 @@ def run_summary(work: Path) -> str:
         + (f" MB (net of baseline: {eff.get('gpu_max_net_mb')} MB)" if eff.get("gpu_max_mb") else ""),
         f"  windows skipped            {r['windows_skipped']} of {r['windows_total']}",
     ]
+    cm = cutmix_line(work)
+    if cm:
+        lines.append(cm)
     if ev.get("per_class"):
         lines += ["per class (validation)", *class_table(ev["per_class"])]
     qc = Path(work) / "qc" / "index.html"

@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
+from flareseg.cto.cutmix import paste_rate_warning
 from flareseg.io import read_json
 from flareseg.labels import CLASS_NAMES, str_to_type
 from flareseg.report import html as H
@@ -253,7 +254,21 @@ def stage5(ctx: ReportContext, man: dict) -> str:
         parts += [_h3(f"coarse training set ({len(types)} cases)"),
                   H.figure(href, "cases per label type after pseudo labels, fill-in and cleaning")]
     parts += [_h3("coarse model"), _training(r.get("training") or {})]
-    cut = ctx.path(r.get("cutmix_samples")) or ctx.stage(5) / "qc" / "cutmix_samples.png"
+    counts = r.get("cutmix")
+    parts.append(_h3("context-aware CutMix"))
+    if counts:
+        parts.append(H.kv_table({"samples": counts.get("samples"),
+                                 "eligible (label type without tumor)": counts.get("eligible"),
+                                 "pasted": counts.get("pasted"), "paste rate": counts.get("paste_rate"),
+                                 "pasted tumor in the final patch": counts.get("reached_patch"),
+                                 "no fitting location": counts.get("no_fit")}))
+        warning = paste_rate_warning(counts)
+        if warning:
+            parts.append(H.para(warning, "error"))
+    else:
+        parts.append(H.para("no CutMix counts (stage-5 ran without a CTO pool, or before they were recorded)",
+                            "note"))
+    cut = ctx.path(r.get("cutmix_gallery") or r.get("cutmix_samples")) or ctx.stage(5) / "qc" / "cutmix_samples.png"
     parts.append(_h3("CutMix samples"))
     parts.append(H.figure(ctx.asset(cut, 5, "cutmix_samples.png"), "training patches after context-aware CutMix")
                  if cut.exists() else H.para("no CutMix sample picture (stage-5 qc/cutmix_samples.png)", "note"))
