@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from flareseg.io import InputError
-from flareseg.nnunet.model import CHECKPOINTS, available_folds
+from flareseg.nnunet.model import CHECKPOINTS, available_folds, network_for_check
 from flareseg.nnunet.model_check import check_labels, check_model_against_checkpoint
 
 
@@ -132,7 +132,7 @@ def check_checkpoints(p: Path, plans: dict, dataset: dict, folds: Sequence[int |
             loaded[path] = load_checkpoint(path, mmap=True)
         except UntrustedCheckpoint:
             continue
-    check_model_against_checkpoint(p, plans, dataset, loaded)
+    check_model_against_checkpoint(p, plans, dataset, loaded, network_for_check)
 
 
 def model_class_names(path: str | Path) -> list[str]:

@@ -130,6 +130,12 @@ def build_network(plans: dict, dataset_json: dict, configuration: str,
                                           enable_deep_supervision=deep_supervision)
 
 
+def network_for_check(plans: dict, dataset_json: dict, configuration: str, trainer_name: str) -> nn.Module:
+    """The inference network (no deep supervision) that :mod:`flareseg.nnunet.model_check` compares
+    a checkpoint with."""
+    return build_network(plans, dataset_json, configuration, trainer_name, deep_supervision=False)
+
+
 def nnunet_image_resampler(model: LoadedModel):
     """The plans' own image resampling function (stock nnU-Net, scipy on the CPU):
     ``fn(data (C, Z, Y, X) numpy, new_shape, current_spacing, new_spacing) -> numpy``."""
@@ -167,7 +173,7 @@ def load_model(model_dir: str | Path, folds: Sequence[int | str] | None = None,
             meta = ck
     assert meta is not None
     # labels, configuration, trainer and every tensor shape, before a network is built (InputError)
-    check_model_against_checkpoint(model_dir, plans, dataset_json, loaded)
+    check_model_against_checkpoint(model_dir, plans, dataset_json, loaded, network_for_check)
     states = [ck["network_weights"] for ck in loaded.values()]
     trainer_name = meta["trainer_name"]
     configuration = meta["init_args"]["configuration"]

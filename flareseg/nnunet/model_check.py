@@ -11,11 +11,16 @@ dataset.json is built on torch's ``meta`` device (no memory, no weights: millise
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
 from flareseg.errors import InputError, clip, short_repr
+
+#: ``build(plans, dataset_json, configuration, trainer_name) -> nn.Module`` (inference form, no deep
+#: supervision): :func:`flareseg.nnunet.model.network_for_check`, passed in to keep this module
+#: free of the loader it serves
+NetworkBuilder = Callable[[dict, dict, str, str], torch.nn.Module]
 
 
 def check_labels(dataset_json: Mapping[str, Any], path: Path) -> None:
@@ -60,14 +65,13 @@ def check_configuration(plans: Mapping[str, Any], configuration: str, plans_path
 
 
 def expected_shapes(plans: dict, dataset_json: dict, configuration: str, trainer_name: str,
-                    plans_path: Path) -> dict[str, tuple[int, ...]]:
-    """Parameter/buffer name -> shape of the network ``trainer_name`` builds for ``configuration``
-    (inference form, deep supervision off), built on the meta device.  An InputError naming
-    ``plans_path`` when the plans do not build a network."""
-    from flareseg.nnunet.model import build_network
+                    plans_path: Path, build: NetworkBuilder) -> dict[str, tuple[int, ...]]:
+    """Parameter/buffer name -> shape of the network ``build`` makes for ``trainer_name`` and
+    ``configuration``, built on the meta device.  An InputError naming ``plans_path`` when the
+    plans do not build a network."""
     try:
         with torch.device("meta"):
-            net = build_network(plans, dataset_json, configuration, trainer_name, deep_supervision=False)
+            net = build(plans, dataset_json, configuration, trainer_name)
     except Exception as e:   # nnU-Net / dynamic_network_architectures raise anything on bad plans
         text = str(e).strip().splitlines()
         raise InputError(plans_path, f"configuration {short_repr(configuration)} does not build a network "
@@ -109,7 +113,7 @@ def check_weights(weights: Mapping[str, Any], expected: Mapping[str, tuple[int, 
 
 
 def check_model_against_checkpoint(model_dir: Path, plans: dict, dataset_json: dict,
-                                   checkpoints: Mapping[Path, Any]) -> None:
+                                   checkpoints: Mapping[Path, Any], build: NetworkBuilder) -> None:
     """Check ``dataset.json``'s labels, then every loaded checkpoint (path -> object) against the
     plans: same configuration present, same trainer's network, same tensor names and shapes.
     Raises :class:`InputError` naming the file at fault."""
@@ -121,6 +125,6 @@ def check_model_against_checkpoint(model_dir: Path, plans: dict, dataset_json: d
         check_configuration(plans, configuration, model_dir / "plans.json", Path(ck_path))
         if (trainer, configuration) not in built:
             built[trainer, configuration] = expected_shapes(plans, dataset_json, configuration, trainer,
-                                                            model_dir / "plans.json")
+                                                            model_dir / "plans.json", build)
         check_weights(weights, built[trainer, configuration], Path(ck_path), model_dir,
                       len(dataset_json["labels"]))
