@@ -121,6 +121,30 @@ def run_at_boundary(fn: Callable[[], int], prog: str) -> int:
         return EXIT_OS_ERROR
 
 
+def call_child(cmd: list[str], own_s: float = 2.0, grace_s: float = 60.0) -> int:
+    """``subprocess.call(cmd)``, except that the child is not killed 0.25 s after a Ctrl-C or
+    SIGTERM of this process (as ``subprocess.call`` does) but given the time to remove its
+    temporary files: it gets ``own_s`` seconds to end on the signal a terminal sends the whole
+    process group, then the signal is passed on (SIGINT / SIGTERM) and it gets ``grace_s`` more
+    before it is killed; then the interruption goes on here."""
+    import subprocess
+    with subprocess.Popen(cmd) as p:
+        try:
+            return p.wait()
+        except BaseException as e:
+            sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+            try:
+                try:
+                    p.wait(timeout=own_s)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(OSError):
+                        p.send_signal(sig)
+                    p.wait(timeout=grace_s)
+            except BaseException:   # still running, or interrupted again: no more waiting
+                p.kill()
+            raise
+
+
 def _say(line: str) -> None:
     """``line`` on stderr, on a line of its own (open progress bars are closed first)."""
     tqdm = sys.modules.get("tqdm")

@@ -132,3 +132,42 @@ def test_normal_exit_codes_pass_through():
     assert run_at_boundary(lambda: 3, "x") == 3 and run_at_boundary(lambda: None, "x") == 0
     with pytest.raises(SystemExit):   # argparse's usage errors keep their own exit
         run_at_boundary(lambda: sys.exit(2), "x")
+
+
+CHILD = """
+import sys, time
+from pathlib import Path
+from flareseg.boundary import run_at_boundary
+from flareseg.io import atomic_path
+
+def write():
+    with atomic_path(Path(sys.argv[1]) / "slow.json") as tmp:
+        tmp.write_text("{")
+        Path(sys.argv[1], "started").touch()
+        time.sleep(120)
+sys.exit(run_at_boundary(write, "child"))
+"""
+
+PARENT = """
+import sys
+from flareseg.boundary import call_child, run_at_boundary
+sys.exit(run_at_boundary(lambda: call_child([sys.executable, "-c", sys.argv[1], sys.argv[2]], own_s=0.5), "parent"))
+"""
+
+
+@pytest.mark.parametrize("sig,rc", [(signal.SIGINT, EXIT_INTERRUPTED), (signal.SIGTERM, EXIT_TERMINATED)])
+def test_pipeline_all_passes_the_signal_to_its_stage_process(tmp_path, sig, rc):
+    """`all` runs each stage as a child (call_child): a signal to the parent alone reaches the
+    child, which removes its temp before the parent exits (subprocess.call killed it after 0.25 s)."""
+    p = subprocess.Popen([sys.executable, "-c", PARENT, CHILD, str(tmp_path)], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not (tmp_path / "started").exists() and time.monotonic() - t0 < 60:
+        time.sleep(0.02)
+    assert _temps(tmp_path), "the child's temp should exist while it writes"
+    p.send_signal(sig)
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == rc, stderr
+    assert "Traceback" not in stderr
+    assert _temps(tmp_path) == [] and not (tmp_path / "slow.json").exists()
+    assert [ln.split(":")[0] for ln in _user_lines(stderr)] == ["child", "parent"]

@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import os
 import logging
-import subprocess
 import sys
 from pathlib import Path
 
+from flareseg.boundary import call_child
 from flareseg.config import Config, ConfigError, load_config
 from flareseg.io import InputError
 from flareseg.pipeline.preflight import preflight
@@ -201,7 +201,7 @@ def _main(argv: list[str] | None = None) -> int:
             if args.force:
                 cmd.append("--force")
             print(f"==> stage-{n} ({STAGE_NAMES[n]})", flush=True)
-            rc = subprocess.call(cmd)
+            rc = call_child(cmd)   # a Ctrl-C reaches the stage, which removes its temps
             if rc != 0:
                 print(f"stage-{n} failed (exit {rc}); fix it and rerun: finished stages are skipped",
                       file=sys.stderr)
