@@ -24,6 +24,9 @@ from flareseg.errors import InputError
 from flareseg.image_check import size_problem
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+#: the files :func:`verify_image_file` checks and :func:`flareseg.io.read_image` reads: the image
+#: suffixes plus a detached NRRD header (its data file beside it is not a case of its own)
+READ_SUFFIXES = IMAGE_SUFFIXES + (".nhdr",)
 
 
 def image_suffix(path: os.PathLike | str) -> str:
@@ -119,7 +122,8 @@ def _raw_chunks(f: BinaryIO) -> Iterator[bytes]:
         yield b
 
 
-def _inflate(f: BinaryIO, path: Path, members: bool, complete: Callable[[], bool]) -> Iterator[bytes]:
+def _inflate(f: BinaryIO, path: Path, members: bool, complete: Callable[[], bool],
+             starts: list[int] | None = None) -> Iterator[bytes]:
     """Decompressed bytes of the gzip or zlib stream starting at ``f``'s position, in chunks.
 
     zlib verifies the trailer (gzip: CRC-32 and length; zlib: Adler-32); a stream that ends before
@@ -127,11 +131,14 @@ def _inflate(f: BinaryIO, path: Path, members: bool, complete: Callable[[], bool
     members are read while the payload is incomplete (``complete()`` False).  Anything after the
     end of a stream once the payload is complete, and bytes that are not a gzip member, are
     trailing data: refused at once, without reading them (a small image followed by gigabytes of
-    further members must not be read in full).
+    further members must not be read in full).  ``starts`` receives the decompressed offset at
+    which each further member begins, so a caller that learns the payload size late (NIfTI: from
+    the decompressed header) can tell a member that began after the payload.
     """
     d = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header, detected
     buf = b""
     seen = False
+    produced = 0
     while True:
         if not buf:
             buf = f.read(_CHUNK)
@@ -143,6 +150,7 @@ def _inflate(f: BinaryIO, path: Path, members: bool, complete: Callable[[], bool
         except zlib.error as e:
             raise _zlib_error(path, e) from None
         if out:
+            produced += len(out)
             yield out
         buf = d.unconsumed_tail
         if d.eof:
@@ -162,6 +170,8 @@ def _inflate(f: BinaryIO, path: Path, members: bool, complete: Callable[[], bool
             if not members or buf[:2] != _GZIP_MAGIC:
                 raise _corrupt(path, "trailing data after the compressed stream, before the voxel data "
                                      "is complete")
+            if starts is not None:
+                starts.append(produced)
             d = zlib.decompressobj(32 + zlib.MAX_WBITS)
     try:
         out = d.flush()
@@ -278,7 +288,8 @@ def _check_nifti(path: Path) -> int:
         gz = f.read(2) == _GZIP_MAGIC
         f.seek(0)
         holder: list[_Payload] = []
-        chunks = iter(_inflate(f, path, True, lambda: bool(holder) and holder[0].complete) if gz
+        starts: list[int] = []
+        chunks = iter(_inflate(f, path, True, lambda: bool(holder) and holder[0].complete, starts) if gz
                       else _raw_chunks(f))
         head = b""
         for chunk in chunks:
@@ -325,6 +336,8 @@ def _check_nifti(path: Path) -> int:
         for chunk in chunks:
             payload.feed(chunk)
     payload.check()
+    if any(start >= offset + nbytes for start in starts):  # began while the header was being read
+        raise _corrupt(path, "trailing data after the compressed image (another gzip member)")
     return payload.nonfinite
 
 
@@ -467,6 +480,15 @@ def _check_nrrd(path: Path) -> None:
         _check_payload(data, f, 0, nbytes, encoding, byte_skip, members=True)
 
 
+def unsupported_format(path: os.PathLike | str) -> InputError | None:
+    """The error for a file whose format :func:`verify_image_file` cannot check, or None."""
+    name = Path(path).name.lower()
+    if name.endswith(READ_SUFFIXES):
+        return None
+    return InputError(path, f"unsupported image format: flareseg reads {', '.join(READ_SUFFIXES)} files "
+                            "and DICOM series folders")
+
+
 def verify_image_file(path: os.PathLike | str) -> int:
     """Check an image file's bytes against its header in one streaming pass; return the number of
     NaN/inf voxels of a floating-point NIfTI file (0 otherwise).
@@ -477,8 +499,15 @@ def verify_image_file(path: os.PathLike | str) -> int:
     * ``.nii``: the file size against the header (float files are streamed to count NaN/inf).
     * ``.mha``/``.mhd``: ``DimSize``/``ElementType``/``ElementNumberOfChannels`` against the
       ``LOCAL`` or single external data file, zlib-checked when ``CompressedData = True``.
-    * ``.nrrd``: ``sizes``/``type`` against the attached or single detached data for ``raw``,
-      ``gzip`` and ``bzip2`` encodings.
+    * ``.nrrd``/``.nhdr``: ``sizes``/``type`` against the attached or single detached data for
+      ``raw``, ``gzip`` and ``bzip2`` encodings.
+    * any other suffix: nothing is checked (:func:`flareseg.io.read_image` refuses to read it).
+    * every payload must be exactly what the header promises: a shorter one is ``truncated``, a
+      longer one ``payload larger than the header says``, bytes or gzip members after a compressed
+      stream ``trailing data``, refused as soon as they are seen (never read in full).
+    * the declared size (voxels) must be within :func:`flareseg.image_check.max_image_voxels`,
+      checked on the header before any data is decompressed.
+    * only regular files are opened (:func:`open_regular`).
     * every format: the voxel spacing fields (NIfTI ``pixdim[1..3]``, ``ElementSpacing``, nrrd
       ``space directions``/``spacings``) must be finite and > 0.
 
@@ -491,7 +520,7 @@ def verify_image_file(path: os.PathLike | str) -> int:
             return _check_nifti(p)
         if suffix in (".mha", ".mhd"):
             _check_meta(p)
-        elif suffix == ".nrrd":
+        elif suffix == ".nrrd" or p.name.lower().endswith(".nhdr"):
             _check_nrrd(p)
     except OSError as e:
         raise InputError(p, f"unreadable ({e.strerror or e})") from None

@@ -28,7 +28,8 @@ import SimpleITK as sitk
 from flareseg import dicom
 from flareseg.dicom import read_dicom_series
 from flareseg.errors import InputError
-from flareseg.file_check import image_suffix, open_regular, require_regular, spacing_error, stat_path, verify_image_file
+from flareseg.file_check import (image_suffix, open_regular, require_regular, spacing_error, stat_path,
+                                 unsupported_format, verify_image_file)
 from flareseg.image_check import nonfinite_problem, size_problem
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,9 @@ def is_dicom_dir(path: os.PathLike | str) -> bool:
 
 
 def read_image(path: os.PathLike | str, series: str | Sequence[str] | None = None) -> sitk.Image:
-    """Read a ``.nii(.gz)``/``.mha``/``.mhd``/``.nrrd`` file or a DICOM series folder: the one
-    verified read path of flareseg (docs/reliability.md, "Verify what is read").
+    """Read a ``.nii(.gz)``/``.mha``/``.mhd``/``.nrrd``/``.nhdr`` file or a DICOM series folder: the
+    one verified read path of flareseg (docs/reliability.md, "Verify what is read"); any other
+    format is refused, since its bytes could not be checked against its header.
 
     ``series``: the SeriesInstanceUID(s) that pick one series of a DICOM folder holding several
     (default: those of ``--series``, :func:`flareseg.dicom.selected_series`).
@@ -111,6 +113,9 @@ def read_image(path: os.PathLike | str, series: str | Sequence[str] | None = Non
             img = read_dicom_series(p, series)
         else:
             require_regular(p, "an image file or a DICOM series folder")
+            unsupported = unsupported_format(p)
+            if unsupported:
+                raise unsupported
             nonfinite = verify_image_file(p)
             img = _read_file(p)
     except InputError:
