@@ -171,11 +171,18 @@ class PartialLabelLoss(nn.Module):
     ``output``: logits ``(B, C, Z, Y, X)`` or a list of them (deep supervision, highest resolution first);
     ``target``: integer map ``(B, 1, Z, Y, X)`` / ``(B, Z, Y, X)`` or a matching list;
     ``annotated``: the batch's annotated foreground classes (e.g. ``(1, 14)``), or one such set per
-    sample (mixed batches are split by set, each group's loss weighted by its share of the batch).
+    sample (mixed batches are split by set; CE and per-sample Dice average over the samples, batch
+    Dice pools each class over the samples that keep it).
     ``ds_weights``: per-scale weights; ``None`` = :func:`deep_supervision_weights` of the list length.
-    Scales with weight 0 are skipped.  ``ddp``: batch Dice statistics summed over ranks (all ranks
-    must then use the same annotated set in each step).  ``check``: validate the full-resolution
-    target's value range each call (one device sync).
+    Scales with weight 0 are skipped.  ``ddp``: batch Dice statistics summed over ranks.
+    ``check``: validate the full-resolution target's value range each call (one device sync).
+
+    Batch Dice with per-sample sets or under DDP (:meth:`pooled`): every sample is reduced with
+    its own set; its Dice statistics land in a fixed layout indexed by the *original* class
+    ``1..C-1`` (a class the sample does not keep contributes nothing), so every rank all-reduces
+    one ``(4, C-1)`` tensor per scale whatever sets its samples have, and class ``c`` pools exactly
+    the samples (of all ranks) that keep it.  The Dice term is the mean over the classes some
+    sample keeps; with one set for the whole batch this is the ordinary batch Dice.
     """
 
     def __init__(
@@ -218,19 +225,68 @@ class PartialLabelLoss(nn.Module):
             loss = loss + self.weight_dice * dc
         return loss
 
-    def _scale(self, logits: torch.Tensor, target: torch.Tensor, annotated: Annotated) -> torch.Tensor:
-        if not _is_per_sample(annotated):
-            return self.single(logits, target, annotated)
+    def _groups(self, logits: torch.Tensor, annotated: Annotated) -> dict[tuple[int, ...], list[int]]:
+        """Normalised annotated set -> indices of the samples that have it (first-seen order)."""
         b = logits.shape[0]
+        if not _is_per_sample(annotated):
+            return {_normalise(annotated, logits.shape[1]): list(range(b))}
         if len(annotated) != b:
             raise ValueError(f"{len(annotated)} annotated sets for a batch of {b}")
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, a in enumerate(annotated):
             groups.setdefault(_normalise(a, logits.shape[1]), []).append(i)
+        return groups
+
+    def pooled(self, logits: torch.Tensor, target: torch.Tensor, annotated: Annotated) -> torch.Tensor:
+        """Loss at one scale with batch Dice pooled per original class (see the class docstring)."""
+        return self._pooled(logits, target, self._groups(logits, annotated))
+
+    def _pooled(self, logits: torch.Tensor, target: torch.Tensor,
+                groups: dict[tuple[int, ...], list[int]]) -> torch.Tensor:
+        """:meth:`pooled` for samples grouped by annotated set.
+
+        CE: each sample's reduced cross-entropy, averaged over the batch's voxels.  Dice: the
+        statistics ``(intersect, sum_pred, sum_gt, samples)`` of every class ``1..C-1`` summed over
+        the batch (and over the ranks with ``ddp``: one all-reduce of a ``(4, C-1)`` tensor)."""
+        from flareseg.losses.soft_dice import all_reduce_sum, dice_statistics
+        b, c = logits.shape[:2]
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        ce = logits.new_zeros((), dtype=dtype)
+        stats = logits.new_zeros((4, c - 1), dtype=dtype)
+        for a, idx in groups.items():
+            lg, tg = logits, target
+            if len(idx) < b:
+                sel = _index(tuple(idx), logits.device)
+                lg, tg = logits.index_select(0, sel), target.index_select(0, sel)
+            red = reduce_logits(lg, a, self.variant, self.tumor)
+            tgt = reduce_target(tg, a, self.variant, c, self.tumor, check=False)
+            if tgt.ndim == red.ndim:
+                tgt = tgt[:, 0]
+            if self.weight_ce:
+                ce = ce + len(idx) / b * F.cross_entropy(red, tgt)
+            if self.weight_dice:
+                inter, pred, gt = dice_statistics(torch.softmax(red, 1), tgt, dtype)
+                n = torch.full_like(gt[0], float(len(idx)))
+                grp = torch.stack([inter.sum(0), pred.sum(0), gt.sum(0), n])
+                kept = channel_layout(a, self.variant, c, self.tumor).kept
+                stats = stats.index_add(1, _index(tuple(k - 1 for k in kept), logits.device), grp)
+        loss = self.weight_ce * ce
+        if self.weight_dice:
+            if self.ddp:
+                stats = all_reduce_sum(stats)
+            inter, pred, gt, n = stats
+            dc = (2 * inter + self.smooth) / (gt + pred + self.smooth).clamp_min(1e-8)
+            present = (n > 0).to(dc.dtype)
+            loss = loss - self.weight_dice * (dc * present).sum() / present.sum().clamp_min(1)
+        return loss
+
+    def _scale(self, logits: torch.Tensor, target: torch.Tensor, annotated: Annotated) -> torch.Tensor:
+        groups = self._groups(logits, annotated)
+        if self.batch_dice and (self.ddp or len(groups) > 1):
+            return self._pooled(logits, target, groups)
+        b = logits.shape[0]
         if len(groups) == 1:
             return self.single(logits, target, next(iter(groups)))
-        if self.ddp and self.batch_dice:
-            raise ValueError("mixed annotated sets in one batch are not supported with DDP batch Dice")
         total = logits.new_zeros((), dtype=torch.float32)
         for a, idx in groups.items():
             sel = _index(tuple(idx), logits.device)
