@@ -128,3 +128,23 @@ def test_pipeline_refuses_before_work_one_line(tmp_path, capsys, caplog, text, n
                    inputs_before=before, inputs=[cfg], outputs=[tmp_path])
     assert not (tmp_path / "w").exists()
     assert len([ln for ln in out.lines if ln.strip()]) == 1, out.lines
+
+
+@pytest.mark.parametrize("command", [
+    ["predict", "-i", "T/in", "-o", "T/out", "-m", "T/model"],
+    ["evaluate", "--pred", "T/in", "--gt", "T/in", "--out", "T/out"],
+    ["clean", "--labels", "T/in", "--out", "T/out"],
+    ["phantoms", "--out", "T/out"],
+], ids=lambda c: c[0])
+def test_every_command_with_config_refuses_duplicate_keys(tmp_path, capsys, caplog, command):
+    from bad_input import check_contract, md5_tree, run_command
+    from flareseg.cli import main
+    cfg = tmp_path / "dup.yaml"
+    cfg.write_text("inference:\n  tta: true\ninference:\n  tta: false\n")
+    (tmp_path / "in").mkdir()
+    before = md5_tree([cfg, tmp_path / "in"])
+    argv = [a.replace("T/", f"{tmp_path}/") for a in command] + ["--config", str(cfg)]
+    out = run_command(main, argv, capsys, caplog)
+    check_contract(out, rc=2, names=[f"{cfg}:3", "'inference'"], reason="duplicate key",
+                   inputs_before=before, inputs=[cfg, tmp_path / "in"], outputs=[tmp_path])
+    assert not (tmp_path / "out").exists()
