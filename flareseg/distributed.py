@@ -97,6 +97,18 @@ def die_with_launcher() -> bool:
     return True
 
 
+def batch_problem(batch_size: int, world: int, key: str) -> str | None:
+    """Why a global batch of ``batch_size`` cannot train on ``world`` processes (one line naming
+    ``key``, the world size and the fix), or ``None``.  nnU-Net splits the global batch over the
+    ranks and needs at least one sample per rank; it asserts this only after rank 0 has planned and
+    preprocessed everything, so launches check it first."""
+    if batch_size >= world:
+        return None
+    return (f"key '{key}' = {batch_size} is smaller than the world size {world} (processes of this "
+            f"training launch; each needs at least one sample): set --set {key}={world} (or more), "
+            f"or launch at most {batch_size} processes")
+
+
 def init_from_env(device: str = "auto") -> bool:
     """Join the torchrun process group (once); returns whether this is a multi-process run.
     Each rank dies with its launcher (:func:`die_with_launcher`)."""

@@ -29,6 +29,11 @@ ROWS = [
      "train_fine.rendezvous", "must name the torchrun rendezvous"),
     ("stage3_under_torchrun", "3", "2", [], "stage 3", "runs as one process"),
     ("all_with_gpus", "all", None, ["train_fine.gpus=2"], "'all'", "run the stages one by one"),
+    ("batch_below_world", "1", "4", ["train_fine.gpus=4"], "fine.batch_size",
+     "smaller than the world size 4"),
+    ("coarse_batch_below_world", "5", "8", ["train_coarse.gpus=4", "train_coarse.nodes=2",
+                                             "train_coarse.rendezvous=h:29500"], "coarse.batch_size",
+     "set --set coarse.batch_size=8 (or more), or launch at most 2 processes"),
     ("gpus_zero", "1", None, ["train_fine.gpus=0"], "train_fine.gpus", "out of range (expected in [1, 1024])"),
     ("nodes_zero", "5", None, ["train_coarse.nodes=0"], "train_coarse.nodes", "out of range (expected in [1, 4096])"),
 ]

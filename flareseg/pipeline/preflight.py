@@ -80,11 +80,28 @@ def member_problems(cfg: Config) -> list[str]:
     return out
 
 
+#: training stage -> (plan section holding its global batch, train section holding gpus/nodes)
+STAGE_BATCH: dict[int, tuple[str, str]] = {1: ("fine", "train_fine"), 5: ("coarse", "train_coarse")}
+
+
+def batch_problems(cfg: Config, stages: Iterable[int]) -> list[str]:
+    """Training stages whose global batch is smaller than their processes (``gpus`` x ``nodes``)."""
+    from flareseg.distributed import batch_problem
+    out = []
+    for n in sorted(set(stages) & set(STAGE_BATCH)):
+        plan, train = STAGE_BATCH[n]
+        tc = getattr(cfg, train)
+        problem = batch_problem(getattr(cfg, plan).batch_size, tc.gpus * tc.nodes, f"{plan}.batch_size")
+        if problem:
+            out.append(f"{problem} (stage-{n} trains on {train}.gpus x {train}.nodes processes)")
+    return out
+
+
 def preflight(cfg: Config, stages: Iterable[int], src: str = "<config>") -> None:
     """Raise :class:`ConfigError` (the first problem, naming ``src`` and the key) when a stage of
     ``stages`` needs a device, folder or member that is not there."""
     stages = sorted(set(stages))
-    problems = device_problems(cfg, stages)
+    problems = batch_problems(cfg, stages) + device_problems(cfg, stages)
     if 2 in stages:
         problems += member_problems(cfg)
     if problems:
