@@ -50,21 +50,34 @@ def file_kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
-def stat_path(path: os.PathLike | str) -> os.stat_result:
-    """``os.stat(path)`` (symlinks followed), or :class:`InputError` saying why there is nothing to
-    read: ``does not exist``, ``broken symlink (target ... does not exist)``, ``symlink loop``,
-    ``cannot be reached (Permission denied)``."""
-    p = Path(path)
+def missing_reason(path: os.PathLike | str) -> str | None:
+    """Why ``path`` cannot be stat'ed (``does not exist``, ``broken symlink (target T does not
+    exist)``, ``symlink loop (...)``, ``cannot be reached (...)``), or None when it can."""
     try:
-        return os.stat(p)
+        os.stat(path)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise InputError(p, "symlink loop (the link resolves to itself)") from None
+            return "symlink loop (the link resolves to itself)"
         if e.errno == errno.ENOENT:
-            if os.path.islink(p):
-                raise InputError(p, f"broken symlink (target {os.readlink(p)} does not exist)") from None
-            raise InputError(p, "does not exist") from None
-        raise InputError(p, f"cannot be reached ({e.strerror or e})") from None
+            if os.path.islink(path):
+                return f"broken symlink (target {os.readlink(path)} does not exist)"
+            return "does not exist"
+        return f"cannot be reached ({e.strerror or e})"
+    return None
+
+
+def describe_kind(path: os.PathLike | str) -> str:
+    """``"a FIFO (named pipe)"``, ``"a folder"``, ... for an existing ``path`` (symlinks followed)."""
+    return file_kind(os.stat(path).st_mode)
+
+
+def stat_path(path: os.PathLike | str) -> os.stat_result:
+    """``os.stat(path)`` (symlinks followed), or :class:`InputError` saying why there is nothing to
+    read (see :func:`missing_reason`)."""
+    try:
+        return os.stat(path)
+    except OSError:
+        raise InputError(path, missing_reason(path) or "cannot be reached") from None
 
 
 def require_regular(path: os.PathLike | str, what: str = "a regular file") -> os.stat_result:

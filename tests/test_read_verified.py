@@ -331,3 +331,24 @@ def test_real_ct_and_phantoms_are_plausible(shared_data):
     padded[:, (yy - 32) ** 2 + (xx - 32) ** 2 < 32 ** 2] = -1000
     assert ct_plausibility_problem(padded) is None
     assert "not plausible as CT" in ct_plausibility_problem(_ct().view(np.uint16))
+
+
+@pytest.mark.parametrize("command", ["evaluate", "clean"])
+def test_evaluate_and_clean_say_what_a_bad_input_path_is(command, tmp_path, capsys, caplog):
+    loop, fifo = tmp_path / "loop", tmp_path / "pipe"
+    loop.symlink_to(loop)
+    os.mkfifo(fifo)
+    write_array(_label(), GEO, tmp_path / "gt" / "a.nii.gz")
+    for path, reason in ((loop, "symlink loop"), (fifo, "FIFO")):
+        argv = (["evaluate", "--pred", path, "--gt", tmp_path / "gt"] if command == "evaluate" else
+                ["clean", "--labels", path, "--out", tmp_path / "out"])
+        with deadline(60):
+            res = run_command(main, argv, capsys, caplog)
+        check_contract(res, rc=2, names=[path.name], reason=reason, inputs_before={}, inputs=[])
+
+
+def test_predictor_refuses_implausible_ct():
+    from flareseg.inference.predictor import validate_array
+    validate_array(_ct(), (3.0, 1.5, 1.5), "ok.nii.gz")
+    with pytest.raises(InputError, match=r"x.nrrd: not plausible as CT: only .* % of the voxels lie in -1024..3071 HU"):
+        validate_array(_ct().view(np.uint16), (3.0, 1.5, 1.5), "x.nrrd")

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from flareseg.file_check import describe_kind, missing_reason
 from flareseg.config import ConfigError, load_config
 from flareseg.io import InputError, remove_stale_temps
 from flareseg.write_guard import check_plan
@@ -59,9 +60,10 @@ def check_paths(args: argparse.Namespace) -> None:
         if p is None:
             continue
         if not p.exists():
-            raise InputError(p, f"{opt} folder does not exist")
+            why = missing_reason(p)
+            raise InputError(p, f"{opt} folder does not exist" if why == "does not exist" else f"{opt}: {why}")
         if not p.is_dir():
-            raise InputError(p, f"{opt} is not a folder")
+            raise InputError(p, f"{opt} is not a folder: it is {describe_kind(p)}")
     from flareseg.cleaning.folder import clean_plan, list_labels
     files = list_labels(labels)
     if not files:

@@ -11,6 +11,7 @@ from flareseg.config import ConfigError, load_config
 from flareseg.evaluation.efficiency import (GPU_UNAVAILABLE, measure_efficiency, summarize,
                                             write_efficiency_reports)
 from flareseg.cases import list_cases
+from flareseg.file_check import missing_reason
 from flareseg.evaluation.evaluate import evaluate_folders
 from flareseg.evaluation.gpu_memory import CADENCES, probe_backend
 from flareseg.evaluation.metrics import RULES
@@ -131,7 +132,7 @@ def check_evaluate_args(args: argparse.Namespace) -> None:
     args.classes = list(dict.fromkeys(args.classes))
     for opt, p in (("--pred", args.pred), ("--gt", args.gt)):
         if not p.exists():
-            raise InputError(p, f"does not exist ({opt})")
+            raise InputError(p, f"{missing_reason(p)} ({opt})")  # does not exist, symlink loop, ...
     if args.pred.is_file() != args.gt.is_file():
         raise InputError(args.pred, f"--pred and --gt must both be folders or both be files "
                                     f"(--gt {args.gt} is {'a file' if args.gt.is_file() else 'a folder'})")
