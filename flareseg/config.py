@@ -95,6 +95,9 @@ class TrainConfig:
     gpus: int = 1
     nodes: int = 1
     rendezvous: str = ""             # host:port of the torchrun rendezvous for nodes > 1 ("" = single node)
+    # minutes a training collective (DDP all-reduce) waits before the run fails, so a dead rank frees
+    # the GPUs; fractions allowed.  The control group (ranks waiting for rank 0's preprocessing) keeps 24 h
+    dist_timeout_min: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,9 @@ class InferenceConfig:
     # torch: the network runs in torch; openvino: in OpenVINO on the CPU (optional extra, ~2x faster
     # float32 there; see flareseg.inference.openvino_runtime); device auto then means the CPU
     runtime: Literal["torch", "openvino"] = "torch"
+    # CUDA: cudnn.benchmark off and deterministic algorithms, so every process (and every number of
+    # GPUs) gives the same output; stage-2 always runs so (its selection must not depend on the GPUs)
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)
@@ -295,6 +301,7 @@ RANGES: dict[str, dict[str, Range]] = {
         "save_every": _POSITIVE_INT,
         "seed": _SEED,
         "gpus": Range(1, 1024), "nodes": Range(1, 4096),
+        "dist_timeout_min": Range(0, 7 * 24 * 60, lo_open=True),
     },
     "PseudoLabelConfig": {
         "k_organ": _NON_NEGATIVE,    # a count (>= 1) or a fraction (< 1) of the cases

@@ -109,9 +109,24 @@ def batch_problem(batch_size: int, world: int, key: str) -> str | None:
             f"or launch at most {batch_size} processes")
 
 
-def init_from_env(device: str = "auto") -> bool:
+def minutes(value: float | None) -> datetime.timedelta:
+    """``value`` minutes (fractions allowed) as a timedelta; ``None`` -> :data:`WAIT`."""
+    if value is None:
+        return WAIT
+    if not float(value) > 0:
+        raise ValueError(f"process-group timeout must be > 0 minutes, got {value!r}")
+    return datetime.timedelta(minutes=float(value))
+
+
+def init_from_env(device: str = "auto", timeout_min: float | None = None, init_method: str | None = None) -> bool:
     """Join the torchrun process group (once); returns whether this is a multi-process run.
-    Each rank dies with its launcher (:func:`die_with_launcher`)."""
+    Each rank dies with its launcher (:func:`die_with_launcher`).
+
+    Two groups: the default one (NCCL on CUDA, gloo on the CPU) carries the training's collectives
+    and fails after ``timeout_min`` minutes (``train_*.dist_timeout_min``; ``None``: :data:`WAIT`),
+    so a dead rank frees the GPUs; a gloo control group (:func:`broadcast`, :func:`gather`,
+    :func:`barrier`, :func:`on_main`) waits up to :data:`WAIT` for rank 0's planning and
+    preprocessing.  ``init_method``: torch's (default ``env://``, what torchrun sets up)."""
     global _control
     if not launched():
         return False
@@ -124,9 +139,13 @@ def init_from_env(device: str = "auto") -> bool:
     r, local, world = env_world()
     if backend == "nccl":
         torch.cuda.set_device(local)
-    dist.init_process_group(backend, timeout=WAIT)
-    _control = dist.new_group(backend="gloo", timeout=WAIT) if backend != "gloo" else dist.group.WORLD
-    log.info("rank %d of %d (local rank %d), backend %s", r, world, local, backend)
+    train = minutes(timeout_min)
+    extra = {} if init_method is None else {"init_method": init_method, "rank": r, "world_size": world}
+    dist.init_process_group(backend, timeout=train, **extra)
+    _control = dist.new_group(backend="gloo", timeout=WAIT) if train != WAIT or backend != "gloo" \
+        else dist.group.WORLD
+    log.info("rank %d of %d (local rank %d), backend %s, collectives time out after %s (control group %s)",
+             r, world, local, backend, train, WAIT)
     return True
 
 

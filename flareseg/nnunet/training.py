@@ -29,7 +29,7 @@ def write_train_config(plans_file: Path, configuration: str, tc: TrainConfig,
 
 #: TrainConfig keys that say how a training is launched, not what it trains (left out of step keys,
 #: so a finished model is not retrained when only the number of processes changes)
-LAUNCH_KEYS = ("gpus", "nodes", "rendezvous")
+LAUNCH_KEYS = ("gpus", "nodes", "rendezvous", "dist_timeout_min")
 
 
 def train_key(tc: TrainConfig) -> dict:

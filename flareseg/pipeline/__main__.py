@@ -213,9 +213,9 @@ def _main(argv: list[str] | None = None) -> int:
         return 0
     n = int(args.stage)
     from flareseg import distributed as dist
-    if dist.launched():
-        dist.init_from_env(getattr(cfg, DISTRIBUTED_STAGES[n]).device if n in DISTRIBUTED_STAGES
-                           else cfg.inference.device)
+    if dist.launched():   # a training's collectives time out after its dist_timeout_min
+        tc = getattr(cfg, DISTRIBUTED_STAGES[n]) if n in DISTRIBUTED_STAGES else None
+        dist.init_from_env(tc.device if tc else cfg.inference.device, tc.dist_timeout_min if tc else None)
     try:
         man = run_stage(n, cfg, work, force=args.force)
     except StagePaused as e:
