@@ -23,7 +23,7 @@ import stat
 from pathlib import Path
 from typing import Iterable, Literal
 
-from flareseg.file_check import file_kind, stat_path
+from flareseg.regular_file import file_kind, stat_path
 from flareseg.io import InputError, image_suffix, is_dicom_dir, strip_suffix
 
 log = logging.getLogger(__name__)

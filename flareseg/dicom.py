@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from flareseg.errors import InputError
-from flareseg.file_check import file_kind
+from flareseg.regular_file import file_kind
 from flareseg.image_check import size_problem
 
 

@@ -28,8 +28,8 @@ import SimpleITK as sitk
 from flareseg import dicom
 from flareseg.dicom import read_dicom_series
 from flareseg.errors import InputError
-from flareseg.file_check import (image_suffix, open_regular, require_regular, spacing_error, stat_path,
-                                 unsupported_format, verify_image_file)
+from flareseg.file_check import image_suffix, spacing_error, unsupported_format, verify_image_file
+from flareseg.regular_file import open_regular, require_regular, stat_path
 from flareseg.image_check import nonfinite_problem, size_problem
 
 log = logging.getLogger(__name__)

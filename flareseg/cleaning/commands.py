@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from flareseg.file_check import describe_kind, missing_reason
+from flareseg.regular_file import describe_kind, missing_reason
 from flareseg.config import ConfigError, load_config
 from flareseg.io import InputError, remove_stale_temps
 from flareseg.write_guard import check_plan

@@ -11,7 +11,7 @@ from flareseg.config import ConfigError, load_config
 from flareseg.evaluation.efficiency import (GPU_UNAVAILABLE, measure_efficiency, summarize,
                                             write_efficiency_reports)
 from flareseg.cases import list_cases
-from flareseg.file_check import missing_reason
+from flareseg.regular_file import missing_reason
 from flareseg.evaluation.evaluate import evaluate_folders
 from flareseg.evaluation.gpu_memory import CADENCES, probe_backend
 from flareseg.evaluation.metrics import RULES
