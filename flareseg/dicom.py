@@ -81,6 +81,10 @@ def _dicom_vector(value: str) -> np.ndarray | None:
 SERIES_ENV = "FLARESEG_DICOM_SERIES"
 
 
+#: the most series a refusal names (the rest are counted)
+MAX_SERIES_NAMED = 10
+
+
 @dataclass(frozen=True)
 class Series:
     """One DICOM series of a folder: its SeriesInstanceUID, files (GDCM's order) and description."""
@@ -216,10 +220,11 @@ def pick_series(p: Path, series: str | Sequence[str] | None = None) -> Series:
     hits = [s for s in found if s.uid in wanted]
     if len(hits) == 1:
         return hits[0]
-    names = "; ".join(str(s) for s in found)
-    return_msg = ("--series names more than one of them" if hits else
-                  "pick one with --series UID (API: series=UID)")
-    raise InputError(p, f"{len(found)} DICOM series in one folder: {names}; {return_msg}")
+    names = "; ".join(str(s) for s in found[:MAX_SERIES_NAMED])
+    if len(found) > MAX_SERIES_NAMED:
+        names += f"; and {len(found) - MAX_SERIES_NAMED} more"
+    hint = "--series names more than one of them" if hits else "pick one with --series UID (API: series=UID)"
+    raise InputError(p, f"{len(found)} DICOM series in one folder: {names}; {hint}")
 
 
 def read_dicom_series(p: Path, series: str | Sequence[str] | None = None) -> sitk.Image:
