@@ -29,7 +29,7 @@ from flareseg import dicom
 from flareseg.dicom import read_dicom_series
 from flareseg.errors import InputError
 from flareseg.file_check import image_suffix, spacing_error, unsupported_format, verify_image_file
-from flareseg.regular_file import open_regular, require_regular, stat_path
+from flareseg.regular_file import file_kind, open_regular, require_regular, stat_path
 from flareseg.image_check import nonfinite_problem, size_problem
 
 log = logging.getLogger(__name__)
@@ -489,6 +489,11 @@ def write_json(obj: Any, dest: os.PathLike | str) -> Path:
 
 
 def read_json(path: os.PathLike | str) -> Any:
+    """Parse a JSON file.  A missing file or a folder raises OSError as ``open`` does; a FIFO or
+    device raises :class:`InputError` unopened (it would block or never end)."""
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):   # a folder: IsADirectoryError, as before
+        raise InputError(path, f"is {file_kind(mode)}, not a regular file: only regular files are read")
     with open(path) as f:
         return json.load(f)
 

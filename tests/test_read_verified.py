@@ -352,3 +352,12 @@ def test_predictor_refuses_implausible_ct():
     validate_array(_ct(), (3.0, 1.5, 1.5), "ok.nii.gz")
     with pytest.raises(InputError, match=r"x.nrrd: not plausible as CT: only .* % of the voxels lie in -1024..3071 HU"):
         validate_array(_ct().view(np.uint16), (3.0, 1.5, 1.5), "x.nrrd")
+
+
+def test_read_json_refuses_a_fifo_unopened(tmp_path):
+    from flareseg.io import read_json
+    os.mkfifo(tmp_path / "dataset.json")
+    with deadline(20), pytest.raises(InputError, match=r"dataset.json: is a FIFO \(named pipe\)"):
+        read_json(tmp_path / "dataset.json")
+    with pytest.raises(FileNotFoundError):
+        read_json(tmp_path / "plans.json")
