@@ -259,7 +259,6 @@ class FlareSegTrainer(nnUNetTrainer):
         (``LOCAL_RANK`` on CUDA, none on the CPU) where stock passes the global rank."""
         if self.was_initialized or not self.is_ddp:
             return super().initialize()
-        from torch.nn.parallel import DistributedDataParallel as DDP
         self.is_ddp = False          # build the plain network and optimizer first
         try:
             super().initialize()
@@ -267,7 +266,7 @@ class FlareSegTrainer(nnUNetTrainer):
             self.is_ddp = True
         self._set_batch_size_and_oversample()   # per-rank batch = global batch / world (stock's rule)
         self.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.network)
-        self.network = DDP(self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.network = ddp_wrap(self.network, self.device, self.enable_deep_supervision)
         self.loss = self._build_loss()          # batch Dice summed over ranks
 
     # ------------------------------------------------------------------ reproducibility
@@ -405,23 +404,20 @@ class FlareSegTrainer(nnUNetTrainer):
                                      oversample_foreground_percent=self.oversample_foreground_percent,
                                      transforms=val_tf, **common)
         n_proc = get_allowed_n_proc_DA()
+        stock = stock_augmenter_kwargs(n_proc, self.device.type == "cuda")
         if n_proc == 0:
             gen_tr, gen_val = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
         elif self.is_ddp:
             # workers handed out in a fixed order, seeded alike on every rank: step k comes from the
             # same worker's same draw on each rank, so all ranks train on one label type per step
             from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
-            pin = self.device.type == "cuda"
-            n_val = max(1, n_proc // 2)
-            gen_tr = MultiThreadedAugmenter(dl_tr, None, n_proc, 2, [self.seed * 1000 + i for i in range(n_proc)],
-                                            pin, 0.002)
-            gen_val = MultiThreadedAugmenter(dl_val, None, n_val, 2,
-                                             [self.seed * 1000 + 500 + i for i in range(n_val)], pin, 0.002)
+            gen_tr = MultiThreadedAugmenter(data_loader=dl_tr, transform=None,
+                                            **ordered_augmenter_kwargs(stock["train"], self.seed * 1000))
+            gen_val = MultiThreadedAugmenter(data_loader=dl_val, transform=None,
+                                             **ordered_augmenter_kwargs(stock["val"], self.seed * 1000 + 500))
         else:
-            pin = self.device.type == "cuda"
-            gen_tr = NonDetMultiThreadedAugmenter(dl_tr, None, n_proc, max(6, n_proc // 2), None, pin, 0.002)
-            gen_val = NonDetMultiThreadedAugmenter(dl_val, None, max(1, n_proc // 2), max(3, n_proc // 4),
-                                                   None, pin, 0.002)
+            gen_tr = NonDetMultiThreadedAugmenter(data_loader=dl_tr, transform=None, **stock["train"])
+            gen_val = NonDetMultiThreadedAugmenter(data_loader=dl_val, transform=None, **stock["val"])
         _ = next(gen_tr)
         _ = next(gen_val)
         return gen_tr, gen_val
@@ -560,6 +556,57 @@ def record_cutmix_epoch(folder: str, epoch: int, counts: dict) -> dict:
     rec = {"epochs": epochs, "total": total}
     write_json(rec, path)
     return rec
+
+
+def unused_seg_layers(network: torch.nn.Module) -> list[torch.nn.Module]:
+    """The decoder's lower-resolution segmentation heads when deep supervision is off (only the
+    last head produces the output then); ``[]`` for networks without such a decoder."""
+    net = getattr(network, "_orig_mod", network)   # torch.compile wrapper
+    decoder = getattr(net, "decoder", None)
+    heads = getattr(decoder, "seg_layers", None)
+    if heads is None or getattr(decoder, "deep_supervision", True):
+        return []
+    return list(heads)[:-1]
+
+
+def ddp_wrap(network: torch.nn.Module, device: torch.device, deep_supervision: bool):
+    """``DistributedDataParallel`` around ``network`` on ``device`` (its index on CUDA, none on the CPU).
+
+    Without deep supervision nnU-Net's decoder keeps its lower-resolution segmentation heads but
+    never uses them, and DDP fails on the next step waiting for their gradients: they are frozen
+    (``requires_grad`` off: they stay as initialised, as in a one-process run where they get no
+    gradient either).  A network whose unused parameters cannot be named that way is wrapped with
+    ``find_unused_parameters=True`` instead."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    find_unused = False
+    if not deep_supervision:
+        heads = unused_seg_layers(network)
+        for p in (p for h in heads for p in h.parameters()):
+            p.requires_grad_(False)
+        find_unused = not heads
+    ids = [device.index] if device.type == "cuda" else None
+    return DDP(network, device_ids=ids, find_unused_parameters=find_unused)
+
+
+def stock_augmenter_kwargs(n_proc: int, pin_memory: bool) -> dict[str, dict]:
+    """Stock ``nnUNetTrainer.get_dataloaders``' ``NonDetMultiThreadedAugmenter`` keyword arguments
+    (besides loader and transform) for ``"train"`` and ``"val"`` with ``n_proc`` workers."""
+    return {"train": dict(num_processes=n_proc, num_cached=max(6, n_proc // 2), seeds=None,
+                          pin_memory=pin_memory, wait_time=0.002),
+            "val": dict(num_processes=max(1, n_proc // 2), num_cached=max(3, n_proc // 4), seeds=None,
+                        pin_memory=pin_memory, wait_time=0.002)}
+
+
+def ordered_augmenter_kwargs(stock: dict, seed: int) -> dict:
+    """The DDP loader's ``MultiThreadedAugmenter`` keyword arguments for one of
+    :func:`stock_augmenter_kwargs`' entries: the same workers, pinning and ``wait_time``; the same
+    number of cached batches in all (``MultiThreadedAugmenter`` caches per worker queue, so
+    ``ceil(num_cached / num_processes)`` per queue, at least 1); workers seeded ``seed + i`` alike on
+    every rank (the fixed order that keeps the ranks on one label type per step).  ``timeout`` stays
+    batchgenerators' default."""
+    n = int(stock["num_processes"])
+    return dict(num_processes=n, num_cached_per_queue=max(1, -(-int(stock["num_cached"]) // n)),
+                seeds=[seed + i for i in range(n)], pin_memory=stock["pin_memory"], wait_time=stock["wait_time"])
 
 
 class AnnotatedLoss(torch.nn.Module):
