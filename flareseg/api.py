@@ -112,7 +112,7 @@ def predict(input: PathLike, model: PathLike, output: PathLike | None = None, *,
         remove_created(created)
         raise
     rep = predict_cases(predictor, cases, plan, save_probabilities=save_probabilities, statistics=statistics,
-                        quiet=quiet, config=config, load_seconds=time.perf_counter() - t0)
+                        quiet=quiet, config=config, load_seconds=time.perf_counter() - t0, overwrite=overwrite)
     written = {c["case"]: Path(c["output"]) for c in rep["cases"] if c["status"] == "ok"}
     failed = {c["case"]: c["error"] for c in rep["cases"] if c["status"] != "ok"}
     if failed:

@@ -352,7 +352,9 @@ def atomic_path(dest: os.PathLike | str, verify: Callable[[Path], str | None] | 
     the host of a Docker run).  A file renamed into a folder guarded by
     :func:`flareseg.write_guard.recording` is recorded in its ledger.
     """
+    from flareseg import write_guard
     dest = Path(dest)
+    write_guard.check_replace(dest)   # never a file the guarded command did not write
     _prepare_folder(dest)
     suffix = image_suffix(dest) or "".join(dest.suffixes[-1:])
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dest), suffix=f".tmp{suffix}", dir=dest.parent)
@@ -369,7 +371,6 @@ def atomic_path(dest: os.PathLike | str, verify: Callable[[Path], str | None] | 
         raise
     with contextlib.suppress(FileNotFoundError):
         tmp_p.unlink()            # still there when tmp and dest were links to one file
-    from flareseg import write_guard
     write_guard.note_written(dest)
 
 
@@ -434,6 +435,7 @@ def write_image(img: sitk.Image, dest: os.PathLike | str, compress: bool = True)
         return dest
     import shutil
     from flareseg import write_guard
+    write_guard.check_replace(dest)
     _prepare_folder(dest)
     tmpdir = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest), suffix=".tmp", dir=dest.parent))
     try:

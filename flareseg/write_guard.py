@@ -373,18 +373,22 @@ def adopt(paths: Iterable[PathLike], command: str) -> None:
 
 
 _active: dict[Path, str] = {}
+_overwrite: set[Path] = set()
 _active_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def recording(root: PathLike, command: str) -> Iterator[Path]:
+def recording(root: PathLike, command: str, overwrite: bool = False) -> Iterator[Path]:
     """While active, every file :func:`flareseg.io.atomic_path` renames into ``root`` (or below)
-    is recorded in ``root``'s ledger as written by ``command``.  Creates ``root``."""
+    is recorded in ``root``'s ledger as written by ``command``, and a write onto an existing file
+    there that ``command`` did not write raises :class:`UnsafeOutput` (unless ``overwrite``): the
+    safety net for outputs whose names a plan could not list up front.  Creates ``root``."""
     r = Path(os.path.abspath(root))
     r.mkdir(parents=True, exist_ok=True)
     with _active_lock:
-        before = _active.get(r)
+        before, before_ow = _active.get(r), r in _overwrite
         _active[r] = command
+        (_overwrite.add if overwrite else _overwrite.discard)(r)
     try:
         yield r
     finally:
@@ -393,6 +397,23 @@ def recording(root: PathLike, command: str) -> Iterator[Path]:
                 _active.pop(r, None)
             else:
                 _active[r] = before
+            (_overwrite.add if before_ow else _overwrite.discard)(r)
+
+
+def check_replace(dest: PathLike) -> None:
+    """Called by :func:`flareseg.io.atomic_path` before a write: raise :class:`UnsafeOutput` when
+    ``dest`` lies under an active :func:`recording` root and exists as a file that root's command
+    did not write (or changed since), unless the root was opened with ``overwrite``."""
+    a = Path(os.path.abspath(dest))
+    with _active_lock:
+        roots = sorted((r for r in _active if r in a.parents), key=lambda r: len(r.parts), reverse=True)
+        if not roots:
+            return
+        root, command, ow = roots[0], _active[roots[0]], roots[0] in _overwrite
+    if ow or not os.path.lexists(a) or a.name == LEDGER or owns(a, command):
+        return
+    raise UnsafeOutput(f"{a} exists and was not written by flareseg {command} (or changed since): refusing "
+                       f"to replace it; use --overwrite or another output folder than {root}")
 
 
 def note_written(dest: PathLike) -> None:

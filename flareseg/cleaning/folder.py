@@ -111,7 +111,7 @@ def clean_folder(labels_dir: os.PathLike | str, out_dir: os.PathLike | str,
     if out.is_dir():
         _adopt_earlier_clean(out)
     check_plan(clean_plan(labels_dir, out, images, files, overwrite))
-    with write_guard.recording(out, "clean"):
+    with write_guard.recording(out, "clean", overwrite):
         write_guard.compact(out)
         return _clean_files(files, out, cfg, images, force)
 

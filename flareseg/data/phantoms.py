@@ -41,7 +41,9 @@ from tqdm import tqdm
 from flareseg.config import PhantomConfig, to_dict
 from flareseg.data.phantom_case import ORIENTATIONS, generate_case
 from flareseg.data.phantom_tumors import TUMOR_HOSTS
+from flareseg import write_guard
 from flareseg.io import read_json, write_array, write_json, write_text
+from flareseg.write_guard import WritePlan, check_plan
 from flareseg.labels import FOREGROUND, ORGANS, TUMOR, LabelType
 
 __all__ = ["LABELED_GROUPS", "POOLS", "CasePlan", "generate_case", "partial_label",
@@ -186,14 +188,36 @@ def _reusable(out: Path, cfg: PhantomConfig) -> dict[str, dict]:
 
 
 def _remove_stale(out: Path, plans: Sequence[CasePlan]) -> None:
-    """Delete ``PH_*`` case files in the layout folders that ``plans`` do not produce."""
+    """Delete ``PH_*`` case files in the layout folders that ``plans`` do not produce, when
+    phantoms wrote them (the folder's ledger, :mod:`flareseg.write_guard`); others stay."""
     keep = {f for p in plans for f in p.files().values()}
     for d in _DIRS:
         if (out / d).is_dir():
             for f in sorted((out / d).iterdir()):
-                if _CASE_FILE.match(f.name) and f"{d}/{f.name}" not in keep:
-                    log.info("removing %s (not part of this phantom config)", f)
-                    f.unlink()
+                if (_CASE_FILE.match(f.name) and f"{d}/{f.name}" not in keep
+                        and write_guard.remove_owned(f, "phantoms")):
+                    log.info("removed %s (not part of this phantom config)", f)
+
+
+def phantom_plan(out: Path, plans: Sequence[CasePlan], overwrite: bool = False) -> WritePlan:
+    """The :class:`flareseg.write_guard.WritePlan` of a phantom set: every case file, the manifest
+    and phantoms.json; an existing file of those names that phantoms did not write is refused
+    unless ``overwrite``."""
+    files = [out / f for p in plans for f in p.files().values()] + [out / "manifest.csv", out / "phantoms.json"]
+    return WritePlan("phantoms", out, files, overwrite=overwrite, flag="--out")
+
+
+def _adopt_earlier_phantoms(out: Path) -> None:
+    """Record as phantoms' own what a phantoms run wrote before ledgers existed (its phantoms.json
+    lists every case's files)."""
+    if (out / write_guard.LEDGER).exists():
+        return
+    try:
+        old = read_json(out / "phantoms.json")
+        files = [out / f for e in old["cases"].values() for f in e.get("files", {}).values()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    write_guard.adopt([*files, out / "manifest.csv", out / "phantoms.json"], "phantoms")
 
 
 def write_phantoms(out: Path, cfg: PhantomConfig, overwrite: bool = False, workers: int = 1,
@@ -201,10 +225,21 @@ def write_phantoms(out: Path, cfg: PhantomConfig, overwrite: bool = False, worke
     """Write the phantom data set of ``cfg`` into ``out`` (layout in the module docstring).
 
     Returns the content of ``phantoms.json``.  ``workers > 1`` generates cases in parallel
-    processes (same result).
+    processes (same result).  Raises :class:`flareseg.write_guard.UnsafeOutput` before any work
+    when a file of an output name exists that phantoms did not write (unless ``overwrite``).
     """
     out = Path(out)
     plans = plan_cases(cfg)
+    if out.is_dir():
+        _adopt_earlier_phantoms(out)
+    check_plan(phantom_plan(out, plans, overwrite))
+    with write_guard.recording(out, "phantoms", overwrite):
+        write_guard.compact(out)
+        return _write_phantoms(out, cfg, plans, overwrite, workers, progress)
+
+
+def _write_phantoms(out: Path, cfg: PhantomConfig, plans: list[CasePlan], overwrite: bool, workers: int,
+                    progress: bool) -> dict[str, Any]:
     reuse = {} if overwrite else _reusable(out, cfg)
     _remove_stale(out, plans)
     todo = [p for p in plans if p.case_id not in reuse]
@@ -223,6 +258,8 @@ def write_phantoms(out: Path, cfg: PhantomConfig, overwrite: bool = False, worke
             infos[p.case_id] = _write_case(p, cfg, out)
             bar.update()
     bar.close()
+    # worker processes record what they write; the planned case files are phantoms' either way
+    write_guard.adopt([out / f for p in todo for f in p.files().values()], "phantoms")
     rows = ["case_id,annotated"] + [f"{p.case_id},{' '.join(map(str, p.annotated))}"
                                     for p in plans if p.pool in ("labeled", "tumor_only")]
     write_text("\n".join(rows) + "\n", out / "manifest.csv")

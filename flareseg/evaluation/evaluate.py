@@ -117,5 +117,5 @@ def evaluate_folders(pred_dir: os.PathLike | str, gt_dir: os.PathLike | str,
         for case in missing:
             res.scores[case] = {c: (0.0, 0.0) for c in classes}
     if out_dir is not None:
-        write_reports(res, out_dir, cfg)
+        write_reports(res, out_dir, cfg, overwrite=overwrite)
     return res

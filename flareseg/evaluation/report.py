@@ -89,11 +89,12 @@ def report_plan(pred: os.PathLike | str, gt: os.PathLike | str, out_dir: os.Path
 
 
 def write_reports(res: EvaluationResult, out_dir: os.PathLike | str,
-                  cfg: EvaluationConfig | None = None) -> dict[str, Path]:
+                  cfg: EvaluationConfig | None = None, overwrite: bool = False) -> dict[str, Path]:
     """Write ``per_case.csv``, ``summary.json`` and ``summary.txt`` into ``out_dir`` atomically,
-    each recorded in the folder's ledger (:mod:`flareseg.write_guard`)."""
+    each recorded in the folder's ledger (:mod:`flareseg.write_guard`); a file there that evaluate
+    did not write is refused unless ``overwrite``."""
     out = Path(out_dir)
-    with write_guard.recording(out, "evaluate"):
+    with write_guard.recording(out, "evaluate", overwrite):
         return {
             "per_case": write_text(per_case_csv(res), out / "per_case.csv"),
             "summary": write_json(summary_dict(res, cfg), out / "summary.json"),

@@ -274,10 +274,12 @@ def write_per_class(labels: sitk.Image, masks: dict[str, Path], index: dict[str,
         write_image(img, dest)
 
 
-def predict_cases(predictor, cases: Sequence[tuple[str, Path]], plan: OutputPlan, **kwargs) -> dict:
+def predict_cases(predictor, cases: Sequence[tuple[str, Path]], plan: OutputPlan, overwrite: bool = False,
+                  **kwargs) -> dict:
     """:func:`_predict_cases` with every file written into ``plan.folder`` recorded in its ledger
-    (:mod:`flareseg.write_guard`), so a rerun may replace them and nothing else."""
-    with write_guard.recording(plan.folder, "predict"):
+    (:mod:`flareseg.write_guard`), so a rerun may replace them and nothing else (``overwrite``:
+    files predict did not write may be replaced too, as :func:`check_predict` allowed)."""
+    with write_guard.recording(plan.folder, "predict", overwrite):
         return _predict_cases(predictor, cases, plan, **kwargs)
 
 
@@ -447,7 +449,7 @@ def run_predict(args: argparse.Namespace) -> int:
     report = predict_cases(predictor, cases, plan, save_probabilities=args.save_probabilities,
                            statistics=args.statistics, quiet=args.quiet,
                            config=getattr(args, "config", None), load_seconds=time.perf_counter() - t0,
-                           shared=True, keep_freed_memory=kept)
+                           shared=True, keep_freed_memory=kept, overwrite=getattr(args, "overwrite", False))
     dist.shutdown()
     failed = report["cases_failed"]
     cases = [c for c in cases if c[0] in {e["case"] for e in report["cases"]}]

@@ -135,7 +135,7 @@ def export_model(model_dir: str | os.PathLike, dest: str | os.PathLike,
     check_plan(export_plan(src, dest, files, overwrite))   # again, now with every file it writes
     created = [d for d in (dest, *dest.parents) if not d.exists()]
     try:
-        with write_guard.recording(dest, "export-model"):
+        with write_guard.recording(dest, "export-model", overwrite):
             write_guard.compact(dest)
             write_guard.remove_owned(dest / MARKER, "export-model")   # incomplete until the marker is back
             write_json(plans, dest / "plans.json")

@@ -27,11 +27,12 @@ examples:
 
 def run_report(args: argparse.Namespace) -> int:
     from flareseg.report.qc import build_qc_report
+    from flareseg.write_guard import UnsafeOutput
     try:
         if args.out is not None and args.out.exists() and not args.out.is_dir():
             raise InputError(args.out, "--out exists and is not a folder")
         dest = build_qc_report(args.work, args.out)
-    except InputError as e:
+    except (InputError, UnsafeOutput) as e:
         print(f"report: {e}", file=sys.stderr)
         return 2
     except OSError as e:   # the output folder cannot be written (permissions, a file on the path)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
 
+from flareseg import write_guard
 from flareseg.io import InputError, read_json, write_text
+from flareseg.write_guard import WritePlan, check_plan
 from flareseg.pipeline.stage import STAGE_NAMES, stage_dir
 from flareseg.report import html as H
 from flareseg.report.context import ReportContext
@@ -65,7 +68,32 @@ def build_qc_report(work_dir: str | os.PathLike, out: str | os.PathLike | None =
     if not work.is_dir():
         raise InputError(work, "is not a work folder (does not exist or is not a directory)")
     out_dir = Path(out) if out is not None else work / "qc"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.is_dir():
+        _adopt_earlier_report(out_dir)
+    # the write guard: index.html against a file report did not write; the figures' names are
+    # known only as sections draw them, so the recording's write-time check guards those
+    check_plan(WritePlan("report", out_dir, [out_dir / "index.html"], input_folders=[work], out_inside_input=True,
+                         flag="--out"))
+    with write_guard.recording(out_dir, "report"):
+        return _build(work, out_dir)
+
+
+def _adopt_earlier_report(out_dir: Path) -> None:
+    """Record as report's own an index.html an earlier flareseg wrote before ledgers existed (its
+    title says so) and the figures it links to."""
+    index = out_dir / "index.html"
+    if (out_dir / write_guard.LEDGER).exists() or not index.is_file():
+        return
+    try:
+        text = index.read_text()
+    except (OSError, UnicodeDecodeError):
+        return
+    if "<h1>flareseg QC report</h1>" in text:
+        figures = [out_dir / s for s in re.findall(r'src="([^":]+)"', text) if ".." not in s]
+        write_guard.adopt([index, *figures], "report")
+
+
+def _build(work: Path, out_dir: Path) -> Path:
     ctx = ReportContext(work, out_dir, {n: _manifest(work, n) for n in STAGE_NAMES})
     parts = ["<h1>flareseg QC report</h1>\n",
              H.para(f"work folder: {work.resolve()} — generated {time.strftime('%Y-%m-%d %H:%M:%S')}", "note"),
