@@ -410,10 +410,12 @@ def test_stage2_paper_setup_ranks_tumors_by_the_fine_model(setup, tmp_path, monk
     root, model, images, main = setup
     fake_stage1(tmp_path, root, model)
     import flareseg.inference.predictor as predictor_module
-    monkeypatch.setattr(predictor_module, "FastPredictor", lambda *a, **k: stub)   # stage-2 imports it per run
+    made = []   # stage-2 imports it per run
+    monkeypatch.setattr(predictor_module, "FastPredictor", lambda *a, **k: made.append(a) or stub)
     pc = PseudoLabelConfig(k_organ=3, k_tumor=1, score="disagreement", tumor_score="entropy",
                            member_label_dirs=teams, fill_in_organs=False)
     res = run_stage2(tmp_path, pc)
+    assert made[0][1].deterministic is True   # selection independent of the GPUs that scored (issue 26)
     assert (res["scored"], res["failed"], res["selected"], res["tumor_kept"]) == (3, 0, 3, 1)
     rep = tmp_path / "stage-2-pseudolabels" / "report"
     rows = {r["case_id"]: r for r in csv.DictReader((rep / "selection.csv").open())}

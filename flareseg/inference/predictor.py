@@ -220,8 +220,9 @@ class FastPredictor:
         self.reorient = c.reorient  # permute non-axial arrays into axial layout (and back)
         self.image_resampling, self.resample_probabilities = c.image_resampling, resample_probabilities
         self.chunk_mb = chunk_mb
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        if self.device.type == "cuda":   # autotuned (fast) or deterministic kernels (cfg.deterministic)
+            from flareseg.devices import set_cuda_determinism
+            set_cuda_determinism(c.deterministic)
         self.networks = [n.to(self.device).eval() for n in self.model.networks]
         # what runs each network: the torch module itself, or its OpenVINO conversion (runtime_model
         # says whether that came from the cache or was converted in this process)

@@ -12,6 +12,7 @@ final labels of the K1 selected cases (``pseudo_labels/``) with their label type
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -85,13 +86,16 @@ def run(ctx: StageContext) -> dict:
         raise                           # a key combination that cannot work: exit 2
     except ValueError as e:
         raise StageError(str(e)) from None
-    predictor = FastPredictor(model_dir, cfg.inference, tta=pc.tta)
+    # deterministic on CUDA (no cuDNN autotuning): the selection must not depend on how many GPUs
+    # or processes scored the cases
+    inference = dataclasses.replace(cfg.inference, deterministic=True)
+    predictor = FastPredictor(model_dir, inference, tta=pc.tta)
     fingerprint = score_fingerprint(s1["training"]["checkpoint"], cfg.inference, pc)
 
     def image_of(cid: str) -> Path:
         return ds / "imagesUnlabeled" / f"{cid}_0000.nii.gz"
 
-    scorer = make_scorer(predictor, pc, cfg.inference, image_of, raw_dir)
+    scorer = make_scorer(predictor, pc, inference, image_of, raw_dir)
     i, n = parse_shard(pc.shard)
     if dist.world_size() > 1:
         # torchrun: rank r scores hash shard r/world; rank 0 merges and selects once all have finished
