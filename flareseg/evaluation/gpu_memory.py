@@ -5,7 +5,9 @@ extra), then the ``nvidia-smi`` command.  Without either (no NVIDIA GPU), :func:
 returns ``None`` and the sampler records nothing: callers report "GPU memory unavailable".
 
 Which card: NVML and ``nvidia-smi --id`` number the cards physically and ignore
-``CUDA_VISIBLE_DEVICES``, while a measured process's ``cuda:k`` is the k-th entry of that variable.
+``CUDA_VISIBLE_DEVICES``, while a measured process's ``cuda:k`` is the k-th entry of that variable,
+whose numbers follow ``CUDA_DEVICE_ORDER`` (fastest first unless ``PCI_BUS_ID``; asked from the
+CUDA driver, :func:`cuda_order_uuids`).
 :func:`visible_card` maps one to the other (entries: physical indices, ``GPU-<uuid>`` or
 ``MIG-<uuid>``, as CUDA reads them), so the card sampled is the card the process runs on; the
 backend names it (:class:`Card`: name, physical index, UUID) for the report.  A MIG instance
@@ -47,19 +49,31 @@ class Backend(NamedTuple):
     card: Card
 
 
-def visible_card(visible: str | None, cards: Sequence[tuple[int, str]], ordinal: int = 0) -> tuple[int, str]:
+def visible_card(visible: str | None, cards: Sequence[tuple[int, str]], ordinal: int = 0,
+                 cuda_order: Sequence[str] | None = None) -> tuple[int, str]:
     """``(physical index, uuid)`` of device ``cuda:ordinal`` under ``CUDA_VISIBLE_DEVICES=visible``.
 
     ``cards``: ``(physical index, uuid)`` of every card (NVML / nvidia-smi order).  ``visible``
-    ``None`` (unset): every card, in that order.  Otherwise comma-separated entries, each a
-    physical index or a UUID (``GPU-...``/``MIG-...``; a unique prefix is enough, as CUDA accepts;
+    ``None`` (unset): every card, in CUDA's order.  Otherwise comma-separated entries, each a
+    device index or a UUID (``GPU-...``/``MIG-...``; a unique prefix is enough, as CUDA accepts;
     a MIG instance maps to the physical index of its card, listed as ``(card index, "MIG-...")``);
     ``cuda:k`` is the k-th entry.  CUDA hides every device from the first entry it cannot
     resolve on, so an entry at or before ``ordinal`` that names no card is an error.  Raises
     ``ValueError`` naming the entry and the reason.
+
+    CUDA numbers devices in the order ``CUDA_DEVICE_ORDER`` asks for (``FASTEST_FIRST`` by
+    default, ``PCI_BUS_ID`` = NVML's order): ``cuda_order`` is the GPUs' UUIDs in that order
+    (:func:`cuda_order_uuids`); ``None`` (unknown) takes NVML's physical order.
     """
     if ordinal < 0:
         raise ValueError(f"device {ordinal}: a device ordinal is >= 0")
+    if cuda_order is not None:   # index -> card as CUDA enumerates them
+        by_uuid = {c[1].lower(): c for c in cards}
+        order = [by_uuid[u.lower()] for u in cuda_order if u.lower() in by_uuid]
+        cards = order + [c for c in cards if c not in order]
+        rank = {c: k for k, c in enumerate(order)}
+    else:
+        rank = {c: c[0] for c in cards if not c[1].startswith("MIG-")}
     if visible is None:      # every card (MIG instances are only visible when named)
         gpus = [c for c in cards if not c[1].startswith("MIG-")]
         if ordinal >= len(gpus):
@@ -74,10 +88,11 @@ def visible_card(visible: str | None, cards: Sequence[tuple[int, str]], ordinal:
     for k, entry in enumerate(entries[:ordinal + 1]):
         where = f"CUDA_VISIBLE_DEVICES={visible!r}: entry {k} {entry!r}"
         if entry.lstrip("+-").isdigit():
-            match = [c for c in cards if c[0] == int(entry) and not c[1].startswith("MIG-")]
+            match = [c for c in cards if rank.get(c) == int(entry)]
             if not match:
-                raise ValueError(f"{where}: no GPU with physical index {int(entry)} "
-                                 f"(present: {', '.join(str(c[0]) for c in cards) or 'none'})")
+                what = "physical index" if cuda_order is None else "CUDA index"
+                raise ValueError(f"{where}: no GPU with {what} {int(entry)} "
+                                 f"(present: {', '.join(str(rank[c]) for c in rank) or 'none'})")
         elif entry.startswith(("GPU-", "MIG-")):
             match = [c for c in cards if c[1].lower().startswith(entry.lower())]
             if not match:
@@ -206,6 +221,42 @@ def _smi_reader(index: int) -> Reader | None:
     return read
 
 
+_CUDA_ORDER_SCRIPT = r"""
+import ctypes, sys
+cu = ctypes.CDLL("libcuda.so.1")
+if cu.cuInit(0) != 0:
+    sys.exit(1)
+n = ctypes.c_int()
+cu.cuDeviceGetCount(ctypes.byref(n))
+for i in range(n.value):
+    d, u = ctypes.c_int(), (ctypes.c_ubyte * 16)()
+    if cu.cuDeviceGet(ctypes.byref(d), i) != 0 or cu.cuDeviceGetUuid(u, d) != 0:
+        sys.exit(1)
+    h = bytes(u).hex()
+    print("GPU-%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
+"""
+
+
+def cuda_order_uuids(order: str | None) -> list[str] | None:
+    """UUIDs of every GPU in the order CUDA numbers them under ``CUDA_DEVICE_ORDER=order``
+    (``None``: CUDA's default, fastest first), or ``None`` without a CUDA driver.
+
+    Asked from the CUDA driver (``cuInit`` and device queries, no context, no GPU memory) in a
+    short subprocess with every device visible: a process reads these variables once, at its
+    first CUDA call."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
+    if order:
+        env["CUDA_DEVICE_ORDER"] = order
+    try:
+        p = subprocess.run([sys.executable, "-c", _CUDA_ORDER_SCRIPT], env=env, capture_output=True,
+                           text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        log.debug("CUDA device order unavailable: %s", e)
+        return None
+    uuids = [line.strip() for line in p.stdout.splitlines() if line.startswith("GPU-")]
+    return uuids if p.returncode == 0 and uuids else None
+
+
 def probe_backend(ordinal: int = 0, visible: str | None | bool = True) -> Backend | None:
     """A reader of the card that a process sees as ``cuda:ordinal`` (:class:`Backend`), or ``None``
     without NVML and nvidia-smi.  ``visible``: the ``CUDA_VISIBLE_DEVICES`` value (``True``: this
@@ -215,7 +266,11 @@ def probe_backend(ordinal: int = 0, visible: str | None | bool = True) -> Backen
         return None
     if visible is True:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    index, uuid = visible_card(visible, [(c.index, c.uuid) for c in found[1]], ordinal)  # type: ignore[arg-type]
+    # numeric entries and the unset variable follow CUDA_DEVICE_ORDER (CUDA: fastest first by default)
+    needs_order = visible is None or any(e.strip().lstrip("+-").isdigit() for e in str(visible).split(","))
+    order = cuda_order_uuids(os.environ.get("CUDA_DEVICE_ORDER")) if needs_order else None
+    index, uuid = visible_card(visible, [(c.index, c.uuid) for c in found[1]], ordinal,  # type: ignore[arg-type]
+                               cuda_order=order)
     card = next(c for c in found[1] if c.uuid == uuid)
     for name, make in (("nvml", _nvml_reader), ("nvidia-smi", _smi_reader)):
         reader = make(index)
