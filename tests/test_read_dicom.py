@@ -177,3 +177,12 @@ def test_predict_refuses_several_series_unless_series_picks_one(pick, tmp_path, 
         return
     check_contract(res, rc=1, names=[str(study), VEN, ART], reason="pick one with --series", inputs_before=before,
                    inputs=[inp, model], outputs=[out], done=[out / "good.nii.gz"])
+
+
+def test_api_predictor_takes_series(tmp_path, model):
+    from flareseg.inference.predictor import FastPredictor
+    d = _two_series(tmp_path / "study")
+    pred = FastPredictor(model, device="cpu")
+    with pytest.raises(InputError, match="2 DICOM series in one folder"):
+        pred.predict(d)
+    assert pred.predict(d, series=ART).GetSize() == (16, 16, 5)

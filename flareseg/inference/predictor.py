@@ -279,16 +279,19 @@ class FastPredictor:
         return fn
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, image: str | os.PathLike | sitk.Image) -> sitk.Image:
-        """Label map of ``image`` (path, DICOM folder or SimpleITK image) with its exact geometry."""
-        return self.run(image).labels
+    def predict(self, image: str | os.PathLike | sitk.Image, series: str | Sequence[str] | None = None) -> sitk.Image:
+        """Label map of ``image`` (path, DICOM folder or SimpleITK image) with its exact geometry;
+        ``series``: the SeriesInstanceUID to read from a DICOM folder holding several."""
+        return self.run(image, series=series).labels
 
     @torch.inference_mode()
     def run(self, image: str | os.PathLike | sitk.Image, save_probabilities: bool = False,
             prob_hook: Callable[[torch.Tensor], Any] | None = None,
             slab_hook: Callable[[Iterator[torch.Tensor]], Any] | None = None,
-            progress: Callable[[int, int], None] | None = None) -> Prediction:
-        """Predict one case; ``stats`` holds seconds per step and window counts.
+            progress: Callable[[int, int], None] | None = None,
+            series: str | Sequence[str] | None = None) -> Prediction:
+        """Predict one case; ``stats`` holds seconds per step and window counts.  ``series``
+        picks one series of a DICOM folder holding several (:func:`flareseg.io.read_image`).
 
         ``prob_hook`` receives the softmax probabilities ``(K, Z, Y, X)`` at model resolution and in
         model layout (reoriented, then transposed by the plans), on the device, and its return value
@@ -303,7 +306,7 @@ class FastPredictor:
         name = "<in-memory image>"
         if not isinstance(image, sitk.Image):
             name = str(image)
-            image = read_image(image)
+            image = read_image(image, series=series)
         if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
             raise InputError(name, f"expected a scalar 3-D image, got {image.GetDimension()}-D")
         arr = sitk.GetArrayViewFromImage(image)
