@@ -289,3 +289,43 @@ def test_read_only_output_folder_is_refused_before_work(tmp_path, model, cmd):
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and f"{out}: cannot create or write into the output folder" in r.stderr
     assert list(out.iterdir()) == []
+
+
+# ------------------------------------------------------------------ folders written before ledgers
+
+def test_folders_written_before_ledgers_are_recognised(tmp_path, model, capsys, caplog):
+    """A rerun over an import/clean/export/phantoms folder of an earlier flareseg (no ledger) is
+    not refused: each command recognises its own records and adopts those files once."""
+    raw = write_tiny_raw(tmp_path / "raw", n_unlabeled=0)
+    runs = [_import(raw, tmp_path / "ds"),
+            ["clean", "--labels", str(raw / "labelsTr"), "--out", str(tmp_path / "cl")],
+            ["export-model", "-m", str(model), "-o", str(tmp_path / "ex")],
+            ["evaluate", "--pred", str(raw / "labelsTr"), "--gt", str(raw / "labelsTr"), "--out", str(tmp_path / "ev")],
+            ["predict", "-i", str(raw / "imagesTr"), "-o", str(tmp_path / "pr"), "-m", str(model), "--device", "cpu",
+             "-q", "--preview"],
+            ["phantoms", "--out", str(tmp_path / "ph"), "--labeled", "1", "--tumor-only", "0",
+             "--unlabeled", "0", "--validation", "0"]]
+    for argv in runs:
+        assert run_command(main, argv, capsys, caplog).rc == 0, argv
+        out = Path(argv[argv.index("--out" if "--out" in argv else "-o") + 1])
+        (out / LEDGER).unlink()                           # as an earlier version left it
+        res = run_command(main, argv, capsys, caplog)
+        assert res.rc == 0, (argv, res.lines)
+        assert (out / LEDGER).is_file() and leftovers([out]) == []
+
+
+def test_phantoms_refuses_a_foreign_file_and_removes_only_its_own(tmp_path, capsys, caplog):
+    out = tmp_path / "ph"
+    (out / "imagesTr").mkdir(parents=True)
+    tiny_ct(out / "imagesTr" / "PH_0000_0000.nii.gz")     # the user's file with a phantom's name
+    before = md5_tree([out])
+    argv = ["phantoms", "--out", str(out), "--labeled", "1", "--tumor-only", "0", "--unlabeled", "0",
+            "--validation", "0"]
+    res = run_command(main, argv, capsys, caplog)
+    assert res.rc == 2 and md5_tree([out]) == before
+    assert [ln for ln in res.lines if "PH_0000_0000.nii.gz" in ln and "--overwrite" in ln], res.lines
+    shutil.rmtree(out)
+    assert run_command(main, argv, capsys, caplog).rc == 0
+    tiny_ct(out / "imagesTr" / "PH_0042_0000.nii.gz")     # a PH_* file phantoms did not write: kept
+    assert run_command(main, argv, capsys, caplog).rc == 0
+    assert (out / "imagesTr" / "PH_0042_0000.nii.gz").is_file()

@@ -64,7 +64,7 @@ def check_paths(args: argparse.Namespace) -> None:
             raise InputError(p, f"{opt} folder does not exist" if why == "does not exist" else f"{opt}: {why}")
         if not p.is_dir():
             raise InputError(p, f"{opt} is not a folder: it is {describe_kind(p)}")
-    from flareseg.cleaning.folder import clean_plan, list_labels
+    from flareseg.cleaning.folder import adopt_earlier_clean, clean_plan, list_labels
     files = list_labels(labels)
     if not files:
         raise InputError(labels, "--labels holds no label files (.nii.gz/.nii/.mha/.nrrd): "
@@ -72,6 +72,8 @@ def check_paths(args: argparse.Namespace) -> None:
     images = Path(args.images) if args.images else None
     # the write guard: every output file against every input file (clean_folder checks again);
     # UnsafeOutput is a ValueError, exit 2 like the InputErrors above
+    if out.is_dir():
+        adopt_earlier_clean(out)
     check_plan(clean_plan(labels, out, images, files, getattr(args, "overwrite", False)))
 
 

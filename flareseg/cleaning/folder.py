@@ -74,7 +74,7 @@ def clean_plan(labels_dir: Path, out: Path, images: Path | None, files: list[Pat
                      input_names={labels_dir: "--labels folder", **({images: "--images folder"} if images else {})})
 
 
-def _adopt_earlier_clean(out: Path) -> None:
+def adopt_earlier_clean(out: Path) -> None:
     """Record as clean's own what a clean run wrote before ledgers existed: cleaned labels whose
     digest their sidecar records, those sidecars and the two reports."""
     if (out / LEDGER).exists() or not (out / "cases").is_dir():
@@ -109,7 +109,7 @@ def clean_folder(labels_dir: os.PathLike | str, out_dir: os.PathLike | str,
     images = Path(images_dir) if images_dir is not None else None
     files = list_labels(labels_dir)
     if out.is_dir():
-        _adopt_earlier_clean(out)
+        adopt_earlier_clean(out)
     check_plan(clean_plan(labels_dir, out, images, files, overwrite))
     with write_guard.recording(out, "clean", overwrite):
         write_guard.compact(out)

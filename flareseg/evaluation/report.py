@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flareseg.config import EvaluationConfig, to_dict
 from flareseg.evaluation.result import EvaluationResult
-from flareseg.io import write_json, write_text
+from flareseg.io import read_json, write_json, write_text
 from flareseg.labels import CLASS_NAMES
 from flareseg import write_guard
 from flareseg.write_guard import WritePlan, folder_files
@@ -81,11 +81,27 @@ def report_plan(pred: os.PathLike | str, gt: os.PathLike | str, out_dir: os.Path
     """The :class:`flareseg.write_guard.WritePlan` of the reports: the three files against every
     file of ``pred`` and ``gt`` (folders or files); ``--out`` may not lie inside either folder."""
     pred, gt, out = Path(pred), Path(gt), Path(out_dir)
+    if out.is_dir():
+        adopt_earlier_reports(out)
     folders = [p for p in (pred, gt) if p.is_dir()]
     reads = [f for p in (pred, gt) for f in (folder_files(p) if p.is_dir() else [p])]
     return WritePlan("evaluate", out, [out / n for n in REPORT_FILES], reads=reads, input_folders=folders,
                      overwrite=overwrite, out_inside_input=False, input_inside_out=True, flag="--out",
                      input_names={pred: "--pred folder", gt: "--gt folder"})
+
+
+def adopt_earlier_reports(out_dir: os.PathLike | str) -> None:
+    """Record as evaluate's own the reports an earlier flareseg wrote before ledgers existed: a
+    summary.json with evaluate's keys proves the folder's three report files are its own."""
+    out = Path(out_dir)
+    if (out / write_guard.LEDGER).exists() or not (out / "summary.json").is_file():
+        return
+    try:
+        summary = read_json(out / "summary.json")
+    except (OSError, ValueError):
+        return
+    if isinstance(summary, dict) and {"per_class", "organ_mean", "overall", "cases"} <= set(summary):
+        write_guard.adopt([out / n for n in REPORT_FILES], "evaluate")
 
 
 def write_reports(res: EvaluationResult, out_dir: os.PathLike | str,

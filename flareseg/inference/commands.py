@@ -152,6 +152,23 @@ def write_plan(plan: OutputPlan, inputs: Sequence[Path], overwrite: bool = False
                      file_flags={plan.report: "--report"})
 
 
+def _adopt_earlier_predict(folder: Path, report: str | os.PathLike | None) -> None:
+    """Record as predict's own what a predict run wrote before ledgers existed: its run report
+    names every label map it wrote (and the report and statistics.json are its own)."""
+    rep_path = Path(report) if report else folder / "predict_report.json"
+    if (folder / write_guard.LEDGER).exists() or not rep_path.is_file():
+        return
+    try:
+        rep = read_json(rep_path)
+        ok = [(str(e["case"]), Path(e["output"])) for e in rep["cases"] if e.get("status") == "ok"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    outputs = [f for case, p in ok   # the label map and what --preview/--save-probabilities/--per-class added
+               for f in (p, p.parent / f"{case}_preview.png", folder / f"{case}.npz", *folder.glob(f"{case}/*.nii.gz"))]
+    mine = [p for p in outputs if folder.resolve() in p.resolve().parents]
+    write_guard.adopt([rep_path, folder / "statistics.json", *mine], "predict")
+
+
 def check_outputs(plan: OutputPlan, inputs: Sequence[Path], overwrite: bool = False) -> str | None:
     """The reason predict must not write ``plan`` (one line naming both paths), or None: the write
     guard's rules (:func:`flareseg.write_guard.check_plan`), without the writability probe."""
@@ -212,6 +229,8 @@ def check_predict(input_path: str | os.PathLike, output: str | os.PathLike, mode
     from flareseg.nnunet.folder_check import check_model_folder, model_class_names
 
     cases = collect_inputs(Path(input_path))
+    if Path(output).is_dir():
+        _adopt_earlier_predict(Path(output), report)
 
     def checked_plan(masks: Sequence[str] | None) -> OutputPlan:
         plan = planned_outputs(cases, input_path, output, save_probabilities, statistics, report, preview, masks)
