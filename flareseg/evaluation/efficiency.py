@@ -204,11 +204,24 @@ def gpu_figures(samples: list[float], times: list[float], interval: float,
     return out
 
 
+def _finished(row: dict) -> bool:
+    """A case that ran to the end: exit code 0 and not killed by the timeout."""
+    return row.get("returncode") == 0 and not row.get("timed_out")
+
+
 def summarize(rows: list[dict], command_template: Sequence[str] = (), interval: float = 0.1,
               sampling: str = "fixed") -> dict:
-    """Totals and means over cases; GPU entries say ``unavailable`` when nothing was sampled."""
+    """Totals and means over cases; GPU entries say ``unavailable`` when nothing was sampled.
+
+    Means and maxima (time, memory, GPU) are over the cases that finished (exit 0, no timeout):
+    a fast crash would lower the seconds per case.  Failed and timed-out cases are counted and
+    listed apart (``failed_cases``: case, exit code, timed out, seconds; ``failed_wall_s_mean``);
+    ``wall_s_total`` is the time of every case."""
+    ok_rows = [r for r in rows if _finished(r)]
+    bad = [r for r in rows if not _finished(r)]
+
     def vals(key: str) -> list[float]:
-        return [r[key] for r in rows if r.get(key) is not None]
+        return [r[key] for r in ok_rows if r.get(key) is not None]
 
     def mean(key: str) -> float | None:
         v = vals(key)
@@ -217,13 +230,20 @@ def summarize(rows: list[dict], command_template: Sequence[str] = (), interval: 
     walls, rss, gmax, gauc = vals("wall_s"), vals("rss_peak_mb"), vals("gpu_max_mb"), vals("gpu_auc_mb_s")
     first = next((r for r in rows if r.get("gpu_backend")), {})
     backend = first.get("gpu_backend")
+    bad_walls = [r["wall_s"] for r in bad if r.get("wall_s") is not None]
     return {
         "n_cases": len(rows),
-        "n_failed": sum(1 for r in rows if r.get("returncode") != 0),
+        "n_ok": len(ok_rows),
+        "n_failed": len(bad),
+        "n_timed_out": sum(1 for r in bad if r.get("timed_out")),
+        "failed_cases": [{"case": r.get("case"), "returncode": r.get("returncode"),
+                          "timed_out": bool(r.get("timed_out")), "wall_s": r.get("wall_s")} for r in bad],
+        "failed_wall_s_mean": round(sum(bad_walls) / len(bad_walls), 3) if bad_walls else None,
+        "means_over": "finished cases (exit 0, no timeout)",
         "command": list(command_template),
         "interval_s": interval,
         "sampling": sampling,
-        "wall_s_total": round(sum(walls), 3),
+        "wall_s_total": round(sum(r["wall_s"] for r in rows if r.get("wall_s") is not None), 3),
         "wall_s_mean": round(sum(walls) / len(walls), 3) if walls else None,
         "wall_s_max": max(walls) if walls else None,
         "rss_peak_mb_max": max(rss) if rss else None,
