@@ -121,6 +121,9 @@ def test_paste_rate_warning():
     assert paste_rate_warning({"eligible": 100, "pasted": 10}) is None
     assert paste_rate_warning({"eligible": 0, "pasted": 0}) is None
     assert paste_rate_warning(None) is None
+    assert paste_rate_warning({"eligible": 100, "pasted": 0, "probability": 0.0}) is None   # CutMix off
+    assert paste_rate_warning({"eligible": 100, "pasted": 4, "probability": 0.5}) is not None
+    assert paste_rate_warning({"eligible": 100, "pasted": 5, "probability": 0.5}) is None
 
 
 def test_cutmix_counts_count_each_epoch_once_across_a_resume(tmp_path):

@@ -409,17 +409,23 @@ def pasted_tumor_voxels(params: CutMixParams, label_after: np.ndarray,
 MIN_PASTE_RATE = 0.10
 
 
-def paste_rate_warning(counts: Mapping[str, int] | None, min_rate: float = MIN_PASTE_RATE) -> str | None:
+def paste_rate_warning(counts: Mapping[str, Any] | None, min_rate: float = MIN_PASTE_RATE) -> str | None:
     """The warning for a training run's CutMix counts (``cutmix_counts.json``'s ``total``: samples,
-    eligible, pasted, reached_patch, no_fit) when it pasted into fewer than ``min_rate`` of the
-    samples eligible for a paste (label type without tumor); None when it pasted enough or had no
-    eligible sample."""
+    eligible, pasted, reached_patch, no_fit; optionally ``probability``, the run's
+    ``cutmix.probability``, 1 when absent) when it pasted into fewer than ``min_rate`` of the
+    samples the configuration meant to paste into (eligible samples, i.e. label type without tumor,
+    times the probability); None when it pasted enough, had no eligible sample or CutMix was off
+    (probability 0)."""
     if not counts or not counts.get("eligible"):
         return None
+    prob = float(counts.get("probability", 1.0))
+    if prob <= 0:
+        return None
     pasted, eligible = int(counts.get("pasted", 0)), int(counts["eligible"])
-    if pasted >= min_rate * eligible:
+    if pasted >= min_rate * prob * eligible:
         return None
     return (f"context-aware CutMix pasted into {pasted} of {eligible} eligible samples "
-            f"({100.0 * pasted / eligible:.1f} % < {100 * min_rate:g} %; {int(counts.get('no_fit', 0))} drew "
-            "objects that fit nowhere inside the body): the paper's tumor augmentation is mostly off "
+            f"({100.0 * pasted / eligible:.1f} % < {100 * min_rate:g} % of the {100 * prob:g} % "
+            f"cutmix.probability implies; {int(counts.get('no_fit', 0))} drew objects that fit nowhere "
+            "inside the body): the paper's tumor augmentation is mostly off "
             "(check cto.margin_z/margin_xy/margin_patch against the coarse patch)")

@@ -81,7 +81,7 @@ def run(ctx: StageContext) -> dict:
     trained = ctx.step("train", {"train": train_key(cfg.train_coarse), "cutmix": to_dict(cfg.cutmix),
                                  "prepared": prepared, "pool": s3.get("objects")}, do_train, outputs=[ck],
                        collective=True)
-    counts = cutmix_counts(ck.parent)
+    counts = cutmix_counts(ck.parent, cfg.cutmix.probability)
     gallery = ctx.dir / "qc" / "cutmix_samples.png"
     searched = None
     if dist.is_main() and not gallery.exists():
@@ -91,16 +91,17 @@ def run(ctx: StageContext) -> dict:
             "cutmix_gallery": str(gallery) if gallery.exists() else None, "outputs": [ck]}
 
 
-def cutmix_counts(fold_dir: Path) -> dict | None:
+def cutmix_counts(fold_dir: Path, probability: float = 1.0) -> dict | None:
     """The run's CutMix totals (``cutmix_counts.json`` the trainer writes per epoch, rank 0's samples
-    under DDP) with the paste rate, logged; a rate below ``MIN_PASTE_RATE`` is a WARNING.  None
-    when the run had no CutMix (no pool objects)."""
+    under DDP) with the paste rate and ``cutmix.probability``, logged; a rate below
+    ``MIN_PASTE_RATE`` of what the probability implies is a WARNING.  None when the run had no
+    CutMix (no pool objects)."""
     from flareseg.cto.cutmix import paste_rate_warning
     from flareseg.nnunet.trainer import CUTMIX_COUNTS_FILE
     path = fold_dir / CUTMIX_COUNTS_FILE
     if not path.is_file():
         return None
-    total = dict(read_json(path).get("total") or {})
+    total = dict(read_json(path).get("total") or {}) | {"probability": float(probability)}
     if total.get("eligible"):
         total["paste_rate"] = round(total.get("pasted", 0) / total["eligible"], 4)
     log.info("CutMix over the run: %s of %s eligible samples pasted, %s with tumor in the final patch, "
