@@ -354,6 +354,7 @@ class FastPredictor:
             x, self.window_fn(), self.model.patch_size, self.step_size, self.batch_windows,
             self.skip_windows, self.skip_threshold, self.dtype, return_logits=want_probs or linear,
             grow=self.skip_grow, starts=starts, windows_done=progress)
+        res_dev = out.device   # the host after the sliding window's out-of-memory fallback
         del x
         hook_result = None
         if want_probs and prob_hook is not None:
@@ -391,15 +392,15 @@ class FastPredictor:
         # stock's export: logits linearly (nearest along a separate coarse axis) to the input grid,
         # then argmax; input voxels that read only model voxels of the region get labels
         sep = self._stock_axis_rule("probabilities", self.model.spacing, sp_t)
-        crop, samples = region_samples(shape_model, arr_t.shape, region, sep, self.device, nearest=not linear)
-        full = torch.zeros(arr_t.shape, dtype=torch.uint8, device=self.device)
+        crop, samples = region_samples(shape_model, arr_t.shape, region, sep, res_dev, nearest=not linear)
+        full = torch.zeros(arr_t.shape, dtype=torch.uint8, device=res_dev)
         full[crop] = argmax_of_interpolation(out, samples, self.chunk_mb) if linear \
             else take_nearest(labels_m, samples)
         labels = full.permute(*tb).cpu().numpy()
         prob_np = None
         if save_probabilities:
             prob_np = self._probabilities_to_input(
-                out, *region_samples(shape_model, arr_t.shape, region, sep, self.device), arr_t.shape, tb)
+                out, *region_samples(shape_model, arr_t.shape, region, sep, res_dev), arr_t.shape, tb)
         out = None
         t.lap("export")
 

@@ -167,6 +167,18 @@ def pad_to_patch(volume: torch.Tensor, patch: Sequence[int], value: float = 0.0
     return volume, tuple(crop)  # type: ignore[return-value]
 
 
+def host_fallback(device: torch.device) -> torch.device | None:
+    """Where the sums go when ``device`` runs out of memory: the host for an accelerator, ``None``
+    (no fallback) when they already are on the host."""
+    return None if torch.device(device).type == "cpu" else torch.device("cpu")
+
+
+def _release(device: torch.device) -> None:
+    """Return the failed attempt's cached blocks to the device (CUDA's cache)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
 @torch.inference_mode()
 def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Sequence[int],
                            step_size: float = 0.5, batch_windows: int = 4, skip: bool = False,
@@ -176,6 +188,7 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
                            starts: Sequence[Sequence[int]] | None = None,
                            pad_batch: bool | None = None,
                            windows_done: Callable[[int, int], None] | None = None,
+                           acc_device: torch.device | str | None = None,
                            ) -> tuple[torch.Tensor, WindowStats]:
     """Predict a ``(C, Z, Y, X)`` volume window by window.
 
@@ -201,9 +214,28 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
     foreground that run windows predicted, to a fixed point (see :mod:`flareseg.inference.skipping`).
     ``starts`` (per axis, in the padded volume) replaces nnU-Net's window starts, e.g. the part of
     a larger volume's grid from :func:`windows_covering`; they must cover the volume.
+    ``acc_device``: where the sums (and the result) live; default the volume's device.  When that
+    runs out of memory (``torch.OutOfMemoryError``, in the network or the sums) and it is not the
+    host, the volume is predicted again with the sums on the host (the network stays on the
+    device), with one WARNING, as stock nnU-Net falls back; the result is then on the host.
     """
     if volume.ndim != 4:
         raise ValueError(f"volume must be (C, Z, Y, X), got shape {tuple(volume.shape)}")
+    if acc_device is None:
+        args = {k: v for k, v in locals().items() if k != "acc_device"}
+        host = host_fallback(volume.device)
+        try:
+            return predict_sliding_window(**args, acc_device=volume.device)
+        except torch.OutOfMemoryError as e:
+            if host is None:
+                raise
+            why = (str(e).splitlines() or [""])[0][:200]
+        # outside the except clause: the failed attempt's frames (and its device tensors) are freed
+        log.warning("out of memory on %s in the sliding window (%s); predicting this volume again with "
+                    "the sums on the host (slower; the network stays on %s)", volume.device, why, volume.device)
+        _release(volume.device)
+        return predict_sliding_window(**args, acc_device=host)
+    acc_device = torch.device(acc_device)
     patch = tuple(int(p) for p in patch)
     padded, crop = pad_to_patch(volume, patch, pad_value)
     if starts is None:
@@ -223,9 +255,9 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
     if windows_done is not None:
         windows_done(0, len(windows))
 
-    device = padded.device
+    device = acc_device
     acc_dtype = accumulator_dtype(dtype)
-    pad_batch = device.type == "cuda" if pad_batch is None else pad_batch
+    pad_batch = padded.device.type == "cuda" if pad_batch is None else pad_batch
     batch_windows = max(1, batch_windows)
     gauss = gaussian_importance(patch, device=device, dtype=acc_dtype)
     weight = torch.zeros(padded.shape[1:], dtype=acc_dtype, device=device)
@@ -255,6 +287,8 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
                     else torch.zeros_like(out[:, 0], dtype=torch.bool)
                 counted.extend(foreground_cell_corners(
                     fg_mask, [cells.window_cuts(windows[i]) for i in chunk]))
+            if out.device != device:   # sums on the host (out-of-memory fallback)
+                out = out.to(device)
             if acc_dtype != torch.float16:
                 out = out.float()
             # stock's order of operations: logits x Gaussian in the logits' type (float16 under
@@ -317,12 +351,12 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
         return predict_sliding_window(volume, predictor, patch, step_size, batch_windows, skip,
                                       skip_threshold, torch.float32, return_logits, pad_value,
                                       progress, grow=grow, starts=starts, pad_batch=pad_batch,
-                                      windows_done=windows_done)
+                                      windows_done=windows_done, acc_device=acc_device)
     if return_logits:
-        if not all_covered:
-            fill = torch.full((out.shape[0],), UNCOVERED_LOGIT, device=device, dtype=acc_dtype)
-            fill[0] = 0
-            out[:, ~covered] = fill[:, None]
+        if not all_covered:   # masked fills: no index tensor (int64 per uncovered voxel) is built
+            uncovered = ~covered
+            out[1:].masked_fill_(uncovered, UNCOVERED_LOGIT)
+            out[0].masked_fill_(uncovered, 0)
         return out, stats
     labels = out.argmax(0).to(torch.uint8)
     labels.mul_(covered)
