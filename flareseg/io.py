@@ -441,6 +441,8 @@ def write_image(img: sitk.Image, dest: os.PathLike | str, compress: bool = True)
     try:
         sitk.WriteImage(img, str(tmpdir / dest.name), useCompression=compress)
         _verify_written(tmpdir / dest.name, dest, _image_problem)
+        for f in tmpdir.iterdir():   # the data file too: never onto a file the guarded command did not write
+            write_guard.check_replace(dest.parent / f.name)
         for f in sorted(tmpdir.iterdir(), key=lambda f: f.name == dest.name):  # header last
             os.chmod(f, 0o666 & ~_umask())
             os.replace(f, dest.parent / f.name)

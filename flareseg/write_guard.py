@@ -20,8 +20,10 @@ The **ledger** ``.flareseg-written.jsonl`` in the output folder lists what flare
 (one JSON line per write: path relative to the folder, size, mtime_ns, inode), appended under an
 ``fcntl`` lock on the folder, so concurrent runs and killed runs keep it consistent.
 :func:`flareseg.io.atomic_path` records every file it renames into a folder made active by
-:func:`recording`; :func:`remove_owned` deletes a file only when the ledger says we wrote it and
-it is unchanged.
+:func:`recording`, and refuses there a write onto a file the command did not write
+(:func:`check_replace`: the net for outputs no plan names up front); :func:`remove_owned`
+deletes a file only when the ledger says we wrote it and it is unchanged.  Folders written before
+ledgers existed are recognised by each command's own records and :func:`adopt`-ed once.
 """
 from __future__ import annotations
 
@@ -98,6 +100,42 @@ def folder_files(folder: PathLike) -> list[Path]:
                     out += [Path(s.path) for s in os.scandir(e.path) if not s.is_dir()]
             else:
                 out.append(Path(e.path))
+    return out
+
+
+def referenced_files(path: PathLike) -> list[Path]:
+    """The files an image header refers to: a ``.mhd``'s ``ElementDataFile``, a detached NRRD
+    header's ``data file`` (a list or pattern of files is not followed); [] for other files."""
+    p = Path(path)
+    name = p.name.lower()
+    if not (name.endswith(".mhd") or name.endswith(".nhdr") or name.endswith(".nrrd")):
+        return []
+    try:
+        with open(p, "rb") as f:
+            head = f.read(1 << 16).decode("latin-1")
+    except OSError:
+        return []
+    out = []
+    for line in head.splitlines():
+        key, sep, value = line.partition("=" if name.endswith(".mhd") else ":")
+        key, value = key.strip().lower(), value.strip()
+        if sep and key in ("elementdatafile", "data file", "datafile") and value and "%" not in value \
+                and value.upper() not in ("LOCAL", "LIST") and not value.upper().startswith("LIST"):
+            out.append(p.parent / value)
+        if name.endswith(".nrrd") and not line.strip():   # an attached NRRD header ends at a blank line
+            break
+    return out
+
+
+def input_files(paths: Iterable[PathLike | None]) -> list[Path]:
+    """Every file the inputs consist of or refer to: a file and the data files its header names,
+    a folder's files (:func:`folder_files`) and theirs."""
+    out: list[Path] = []
+    for p in paths:
+        if p is None:
+            continue
+        for f in (folder_files(p) if Path(p).is_dir() else [Path(p)]):
+            out += [f, *referenced_files(f)]
     return out
 
 
@@ -256,28 +294,35 @@ def _ledger_folder(path: Path) -> tuple[Path, str]:
     return a.parent, a.name
 
 
-_cache: dict[Path, tuple[tuple[int, int, int], dict[str, dict]]] = {}
+#: folder -> (ledger inode, bytes parsed, entries): a ledger only grows by appends until it is
+#: compacted (a new inode), so a grown ledger is parsed from where the last read stopped
+_cache: dict[Path, tuple[int, int, dict[str, dict]]] = {}
+_cache_lock = threading.Lock()
 
 
 def _read_ledger(folder: Path) -> dict[str, dict]:
-    """path -> latest entry of ``folder``'s ledger (cached while the ledger file is unchanged)."""
-    out: dict[str, dict] = {}
+    """path -> latest entry of ``folder``'s ledger (a copy; lines cut short by a killed writer
+    are skipped)."""
     try:
-        st = os.stat(folder / LEDGER)
-        key = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if folder in _cache and _cache[folder][0] == key:
-            return _cache[folder][1]
-        text = (folder / LEDGER).read_text()
-    except (OSError, UnicodeDecodeError):
-        return out
-    for line in text.splitlines():
-        try:
-            e = json.loads(line)
-            out[str(e["path"])] = e
-        except (ValueError, KeyError, TypeError):
-            continue   # a line cut short by a killed writer
-    _cache[folder] = (key, out)
-    return out
+        with open(folder / LEDGER, "rb") as f:
+            ino = os.fstat(f.fileno()).st_ino
+            with _cache_lock:
+                c_ino, done, entries = _cache.get(folder, (None, 0, {}))
+                if c_ino != ino or os.fstat(f.fileno()).st_size < done:
+                    done, entries = 0, {}
+                f.seek(done)
+                data = f.read()
+                end = data.rfind(b"\n") + 1          # parse whole lines only
+                for line in data[:end].decode(errors="replace").splitlines():
+                    try:
+                        e = json.loads(line)
+                        entries[str(e["path"])] = e
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                _cache[folder] = (ino, done + end, entries)
+                return dict(entries)
+    except OSError:
+        return {}
 
 
 def _stamp(path: Path) -> dict | None:

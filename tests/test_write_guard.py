@@ -329,3 +329,17 @@ def test_phantoms_refuses_a_foreign_file_and_removes_only_its_own(tmp_path, caps
     tiny_ct(out / "imagesTr" / "PH_0042_0000.nii.gz")     # a PH_* file phantoms did not write: kept
     assert run_command(main, argv, capsys, caplog).rc == 0
     assert (out / "imagesTr" / "PH_0042_0000.nii.gz").is_file()
+
+
+def test_a_header_s_data_file_counts_as_input(tmp_path, model, capsys, caplog):
+    """`-i a.mhd`: its ElementDataFile is read too, so an output onto it is refused."""
+    from flareseg.write_guard import input_files
+    img = sitk.ReadImage(str(tiny_ct(tmp_path / "ct.nii.gz")))
+    (tmp_path / "in").mkdir()
+    sitk.WriteImage(img, str(tmp_path / "in" / "a.mhd"))
+    assert {p.name for p in input_files([tmp_path / "in"])} == {"a.mhd", "a.raw"}
+    before = md5_tree([tmp_path / "in"])
+    argv = ["predict", "-i", str(tmp_path / "in" / "a.mhd"), "-o", str(tmp_path / "in" / "a.raw"), "-m", str(model),
+            "--device", "cpu", "-q"]
+    res = run_command(main, argv, capsys, caplog)
+    assert res.rc == 2 and md5_tree([tmp_path / "in"]) == before, res.lines

@@ -33,7 +33,7 @@ from flareseg.io import (InputError, file_digest, geometry_mismatch,
                          write_json)
 from flareseg.labels import ORGANS, TUMOR
 from flareseg import write_guard
-from flareseg.write_guard import LEDGER, WritePlan, check_plan, folder_files
+from flareseg.write_guard import LEDGER, WritePlan, check_plan, input_files
 
 log = logging.getLogger(__name__)
 SIDECAR_VERSION = 1
@@ -68,7 +68,7 @@ def clean_plan(labels_dir: Path, out: Path, images: Path | None, files: list[Pat
     outs += [out / "cleaning_report.csv", out / "cleaning_summary.csv"]
     outs = list(dict.fromkeys(outs))   # two files of one case: one sidecar (the second is an error)
     folders = [labels_dir] + ([images] if images is not None else [])
-    reads = list(files) + (folder_files(images) if images is not None and images.is_dir() else [])
+    reads = input_files(files) + (input_files([images]) if images is not None and images.is_dir() else [])
     return WritePlan("clean", out, outs, reads=reads, input_folders=folders, overwrite=overwrite,
                      out_inside_input=False, input_inside_out=True, flag="--out",
                      input_names={labels_dir: "--labels folder", **({images: "--images folder"} if images else {})})

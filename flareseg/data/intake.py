@@ -42,7 +42,7 @@ from flareseg.io import (InputError, image_suffix, link_or_copy, read_json, remo
                          write_json)
 from flareseg.labels import CLASS_NAMES, pool_of, type_to_str
 from flareseg import write_guard
-from flareseg.write_guard import LEDGER, WritePlan, check_plan, folder_files
+from flareseg.write_guard import LEDGER, WritePlan, check_plan, input_files
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,7 @@ def import_plan(out_dir: Path, labeled: list[SourceCase], unlabeled: list[Source
                 continue
             if p.is_dir():
                 folders.append(p)
-                reads += folder_files(p)
-            else:
-                reads.append(p)
+            reads += input_files([p])   # a DICOM folder's files, a header's data file
     reads += [Path(p) for p in inputs if p is not None and not Path(p).is_dir()]
     return WritePlan("import", out_dir, files, reads=reads, input_folders=folders, out_inside_input=False,
                      input_inside_out=False, flag="--out", exclusive="import")

@@ -12,7 +12,7 @@ from flareseg.evaluation.result import EvaluationResult
 from flareseg.io import read_json, write_json, write_text
 from flareseg.labels import CLASS_NAMES
 from flareseg import write_guard
-from flareseg.write_guard import WritePlan, folder_files
+from flareseg.write_guard import WritePlan, input_files
 
 REPORT_FILES = ("per_case.csv", "summary.json", "summary.txt")
 
@@ -84,7 +84,7 @@ def report_plan(pred: os.PathLike | str, gt: os.PathLike | str, out_dir: os.Path
     if out.is_dir():
         adopt_earlier_reports(out)
     folders = [p for p in (pred, gt) if p.is_dir()]
-    reads = [f for p in (pred, gt) for f in (folder_files(p) if p.is_dir() else [p])]
+    reads = input_files([pred, gt])
     return WritePlan("evaluate", out, [out / n for n in REPORT_FILES], reads=reads, input_folders=folders,
                      overwrite=overwrite, out_inside_input=False, input_inside_out=True, flag="--out",
                      input_names={pred: "--pred folder", gt: "--gt folder"})

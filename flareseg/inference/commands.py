@@ -19,7 +19,8 @@ from tqdm import tqdm
 from flareseg.cases import list_cases
 from flareseg.config import IMAGE_RESAMPLING, ConfigError, InferenceConfig, inference_config, load_config, to_dict
 from flareseg.io import InputError, image_suffix, read_json, remove_stale_temps, write_image, write_json
-from flareseg.write_guard import UnsafeOutput, WritePlan, check_plan, folder_files, same_files
+from flareseg.write_guard import (UnsafeOutput, WritePlan, check_plan, folder_files, input_files,
+                                  referenced_files, same_files)
 from flareseg import write_guard
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,7 @@ def _input_paths(input_path: Path, cases: Sequence[tuple[str, Path]], model: Pat
     out = [input_path]
     for _, p in cases:
         out.append(p)
-        if p.is_dir():
-            out.extend(folder_files(p))
+        out.extend(input_files([p]) if p.is_dir() else referenced_files(p))   # series files, .mhd data
     if model.is_dir():
         out += [model, *folder_files(model), *model.glob("fold_*/*")]
     return out
