@@ -161,7 +161,7 @@ def cutmix_gallery_png(training_set: dict, pre_dir: Path, pool_dir: str, cfg, de
         img2, seg2 = apply(p, ci, cs, pool, air_threshold=body)
         tiles.append((f"{key} + {', '.join(x.object_id for x in p.pastes)}", img2[0], seg2[0]))
     if tiles:
-        tiles[0] = (f"{tiles[0][0]} ({len(tiles)} pasted of {searched} samples searched)", *tiles[0][1:])
+        tiles[0] = (f"{tiles[0][0]}\n{len(tiles)} pasted of {searched} samples searched", *tiles[0][1:])
         cutmix_gallery(tiles, dest)
     else:
         log.warning("CutMix QC picture: no paste in %d training-like samples; %s not written", searched, dest)
