@@ -364,6 +364,7 @@ def atomic_path(dest: os.PathLike | str, verify: Callable[[Path], str | None] | 
         yield tmp_p
         _verify_written(tmp_p, dest, verify)
         os.chmod(tmp_p, 0o666 & ~_umask())
+        write_guard.note_written(dest, tmp_p)   # the ledger line first: a rename keeps size, mtime, inode
         os.replace(tmp_p, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -371,7 +372,6 @@ def atomic_path(dest: os.PathLike | str, verify: Callable[[Path], str | None] | 
         raise
     with contextlib.suppress(FileNotFoundError):
         tmp_p.unlink()            # still there when tmp and dest were links to one file
-    write_guard.note_written(dest)
 
 
 def _verify_written(tmp: Path, dest: Path, verify: Callable[[Path], str | None] | None) -> None:
@@ -445,8 +445,8 @@ def write_image(img: sitk.Image, dest: os.PathLike | str, compress: bool = True)
             write_guard.check_replace(dest.parent / f.name)
         for f in sorted(tmpdir.iterdir(), key=lambda f: f.name == dest.name):  # header last
             os.chmod(f, 0o666 & ~_umask())
+            write_guard.note_written(dest.parent / f.name, f)
             os.replace(f, dest.parent / f.name)
-            write_guard.note_written(dest.parent / f.name)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return dest

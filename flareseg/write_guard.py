@@ -380,12 +380,14 @@ def _append(folder: Path, entries: Sequence[dict]) -> None:
             os.close(fd)
 
 
-def record(*paths: PathLike, command: str | None = None) -> None:
+def record(*paths: PathLike, command: str | None = None, written: PathLike | None = None) -> None:
     """Add ``paths`` (files just written by ``command``; default: the command of the active
-    :func:`recording` root holding them) to their ledger as written by flareseg."""
+    :func:`recording` root holding them) to their ledger as written by flareseg.  ``written``: the
+    file whose size, mtime and inode to record (the temp about to be renamed onto the one path:
+    a rename keeps all three), so a ledger that cannot be written fails the write, not after it."""
     by_folder: dict[Path, list[dict]] = {}
     for p in map(Path, paths):
-        s = _stamp(p)
+        s = _stamp(Path(written) if written is not None else p)
         if s is None or p.name == LEDGER:
             continue
         folder, rel = _ledger_folder(p)
@@ -461,14 +463,16 @@ def check_replace(dest: PathLike) -> None:
                        f"to replace it; use --overwrite or another output folder than {root}")
 
 
-def note_written(dest: PathLike) -> None:
-    """Called by :func:`flareseg.io.atomic_path` after a rename: record ``dest`` when an active
-    :func:`recording` root holds it."""
+def note_written(dest: PathLike, written: PathLike | None = None) -> None:
+    """Called by :func:`flareseg.io.atomic_path` just before the rename of ``written`` (its verified
+    temp) onto ``dest``: record ``dest`` when an active :func:`recording` root holds it.  Recorded
+    first, so a full disk that refuses the ledger line fails the write and never leaves an
+    unrecorded output that a rerun would have to call foreign."""
     a = Path(os.path.abspath(dest))
     with _active_lock:
         active = any(r in a.parents for r in _active)
     if active and a.name != LEDGER:
-        record(a)
+        record(a, written=written)
 
 
 def compact(root: PathLike) -> None:

@@ -149,9 +149,10 @@ def export_model(model_dir: str | os.PathLike, dest: str | os.PathLike,
             write_json({"model": str(src), "trainer_name": trainers, "exported_trainer_name": STOCK_TRAINER,
                         "folds": fold_names, "checkpoints": sorted(str(r) for r in exported)}, dest / MARKER)
     except BaseException:
-        if created:   # a new destination: leave nothing of a failed export
-            for f in files:
-                write_guard.remove_owned(dest / f, "export-model")
+        if created:   # a new destination holds only what this export wrote: leave nothing of it
+            for f in files:   # (also files a full disk kept out of the ledger)
+                with contextlib.suppress(OSError):
+                    (dest / f).unlink()
             _remove_empty(dest, created)
         raise
     log.info("exported %s (%s) to %s: %d checkpoint(s), trainer_name %s", src, ", ".join(trainers), dest,
@@ -166,8 +167,9 @@ def _remove_earlier(dest: Path, keep: set[Path]) -> None:
         p = dest / rel
         if p not in keep and write_guard.remove_owned(p, "export-model"):
             log.info("removed %s: written by an earlier export, not part of this one", p)
-            with contextlib.suppress(OSError):
-                p.parent.rmdir() if p.parent != dest else None
+            if p.parent != dest:
+                with contextlib.suppress(OSError):
+                    p.parent.rmdir()   # a fold folder left empty
 
 
 def _remove_empty(dest: Path, created: list[Path]) -> None:
