@@ -339,16 +339,20 @@ def owns(path: PathLike, command: str | None = None) -> bool:
     """True when ``path`` is a regular file that a ledger above it records as written by flareseg
     (by ``command`` when given: predict may not replace a label that import wrote) and that is
     unchanged since (size, mtime_ns and inode)."""
-    path = Path(path)
+    return _owner(Path(path), command) is not None
+
+
+def _owner(path: Path, command: str | None) -> tuple[Path, str] | None:
+    """(ledger folder, relative path) of the entry that makes ``path`` ours (:func:`owns`)."""
     s = _stamp(path)
     if s is None:
-        return False
+        return None
     for folder, rel in _candidates(path):
         e = _read_ledger(folder).get(rel)
         if (e is not None and not e.get("gone") and all(e.get(k) == v for k, v in s.items())
                 and (command is None or e.get("command") == command)):
-            return True
-    return False
+            return folder, rel
+    return None
 
 
 def _candidates(path: Path) -> list[tuple[Path, str]]:
@@ -404,12 +408,12 @@ def remove_owned(path: PathLike, command: str | None = None) -> bool:
     path = Path(path)
     if not os.path.lexists(path):
         return False
-    if not owns(path, command):
+    owner = _owner(path, command)
+    if owner is None:
         log.warning("kept %s: not written by flareseg (or changed since), so not deleted", path)
         return False
     os.unlink(path)
-    folder, rel = _ledger_folder(path)
-    _append(folder, [{"path": rel, "gone": True}])
+    _append(owner[0], [{"path": owner[1], "gone": True}])   # in the ledger that recorded it
     return True
 
 
