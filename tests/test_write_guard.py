@@ -343,3 +343,24 @@ def test_a_header_s_data_file_counts_as_input(tmp_path, model, capsys, caplog):
             "--device", "cpu", "-q"]
     res = run_command(main, argv, capsys, caplog)
     assert res.rc == 2 and md5_tree([tmp_path / "in"]) == before, res.lines
+
+
+# ------------------------------------------------------------------ the ledger itself
+
+def test_ledger_records_by_command_survives_a_cut_line_and_compacts(tmp_path):
+    with write_guard.recording(tmp_path, "clean"):
+        for n in ("a.txt", "b.txt", "c.txt"):
+            fio.write_text(n, tmp_path / n)
+    assert write_guard.owns(tmp_path / "a.txt", "clean") and not write_guard.owns(tmp_path / "a.txt", "predict")
+    with open(tmp_path / LEDGER, "ab") as f:
+        f.write(b'{"path": "d.txt", "comm')                       # a writer killed mid-line
+    (tmp_path / "b.txt").write_text("edited by the user")           # changed since: foreign again
+    assert write_guard.remove_owned(tmp_path / "c.txt", "clean") and not (tmp_path / "c.txt").exists()
+    assert not write_guard.remove_owned(tmp_path / "b.txt", "clean") and (tmp_path / "b.txt").exists()
+    write_guard.compact(tmp_path)
+    lines = (tmp_path / LEDGER).read_text().splitlines()
+    assert [fio.json.loads(ln)["path"] for ln in lines] == ["a.txt"] and write_guard.owns(tmp_path / "a.txt")
+    with pytest.raises(UnsafeOutput, match="b.txt exists and was not written by flareseg clean"):
+        with write_guard.recording(tmp_path, "clean"):
+            fio.write_text("x", tmp_path / "b.txt")                 # the write-time net
+    assert (tmp_path / "b.txt").read_text() == "edited by the user" and leftovers([tmp_path]) == []
