@@ -53,7 +53,9 @@ def test_whole_pipeline_on_tiny_phantoms(tiny_run):
         assert (work / f"stage-{n}-{name}" / "config.resolved.json").exists()
     pre = work / "stage-1-fine" / "nnUNet_preprocessed"
     ds = next(pre.iterdir())
-    assert (ds / "nnUNetPlans_fine").is_dir() and (ds / "nnUNetPlans_coarse").is_dir()
+    # stage-1 plans both configurations but preprocesses only fine: stage-5 preprocesses coarse
+    assert (ds / "nnUNetPlans_fine").is_dir() and not (ds / "nnUNetPlans_coarse").exists()
+    assert "coarse" in json.loads((ds / "nnUNetPlans.json").read_text())["configurations"]
     ship = work / "stage-6-ship"
     vals = sorted((work / "stage-1-fine" / "phantoms" / "imagesVal").iterdir())
     for v in vals:

@@ -133,8 +133,9 @@ def _log_size(name: str, conf: dict, num_classes: int) -> None:
 
 
 def plan_and_preprocess(dataset_id: int, configs: dict[str, PlanConfig], num_processes: int = 2,
-                        preprocess: bool = True) -> Path:
-    """Fingerprint + plans (with our configurations) + preprocessing of ``configs``' names.
+                        preprocess: bool | tuple[str, ...] = True) -> Path:
+    """Fingerprint + plans (with our configurations) + preprocessing of ``configs``' names
+    (``preprocess``: all of them, none, or the names given).
 
     nnU-Net's folders must already be exported (:class:`flareseg.nnunet.env.NNUNetPaths`).
     Returns the plans file.
@@ -166,8 +167,9 @@ def plan_and_preprocess(dataset_id: int, configs: dict[str, PlanConfig], num_pro
         _log_size(cname, plans["configurations"][cname], n_classes)
     plans_file = Path(str(nnUNet_preprocessed)) / name / f"{PLANS_NAME}.json"
     write_json(plans, plans_file)
-    if preprocess:
-        preprocess_dataset(dataset_id, PLANS_NAME, tuple(configs), [num_processes] * len(configs),
+    names = tuple(configs) if preprocess is True else tuple(preprocess or ())
+    if names:
+        preprocess_dataset(dataset_id, PLANS_NAME, names, [num_processes] * len(names),
                            verbose=False, show_progress_bar=True)
     return plans_file
 

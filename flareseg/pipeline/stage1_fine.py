@@ -56,13 +56,16 @@ def import_data(cfg: Config, src: dict[str, Path | None], ds_dir: Path) -> dict:
     return {"ok": len(rep.good), "bad": len(rep.bad), "label_type_source": rep.label_type_source}
 
 
-def plan_data(cfg: Config, ds_dir: Path, configurations: tuple[str, ...] = ("fine", "coarse")) -> dict:
-    """Data step ``plan_preprocess``: fingerprint, plans with our ``configurations``, preprocessing,
-    and ``label_types.json`` next to the plans (nnU-Net's folders exported)."""
+def plan_data(cfg: Config, ds_dir: Path, configurations: tuple[str, ...] = ("fine", "coarse"),
+              preprocess: tuple[str, ...] | None = None) -> dict:
+    """Data step ``plan_preprocess``: fingerprint, plans with our ``configurations``, preprocessing
+    of ``preprocess`` (default: every configuration), and ``label_types.json`` next to the plans
+    (nnU-Net's folders exported)."""
     from flareseg.nnunet.planning import place_label_types, plan_and_preprocess
     wanted = {"fine": cfg.fine, "coarse": cfg.coarse}
     pf = plan_and_preprocess(cfg.data.dataset_id, {c: wanted[c] for c in configurations},
-                             num_processes=cfg.data.num_processes)
+                             num_processes=cfg.data.num_processes,
+                             preprocess=configurations if preprocess is None else preprocess)
     place_label_types(ds_dir, pf.parent)
     plans = read_json(pf)
     return {"plans": str(pf), "configurations": {
@@ -87,7 +90,10 @@ def run(ctx: StageContext) -> dict:
     planned = ctx.step("plan_preprocess",
                        {"fine": to_dict(cfg.fine), "coarse": to_dict(cfg.coarse), "import": imported,
                         "types": read_json(ds_dir / "label_types.json")},
-                       lambda: plan_data(cfg, ds_dir), outputs=[pre_dir / "nnUNetPlans.json"])
+                       # coarse is planned here (stage-3 reads its spacing and normalisation) but
+                       # preprocessed by stage-5 on its own training set: nothing reads it here
+                       lambda: plan_data(cfg, ds_dir, preprocess=("fine",)),
+                       outputs=[pre_dir / "nnUNetPlans.json"])
 
     def do_train() -> dict:
         from flareseg.nnunet.training import train
