@@ -41,6 +41,18 @@ def _raise_terminated(signum: int, frame) -> None:
     raise Terminated()
 
 
+def _default_sigterm_in_child() -> None:
+    """After a fork: a child (multiprocessing pool or data-loader worker) dies on SIGTERM as it
+    would without flareseg.  Inheriting the unwinding handler, a worker that ``Pool.terminate()``
+    signals while it waits on the task queue's lock raised :class:`Terminated` instead of dying
+    and the pool hung in ``terminate`` (seen in nnU-Net's preprocessing under a killed stage)."""
+    if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_sigterm_in_child)
+
+
 @contextlib.contextmanager
 def sigterm_unwinds() -> Iterator[None]:
     """While inside, SIGTERM raises :class:`Terminated` in the main thread (so ``finally`` blocks

@@ -171,3 +171,32 @@ def test_pipeline_all_passes_the_signal_to_its_stage_process(tmp_path, sig, rc):
     assert "Traceback" not in stderr
     assert _temps(tmp_path) == [] and not (tmp_path / "slow.json").exists()
     assert [ln.split(":")[0] for ln in _user_lines(stderr)] == ["child", "parent"]
+
+
+def _pool_terminate_under_the_boundary() -> int:
+    """Inside the boundary: a forked pool whose workers wait on the task queue is terminated."""
+    import multiprocessing as mp
+
+    def body() -> int:
+        ctx = mp.get_context("fork")
+        pool = ctx.Pool(2)
+        handlers = pool.map(_worker_sigterm_handler, range(2))
+        pool.terminate()
+        pool.join()
+        return 0 if all(h == "default" for h in handlers) else 1
+    return run_at_boundary(body, "test")
+
+
+def _worker_sigterm_handler(_: int) -> str:
+    import signal as s
+    return "default" if s.getsignal(s.SIGTERM) == s.SIG_DFL else "flareseg"
+
+
+def test_forked_workers_die_on_sigterm_so_a_pool_terminates(tmp_path):
+    """Workers forked under the boundary get SIGTERM's default action back: with the unwinding
+    handler inherited, Pool.terminate() hung on a worker waiting for the queue lock (nnU-Net's
+    preprocessing pool in a killed stage)."""
+    code = ("import sys; sys.path.insert(0, %r); from tests.test_boundary import _pool_terminate_under_the_boundary "
+            "as f; raise SystemExit(f())" % str(Path(__file__).resolve().parents[1]))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
