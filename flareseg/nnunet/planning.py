@@ -169,7 +169,8 @@ def plan_and_preprocess(dataset_id: int, configs: dict[str, PlanConfig], num_pro
     write_json(plans, plans_file)
     names = tuple(configs) if preprocess is True else tuple(preprocess or ())
     if names:
-        preprocess_dataset(dataset_id, PLANS_NAME, names, [num_processes] * len(names),
+        n = _workers(name, [plans["configurations"][c]["spacing"] for c in names], num_processes)
+        preprocess_dataset(dataset_id, PLANS_NAME, names, [n] * len(names),
                            verbose=False, show_progress_bar=True)
     return plans_file
 
@@ -185,10 +186,28 @@ def place_label_types(raw_dataset: Path, preprocessed_dataset: Path) -> Path:
     return dest
 
 
+def _workers(dataset_name: str, spacings: list, requested: int) -> int:
+    """Preprocessing workers: ``requested`` bounded by memory
+    (:mod:`flareseg.nnunet.preprocess_memory`; ``FLARESEG_PREPROCESS_WORKERS`` fixes the count)."""
+    from nnunetv2.paths import nnUNet_raw
+    from flareseg.nnunet.preprocess_memory import dataset_workers, env_workers
+    fixed = env_workers()
+    if fixed is not None:
+        return max(1, fixed)
+    return dataset_workers(Path(str(nnUNet_raw)) / dataset_name, spacings, requested)
+
+
 def preprocess(dataset_id: int, configurations: tuple[str, ...], num_processes: int = 2) -> None:
-    """Preprocess a dataset whose plans are already in place (e.g. reused from another dataset)."""
+    """Preprocess a dataset whose plans are already in place (e.g. reused from another dataset),
+    with ``num_processes`` workers bounded by memory."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
-    preprocess_dataset(dataset_id, PLANS_NAME, configurations, [num_processes] * len(configurations),
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+    from flareseg.io import read_json
+    name = convert_id_to_dataset_name(dataset_id)
+    plans = read_json(Path(str(nnUNet_preprocessed)) / name / f"{PLANS_NAME}.json")
+    n = _workers(name, [plans["configurations"][c]["spacing"] for c in configurations], num_processes)
+    preprocess_dataset(dataset_id, PLANS_NAME, configurations, [n] * len(configurations),
                        verbose=False, show_progress_bar=True)
 
 
