@@ -8,13 +8,10 @@ leaves a half-written output behind.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import logging
 import os
-import re
-import socket
 import stat
 import tempfile
 import threading
@@ -30,6 +27,7 @@ from flareseg.dicom import read_dicom_series
 from flareseg.errors import InputError
 from flareseg.file_check import image_suffix, spacing_error, unsupported_format, verify_image_file
 from flareseg.regular_file import file_kind, open_regular, require_regular, stat_path
+from flareseg.temp_names import TEMP_RE, temp_prefix, writer_host
 from flareseg.image_check import nonfinite_problem, size_problem
 
 log = logging.getLogger(__name__)
@@ -238,18 +236,8 @@ def _fmt(v, digits: int = 4) -> str:
     return "(" + ", ".join(f"{x:.{digits}g}" for x in v) + ")"
 
 
-@functools.lru_cache(maxsize=None)
-def _writer_host() -> str:
-    """This machine as written into temp-file names: the host name (characters other than letters,
-    digits and ``-`` made ``_``) plus the PID namespace where Linux tells it, so that containers
-    sharing a host name (``--net=host``) but not their process ids never judge each other's temps."""
-    host = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname())[:40] or "host"
-    with contextlib.suppress(OSError):
-        host += f"_ns{os.stat('/proc/self/ns/pid').st_ino}"
-    return host
-
-
-_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp")
+_writer_host = writer_host
+_TEMP_RE = TEMP_RE
 _cleaned_folders: set[str] = set()
 _cleaned_lock = threading.Lock()
 
@@ -314,17 +302,7 @@ def _prepare_folder(dest: Path) -> None:
         remove_stale_temps(dest.parent)
 
 
-def _temp_prefix(dest: Path) -> str:
-    return f".{dest.name}.{_writer_host()}-{os.getpid()}."
-
-
-def check_writable(folder: os.PathLike | str) -> None:
-    """Raise OSError unless a file can be created in ``folder`` (an existing folder): creates and
-    removes an empty temp named as :func:`atomic_path`'s, so a killed probe is cleaned like them.
-    Asks the file system itself, which permission bits cannot answer (root, read-only mounts, ACLs)."""
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(Path(folder) / "write-probe"), suffix=".tmp", dir=folder)
-    os.close(fd)
-    os.unlink(tmp)
+_temp_prefix = temp_prefix
 
 
 class WriteFailed(OSError):

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from flareseg.temp_names import TEMP_RE, check_writable, temp_prefix
+
 log = logging.getLogger(__name__)
 
 #: the record of what flareseg wrote into a folder (hidden; one JSON object per line)
@@ -226,9 +228,8 @@ def check_plan(plan: WritePlan, probe: bool = True) -> None:
 def _is_run_folder(root: Path, command: str) -> bool:
     """True when ``root`` is empty (hidden temps aside) or its ledger records a file of
     ``command`` that is still there unchanged."""
-    from flareseg.io import _TEMP_RE
     try:
-        names = [n for n in os.listdir(root) if not _TEMP_RE.match(n) and n != LEDGER]
+        names = [n for n in os.listdir(root) if not TEMP_RE.match(n) and n != LEDGER]
     except OSError:
         return False
     if not names:
@@ -245,7 +246,6 @@ def probe_writable(folder: PathLike) -> None:
         anc = anc.parent
     if not anc.is_dir():
         raise UnsafeOutput(f"{folder}: cannot create the output folder: {anc} is not a folder")
-    from flareseg.io import check_writable
     try:
         check_writable(anc)
     except OSError as e:
@@ -491,8 +491,7 @@ def compact(root: PathLike) -> None:
             s = _stamp(root / rel)
             if not e.get("gone") and s is not None and all(e.get(k) == v for k, v in s.items()):
                 kept.append(e)
-        from flareseg.io import _temp_prefix
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(root / LEDGER), suffix=".tmp", dir=root)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(root / LEDGER), suffix=".tmp", dir=root)
         try:
             os.write(fd, "".join(json.dumps(e) + "\n" for e in kept).encode())
             os.close(fd)

@@ -19,9 +19,11 @@ ROOT = Path(__file__).resolve().parents[1] / "flareseg"
 
 #: ground floor first; a module may import its own layer and the layers below it
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("ground", ("flareseg.errors", "flareseg.yaml_read", "flareseg.labels", "flareseg.config", "flareseg.versions",
+    ("ground", ("flareseg.errors", "flareseg.console", "flareseg.yaml_read", "flareseg.regular_file", "flareseg.temp_names", "flareseg.labels", "flareseg.config", "flareseg.versions",
                 "flareseg.devices", "flareseg.distributed")),
+    # write_guard plans and records every write that io carries out (io calls it; it imports neither)
     ("files and anatomy", ("flareseg.dicom", "flareseg.file_check", "flareseg.image_check", "flareseg.io",
+                           "flareseg.write_guard",
                            "flareseg.cases", "flareseg.anatomy", "flareseg.overlay")),
     # one package per paper idea, pure functions over arrays and files
     ("ideas", ("flareseg.data", "flareseg.cleaning", "flareseg.cto", "flareseg.losses", "flareseg.sampling",

@@ -250,7 +250,7 @@ def make_output_folder(plan: OutputPlan) -> list[Path]:
     returns the folders created, to remove again if the model then fails to load.  OSError when
     the folder cannot be created or a file cannot be written into it (found here, before the model
     loads, not case by case)."""
-    from flareseg.io import check_writable
+    from flareseg.temp_names import check_writable
     created = [d for d in (plan.folder, *plan.folder.parents) if not d.exists()]
     plan.folder.mkdir(parents=True, exist_ok=True)
     try:
