@@ -335,18 +335,20 @@ def atomic_path(dest: os.PathLike | str, verify: Callable[[Path], str | None] | 
     write_guard.check_replace(dest)   # never a file the guarded command did not write
     _prepare_folder(dest)
     suffix = image_suffix(dest) or "".join(dest.suffixes[-1:])
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dest), suffix=f".tmp{suffix}", dir=dest.parent)
-    os.close(fd)
-    tmp_p = Path(tmp)
-    try:
+    tmp_p = None
+    try:   # the temp is created inside the try: a Ctrl-C right after mkstemp still removes it
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dest), suffix=f".tmp{suffix}", dir=dest.parent)
+        tmp_p = Path(tmp)
+        os.close(fd)
         yield tmp_p
         _verify_written(tmp_p, dest, verify)
         os.chmod(tmp_p, 0o666 & ~_umask())
         write_guard.note_written(dest, tmp_p)   # the ledger line first: a rename keeps size, mtime, inode
         os.replace(tmp_p, dest)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_p.unlink()
+        if tmp_p is not None:
+            with contextlib.suppress(FileNotFoundError):
+                tmp_p.unlink()
         raise
     with contextlib.suppress(FileNotFoundError):
         tmp_p.unlink()            # still there when tmp and dest were links to one file
