@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import os
 import importlib
-import logging
 import sys
+
+from flareseg.console import set_log_levels   # log levels live one floor down (also the pipeline's)
 
 # Each module defines ``register(subparsers)``; the parser it adds sets ``func(args) -> int``.
 COMMAND_MODULES: list[str] = [
@@ -44,21 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _version() -> str:
     from flareseg import __version__
     return f"flareseg {__version__}"
-
-
-#: loggers of other packages that log routine INFO lines (NumExpr's "defaulting to N threads",
-#: nnU-Net, matplotlib font scans): shown only with -v
-THIRD_PARTY_LOGGERS = ("numexpr", "nnunetv2", "matplotlib", "PIL", "batchgenerators", "torch", "h5py",
-                       "urllib3", "acvl_utils", "dynamic_network_architectures")
-
-
-def set_log_levels(verbose: bool) -> None:
-    """Our messages at INFO (DEBUG with -v); other packages' only from WARNING unless ``verbose``.
-    Every record goes to stderr (stdout holds only a command's result lines)."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    for name in THIRD_PARTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

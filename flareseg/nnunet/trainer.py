@@ -503,6 +503,26 @@ class FlareSegTrainer(nnUNetTrainer):
                 record_cutmix_epoch(self.output_folder, self.current_epoch, c)
         return super().on_train_epoch_end(train_outputs)
 
+    #: called after every epoch with :meth:`epoch_numbers` (the pipeline's training progress bar)
+    epoch_listener = None
+
+    def epoch_numbers(self, epoch: int) -> dict:
+        """Epoch ``epoch``'s numbers from nnU-Net's logger: losses and mean pseudo-Dice (NaN when none)."""
+        def last(key):
+            try:
+                return float(self.logger.get_value(key, step=-1))
+            except (KeyError, IndexError, TypeError, ValueError):
+                return float("nan")
+        return {"epoch": epoch + 1, "epochs": self.num_epochs, "train_loss": last("train_losses"),
+                "val_loss": last("val_losses"), "pseudo_dice": last("mean_fg_dice")}
+
+    def on_epoch_end(self):
+        """nnU-Net's, then :attr:`epoch_listener` (if set) gets the epoch's numbers."""
+        epoch = self.current_epoch
+        super().on_epoch_end()
+        if self.epoch_listener is not None:
+            self.epoch_listener(self.epoch_numbers(epoch))
+
     def validation_step(self, batch: dict) -> dict:
         annotated = batch.get("label_type") or FOREGROUND
         self.loss.annotated = annotated

@@ -1,9 +1,11 @@
 """Run ``FlareSegTrainer`` through nnU-Net's own training entry points (resumable)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -98,8 +100,30 @@ def train(dataset_name: str, configuration: str, tc: TrainConfig, preprocessed_d
             trainer.rank_log = Path(log_dir) / f"rank{dist.rank()}.jsonl"
         if start is not None:
             trainer.load_checkpoint(str(start))
-        trainer.run_training()
+        with epoch_bar(trainer, f"train {configuration}", show=dist.is_main()) as bar:
+            trainer.epoch_listener = bar
+            trainer.run_training()
     return dist.on_main(lambda: training_summary(out))
+
+
+@contextlib.contextmanager
+def epoch_bar(trainer, desc: str, show: bool = True) -> Iterator[Callable[[dict], None]]:
+    """A tqdm bar over the trainer's epochs (from the one it resumes at), its postfix the last
+    epoch's train/val loss and mean pseudo-Dice; yields the trainer's ``epoch_listener``."""
+    from tqdm import tqdm
+    bar = tqdm(total=trainer.num_epochs, initial=trainer.current_epoch, desc=desc, unit="epoch",
+               disable=not show, dynamic_ncols=True)
+
+    def update(e: dict) -> None:
+        bar.set_postfix_str(f"loss {e['train_loss']:.4f}, val {e['val_loss']:.4f}, "
+                            f"pseudo-Dice {e['pseudo_dice']:.3f}", refresh=False)
+        bar.update(e["epoch"] - bar.n)
+        log.debug("epoch %d/%d: %s", e["epoch"], e["epochs"], e)
+
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def _probe(path: Path) -> tuple[dict | None, str | None]:

@@ -6,6 +6,7 @@ and stops at the first failure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import logging
 import sys
@@ -13,10 +14,12 @@ from pathlib import Path
 
 from flareseg.boundary import call_child
 from flareseg.config import Config, ConfigError, load_config
+from flareseg.console import log_file_name, set_log_levels, stage_output
 from flareseg.io import InputError
 from flareseg.pipeline.preflight import preflight
 from flareseg.pipeline.registry import DESCRIPTIONS, STAGES, run_stage
-from flareseg.pipeline.stage import STAGE_NAMES, StageError, StagePaused
+from flareseg.pipeline.stage import STAGE_NAMES, StageError, StagePaused, stage_dir
+from flareseg.pipeline.summary import stage_summary
 
 def _stage_table() -> str:
     """One wrapped entry per stage: number, name, description (from the registry)."""
@@ -156,12 +159,13 @@ def _main(argv: list[str] | None = None) -> int:
                    help="override a config key, e.g. --set train_fine.epochs=2 (repeatable)")
     p.add_argument("--force", action="store_true", help="rerun even if the stage is current")
     p.add_argument("-v", "--verbose", action="store_true",
-                   help="debug logging, and other packages' INFO lines (nnU-Net, NumExpr, ...)")
+                   help="show everything on the terminal: debug logging and other packages' output "
+                        "(nnU-Net's plans, per-epoch text, ...); without it that goes to the stage's log file")
+    p.add_argument("-q", "--quiet", action="store_true", help="terminal: warnings, errors and results only")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from flareseg.cli import set_log_levels
-    set_log_levels(args.verbose)   # other packages' INFO (NumExpr, nnU-Net) only with -v
+    set_log_levels(args.verbose, args.quiet)   # other packages' INFO (NumExpr, nnU-Net) only with -v
     try:
         cfg = load_config(args.config, args.overrides)
         check_data_keys(cfg, str(args.config))
@@ -198,8 +202,7 @@ def _main(argv: list[str] | None = None) -> int:
         for n in sorted(STAGES):
             cmd = [sys.executable, "-m", "flareseg.pipeline", str(n), "--config", str(args.config),
                    "--work", str(work)] + sum((["--set", o] for o in args.overrides), [])
-            if args.force:
-                cmd.append("--force")
+            cmd += ["--force"] * args.force + ["-v"] * args.verbose + ["-q"] * args.quiet
             print(f"==> stage-{n} ({STAGE_NAMES[n]})", flush=True)
             rc = call_child(cmd)   # a Ctrl-C reaches the stage, which removes its temps
             if rc != 0:
@@ -216,8 +219,15 @@ def _main(argv: list[str] | None = None) -> int:
     if dist.launched():   # a training's collectives time out after its dist_timeout_min
         tc = getattr(cfg, DISTRIBUTED_STAGES[n]) if n in DISTRIBUTED_STAGES else None
         dist.init_from_env(tc.device if tc else cfg.inference.device, tc.dist_timeout_min if tc else None)
+    log_file = stage_log(cfg, work, n, args.force)
+    if log_file is not None and dist.is_main() and not args.quiet:
+        print(f"stage-{n} ({STAGE_NAMES[n]}): {'log' if args.verbose else 'full output'} in {log_file}",
+              file=sys.stderr, flush=True)
+    output = (stage_output(log_file, args.verbose, args.quiet, title=" ".join(sys.argv))
+              if log_file is not None else contextlib.nullcontext())
     try:
-        man = run_stage(n, cfg, work, force=args.force)
+        with output:
+            man = run_stage(n, cfg, work, force=args.force)
     except StagePaused as e:
         print(_prefixed(n, e))
         return 0
@@ -233,8 +243,23 @@ def _main(argv: list[str] | None = None) -> int:
     finally:
         dist.shutdown()
     state = "skipped (current)" if man.get("skipped") else "done"
+    if not man.get("skipped") and not args.quiet:
+        for line in stage_summary(man):
+            print(line, file=sys.stderr)
     print(f"stage-{n} ({STAGE_NAMES[n]}) {state}: {work / f'stage-{n}-{STAGE_NAMES[n]}' / 'manifest.json'}")
     return 0
+
+
+def stage_log(cfg: Config, work: Path, n: int, force: bool) -> Path | None:
+    """This process's log file for stage ``n`` (``work/stage-N-<name>/logs/stage.log``), or None
+    when the stage will not run (current, or an earlier stage's outputs are missing: it says so)."""
+    from flareseg import distributed as dist
+    st = STAGES[n]
+    if not force and st.is_current(cfg, work):
+        return None
+    if any(not (stage_dir(work, u) / "manifest.json").exists() for u in st.reads):
+        return None
+    return stage_dir(work, n) / "logs" / log_file_name(dist.rank() if dist.launched() else 0)
 
 
 if __name__ == "__main__":

@@ -83,3 +83,49 @@ def run_summary(work: Path) -> str:
     if qc.exists():
         lines.append(f"  QC report                  {qc}")
     return "\n".join(lines)
+
+
+def _training_line(tr: dict | None) -> str | None:
+    if not tr:
+        return None
+    dice = [v for v in (tr.get("val_pseudo_dice") or {}).values() if v is not None]
+    mean = f", mean val pseudo-Dice {sum(dice) / len(dice):.3f} ({len(dice)} classes)" if dice else ""
+    return (f"  trained to epoch {tr.get('epochs')}: train loss {tr.get('final_train_loss')}, "
+            f"val loss {tr.get('final_val_loss')}{mean}")
+
+
+def stage_summary(manifest: dict) -> list[str]:
+    """A few lines on what a finished stage did (terminal, after the stage): time per step and
+    its main counts, read from the stage's ``manifest.json``."""
+    n, r = manifest.get("stage"), manifest.get("result") or {}
+    t = manifest.get("timings") or {}
+    steps = ", ".join(f"{k} {v:.0f} s" for k, v in (t.get("steps") or {}).items() if v)
+    lines = [f"stage-{n} ({manifest.get('name')}) finished in {t.get('total_seconds', 0):.0f} s"
+             + (f" ({steps})" if steps else "")]
+    if n == 1:
+        imp = r.get("import") or {}
+        lines.append(f"  imported {imp.get('ok')} cases ({imp.get('bad')} refused), label types from "
+                     f"{imp.get('label_type_source')}")
+    elif n == 2:
+        lines.append(f"  {r.get('scored')} of {r.get('unlabeled')} unlabeled scans scored ({r.get('failed')} "
+                     f"failed), {r.get('selected')} selected ({r.get('tumor_kept')} keep tumor), "
+                     f"{r.get('filled')} tumor-only cases filled with organs")
+    elif n == 3:
+        lines.append(f"  {r.get('objects')} tumor objects from {r.get('source_cases')} cases "
+                     f"({r.get('rejected')} rejected, {r.get('errors')} errors)")
+    elif n == 4:
+        lines.append(f"  {r.get('removed_components')} components removed {r.get('removed_by_reason') or ''}".rstrip())
+    elif n == 5:
+        c = r.get("cutmix") or {}
+        if c:
+            lines.append(f"  CutMix pasted into {c.get('pasted')} of {c.get('eligible')} eligible samples")
+    elif n == 6:
+        ev = r.get("evaluation") or {}
+        om, tu = ev.get("organ_mean") or {}, ev.get("tumor") or {}
+        if om:
+            lines.append(f"  validation: organ mean DSC {_fmt(om.get('dsc')).strip()}, tumor DSC "
+                         f"{_fmt(tu.get('dsc')).strip()}")
+    line = _training_line(r.get("training"))
+    if line:
+        lines.append(line)
+    return lines
