@@ -35,11 +35,27 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="debug logging, and other packages' INFO lines (nnU-Net, NumExpr, ...)")
+    p.add_argument("-q", "--quiet", dest="quiet_all", action="store_true",
+                   help="no INFO lines (warnings, errors and results only)")
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND")
     for mod in COMMAND_MODULES:
         importlib.import_module(mod).register(sub)
+    for sp in sub.choices.values():   # -v / -q also after the subcommand: flareseg predict ... -v
+        add_verbosity_flags(sp)
     return p
+
+
+def add_verbosity_flags(p: argparse.ArgumentParser) -> None:
+    """``-v`` and ``-q`` on a subcommand's parser, unless it has its own (predict's ``-q`` also
+    hides progress bars); given there they count as given before the subcommand."""
+    flags = ((("-v", "--verbose"), "verbose", "debug logging, and other packages' INFO lines"),
+             (("-q", "--quiet"), "quiet", "no INFO lines (warnings, errors and results only)"))
+    for names, dest, text in flags:
+        try:
+            p.add_argument(*names, dest=dest, action="store_true", default=argparse.SUPPRESS, help=text)
+        except argparse.ArgumentError:   # the subcommand defines the flag itself
+            pass
 
 
 def _version() -> str:
@@ -61,7 +77,10 @@ def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
-    set_log_levels(args.verbose)
+    quiet = bool(args.quiet_all or getattr(args, "quiet", False))
+    if quiet and hasattr(args, "quiet"):
+        args.quiet = True   # a subcommand with its own -q sees the one given before it too
+    set_log_levels(args.verbose, quiet)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -30,7 +30,7 @@ not write (unless --overwrite), an --out that cannot be created or written into,
 naming the file, no partial file under a real name; a cleaned label that cannot be written fails its case).
 
 examples:
-  flareseg clean --labels work/labels --out work/stage-4-cleaning
+  flareseg clean -i data/labelsTr -o data/labelsTr-clean --images data/imagesTr
   flareseg clean --labels L --out O --images I --config configs/default.yaml \\
       --set cleaning.min_voxels=50 --set cleaning.max_organ_distance_mm=30
 """
@@ -40,8 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("clean", help="clean label maps (small components, stray tumors)",
                               description=HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--labels", required=True, help="folder of input label maps (read only)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("-i", "--labels", required=True, help="folder of input label maps (read only)")
+    p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--images", help="folder of CTs (HU), for cases without organ labels")
     p.add_argument("--config", help="YAML config (default: built-in paper settings)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -45,7 +45,7 @@ def register(subparsers) -> None:
         description="Write CT-like abdominal phantoms (HU, 13 FLARE organs + tumors) with "
                     "FLARE23-style partial labels, hidden full ground truth and a manifest.",
         epilog=EPILOG.format(MAX_PHANTOMS=MAX_PHANTOMS, MAX_WORKERS=MAX_WORKERS), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, type=Path, help="output folder (created if needed)")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder (created if needed)")
     p.add_argument("--config", type=Path, default=None,
                    help="YAML config; its data.phantoms section gives the defaults below")
     p.add_argument("--labeled", type=int, help="cases with partial organ (+/- tumor) labels")

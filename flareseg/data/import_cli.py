@@ -55,11 +55,11 @@ Example:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import", help="validate FLARE folders and write an nnU-Net raw dataset",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=Path, help="folder of labeled images")
+    p.add_argument("-i", "--images", type=Path, help="folder of labeled images")
     p.add_argument("--labels", type=Path, help="folder of label maps (<case>.nii.gz)")
     p.add_argument("--unlabeled", type=Path, help="folder of unlabeled images")
     p.add_argument("--manifest", type=Path, help="CSV case_id,annotated (space-separated class indices)")
-    p.add_argument("--out", type=Path, required=True, help="output dataset folder (DatasetNNN_Name)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output dataset folder (DatasetNNN_Name)")
     p.add_argument("--strict", action="store_true", help="check every case first; import nothing (exit 1) if any is bad")
     p.add_argument("-j", "--num-processes", type=int, default=1, help="parallel workers")
     p.set_defaults(func=run)

@@ -49,7 +49,7 @@ exit   : 0 when every reference case was scored; 1 when a prediction is missing,
          one line naming the file, no half-written report
 
 examples:
-  flareseg evaluate --pred work/stage-6-predict/outputs --gt data/val/labels --out reports/val
+  flareseg evaluate --pred work/stage-6-ship/predictions --gt data/val/labels --out reports/val
   flareseg evaluate --pred pred/case_01.nii.gz --gt labels/case_01.nii.gz
   flareseg evaluate --pred P --gt G --set evaluation.nsd_min_dsc=0.2 --classes 1 2 3 13
   flareseg evaluate --pred P --gt G --rules flare23-official --set evaluation.nsd_min_dsc=0.2
@@ -89,9 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("evaluate", help="FLARE23 DSC/NSD of predictions against reference labels",
                        description=EVALUATE_HELP, formatter_class=fmt)
-    p.add_argument("--pred", required=True, type=Path, help="folder (or file) of predicted label maps")
+    p.add_argument("-i", "--pred", required=True, type=Path, help="folder (or file) of predicted label maps")
     p.add_argument("--gt", required=True, type=Path, help="folder (or file) of reference label maps")
-    p.add_argument("--out", type=Path, help="folder for per_case.csv, summary.json, summary.txt")
+    p.add_argument("-o", "--out", type=Path, help="folder for per_case.csv, summary.json, summary.txt")
     p.add_argument("--config", type=Path, help="YAML config (its evaluation: section is used)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. evaluation.nsd_min_dsc=0.2 (repeatable)")
@@ -108,9 +108,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = sub.add_parser("efficiency", help="time a prediction command per case: wall s, GPU memory, RSS",
                        description=EFFICIENCY_HELP, formatter_class=fmt)
-    q.add_argument("--inputs", required=True, type=Path, nargs="+",
+    q.add_argument("-i", "--inputs", required=True, type=Path, nargs="+",
                    help="input image files, or folders of them")
-    q.add_argument("--out", required=True, type=Path, help="folder for outputs, logs and reports")
+    q.add_argument("-o", "--out", required=True, type=Path, help="folder for outputs, logs and reports")
     q.add_argument("--interval", type=float, default=0.1, help="GPU memory sampling interval, s (default 0.1)")
     q.add_argument("--sampling", choices=CADENCES, default="fixed",
                    help="GPU query cadence: fixed schedule (default) or official (sleep --interval "

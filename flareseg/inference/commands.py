@@ -54,10 +54,10 @@ settings: the inference section of --config FILE (InferenceConfig defaults other
          which sets one inference key. The report lists the resolved inference config.
 
 examples:
-  flareseg predict -i scan.nii.gz -o out/ -m models/coarse
-  flareseg predict -i /data/dicom/patient1 -o out/ -m models/coarse --device cpu --no-skip
-  flareseg predict -i inputs/ -o outputs/ -m models/coarse --statistics --tta
-  flareseg predict -i inputs/ -o outputs/ -m models/coarse --config my.yaml --set inference.step_size=0.7
+  flareseg predict -i scan.nii.gz -o out/ -m work/stage-6-ship/model
+  flareseg predict -i /data/dicom/patient1 -o out/ -m work/stage-6-ship/model --device cpu --no-skip
+  flareseg predict -i inputs/ -o outputs/ -m work/stage-6-ship/model --statistics --tta
+  flareseg predict -i inputs/ -o outputs/ -m work/stage-6-ship/model --config my.yaml --set inference.step_size=0.7
 
 """
 
@@ -525,7 +525,7 @@ def _choices(key: str) -> list[str]:
 def register(subparsers) -> None:
     D = InferenceConfig()   # the defaults the help shows (the flags themselves default to "not given")
     p = subparsers.add_parser(
-        "predict", help="segment CT images with a trained model folder (fast GPU predictor)",
+        "predict", help="segment CT images with a trained model folder (fast predictor, GPU or CPU)",
         description="Predict FLARE23 label maps with an nnU-Net v2 model folder: resampling, "
                     "sliding window with window skipping and argmax run on the device.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

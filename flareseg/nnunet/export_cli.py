@@ -24,7 +24,9 @@ exit   : 0 written; 4 a write failed (disk full, read-only: one line naming the 
          that cannot be created or written into
 
 example:
-  flareseg export-model -m work/stage-5-coarse/model -o models/coarse-stock
+  flareseg export-model -o models/coarse-stock \
+      -m work/stage-5-coarse/nnUNet_results/Dataset824_FLARE23PartialCoarse/FlareSegTrainer__nnUNetPlans__coarse
+  (stage-6 already writes this export to work/stage-6-ship/model)
   nnUNetv2_predict_from_modelfolder -i imgs -o out -m models/coarse-stock -f 0
 """
 
@@ -32,7 +34,7 @@ example:
 def register(subparsers) -> None:
     p = subparsers.add_parser("export-model", help="write a model folder stock nnU-Net loads without env vars",
                               description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-m", "--model", required=True, help="model folder to export (read only)")
+    p.add_argument("-m", "-i", "--model", required=True, help="model folder to export (read only)")
     p.add_argument("-o", "--output", required=True, help="folder to write (not inside -m)")
     p.add_argument("--fold", default=None, help="fold(s) to export, e.g. 0 or 0,1 (default: every fold found)")
     p.add_argument("--overwrite", action="store_true",

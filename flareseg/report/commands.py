@@ -46,6 +46,6 @@ def run_report(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="static HTML QC report (pictures + tables) of a work folder",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", required=True, type=Path, help="pipeline work folder")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: WORK/qc)")
+    p.add_argument("-i", "--work", required=True, type=Path, help="pipeline work folder")
+    p.add_argument("-o", "--out", type=Path, default=None, help="output folder (default: WORK/qc)")
     p.set_defaults(func=run_report)
