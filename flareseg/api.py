@@ -1,4 +1,4 @@
-"""Python API: ``flareseg.predict``, ``flareseg.evaluate`` and ``flareseg.clean``, one call each.
+"""Python API: ``flareseg.predict``, ``flareseg.evaluate``, ``flareseg.clean`` and ``flareseg.statistics``, one call each.
 
 Each call takes the command line's inputs, options and defaults (the settings are the config
 keys: ``predict(..., device="cpu", skip_windows=False)`` is ``flareseg predict --device cpu
@@ -167,3 +167,13 @@ def clean(labels: PathLike, out: PathLike, *, images: PathLike | None = None, co
     if Path(out).is_dir():   # what a killed earlier run left half-written
         remove_stale_temps(out, recursive=True)
     return clean_folder(labels, out, cfg, images, force=force, overwrite=overwrite)
+
+
+def statistics(image, seg, spacing_zyx: Sequence[float] | None = None) -> dict:
+    """Volumes (mL) and HU statistics per class and per tumor component of the segmentation
+    ``seg`` of the CT ``image``, in memory (``flareseg statistics -i CT -s SEG`` without ``-o``).
+
+    Each may be a path, a ``SimpleITK.Image`` or a ``(Z, Y, X)`` numpy array (give
+    ``spacing_zyx`` in mm when neither carries a geometry).  Schema: docs/statistics.md."""
+    from flareseg.inference.statistics import segmentation_statistics
+    return segmentation_statistics(image, seg, spacing_zyx)

@@ -12,6 +12,7 @@ from flareseg.console import set_log_levels   # log levels live one floor down (
 COMMAND_MODULES: list[str] = [
     "flareseg.data.import_cli",
     "flareseg.inference.commands",
+    "flareseg.inference.statistics_cli",
     "flareseg.evaluation.commands",
     "flareseg.cleaning.commands",
     "flareseg.data.commands",

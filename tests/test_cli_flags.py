@@ -31,7 +31,7 @@ def test_every_subcommand_takes_v_and_q_after_it(name):
 #: subcommand -> (its input option's dest, its output option's dest): -i / -o name them
 FOLDER_OPTIONS = {"predict": ("input", "output"), "import": ("images", "out"), "evaluate": ("pred", "out"),
                   "efficiency": ("inputs", "out"), "clean": ("labels", "out"), "phantoms": (None, "out"),
-                  "report": ("work", "out"), "export-model": ("model", "output")}
+                  "report": ("work", "out"), "export-model": ("model", "output"), "statistics": ("image", "out")}
 
 
 def test_i_and_o_alias_the_folder_options_of_every_subcommand():

@@ -106,16 +106,16 @@ def test_hu_statistics_per_class_and_tumor_component_exact():
     lab[4, 8, 8] = 14                                      # tumor B: 1 voxel, HU 55
     img[4, 8, 8] = 55
     s = label_statistics(lab, (2.0, 1.0, 1.0), CLASS_NAMES, image=img)
-    assert s["hu"]["liver"] == {"mean": 49.5, "std": 28.87, "p5": 4.95, "p50": 49.5, "p95": 94.05}
+    assert s["hu"]["liver"] == {"mean": 49.5, "std": 28.87, "min": 0.0, "max": 99.0, "p5": 4.95, "p50": 49.5, "p95": 94.05}
     assert s["hu"]["spleen"] is None
     # 4 x 10, 4 x 30, 1 x 55: mean 215/9, population std sqrt(1888.89/9), p95 at 7.6 of 8: 30 + 0.6 * 25
-    assert s["hu"]["tumor"] == {"mean": 23.89, "std": 14.49, "p5": 10.0, "p50": 30.0, "p95": 45.0}
+    assert s["hu"]["tumor"] == {"mean": 23.89, "std": 14.49, "min": 10.0, "max": 55.0, "p5": 10.0, "p50": 30.0, "p95": 45.0}
     comps = s["tumor"]["component_list"]
     assert [c["voxels"] for c in comps] == [8, 1] and s["tumor"]["components"] == 2
-    assert comps[0]["hu"] == {"mean": 20.0, "std": 10.0, "p5": 10.0, "p50": 20.0, "p95": 30.0}
+    assert comps[0]["hu"] == {"mean": 20.0, "std": 10.0, "min": 10.0, "max": 30.0, "p5": 10.0, "p50": 20.0, "p95": 30.0}
     assert comps[0]["centroid_zyx"] == [3.5, 0.5, 0.5] and comps[0]["volume_ml"] == 0.016
     assert comps[1] == {"component": 2, "voxels": 1, "volume_ml": 0.002, "centroid_zyx": [4.0, 8.0, 8.0],
-                        "hu": {"mean": 55.0, "std": 0.0, "p5": 55.0, "p50": 55.0, "p95": 55.0}}
+                        "hu": {"mean": 55.0, "std": 0.0, "min": 55.0, "max": 55.0, "p5": 55.0, "p50": 55.0, "p95": 55.0}}
     assert "hu" not in label_statistics(lab, (2.0, 1.0, 1.0), CLASS_NAMES)   # without the image
 
 

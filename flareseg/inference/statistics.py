@@ -13,13 +13,14 @@ PERCENTILES = (5, 50, 95)
 
 
 def hu_statistics(values: np.ndarray) -> dict | None:
-    """``{"mean", "std", "p5", "p50", "p95"}`` of the HU ``values`` (population std, ddof 0;
-    percentiles linearly interpolated, numpy's default), rounded to 0.01 HU; None when empty."""
+    """``{"mean", "std", "min", "max", "p5", "p50", "p95"}`` of the HU ``values`` (population std,
+    ddof 0; percentiles linearly interpolated, numpy's default), rounded to 0.01 HU; None when empty."""
     if values.size == 0:
         return None
     v = values.astype(np.float64, copy=False)
     p = np.percentile(v, PERCENTILES)
     return {"mean": round(float(v.mean()), 2), "std": round(float(v.std()), 2),
+            "min": round(float(v.min()), 2), "max": round(float(v.max()), 2),
             **{f"p{q}": round(float(x), 2) for q, x in zip(PERCENTILES, p)}}
 
 
@@ -78,3 +79,57 @@ def _components(comp: np.ndarray, n: int, image: np.ndarray, voxel_ml: float) ->
                      "hu": hu_statistics(values[bounds[c - 1]:bounds[c]])})
     rows.sort(key=lambda r: -r["voxels"])
     return [{"component": i + 1, **r} for i, r in enumerate(rows)]
+
+
+def as_array(obj, spacing_zyx: Sequence[float] | None = None, name: str = "image"):
+    """``(array (Z, Y, X), Geometry or None, source)`` of a path (read through
+    :func:`flareseg.io.read_image`, the verified read), a ``SimpleITK.Image``, or a numpy array
+    (whose ``spacing_zyx`` in mm must then be given)."""
+    import os
+
+    import SimpleITK as sitk
+
+    from flareseg.io import Geometry, read_image
+    if isinstance(obj, (str, os.PathLike)):
+        img = read_image(obj)
+        return sitk.GetArrayFromImage(img), Geometry.of(img), str(obj)
+    if isinstance(obj, sitk.Image):
+        return sitk.GetArrayFromImage(obj), Geometry.of(obj), f"<SimpleITK {name}>"
+    if isinstance(obj, np.ndarray):
+        if obj.ndim != 3:
+            raise ValueError(f"{name}: a (Z, Y, X) array is needed, got shape {obj.shape}")
+        return obj, None, f"<array {name}>"
+    raise TypeError(f"{name}: expected a path, a SimpleITK.Image or a numpy array, got {type(obj).__name__}")
+
+
+def segmentation_statistics(image, seg, spacing_zyx: Sequence[float] | None = None) -> dict:
+    """Volumes (mL) and HU statistics (mean, std, min, max, p5/p50/p95) per class and per tumor
+    component (26-connected, cc3d) of an existing segmentation ``seg`` of the CT ``image``.
+
+    Each of ``image`` and ``seg``: a path, a ``SimpleITK.Image`` or a ``(Z, Y, X)`` numpy array;
+    arrays need ``spacing_zyx`` (mm) unless the other one carries a geometry.  Two geometries must
+    agree (:func:`flareseg.io.geometry_mismatch`, ValueError naming the difference).  Returns
+    :func:`label_statistics` plus ``image``, ``segmentation`` (their sources) and ``spacing_zyx``."""
+    from flareseg.io import geometry_mismatch
+    from flareseg.labels import CLASS_NAMES
+    img, gi, src_i = as_array(image, spacing_zyx, "image")
+    lab, gs, src_s = as_array(seg, spacing_zyx, "segmentation")
+    if gi is not None and gs is not None:
+        bad = geometry_mismatch(gi, gs)
+        if bad:
+            raise ValueError(f"{src_s}: segmentation grid differs from the image's ({'; '.join(bad)})")
+    if img.shape != lab.shape:
+        raise ValueError(f"{src_s}: segmentation shape {lab.shape} differs from the image's {img.shape}")
+    geo = gi or gs
+    if spacing_zyx is None:
+        if geo is None:
+            raise ValueError("spacing_zyx (mm) is needed when image and segmentation are both arrays")
+        spacing_zyx = geo.spacing_zyx
+    if not np.issubdtype(lab.dtype, np.integer):
+        if not np.array_equal(lab, np.round(lab)):
+            raise ValueError(f"{src_s}: segmentation holds non-integer values")
+        lab = lab.astype(np.int64)
+    if lab.size and (lab.min() < 0 or lab.max() > max(CLASS_NAMES)):
+        raise ValueError(f"{src_s}: labels outside 0..{max(CLASS_NAMES)} (found {int(lab.min())}..{int(lab.max())})")
+    out = label_statistics(lab, spacing_zyx, CLASS_NAMES, image=img)
+    return {"image": src_i, "segmentation": src_s, "spacing_zyx": [float(s) for s in spacing_zyx], **out}
