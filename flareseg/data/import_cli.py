@@ -17,8 +17,14 @@ Validate FLARE23-style folders and write an nnU-Net v2 raw dataset.
 Inputs: --images (labeled images, <case>_0000.nii.gz / .nii / .mha / .nrrd or one DICOM folder
 per case), --labels (<case>.nii.gz), --unlabeled (images without labels), optional --manifest
 CSV `case_id,annotated` (e.g. `FLARE23_0001,1 2 3 4 13 14`) naming the annotated classes of each
-labeled case. Without a manifest the label type of a case is the set of classes present in its
-label, and the report says so.
+labeled case, or the FLARE23 authors' JSON type file (case_to_partial_type.json:
+{"FLARE23_0001": "1_2_3_4_5_6_7_8_9_10_11_12_13_14", ...}; entries for cases not imported are
+skipped). With a manifest every labeled case needs an entry. Without one the label type of a case
+is the set of classes present in its label, and the report says so: an absent organ (e.g. a
+nephrectomy) then reads as unannotated. --types FILE (CSV or JSON as above) overrides the types of
+the cases it lists, and only those: the others keep their manifest entry or their labels' classes.
+After the import, the types are printed: cases per type, most frequent first, in words ("no
+right_kidney"), rare types (at most 2 cases, or 1 %) with their case ids.
 
 Outputs in --out (a DatasetNNN_Name folder): imagesTr/, labelsTr/, imagesUnlabeled/,
 dataset.json, label_types.json (case -> annotated classes), cases.json (labeled / tumor_only /
@@ -58,7 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-i", "--images", type=Path, help="folder of labeled images")
     p.add_argument("--labels", type=Path, help="folder of label maps (<case>.nii.gz)")
     p.add_argument("--unlabeled", type=Path, help="folder of unlabeled images")
-    p.add_argument("--manifest", type=Path, help="CSV case_id,annotated (space-separated class indices)")
+    p.add_argument("--manifest", type=Path,
+                   help="label types of every labeled case: CSV case_id,annotated (space-separated class "
+                        "indices) or the FLARE23 authors' case_to_partial_type.json")
+    p.add_argument("--types", type=Path, default=None,
+                   help="per-case label type overrides (CSV or JSON as --manifest), only the cases listed; "
+                        "the others keep their --manifest entry or the classes present in their label")
     p.add_argument("-o", "--out", type=Path, required=True, help="output dataset folder (DatasetNNN_Name)")
     p.add_argument("--strict", action="store_true", help="check every case first; import nothing (exit 1) if any is bad")
     p.add_argument("-j", "--num-processes", type=int, default=1, help="parallel workers")
@@ -81,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         rep = import_dataset(args.out, args.images, args.labels, args.unlabeled, args.manifest,
-                             strict=args.strict, num_processes=args.num_processes)
+                             strict=args.strict, num_processes=args.num_processes, types_override=args.types)
     except ImportConfigError as e:
         for msg in e.problems:
             log.error("%s", msg)
@@ -93,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     except ImportFailed as e:   # each bad case is already logged
         log.error("import failed (--strict): %s -> %s left as it was", e, args.out)
         return 1
+    if rep.label_types():
+        print("\n".join(rep.type_lines()))
     print(f"imported {len(rep.good)} case(s), {len(rep.bad)} bad -> {args.out} "
           f"(label types from {rep.label_type_source}; see import_report.json)")
     return 1 if rep.bad else 0

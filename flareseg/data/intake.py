@@ -5,7 +5,9 @@ Input layout (any image format SimpleITK reads, or one DICOM series folder per c
     labeled images   <case>_0000.nii.gz | <case>.nii.gz | <case>/ (DICOM)
     labels           <case>.nii.gz
     unlabeled images same naming as labeled images
-    manifest (opt.)  CSV ``case_id,annotated`` e.g. ``FLARE23_0001,1 2 3 4 13 14``
+    manifest (opt.)  CSV ``case_id,annotated`` e.g. ``FLARE23_0001,1 2 3 4 13 14``, or the FLARE23
+                     authors' ``case_to_partial_type.json`` (``{"FLARE23_0001": "1_2_3_4_13_14"}``)
+    types (opt.)     per-case overrides, CSV or JSON as above: only the cases listed
 
 Output (``out_dir`` = ``nnUNet_raw/DatasetNNN_Name``)::
 
@@ -36,6 +38,7 @@ from typing import Iterable
 
 from tqdm import tqdm
 
+from flareseg.data.label_types import rare_types, read_types, type_table
 from flareseg.data.sources import ImportConfigError, SourceCase, pair_cases, read_manifest
 from flareseg.data.validate import check_case
 from flareseg.io import (InputError, image_suffix, link_or_copy, read_json, remove_stale_temps, write_image,
@@ -58,6 +61,17 @@ class ImportReport:
     dataset_dir: Path
     cases: dict[str, dict] = field(default_factory=dict)
     label_type_source: str = "labels"
+    #: labeled case -> where its type came from: ``override``, ``manifest`` or ``labels``
+    type_from: dict[str, str] = field(default_factory=dict)
+
+    def label_types(self) -> dict[str, list[int]]:
+        """Good labeled (and tumor-only) case -> its label type."""
+        return {cid: r["label_type"] for cid, r in sorted(self.good.items()) if r.get("pool") != "unlabeled"}
+
+    def type_lines(self) -> list[str]:
+        """The table of this import's label types (counts, words, rare ones named)."""
+        types = self.label_types()
+        return type_table(types, {c: self.type_from.get(c, "labels") for c in types})
 
     @property
     def bad(self) -> dict[str, dict]:
@@ -208,9 +222,14 @@ def dataset_json(num_training: int) -> dict:
 
 def import_dataset(out_dir: Path, images_dir: Path | None = None, labels_dir: Path | None = None,
                    unlabeled_dir: Path | None = None, manifest: Path | None = None,
-                   strict: bool = False, num_processes: int = 1) -> ImportReport:
+                   strict: bool = False, num_processes: int = 1,
+                   types_override: Path | None = None) -> ImportReport:
     """Validate and import every case; bad cases are reported (logged and in the report), the rest
     imported.
+
+    A labeled case's type comes from ``types_override`` when it lists the case, else from the
+    ``manifest`` (CSV or the authors' JSON; with a manifest, a case without an entry is bad), else
+    from the classes present in its label (:mod:`flareseg.data.label_types`).
 
     Raises before writing anything: InputError / ImportConfigError for unusable arguments (see the
     module docstring), :class:`flareseg.write_guard.UnsafeOutput` for an ``out_dir`` that overlaps an
@@ -219,28 +238,32 @@ def import_dataset(out_dir: Path, images_dir: Path | None = None, labels_dir: Pa
     Only files an earlier import wrote (its ledger, :mod:`flareseg.write_guard`) are ever replaced
     or removed."""
     out_dir = Path(out_dir)
-    inputs = (images_dir, labels_dir, unlabeled_dir, manifest)
+    inputs = (images_dir, labels_dir, unlabeled_dir, manifest, types_override)
     check_out_dir(out_dir, inputs)   # an --out under a file or around an input: before reading inputs
     labeled, unlabeled, problems, labeled_ids = pair_cases(images_dir, labels_dir, unlabeled_dir)
     if out_dir.is_dir():
         _adopt_earlier_import(out_dir, labeled, unlabeled)
     # every output against every input file and every file import did not write
     check_plan(import_plan(out_dir, labeled, unlabeled, inputs))
-    types = (read_manifest(manifest, labeled_ids, {c.case_id for c in unlabeled})
-             if manifest is not None else None)
-    report = ImportReport(out_dir, label_type_source="manifest" if types is not None else "labels")
-    if types is None and labeled:
+    unlabeled_ids = {c.case_id for c in unlabeled}
+    types = read_types(manifest, labeled_ids, unlabeled_ids) if manifest is not None else None
+    overrides = read_types(types_override, labeled_ids, unlabeled_ids) if types_override is not None else {}
+    report = ImportReport(out_dir, label_type_source=("manifest" if types is not None else "labels")
+                          + ("+override" if types_override is not None else ""))
+    if types is None and labeled and types_override is None:
         log.warning("no manifest: label types are inferred from the label values present "
                     "(an absent organ then counts as unannotated)")
     for cid, why in problems.items():
         report.cases[cid] = {"case_id": cid, "status": "error", "reason": why}
     jobs = []
     for c in labeled:
-        ann = None
-        if types is not None:
-            ann = types.get(c.case_id)
+        ann, report.type_from[c.case_id] = overrides.get(c.case_id), "override"
+        if ann is None and types is not None:
+            ann, report.type_from[c.case_id] = types.get(c.case_id), "manifest"
             if ann is None and c.problem is None:
                 c.problem = f"{manifest}: no row for case {c.case_id}"
+        elif ann is None:
+            report.type_from[c.case_id] = "labels"
         jobs.append((c, ann, str(out_dir), False))
     jobs += [(c, None, str(out_dir), True) for c in unlabeled]
     if strict:   # validate everything first: nothing is written unless every case is good
@@ -311,12 +334,17 @@ def _write_indexes(report: ImportReport) -> None:
     for t in types.values():
         counts[type_to_str(t)] = counts.get(type_to_str(t), 0) + 1
     write_json({"label_type_source": report.label_type_source,
-                "label_type_note": ("from the manifest" if report.label_type_source == "manifest" else
-                                    "inferred from the label values present (no manifest): an absent organ "
-                                    "is treated as unannotated"),
+                "label_type_note": (("from the manifest" if report.label_type_source.startswith("manifest") else
+                                     "inferred from the label values present (no manifest): an absent organ "
+                                     "is treated as unannotated")
+                                    + ("; the cases the override file lists take its types"
+                                       if report.label_type_source.endswith("+override") else "")),
                 "n_ok": len(good), "n_bad": len(report.bad),
                 "pools": {k: len(v) for k, v in pools.items()},
                 "label_type_counts": counts,
+                "label_type_from": {c: report.type_from.get(c, "labels") for c in types},
+                "rare_label_types": rare_types(types),
+                "label_type_table": report.type_lines(),
                 "bad": [{"case_id": k, "reason": v["reason"]} for k, v in sorted(report.bad.items())],
                 "cases": {k: {kk: vv for kk, vv in v.items() if kk != "source"}
                           for k, v in sorted(report.cases.items())}},

@@ -53,6 +53,8 @@ def import_data(cfg: Config, src: dict[str, Path | None], ds_dir: Path) -> dict:
         raise StageError("import refused: " + "; ".join(e.problems)) from None
     if not rep.good:
         raise StageError(f"stage-1: no valid case imported from {src['images']}")
+    for line in rep.type_lines():   # the label types the model will train with, right after import
+        log.info("%s", line)
     return {"ok": len(rep.good), "bad": len(rep.bad), "label_type_source": rep.label_type_source}
 
 
