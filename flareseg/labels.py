@@ -76,6 +76,23 @@ def str_to_type(s: str) -> LabelType:
         raise ValueError(f"cannot parse label type {s!r}: {e}") from None
 
 
+def describe_type(t: Iterable[int]) -> str:
+    """A label type in words: ``all organs + tumor``, ``all organs but right_kidney + tumor`` (at
+    most 3 organs missing, as after a nephrectomy), ``liver, pancreas``, ``tumor only``."""
+    t = label_type(t)
+    organs = [c for c in t if c in ORGANS]
+    missing = [c for c in ORGANS if c not in t]
+    if not missing:
+        text = "all organs"
+    elif len(missing) <= 3:
+        text = "all organs but " + ", ".join(CLASS_NAMES[c] for c in missing)
+    else:
+        text = ", ".join(CLASS_NAMES[c] for c in organs)
+    if TUMOR in t:
+        text = f"{text} + tumor" if text else "tumor only"
+    return text or "nothing annotated"
+
+
 def classes_present(label: np.ndarray) -> LabelType:
     """Label type read off the values present in a label map (fallback without a manifest)."""
     return label_type(np.unique(label).tolist())

@@ -8,8 +8,8 @@ import pytest
 
 from flareseg.cli import main
 from flareseg.data.intake import ImportConfigError, import_dataset
-from flareseg.data.label_types import describe_type, rare_types, type_table
-from flareseg.labels import FOREGROUND
+from flareseg.data.label_types import rare_types, type_table
+from flareseg.labels import FOREGROUND, describe_type
 from tests.tiny import TYPES, write_tiny_raw
 
 
@@ -60,15 +60,15 @@ def test_import_prints_the_types_with_rare_ones_named(raw, tmp_path, capsys):
                  "--types", str(raw / "types.csv"), "-o", str(tmp_path / "ds")]) == 0
     out = capsys.readouterr().out
     assert "label types of 8 labeled case(s)" in out and "labels: 7" in out and "override: 1" in out
-    line = next(ln for ln in out.splitlines() if "no right_kidney" in ln)
+    line = next(ln for ln in out.splitlines() if "all organs but right_kidney + tumor" in ln)
     assert "rare: t04" in line
     assert any(ln.split()[0] == "4" and "[1_3_14]" in ln for ln in out.splitlines())   # t00..t03
 
 
 def test_describe_and_rare():
-    assert describe_type(FOREGROUND) == "all classes"
-    assert describe_type([c for c in FOREGROUND if c != 2]) == "no right_kidney"
-    assert describe_type([14]) == "tumor"
+    assert describe_type(FOREGROUND) == "all organs + tumor"
+    assert describe_type([c for c in FOREGROUND if c != 2]) == "all organs but right_kidney + tumor"
+    assert describe_type([1, 3]) == "liver, spleen" and describe_type([14]) == "tumor only"
     types = {f"c{i}": (1, 14) for i in range(300)} | {"x": (1,), "y": (1,), "z": (3,)}
     assert rare_types(types) == {"1": ["x", "y"], "3": ["z"]}           # at most 3 cases (1 % of 303)
     lines = type_table(types)

@@ -23,8 +23,8 @@ skipped). With a manifest every labeled case needs an entry. Without one the lab
 is the set of classes present in its label, and the report says so: an absent organ (e.g. a
 nephrectomy) then reads as unannotated. --types FILE (CSV or JSON as above) overrides the types of
 the cases it lists, and only those: the others keep their manifest entry or their labels' classes.
-After the import, the types are printed: cases per type, most frequent first, in words ("no
-right_kidney"), rare types (at most 2 cases, or 1 %) with their case ids.
+After the import, the types are printed: cases per type, most frequent first, in words ("all
+organs but right_kidney + tumor"), rare types (at most 2 cases, or 1 %) with their case ids.
 
 Outputs in --out (a DatasetNNN_Name folder): imagesTr/, labelsTr/, imagesUnlabeled/,
 dataset.json, label_types.json (case -> annotated classes), cases.json (labeled / tumor_only /

@@ -18,7 +18,7 @@ from typing import Iterable, Mapping
 
 from flareseg.data.sources import ImportConfigError
 from flareseg.io import InputError
-from flareseg.labels import CLASS_NAMES, FOREGROUND, MAX_LABEL, label_type, type_to_str
+from flareseg.labels import MAX_LABEL, describe_type, label_type, type_to_str
 
 log = logging.getLogger(__name__)
 
@@ -98,18 +98,6 @@ def read_types(path: Path, labeled_ids: set[str] | None = None,
         return read_type_file(path, labeled_ids)
     from flareseg.data.sources import read_manifest
     return read_manifest(path, labeled_ids, unlabeled_ids)
-
-
-def describe_type(t: Iterable[int]) -> str:
-    """A label type in words: ``all classes``, ``no right_kidney`` (all but a few organs, as in a
-    nephrectomy), or the classes it holds."""
-    t = set(label_type(t))
-    missing = [c for c in FOREGROUND if c not in t]
-    if not missing:
-        return "all classes"
-    if len(missing) <= 3:
-        return "no " + ", no ".join(CLASS_NAMES[c] for c in missing)
-    return " + ".join(CLASS_NAMES[c] for c in sorted(t)) or "none"
 
 
 def rare_threshold(n_cases: int) -> int:

@@ -9,26 +9,11 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from flareseg.io import atomic_path
-from flareseg.labels import CLASS_NAMES, ORGANS, TUMOR, label_type, str_to_type
+from flareseg.labels import TUMOR, describe_type, label_type, str_to_type
 from flareseg.overlay import add_legend, classes_in, overlay_rgb
 
 #: HU window used for the CT background of overlays
 SOFT_TISSUE_HU = (-160.0, 240.0)
-
-
-def describe_type(t: Iterable[int]) -> str:
-    """Readable name of a label type: ``all organs + tumor``, ``tumor only``, ``liver, pancreas``..."""
-    t = label_type(t)
-    organs = [c for c in t if c in ORGANS]
-    if len(organs) == len(ORGANS):
-        text = "all organs"
-    elif organs:
-        text = ", ".join(CLASS_NAMES[c] for c in organs)
-    else:
-        text = ""
-    if TUMOR in t:
-        text = f"{text} + tumor" if text else "tumor only"
-    return text or "nothing annotated"
 
 
 def _save(fig, dest: os.PathLike | str) -> Path:
