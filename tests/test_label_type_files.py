@@ -73,3 +73,16 @@ def test_describe_and_rare():
     assert rare_types(types) == {"1": ["x", "y"], "3": ["z"]}           # at most 3 cases (1 % of 303)
     lines = type_table(types)
     assert lines[1].split()[0] == "300" and "rare" not in lines[1]
+
+
+def test_qc_report_shows_the_types_right_after_import(raw, tmp_path):
+    """`flareseg report` on a work folder whose stage-1 has imported but not trained yet."""
+    from flareseg.pipeline.stage import stage_dir
+    from flareseg.report.qc import build_qc_report
+    work = tmp_path / "work"
+    (raw / "types.csv").write_text("case_id,annotated\nt04,1 3 4 5 6 7 8 9 10 11 12 13 14\n")
+    import_dataset(stage_dir(work, 1) / "nnUNet_raw" / "Dataset823_T", raw / "imagesTr", raw / "labelsTr",
+                   types_override=raw / "types.csv")
+    html = build_qc_report(work).read_text()
+    assert "label types (import finished; training not yet)" in html
+    assert "all organs but right_kidney + tumor" in html and "t04" in html and "override: 1" in html

@@ -20,7 +20,7 @@ from flareseg.write_guard import WritePlan, check_plan
 from flareseg.pipeline.stage import STAGE_NAMES, stage_dir
 from flareseg.report import html as H
 from flareseg.report.context import ReportContext
-from flareseg.report.sections import SECTIONS
+from flareseg.report.sections import SECTIONS, imported_types
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,8 @@ def _build(work: Path, out_dir: Path) -> Path:
                      f'<p class="status {cls}">{H.esc(text)}</p>\n')
         if cls == "done":
             parts.append(_section(ctx, n, SECTIONS[n]))
+        elif n == 1:   # imported but not trained yet: the label types are known already
+            parts.append(_section(ctx, n, lambda c, _m: imported_types(c)))
         parts.append("</section>\n")
     dest = out_dir / "index.html"
     write_text(H.page("flareseg QC report", "".join(parts)), dest)

@@ -75,6 +75,25 @@ def _training(tr: dict) -> str:
 
 # --------------------------------------------------------------------------- stage 1
 
+def imported_types(ctx: ReportContext) -> str:
+    """Stage-1 before its manifest (import done, training not yet): the label types the import
+    ended with, from ``import_report.json`` (cases per type, where the types came from, rare ones)."""
+    reports = sorted((ctx.stage(1) / "nnUNet_raw").glob("*/import_report.json"))
+    if not reports:
+        return ""
+    rep = read_json(reports[-1])
+    counts = rep.get("label_type_counts") or {}
+    rare = rep.get("rare_label_types") or {}
+    sources = Counter((rep.get("label_type_from") or {}).values())
+    rows = [(k, describe_type(str_to_type(k)), v, ", ".join(rare.get(k, [])))
+            for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return (_h3("label types (import finished; training not yet)")
+            + H.para(f"{rep.get('n_ok')} cases imported, {rep.get('n_bad')} rejected; types from "
+                     + (", ".join(f"{k}: {v}" for k, v in sorted(sources.items())) or rep.get("label_type_source", "?")))
+            + H.table(("label type", "classes", "cases", "rare: cases"), rows))
+
+
+
 def stage1(ctx: ReportContext, man: dict) -> str:
     r = man.get("result") or {}
     imp = r.get("import") or {}
