@@ -46,7 +46,8 @@ class DataConfig:
     labeled_images: Optional[str] = None     # folder of labeled images (FLARE layout)
     labels: Optional[str] = None             # folder of their label maps
     unlabeled_images: Optional[str] = None   # folder of unlabeled images
-    manifest: Optional[str] = None           # CSV case_id,annotated
+    manifest: Optional[str] = None           # CSV case_id,annotated or the authors' case_to_partial_type.json
+    label_types: Optional[str] = None        # per-case type overrides (CSV/JSON), only the cases listed
     validation_images: Optional[str] = None  # held-out images with full labels (evaluation)
     validation_labels: Optional[str] = None
     dataset_id: int = 823

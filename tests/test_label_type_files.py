@@ -86,3 +86,17 @@ def test_qc_report_shows_the_types_right_after_import(raw, tmp_path):
     html = build_qc_report(work).read_text()
     assert "label types (import finished; training not yet)" in html
     assert "all organs but right_kidney + tumor" in html and "t04" in html and "override: 1" in html
+
+
+def test_pipeline_key_data_label_types_reaches_the_import(tmp_path):
+    from pathlib import Path
+
+    from flareseg.config import load_config
+    from flareseg.pipeline.__main__ import missing_data_folders
+    from flareseg.pipeline.stage1_fine import data_sources
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    cfg = load_config(tiny, [f"data.label_types={tmp_path}/types.json"])
+    assert data_sources(cfg, tmp_path / "s1")["label_types"] == tmp_path / "types.json"
+    cfg = load_config(tiny, ["data.source=folders", f"data.labeled_images={tmp_path}", f"data.labels={tmp_path}",
+                             f"data.label_types={tmp_path}/absent.csv"])
+    assert missing_data_folders(cfg) == [f"{tmp_path}/absent.csv: file does not exist (data.label_types)"]

@@ -55,7 +55,7 @@ naming the file; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
 
 #: data keys read by stage-1 when data.source is "folders": key -> (required, a folder (else a file))
 DATA_KEYS = {"labeled_images": (True, True), "labels": (True, True), "unlabeled_images": (False, True),
-             "manifest": (False, False), "validation_images": (False, True),
+             "manifest": (False, False), "label_types": (False, False), "validation_images": (False, True),
              "validation_labels": (False, True)}
 
 

@@ -22,13 +22,14 @@ def data_sources(cfg: Config, stage_dir: Path) -> dict[str, Path | None]:
         ph = stage_dir / "phantoms"
         return {"images": ph / "imagesTr", "labels": ph / "labelsTr", "unlabeled": ph / "unlabeledTr",
                 "manifest": ph / "manifest.csv", "validation_images": ph / "imagesVal",
-                "validation_labels": ph / "labelsVal", "hidden_gt": ph / "hidden_gt"}
+                "validation_labels": ph / "labelsVal", "hidden_gt": ph / "hidden_gt",
+                "label_types": Path(d.label_types) if d.label_types else None}
     missing = [k for k in ("labeled_images", "labels") if getattr(d, k) is None]
     if missing:
         raise StageError(f"config data.source=folders needs data.{missing[0]} (a folder path)")
     p = lambda v: Path(v) if v else None  # noqa: E731
     return {"images": p(d.labeled_images), "labels": p(d.labels), "unlabeled": p(d.unlabeled_images),
-            "manifest": p(d.manifest), "validation_images": p(d.validation_images),
+            "manifest": p(d.manifest), "label_types": p(d.label_types), "validation_images": p(d.validation_images),
             "validation_labels": p(d.validation_labels), "hidden_gt": None}
 
 
@@ -48,7 +49,7 @@ def import_data(cfg: Config, src: dict[str, Path | None], ds_dir: Path) -> dict:
     ``ds_dir``; StageError when the inputs are unusable or no case is valid."""
     try:   # import_dataset logs each bad case itself; unusable inputs become one stage error
         rep = import_dataset(ds_dir, src["images"], src["labels"], src["unlabeled"], src["manifest"],
-                             num_processes=cfg.data.num_processes)
+                             num_processes=cfg.data.num_processes, types_override=src["label_types"])
     except ImportConfigError as e:
         raise StageError("import refused: " + "; ".join(e.problems)) from None
     if not rep.good:
