@@ -69,8 +69,9 @@ def test_two_processes_train_a_stock_loadable_model_with_identical_ranks(tmp_pat
     _check_ranks(r0, r1)
     man = json.loads((work / "stage-1-fine" / "manifest.json").read_text())
     assert man["result"]["training"]["epochs"] == 3
-    # rank 1 wrote nothing of its own besides its log: step records are rank 0's, once
-    assert sorted(x.name for x in (work / "stage-1-fine" / "logs").iterdir()) == ["rank0.jsonl", "rank1.jsonl"]
+    # rank 1 wrote nothing of its own besides its logs: step records are rank 0's, once
+    assert sorted(x.name for x in (work / "stage-1-fine" / "logs").iterdir()) == [
+        "rank0.jsonl", "rank1.jsonl", "stage-rank1.log", "stage.log"]   # + each rank's output (flareseg.console)
 
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from flareseg.nnunet.env import trainer_dir
