@@ -70,6 +70,12 @@ class TerminalFormat(logging.Formatter):
         return super().format(record) if record.levelno <= logging.INFO else self._loud.format(record)
 
 
+def _is_console(h: logging.Handler) -> bool:
+    """Whether ``h`` is a plain stream handler writing to this process's stdout or stderr."""
+    streams = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+    return type(h) is logging.StreamHandler and any(h.stream is s for s in streams)
+
+
 def log_file_name(rank: int = 0) -> str:
     """The log file of a stage process: ``stage.log`` (rank 0), ``stage-rank<R>.log`` (other ranks)."""
     return "stage.log" if rank == 0 else f"stage-rank{rank}.log"
@@ -116,7 +122,8 @@ def stage_output(log_file: Path, verbose: bool = False, quiet: bool = False,
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     sys.stderr = terminal
-    root.handlers = [to_file, to_terminal]
+    # the console handlers (basicConfig's) give way to ours; others (a test's capture) stay
+    root.handlers = [h for h in saved_handlers if not _is_console(h)] + [to_file, to_terminal]
     root.setLevel(logging.INFO)
     for n in THIRD_PARTY_LOGGERS:   # their INFO lines belong in the log file; torch keeps its
         if n != "torch":            # own handlers (torch._logging), so its level stays
