@@ -118,10 +118,10 @@ def stage_output(log_file: Path, verbose: bool = False, quiet: bool = False,
     to_terminal = logging.StreamHandler(terminal)
     to_terminal.setFormatter(TerminalFormat())
     to_terminal.addFilter(OwnLines(level_for(False, quiet)))
-    saved_stderr = sys.stderr
+    saved_stdout, saved_stderr = sys.stdout, sys.stderr
     os.dup2(fd, 1)
     os.dup2(fd, 2)
-    sys.stderr = terminal
+    sys.stdout, sys.stderr = log_stream, terminal   # print() -> the log, whatever sys.stdout was
     # the console handlers (basicConfig's) give way to ours; others (a test's capture) stay
     root.handlers = [h for h in saved_handlers if not _is_console(h)] + [to_file, to_terminal]
     root.setLevel(logging.INFO)
@@ -140,7 +140,7 @@ def stage_output(log_file: Path, verbose: bool = False, quiet: bool = False,
         os.dup2(saved_fds[1], 2)
         for f in (*saved_fds, fd):
             os.close(f)
-        sys.stderr = saved_stderr
+        sys.stdout, sys.stderr = saved_stdout, saved_stderr
         root.handlers = saved_handlers
         root.setLevel(saved_level)
         for n, lv in saved_levels.items():

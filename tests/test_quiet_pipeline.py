@@ -75,3 +75,19 @@ def test_tiny_stage_is_quiet_and_its_log_has_it_all(tmp_path):
     v = subprocess.run(cmd + ["--force", "-v"], capture_output=True, text=True, cwd=REPO, timeout=1200)
     assert v.returncode == 0, v.stderr[-3000:]
     assert "'data_identifier'" in v.stdout + v.stderr
+
+
+def test_a_failing_stage_names_its_log(tmp_path, monkeypatch, capsys):
+    """An unexpected error inside a quiet stage: the traceback reaches the caller and a line
+    names the log file that holds the third-party output."""
+    import flareseg.pipeline.__main__ as pm
+
+    def boom(n, cfg, work, force=False):
+        print("nnU-Net says something")
+        raise RuntimeError("boom")
+    monkeypatch.setattr(pm, "run_stage", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        pm._main(["1", "--config", str(TINY), "--work", str(tmp_path)])
+    log_file = tmp_path / "stage-1-fine" / "logs" / "stage.log"
+    assert f"stage-1 failed; the output of nnU-Net and other packages is in {log_file}" in capsys.readouterr().err
+    assert "nnU-Net says something" in log_file.read_text()

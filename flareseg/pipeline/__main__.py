@@ -240,6 +240,11 @@ def _main(argv: list[str] | None = None) -> int:
     except dist.RankFailed as e:            # rank 0 reported the error itself
         print(_prefixed(n, e), file=sys.stderr)
         return 1
+    except Exception:                       # unexpected: the traceback follows, the log has the rest
+        if log_file is not None and not args.verbose:
+            print(f"stage-{n} failed; the output of nnU-Net and other packages is in {log_file}",
+                  file=sys.stderr, flush=True)
+        raise
     finally:
         dist.shutdown()
     state = "skipped (current)" if man.get("skipped") else "done"
