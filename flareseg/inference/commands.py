@@ -305,7 +305,8 @@ def predict_cases(predictor, cases: Sequence[tuple[str, Path]], plan: OutputPlan
 def _predict_cases(predictor, cases: Sequence[tuple[str, Path]], plan: OutputPlan, *,
                    save_probabilities: bool = False, statistics: bool = False, quiet: bool = False,
                    config: str | os.PathLike | None = None, load_seconds: float = 0.0,
-                   shared: bool = False, keep_freed_memory: bool | None = None) -> dict:
+                   shared: bool = False, keep_freed_memory: bool | None = None,
+                   ages: tuple[float | None, float | None] | None = None) -> dict:
     """Predict ``cases`` into ``plan``: one failing case is logged and reported, the others still
     run; writes the run report (and statistics.json, previews, per-class masks as ``plan`` lists
     them) and returns the report dict.  Progress bars (cases, windows within a case) show only
@@ -381,6 +382,10 @@ def _predict_cases(predictor, cases: Sequence[tuple[str, Path]], plan: OutputPla
               "model_load_seconds": round(load_seconds, 4),
               "total_seconds": round(load_seconds + time.perf_counter() - t0, 4),
               "cases_ok": len(cases) - failed, "cases_failed": failed, "cases": report_cases}
+    if ages is not None:   # a command-line run (ages at its start and at the model load): its cold start
+        from flareseg.inference.cold_start import cold_breakdown, process_age_seconds
+        first = next((e.get("steps") for e in report_cases if e.get("status") == "ok"), None)
+        report["cold_run_seconds"] = cold_breakdown(*ages, load_seconds, first, process_age_seconds())
     write_report(report, plan.report)
     if plan.statistics:
         write_json(stats, plan.statistics)
@@ -416,6 +421,8 @@ def write_report(report: dict, dest: Path) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from flareseg.inference.cold_start import process_age_seconds
+    args.age_at_command = process_age_seconds()   # interpreter start + imports so far (cold-run report)
     try:
         cfg = resolve_inference(args)
     except ConfigError as e:
@@ -456,6 +463,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from flareseg.inference.predictor import FastPredictor
     from flareseg.nnunet.model import ModelFolderError
 
+    from flareseg.inference.cold_start import process_age_seconds
+    args.age_at_load = process_age_seconds()
     t0 = time.perf_counter()
     try:
         predictor = FastPredictor(args.model, cfg, folds=folds, trust_model=getattr(args, "trust_model", False))
@@ -468,7 +477,8 @@ def run_predict(args: argparse.Namespace) -> int:
     report = predict_cases(predictor, cases, plan, save_probabilities=args.save_probabilities,
                            statistics=args.statistics, quiet=args.quiet,
                            config=getattr(args, "config", None), load_seconds=time.perf_counter() - t0,
-                           shared=True, keep_freed_memory=kept, overwrite=getattr(args, "overwrite", False))
+                           shared=True, keep_freed_memory=kept, overwrite=getattr(args, "overwrite", False),
+                           ages=(args.age_at_command, args.age_at_load))
     dist.shutdown()
     failed = report["cases_failed"]
     cases = [c for c in cases if c[0] in {e["case"] for e in report["cases"]}]
