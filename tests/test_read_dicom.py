@@ -2,6 +2,7 @@
 unreadable file or sub-folder: refused with one line naming them, never read silently."""
 from __future__ import annotations
 
+import locale
 import os
 import shutil
 import subprocess
@@ -26,6 +27,15 @@ NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
 def write_series(folder: Path, uid: str, description: str, n: int, prefix: str = "s") -> Path:
     """``n`` 16 x 16 CT slices (0.8 mm pixels, 2 mm apart) of series ``uid`` into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
+    saved = locale.setlocale(locale.LC_ALL)   # GDCM's writer leaves LC_CTYPE at "C" (ASCII): later
+    try:                                     # tests' text decoding in this process would then fail
+        _write_slices(folder, uid, description, n, prefix)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+    return folder
+
+
+def _write_slices(folder: Path, uid: str, description: str, n: int, prefix: str) -> None:
     w = sitk.ImageFileWriter()
     w.KeepOriginalImageUIDOn()
     for z in range(n):
@@ -38,7 +48,6 @@ def write_series(folder: Path, uid: str, description: str, n: int, prefix: str =
             sl.SetMetaData(k, v)
         w.SetFileName(str(folder / f"{prefix}{z:03d}.dcm"))
         w.Execute(sl)
-    return folder
 
 
 ART, VEN = "1.2.826.0.1.1", "1.2.826.0.1.2"
