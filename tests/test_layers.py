@@ -24,7 +24,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # write_guard plans and records every write that io carries out (io calls it; it imports neither)
     ("files and anatomy", ("flareseg.dicom", "flareseg.file_check", "flareseg.image_check", "flareseg.io",
                            "flareseg.write_guard",
-                           "flareseg.cases", "flareseg.anatomy", "flareseg.overlay")),
+                           "flareseg.cases", "flareseg.anatomy", "flareseg.overlay",
+                           # the settings file a model folder carries (config + io + write guard);
+                           # the export in flareseg.nnunet writes it
+                           "flareseg.inference.model_settings")),
     # one package per paper idea, pure functions over arrays and files
     ("ideas", ("flareseg.data", "flareseg.cleaning", "flareseg.cto", "flareseg.losses", "flareseg.sampling",
                "flareseg.evaluation")),
