@@ -33,6 +33,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from flareseg.labels import FOREGROUND, TUMOR, label_type
 from flareseg.nnunet.checkpoint import (LATEST, PREVIOUS, RNG_SUFFIX, CorruptCheckpoint, load_checkpoint,
                                         rng_path, write_checkpoint)
+from flareseg.sampling.label_type import LabelTypeBatchSampler, choose_oversampling_class
 
 TRAIN_KEY = "flareseg_train"
 
@@ -165,7 +166,6 @@ class LabelTypeDataLoader(nnUNetDataLoader):
         self.current_type: tuple[int, ...] | None = None
 
     def _get_sampler(self):
-        from flareseg.sampling.label_type import LabelTypeBatchSampler
         if self._sampler is None or self._pid != os.getpid():
             # one sampler per worker process, seeded from the (trainer-seeded) numpy state
             seed = int(np.random.randint(0, 2 ** 31 - 1))
@@ -196,9 +196,12 @@ class LabelTypeDataLoader(nnUNetDataLoader):
             self.cutmix._rng.bit_generator.state = st["cutmix"]
 
     def get_bbox(self, data_shape, force_fg, class_locations, overwrite_class=None, verbose=False):
-        if class_locations is not None and self.current_type is not None:
-            class_locations = {k: v for k, v in class_locations.items()
-                               if not isinstance(k, int) or k in self.current_type}
+        """Foreground oversampling aims at a class the batch's label type annotates
+        (:func:`flareseg.sampling.label_type.choose_oversampling_class`); a case holding none of
+        them is cropped at random."""
+        if force_fg and class_locations is not None and self.current_type is not None:
+            overwrite_class = choose_oversampling_class(np.random, self.current_type, class_locations)
+            force_fg = overwrite_class is not None
         return super().get_bbox(data_shape, force_fg, class_locations, overwrite_class, verbose)
 
     def generate_train_batch(self):

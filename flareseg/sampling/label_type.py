@@ -144,14 +144,18 @@ def foreground_classes_for_oversampling(t: Iterable[int] | str) -> tuple[int, ..
 
 
 def choose_oversampling_class(
-    rng: np.random.Generator, t: Iterable[int] | str, class_locations: Mapping[Any, Sequence]
+    rng: np.random.Generator | np.random.RandomState, t: Iterable[int] | str,
+    class_locations: Mapping[Any, Sequence]
 ) -> int | None:
-    """Pick an annotated class that has voxels in this case (nnU-Net ``class_locations``), or ``None``.
+    """Pick, uniformly, an annotated class that has voxels in this case (nnU-Net ``class_locations``),
+    or ``None``.
 
     ``None`` means no annotated class is present in the case: crop at random.  The result can be
-    passed as ``overwrite_class`` to nnU-Net's ``get_bbox``.
+    passed as ``overwrite_class`` to nnU-Net's ``get_bbox``.  ``rng``: anything with numpy's
+    ``choice`` (a ``Generator``, a ``RandomState`` or the ``np.random`` module); the trainer's data
+    loader passes ``np.random``, the stream nnU-Net's own class choice draws from.
     """
     eligible = [c for c in foreground_classes_for_oversampling(t) if len(class_locations.get(c, ())) > 0]
     if not eligible:
         return None
-    return int(eligible[int(rng.integers(len(eligible)))])
+    return int(eligible[int(rng.choice(len(eligible)))])
