@@ -39,6 +39,9 @@ def image_suffix(path: os.PathLike | str) -> str:
 _CHUNK = 1 << 20
 _HEADER_MAX = 1 << 20  # longest text header (mha/nrrd) read before calling the file corrupt
 _GZIP_MAGIC = b"\x1f\x8b"
+#: the most compressed bytes of empty gzip members accepted after a complete payload (the BGZF
+#: end-of-file block is 28 bytes)
+EMPTY_MEMBERS_MAX = 1 << 12
 
 
 def _corrupt(path: Path, detail: str) -> InputError:
@@ -64,20 +67,32 @@ def _inflate(f: BinaryIO, path: Path, members: bool, complete: Callable[[], bool
 
     zlib verifies the trailer (gzip: CRC-32 and length; zlib: Adler-32); a stream that ends before
     its trailer is reported as truncated.  With ``members`` (gzip files) further concatenated gzip
-    members are read while the payload is incomplete (``complete()`` False).  Anything after the
-    end of a stream once the payload is complete, and bytes that are not a gzip member, are
-    trailing data: refused at once, without reading them (a small image followed by gigabytes of
-    further members must not be read in full).  ``starts`` receives the decompressed offset at
-    which each further member begins, so a caller that learns the payload size late (NIfTI: from
-    the decompressed header) can tell a member that began after the payload.
+    members are read while the payload is incomplete (``complete()`` False).  Once the payload is
+    complete, only *empty* gzip members may follow (they hold no data: the end-of-file block
+    bgzip/htslib write, an empty ``gzip`` member), at most :data:`EMPTY_MEMBERS_MAX` bytes of them;
+    a member that decompresses to anything, bytes that are not a gzip member, and anything after a
+    zlib stream are trailing data: refused as soon as they are seen, never read in full (a small
+    image followed by gigabytes of further members must not be read).  ``starts`` receives the
+    decompressed offset at which each further member that holds data begins, so a caller that
+    learns the payload size late (NIfTI: from the decompressed header) can tell a member that
+    began after the payload.
     """
     d = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header, detected
     buf = b""
     seen = False
     produced = 0
+    read = 0                    # compressed bytes read from ``f``
+    member_at = 0               # where the current member began (compressed offset), if not the first
+    member_out: int | None = None   # bytes the current further member produced (None: first member)
+    empty_bytes = 0             # compressed bytes of further members that produced nothing
+    tail = False                # the payload was complete when this member began
+
+    def trailing(detail: str = "") -> InputError:
+        return _corrupt(path, f"trailing data after the compressed image{detail}")
     while True:
         if not buf:
             buf = f.read(_CHUNK)
+            read += len(buf)
             if not buf:
                 break
             seen = True
@@ -85,35 +100,50 @@ def _inflate(f: BinaryIO, path: Path, members: bool, complete: Callable[[], bool
             out = d.decompress(buf, _CHUNK)
         except zlib.error as e:
             raise _zlib_error(path, e) from None
+        if member_out == 0 and not out and (empty_bytes + read - len(d.unconsumed_tail) - len(d.unused_data)
+                                            - member_at) > EMPTY_MEMBERS_MAX:
+            raise trailing(f" (gzip members that hold no data, more than {EMPTY_MEMBERS_MAX} bytes of them)")
         if out:
+            if tail:
+                raise trailing(" (another gzip member)")
+            if member_out == 0 and starts is not None:
+                starts.append(produced)
+            if member_out is not None:
+                member_out += len(out)
             produced += len(out)
             yield out
         buf = d.unconsumed_tail
         if d.eof:
             buf = d.unused_data
+            if member_out == 0:
+                empty_bytes += read - len(buf) - member_at
             if not buf:
                 buf = f.read(_CHUNK)
+                read += len(buf)
             if not buf:
                 return
-            if complete():
-                raise _corrupt(path, "trailing data after the compressed image"
-                                     f"{' (another gzip member)' if buf[:2] == _GZIP_MAGIC else ''}")
             while len(buf) < 2:
                 more = f.read(_CHUNK)
+                read += len(more)
                 if not more:
                     break
                 buf += more
+            tail = complete()
             if not members or buf[:2] != _GZIP_MAGIC:
-                raise _corrupt(path, "trailing data after the compressed stream, before the voxel data "
-                                     "is complete")
-            if starts is not None:
-                starts.append(produced)
+                raise (trailing(" (another gzip member)" if buf[:2] == _GZIP_MAGIC else "") if tail else
+                       _corrupt(path, "trailing data after the compressed stream, before the voxel data "
+                                      "is complete"))
+            member_at, member_out = read - len(buf), 0
             d = zlib.decompressobj(32 + zlib.MAX_WBITS)
     try:
         out = d.flush()
     except zlib.error as e:
         raise _zlib_error(path, e) from None
     if out:
+        if tail:
+            raise trailing(" (another gzip member)")
+        if member_out == 0 and starts is not None:
+            starts.append(produced)
         yield out
     if not d.eof:
         raise _corrupt(path, "compressed data ends before its end marker: truncated" if seen

@@ -4,8 +4,10 @@ Each example is a small volume written by a minimal writer of this file (so head
 be set apart): ``.nii``, ``.nii.gz``, ``.mha`` raw and zlib, ``.mhd`` + ``.raw``/``.zraw``,
 ``.nrrd`` raw and gzip, detached ``.nhdr`` + ``.raw``/``.raw.gz``.  A mutation then makes the
 header and the payload disagree: payload shorter or longer, element type smaller or larger, sizes
-changed (the voxel count differs), or, for compressed payloads, a trailing gzip member or trailing
-bytes after the stream.  :func:`flareseg.io.read_image` must raise :class:`InputError` naming the
+changed (the voxel count differs), or, for compressed payloads, a trailing gzip member holding data
+or trailing bytes after the stream.  Empty gzip members after a gzip payload (the end-of-file block
+bgzip/htslib append, an empty ``gzip`` member) hold no data and are accepted; after a zlib payload
+(MetaImage) they are trailing data.  :func:`flareseg.io.read_image` must raise :class:`InputError` naming the
 file (header or data file) and never return an array; the unmutated file must read back equal.
 
 hypothesis runs derandomized (a fixed seed, no example database): :data:`EXAMPLES` examples for
@@ -150,8 +152,8 @@ def mutated(draw, kind: str) -> Layout:
         new = draw(st.integers(1, 12).filter(lambda n: n != dims[axis]))
         dims[axis] = new
         lay.dims = tuple(dims)
-    elif kind == "trailing_member":
-        lay.extra_member = gzip.compress(bytes(draw(st.integers(0, 64))))
+    elif kind == "trailing_member":   # a member that holds data (an empty one is accepted after gzip)
+        lay.extra_member = gzip.compress(bytes(draw(st.integers(1, 64))))
     else:
         lay.after = draw(st.binary(min_size=1, max_size=32))
     return lay
@@ -203,3 +205,55 @@ def test_generated_consistent_files_read_back_equal(fmt, tmp_path):
         assert back.shape == arr.shape and np.array_equal(back.astype(np.float64), arr.astype(np.float64)), fmt
         assert np.allclose(img.GetSpacing(), SPACING)
     run()
+
+
+#: the end-of-file block bgzip/htslib append to every BGZF file: an empty gzip member (28 bytes)
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+
+
+@st.composite
+def empty_members(draw) -> bytes:
+    """One to three empty gzip members: the BGZF end-of-file block or an empty ``gzip`` member."""
+    return b"".join(draw(st.lists(st.sampled_from([BGZF_EOF, gzip.compress(b"")]), min_size=1, max_size=3)))
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if FORMATS[f][1]])
+def test_generated_empty_trailing_gzip_members(fmt, tmp_path):
+    """After a gzip payload the empty members read back equal; after a zlib payload they are refused."""
+    @settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(volumes(), empty_members())
+    def run(vol, tail):
+        arr, dtype = vol
+        lay = consistent(arr, dtype)
+        lay.extra_member = tail
+        if fmt in ("mha-zlib", "mhd+zraw"):
+            _check_refused(tmp_path / "case", fmt, lay, "empty_member_after_zlib")
+            return
+        folder = tmp_path / "case"
+        folder.mkdir(exist_ok=True)
+        for p in folder.iterdir():
+            p.unlink()
+        header, _ = write(folder, fmt, lay)
+        back = sitk.GetArrayFromImage(read_image(header))
+        assert back.shape == arr.shape and np.array_equal(back.astype(np.float64), arr.astype(np.float64)), fmt
+    run()
+
+
+def test_bgzf_eof_block_after_nifti_is_accepted_and_data_after_it_refused(tmp_path):
+    """A .nii.gz as bgzip writes it (payload member + BGZF EOF block) reads; a member holding data
+    after the EOF block, or a run of empty members longer than the bound, is still trailing data."""
+    from flareseg.file_check import EMPTY_MEMBERS_MAX
+    arr = np.arange(60, dtype=np.int16).reshape(3, 4, 5) - 30
+    lay = consistent(arr, "i2")
+    for tail, ok in ((BGZF_EOF, True), (BGZF_EOF + gzip.compress(b"\1"), False),
+                     (BGZF_EOF * (EMPTY_MEMBERS_MAX // len(BGZF_EOF) + 2), False)):
+        lay.extra_member = tail
+        folder = tmp_path / f"t{len(tail)}"
+        folder.mkdir()
+        header, _ = write(folder, "nii.gz", lay)
+        if ok:
+            assert np.array_equal(sitk.GetArrayFromImage(read_image(header)), arr)
+        else:
+            with pytest.raises(InputError, match="trailing data|payload larger"):
+                read_image(header)
