@@ -115,3 +115,11 @@ def test_stage6_ships_the_stock_loadable_export_it_measured(shipped):
     assert load_checkpoint(ckpt)["trainer_name"] == STOCK_TRAINER
     report = read_json(sd / "efficiency" / "reports" / "v00.json")
     assert report["model"] == str(sd / "model")
+
+
+def test_stage6_ships_the_settings_it_measured(shipped):
+    """The shipped folder carries the stage's inference settings (every key), so predict, the API,
+    the Docker entry point and the benches start from what stage-6 measured (issue 27)."""
+    from flareseg.inference.model_settings import read_model_settings
+    root, model, work, cfg, result = shipped
+    assert read_model_settings(stage_dir(work, 6) / "model") == to_dict(cfg.inference)

@@ -11,6 +11,12 @@ checkpoint with only what stock's loader reads: ``network_weights``, ``trainer_n
 dropped.  ``exported_from`` records the source folder and trainer.  The weights are checked to
 load strictly into stock's network before anything is written.
 
+The inference settings travel with the model (:mod:`flareseg.inference.model_settings`,
+``flareseg_inference.json``): the ones given (stage-6's resolved ``inference`` section, or
+export-model's ``--config``/``--set`` over the source's), else the source folder's own, checked
+before anything is written; a source without settings gives an export without them (predict then
+uses the defaults).
+
 Every file goes through :mod:`flareseg.write_guard`: written atomically and verified, recorded in
 the destination's ledger.  The marker :data:`MARKER` is removed first and written last, so a
 folder without it is an unfinished export; a failed export into a new folder leaves nothing.  An
@@ -27,6 +33,8 @@ from pathlib import Path
 from typing import Sequence
 
 from flareseg import write_guard
+from flareseg.inference.model_settings import (SETTINGS_FILE, read_model_settings, settings_document,
+                                               write_model_settings)
 from flareseg.io import InputError, read_json, write_bytes, write_json
 from flareseg.write_guard import LEDGER, WritePlan, check_plan, folder_files
 
@@ -70,20 +78,24 @@ def _adopt_earlier_export(dest: Path) -> None:
         checkpoints = [dest / c for c in marker.get("checkpoints", [])]
     except (OSError, ValueError, AttributeError, TypeError):
         return
-    write_guard.adopt([dest / MARKER, dest / "plans.json", dest / "dataset.json",
+    write_guard.adopt([dest / MARKER, dest / "plans.json", dest / "dataset.json", dest / SETTINGS_FILE,
                        *(dest / e for e in EXTRA_FILES), *checkpoints], "export-model")
 
 
 def export_model(model_dir: str | os.PathLike, dest: str | os.PathLike,
                  folds: Sequence[int | str] | None = None, trust_model: bool = False,
-                 overwrite: bool = False) -> Path:
-    """Write ``model_dir`` (folds ``folds``, default all) as a stock-loadable model folder ``dest``.
+                 overwrite: bool = False, inference: dict | None = None,
+                 settings_source: str | None = None) -> Path:
+    """Write ``model_dir`` (folds ``folds``, default all) as a stock-loadable model folder ``dest``,
+    with the inference settings ``inference`` (InferenceConfig keys; ``settings_source`` says where
+    they came from) or, when None, the ones ``model_dir`` carries.
 
     Raises :class:`InputError` for a bad model folder, a damaged or untrusted checkpoint, or a bad
     destination, and :class:`flareseg.nnunet.model.ModelFolderError` when the checkpoints were
     made by a trainer that may build its own network (only plan-built networks are exported), and
     :class:`flareseg.write_guard.UnsafeOutput` for a destination the write guard refuses
-    (:func:`export_plan`), before anything is loaded or written."""
+    (:func:`export_plan`), and :class:`flareseg.config.ConfigError` for bad settings (given, or a
+    damaged settings file in ``model_dir``), before anything is loaded or written."""
     from flareseg.nnunet.checkpoint import load_checkpoint, save_checkpoint
     from flareseg.nnunet.model import (CHECKPOINTS, PLAIN_ARCHITECTURE_TRAINERS, ModelFolderError,
                                        available_folds, build_network)
@@ -92,6 +104,11 @@ def export_model(model_dir: str | os.PathLike, dest: str | os.PathLike,
     src = check_model_folder(model_dir, folds)
     check_destination(src, dest)
     dest = Path(dest)
+    if inference is None:
+        inference, settings_source = read_model_settings(src) or None, f"export-model of {src}"
+    if inference is not None:
+        settings_source = settings_source or "export-model"
+        settings_document(inference, settings_source)   # bad settings: refused before any work
     plans, dataset_json = read_json(src / "plans.json"), read_json(src / "dataset.json")
     fold_names = [str(f) for f in folds] if folds is not None else available_folds(src)
 
@@ -131,7 +148,8 @@ def export_model(model_dir: str | os.PathLike, dest: str | os.PathLike,
     trainers = sorted({e["exported_from"]["trainer_name"] for e in exported.values()})
 
     extras = [e for e in EXTRA_FILES if (src / e).is_file()]
-    files = [Path("plans.json"), Path("dataset.json"), *map(Path, extras), *exported, Path(MARKER)]
+    settings = [Path(SETTINGS_FILE)] if inference is not None else []
+    files = [Path("plans.json"), Path("dataset.json"), *map(Path, extras), *settings, *exported, Path(MARKER)]
     check_plan(export_plan(src, dest, files, overwrite))   # again, now with every file it writes
     created = [d for d in (dest, *dest.parents) if not d.exists()]
     try:
@@ -142,12 +160,15 @@ def export_model(model_dir: str | os.PathLike, dest: str | os.PathLike,
             write_json(dataset_json, dest / "dataset.json")
             for extra in extras:
                 write_bytes((src / extra).read_bytes(), dest / extra)
+            if inference is not None:
+                write_model_settings(dest, inference, settings_source, "export-model", overwrite)
             for rel, ck in exported.items():
                 (dest / rel.parent).mkdir(exist_ok=True)
                 save_checkpoint(ck, dest / rel)
             _remove_earlier(dest, {dest / f for f in files})
             write_json({"model": str(src), "trainer_name": trainers, "exported_trainer_name": STOCK_TRAINER,
-                        "folds": fold_names, "checkpoints": sorted(str(r) for r in exported)}, dest / MARKER)
+                        "folds": fold_names, "checkpoints": sorted(str(r) for r in exported),
+                        "inference_settings": SETTINGS_FILE if inference is not None else None}, dest / MARKER)
     except BaseException:
         if created:   # a new destination holds only what this export wrote: leave nothing of it
             for f in files:   # (also files a full disk kept out of the ledger)

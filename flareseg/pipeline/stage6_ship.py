@@ -1,5 +1,7 @@
 """stage-6: ship the coarse model: export it as a model folder stock nnU-Net loads as it is
-(``stage-6-*/model``, what ``flareseg export-model`` writes and the Docker image bakes in), then
+(``stage-6-*/model``, what ``flareseg export-model`` writes and the Docker image bakes in) with the
+stage's resolved ``inference`` settings inside (``flareseg_inference.json``: ``flareseg predict``,
+the API, the Docker entry point and the benches start from them), then
 predict the held-out validation set once with that folder, the way the FLARE
 harness runs a submission (one ``flareseg predict`` process per case, measuring start-up, model
 load, wall time, CPU RSS, GPU memory when there is a GPU), then evaluate those very outputs
@@ -66,20 +68,23 @@ def run(ctx: StageContext) -> dict:
     ship_dir = ctx.dir / "model"
 
     def export() -> dict:
+        from flareseg.config import ConfigError, config_hash
         from flareseg.nnunet.export import export_model
         from flareseg.nnunet.model import ModelFolderError
         from flareseg.io import InputError
         from flareseg.write_guard import UnsafeOutput
         try:
-            export_model(model_dir, ship_dir)
-        except (InputError, ModelFolderError, UnsafeOutput) as e:
+            export_model(model_dir, ship_dir, inference=inference,
+                         settings_source=f"stage-6 of {ctx.work} (config {config_hash(cfg)})")
+        except (InputError, ModelFolderError, UnsafeOutput, ConfigError) as e:
             raise StageError(f"export of the coarse model: {e}") from None
         return {"model": str(ship_dir)}
 
     # the shipped folder (stock-loadable, no nnUNet_extTrainer needed; the Docker image's /opt/model)
-    # is the one measured and evaluated below
-    ctx.step("export", {"model": s5["training"]["checkpoint"]}, export,
-             outputs=[ship_dir / "flareseg_export.json"])
+    # is the one measured and evaluated below, with the settings it carries
+    from flareseg.inference.model_settings import settings_path
+    ctx.step("export", {"model": s5["training"]["checkpoint"], "inference": inference}, export,
+             outputs=[ship_dir / "flareseg_export.json", settings_path(ship_dir)])
 
     def predict_and_measure() -> dict:
         write_text(yaml.safe_dump({"inference": inference}, sort_keys=False), settings)
