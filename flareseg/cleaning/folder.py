@@ -28,6 +28,7 @@ from flareseg.cleaning.report import CaseResult, CleaningReport, write_reports
 from flareseg.cases import folder_entries
 from flareseg.config import CleaningConfig, Config, config_hash
 from flareseg.file_check import IMAGE_SUFFIXES
+from flareseg.image_check import ct_plausibility_problem, nonfinite_count, nonfinite_problem
 from flareseg.io import (InputError, file_digest, geometry_mismatch,
                          read_array, read_json, strip_suffix, write_array,
                          write_json)
@@ -97,7 +98,9 @@ def clean_folder(labels_dir: os.PathLike | str, out_dir: os.PathLike | str,
                  force: bool = False, overwrite: bool = False) -> CleaningReport:
     """Clean every label map of ``labels_dir`` into ``out_dir`` (layout in the module docstring).
 
-    ``images_dir`` (optional) holds the CTs, used for the body mask of cases without organs.
+    ``images_dir`` (optional) holds the CTs, used for the body mask of cases without organs; a CT
+    that is read must pass the predictor's checks (finite values, CT plausibility: most voxels
+    within :data:`flareseg.image_check.CT_HU_RANGE`), else its case is an error.
     ``force`` recomputes cases even when their sidecar is current.  Bad files are reported in
     the summary with status ``error`` and skipped.  Returns the :class:`CleaningReport`.
     Before any work the write guard (:func:`clean_plan`) raises
@@ -158,6 +161,8 @@ def _clean_case(path: Path, case: str, out: Path, cfg: CleaningConfig, chash: st
         image, igeom = read_array(image_path)
         if bad := geometry_mismatch(geom, igeom):
             raise InputError(image_path, "image grid differs from label: " + "; ".join(bad))
+        if why := nonfinite_problem(nonfinite_count(image)) or ct_plausibility_problem(image):
+            raise InputError(image_path, why)   # the body mask of a garbage CT would be garbage
         image_digest = file_digest(image_path)
     elif needs_image:
         log.warning("%s: tumor but no organs and no CT found, abdominal-region rule skipped", case)
