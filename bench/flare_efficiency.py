@@ -11,10 +11,13 @@ free of the card the process runs on, ``CUDA_VISIBLE_DEVICES`` mapped to the phy
 official AUC (sum of samples x 0.1 s), next to the AUC over the real sample times and the peak net
 of the memory already used before the case.
 
-* ``flareseg``: ``flareseg predict -i {input} -o {output} -m MODEL`` (its defaults: float16 on CUDA,
-  window skipping on);
+* ``flareseg``: ``flareseg predict -i {input} -o {output} -m MODEL``, with the inference settings the
+  model folder carries (``flareseg_inference.json``: what stage-6 measured, written by stage-6 and
+  ``flareseg export-model``), else the defaults (float16 on CUDA, window skipping on); ``--device``
+  given here wins over the folder's device.  The table names the settings and where they came from;
 * ``stock``: ``nnUNetPredictor`` from the same folder (step 0.5, mirroring as stock's default unless
-  ``--stock-no-mirroring``; ``nnUNet_extTrainer`` set so it finds our trainer).
+  ``--stock-no-mirroring``; ``nnUNet_extTrainer`` set so it finds our trainer), on the device
+  flareseg uses.
 
 Outputs: ``OUT/<predictor>/efficiency.{csv,json}``, ``OUT/<predictor>/outputs``, and the markdown
 table ``OUT/flare_efficiency.md`` (also printed).  This process never touches CUDA itself, so no
@@ -49,9 +52,20 @@ p.predict_from_files([[src]], [dst[:-len(ending)] if dst.endswith(ending) else d
 """
 
 
-def ours_command(model: Path, device: str) -> list[str]:
+def ours_command(model: Path, device: str | None) -> list[str]:
+    """``flareseg predict`` with the model folder's settings; ``--device`` only when ``device``."""
     return [sys.executable, "-m", "flareseg.cli", "predict", "-i", "{input}", "-o", "{output}", "-m", str(model),
-            "--device", device, "-q"]
+            *(["--device", device] if device else []), "-q"]
+
+
+def settings_line(model: Path) -> str:
+    """Which inference settings ``flareseg predict -m model`` starts from (a line of the table)."""
+    from flareseg.inference.model_settings import read_model_settings, settings_path
+    stored = read_model_settings(model)
+    if not stored:
+        return f"flareseg inference settings: the defaults ({settings_path(model).name} not in {model})"
+    return (f"flareseg inference settings: {settings_path(model)}: "
+            + ", ".join(f"{k}={v}" for k, v in sorted(stored.items())))
 
 
 def stock_command(model: Path, device: str, mirroring: bool) -> list[str]:
@@ -94,7 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", required=True, type=Path, help="nnU-Net model folder (stage-5's model_dir)")
     ap.add_argument("--inputs", required=True, type=Path, nargs="+", help="image files or folders of them")
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                    help="default: the model folder's inference.device, else auto")
     ap.add_argument("--gpu-index", type=int, default=0, help="cuda:N the processes use (default 0)")
     ap.add_argument("--timeout", type=float, default=None, help="kill a case after this many seconds")
     ap.add_argument("--stock-no-mirroring", action="store_true", help="stock without its default mirroring")
@@ -107,10 +122,18 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from flareseg.config import ConfigError
+    from flareseg.inference.model_settings import read_model_settings
+    try:
+        settings = settings_line(args.model)
+        stock_device = args.device or read_model_settings(args.model).get("device", "auto")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     os.environ.setdefault("nnUNet_extTrainer", trainer_dir())     # stock finds FlareSegTrainer
     runs = {"flareseg": ours_command(args.model, args.device)}
     if not args.no_stock:
-        runs["stock nnU-Net"] = stock_command(args.model, args.device, not args.stock_no_mirroring)
+        runs["stock nnU-Net"] = stock_command(args.model, stock_device, not args.stock_no_mirroring)
     results = {}
     for name, cmd in runs.items():
         out = args.out / name.split()[0]
@@ -119,7 +142,7 @@ def main(argv=None) -> int:
         summary = summarize(rows, cmd, INTERVAL, "official")
         write_efficiency_reports(rows, summary, out)
         results[name] = (rows, summary)
-    text = table(results)
+    text = settings + "\n\n" + table(results)
     write_report(text, args.out / "flare_efficiency.md")
     return 0 if all(s["n_failed"] == 0 for _, s in results.values()) else 1
 

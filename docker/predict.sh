@@ -17,10 +17,13 @@
 set -eu
 INPUT_DIR="${INPUT_DIR:-/workspace/inputs}"
 OUTPUT_DIR="${OUTPUT_DIR:-/workspace/outputs}"
-MODEL_DIR="${MODEL_DIR:-/opt/model}"   # the exported, stock-loadable folder (flareseg export-model)
+# the exported, stock-loadable folder (flareseg export-model / stage-6); flareseg predict starts from
+# the inference settings it carries (flareseg_inference.json: what stage-6 measured), then any
+# --config/--set/flags passed to this script
+MODEL_DIR="${MODEL_DIR:-/opt/model}"
 FLARESEG="${FLARESEG:-flareseg}"
 REPORT="${REPORT:-${TMPDIR:-/tmp}/flareseg_predict_report.json}"
-DEVICE="${DEVICE:-}"   # empty: inference.device of a --config passed below, else auto
+DEVICE="${DEVICE:-}"   # empty: inference.device of a --config passed below, else the model's, else auto
 RUN_AS="${RUN_AS-flare}"   # empty: never drop privileges
 
 drop=""
