@@ -18,8 +18,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-import yaml
-
 from flareseg.errors import ConfigError, clip, short_repr
 from flareseg.yaml_read import parse_yaml, read_yaml
 
@@ -70,6 +68,17 @@ class PlanConfig:
 
 
 @dataclass(frozen=True)
+class ElasticConfig:
+    """Elastic deformation inside nnU-Net's spatial transform (batchgeneratorsv2 ``SpatialTransform``;
+    nnU-Net 2.8.1's stock trainer sets ``p_elastic_deform=0``).  Defaults: nnU-Net v1's elastic
+    settings (p 0.2, sigma 9-13 voxels; its alpha 0-900 moves voxels by up to 5-9 voxels at those
+    sigmas), the paper naming elastic deformation without numbers."""
+    probability: float = 0.2                          # per sample; 0 = off (nnU-Net 2.8.1 stock)
+    sigma: tuple[float, float] = (9.0, 13.0)          # smoothing of the displacement field, voxels
+    magnitude: tuple[float, float] = (0.0, 6.0)       # largest displacement per axis, voxels
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Training hyperparameters for one model (the trainer reads these, not its __init__)."""
     epochs: int = 1200
@@ -91,6 +100,7 @@ class TrainConfig:
     save_every: int = 50             # epochs between checkpoint_latest saves (resume granularity)
     seed: int = 0                    # seeds weights, sampling and augmentation (exact with num_workers 0)
     final_validation: bool = False   # nnU-Net's full-volume validation after training (slow)
+    elastic: ElasticConfig = field(default_factory=ElasticConfig)   # the paper's elastic deformation
     compile: bool = True             # torch.compile the network on CUDA, as nnU-Net 2.8.1 does (never on CPU)
     # scale-out (docs/scale.md): processes per node and nodes of a torchrun launch; 1 x 1 = one process
     gpus: int = 1
@@ -303,6 +313,11 @@ RANGES: dict[str, dict[str, Range]] = {
         "seed": _SEED,
         "gpus": Range(1, 1024), "nodes": Range(1, 4096),
         "dist_timeout_min": Range(0, 7 * 24 * 60, lo_open=True),
+    },
+    "ElasticConfig": {
+        "probability": _FRACTION,
+        "sigma": Range(0, 1000, lo_open=True, ordered=True),
+        "magnitude": Range(0, 1000, ordered=True),
     },
     "PseudoLabelConfig": {
         "k_organ": _NON_NEGATIVE,    # a count (>= 1) or a fraction (< 1) of the cases
@@ -568,7 +583,3 @@ def config_hash(cfg: Any) -> str:
     d = to_dict(cfg)
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)

@@ -93,7 +93,7 @@ def test_every_numeric_key_has_a_declared_range():
     import typing
     from flareseg.config import range_of
     classes = _config_classes()
-    assert len(classes) == 11   # Config and its ten sections (PhantomConfig nested)
+    assert len(classes) == 12   # Config and its ten sections (PhantomConfig, ElasticConfig nested)
     numeric = [(cls, name) for cls in classes.values()
                for name, tp in typing.get_type_hints(cls).items() if _numeric(tp)]
     assert len(numeric) >= 50

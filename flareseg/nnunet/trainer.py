@@ -5,7 +5,8 @@ Overrides only what it must:
 * hyperparameters come from the ``flareseg_train`` entry our stage writes into the plans
   configuration (so a model folder carries them; nothing is hard-coded in ``__init__``);
 * ``_build_loss``: :class:`flareseg.losses.merge_max.PartialLabelLoss` (merge-max and variants);
-* ``get_dataloaders``: every batch holds one label type (``label_types.json`` next to the plans),
+* ``get_dataloaders``: elastic deformation as ``flareseg_train.elastic`` says
+  (:mod:`flareseg.nnunet.augmentation`); every batch holds one label type (``label_types.json`` next to the plans),
   drawn by :class:`flareseg.sampling.label_type.LabelTypeBatchSampler`; foreground oversampling
   aims only at that type's annotated classes;
 * ``train_step``/``validation_step``: tell the loss which classes the batch annotates; the
@@ -31,6 +32,7 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from flareseg.labels import FOREGROUND, TUMOR, label_type
+from flareseg.nnunet.augmentation import with_elastic
 from flareseg.nnunet.checkpoint import (LATEST, PREVIOUS, RNG_SUFFIX, CorruptCheckpoint, load_checkpoint,
                                         rng_path, write_checkpoint)
 from flareseg.sampling.label_type import LabelTypeBatchSampler, choose_oversampling_class
@@ -391,6 +393,7 @@ class FlareSegTrainer(nnUNetTrainer):
             patch_size, rotation, ds_scales, mirror_axes, dummy_2d,
             use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
             foreground_labels=lm.foreground_labels, regions=None, ignore_label=lm.ignore_label)
+        tr_tf = with_elastic(tr_tf, self.hp.get("elastic"))   # the paper's elastic deformation
         val_tf = self.get_validation_transforms(ds_scales, is_cascaded=self.is_cascaded,
                                                 foreground_labels=lm.foreground_labels, regions=None,
                                                 ignore_label=lm.ignore_label)
