@@ -64,15 +64,6 @@ class Geometry:
         img.SetDirection(self.direction)
         return img
 
-    def to_json(self) -> dict[str, Any]:
-        return {"size": list(self.size), "spacing": list(self.spacing),
-                "origin": list(self.origin), "direction": list(self.direction)}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Geometry":
-        return cls(tuple(int(v) for v in d["size"]), tuple(float(v) for v in d["spacing"]),
-                   tuple(float(v) for v in d["origin"]), tuple(float(v) for v in d["direction"]))
-
 
 def strip_suffix(path: os.PathLike | str) -> str:
     name = Path(path).name

@@ -102,10 +102,6 @@ def has_tumor(t: Iterable[int]) -> bool:
     return TUMOR in label_type(t)
 
 
-def organs_of(t: Iterable[int]) -> LabelType:
-    return tuple(c for c in label_type(t) if c in ORGANS)
-
-
 def is_tumor_only(t: Iterable[int]) -> bool:
     t = label_type(t)
     return t == (TUMOR,)

@@ -133,7 +133,7 @@ def test_fully_annotated_equals_nnunet_dc_and_ce(batch_dice):
 )
 def test_variant_shapes_and_targets(variant, annotated, channels, merged):
     layout = channel_layout(annotated, variant)
-    assert layout.merged == merged and layout.num_channels == channels
+    assert layout.merged == merged and 1 + len(layout.kept) == channels
     logits = torch.randn(2, NUM_CLASSES, 3, 4, 5)
     assert reduce_logits(logits, annotated, variant).shape == (2, channels, 3, 4, 5)
     target = torch.arange(NUM_CLASSES).view(1, NUM_CLASSES, 1, 1).expand(2, -1, 4, 5)  # (B, Z, Y, X)
@@ -147,7 +147,7 @@ def test_variant_shapes_and_targets(variant, annotated, channels, merged):
         assert [expected[c] for c in sorted(annotated)] == list(range(1, len(annotated) + 1))
     if variant == "released" and TUMOR not in annotated:
         # tumor keeps the last channel, which the target never contains (tumor voxels -> merged)
-        assert layout.kept[-1] == TUMOR and (layout.num_channels - 1) not in red_t.unique().tolist()
+        assert layout.kept[-1] == TUMOR and len(layout.kept) not in red_t.unique().tolist()
         assert red_t[0, TUMOR, 0, 0] == 0
 
 

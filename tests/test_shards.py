@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from flareseg.config import PseudoLabelConfig
+from flareseg.io import read_json
 from flareseg.pseudolabel.selection import select
-from flareseg.pseudolabel.shards import (failed_cases, load_result, merge_scores, parse_shard,
+from flareseg.pseudolabel.shards import (load_result, merge_scores, parse_shard,
                                          run_shard, save_result, shard)
 from flareseg.pseudolabel.uncertainty import case_scores
 
@@ -72,10 +73,11 @@ def test_rerun_skips_finished_cases_and_recomputes_on_new_fingerprint(tmp_path):
 def test_failures_are_recorded_and_others_continue(tmp_path):
     summary = run_shard(CASES[:4], CountingScorer(fail={"case_001"}), tmp_path)
     assert list(summary.failed) == ["case_001"] and len(summary.computed) == 3
-    assert "unreadable image" in failed_cases(tmp_path)["case_001"]
+    assert [p.name for p in (tmp_path / "errors").iterdir()] == ["case_001.json"]
+    assert "unreadable image" in read_json(tmp_path / "errors" / "case_001.json")["error"]
     assert "case_001" not in merge_scores(tmp_path, CASES[:4])
     run_shard(CASES[:4], CountingScorer(), tmp_path)              # retry succeeds
-    assert failed_cases(tmp_path) == {} and len(merge_scores(tmp_path)) == 4
+    assert not any((tmp_path / "errors").iterdir()) and len(merge_scores(tmp_path)) == 4
 
 
 def test_nan_round_trips_and_corrupt_file_is_recomputed(tmp_path):

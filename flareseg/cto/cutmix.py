@@ -393,18 +393,6 @@ def label_type_after(sample_type: Iterable[int], params: CutMixParams | None = N
     return label_type(set(t) | {TUMOR})
 
 
-def pasted_tumor_voxels(params: CutMixParams, label_after: np.ndarray,
-                        pool: Mapping[str, _Object]) -> np.ndarray:
-    """``(N, 3)`` voxel coordinates ``(z, y, x)`` of tumor inside the pasted boxes of the label
-    returned by :func:`apply` (for foreground sampling, e.g. nnU-Net's ``class_locations``)."""
-    lab = _spatial(label_after, "label_after")
-    out = [np.zeros((0, 3), dtype=np.int64)]
-    for p in params.pastes:
-        dst, _ = paste_boxes(p.centre, p.piece(pool[p.object_id])[1].shape, lab.shape)
-        out.append(np.argwhere(lab[dst] == TUMOR) + np.array([s.start for s in dst]))
-    return np.unique(np.concatenate(out), axis=0)
-
-
 #: a run that pastes into fewer eligible samples than this is flagged (log WARNING, QC page in red)
 MIN_PASTE_RATE = 0.10
 

@@ -51,10 +51,6 @@ class ChannelLayout:
     kept: tuple[int, ...]
     lut: tuple[int, ...]
 
-    @property
-    def num_channels(self) -> int:
-        return 1 + len(self.kept)
-
     def is_identity(self) -> bool:
         return self.merged == (0,) and self.kept == tuple(range(1, len(self.lut)))
 

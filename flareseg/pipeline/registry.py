@@ -48,10 +48,5 @@ DESCRIPTIONS: dict[int, str] = {
 assert set(DESCRIPTIONS) == set(STAGES) == set(STAGE_NAMES)
 
 
-def stage_doc(n: int) -> str:
-    """The one-paragraph description of stage ``n``: ``stage-N (name): what it does``."""
-    return f"stage-{n} ({STAGE_NAMES[n]}): {DESCRIPTIONS[n]}"
-
-
 def run_stage(n: int, cfg: Config, work: Path, force: bool = False) -> dict:
     return STAGES[n].execute(cfg, Path(work), force=force)

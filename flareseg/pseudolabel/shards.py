@@ -133,12 +133,6 @@ def run_shard(case_ids: Iterable[str], scorer: Scorer, out_dir: os.PathLike | st
     return summary
 
 
-def failed_cases(out_dir: os.PathLike | str) -> dict[str, str]:
-    """Case id -> last error, for cases whose latest attempt failed."""
-    d = Path(out_dir) / "errors"
-    return {p.stem: read_json(p).get("error", "") for p in sorted(d.glob("*.json"))} if d.is_dir() else {}
-
-
 def merge_scores(out_dir: os.PathLike | str, case_ids: Optional[Iterable[str]] = None,
                  fingerprint: Optional[str] = None) -> dict[str, dict[str, float]]:
     """All finished cases' scores (sorted by case id) from every shard's files in ``out_dir``.

@@ -112,9 +112,6 @@ class LabelTypeBatchSampler:
     def types(self) -> tuple[LabelType, ...]:
         return self._types
 
-    def cases_of(self, t: Iterable[int] | str) -> tuple[str, ...]:
-        return self._cases[_as_type(t)]
-
     def next_type(self) -> LabelType:
         return self._types[int(self._type_rng.choice(len(self._types), p=self._p))]
 
