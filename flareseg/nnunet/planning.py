@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING
 from flareseg.config import PlanConfig
 from flareseg.io import write_json, write_text
 from flareseg.labels import NUM_CLASSES
+from flareseg.nnunet.env import PLANS_NAME, plans_file, preprocessed_dataset, raw_dataset
 
 if TYPE_CHECKING:
     import numpy
 
 log = logging.getLogger(__name__)
 
-PLANS_NAME = "nnUNetPlans"
 #: case -> annotated classes; written by the import into the raw dataset and read by the trainer
 #: from next to the plans (``preprocessed_dataset_folder_base``)
 LABEL_TYPES_FILE = "label_types.json"
@@ -165,14 +165,14 @@ def plan_and_preprocess(dataset_id: int, configs: dict[str, PlanConfig], num_pro
     for cname, pc in configs.items():
         plans["configurations"][cname] = configuration_plan(base, pc, f"{PLANS_NAME}_{cname}")
         _log_size(cname, plans["configurations"][cname], n_classes)
-    plans_file = Path(str(nnUNet_preprocessed)) / name / f"{PLANS_NAME}.json"
-    write_json(plans, plans_file)
+    pf = plans_file(preprocessed_dataset(Path(str(nnUNet_preprocessed)), name))
+    write_json(plans, pf)
     names = tuple(configs) if preprocess is True else tuple(preprocess or ())
     if names:
         n = _workers(name, [plans["configurations"][c]["spacing"] for c in names], num_processes)
         preprocess_dataset(dataset_id, PLANS_NAME, names, [n] * len(names),
                            verbose=False, show_progress_bar=True)
-    return plans_file
+    return pf
 
 
 def place_label_types(raw_dataset: Path, preprocessed_dataset: Path) -> Path:
@@ -194,7 +194,7 @@ def _workers(dataset_name: str, spacings: list, requested: int) -> int:
     fixed = env_workers()
     if fixed is not None:
         return max(1, fixed)
-    return dataset_workers(Path(str(nnUNet_raw)) / dataset_name, spacings, requested)
+    return dataset_workers(raw_dataset(Path(str(nnUNet_raw)), dataset_name), spacings, requested)
 
 
 def preprocess(dataset_id: int, configurations: tuple[str, ...], num_processes: int = 2) -> None:
@@ -205,7 +205,7 @@ def preprocess(dataset_id: int, configurations: tuple[str, ...], num_processes: 
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
     from flareseg.io import read_json
     name = convert_id_to_dataset_name(dataset_id)
-    plans = read_json(Path(str(nnUNet_preprocessed)) / name / f"{PLANS_NAME}.json")
+    plans = read_json(plans_file(preprocessed_dataset(Path(str(nnUNet_preprocessed)), name)))
     n = _workers(name, [plans["configurations"][c]["spacing"] for c in configurations], num_processes)
     preprocess_dataset(dataset_id, PLANS_NAME, configurations, [n] * len(configurations),
                        verbose=False, show_progress_bar=True)

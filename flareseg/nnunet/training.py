@@ -12,13 +12,10 @@ import numpy as np
 from flareseg.config import TrainConfig, to_dict
 from flareseg.io import read_json, remove_stale_temps, write_json
 from flareseg.nnunet.checkpoint import FINAL, LATEST, PREVIOUS, CorruptCheckpoint, load_checkpoint, rng_path
+from flareseg.nnunet.env import PLANS_NAME, TRAINER, model_folder, plans_file, preprocessed_dataset
 from flareseg.nnunet.trainer import TRAIN_KEY
 
 log = logging.getLogger(__name__)
-
-TRAINER = "FlareSegTrainer"
-PLANS = "nnUNetPlans"
-
 
 def write_train_config(plans_file: Path, configuration: str, tc: TrainConfig,
                        extra: dict | None = None) -> None:
@@ -37,10 +34,6 @@ LAUNCH_KEYS = ("gpus", "nodes", "rendezvous", "dist_timeout_min")
 def train_key(tc: TrainConfig) -> dict:
     """The training settings that decide the model (the step key of a training step)."""
     return {k: v for k, v in to_dict(tc).items() if k not in LAUNCH_KEYS}
-
-
-def model_folder(results_dir: Path, dataset_name: str, configuration: str) -> Path:
-    return Path(results_dir) / dataset_name / f"{TRAINER}__{PLANS}__{configuration}"
 
 
 def backend_settings(device, compile_network: bool = True) -> dict:
@@ -74,11 +67,11 @@ def train(dataset_name: str, configuration: str, tc: TrainConfig, preprocessed_d
     from flareseg import distributed as dist
     from flareseg.devices import resolve_device
 
-    pre = Path(preprocessed_dir) / dataset_name
+    plans = plans_file(preprocessed_dataset(preprocessed_dir, dataset_name))
     out = model_folder(results_dir, dataset_name, configuration) / f"fold_{tc.fold}"
 
     def prepare() -> tuple[Path | None, bool]:
-        write_train_config(pre / f"{PLANS}.json", configuration, tc, extra)
+        write_train_config(plans, configuration, tc, extra)
         start = resume_point(out)
         return start, (out / FINAL).exists()
 
@@ -94,7 +87,7 @@ def train(dataset_name: str, configuration: str, tc: TrainConfig, preprocessed_d
     if done:
         log.info("%s: final checkpoint exists, nothing to train", out)
     else:
-        trainer = get_trainer_from_args(dataset_name, configuration, tc.fold, TRAINER, PLANS,
+        trainer = get_trainer_from_args(dataset_name, configuration, tc.fold, TRAINER, PLANS_NAME,
                                         continue_training=start is not None, device=device)
         if dist.active() and log_dir is not None:
             trainer.rank_log = Path(log_dir) / f"rank{dist.rank()}.jsonl"

@@ -9,7 +9,7 @@ from flareseg.config import Config, to_dict
 from flareseg.data.intake import dataset_folder_name, import_dataset
 from flareseg.data.sources import ImportConfigError
 from flareseg.io import read_json
-from flareseg.nnunet.env import NNUNetPaths
+from flareseg.nnunet.env import NNUNetPaths, model_folder, plans_file, preprocessed_dataset, raw_dataset
 from flareseg.pipeline.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -85,32 +85,32 @@ def run(ctx: StageContext) -> dict:
 
     paths = nnunet_paths(ctx.dir)
     paths.export()
-    ds_dir = paths.raw / dataset_folder_name(cfg.data.dataset_id, cfg.data.dataset_name)
+    ds_dir = raw_dataset(paths.raw, dataset_folder_name(cfg.data.dataset_id, cfg.data.dataset_name))
     imported = ctx.step("import", {"data": to_dict(cfg.data), "src": {k: str(v) for k, v in src.items()}},
                         lambda: import_data(cfg, src, ds_dir), outputs=[ds_dir / "label_types.json"])
 
-    pre_dir = paths.preprocessed / ds_dir.name
+    pre_dir = preprocessed_dataset(paths.preprocessed, ds_dir.name)
     planned = ctx.step("plan_preprocess",
                        {"fine": to_dict(cfg.fine), "coarse": to_dict(cfg.coarse), "import": imported,
                         "types": read_json(ds_dir / "label_types.json")},
                        # coarse is planned here (stage-3 reads its spacing and normalisation) but
                        # preprocessed by stage-5 on its own training set: nothing reads it here
                        lambda: plan_data(cfg, ds_dir, preprocess=("fine",)),
-                       outputs=[pre_dir / "nnUNetPlans.json"])
+                       outputs=[plans_file(pre_dir)])
 
     def do_train() -> dict:
         from flareseg.nnunet.training import train
         return train(ds_dir.name, "fine", cfg.train_fine, paths.preprocessed, paths.results,
                      log_dir=ctx.dir / "logs")
 
-    from flareseg.nnunet.training import model_folder, train_key
+    from flareseg.nnunet.training import train_key
     model_dir = model_folder(paths.results, ds_dir.name, "fine")
     trained = ctx.step("train", {"train": train_key(cfg.train_fine), "plans": planned},
                        do_train, outputs=[model_dir / f"fold_{cfg.train_fine.fold}" / "checkpoint_final.pth"],
                        collective=True)
 
     outputs = [ds_dir / "dataset.json", ds_dir / "label_types.json", ds_dir / "cases.json",
-               ds_dir / "import_report.json", pre_dir / "nnUNetPlans.json"]
+               ds_dir / "import_report.json", plans_file(pre_dir)]
     return {"dataset": str(ds_dir), "preprocessed": str(pre_dir), "import": imported,
             **{k: str(src[k]) if src[k] else None
                for k in ("hidden_gt", "validation_images", "validation_labels")},

@@ -16,6 +16,7 @@ from typing import Iterator
 from flareseg.config import to_dict
 from flareseg.io import InputError, read_array, read_json
 from flareseg.labels import TUMOR
+from flareseg.nnunet.env import plans_file
 from flareseg.pipeline.stage import StageContext
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,10 @@ def run(ctx: StageContext) -> dict:
     s1 = ctx.upstream(1)["result"]
     s2 = ctx.upstream(2)["result"]
     ds = Path(s1["dataset"])
-    plans_file = Path(s1["preprocessed"]) / "nnUNetPlans.json"
     filled = Path(s2["filled_dir"]) if s2.get("filled_dir") else None
     cases = tumor_cases(ds, filled)
     pool_dir = ctx.dir / "pool"
-    plans = read_json(plans_file)
+    plans = read_json(plans_file(s1["preprocessed"]))
     coarse = plans["configurations"]["coarse"]
 
     def build() -> dict:

@@ -14,7 +14,8 @@ from pathlib import Path
 from flareseg.config import to_dict
 from flareseg.data.intake import dataset_folder_name, dataset_json
 from flareseg.io import link_or_copy, read_json, write_json, write_text
-from flareseg.nnunet.env import NNUNetPaths
+from flareseg.nnunet.env import (NNUNetPaths, model_folder, plans_file, preprocessed_data, preprocessed_dataset,
+                                 raw_dataset)
 from flareseg.pipeline.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def build_dataset(training_set: dict[str, dict], ds_dir: Path) -> dict[str, list
 
 def run(ctx: StageContext) -> dict:
     from flareseg import distributed as dist
-    from flareseg.nnunet.training import model_folder, train, train_key
+    from flareseg.nnunet.training import train, train_key
 
     cfg = ctx.cfg
     s1 = ctx.upstream(1)["result"]
@@ -49,16 +50,16 @@ def run(ctx: StageContext) -> dict:
     paths.export()
     ds_id = cfg.data.dataset_id + 1
     ds_name = dataset_folder_name(ds_id, cfg.data.dataset_name + "Coarse")
-    ds_dir = paths.raw / ds_name
-    pre = paths.preprocessed / ds_name
+    ds_dir = raw_dataset(paths.raw, ds_name)
+    pre = preprocessed_dataset(paths.preprocessed, ds_name)
 
     def prepare() -> dict:
         from flareseg.nnunet.planning import place_label_types, preprocess
         types = build_dataset(training_set, ds_dir)
-        plans = read_json(Path(s1["preprocessed"]) / "nnUNetPlans.json")
+        plans = read_json(plans_file(s1["preprocessed"]))
         plans["dataset_name"] = ds_name
         pre.mkdir(parents=True, exist_ok=True)
-        write_json(plans, pre / "nnUNetPlans.json")
+        write_json(plans, plans_file(pre))
         # stage-1's fingerprint: same intensity statistics as the plans (and the CTO pool);
         # copied atomically (temporary file renamed), so a kill never leaves half a JSON behind
         for src in (ds_dir / "dataset.json", Path(s1["preprocessed"]) / "dataset_fingerprint.json"):
@@ -68,7 +69,7 @@ def run(ctx: StageContext) -> dict:
         return {"cases": len(types)}
 
     prepared = ctx.step("prepare", {"set": training_set, "plans_from": s1["preprocessed"]}, prepare,
-                        outputs=[pre / "nnUNetPlans.json"])
+                        outputs=[plans_file(pre)])
 
     def do_train() -> dict:
         # the trainer reads CutMix settings (and the pool path) from the plans, like its other settings
@@ -85,7 +86,7 @@ def run(ctx: StageContext) -> dict:
     gallery = ctx.dir / "qc" / "cutmix_samples.png"
     searched = None
     if dist.is_main() and not gallery.exists():
-        searched = cutmix_gallery_png(training_set, pre / "nnUNetPlans_coarse", s3["pool_dir"], cfg, gallery)
+        searched = cutmix_gallery_png(training_set, preprocessed_data(pre, "coarse"), s3["pool_dir"], cfg, gallery)
     return {"dataset": str(ds_dir), "model_dir": str(mdir), "training": trained, "cutmix": counts,
             "cutmix_gallery_search": searched,
             "cutmix_gallery": str(gallery) if gallery.exists() else None, "outputs": [ck]}
@@ -142,7 +143,7 @@ def cutmix_gallery_png(training_set: dict, pre_dir: Path, pool_dir: str, cfg, de
     keys = sorted(c for c, r in training_set.items() if TUMOR not in r["label_type"])
     if not keys or not len(pool.ids):
         return {"searched": 0, "pasted": 0}
-    plans = read_json(pre_dir.parent / "nnUNetPlans.json")
+    plans = read_json(plans_file(pre_dir.parent))
     patch = configuration(plans, "coarse")["patch_size"]
     body = body_threshold(plans, "coarse")
     rng = np.random.default_rng(cfg.seed)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from flareseg.cto.cutmix import paste_rate_warning
 from flareseg.io import read_json
 from flareseg.labels import CLASS_NAMES, str_to_type
+from flareseg.nnunet.env import NNUNetPaths
 from flareseg.report import html as H
 from flareseg.report.context import ReportContext
 from flareseg.report.figures import describe_type, label_type_bar
@@ -78,7 +79,7 @@ def _training(tr: dict) -> str:
 def imported_types(ctx: ReportContext) -> str:
     """Stage-1 before its manifest (import done, training not yet): the label types the import
     ended with, from ``import_report.json`` (cases per type, where the types came from, rare ones)."""
-    reports = sorted((ctx.stage(1) / "nnUNet_raw").glob("*/import_report.json"))
+    reports = sorted(NNUNetPaths.under(ctx.stage(1)).raw.glob("*/import_report.json"))
     if not reports:
         return ""
     rep = read_json(reports[-1])
