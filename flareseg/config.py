@@ -35,6 +35,9 @@ class PhantomConfig:
     slice_spacing: tuple[float, float] = (1.0, 5.0)     # mm
     extent_z_mm: tuple[float, float] = (160.0, 240.0)   # scanned length along z
     z_margin_mm: float = 0.0   # body scanned above and below the abdominal organs (chest/pelvis stand-in)
+    # simple: the body scaled to fill the field of view (small, fast test phantoms); adult: adult-size
+    # anatomy with chest (lungs, heart) and pelvis, published HU per phase, CT noise and partial volume
+    anatomy: Literal["simple", "adult"] = "simple"
 
 
 @dataclass(frozen=True)

@@ -257,3 +257,89 @@ def test_z_margin_adds_body_without_abdominal_organs(orientation):
     liver = np.zeros_like(lab, dtype=bool)
     liver[extra:-extra] = lab0 == 1
     np.testing.assert_allclose(physical_centroid(liver, geo), physical_centroid(lab0 == 1, geo0), atol=1e-3)
+
+
+# anatomy: adult at a coarse grid (6 mm voxels, a 384-432 mm field of view): real-size anatomy, fast
+ADULT = PhantomConfig(size_xy=(64, 72), inplane_spacing=(6.0, 6.0), slice_spacing=(6.0, 6.0),
+                      extent_z_mm=(240.0, 240.0), anatomy="adult")
+
+
+def _superior_first(arr: np.ndarray, geo: Geometry) -> np.ndarray:
+    """(Z, Y, X) array with z ascending towards the head whatever the stored direction."""
+    return arr if geo.direction[8] > 0 else arr[::-1]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_adult_anatomy_has_adult_organ_sizes(seed):
+    """anatomy: adult keeps the canonical adult sizes whatever the field of view (published adult
+    ranges, generously: liver 0.8-2.6 L, spleen 60-500 mL, kidney length 7-15 cm, aorta 15-30 mm),
+    where the simple phantom shrinks the body into its array."""
+    img, lab, geo, info = generate_case(np.random.default_rng(seed), ADULT, n_tumors=0)
+    ml = np.prod(geo.spacing) / 1000.0
+    assert 800 < (lab == 1).sum() * ml < 2600 and 60 < (lab == 3).sum() * ml < 500
+    for kidney in (2, 13):
+        zz = np.flatnonzero((lab == kidney).any(axis=(1, 2)))
+        assert 70 <= (zz[-1] - zz[0] + 1) * geo.spacing[2] <= 150
+    body = (img > -500).any(axis=0)
+    width = np.flatnonzero(body.any(axis=0))
+    assert 260 <= (width[-1] - width[0] + 1) * geo.spacing[0] <= 400     # adult body, not the FOV
+    assert info["mm_per_unit"][0] == info["mm_per_unit"][1] and 0.9 <= info["mm_per_unit"][0] <= 1.1
+    _, simple, sgeo, _ = generate_case(np.random.default_rng(seed), PhantomConfig(
+        **{**ADULT.__dict__, "anatomy": "simple", "size_xy": (48, 48), "inplane_spacing": (3.0, 3.0)}),
+        n_tumors=0)   # a 144 mm field of view: the simple phantom shrinks the body into it
+    assert (simple == 1).sum() * np.prod(sgeo.spacing) / 1000.0 < 0.7 * (lab == 1).sum() * ml
+
+
+@pytest.mark.parametrize("orientation", ["identity", "flip_z"])
+def test_adult_z_margin_reaches_chest_and_pelvis_with_organs_only_in_the_abdomen(orientation):
+    """anatomy: adult + z_margin_mm: the scan reaches 150 mm beyond the abdomen at both ends, with
+    aerated lungs and the heart above the diaphragm and the iliac bones and vessels below; FLARE
+    organs only in the abdominal part (above, the aorta, IVC and oesophagus continue)."""
+    wide = PhantomConfig(**{**ADULT.__dict__, "z_margin_mm": 150.0})
+    img0, lab0, geo0, _ = generate_case(np.random.default_rng(4), ADULT, orientation=orientation, n_tumors=0)
+    img, lab, geo, _ = generate_case(np.random.default_rng(4), wide, orientation=orientation, n_tumors=0)
+    extra = 25                                                     # 150 mm / 6 mm
+    assert lab.shape == (lab0.shape[0] + 2 * extra, *lab0.shape[1:])
+    assert lab.shape[0] * geo.spacing[2] == pytest.approx(240 + 300)
+    np.testing.assert_array_equal(lab[extra:-extra], lab0)          # same patient, same place
+    img, lab = _superior_first(img, geo), _superior_first(lab, geo)
+    chest, pelvis = slice(-extra + 8, None), slice(0, extra - 8)    # > 50 mm beyond the abdomen
+    assert set(np.unique(lab[chest]).tolist()) <= {0, 5, 6, 10}
+    assert set(np.unique(lab[pelvis]).tolist()) == {0}
+    body = ndimage.binary_fill_holes(img[chest] > -500, structure=np.ones((1, 3, 3)))
+    for k in range(img[chest].shape[0]):                            # every chest plane: lungs
+        plane = body[k] if body[k].any() else (img[chest][k] > -500)
+        filled = ndimage.binary_fill_holes(plane)
+        assert ((img[chest][k] < -700) & filled).sum() * geo.spacing[0] ** 2 > 5000   # > 50 cm^2
+    assert (img[pelvis] > 250).sum() > 3 * (img[extra:extra + 8] > 250).sum() > 0   # iliac bone
+
+
+def test_adult_phantoms_are_deterministic_by_seed(tmp_path):
+    cfg = PhantomConfig(**{**ADULT.__dict__, "labeled": 1, "tumor_only": 0, "unlabeled": 1,
+                           "validation": 0, "z_margin_mm": 60.0, "seed": 3})
+    a = write_phantoms(tmp_path / "a", cfg, progress=False)
+    b = write_phantoms(tmp_path / "b", cfg, workers=2, progress=False)
+    c = write_phantoms(tmp_path / "c", PhantomConfig(**{**cfg.__dict__, "seed": 4}), progress=False)
+    assert a["cases"] == b["cases"] != c["cases"] and a["config"]["anatomy"] == "adult"
+    for rel in a["cases"]["PH_0001"]["files"].values():
+        np.testing.assert_array_equal(read_array(tmp_path / "a" / rel)[0], read_array(tmp_path / "b" / rel)[0])
+    x, y = (read_array(tmp_path / d / a["cases"]["PH_0001"]["files"]["image"])[0] for d in "ac")
+    assert x.shape != y.shape or not np.array_equal(x, y)
+
+
+def test_adult_hu_lies_in_the_published_ranges_of_its_phase():
+    """Organ cores (away from partial volume at the edges) read the phase's published HU range
+    within the noise; the phase is recorded per case."""
+    from flareseg.data.phantom_anatomy import ADULT_ORGAN_HU, PHASES
+    seen = set()
+    for seed in range(6):
+        img, lab, geo, info = generate_case(np.random.default_rng(seed), ADULT, n_tumors=0)
+        pi = PHASES.index(info["phase"])
+        seen.add(info["phase"])
+        for c in (1, 3):
+            core = ndimage.binary_erosion(lab == c, iterations=2)
+            lo, hi = ADULT_ORGAN_HU[c][pi]
+            assert lo - 12 < float(img[core].mean()) < hi + 12, (seed, c, info["phase"])
+        fat = (img > -150) & (img < -60)
+        assert fat.sum() * np.prod(geo.spacing) / 1000.0 > 500        # subcutaneous and visceral fat
+    assert len(seen) >= 2

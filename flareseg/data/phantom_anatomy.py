@@ -10,7 +10,7 @@ bone, the spinal canal, paraspinal muscles or outside the abdominal cavity.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,39 @@ VESSELS_END_Z = -135.0
 #: Painting order: later organs win overlaps.
 PAINT_ORDER = (1, 3, 11, 2, 13, 4, 12, 9, 7, 8, 10, 6, 5)
 
+#: ``anatomy: adult`` HU ranges per phase (plain, arterial, portal, delayed), each ``(lo, hi)``; a
+#: patient draws uniformly inside them.  From published ranges, not from any one scan:
+#: liver and spleen unenhanced 50-65 / 40-55 HU, the spleen about 10 HU below the liver (Kodama et
+#: al., AJR 2007;188:1307-12); contrast enhancement of liver, pancreas, vessels and kidneys by phase
+#: (Bae, Radiology 2010;256:32-61; renal corticomedullary / nephrographic / excretory phases: Yuh
+#: & Cohan, AJR 1999;173:747-55); unenhanced blood 35-50 HU (haematocrit-dependent); normal adrenal
+#: 10-35 HU unenhanced; bile, urine and CSF 0-20 HU; fat -120 to -80 HU; muscle 40-60 HU; aerated
+#: lung about -900 to -800 HU; L1 trabecular bone 130-280 HU in adults (Pickhardt et al., Ann Intern
+#: Med 2013;158:588-95).  Kidneys: cortex here, medulla and pelvis in ``ADULT_TISSUE_HU``.
+ADULT_ORGAN_HU: dict[int, tuple[tuple[float, float], ...]] = {
+    1: ((50, 65), (60, 85), (100, 130), (80, 105)),
+    2: ((28, 40), (150, 220), (140, 190), (110, 150)),
+    3: ((40, 55), (100, 150), (110, 135), (90, 115)),
+    4: ((30, 50), (100, 140), (80, 115), (60, 90)),
+    5: ((35, 50), (250, 400), (140, 200), (100, 140)),
+    6: ((35, 50), (70, 120), (130, 180), (100, 140)),
+    7: ((10, 35), (50, 80), (50, 80), (40, 65)),
+    8: ((10, 35), (50, 80), (50, 80), (40, 65)),
+    9: ((0, 20), (0, 20), (0, 20), (0, 20)),
+    10: ((35, 50), (55, 80), (60, 90), (55, 80)),
+    11: ((35, 50), (60, 100), (70, 100), (55, 85)),
+    12: ((35, 50), (60, 100), (70, 100), (55, 85)),
+    13: ((28, 40), (150, 220), (140, 190), (110, 150)),
+}
+ADULT_TISSUE_HU: dict[str, tuple[tuple[float, float], ...]] = {
+    "medulla": ((25, 35), (70, 110), (130, 180), (120, 160)),
+    "pelvis": ((0, 20), (0, 20), (0, 25), (300, 900)),
+    "blood": ((35, 50), (200, 350), (140, 190), (100, 140)),      # heart chambers
+    "myocardium": ((40, 55), (90, 130), (90, 120), (70, 100)),
+    "muscle": ((40, 60), (45, 65), (50, 70), (50, 70)),
+    "urine": ((0, 15), (0, 15), (0, 20), (150, 600)),             # bladder
+}
+
 
 def _p(x: float, y: float, z: float) -> np.ndarray:
     """Canonical point given as (x, y, z) mm -> (z, y, x) vector."""
@@ -65,6 +98,33 @@ class AnatomyParams:
     disc_phase: float
     phase: str
     hu: dict[str, float] = field(default_factory=dict)
+    trunk: "Trunk | None" = None         # chest and pelvis (``anatomy: adult``)
+    bg_sharpness: float = 1.5            # how sharply the cavity background splits into fat / soft tissue
+
+
+@dataclass(frozen=True)
+class Trunk:
+    """What lies above and below the abdomen (canonical mm, vectors (z, y, x)); nothing here is a
+    FLARE class.  Levels follow textbook vertebral anatomy (e.g. Gray's Anatomy, 42nd ed.): the
+    diaphragm domes just above the liver and spleen with the posterior costophrenic recesses
+    reaching about T12-L1, the heart on the central tendon, psoas from T12/L1 down, the aortic
+    bifurcation and iliac crests at L4, the bladder in the lesser pelvis."""
+
+    dome: tuple[float, float]            # right, left diaphragm dome height (mm)
+    heart: Ellipsoid
+    psoas: tuple[Tube, Tube]
+    iliac_wings: tuple[Ellipsoid, Ellipsoid]
+    iliac_vessels: tuple[Tube, ...]
+    bladder: Ellipsoid
+    bowel_gas: tuple[Ellipsoid, ...]
+    lung_field: SmoothField
+
+    def diaphragm(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Diaphragm height (mm) over the axial plane (broadcast ``y``, ``x``): two domes (right
+        over the liver, left over spleen and stomach), the central tendon ~2.5 cm lower, falling
+        laterally and posteriorly into the costophrenic recesses."""
+        top = np.where(x < 0, self.dome[0], self.dome[1])
+        return (top - 0.006 * (np.abs(x) - 65.0) ** 2 - 0.45 * np.maximum(y, 0.0)).astype(np.float32)
 
 
 def _organs(rng: np.random.Generator) -> dict[int, Any]:
@@ -110,8 +170,56 @@ def _organs(rng: np.random.Generator) -> dict[int, Any]:
     return o
 
 
-def sample_anatomy(rng: np.random.Generator) -> AnatomyParams:
-    """Draw one patient: body habitus, organ shapes, contrast phase and HU values."""
+def _top(shape) -> float:
+    """Highest canonical z (mm) an organ shape reaches (first ellipsoid of a list)."""
+    s = shape[0] if isinstance(shape, list) else shape
+    return float(s.center[0] + Ellipsoid._half_extent(s.rotation, np.asarray(s.semi))[0])
+
+
+def _sample_trunk(rng: np.random.Generator, shapes: dict[int, Any]) -> Trunk:
+    """Chest and pelvis of one patient, placed against the sampled abdominal organs."""
+    dome = (_top(shapes[1]) + rng.uniform(2, 8), max(_top(shapes[3]), _top(shapes[11])) + rng.uniform(2, 8))
+    centre_tendon = min(dome) - 0.006 * 65.0 ** 2
+    f = rng.uniform(0.9, 1.1)
+    heart = Ellipsoid.sample(rng, _p(rng.uniform(5, 25), rng.uniform(-45, -25), centre_tendon + 50 * f),
+                             (55 * f, 48 * f, 60 * f), rotation_zyx(about_y=-25, about_x=20) @
+                             random_rotation(rng, 8), amp=0.1)
+    psoas = tuple(Tube.sample(rng, 0, [(-250, -5, side * 78, 15, 14), (-170, 16, side * 60, 21, 19),
+                                       (-90, 26, side * 45, 17, 16), (-15, 32, side * 31, 7, 7)],
+                              amp=0.1) for side in (-1, 1))
+    crest = VESSELS_END_Z + rng.uniform(-10, 10)     # iliac crests ~ L4, with the bifurcation
+    wings = tuple(Ellipsoid.sample(rng, _p(side * rng.uniform(95, 110), rng.uniform(25, 40), crest - 70),
+                                   (72, 62, 13), rotation_zyx(about_z=side * 35), amp=0.1)
+                  for side in (-1, 1))
+    vessels = tuple(Tube.sample(rng, 0, [(VESSELS_END_Z - 140, dy - 5, side * 78, r, r),
+                                         (VESSELS_END_Z - 60, dy + 10, side * 45, r, r),
+                                         (VESSELS_END_Z + 5, dy + 3, side * 4, r, r)], taper=False)
+                    for side in (-1, 1) for dy, r in ((0.0, 6.5), (12.0, 7.5)))     # iliac arteries, veins
+    bladder = Ellipsoid.sample(rng, _p(rng.uniform(-10, 10), rng.uniform(-55, -35), rng.uniform(-290, -260)),
+                               rng.uniform(30, 55, size=3), random_rotation(rng, 10), amp=0.15)
+    gas = tuple(Ellipsoid.sample(rng, _p(rng.uniform(-110, 110), rng.uniform(-100, 20), rng.uniform(-280, -20)),
+                                 rng.uniform(4, 14, size=3), random_rotation(rng, 40), amp=0.2)
+                for _ in range(int(rng.integers(4, 14))))
+    return Trunk((float(dome[0]), float(dome[1])), heart, psoas, wings, vessels, bladder, gas,  # type: ignore[arg-type]
+                 SmoothField.sample(rng, (-400, -200, -200), (400, 200, 200), k=9))
+
+
+def _adult_hu(rng: np.random.Generator, phase: int) -> dict[str, float]:
+    """Per-patient HU of ``anatomy: adult`` drawn inside the published ranges of ``phase``."""
+    hu = {f"organ{c}": rng.uniform(*v[phase]) for c, v in ADULT_ORGAN_HU.items()}
+    hu.update({k: rng.uniform(*v[phase]) for k, v in ADULT_TISSUE_HU.items()})
+    hu.update(fat=rng.uniform(-120, -80), bone=rng.uniform(130, 280), cortex=rng.uniform(500, 900),
+              lung=rng.uniform(-900, -800), canal=rng.uniform(0, 20), gas=rng.uniform(-1000, -900))
+    return {k: float(v) for k, v in hu.items()}
+
+
+def sample_anatomy(rng: np.random.Generator, adult: bool = False) -> AnatomyParams:
+    """Draw one patient: body habitus, organ shapes, contrast phase and HU values.
+
+    ``adult`` (``anatomy: adult``) adds the chest and pelvis (:class:`Trunk`) and draws the HU from
+    the published ranges of ``ADULT_ORGAN_HU`` / ``ADULT_TISSUE_HU``; the draws of the simple
+    phantom come first and unchanged, so the abdomen's shapes are the same patient either way.
+    """
     body_a = BODY_A   # fixed: the caller's scale sets the body width; habitus varies in depth
     body_b = (body_a * rng.uniform(0.66, 0.8), body_a * rng.uniform(0.58, 0.68))
     box = ((-300, -body_b[0], -body_a), (300, body_b[1], body_a))
@@ -128,7 +236,7 @@ def sample_anatomy(rng: np.random.Generator) -> AnatomyParams:
                                  rng.uniform(5, 15, size=3), random_rotation(rng, 40), amp=0.2)
                 for _ in range(int(rng.integers(0, 6))))
     shapes = _organs(rng)
-    return AnatomyParams(
+    params = AnatomyParams(
         body_a=float(body_a), body_b=(float(body_b[0]), float(body_b[1])),
         fat=float(rng.uniform(0.06, 0.15)), muscle=float(rng.uniform(0.05, 0.08)),
         wobble=(float(rng.uniform(0.0, 0.04)), float(rng.uniform(200, 400)),
@@ -140,6 +248,13 @@ def sample_anatomy(rng: np.random.Generator) -> AnatomyParams:
         gas=gas, stomach_gas=bool(rng.random() < 0.5),
         rib_phase=float(rng.uniform(0, 30)), disc_phase=float(rng.uniform(0, 30)),
         phase=phase, hu={k: float(v) for k, v in hu.items()})
+    if not adult:
+        return params
+    # adult: visceral fat between bowel loops (loop-sized blobs, sharp fat/soft boundaries; visceral
+    # fat is 20-50 % of the cavity's area at L3 in adults), subcutaneous fat 15-35 mm
+    return replace(params, hu={**params.hu, **_adult_hu(rng, pi)}, trunk=_sample_trunk(rng, shapes),
+                   fat=float(rng.uniform(0.09, 0.21)), visceral_fat=float(rng.uniform(-0.5, 1.5)),
+                   bg_field=SmoothField.sample(rng, *box, k=14), bg_sharpness=4.0)
 
 
 @dataclass
@@ -198,9 +313,12 @@ def render_anatomy(p: AnatomyParams, grid: Grid) -> Rendered:
     image[rho < 1 - p.fat] = h["muscle"]
     cavity_r = 1 - p.fat - p.muscle
     cavity = rho < cavity_r
-    w = 1.0 / (1.0 + np.exp(-(1.5 * p.bg_field.evaluate(*grid.axes) - p.visceral_fat)))
+    w = 1.0 / (1.0 + np.exp(-(p.bg_sharpness * p.bg_field.evaluate(*grid.axes) - p.visceral_fat)))
     image[cavity] = (h["fat"] + (h["soft"] - h["fat"]) * w)[cavity]
-    allowed = cavity & ~_skeleton(p, grid, image, cavity_r, rho)
+    skeleton = _skeleton(p, grid, image, cavity_r, rho)
+    if p.trunk is not None:
+        skeleton = skeleton | _pelvic_bones(p, grid, image)
+    allowed = cavity & ~skeleton
 
     label = np.zeros(grid.shape, dtype=np.uint8)
     fields: dict[int, list] = {}
@@ -222,7 +340,47 @@ def render_anatomy(p: AnatomyParams, grid: Grid) -> Rendered:
         if bbox is not None:
             sel = (f < 0) & allowed[bbox] & (label[bbox] == 0)
             image[bbox][sel] = h["gas"]
+    if p.trunk is not None:
+        _render_trunk(p.trunk, h, grid, label, image, allowed)
     return Rendered(label, image, allowed, fields)
+
+
+def _pelvic_bones(p: AnatomyParams, grid: Grid, image: np.ndarray) -> np.ndarray:
+    """Paint the iliac wings (cortex shell around cancellous bone); returns their mask."""
+    mask = np.zeros(grid.shape, dtype=bool)
+    for wing in p.trunk.iliac_wings:   # type: ignore[union-attr]
+        bbox, f = wing.evaluate(grid)
+        if bbox is not None:
+            image[bbox][f < 0] = p.hu["cortex"]
+            image[bbox][f < -0.45] = p.hu["bone"]
+            mask[bbox] |= f < 0
+    return mask
+
+
+def _render_trunk(t: Trunk, h: dict[str, float], grid: Grid, label: np.ndarray, image: np.ndarray,
+                  allowed: np.ndarray) -> None:
+    """Lungs, heart, psoas, iliac vessels, bladder and bowel gas into ``image`` where no FLARE organ
+    is labelled (``label`` is read, never written: none of these is a FLARE class)."""
+    free = allowed & (label == 0)
+    above = grid.zs[:, None, None] > t.diaphragm(grid.ys[:, None], grid.xs[None, :])[None]
+    for shape, inner, outer in ((t.heart, "blood", "myocardium"),):
+        bbox, f = shape.evaluate(grid)
+        if bbox is not None:
+            sel = free[bbox] & (f < 0.12)
+            image[bbox][sel] = h["fat"]                                  # pericardial fat
+            image[bbox][sel & (f < 0)] = h[outer]
+            image[bbox][sel & (f < -0.35)] = h[inner]
+            free[bbox] &= ~sel
+    mediastinum = (np.abs(grid.xs)[None, :] < 30) & (grid.ys[:, None] < 25)      # (Y, X), stays fat
+    lung = free & above & ~mediastinum[None]
+    image[lung] = (h["lung"] + 25.0 * t.lung_field.evaluate(*grid.axes))[lung]
+    free &= ~lung
+    for shape, key in ([(s, "muscle") for s in t.psoas] + [(t.bladder, "urine")]
+                       + [(v, "organ5" if i % 2 == 0 else "organ6") for i, v in enumerate(t.iliac_vessels)]
+                       + [(g, "gas") for g in t.bowel_gas]):
+        bbox, f = shape.evaluate(grid)
+        if bbox is not None:
+            image[bbox][free[bbox] & (f < 0)] = h[key]
 
 
 def _organ_details(p: AnatomyParams, grid: Grid, label: np.ndarray, image: np.ndarray,

@@ -85,12 +85,20 @@ def sample_geometry(rng: np.random.Generator, cfg: PhantomConfig,
     z_lo = CANONICAL_Z[0] + rng.uniform(-15, 15)
     z_hi = CANONICAL_Z[1] + rng.uniform(-15, 15)
     mm_per_unit_z = nz * sz / (z_hi - z_lo)
+    if cfg.anatomy == "adult":
+        # the canonical frame is adult-sized: keep it (patient scale 0.9-1.1, the same in z), centre
+        # the scan on the abdomen (jittered by the two draws above) and let the body fill what it fills
+        scale = float(rng.uniform(0.9, 1.1))
+        z_mid = sum(CANONICAL_Z) / 2 + (z_lo - CANONICAL_Z[0]) + (z_hi - CANONICAL_Z[1])
+        z_lo, mm_per_unit_z = z_mid - nz * sz / 2 / scale, scale
+        fill = 2 * BODY_A * scale / fov
     # z_margin_mm: slices of body without abdominal organs at each end (no rng draw, so the
     # abdomen is the same patient at the same physical position as without the margin)
     extra = int(round(cfg.z_margin_mm / sz))
     origin = (*origin[:2], round(origin[2] - extra * sz, 3))
     return CaseGeometry((n, n, nz + 2 * extra), (sxy, sxy, sz), origin, orientation,
-                        (float(center[0]), float(center[1])), fill * fov / 2 / BODY_A,
+                        (float(center[0]), float(center[1])),
+                        mm_per_unit_z if cfg.anatomy == "adult" else fill * fov / 2 / BODY_A,
                         mm_per_unit_z, float(z_lo - extra * sz / mm_per_unit_z), fill)
 
 
@@ -101,6 +109,31 @@ def finish_image(rng: np.random.Generator, image: np.ndarray,
     sd = float(rng.uniform(*noise_hu))
     out = image + np.float32(sd) * rng.standard_normal(image.shape, dtype=np.float32)
     ndimage.gaussian_filter(out, sigma=tuple(blur_vox), output=out, mode="nearest")
+    np.clip(out, -1024, 3071, out=out)
+    return np.rint(out).astype(np.int16)
+
+
+def finish_ct(rng: np.random.Generator, image: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
+    """A CT's image formation on the rendered scene (``(Z, Y, X)`` HU sampled at voxel centres) -> int16.
+
+    Partial volume: a voxel integrates the scene over its footprint (a box, sigma = size / sqrt(12))
+    seen through the scanner's resolution: in-plane point-spread function of a standard soft-tissue
+    kernel, FWHM 0.8-1.2 mm; along z the slice sensitivity profile, FWHM about the slice thickness.
+    Noise: quantum noise correlated in-plane by the reconstruction kernel (filtered white noise),
+    SD 6-16 HU at 5 mm slices, growing as 1/sqrt(thickness) (noise in the liver of routine
+    abdominal CT is about 10-20 HU; e.g. AAPM report 96, 2008; ACR CT accreditation noise limits).
+    """
+    sz, sy, sx = (float(v) for v in spacing_zyx)
+    psf = float(rng.uniform(0.8, 1.2)) / 2.355
+    sigma = (np.hypot(sz / np.sqrt(12), sz / 2.355) / sz,
+             np.hypot(sy / np.sqrt(12), psf) / sy, np.hypot(sx / np.sqrt(12), psf) / sx)
+    out = ndimage.gaussian_filter(image.astype(np.float32, copy=False), sigma=sigma, mode="nearest")
+    sd = float(rng.uniform(6.0, 16.0)) * np.sqrt(5.0 / max(sz, 0.5))
+    corr = float(rng.uniform(0.5, 0.9)) / max(min(sy, sx), 1e-3)      # kernel correlation length, voxels
+    noise = rng.standard_normal(image.shape, dtype=np.float32)
+    ndimage.gaussian_filter(noise, sigma=(0.0, corr, corr), output=noise, mode="wrap")
+    noise *= np.float32(sd / max(float(noise.std()), 1e-6))
+    out += noise
     np.clip(out, -1024, 3071, out=out)
     return np.rint(out).astype(np.int16)
 
@@ -119,7 +152,8 @@ def generate_case(rng: np.random.Generator, cfg: PhantomConfig | None = None, *,
     cfg = cfg or PhantomConfig()
     geo = sample_geometry(rng, cfg, orientation)
     grid = geo.canonical_grid()
-    anatomy = sample_anatomy(rng)
+    adult = cfg.anatomy == "adult"
+    anatomy = sample_anatomy(rng, adult=adult)
     rendered = render_anatomy(anatomy, grid)
     n = int(rng.integers(0, 4)) if n_tumors is None else int(n_tumors)
     host_hu = {c: anatomy.hu[f"organ{c}"] for c in TUMOR_HOSTS}
@@ -127,7 +161,7 @@ def generate_case(rng: np.random.Generator, cfg: PhantomConfig | None = None, *,
     tumors = sample_tumors(rng, rendered, grid, n, tumor_hosts, mm_per_unit,
                            geo.spacing[::-1], host_hu)
     tumor_info = paint_tumors(tumors, grid, rendered)
-    image = finish_image(rng, rendered.image)
+    image = finish_ct(rng, rendered.image, geo.spacing[::-1]) if adult else finish_image(rng, rendered.image)
     stored = geo.stored()
     info = {"spacing": list(stored.spacing), "size": list(stored.size),
             "origin": list(stored.origin), "direction": list(stored.direction),
