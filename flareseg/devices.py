@@ -18,16 +18,18 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return d
 
 
-def set_cuda_determinism(deterministic: bool) -> None:
+def set_cuda_determinism(deterministic: bool, autotune: bool = True) -> None:
     """CUDA kernel selection for inference.
 
-    ``False`` (fast): ``cudnn.benchmark`` on (autotuned kernels, which may differ between processes
-    and so change results in the last bits); other settings left as they are.  ``True``: ``cudnn.benchmark`` off, cuDNN deterministic
-    and ``torch.use_deterministic_algorithms(True, warn_only=True)`` (an operation without a
-    deterministic kernel warns instead of failing); ``CUBLAS_WORKSPACE_CONFIG`` is set to
-    ``:4096:8`` unless already set (cuBLAS needs it for reproducible results).  Process-wide."""
+    ``False`` (fast): ``cudnn.benchmark`` = ``autotune`` (autotuned kernels, which may differ
+    between processes and so change results in the last bits; without ``autotune`` cuDNN's
+    heuristics pick them, nothing is timed); other settings left as they are.  ``True``:
+    ``cudnn.benchmark`` off, cuDNN deterministic and ``torch.use_deterministic_algorithms(True,
+    warn_only=True)`` (an operation without a deterministic kernel warns instead of failing);
+    ``CUBLAS_WORKSPACE_CONFIG`` is set to ``:4096:8`` unless already set (cuBLAS needs it for
+    reproducible results).  Process-wide."""
     import os
-    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.benchmark = autotune and not deterministic
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.deterministic = True

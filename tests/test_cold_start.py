@@ -37,7 +37,7 @@ def test_cold_predict_reports_its_breakdown(tmp_path):
     from bad_input import tiny_ct
     model = write_model_folder(tmp_path / "model", plans=tiny_plans(spacing=(3.0, 3.0, 3.0)), seed=1)
     tiny_ct(tmp_path / "ct.nii.gz")
-    r = subprocess.run([sys.executable, "-m", "flareseg.cli", "predict", "-i", str(tmp_path / "ct.nii.gz"),
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "flareseg.cli", "predict", "-i", str(tmp_path / "ct.nii.gz"),
                         "-o", str(tmp_path / "out"), "-m", str(model), "--device", "cpu", "-q"],
                        capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -46,3 +46,7 @@ def test_cold_predict_reports_its_breakdown(tmp_path):
     assert cold["case_sliding_window"] > 0 and cold["case_read"] > 0
     parts = [v for k, v in cold.items() if k not in ("total",)]
     assert sum(parts) == pytest.approx(cold["total"], abs=0.05)   # the parts add up to the whole run
+    # what one case does not need is not imported: torch._dynamo (~1 s) came with initialising a
+    # network's weights on the meta device for the model-folder check, weights replaced anyway
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "flareseg.nnunet.model" in imported and "torch._dynamo" not in imported

@@ -35,3 +35,13 @@ def test_fast_mode_autotunes_and_leaves_the_rest(monkeypatch):
 
 def test_deterministic_is_off_by_default_for_predict():
     assert InferenceConfig().deterministic is False
+
+
+def test_fast_mode_without_autotune_uses_heuristic_kernels(monkeypatch):
+    calls = _record(monkeypatch)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    set_cuda_determinism(False, autotune=False)
+    assert torch.backends.cudnn.benchmark is False and torch.backends.cudnn.deterministic is False
+    assert calls == []
+    set_cuda_determinism(True, autotune=True)      # deterministic wins: never autotuned
+    assert torch.backends.cudnn.benchmark is False and calls == [(True, True)]

@@ -1,0 +1,63 @@
+"""Loading a model folder for a cold process (issue 26): the network the model-folder check
+builds on the meta device receives the checkpoint's tensors; nothing is initialised at random
+first, and the network computes what a network built and copied into would."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bench.model_folder import tiny_plans, write_model_folder
+from flareseg.nnunet.checkpoint import load_checkpoint, save_checkpoint
+from flareseg.nnunet.model import build_network, load_model, with_weights
+
+
+def _reference(model_dir, state) -> nn.Module:
+    """The network built on the CPU (random init) with the state copied in: the old way."""
+    m = load_model(model_dir)
+    net = build_network(m.plans, m.dataset_json, m.configuration, m.trainer_name)
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def test_loaded_network_holds_the_checkpoint_and_computes_as_a_copied_one(tmp_path):
+    md = write_model_folder(tmp_path / "m", plans=tiny_plans(), seed=3)
+    state = load_checkpoint(md / "fold_0" / "checkpoint_final.pth")["network_weights"]
+    net = load_model(md).networks[0]
+    got = net.state_dict()
+    assert set(got) == set(state) and all(torch.equal(got[k], state[k]) for k in state)
+    assert all(t.device.type == "cpu" and t.dtype == torch.float32 for t in got.values())
+    assert not net.training
+    x = torch.randn(1, 1, 16, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(net(x), _reference(md, state)(x))
+
+
+def test_checkpoint_in_half_precision_loads_as_the_networks_float32(tmp_path):
+    md = write_model_folder(tmp_path / "m", plans=tiny_plans(), seed=4)
+    path = md / "fold_0" / "checkpoint_final.pth"
+    ck = load_checkpoint(path)
+    ck["network_weights"] = {k: v.half() if v.is_floating_point() else v for k, v in ck["network_weights"].items()}
+    save_checkpoint(ck, path)
+    net = load_model(md).networks[0]
+    for k, v in net.state_dict().items():
+        want = ck["network_weights"][k]
+        assert v.dtype == (torch.float32 if want.is_floating_point() else want.dtype)
+        assert torch.equal(v, want.to(v.dtype))
+
+
+class _WithConstant(nn.Module):
+    """A network whose constructor sets a buffer that no checkpoint holds (non-persistent)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 2, 1)
+        self.register_buffer("scale", torch.full((2,), 3.0), persistent=False)
+
+
+def test_tensors_the_state_does_not_hold_come_from_a_network_built_on_the_cpu():
+    state = {"conv.weight": torch.ones(2, 1, 1, 1, 1), "conv.bias": torch.zeros(2)}
+    with torch.device("meta"):
+        meta = _WithConstant()
+    net = with_weights(meta, state, _WithConstant)
+    assert torch.equal(net.scale, torch.full((2,), 3.0)) and torch.equal(net.conv.weight, state["conv.weight"])
+    assert not any(t.is_meta for t in [*net.parameters(), *net.buffers()]) and not net.training
