@@ -9,6 +9,11 @@ or checkpoints, mirrored TTA, external label folders) join through
 this shard's cases (run N jobs, then one ``0/1`` run merges and selects).  Selection writes the
 final labels of the K1 selected cases (``pseudo_labels/``) with their label types, and
 ``training_additions.json`` lists everything stage-4/5 add to the training set.
+
+Settings (:func:`stage2_inference`): the fine model predicts with the ``inference`` section, except
+mirroring, which ``pseudolabel.tta`` alone decides (``inference.tta`` is the shipped predictor's:
+stage-6 and the model folder), and deterministic on; when the two ``tta`` keys differ the stage says
+which one it follows.
 """
 from __future__ import annotations
 
@@ -20,12 +25,29 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from flareseg.config import ConfigError
+from flareseg.config import Config, ConfigError, InferenceConfig
 from flareseg.io import read_array, read_json, write_array, write_json
 from flareseg.labels import ORGANS, TUMOR, label_type
 from flareseg.pipeline.stage import StageContext, StageError, StagePaused
 
 log = logging.getLogger(__name__)
+
+
+def stage2_inference(cfg: Config) -> InferenceConfig:
+    """The settings stage-2's predictors run with: ``cfg.inference`` with ``tta`` from
+    ``pseudolabel.tta`` (pseudo-labelling mirrors or not on its own key, whatever the shipped
+    predictor does) and ``deterministic`` on (on CUDA no cuDNN autotuning: the selection must not
+    depend on how many GPUs or processes scored the cases)."""
+    return dataclasses.replace(cfg.inference, tta=cfg.pseudolabel.tta, deterministic=True)
+
+
+def tta_note(cfg: Config) -> str | None:
+    """The line stage-2 logs when ``inference.tta`` and ``pseudolabel.tta`` differ (None when not)."""
+    if cfg.inference.tta == cfg.pseudolabel.tta:
+        return None
+    return (f"stage-2 predicts {'with' if cfg.pseudolabel.tta else 'without'} mirroring (pseudolabel.tta: "
+            f"{str(cfg.pseudolabel.tta).lower()}); inference.tta: {str(cfg.inference.tta).lower()} applies to "
+            "stage-6 and the shipped model only")
 
 
 def _spearman(a: list[float], b: list[float]) -> float | None:
@@ -86,10 +108,11 @@ def run(ctx: StageContext) -> dict:
         raise                           # a key combination that cannot work: exit 2
     except ValueError as e:
         raise StageError(str(e)) from None
-    # deterministic on CUDA (no cuDNN autotuning): the selection must not depend on how many GPUs
-    # or processes scored the cases
-    inference = dataclasses.replace(cfg.inference, deterministic=True)
-    predictor = FastPredictor(model_dir, inference, tta=pc.tta)
+    inference = stage2_inference(cfg)
+    note = tta_note(cfg)
+    if note:
+        log.info("%s", note)
+    predictor = FastPredictor(model_dir, inference)
     fingerprint = score_fingerprint(s1["training"]["checkpoint"], cfg.inference, pc)
 
     def image_of(cid: str) -> Path:
