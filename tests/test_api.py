@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from flareseg.cli import main
 from flareseg.config import ConfigError
-from flareseg.inference.commands import UnsafeOutput
+from flareseg.write_guard import UnsafeOutput
 from flareseg.io import InputError
 from bench.model_folder import tiny_plans, write_model_folder
 

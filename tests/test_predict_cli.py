@@ -11,8 +11,8 @@ import SimpleITK as sitk
 
 from flareseg.cli import main
 from flareseg.cases import case_name
-from flareseg.inference.commands import (check_outputs, collect_inputs, key_value,
-                                        overlapping_paths, planned_outputs)
+from flareseg.inference.commands import key_value
+from flareseg.inference.output_plan import check_outputs, collect_inputs, overlapping_paths, planned_outputs
 from flareseg.inference.predictor import choose_dtype, cpu_flags
 from flareseg.inference.statistics import label_statistics
 from flareseg.io import Geometry, InputError, geometry_mismatch, read_image

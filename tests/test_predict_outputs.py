@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from flareseg.cli import main, set_log_levels
 from flareseg.config import ConfigError
-from flareseg.inference.commands import roi_names
+from flareseg.inference.output_plan import roi_names
 from flareseg.inference.preview import write_preview
 from flareseg.overlay import colour_of, overlay_rgb, window
 from flareseg.inference.statistics import label_statistics

@@ -1,0 +1,48 @@
+"""The inference settings a prediction runs with, and where each came from.
+
+    defaults < the model folder's settings (flareseg_inference.json) < the --config file's
+    inference keys present in the file < --set inference.KEY=VALUE < the shortcut flags / the
+    API's keywords
+
+``flareseg predict`` and :func:`flareseg.predict` both resolve here; the run report holds the
+resolved settings (``inference``) and, per key that some layer set, the layer that set it last
+(``inference_from``; a key not listed is the default).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from flareseg.config import InferenceConfig, inference_config
+from flareseg.inference.model_settings import explicit_inference, read_model_settings, settings_path
+
+#: one layer of settings: (where they come from, InferenceConfig keys -> values)
+Layer = tuple[str, dict[str, Any]]
+
+
+def layered(layers: Sequence[Layer]) -> tuple[InferenceConfig, dict[str, str]]:
+    """The defaults with each layer applied in turn (later ones win), checked like a config file
+    (:class:`flareseg.config.ConfigError` naming the layer and the key); and key -> the layer that
+    set it last."""
+    cfg, came_from = InferenceConfig(), {}
+    for source, keys in layers:
+        if keys:
+            cfg = inference_config(cfg, source, **keys)
+            came_from.update(dict.fromkeys(keys, source))
+    return cfg, came_from
+
+
+def resolve_settings(model: str | os.PathLike, config: str | os.PathLike | None = None,
+                     sets: Sequence[str] = (), overrides: Sequence[Layer] = ()
+                     ) -> tuple[InferenceConfig, dict[str, str]]:
+    """A prediction's :class:`InferenceConfig` with the model folder ``model``: defaults < its
+    stored settings < ``config``'s inference keys present in the file < ``sets``
+    (``inference.KEY=VALUE``) < ``overrides`` (the flags or keywords, each a layer), and key ->
+    where it came from (:func:`layered`).  Raises :class:`flareseg.config.ConfigError` naming the
+    file or option and the key."""
+    layers: list[Layer] = [(f"model folder settings {settings_path(model)}", read_model_settings(model))]
+    if config is not None:
+        layers.append((f"config {config}", explicit_inference(config)))
+    if sets:
+        layers.append(("--set", explicit_inference(None, sets)))
+    return layered([*layers, *overrides])
