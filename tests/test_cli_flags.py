@@ -9,7 +9,7 @@ import re
 import pytest
 
 from flareseg.cli import build_parser, main
-from flareseg.pipeline.stage import STAGE_NAMES
+from flareseg.work_layout import STAGE_NAMES
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:

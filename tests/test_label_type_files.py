@@ -77,7 +77,7 @@ def test_describe_and_rare():
 
 def test_qc_report_shows_the_types_right_after_import(raw, tmp_path):
     """`flareseg report` on a work folder whose stage-1 has imported but not trained yet."""
-    from flareseg.pipeline.stage import stage_dir
+    from flareseg.work_layout import stage_dir
     from flareseg.report.qc import build_qc_report
     work = tmp_path / "work"
     (raw / "types.csv").write_text("case_id,annotated\nt04,1 3 4 5 6 7 8 9 10 11 12 13 14\n")

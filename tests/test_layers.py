@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1] / "flareseg"
 #: ground floor first; a module may import its own layer and the layers below it
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ground", ("flareseg.errors", "flareseg.console", "flareseg.yaml_read", "flareseg.regular_file", "flareseg.temp_names", "flareseg.labels", "flareseg.config", "flareseg.versions",
-                "flareseg.devices", "flareseg.distributed")),
+                "flareseg.devices", "flareseg.distributed", "flareseg.work_layout")),
     # write_guard plans and records every write that io carries out (io calls it; it imports neither)
     ("files and anatomy", ("flareseg.dicom", "flareseg.file_check", "flareseg.image_check", "flareseg.io",
                            "flareseg.write_guard",
@@ -36,9 +36,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # the predictor loads an nnU-Net model folder
     ("inference", ("flareseg.inference",)),
     ("pseudolabel", ("flareseg.pseudolabel",)),
-    ("pipeline", ("flareseg.pipeline",)),
-    # the QC page reads the stage folders (pipeline.stage) and draws each stage
+    # the QC page reads the stage folders (named by flareseg.work_layout) and draws each stage; it
+    # does not import the pipeline that writes them
     ("report", ("flareseg.report",)),
+    ("pipeline", ("flareseg.pipeline",)),
     # command lines and the package's face: `flareseg`, `python -m flareseg.pipeline` (which
     # builds the QC page after a run), the Python API
     ("entry points", ("flareseg", "flareseg.cli", "flareseg.pipeline.__main__", "flareseg.api")),

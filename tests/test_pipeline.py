@@ -11,7 +11,8 @@ import pytest
 from flareseg.config import load_config
 from flareseg.pipeline.__main__ import main as pipeline_main
 from flareseg.pipeline.registry import run_stage
-from flareseg.pipeline.stage import MissingInputs, STAGE_NAMES
+from flareseg.pipeline.stage import MissingInputs
+from flareseg.work_layout import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"

@@ -10,7 +10,7 @@ import pytest
 
 from flareseg.pipeline.__main__ import HELP
 from flareseg.pipeline.registry import DESCRIPTIONS, STAGES
-from flareseg.pipeline.stage import STAGE_NAMES
+from flareseg.work_layout import STAGE_NAMES
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "stages"
 

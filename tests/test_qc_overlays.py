@@ -10,7 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from flareseg.overlay import colour_of
-from flareseg.pipeline.stage import stage_dir
+from flareseg.work_layout import stage_dir
 from flareseg.report import build_qc_report
 from flareseg.report.figures import label_type_bar, validation_overlay
 from flareseg.report.sections import selection_warning

@@ -14,7 +14,7 @@ import pytest
 
 from flareseg.cli import main as cli_main
 from flareseg.io import Geometry, InputError, write_array
-from flareseg.pipeline.stage import STAGE_NAMES, stage_dir
+from flareseg.work_layout import STAGE_NAMES, stage_dir
 from flareseg.report import build_qc_report
 from flareseg.report.figures import describe_type, validation_overlay
 from flareseg.report.context import local_path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from flareseg.labels import CLASS_NAMES, FOREGROUND
-from flareseg.pipeline.stage import stage_dir
+from flareseg.work_layout import stage_dir
 from flareseg.pipeline.summary import class_table, run_summary
 
 

@@ -17,7 +17,8 @@ from flareseg.inference.predictor import FastPredictor, Prediction
 from flareseg.io import Geometry, InputError, read_array, read_image, read_json, write_array, write_json
 from flareseg.labels import ORGANS
 from bench.model_folder import write_model_folder
-from flareseg.pipeline.stage import StageContext, stage_dir
+from flareseg.pipeline.stage import StageContext
+from flareseg.work_layout import stage_dir
 from flareseg.pseudolabel.members import (check_members, label_dir_groups, lr_axis, make_scorer, member_names,
                                           mirror_lr, parse_model_member, score_fingerprint, tumor_member_count)
 from flareseg.pseudolabel.shards import run_shard

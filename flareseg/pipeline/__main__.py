@@ -18,8 +18,9 @@ from flareseg.console import log_file_name, set_log_levels, stage_output
 from flareseg.io import InputError
 from flareseg.pipeline.preflight import preflight
 from flareseg.pipeline.registry import DESCRIPTIONS, STAGES, run_stage
-from flareseg.pipeline.stage import STAGE_NAMES, StageError, StagePaused, stage_dir
+from flareseg.pipeline.stage import StageError, StagePaused
 from flareseg.pipeline.summary import stage_summary
+from flareseg.work_layout import STAGE_NAMES, stage_dir
 
 def _stage_table() -> str:
     """One wrapped entry per stage: number, name, description (from the registry)."""

@@ -1,7 +1,7 @@
 """The stage table: which config sections each stage depends on, which stages it reads, and what
 each stage does (its one-paragraph description, shown by ``--help`` and as the docstring of the
 per-stage script ``stages/stage_N.py``).  Stage folder names are :data:`STAGE_NAMES` (defined with
-``stage_dir`` in :mod:`flareseg.pipeline.stage`, which this module builds on)."""
+``stage_dir`` in :mod:`flareseg.work_layout`)."""
 from __future__ import annotations
 
 import importlib
@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from flareseg.config import Config
-from flareseg.pipeline.stage import STAGE_NAMES, Stage, StageContext
+from flareseg.pipeline.stage import Stage, StageContext
+from flareseg.work_layout import STAGE_NAMES
 
 
 def _lazy(module: str) -> Callable[[StageContext], dict]:

@@ -20,10 +20,9 @@ from flareseg import distributed as dist
 from flareseg.config import Config, config_hash, resolved, to_dict
 from flareseg.io import read_json, remove_stale_temps, write_json
 from flareseg.versions import versions
+from flareseg.work_layout import STAGE_NAMES, stage_dir
 
 log = logging.getLogger(__name__)
-
-STAGE_NAMES = {1: "fine", 2: "pseudolabels", 3: "cto", 4: "cleaning", 5: "coarse", 6: "ship"}
 
 
 class StageError(RuntimeError):
@@ -37,10 +36,6 @@ class MissingInputs(StageError):
 class StagePaused(StageError):
     """The stage did its share (e.g. one shard of stage-2) and wrote no manifest on purpose;
     not an error: the message says what to run next."""
-
-
-def stage_dir(work: Path, n: int) -> Path:
-    return Path(work) / f"stage-{n}-{STAGE_NAMES[n]}"
 
 
 def _digest(obj: Any) -> str:

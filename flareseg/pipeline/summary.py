@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flareseg.io import read_json
-from flareseg.pipeline.stage import stage_dir
+from flareseg.work_layout import stage_dir
 
 
 #: a class whose validation DSC stays below this is reported as not learned at the run's budget

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flareseg.io import link_or_copy
-from flareseg.pipeline.stage import stage_dir
+from flareseg.work_layout import stage_dir
 
 _STAGE_PART = re.compile(r"^stage-\d-[a-z]+$")
 

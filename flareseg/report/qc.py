@@ -17,7 +17,7 @@ from typing import Any
 from flareseg import write_guard
 from flareseg.io import InputError, read_json, write_text
 from flareseg.write_guard import WritePlan, check_plan
-from flareseg.pipeline.stage import STAGE_NAMES, stage_dir
+from flareseg.work_layout import STAGE_NAMES, stage_dir
 from flareseg.report import html as H
 from flareseg.report.context import ReportContext
 from flareseg.report.sections import SECTIONS, imported_types
