@@ -6,14 +6,16 @@
 
 ``flareseg predict`` and :func:`flareseg.predict` both resolve here; the run report holds the
 resolved settings (``inference``) and, per key that some layer set, the layer that set it last
-(``inference_from``; a key not listed is the default).
+(``inference_from``): the model folder's keys that differ from the defaults, and every key the
+config file, ``--set``, a flag or a keyword names (even to its default value); a key not listed is
+the default.
 """
 from __future__ import annotations
 
 import os
 from typing import Any, Sequence
 
-from flareseg.config import InferenceConfig, inference_config
+from flareseg.config import InferenceConfig, inference_config, to_dict
 from flareseg.inference.model_settings import explicit_inference, read_model_settings, settings_path
 
 #: one layer of settings: (where they come from, InferenceConfig keys -> values)
@@ -40,7 +42,9 @@ def resolve_settings(model: str | os.PathLike, config: str | os.PathLike | None 
     (``inference.KEY=VALUE``) < ``overrides`` (the flags or keywords, each a layer), and key ->
     where it came from (:func:`layered`).  Raises :class:`flareseg.config.ConfigError` naming the
     file or option and the key."""
-    layers: list[Layer] = [(f"model folder settings {settings_path(model)}", read_model_settings(model))]
+    defaults = to_dict(InferenceConfig())   # the folder stores every key: its defaults set nothing
+    stored = {k: v for k, v in read_model_settings(model).items() if v != defaults.get(k)}
+    layers: list[Layer] = [(f"model folder settings {settings_path(model)}", stored)]
     if config is not None:
         layers.append((f"config {config}", explicit_inference(config)))
     if sets:
