@@ -38,6 +38,13 @@ def shared_data() -> Path:
     return d
 
 
+def _skip_marked(items, marker: str, reason: str) -> None:
+    skip = pytest.mark.skip(reason=reason)
+    for it in items:
+        if marker in it.keywords:
+            it.add_marker(skip)
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch
@@ -45,13 +52,7 @@ def pytest_collection_modifyitems(config, items):
     except Exception:  # pragma: no cover
         has_cuda = False
     if not has_cuda:
-        skip = pytest.mark.skip(reason="needs a CUDA device")
-        for it in items:
-            if "gpu" in it.keywords:
-                it.add_marker(skip)
+        _skip_marked(items, "gpu", "needs a CUDA device")
     # container tests build and run an image (podman, root): only when asked for with -m docker
     if "docker" not in (config.getoption("markexpr", "") or ""):
-        skip = pytest.mark.skip(reason="container test: run with pytest -m docker (see docker/README.md)")
-        for it in items:
-            if "docker" in it.keywords:
-                it.add_marker(skip)
+        _skip_marked(items, "docker", "container test: run with pytest -m docker (see docker/README.md)")
