@@ -49,13 +49,25 @@ def classes_in(*labels: np.ndarray) -> list[int]:
     return sorted({int(c) for lab in labels for c in np.unique(lab) if c != 0})
 
 
+def format_ml(ml: float) -> str:
+    """A volume for a legend: ``"1523 mL"``, ``"4.2 mL"`` under 10 mL, ``"0.03 mL"`` under 0.1 mL."""
+    return f"{ml:.0f} mL" if ml >= 10 else f"{ml:.1f} mL" if ml >= 0.1 else f"{ml:.2g} mL"
+
+
 def add_legend(target: Any, classes: Iterable[int], names: Mapping[int, str] = CLASS_NAMES,
-               loc: str = "lower center", ncol: int = 7, extra: Iterable[Any] = (), **kw: Any) -> Any:
+               loc: str = "lower center", ncol: int = 7, extra: Iterable[Any] = (),
+               volumes_ml: Mapping[int, float] | None = None, **kw: Any) -> Any:
     """A legend on the matplotlib figure or axes ``target``: one coloured patch per class, named
-    from ``names``, then the ``extra`` handles (e.g. a contour's line); "no foreground label" as
-    its title when there is nothing to name."""
+    from ``names`` (with its volume when ``volumes_ml`` holds it: ``liver  1523 mL``), then the
+    ``extra`` handles (e.g. a contour's line); "no foreground label" as its title when there is
+    nothing to name."""
     from matplotlib.patches import Patch
-    handles = [Patch(facecolor=colour_of(c), edgecolor="black", label=names.get(c, str(c))) for c in classes]
+    vols = volumes_ml or {}
+
+    def label(c: int) -> str:
+        name = names.get(c, str(c))
+        return f"{name}  {format_ml(vols[c])}" if c in vols else name
+    handles = [Patch(facecolor=colour_of(c), edgecolor="black", label=label(c)) for c in classes]
     handles += list(extra)
     return target.legend(handles=handles, loc=loc, ncol=max(1, min(len(handles), ncol)), fontsize=7,
                          frameon=False, title=None if handles else "no foreground label", **kw)

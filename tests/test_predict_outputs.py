@@ -61,7 +61,9 @@ def test_preview_png_shows_each_present_class(tmp_path):
     lab[4:16, 20:28, 20:28] = 3
     dest = tmp_path / "c_preview.png"
     write_preview(ct, lab, (2.5, 1.0, 1.0), CLASS_NAMES, dest, title="c")
-    assert png_size(dest) == (1200, 400)
+    from flareseg.inference.preview import preview_layout
+    lay = preview_layout(ct.shape, (2.5, 1.0, 1.0))      # the panels' physical sizes set the figure's
+    assert np.allclose(png_size(dest), (lay.width * 100, lay.height * 100), atol=1)
     assert not list(tmp_path.glob("*.tmp*"))
     import matplotlib.image
     px = matplotlib.image.imread(str(dest))[..., :3]
@@ -162,9 +164,12 @@ def test_predict_preview_per_class_statistics(tmp_path, model_dir, capsys, caplo
     assert sorted(p.name for p in out.iterdir()) == [".flareseg-written.jsonl", "a", "a.nii.gz", "a_preview.png",
                                                      "predict_report.json", "statistics.json"]
     assert sorted(p.name for p in (out / "a").iterdir()) == ["esophagus.nii.gz", "stomach.nii.gz"]
-    assert png_size(out / "a_preview.png") == (1200, 400)
     labels = sitk.ReadImage(str(out / "a.nii.gz"))
     lab = sitk.GetArrayFromImage(labels)
+    from flareseg.inference.preview import LEGEND_COLUMNS, preview_layout, preview_slices
+    lay = preview_layout(lab.shape, labels.GetSpacing()[::-1], len(preview_slices(lab)[0]),
+                         -(-len(set(np.unique(lab)) - {0}) // LEGEND_COLUMNS))
+    assert np.allclose(png_size(out / "a_preview.png"), (lay.width * 100, lay.height * 100), atol=1)
     for name, idx in (("stomach", 11), ("esophagus", 10)):
         m = sitk.ReadImage(str(out / "a" / f"{name}.nii.gz"))
         assert m.GetOrigin() == img.GetOrigin() and m.GetSpacing() == img.GetSpacing()
