@@ -225,16 +225,38 @@ def check_plan(plan: WritePlan, probe: bool = True) -> None:
         probe_writable(root)
 
 
-def _is_run_folder(root: Path, command: str) -> bool:
-    """True when ``root`` is empty (hidden temps aside) or its ledger records a file of
-    ``command`` that is still there unchanged."""
+def _is_run_folder(root: Path, command: str, ignore: Sequence[str] = ()) -> bool:
+    """True when ``root`` is empty (hidden temps and the entries named in ``ignore`` aside) or its
+    ledger records a file of ``command`` that is still there unchanged."""
     try:
-        names = [n for n in os.listdir(root) if not TEMP_RE.match(n) and n != LEDGER]
+        names = [n for n in os.listdir(root) if not TEMP_RE.match(n) and n != LEDGER and n not in ignore]
     except OSError:
         return False
     if not names:
         return True
     return any(owns(root / rel, command) for rel in _read_ledger(root))
+
+
+def is_run_folder(root: PathLike, command: str, ignore: Sequence[str] = ()) -> bool:
+    """True when ``root`` does not exist, is empty (hidden temps and ``ignore`` aside) or is an
+    earlier run of ``command`` (its ledger records a file of ``command`` still there unchanged)."""
+    root = Path(root)
+    return not os.path.lexists(root) or (root.is_dir() and _is_run_folder(root, command, ignore))
+
+
+def adopt_tree(root: PathLike, command: str) -> None:
+    """Record in ``root``'s ledger, as written by ``command``, every regular file below it that no
+    ledger records yet (hidden temps and ledgers aside): for a folder that a command can prove it
+    made as a whole (e.g. a pipeline stage folder with its resolved config) before ledgers existed."""
+    root = Path(root)
+    entries = []
+    for sub, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not TEMP_RE.match(d)]
+        for f in files:
+            p = Path(sub) / f
+            if f != LEDGER and not TEMP_RE.match(f) and (s := _stamp(p)) is not None and not owns(p):
+                entries.append({"path": p.relative_to(root).as_posix(), "command": command, **s})
+    _append(root, entries)
 
 
 def probe_writable(folder: PathLike) -> None:

@@ -1,8 +1,8 @@
 """The generated write matrix (issue 24): hypothesis builds layouts -- the output folder equal to,
 inside, above, beside or a symlink of an input folder; an output file that already exists as a
 symlink or hard link to an input, as a foreign file, or a foreign file beside the outputs -- for
-every writing command (predict, import, clean, evaluate, export-model) and the Python API, with
-and without ``--overwrite``, and asserts the write guard's contract:
+every writing command (predict, import, clean, evaluate, export-model, efficiency) and the Python
+API, with and without ``--overwrite``, and asserts the write guard's contract:
 
 * every pre-existing byte of the inputs is unchanged (md5 tree), and so is a foreign file
   unless ``--overwrite`` was given;
@@ -33,7 +33,7 @@ from bench.model_folder import tiny_plans, write_model_folder
 from flareseg.cli import main
 from flareseg.write_guard import UnsafeOutput
 
-#: examples per command (6 commands: about 90 s on 2 cores)
+#: examples per command (7 commands: about 100 s on 2 cores)
 EXAMPLES = 30
 RELATIONS = ("equal", "inside", "above", "beside", "alias", "symlink_file", "hardlink_file", "foreign_file",
              "foreign_beside")
@@ -48,6 +48,7 @@ COMMANDS = {
     "clean": (("labels", "images"), ("labels/c1.nii.gz", "cleaning_report.csv", "cases/c1.json")),
     "evaluate": (("pred", "labels"), ("summary.json", "per_case.csv")),
     "export-model": (("model",), ("plans.json", "dataset.json", "fold_0/checkpoint_final.pth")),
+    "efficiency": (("in",), ("efficiency.csv", "logs/a.log", "outputs/a.nii.gz")),
 }
 
 
@@ -115,8 +116,11 @@ def _argv(cmd: str, inputs: dict[str, Path], out: Path, overwrite: bool) -> list
             "import": ["import", "--images", inputs["images"], "--labels", inputs["labels"], "--out", out],
             "clean": ["clean", "--labels", inputs["labels"], "--images", inputs["images"], "--out", out],
             "evaluate": ["evaluate", "--pred", inputs["pred"], "--gt", inputs["labels"], "--out", out],
-            "export-model": ["export-model", "-m", inputs["model"], "-o", out]}[cmd]
-    return list(map(str, argv)) + (["--overwrite"] if overwrite and cmd != "import" else [])
+            "export-model": ["export-model", "-m", inputs["model"], "-o", out],
+            "efficiency": ["efficiency", "--inputs", inputs["in"], "--out", out]}[cmd]
+    argv = list(map(str, argv)) + (["--overwrite"] if overwrite and cmd != "import" else [])
+    # efficiency times a command that writes each case's {output} (a stand-in for a predictor)
+    return argv + (["--", "cp", "{input}", "{output}"] if cmd == "efficiency" else [])
 
 
 def _api(inputs: dict[str, Path], out: Path, overwrite: bool) -> int:

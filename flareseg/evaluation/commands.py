@@ -76,7 +76,8 @@ outputs: OUT/efficiency.csv (case, returncode, wall_s, rss_peak_mb, gpu_max_mb, 
 exit   : 0 when every case's command exited 0, 1 when some case's command failed (each one
          reported, the others still run), 2 on a usage error before any case runs (no command,
          missing input, --out a file, --interval/--timeout <= 0, --gpu-index < 0,
-         CUDA_VISIBLE_DEVICES naming no GPU)
+         CUDA_VISIBLE_DEVICES naming no GPU, an output that is an input or would replace a file
+         efficiency did not write: --overwrite replaces those)
 
 examples:
   flareseg efficiency --inputs data/val/images --out reports/eff -- python predict.py {input} {output}
@@ -118,6 +119,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--timeout", type=float, default=None, help="kill a case after this many seconds")
     q.add_argument("--gpu-index", type=int, default=0,
                    help="device the command uses, as cuda:N under CUDA_VISIBLE_DEVICES (default 0)")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace files in --out (reports, logs, outputs) that efficiency did not write "
+                        "(refused by default)")
     q.add_argument("command", nargs=argparse.REMAINDER,
                    help="the command, after `--`, with {input}/{output} placeholders")
     q.set_defaults(func=run_efficiency)
@@ -197,10 +201,14 @@ def run_efficiency(args: argparse.Namespace) -> int:
     except ValueError as e:   # CUDA_VISIBLE_DEVICES names no card: the sampled card would be wrong
         log.error("%s", e)
         return 2
-    rows = measure_efficiency(cmd, inputs, args.out, args.interval, args.timeout, args.gpu_index,
-                              sampling=args.sampling, backend=backend)
+    try:   # the write guard refuses before the first case (UnsafeOutput: one line, exit 2)
+        rows = measure_efficiency(cmd, inputs, args.out, args.interval, args.timeout, args.gpu_index,
+                                  sampling=args.sampling, backend=backend, overwrite=args.overwrite)
+    except UnsafeOutput as e:
+        log.error("%s", e)
+        return 2
     summary = summarize(rows, cmd, args.interval, args.sampling)
-    write_efficiency_reports(rows, summary, args.out)
+    write_efficiency_reports(rows, summary, args.out, overwrite=args.overwrite)
     print(f"{'case':<24} {'rc':>3} {'wall s':>8} {'RSS MB':>8} {'GPU max MB':>11} {'GPU AUC MB*s':>13} "
           f"{'AUC(t) MB*s':>12}")
     for r in rows:

@@ -18,12 +18,20 @@ as the harness's does; the used memory just before each case starts (``gpu_basel
 processes, or a CUDA context of the process running this harness, ``gpu_parent_context``) is
 subtracted in ``gpu_max_net_mb`` / ``gpu_auc_net_mb_s``, the case's own share.
 
+Every file goes through the write guard (:mod:`flareseg.write_guard`): before the first case
+:func:`efficiency_plan` is checked -- the reports, each case's log and each case's ``{output}``
+against every input file and input folder, and against files in ``OUT`` that this harness did not
+write (refused unless ``overwrite``).  Reports and logs are written to a temp, verified and renamed
+(a case's log appears under its name when the case ends); each is recorded in ``OUT``'s ledger, and
+so is a case's output once the command wrote it, so a rerun recognises and replaces its own files.
+
 Command placeholders (replaced inside every argument): ``{input}`` the case's input file,
 ``{output}`` ``OUT/outputs/<case><suffix>``, ``{case}`` the case name, ``{input_dir}`` a folder
 holding only this case's input (link), ``{output_dir}`` ``OUT/outputs``.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -32,6 +40,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -41,7 +50,10 @@ from flareseg.evaluation import proc_memory
 from flareseg.cases import case_name
 from flareseg.evaluation.gpu_memory import (CADENCES, Backend, MemorySampler, auc_from_times,
                                             cuda_context_alive, mean_period, probe_backend)
-from flareseg.io import image_suffix, write_json, write_text
+from flareseg import write_guard
+from flareseg.io import atomic_path, image_suffix, read_json, write_json, write_text
+from flareseg.temp_names import temp_prefix
+from flareseg.write_guard import WritePlan, check_plan, input_files
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +62,71 @@ GPU_UNAVAILABLE = "GPU memory unavailable (no NVML and no nvidia-smi)"
 DRIFT = 0.1
 _PROBE = object()
 PLACEHOLDERS = ("{input}", "{output}", "{case}", "{input_dir}", "{output_dir}")
+#: the write guard's name for this harness (its ledger entries)
+EFFICIENCY = "efficiency"
+REPORT_FILES = ("efficiency.csv", "efficiency.json")
+
+
+def _case_files(inp: Path, out: Path, outputs: Path) -> tuple[str, Path, Path, Path]:
+    """``(case, log, output, staged input link)`` of input ``inp``."""
+    case = case_name(inp)
+    return (case, out / "logs" / f"{case}.log", outputs / f"{case}{image_suffix(inp) or '.nii.gz'}",
+            out / "inputs" / case / inp.name)
+
+
+def efficiency_plan(inputs: Sequence[Path], out_dir: os.PathLike | str, outputs_dir: os.PathLike | str | None = None,
+                    overwrite: bool = False) -> WritePlan:
+    """The :class:`flareseg.write_guard.WritePlan` of a run: the reports, every case's log and
+    ``{output}`` (and a staged input link where a file that is not a link stands in its way),
+    against every input file (and what its header refers to) and every input folder."""
+    out = Path(out_dir)
+    outputs = Path(outputs_dir or out / "outputs")
+    files = [out / n for n in REPORT_FILES]
+    for inp in map(Path, inputs):
+        _, log_path, dest, link = _case_files(inp, out, outputs)
+        files += [log_path, dest] + ([link] if os.path.lexists(link) and not link.is_symlink() else [])
+    folders = list(dict.fromkeys(p if p.is_dir() else p.parent for p in map(Path, inputs)))
+    return WritePlan(EFFICIENCY, out, files, reads=input_files(inputs), input_folders=folders, overwrite=overwrite,
+                     out_inside_input=True, input_inside_out=True, flag="--out",
+                     input_names={f: "--inputs folder" for f in folders})
+
+
+def adopt_earlier_efficiency(out: Path) -> None:
+    """Record as this harness's own what a run wrote before ledgers existed: the reports, and the
+    logs and outputs its ``efficiency.json`` lists."""
+    if (out / write_guard.LEDGER).exists() or not (out / "efficiency.json").is_file():
+        return
+    try:
+        rows = read_json(out / "efficiency.json")["cases"]
+        listed = [Path(r[k]) for r in rows for k in ("log", "output") if r.get(k)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    with write_guard.recording(out, EFFICIENCY):
+        write_guard.adopt([out / n for n in REPORT_FILES] + listed, EFFICIENCY)
+
+
+def _stamp(p: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.lstat(p)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _stage_input(inp: Path, link: Path) -> None:
+    """``link`` -> ``inp`` (the case's ``{input_dir}``), made as a temp link renamed into place
+    (a link is not a file of the ledger: one standing there is replaced, a file was planned)."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    target = inp.resolve()
+    if link.is_symlink() and os.readlink(link) == str(target):
+        return
+    tmp = link.parent / f"{temp_prefix(link)}{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        tmp.symlink_to(target)
+        os.replace(tmp, link)   # replaces only a link or a file the plan allowed (efficiency_plan)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def fill_command(template: Sequence[str], values: dict[str, str]) -> list[str]:
@@ -102,7 +179,7 @@ def measure_efficiency(command_template: Sequence[str], inputs: Sequence[Path], 
                        interval: float = 0.1, timeout_s: float | None = None,
                        gpu_index: int = 0, sampling: str = "fixed",
                        outputs_dir: os.PathLike | str | None = None,
-                       backend: Backend | None | object = _PROBE) -> list[dict]:
+                       backend: Backend | None | object = _PROBE, overwrite: bool = False) -> list[dict]:
     """Run ``command_template`` once per input file and measure it.
 
     Returns one row per case: ``case, input, output, returncode, timed_out, wall_s, rss_peak_mb,
@@ -114,6 +191,9 @@ def measure_efficiency(command_template: Sequence[str], inputs: Sequence[Path], 
     (``None``: no GPU sampling).  Raises ``ValueError`` when ``CUDA_VISIBLE_DEVICES`` names no card.  Outputs go to ``outputs_dir`` (default
     ``out_dir/outputs``), the command's stdout+stderr to ``out_dir/logs/<case>.log``.  ``sampling``: GPU query cadence,
     ``fixed`` or ``official`` (:data:`~flareseg.evaluation.gpu_memory.CADENCES`).
+    Before the first case the write guard (:func:`efficiency_plan`) raises
+    :class:`flareseg.write_guard.UnsafeOutput` for a file that is an input, lands in an input
+    folder, or would replace a file this harness did not write (unless ``overwrite``).
     """
     if sampling not in CADENCES:
         raise ValueError(f"sampling {sampling!r}: expected one of {', '.join(CADENCES)}")
@@ -122,9 +202,22 @@ def measure_efficiency(command_template: Sequence[str], inputs: Sequence[Path], 
     if not any(ph in arg for arg in command_template for ph in PLACEHOLDERS):
         log.warning("command has no {input}/{output} placeholder: every case runs the same command")
     out = Path(out_dir)
-    outputs, logs, staged = Path(outputs_dir or out / "outputs"), out / "logs", out / "inputs"
-    for d in (outputs, logs, staged):
-        d.mkdir(parents=True, exist_ok=True)
+    inputs = [Path(p) for p in inputs]
+    if out.is_dir():
+        adopt_earlier_efficiency(out)
+    check_plan(efficiency_plan(inputs, out, outputs_dir, overwrite))   # before any file or folder is made
+    outputs = Path(outputs_dir or out / "outputs")
+    with write_guard.recording(out, EFFICIENCY, overwrite):
+        write_guard.compact(out)
+        for d in (outputs, out / "logs", out / "inputs"):
+            d.mkdir(parents=True, exist_ok=True)
+        return _measure_cases(command_template, inputs, out, outputs, interval, timeout_s, gpu_index, sampling,
+                              backend)
+
+
+def _measure_cases(command_template: Sequence[str], inputs: list[Path], out: Path, outputs: Path,
+                   interval: float, timeout_s: float | None, gpu_index: int, sampling: str,
+                   backend: Backend | None | object) -> list[dict]:
     if backend is _PROBE:
         backend = probe_backend(gpu_index)
     if backend is None:
@@ -138,14 +231,11 @@ def measure_efficiency(command_template: Sequence[str], inputs: Sequence[Path], 
         log.warning("this process holds a CUDA context: its memory is in every case's GPU baseline "
                     "(subtracted in gpu_max_net_mb / gpu_auc_net_mb_s)")
     rows = []
-    for inp in tqdm([Path(p) for p in inputs], desc="efficiency", unit="case", disable=len(inputs) < 2):
-        case = case_name(inp)
-        in_dir = staged / case
-        in_dir.mkdir(exist_ok=True)
-        link = in_dir / inp.name
-        if not link.exists():
-            link.symlink_to(inp.resolve())
-        dest = outputs / f"{case}{image_suffix(inp) or '.nii.gz'}"
+    for inp in tqdm(inputs, desc="efficiency", unit="case", disable=len(inputs) < 2):
+        case, log_path, dest, link = _case_files(inp, out, outputs)
+        in_dir = link.parent
+        _stage_input(inp, link)
+        dest_before = _stamp(dest)
         cmd = fill_command(command_template, {"input": str(inp), "output": str(dest), "case": case,
                                               "input_dir": str(in_dir), "output_dir": str(outputs)})
         row: dict = {"case": case, "input": str(inp), "output": str(dest),
@@ -165,12 +255,15 @@ def measure_efficiency(command_template: Sequence[str], inputs: Sequence[Path], 
             except Exception as e:  # transient read failure: the sampler still runs
                 log.debug("GPU baseline read failed: %s", e)
             sampler = MemorySampler(backend.reader, interval, sampling).start()  # type: ignore[union-attr]
-        log_path = logs / f"{case}.log"
-        try:
-            rc, wall, rss, timed_out = _run_measured(cmd, log_path, timeout_s, min(interval, 0.05))
-        except OSError as e:  # command not found / not executable
-            rc, wall, rss, timed_out = 127, 0.0, 0.0, False
-            log_path.write_text(f"cannot start {cmd[0]!r}: {e}\n")
+        with atomic_path(log_path) as tmp_log:   # the log appears under its name when the case ends
+            try:
+                rc, wall, rss, timed_out = _run_measured(cmd, tmp_log, timeout_s, min(interval, 0.05))
+            except OSError as e:  # command not found / not executable
+                rc, wall, rss, timed_out = 127, 0.0, 0.0, False
+                tmp_log.write_text(f"cannot start {cmd[0]!r}: {e}\n")
+        after = _stamp(dest)
+        if after is not None and after != dest_before and dest.is_file() and not dest.is_symlink():
+            write_guard.record(dest, command=EFFICIENCY)   # the command wrote it: ours on a rerun
         samples = sampler.stop() if sampler else []
         if samples:
             row.update(gpu_samples=len(samples), **gpu_figures(samples, sampler.times, interval, baseline))
@@ -266,12 +359,16 @@ CSV_FIELDS = ("case", "returncode", "timed_out", "wall_s", "rss_peak_mb", "gpu_b
               "gpu_samples", "input", "output", "log")
 
 
-def write_efficiency_reports(rows: list[dict], summary: dict, out_dir: os.PathLike | str) -> dict[str, Path]:
-    """Write ``efficiency.csv`` (one row per case) and ``efficiency.json`` (summary + rows) atomically."""
+def write_efficiency_reports(rows: list[dict], summary: dict, out_dir: os.PathLike | str,
+                             overwrite: bool = False) -> dict[str, Path]:
+    """Write ``efficiency.csv`` (one row per case) and ``efficiency.json`` (summary + rows) atomically,
+    recorded in the folder's ledger; a report there that this harness did not write raises
+    :class:`flareseg.write_guard.UnsafeOutput` (unless ``overwrite``)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(CSV_FIELDS), lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS} for r in rows)
     out = Path(out_dir)
-    return {"csv": write_text(buf.getvalue(), out / "efficiency.csv"),
-            "json": write_json({"summary": summary, "cases": rows}, out / "efficiency.json")}
+    with write_guard.recording(out, EFFICIENCY, overwrite):
+        return {"csv": write_text(buf.getvalue(), out / "efficiency.csv"),
+                "json": write_json({"summary": summary, "cases": rows}, out / "efficiency.json")}

@@ -190,7 +190,7 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"config error: {bad_launch}", file=sys.stderr)
         return 2
     try:   # every device, member folder and model this run will need, before any work
-        preflight(cfg, stages_to_run(cfg, work, args.stage, args.force), str(args.config))
+        preflight(cfg, stages_to_run(cfg, work, args.stage, args.force), str(args.config), work)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

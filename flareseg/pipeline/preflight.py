@@ -9,7 +9,9 @@ A run of ``all`` checks every stage that will run (not the current ones, which a
   training;
 * stage 2's members: ``pseudolabel.member_label_dirs`` must be folders, ``member_models`` model
   folders fitting their checkpoints, and the member keys must combine
-  (:func:`flareseg.pseudolabel.members.check_members`).
+  (:func:`flareseg.pseudolabel.members.check_members`);
+* the stage folders (given the work folder): none may be, hold or lie inside an input of the run,
+  and one that exists must be the pipeline's (:mod:`flareseg.write_guard`).
 
 Every problem is a :class:`flareseg.config.ConfigError` naming the key (exit 2).  The data folders
 of stage 1 are checked by the runner itself (``missing_data_folders``, exit 3).
@@ -45,7 +47,7 @@ def device_problems(cfg: Config, stages: Iterable[int]) -> list[str]:
                 out.append(f"key '{section}.device' = 'cuda' (stage-{n}), but no CUDA device is available "
                            "on this machine: use cpu or auto")
             elif section == "inference" and cfg.inference.runtime != "torch":
-                from flareseg.inference.openvino_runtime import resolve_runtime
+                from flareseg.inference.runtimes import resolve_runtime
                 _, problem = resolve_runtime(cfg.inference.runtime, device)
                 if problem:
                     out.append(f"key 'inference.runtime' = {short_repr(cfg.inference.runtime)} "
@@ -97,13 +99,29 @@ def batch_problems(cfg: Config, stages: Iterable[int]) -> list[str]:
     return out
 
 
-def preflight(cfg: Config, stages: Iterable[int], src: str = "<config>") -> None:
+def folder_problems(cfg: Config, stages: Iterable[int], work) -> list[str]:
+    """Stage folders the write guard refuses (:func:`flareseg.pipeline.stage.check_stage_folder`):
+    one that is, holds or lies inside an input of the run, or exists and is not the pipeline's."""
+    from flareseg.pipeline.stage import check_stage_folder
+    out = []
+    for n in sorted(set(stages)):
+        try:
+            check_stage_folder(cfg, work, n)
+        except ConfigError as e:
+            out.append(str(e))
+    return out
+
+
+def preflight(cfg: Config, stages: Iterable[int], src: str = "<config>", work=None) -> None:
     """Raise :class:`ConfigError` (the first problem, naming ``src`` and the key) when a stage of
-    ``stages`` needs a device, folder or member that is not there."""
+    ``stages`` needs a device, folder or member that is not there, or (given the ``work`` folder)
+    would write where the write guard refuses (:func:`folder_problems`)."""
     stages = sorted(set(stages))
     problems = batch_problems(cfg, stages) + device_problems(cfg, stages)
     if 2 in stages:
         problems += member_problems(cfg)
+    if work is not None:
+        problems += folder_problems(cfg, stages, work)
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise ConfigError(f"{src}: {problems[0]}{more}")

@@ -5,6 +5,16 @@ A stage writes into ``work/stage-N-<name>/`` and finishes by writing ``manifest.
 key (its config sections + the manifests of the stages it reads) is unchanged and whose outputs
 still exist is skipped.  Long stages record finished sub-steps in ``.steps/`` so a killed stage
 resumes where it stopped.
+
+Every stage writes through the write guard (:mod:`flareseg.write_guard`): before any work
+:func:`check_stage_folder` refuses a stage folder that is, holds or lies inside one of the user's
+inputs (the ``data.*`` paths, stage-2's member folders and models) and one that exists, is not
+empty and is not the pipeline's (its ledger records none of the files; a folder made before ledgers
+existed is recognised by its ``config.resolved.json`` and adopted once).  The stage folder is the
+pipeline's as a whole: inside it every file goes through :func:`flareseg.io.atomic_path` (temp,
+verify, rename) and is recorded in the folder's ledger, and a rerun may replace anything the stage
+or nnU-Net wrote there.  Nothing outside ``work/stage-N-<name>/`` is written, and the only files a
+stage deletes without writing them first are the temps a killed run of its own left.
 """
 from __future__ import annotations
 
@@ -17,7 +27,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from flareseg import distributed as dist
-from flareseg.config import Config, config_hash, resolved, to_dict
+from flareseg import write_guard
+from flareseg.config import Config, ConfigError, config_hash, resolved, to_dict
 from flareseg.io import read_json, remove_stale_temps, write_json
 from flareseg.versions import versions
 from flareseg.work_layout import STAGE_NAMES, stage_dir
@@ -36,6 +47,62 @@ class MissingInputs(StageError):
 class StagePaused(StageError):
     """The stage did its share (e.g. one shard of stage-2) and wrote no manifest on purpose;
     not an error: the message says what to run next."""
+
+
+#: the write guard's name for what the pipeline's stages write (their ledger entries)
+PIPELINE = "pipeline"
+#: the data keys naming a user's file or folder (with data.source = folders; label_types always)
+DATA_PATH_KEYS = ("labeled_images", "labels", "unlabeled_images", "manifest", "label_types",
+                  "validation_images", "validation_labels")
+
+
+def user_inputs(cfg: Config) -> dict[Path, str]:
+    """The user's files and folders a run reads, each with the config key naming it: the
+    ``data.*`` paths (phantom runs make their data inside stage-1), stage-2's
+    ``pseudolabel.member_label_dirs`` and the folders of ``pseudolabel.member_models``."""
+    out: dict[Path, str] = {}
+    for key in DATA_PATH_KEYS:
+        value = getattr(cfg.data, key)
+        if value and (cfg.data.source == "folders" or key == "label_types"):
+            out.setdefault(Path(value), f"data.{key}")
+    for value in cfg.pseudolabel.member_label_dirs:
+        out.setdefault(Path(value), "pseudolabel.member_label_dirs")
+    for spec in cfg.pseudolabel.member_models:
+        from flareseg.pseudolabel.members import parse_model_member
+        out.setdefault(Path(parse_model_member(spec)[0]), "pseudolabel.member_models")
+    return out
+
+
+def stage_plan(cfg: Config, work: Path, n: int) -> write_guard.WritePlan:
+    """The :class:`flareseg.write_guard.WritePlan` of stage ``n``: its folder and the two files
+    every stage writes there, against every input of the run (:func:`user_inputs`); the folder
+    may neither lie inside nor hold an input."""
+    root = stage_dir(work, n)
+    inputs = user_inputs(cfg)
+    return write_guard.WritePlan(PIPELINE, root, [root / "config.resolved.json", root / "manifest.json"],
+                                 input_folders=list(inputs), input_names={p: f"{k} input" for p, k in inputs.items()},
+                                 overwrite=True, out_inside_input=False, input_inside_out=False, flag="--work")
+
+
+def check_stage_folder(cfg: Config, work: Path, n: int) -> None:
+    """Raise :class:`ConfigError` (one line, exit 2) unless stage ``n`` may write its folder
+    (module docstring): no overlap with an input, and the folder new, empty (a log folder aside:
+    the runner opens the stage's log first) or the pipeline's.  Creates nothing, but records a
+    stage folder made before ledgers existed as the pipeline's."""
+    root = stage_dir(work, n)
+    try:
+        if root.is_dir() and not (root / write_guard.LEDGER).exists() and (root / "config.resolved.json").is_file():
+            if n == 4:   # stage-4's cleaned labels are clean's own (clean_folder replaces only those)
+                from flareseg.cleaning.folder import adopt_earlier_clean
+                adopt_earlier_clean(root)
+            write_guard.adopt_tree(root, PIPELINE)
+        write_guard.check_plan(stage_plan(cfg, work, n))
+        if not write_guard.is_run_folder(root, PIPELINE, ignore=("logs",)):
+            raise write_guard.UnsafeOutput(
+                f"{root} exists, is not empty and is not a stage folder of flareseg's pipeline (no record in "
+                f"its {write_guard.LEDGER}): refusing to write into it; use another --work or move it away")
+    except write_guard.UnsafeOutput as e:
+        raise ConfigError(f"stage-{n}: {e}") from None
 
 
 def _digest(obj: Any) -> str:
@@ -139,6 +206,7 @@ class Stage:
         work = Path(work)
 
         def prepare() -> bool:
+            check_stage_folder(cfg, work, self.n)   # before anything is written or removed there
             if stage_dir(work, self.n).is_dir():   # what a killed run of this stage left half-written
                 remove_stale_temps(stage_dir(work, self.n), recursive=True)
             return not force and self.is_current(cfg, work)
@@ -149,11 +217,16 @@ class Stage:
         ctx = StageContext(self.n, cfg, work, force)
         for u in self.reads:
             ctx.upstream(u)
+        # every file renamed into the stage folder is recorded in its ledger as the pipeline's
+        with write_guard.recording(ctx.dir, PIPELINE, overwrite=True):
+            return self._run(ctx, t0=time.time())
+
+    def _run(self, ctx: StageContext, t0: float) -> dict:
+        cfg, work = ctx.cfg, ctx.work
         if dist.is_main():
-            ctx.dir.mkdir(parents=True, exist_ok=True)
+            write_guard.compact(ctx.dir)
             write_json(resolved(cfg), ctx.dir / "config.resolved.json")
         dist.barrier()
-        t0 = time.time()
         result = self.run(ctx)
         if not dist.is_main():   # rank 0 writes the manifest; the others wait for it
             dist.barrier()
