@@ -10,8 +10,12 @@
 # image parsing, the network) runs as the unprivileged $RUN_AS user:
 #   - $OUTPUT_DIR writable for $RUN_AS: it writes there directly;
 #   - otherwise (the FLARE case): it writes into a private staging folder and root then publishes each
-#     finished file into $OUTPUT_DIR (copy to a hidden temp name, rename), so no half-written file
-#     is ever visible there and the mounted folder's owner and mode are left as they were;
+#     finished file into $OUTPUT_DIR through flareseg's write guard (flareseg.inference.publish: checked
+#     before the prediction against the inputs, the model and files predict did not write -- refused,
+#     exit 2, unless --overwrite is among the arguments --; then copied to a hidden temp, verified,
+#     recorded in $OUTPUT_DIR's ledger .flareseg-written.jsonl as predict's and renamed), so no
+#     half-written file is ever visible there, a foreign file is never replaced, a rerun (staged or
+#     direct) recognises its own files, and the mounted folder's owner and mode are left as they were;
 #   - $RUN_AS missing or unable to read the inputs or the model: it runs as root (said on stderr).
 # Started as any other user (docker run --user ...), it runs as that user, writing directly.
 set -eu
@@ -25,6 +29,10 @@ FLARESEG="${FLARESEG:-flareseg}"
 REPORT="${REPORT:-${TMPDIR:-/tmp}/flareseg_predict_report.json}"
 DEVICE="${DEVICE:-}"   # empty: inference.device of a --config passed below, else the model's, else auto
 RUN_AS="${RUN_AS-flare}"   # empty: never drop privileges
+case "$FLARESEG" in   # the python that runs the publisher: FLARESEG's own when it is "PY -m flareseg.cli"
+    *" -m flareseg.cli") PYTHON="${PYTHON:-${FLARESEG% -m flareseg.cli}}" ;;
+    *) PYTHON="${PYTHON:-python3}" ;;
+esac
 
 drop=""
 if [ "$(id -u)" = 0 ] && [ -n "$RUN_AS" ] && id -u "$RUN_AS" >/dev/null 2>&1 \
@@ -66,11 +74,18 @@ if [ -z "$drop" ] || [ "$OUTPUT_DIR" -ef "$INPUT_DIR" ] \
     exit "$rc"
 fi
 
-# staging: $RUN_AS predicts into a private folder, root publishes the finished files
+# staging: $RUN_AS predicts into a private folder, root publishes the finished files through the
+# write guard (flareseg.inference.publish), which is asked first, before any work
+overwrite=""
+for a in "$@"; do
+    [ "$a" != "--overwrite" ] || overwrite="--overwrite"
+done
+rc=0
+# shellcheck disable=SC2086
+$PYTHON -m flareseg.inference.publish check "$INPUT_DIR" "$OUTPUT_DIR" "$MODEL_DIR" $overwrite || rc=$?
+[ "$rc" -eq 0 ] || exit "$rc"
 stage=""
-tmp=""
 cleanup() {
-    [ -z "$tmp" ] || rm -f "$tmp"
     [ -z "$stage" ] || rm -rf "$stage"
 }
 trap cleanup EXIT
@@ -78,23 +93,12 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 stage=$(mktemp -d "${TMPDIR:-/tmp}/flareseg-stage.XXXXXX")
 chown "$(id -u "$RUN_AS"):$(id -g "$RUN_AS")" "$stage"
-rc=0
 predict "$stage/out" "$@" || rc=$?
 if [ "$rc" -le 1 ] && [ -d "$stage/out" ]; then   # 0 or 1: the written cases are complete files
-    mkdir -p "$OUTPUT_DIR"
-    n=0
-    host=$(uname -n | tr -c 'A-Za-z0-9_\n-' _)
-    for f in "$stage/out"/*; do
-        [ -f "$f" ] || continue
-        name=${f##*/}
-        # hidden temp name in flareseg's pattern (.<name>.<host>-<pid>.<random>.tmp), then rename
-        tmp=$(mktemp --suffix=.tmp "$OUTPUT_DIR/.$name.$host-$$.XXXXXX")
-        cp "$f" "$tmp"
-        chmod 0644 "$tmp"
-        mv -f "$tmp" "$OUTPUT_DIR/$name"
-        tmp=""
-        n=$((n + 1))
-    done
-    echo "predict.sh: $n file(s) published to $OUTPUT_DIR"
+    prc=0
+    # shellcheck disable=SC2086
+    $PYTHON -m flareseg.inference.publish publish "$stage/out" "$OUTPUT_DIR" "$INPUT_DIR" "$MODEL_DIR" \
+        $overwrite || prc=$?
+    [ "$prc" -eq 0 ] || rc=$prc
 fi
 exit "$rc"

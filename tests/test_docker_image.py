@@ -134,6 +134,13 @@ def _same_geometry(a: sitk.Image, b: sitk.Image) -> None:
     assert np.allclose(a.GetDirection(), b.GetDirection())
 
 
+def _published(outputs: Path) -> list[str]:
+    """The label maps in ``outputs`` (names); the only hidden entry allowed beside them is the write
+    guard's ledger, by which a rerun recognises its own files."""
+    assert {p.name for p in outputs.iterdir() if p.name.startswith(".")} <= {".flareseg-written.jsonl"}
+    return sorted(p.name for p in outputs.iterdir() if not p.name.startswith("."))
+
+
 def test_flare_command_line_writes_into_root_owned_outputs(image, inputs, tmp_path):
     outputs = tmp_path / "outputs"
     outputs.mkdir(mode=0o755)                      # what `mkdir outputs` gives root on the host
@@ -144,7 +151,7 @@ def test_flare_command_line_writes_into_root_owned_outputs(image, inputs, tmp_pa
     r = flare_run(image, inputs, outputs, report_dir)
 
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert sorted(p.name for p in outputs.iterdir()) == ["Case_00001.nii.gz", "Case_00002.nii.gz"]
+    assert _published(outputs) == ["Case_00001.nii.gz", "Case_00002.nii.gz"]
     for case in ("Case_00001", "Case_00002"):
         src = sitk.ReadImage(str(inputs / f"{case}_0000.nii.gz"))
         lab = sitk.ReadImage(str(outputs / f"{case}.nii.gz"))
@@ -165,7 +172,7 @@ def test_outputs_writable_by_flare_are_written_directly(image, inputs, tmp_path)
     os.chown(outputs, FLARE_UID, FLARE_UID)
     r = flare_run(image, inputs, outputs, _report_dir(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
-    names = sorted(p.name for p in outputs.iterdir())
+    names = _published(outputs)
     assert names == ["Case_00001.nii.gz", "Case_00002.nii.gz"]
     assert {(outputs / n).stat().st_uid for n in names} == {FLARE_UID}
 
@@ -177,7 +184,7 @@ def test_failed_case_is_reported_and_the_rest_published(image, inputs, tmp_path)
     before = md5_tree([inputs])
     r = flare_run(image, inputs, outputs, _report_dir(tmp_path))
     assert r.returncode == 1, r.stderr[-3000:]
-    assert sorted(p.name for p in outputs.iterdir()) == ["Case_00001.nii.gz", "Case_00002.nii.gz"]
+    assert _published(outputs) == ["Case_00001.nii.gz", "Case_00002.nii.gz"]
     assert [ln for ln in r.stderr.splitlines() if "Case_00003" in ln and "failed" in ln], r.stderr
     assert "Traceback" not in r.stderr
     assert md5_tree([inputs]) == before and leftovers([outputs, inputs]) == []
@@ -191,7 +198,7 @@ def test_inputs_flare_cannot_read_are_predicted_as_root(image, inputs, tmp_path)
     r = flare_run(image, inputs, outputs, _report_dir(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "user flare cannot read /workspace/inputs; predicting as root" in r.stderr
-    assert sorted(p.name for p in outputs.iterdir()) == ["Case_00001.nii.gz", "Case_00002.nii.gz"]
+    assert _published(outputs) == ["Case_00001.nii.gz", "Case_00002.nii.gz"]
     assert md5_tree([inputs]) == before and leftovers([outputs, inputs]) == []
 
 
@@ -205,3 +212,22 @@ def test_outputs_mounted_on_the_inputs_are_refused(image, tmp_path):
     assert [ln for ln in r.stderr.splitlines() if "/workspace/outputs" in ln and "input" in ln], r.stderr
     assert "Traceback" not in r.stderr
     assert md5_tree([data]) == before and sorted(p.name for p in data.iterdir()) == ["Case_00001.nii.gz"]
+
+
+def test_a_foreign_file_in_root_owned_outputs_is_never_replaced(image, inputs, tmp_path):
+    """Staged publishing goes through the write guard: a file of a case's name that predict did not
+    write stops the run before the prediction (exit 2, one line); a rerun replaces its own files."""
+    outputs = tmp_path / "outputs"
+    outputs.mkdir(mode=0o755)
+    user = outputs / "Case_00002.nii.gz"
+    user.write_bytes(b"the user's own file\n")
+    r = flare_run(image, inputs, outputs, _report_dir(tmp_path))
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert [ln for ln in r.stderr.splitlines() if "Case_00002.nii.gz" in ln and "--overwrite" in ln], r.stderr
+    assert user.read_bytes() == b"the user's own file\n" and _published(outputs) == ["Case_00002.nii.gz"]
+    user.unlink()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert flare_run(image, inputs, outputs, _report_dir(tmp_path / "a")).returncode == 0
+    assert flare_run(image, inputs, outputs, _report_dir(tmp_path / "b")).returncode == 0   # its own files
+    assert _published(outputs) == ["Case_00001.nii.gz", "Case_00002.nii.gz"]
