@@ -15,13 +15,14 @@ venv: $(VENV)/.installed
 # On Python >= 3.11 the runtime packages are installed at the versions pinned in docker/requirements.txt
 # (the lock the submission image uses; tests/test_docker_pins.py checks the two agree), so a fresh clone
 # tests what was tested before; older Pythons get the newest compatible releases. The openvino extra
-# (inference.runtime: openvino, not in the submission image) is installed so its tests run.
+# (inference.runtime: openvino) and the dicom-seg extra (highdicom), neither in the submission image, are
+# installed so their tests run.
 $(VENV)/.installed: pyproject.toml docker/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	if $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then \
-		$(PY) -m pip install -q -c docker/requirements.txt -e ".[test,openvino]"; \
-	else $(PY) -m pip install -q -e ".[test,openvino]"; fi
+		$(PY) -m pip install -q -c docker/requirements.txt -e ".[test,openvino,dicom-seg]"; \
+	else $(PY) -m pip install -q -e ".[test,openvino,dicom-seg]"; fi
 	touch $@
 
 demo: venv
