@@ -115,3 +115,16 @@ def test_pipeline_command_refuses_before_any_work(tmp_path, capsys, caplog):
     check_contract(out, rc=2, names=["data.labeled_images", str(images)], reason="config error",
                    inputs_before=before, inputs=[tmp_path], outputs=[work])
     assert md5_tree([tmp_path]) == before and not (stage_dir(work, 1) / "logs").exists()
+
+
+def test_a_member_model_of_stage1_does_not_block_stage1(tmp_path):
+    """pseudolabel.member_models may name one of stage-1's own models (another checkpoint): an input
+    of stage 2, not of stage 1, so a rerun of stage 1 is not refused; inside stage-2's folder it is."""
+    from flareseg.pipeline.stage import check_stage_folder
+    work = tmp_path / "work"
+    member = stage_dir(work, 1) / "nnUNet_results" / "Dataset823" / "fine"
+    cfg = load_config(DEMO, [f"pseudolabel.member_models=[{member}@checkpoint_best.pth]"])
+    check_stage_folder(cfg, work, 1)
+    inside2 = stage_dir(work, 2) / "members" / "m"
+    with pytest.raises(ConfigError, match="pseudolabel.member_models"):
+        check_stage_folder(load_config(DEMO, [f"pseudolabel.member_models=[{inside2}]"]), work, 2)

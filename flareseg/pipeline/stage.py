@@ -56,15 +56,19 @@ DATA_PATH_KEYS = ("labeled_images", "labels", "unlabeled_images", "manifest", "l
                   "validation_images", "validation_labels")
 
 
-def user_inputs(cfg: Config) -> dict[Path, str]:
-    """The user's files and folders a run reads, each with the config key naming it: the
-    ``data.*`` paths (phantom runs make their data inside stage-1), stage-2's
-    ``pseudolabel.member_label_dirs`` and the folders of ``pseudolabel.member_models``."""
+def user_inputs(cfg: Config, n: int = 6) -> dict[Path, str]:
+    """The user's files and folders a run reads that stage ``n``'s folder must keep clear of, each
+    with the config key naming it: the ``data.*`` paths (phantom runs make their data inside
+    stage-1), and from stage 2 on stage-2's ``pseudolabel.member_label_dirs`` and the folders of
+    ``pseudolabel.member_models`` (a member may be one of stage-1's own models, e.g. its
+    ``checkpoint_best.pth``)."""
     out: dict[Path, str] = {}
     for key in DATA_PATH_KEYS:
         value = getattr(cfg.data, key)
         if value and (cfg.data.source == "folders" or key == "label_types"):
             out.setdefault(Path(value), f"data.{key}")
+    if n < 2:
+        return out
     for value in cfg.pseudolabel.member_label_dirs:
         out.setdefault(Path(value), "pseudolabel.member_label_dirs")
     for spec in cfg.pseudolabel.member_models:
@@ -78,7 +82,7 @@ def stage_plan(cfg: Config, work: Path, n: int) -> write_guard.WritePlan:
     every stage writes there, against every input of the run (:func:`user_inputs`); the folder
     may neither lie inside nor hold an input."""
     root = stage_dir(work, n)
-    inputs = user_inputs(cfg)
+    inputs = user_inputs(cfg, n)
     return write_guard.WritePlan(PIPELINE, root, [root / "config.resolved.json", root / "manifest.json"],
                                  input_folders=list(inputs), input_names={p: f"{k} input" for p, k in inputs.items()},
                                  overwrite=True, out_inside_input=False, input_inside_out=False, flag="--work")
