@@ -212,7 +212,11 @@ def _main(argv: list[str] | None = None) -> int:
                 return rc
         from flareseg.pipeline.summary import run_summary
         from flareseg.report.qc import build_qc_report
-        build_qc_report(work)
+        from flareseg.write_guard import UnsafeOutput
+        try:
+            build_qc_report(work)
+        except UnsafeOutput as e:   # e.g. a work/qc/index.html report did not write: the stages are done
+            print(f"QC page not written: {e}", file=sys.stderr)
         print(run_summary(work))
         return 0
     n = int(args.stage)
