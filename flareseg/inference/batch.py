@@ -60,6 +60,7 @@ class PredictJob:
     config: Path | None = None
     inference_from: dict[str, str] = field(default_factory=dict)
     series: tuple[str, ...] = ()
+    output_format: str = "nifti"   # dicom-seg: also a DICOM SEG per DICOM series case
 
     @property
     def series_pick(self) -> tuple[str, ...] | None:
@@ -109,7 +110,8 @@ def run_batch(job: PredictJob, *, own_process: bool = False,
     from flareseg.inference.cold_start import process_age_seconds
     cases, plan = check_predict(job.input, job.output, job.model, job.folds, job.save_probabilities,
                                 job.statistics, job.report, job.preview, job.per_class, job.roi_subset,
-                                overwrite=job.overwrite, cases=job.images)
+                                overwrite=job.overwrite, cases=job.images,
+                                dicom_seg=job.output_format == "dicom-seg")
     run_on = check_device(job.cfg)
     kept = None
     if own_process and run_on.type == "cpu":   # windows reuse freed memory instead of page-faulting
@@ -243,6 +245,11 @@ def _predict_cases(predictor, cases: Cases, plan: OutputPlan, job: PredictJob, *
                               direction=res.labels.GetDirection())
             if plan.per_class:
                 write_per_class(res.labels, plan.per_class[case], predictor.model.labels)
+            if case in plan.dicom_segs:
+                from flareseg.inference.dicom_seg import write_case_seg
+                write_case_seg(res.labels, src, {i: n for n, i in predictor.model.labels.items()},
+                               plan.dicom_segs[case], job.series_pick)
+                entry["dicom_seg"] = str(plan.dicom_segs[case])
             entry.update(status="ok", seconds=round(time.perf_counter() - t, 4),
                          steps=res.stats["seconds"], windows=res.stats["windows"],
                          reoriented=res.stats["reoriented"])

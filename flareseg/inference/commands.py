@@ -27,7 +27,9 @@ outputs: OUT/<case>.nii.gz label maps on exactly the input grid (DICOM folder ->
          component, tumor burden per case),
          with --save-probabilities OUT/<case>.npz (softmax, key "probabilities", (K, Z, Y, X)),
          with --preview OUT/<case>_preview.png (CT slices with the label overlay and legend),
-         with --per-class / --roi-subset OUT/<case>/<class_name>.nii.gz (one 0/1 mask per class).
+         with --per-class / --roi-subset OUT/<case>/<class_name>.nii.gz (one 0/1 mask per class),
+         with --output-format dicom-seg OUT/<case>.dcm per DICOM series input (a DICOM SEG
+         referencing the series; needs pip install 'flareseg[dicom-seg]').
          A single input file with -o ending in .nii.gz writes exactly that file.
 A case that fails is reported and skipped; the exit code is 1 if any case failed.
 
@@ -104,7 +106,8 @@ def run_predict(args: argparse.Namespace) -> int:
                      per_class=args.per_class, roi_subset=tuple(args.roi_subset) if args.roi_subset else None,
                      overwrite=getattr(args, "overwrite", False), trust_model=getattr(args, "trust_model", False),
                      quiet=args.quiet, config=getattr(args, "config", None), inference_from=came_from,
-                     series=tuple(getattr(args, "series", None) or ()))
+                     series=tuple(getattr(args, "series", None) or ()),
+                     output_format=getattr(args, "output_format", "nifti"))
     from flareseg import distributed as dist
     from flareseg.nnunet.model import ModelFolderError
     try:   # every refusal comes before a folder is created or the model is loaded
@@ -208,13 +211,18 @@ def register(subparsers) -> None:
                    help="write class volumes, HU statistics per class and per tumor component, tumor burden "
                         "(statistics.json; schema in docs/statistics.md)")
     p.add_argument("--preview", action="store_true",
-                   help="also write <case>_preview.png next to each label map: axial and coronal CT slices "
-                        "(W400/L40) with the label overlay and a legend of the class names")
+                   help="also write <name>_preview.png next to each label map (named after it): axial, "
+                        "coronal and sagittal CT slices (W400/L40) with the label overlay and a legend of the "
+                        "class names with their volumes (mL)")
     p.add_argument("--per-class", action="store_true",
                    help="also write one 0/1 mask per class, OUT/<case>/<class_name>.nii.gz, on the input grid")
     p.add_argument("--roi-subset", nargs="+", default=None, metavar="NAME",
                    help="the classes written as per-class masks (implies --per-class), e.g. liver tumor; "
                         "the model's class names (its dataset.json labels; FLARE23's for a flareseg model)")
+    p.add_argument("--output-format", default="nifti", choices=["nifti", "dicom-seg"],
+                   help="dicom-seg: for each DICOM series input also write <case>.dcm, a DICOM SEG object "
+                        "referencing the series (one segment per class present; pip install "
+                        "'flareseg[dicom-seg]'); the label map is written either way")
     p.add_argument("--report", default=None, help="run report path (default OUT/predict_report.json)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing files of the same names that predict did not write (by default "

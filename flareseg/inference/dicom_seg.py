@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from flareseg.config import ConfigError
-from flareseg.io import atomic_path
+from flareseg.io import atomic_path, strip_suffix
 from flareseg.overlay import colour_of
 from flareseg.versions import versions
 
@@ -52,6 +52,29 @@ def _highdicom() -> Any:
     except ImportError:
         raise ConfigError("--output-format dicom-seg needs highdicom: pip install 'flareseg[dicom-seg]'") from None
     return highdicom
+
+
+def seg_path(label_map: str | os.PathLike) -> Path:
+    """The DICOM SEG next to a label map: ``OUT/case.nii.gz`` -> ``OUT/case.dcm``."""
+    p = Path(label_map)
+    return p.parent / f"{strip_suffix(p.name)}.dcm"
+
+
+def require_dicom_seg(segs: Mapping[str, Path]) -> None:
+    """Refuse ``--output-format dicom-seg`` before any work (:class:`ConfigError`) when highdicom is
+    missing or no case is a DICOM series (``segs``: the planned SEG per DICOM case)."""
+    _highdicom()
+    if not segs:
+        raise ConfigError("--output-format dicom-seg: the input holds no DICOM series folder (a DICOM SEG "
+                          "references the series it segments)")
+
+
+def write_case_seg(labels: sitk.Image, series_folder: Path, names: Mapping[int, str], dest: Path,
+                   series: Sequence[str] | None = None) -> Path:
+    """:func:`write_dicom_seg` of one predicted case read from the DICOM series folder
+    ``series_folder`` (``series``: the UIDs picking its series, as the predictor read it)."""
+    from flareseg.dicom import pick_series
+    return write_dicom_seg(labels, read_source_datasets(pick_series(series_folder, series).files), names, dest)
 
 
 def read_source_datasets(files: Sequence[str | os.PathLike]) -> list:

@@ -41,33 +41,38 @@ class OutputPlan:
     statistics: Path | None          # with --statistics
     previews: dict[str, Path] = field(default_factory=dict)               # case -> PNG (--preview)
     per_class: dict[str, dict[str, Path]] = field(default_factory=dict)   # case -> class -> mask
+    dicom_segs: dict[str, Path] = field(default_factory=dict)   # DICOM case -> SEG (--output-format dicom-seg)
 
     @property
     def files(self) -> list[Path]:
         return [*self.labels.values(), *self.probabilities.values(), self.report,
                 *([self.statistics] if self.statistics else []), *self.previews.values(),
-                *(p for masks in self.per_class.values() for p in masks.values())]
+                *(p for masks in self.per_class.values() for p in masks.values()), *self.dicom_segs.values()]
 
 
 def planned_outputs(cases: Sequence[tuple[str, Path | sitk.Image]], input_path: str | os.PathLike | None, output: str | os.PathLike,
                     save_probabilities: bool = False, statistics: bool = False,
                     report: str | os.PathLike | None = None, preview: bool = False,
-                    per_class: Sequence[str] | None = None) -> OutputPlan:
+                    per_class: Sequence[str] | None = None, dicom_seg: bool = False) -> OutputPlan:
     """The outputs of ``flareseg predict`` for ``cases`` (from :func:`collect_inputs`): one input
     file (or one in-memory image: ``input_path`` None) with an image-suffixed ``output`` writes
     exactly that file, otherwise ``output`` is a folder.
-    ``preview``: ``<case>_preview.png`` next to each label map; ``per_class``: the class names
-    written as ``<folder>/<case>/<class>.nii.gz`` (None: no per-class masks)."""
+    ``preview``: ``<label map>_preview.png`` next to each label map (named after it); ``per_class``:
+    the class names written as ``<folder>/<case>/<class>.nii.gz`` (None: no per-class masks);
+    ``dicom_seg``: ``<label map>.dcm`` (DICOM SEG) next to the label map of each DICOM series case."""
+    from flareseg.inference.dicom_seg import seg_path
+    from flareseg.inference.preview import preview_path
     single_file = (len(cases) == 1 and (input_path is None or Path(input_path).is_file())
                    and bool(image_suffix(output)))
     folder = Path(output).parent if single_file else Path(output)
     labels = {c: Path(output) if single_file else folder / f"{c}.nii.gz" for c, _ in cases}
     probs = {c: folder / f"{c}.npz" for c, _ in cases} if save_probabilities else {}
-    previews = {c: labels[c].parent / f"{c}_preview.png" for c, _ in cases} if preview else {}
+    previews = {c: preview_path(labels[c]) for c, _ in cases} if preview else {}
     masks = {c: {n: folder / c / f"{n}.nii.gz" for n in per_class} for c, _ in cases} \
         if per_class is not None else {}
+    segs = {c: seg_path(labels[c]) for c, p in cases if isinstance(p, Path) and p.is_dir()} if dicom_seg else {}
     return OutputPlan(folder, labels, probs, Path(report) if report else folder / "predict_report.json",
-                      folder / "statistics.json" if statistics else None, previews, masks)
+                      folder / "statistics.json" if statistics else None, previews, masks, segs)
 
 
 def roi_names(roi_subset: Sequence[str] | None, per_class: bool, valid: Sequence[str]) -> list[str] | None:
@@ -126,8 +131,9 @@ def _adopt_earlier_predict(folder: Path, report: str | os.PathLike | None) -> No
         ok = [(str(e["case"]), Path(e["output"])) for e in rep["cases"] if e.get("status") == "ok"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return
+    from flareseg.inference.preview import preview_path
     outputs = [f for case, p in ok   # the label map and what --preview/--save-probabilities/--per-class added
-               for f in (p, p.parent / f"{case}_preview.png", folder / f"{case}.npz", *folder.glob(f"{case}/*.nii.gz"))]
+               for f in (p, preview_path(p), folder / f"{case}.npz", *folder.glob(f"{case}/*.nii.gz"))]
     mine = [p for p in outputs if folder.resolve() in p.resolve().parents]
     write_guard.adopt([rep_path, folder / "statistics.json", *mine], "predict")
 
@@ -147,14 +153,16 @@ def check_predict(input_path: str | os.PathLike | None, output: str | os.PathLik
                   folds: Sequence[int | str] | None = None, save_probabilities: bool = False,
                   statistics: bool = False, report: str | os.PathLike | None = None,
                   preview: bool = False, per_class: bool = False, roi_subset: Sequence[str] | None = None,
-                  overwrite: bool = False, cases: Sequence[tuple[str, Path | sitk.Image]] | None = None
-                  ) -> tuple[list[tuple[str, Path | sitk.Image]], OutputPlan]:
+                  overwrite: bool = False, cases: Sequence[tuple[str, Path | sitk.Image]] | None = None,
+                  dicom_seg: bool = False) -> tuple[list[tuple[str, Path | sitk.Image]], OutputPlan]:
     """Every refusal of a predict run, before a folder is created or the model is loaded (the CLI
     and :func:`flareseg.predict` both call it): the cases and the :class:`OutputPlan`.  Raises
     :class:`InputError` (bad input, bad model folder), :class:`flareseg.config.ConfigError` (a
     ``roi_subset`` name the model does not have) or :class:`UnsafeOutput` (an output is an input,
     the model's files, written twice, or an existing file predict did not write, unless
-    ``overwrite``).  ``cases``: in-memory images to write instead of ``input_path``'s (None)."""
+    ``overwrite``).  ``cases``: in-memory images to write instead of ``input_path``'s (None).
+    ``dicom_seg``: also a DICOM SEG per DICOM series case (:class:`ConfigError` when the input holds
+    no DICOM series or highdicom is missing)."""
     from flareseg.nnunet.folder_check import check_model_folder, model_class_names
 
     cases = collect_inputs(Path(input_path)) if cases is None else list(cases)
@@ -163,13 +171,17 @@ def check_predict(input_path: str | os.PathLike | None, output: str | os.PathLik
         _adopt_earlier_predict(Path(output), report)
 
     def checked_plan(masks: Sequence[str] | None) -> OutputPlan:
-        plan = planned_outputs(cases, input_path, output, save_probabilities, statistics, report, preview, masks)
+        plan = planned_outputs(cases, input_path, output, save_probabilities, statistics, report, preview, masks,
+                               dicom_seg)
         problem = check_outputs(plan, _input_paths(source, cases, Path(model)), overwrite)
         if problem:
             raise UnsafeOutput(problem)
         return plan
 
     plan = checked_plan(None)      # an output onto an input is named first, whatever else is wrong
+    if dicom_seg:
+        from flareseg.inference.dicom_seg import require_dicom_seg
+        require_dicom_seg(plan.dicom_segs)
     check_model_folder(model, folds)
     masks = roi_names(roi_subset, per_class, model_class_names(model))   # the model's class names
     return cases, (plan if masks is None else checked_plan(masks))
