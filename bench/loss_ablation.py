@@ -6,15 +6,17 @@ marginal vs naive at the same training budget.
 
 Prepares stage-1's data part once (phantoms -> nnU-Net dataset -> fine plans + preprocessing; an
 existing stage-1 work folder is reused).  Then, per loss variant, trains the fine configuration with
-``FlareSegTrainer`` into a results root of its own (shared preprocessed data, same seed, same
-epochs x iterations, so every variant starts from the same weights and sees the same batch
-sequence), predicts the held-out validation phantoms (``imagesVal``, full labels in ``labelsVal``)
+``FlareSegTrainer`` into a results root of its own (shared preprocessed data, same epochs x
+iterations and ``--seed``, which is the trainer's seed: every variant starts from the same weights
+and sees the same batch sequence, another ``--seed`` changes weights, batches, augmentation and
+CutMix draws), predicts the held-out validation phantoms (``imagesVal``, full labels in ``labelsVal``)
 with ``FastPredictor`` and scores them with ``evaluate_folders``.  A variant whose final checkpoint
 exists for this budget and seed is not retrained (predicted and scored again).  A reference row
 trains stock ``nnUNetTrainer`` the same way (random batches, unannotated classes = background).
 
 Prints organ mean DSC, tumor DSC and a few large organs per variant; writes
-``<out>/summary.json``, predictions (``pred_<variant>/``) and evaluation reports (``eval_<variant>/``).
+``<out>/summary.json``, predictions (``pred_<variant>_e<E>x<I>_s<seed>/``) and evaluation reports
+(``eval_<...>/``).
 """
 from __future__ import annotations
 
@@ -74,6 +76,15 @@ def train_stock(dataset: str, args, results: Path) -> tuple[Path, float | None]:
     return mdir, (None if losses[-1] is None else round(float(losses[-1]), 4))
 
 
+def variant_config(base, variant: str, args):
+    """The ``TrainConfig`` of one loss variant: ``base`` at the benchmark's budget, ``--seed``
+    (the trainer seeds weights, batch order, augmentation and CutMix from it), data loading in
+    ``--workers`` processes."""
+    return replace(base, epochs=args.epochs, iterations_per_epoch=args.iters, val_iterations=args.val_iters,
+                   loss=variant, num_workers=args.workers, device=args.device, save_every=args.epochs,
+                   fold=0, seed=args.seed)
+
+
 def run_variant(variant: str, data, args, out: Path) -> dict:
     from flareseg.evaluation.evaluate import evaluate_folders
     from flareseg.nnunet.env import NNUNetPaths
@@ -87,17 +98,15 @@ def run_variant(variant: str, data, args, out: Path) -> dict:
     if variant == STOCK:
         mdir, final_loss = train_stock(data.dataset_name, args, paths.results)
     else:
-        tc = replace(data.cfg.train_fine, epochs=args.epochs, iterations_per_epoch=args.iters,
-                     val_iterations=args.val_iters, loss=variant, num_workers=args.workers,
-                     device=args.device, save_every=args.epochs, fold=0)
+        tc = variant_config(data.cfg.train_fine, variant, args)
         final_loss = train(data.dataset_name, "fine", tc, paths.preprocessed, paths.results)["final_train_loss"]
         mdir = model_folder(paths.results, data.dataset_name, "fine")
     t_train = time.perf_counter() - t0
-    pred_dir = out / f"pred_{variant}"
+    pred_dir = out / f"pred_{tag}"
     t0 = time.perf_counter()
     n = predict_folder(mdir, data.validation_images, pred_dir, args.device)
     t_pred = time.perf_counter() - t0
-    res = evaluate_folders(pred_dir, data.validation_labels, out_dir=out / f"eval_{variant}")
+    res = evaluate_folders(pred_dir, data.validation_labels, out_dir=out / f"eval_{tag}")
     pc = res.per_class()
     return {"variant": variant, "model_dir": str(mdir), "train_seconds": round(t_train, 1),
             "predict_seconds": round(t_pred, 1), "cases": n, "final_train_loss": final_loss,
