@@ -124,3 +124,14 @@ def test_stage6_ships_the_settings_it_measured(shipped):
     from flareseg.inference.model_settings import read_model_settings
     root, model, work, cfg, result = shipped
     assert read_model_settings(stage_dir(work, 6) / "model") == to_dict(cfg.inference)
+
+
+def test_predict_with_the_shipped_model_and_no_config_uses_stage6_settings(shipped, tmp_path):
+    """`flareseg predict -m <stage-6 model>` with no --config predicts with the settings stage-6
+    measured (issue 27, must show): the run report's inference section is the stage's."""
+    from flareseg.cli import main
+    root, model, work, cfg, result = shipped
+    out = tmp_path / "out"
+    assert main(["predict", "-i", str(root / "imagesVal" / "v00_0000.nii.gz"), "-o", str(out / "v00.nii.gz"),
+                 "-m", str(stage_dir(work, 6) / "model"), "-q"]) == 0
+    assert read_json(out / "predict_report.json")["inference"] == to_dict(cfg.inference)
