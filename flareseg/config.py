@@ -172,6 +172,11 @@ class CleaningConfig:
 ImageResampling = Literal["bspline", "linear", "nnunet"]
 IMAGE_RESAMPLING: tuple[str, ...] = typing.get_args(ImageResampling)
 
+#: what runs the network: the choices of inference.runtime, each an entry of the runtime table
+#: (flareseg.inference.runtimes, which must name exactly these)
+Runtime = Literal["torch", "openvino"]
+RUNTIMES: tuple[str, ...] = typing.get_args(Runtime)
+
 
 @dataclass(frozen=True)
 class InferenceConfig:
@@ -190,7 +195,7 @@ class InferenceConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # torch: the network runs in torch; openvino: in OpenVINO on the CPU (optional extra, ~2x faster
     # float32 there; see flareseg.inference.openvino_runtime); device auto then means the CPU
-    runtime: Literal["torch", "openvino"] = "torch"
+    runtime: Runtime = "torch"
     # CUDA: cudnn.benchmark off and deterministic algorithms, so every process (and every number of
     # GPUs) gives the same output; stage-2 always runs so (its selection must not depend on the GPUs)
     deterministic: bool = False

@@ -45,3 +45,26 @@ def test_fast_mode_without_autotune_uses_heuristic_kernels(monkeypatch):
     assert calls == []
     set_cuda_determinism(True, autotune=True)      # deterministic wins: never autotuned
     assert torch.backends.cudnn.benchmark is False and calls == [(True, True)]
+
+
+def test_predictor_autotunes_only_from_its_second_case(tmp_path, monkeypatch):
+    """A fresh process predicting one case (FLARE's cadence) never pays cuDNN autotuning; later
+    cases of the same predictor autotune; deterministic mode never does."""
+    import flareseg.devices
+    from bench.model_folder import write_model_folder
+    from flareseg.inference.predictor import FastPredictor
+    from tests.bad_input import tiny_ct
+    md = write_model_folder(tmp_path / "m", seed=0)
+    calls = []
+    monkeypatch.setattr(flareseg.devices, "set_cuda_determinism",
+                        lambda deterministic, autotune=True: calls.append((deterministic, autotune)))
+    p = FastPredictor(md, device="cpu")
+    assert p.run(tiny_ct(tmp_path / "a.nii.gz")).stats["cudnn_autotune"] is None and calls == []   # CPU: untouched
+    for deterministic, after, want in ((False, 1, [False, True, True]), (False, 0, [True, True]), (True, 1, [False, False])):
+        p = FastPredictor(md, device="cpu", deterministic=deterministic, autotune_after=after)
+        p.device = torch.device("cuda")     # only the kernel choice is asked here, nothing runs on CUDA
+        got = []
+        for _ in want:
+            got.append(p._select_cuda_kernels())
+            p.cases_run += 1
+        assert got == want and calls[-len(want):] == [(deterministic, w) for w in want]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import typing
 
 import numpy as np
 import pytest
@@ -17,9 +18,10 @@ import SimpleITK as sitk
 import torch
 
 from flareseg.cli import main
-from flareseg.config import ConfigError, inference_config
+from flareseg.config import RUNTIMES, ConfigError, InferenceConfig, inference_config
 from flareseg.evaluation.metrics import dice_per_class
 from flareseg.inference import openvino_runtime as ovr
+from flareseg.inference import runtimes
 from flareseg.inference.predictor import FastPredictor
 from flareseg.nnunet.model import load_model
 from bench.model_folder import fit_model_folder, tiny_plans, write_model_folder
@@ -36,15 +38,27 @@ def test_runtime_key_defaults_to_torch_and_refuses_unknown_runtimes():
 
 
 def test_runtime_device_and_problems(monkeypatch):
-    assert ovr.runtime_device("openvino", "auto") == "cpu"     # auto + openvino: the CPU, even beside a GPU
-    assert ovr.runtime_device("openvino", "cuda") == "cuda"
-    assert ovr.runtime_device("torch", "auto") == "auto"
-    assert ovr.runtime_problem("torch", "cuda") is None
-    why = ovr.runtime_problem("openvino", "cuda")
+    assert runtimes.runtime_device("openvino", "auto") == "cpu"     # auto + openvino: the CPU, even beside a GPU
+    assert runtimes.runtime_device("openvino", "cuda") == "cuda"
+    assert runtimes.runtime_device("torch", "auto") == "auto"
+    assert runtimes.runtime_problem("torch", "cuda") is None
+    why = runtimes.runtime_problem("openvino", "cuda")
     assert "inference.runtime=openvino" in why and "inference.device" in why
+    assert "unknown runtime 'onnx'" in runtimes.runtime_problem("onnx", "cpu")
     monkeypatch.setattr(ovr, "openvino_version", lambda: None)
-    why = ovr.runtime_problem("openvino", "cpu")
+    why = runtimes.runtime_problem("openvino", "cpu")
     assert "not installed" in why and "flareseg[openvino]" in why
+
+
+def test_one_list_of_runtimes_for_config_table_and_command_line():
+    """The config's choices are the table's names; --runtime offers and explains each of them."""
+    import argparse
+    from flareseg.cli import build_parser
+    assert tuple(runtimes.TABLE) == RUNTIMES == typing.get_args(typing.get_type_hints(InferenceConfig)["runtime"])
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flag = next(a for a in commands.choices["predict"]._actions if "--runtime" in a.option_strings)
+    assert tuple(flag.choices) == RUNTIMES
+    assert all(f"{r.name} = {r.summary}" in flag.help for r in runtimes.TABLE.values())
 
 
 def test_cache_root_precedence(tmp_path):

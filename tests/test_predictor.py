@@ -293,7 +293,7 @@ def stock_determined(fp: FastPredictor, img: sitk.Image, stock_probs: np.ndarray
     Gaussian mean that we compute.  The labels must then agree wherever stock's two largest
     logits (log-probabilities) differ by more than ``2 d``."""
     shape_model, patch = fp.last_stats["shape_model"], fp.model.patch_size
-    weight, count = summed_weight(shape_model, patch, fp.step_size)
+    weight, count = summed_weight(shape_model, patch, fp.cfg.step_size)
     assert fp.model.transpose_forward == (0, 1, 2) and fp.last_stats["reoriented"] is None
     spacing = tuple(float(s) for s in reversed(img.GetSpacing()))
     samples = export_samples(shape_model, img.GetSize()[::-1],
@@ -514,3 +514,14 @@ def test_plain_architecture_trainers_build_the_network_like_stock():
     from flareseg.nnunet.model import PLAIN_ARCHITECTURE_TRAINERS, trainer_class
     for name in PLAIN_ARCHITECTURE_TRAINERS:
         assert trainer_class(name).build_network_architecture is nnUNetTrainer.build_network_architecture, name
+
+
+def test_predictor_reads_its_settings_from_its_config(tmp_path):
+    """One place for the settings: the predictor keeps no copy of a config field (what it derives
+    on this machine, device and dtype, are the resolved objects, not the setting)."""
+    from dataclasses import fields
+    from flareseg.config import InferenceConfig
+    p = FastPredictor(write_model_folder(tmp_path / "m", seed=0), device="cpu", step_size=0.7, batch_windows=0)
+    copied = set(vars(p)) & {f.name for f in fields(InferenceConfig)}
+    assert copied <= {"device", "dtype"} and p.cfg.step_size == 0.7
+    assert (p.runtime, p.batch_windows) == ("torch", 1)     # auto: one window per call on a CPU

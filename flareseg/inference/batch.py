@@ -74,7 +74,7 @@ def check_device(cfg: InferenceConfig):
     import torch
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError(NO_CUDA)
-    from flareseg.inference.openvino_runtime import resolve_runtime
+    from flareseg.inference.runtimes import resolve_runtime
     run_on, problem = resolve_runtime(cfg.runtime, cfg.device)
     if problem:
         raise ConfigError(problem)

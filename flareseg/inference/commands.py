@@ -152,6 +152,7 @@ def _choices(key: str) -> list[str]:
 
 def register(subparsers) -> None:
     D = InferenceConfig()   # the defaults the help shows (the flags themselves default to "not given")
+    from flareseg.inference.runtimes import runtime_help   # the runtime table (torch-free)
     p = subparsers.add_parser(
         "predict", help="segment CT images with a trained model folder (fast predictor, GPU or CPU)",
         description="Predict FLARE23 label maps with an nnU-Net v2 model folder: resampling, "
@@ -195,9 +196,7 @@ def register(subparsers) -> None:
                    help=f"inference.dtype: network precision; auto = float16 on CUDA, bfloat16 on CPUs with "
                         f"AMX/AVX512-BF16, else float32; float16 on a CPU runs float32 (default {D.dtype})")
     p.add_argument("--runtime", default=None, choices=_choices("runtime"),
-                   help=f"inference.runtime: what runs the network; torch, or openvino = OpenVINO on the CPU "
-                        f"(~2x faster float32 there; needs pip install 'flareseg[openvino]'; the converted "
-                        f"network is cached in ~/.cache/flareseg or $FLARESEG_CACHE_DIR) (default {D.runtime})")
+                   help=f"inference.runtime: what runs the network: {runtime_help()} (default {D.runtime})")
     p.add_argument("--no-crop", action="store_true",
                    help="inference.crop_to_body=false: run every sliding window, not only those that meet "
                         "the body's bounding box")

@@ -13,7 +13,8 @@ structure and the torch/OpenVINO versions; a fresh process only reads and compil
 cache is written to a temporary folder and renamed, and read back only if the SHA-256 of its files
 matches the record written with them (a truncated or altered file is converted again, never run).
 The model folder is never written to.  Nothing here imports OpenVINO until a runtime is built, so
-flareseg works without the package.
+flareseg works without the package.  The runtime table (:mod:`flareseg.inference.runtimes`) calls
+:func:`device_problem`, :func:`precision` and :func:`openvino_networks`.
 """
 from __future__ import annotations
 
@@ -25,14 +26,15 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from flareseg.devices import BF16_CPU_FLAGS
+
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "openvino")
 INSTALL_HINT = "pip install 'flareseg[openvino]' (or pip install openvino)"
 CACHE_FORMAT = "flareseg-openvino-ir-1"
 #: OpenVINO's precision hint for flareseg's network dtype on a CPU (float16 on a CPU runs float32
@@ -49,17 +51,9 @@ def openvino_version() -> str | None:
         return None
 
 
-def runtime_device(runtime: str, device: str) -> str:
-    """The ``inference.device`` that runs: ``auto`` with the OpenVINO runtime is the CPU."""
-    return "cpu" if runtime == "openvino" and device == "auto" else device
-
-
-def runtime_problem(runtime: str, device_type: str) -> str | None:
-    """Why ``inference.runtime = runtime`` cannot run on ``device_type`` here (None: it can)."""
-    if runtime == "torch":
-        return None
-    if runtime != "openvino":
-        return f"inference.runtime: unknown runtime {runtime!r} (expected one of {', '.join(RUNTIMES)})"
+def device_problem(device_type: str) -> str | None:
+    """Why the OpenVINO runtime cannot run on ``device_type`` here (None: it can): it runs on the
+    CPU, and only with the package installed."""
     if device_type != "cpu":
         return (f"inference.runtime=openvino runs the network on the CPU, but inference.device resolved "
                 f"to {device_type} (set inference.device=cpu, or runtime=torch on a GPU)")
@@ -68,12 +62,23 @@ def runtime_problem(runtime: str, device_type: str) -> str | None:
     return None
 
 
-def resolve_runtime(runtime: str, device: str) -> tuple[torch.device, str | None]:
-    """The device ``inference.runtime``/``inference.device`` run on, and why they cannot (None: they
-    can): the one check of ``flareseg predict`` (before anything is written) and the predictor."""
-    from flareseg.devices import resolve_device
-    dev = resolve_device(runtime_device(runtime, device))
-    return dev, runtime_problem(runtime, dev.type)
+def precision(name: str, reason: str, native_bf16: bool) -> tuple[str, str]:
+    """The network precision OpenVINO runs for flareseg's choice ``name`` (and its ``reason``):
+    OpenVINO does not emulate bf16, it silently runs float32 on a CPU without native bf16; say so."""
+    if name == "bfloat16" and not native_bf16:
+        return "float32", f"{reason}; OpenVINO runs float32 on a CPU without {'/'.join(BF16_CPU_FLAGS)}"
+    return name, reason
+
+
+def openvino_networks(networks: Sequence[torch.nn.Module], in_channels: int,
+                      dtype_name: str) -> tuple[list[OpenVINONetwork], str]:
+    """The runtime table's factory for OpenVINO: one :class:`OpenVINONetwork` per torch network at
+    the precision of flareseg's ``dtype_name``, and where they came from (``"cache"``,
+    ``"converted"``, ...; several when the folds differ)."""
+    nets = [OpenVINONetwork(n, in_channels, PRECISION[dtype_name]) for n in networks]
+    source = ", ".join(sorted({n.source for n in nets}))
+    log.info("network runtime openvino (%s, precision %s)", source, PRECISION[dtype_name])
+    return nets, source
 
 
 def cache_root(env: dict[str, str] | None = None) -> Path:

@@ -32,8 +32,10 @@ same window logits every model-grid logit is stock's bit for bit (tests/test_pre
 window per batch; batches of several, or another cuDNN algorithm, change the network's own
 rounding, i.e. labels only at float16 near-ties).  ``bfloat16`` runs the network in bfloat16 and
 sums in float32 (on a CPU: the ``auto`` choice where the CPU has AMX/AVX512-BF16,
-:func:`choose_dtype`).  ``runtime="openvino"`` runs the same float32 network in OpenVINO on the
-CPU (:mod:`flareseg.inference.openvino_runtime`; the rest of the pipeline is unchanged).
+:func:`choose_dtype`).  ``cfg.runtime`` picks what runs the network from the runtime table
+(:mod:`flareseg.inference.runtimes`): torch, or e.g. ``"openvino"``, the same float32 network in
+OpenVINO on the CPU (:mod:`flareseg.inference.openvino_runtime`; the rest of the pipeline is
+unchanged).
 Other modes: ``image_resampling="linear"`` (trilinear; fastest on a CPU, labels differ from stock's
 at boundaries), ``"nnunet"`` (the plans' own nnU-Net function on the CPU: the reference the device
 B-spline is tested against); ``resample_probabilities=False`` exports the labels nearest-neighbour
@@ -57,11 +59,12 @@ import torch
 
 from flareseg.anatomy import bbox_of, body_mask, expand_bbox
 from flareseg.config import InferenceConfig, inference_config
+from flareseg.devices import BF16_CPU_FLAGS, cpu_flags
 from flareseg.io import InputError, read_image
 from flareseg.image_check import (constant_problem, ct_plausibility_problem, nonfinite_count, nonfinite_problem, shape_problem,
                                   spacing_problem)
 from flareseg.inference.normalize import normalize_
-from flareseg.inference.openvino_runtime import resolve_runtime
+from flareseg.inference.runtimes import resolve_runtime, runtime as runtime_entry
 from flareseg.inference.orientation import axial_reorientation
 from flareseg.inference.resample import resample_image, target_shape
 from flareseg.inference.sliding_window import predict_sliding_window, windows_covering
@@ -73,29 +76,6 @@ from flareseg.nnunet.model import LoadedModel, load_model, nnunet_image_resample
 log = logging.getLogger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-#: /proc/cpuinfo flags of CPUs with native bfloat16 matrix/vector instructions (Intel AMX, AVX-512 BF16)
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
-    """The CPU feature flags of the first processor in ``path`` (empty when unreadable: not Linux).
-
-    ``FLARESEG_CPU_FLAGS`` (space-separated, may be empty), when set, replaces them: the test suite
-    sets it empty so ``dtype: auto`` computes float32 on every machine; ``amx_bf16`` forces the
-    bfloat16 choice."""
-    env = os.environ.get("FLARESEG_CPU_FLAGS")
-    if env is not None:
-        return frozenset(env.split())
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
 def choose_dtype(requested: str, device_type: str, flags: frozenset[str] | set[str]) -> tuple[str, str]:
     """The network precision that runs for ``inference.dtype = requested`` on ``device_type``
     (``"cuda"``/``"cpu"``) with CPU feature ``flags``: ``(dtype name, reason)``.
@@ -179,67 +159,82 @@ class FastPredictor:
 
     The settings are one :class:`flareseg.config.InferenceConfig` (``cfg``, its defaults when
     None); keyword ``overrides`` are its own field names (``FastPredictor(m, device="cpu",
-    skip_windows=False)``) and are checked like a config file.  ``self.cfg`` is what ran.  The
-    remaining keywords are not inference settings: which folds/checkpoint to load, whether to trust
-    the checkpoint, and developer knobs for comparisons and memory (``body_margin_mm``,
-    ``resample_probabilities``, ``chunk_mb``).
+    skip_windows=False)``) and are checked like a config file.  ``self.cfg`` is what ran, and the
+    predictor reads its settings there (what it derives on this machine: ``device``, ``dtype``,
+    :attr:`batch_windows`, the runtime's :attr:`runners`).  The remaining keywords are not
+    inference settings: which folds/checkpoint to load, whether to trust the checkpoint, and
+    developer knobs for comparisons and memory (``body_margin_mm``, ``resample_probabilities``,
+    ``chunk_mb``, ``autotune_after``).
+
+    ``autotune_after``: on CUDA (not ``cfg.deterministic``), the cases this predictor runs with
+    cuDNN's heuristic kernels before autotuning (``cudnn.benchmark``) starts.  Autotuning times
+    every convolution's algorithms once per shape, seconds that a process predicting one case
+    (FLARE's cadence: a fresh process per case) never earns back; from the second case on the
+    tuned kernels serve every later case.  0: autotune from the first case (stock's choice).
     """
 
     def __init__(self, model: str | os.PathLike | LoadedModel, cfg: InferenceConfig | None = None, *,
                  folds: Sequence[int | str] | None = None, checkpoint: str | None = None,
                  trust_model: bool = False, body_margin_mm: float = 10.0,
-                 resample_probabilities: bool = True, chunk_mb: float = 256.0, **overrides: Any):
+                 resample_probabilities: bool = True, chunk_mb: float = 256.0, autotune_after: int = 1,
+                 **overrides: Any):
         self.cfg = inference_config(cfg, "FastPredictor", **overrides)   # fails before the model loads
         self.device, problem = resolve_runtime(self.cfg.runtime, self.cfg.device)   # so does a runtime that cannot run
         if problem:
             raise ValueError(problem)
+        runtime = runtime_entry(self.cfg.runtime)
         # trust_model: unpickle the checkpoints without the weights-only allow-list (code in them runs)
         self.model = model if isinstance(model, LoadedModel) else load_model(model, folds, checkpoint,
                                                                               trusted=trust_model)
         if self.model.num_input_channels != 1:
             raise ValueError(f"{self.model.model_dir}: the fast predictor handles single-channel CT, "
                              f"model has {self.model.num_input_channels} input channels")
-        c = self.cfg
         # the network precision that runs here, and why (float16 only on CUDA; bfloat16 on a CPU
-        # with native bf16 or when asked); sums and softmax stay float32 except CUDA float16
+        # with native bf16 or when asked; then what the runtime makes of it); sums and softmax stay
+        # float32 except CUDA float16
         flags = cpu_flags() if self.device.type == "cpu" else frozenset()
-        name, self.dtype_reason = choose_dtype(c.dtype, self.device.type, flags)
-        if c.runtime == "openvino" and name == "bfloat16" and not set(BF16_CPU_FLAGS) & flags:
-            # OpenVINO does not emulate bf16: it silently runs float32 on such a CPU; say so
-            name, self.dtype_reason = "float32", (f"{self.dtype_reason}; OpenVINO runs float32 on a CPU "
-                                                  f"without {'/'.join(BF16_CPU_FLAGS)}")
+        name, self.dtype_reason = runtime.precision(*choose_dtype(self.cfg.dtype, self.device.type, flags),
+                                                    bool(set(BF16_CPU_FLAGS) & flags))
         self.dtype = DTYPES[name]
         log.info("inference dtype %s on %s (%s)", name, self.device, self.dtype_reason)
-        # skip_grow: the skipping growth safeguard (see flareseg.inference.skipping); only with skipping
-        self.skip_windows, self.skip_threshold, self.skip_grow = c.skip_windows, c.skip_threshold, c.skip_grow
-        self.step_size, self.tta = c.step_size, c.tta
-        # 0 = auto: on a CPU a batch of windows is no faster per window and multiplies the
-        # activation memory (peak RSS 8.5 vs 3.4 GB on a paper-size case): one window per call there
-        self.batch_windows = c.batch_windows or (4 if self.device.type == "cuda" else 1)
-        self.crop_to_body, self.body_margin_mm = c.crop_to_body, body_margin_mm
-        self.reorient = c.reorient  # permute non-axial arrays into axial layout (and back)
-        self.image_resampling, self.resample_probabilities = c.image_resampling, resample_probabilities
-        self.chunk_mb = chunk_mb
-        if self.device.type == "cuda":   # autotuned (fast) or deterministic kernels (cfg.deterministic)
-            from flareseg.devices import set_cuda_determinism
-            set_cuda_determinism(c.deterministic)
+        # developer knobs (not inference settings): body box margin, nearest-neighbour export, slab size
+        self.body_margin_mm, self.resample_probabilities, self.chunk_mb = \
+            body_margin_mm, resample_probabilities, chunk_mb
+        self.autotune_after, self.cases_run = autotune_after, 0
         self.networks = [n.to(self.device).eval() for n in self.model.networks]
-        # what runs each network: the torch module itself, or its OpenVINO conversion (runtime_model
-        # says whether that came from the cache or was converted in this process)
-        self.runtime, self.runtime_model = c.runtime, None
-        self.runners: list[Callable[[torch.Tensor], torch.Tensor]] = []   # non-torch runtimes only
-        if c.runtime == "openvino":
-            from flareseg.inference.openvino_runtime import PRECISION, OpenVINONetwork
-            self.runners = [OpenVINONetwork(n, self.model.num_input_channels, PRECISION[name])
-                            for n in self.networks]
-            self.runtime_model = ", ".join(sorted({r.source for r in self.runners}))
-            log.info("network runtime openvino (%s, precision %s)", self.runtime_model, PRECISION[name])
+        # what runs each network: the runtime table's factory (the torch modules themselves, or
+        # e.g. their OpenVINO conversion; runtime_model says where that came from)
+        self.runners = runtime.factory(self.networks, self.model.num_input_channels, name)
+        self.runtime_model = self.runners.source
         self.last_stats: dict[str, Any] = {}
+
+    @property
+    def runtime(self) -> str:
+        """The runtime that runs the networks (``cfg.runtime``)."""
+        return self.cfg.runtime
+
+    @property
+    def batch_windows(self) -> int:
+        """Windows per network call: ``cfg.batch_windows``, or with 0 (auto) 4 on CUDA and 1 on a
+        CPU, where a batch of windows is no faster per window and multiplies the activation
+        memory (peak RSS 8.5 vs 3.4 GB on a paper-size case)."""
+        return self.cfg.batch_windows or (4 if self.device.type == "cuda" else 1)
 
     @property
     def dtype_name(self) -> str:
         """The network precision that runs (``"float32"``, ``"bfloat16"``, ``"float16"``)."""
         return str(self.dtype).removeprefix("torch.")
+
+    def _select_cuda_kernels(self) -> bool | None:
+        """Set cuDNN's kernel selection for the next case (CUDA only; None elsewhere): deterministic
+        kernels with ``cfg.deterministic``, else autotuned from case ``autotune_after`` + 1 on.
+        Returns whether this case autotunes."""
+        if self.device.type != "cuda":
+            return None
+        from flareseg.devices import set_cuda_determinism
+        autotune = not self.cfg.deterministic and self.cases_run >= self.autotune_after
+        set_cuda_determinism(self.cfg.deterministic, autotune=autotune)
+        return autotune
 
     # ------------------------------------------------------------------ network callable
     def window_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -249,11 +244,12 @@ class FastPredictor:
         autocast), mirrored predictions added and divided in that type, as stock nnU-Net's
         ``_internal_maybe_mirror_and_predict`` does, so the sliding window sums stock's window
         logits.  Several folds: their mean in float32."""
-        axes = [a + 2 for a in (self.model.mirror_axes or ())] if self.tta else []
+        axes = [a + 2 for a in (self.model.mirror_axes or ())] if self.cfg.tta else []
         flips = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
         # float16 autocast only on CUDA, as stock: on a CPU stock runs the network in float32 and
-        # sums in float16, which is what dtype float16 reproduces there
-        use_amp = self.runtime == "torch" and (
+        # sums in float16, which is what dtype float16 reproduces there; a runtime other than
+        # torch sets its precision itself
+        use_amp = self.runners.autocast and (
             self.dtype == torch.bfloat16 or (self.dtype == torch.float16 and self.device.type == "cuda"))
         # bfloat16 (8 mantissa bits) is only the network's arithmetic: its logits are summed in float32
         upcast = self.dtype == torch.bfloat16
@@ -264,7 +260,7 @@ class FastPredictor:
                 y += torch.flip(net(torch.flip(x, f)), f)
             return y / len(flips) if len(flips) > 1 else y
 
-        runners = self.runners or self.networks
+        runners = self.runners.networks or self.networks
 
         def fn(x: torch.Tensor) -> torch.Tensor:
             ctx = torch.autocast(self.device.type, dtype=self.dtype) if use_amp else nullcontext()
@@ -302,6 +298,7 @@ class FastPredictor:
         ``stats["reoriented"]`` is the applied axis permutation or None.  ``progress(done, total)``
         is called with the sliding windows run so far and the grid's window count (first with
         ``(0, total)``, then after every batch; skipped windows never run)."""
+        c = self.cfg
         t = _Timer(self.device)
         name = "<in-memory image>"
         if not isinstance(image, sitk.Image):
@@ -315,7 +312,7 @@ class FastPredictor:
         t.lap("read")
 
         # input array -> axial layout (orientation) -> model layout (plans' transpose_forward)
-        ro = axial_reorientation(image.GetDirection()) if self.reorient else None
+        ro = axial_reorientation(image.GetDirection()) if self.cfg.reorient else None
         ax = ro.perm if ro else (0, 1, 2)
         tf = tuple(ax[i] for i in self.model.transpose_forward)
         tb = tuple(int(i) for i in np.argsort(tf))
@@ -334,15 +331,15 @@ class FastPredictor:
                    self.model.use_mask_for_norm[0])
         shape_model = target_shape(full_np.shape, sp_t, self.model.spacing)
         del full_np
-        if self.image_resampling == "bspline":
+        if self.cfg.image_resampling == "bspline":
             x = resample_image_bspline(x, shape_model, *self._stock_axis_rule("data", sp_t, self.model.spacing))
-        elif self.image_resampling == "nnunet":
+        elif self.cfg.image_resampling == "nnunet":
             x = self._nnunet_resample(x, sp_t, shape_model)
         else:
             x = resample_image(x, shape_model)
         region, starts = (tuple(slice(0, n) for n in shape_model), None)
-        if self.crop_to_body:
-            region, starts = windows_covering(shape_model, self.model.patch_size, self.step_size,
+        if c.crop_to_body:
+            region, starts = windows_covering(shape_model, self.model.patch_size, c.step_size,
                                               model_box(body_bbox(arr_t, sp_t, self.body_margin_mm),
                                                         arr_t.shape, shape_model))
         x = x[region][None]
@@ -350,10 +347,12 @@ class FastPredictor:
 
         want_probs = save_probabilities or prob_hook is not None or slab_hook is not None
         linear = self.resample_probabilities and tuple(shape_model) != arr_t.shape
+        autotune = self._select_cuda_kernels()
+        self.cases_run += 1
         out, wstats = predict_sliding_window(
-            x, self.window_fn(), self.model.patch_size, self.step_size, self.batch_windows,
-            self.skip_windows, self.skip_threshold, self.dtype, return_logits=want_probs or linear,
-            grow=self.skip_grow, starts=starts, windows_done=progress)
+            x, self.window_fn(), self.model.patch_size, c.step_size, self.batch_windows,
+            c.skip_windows, c.skip_threshold, self.dtype, return_logits=want_probs or linear,
+            grow=c.skip_grow, starts=starts, windows_done=progress)
         res_dev = out.device   # the host after the sliding window's out-of-memory fallback
         del x
         hook_result = None
@@ -409,7 +408,7 @@ class FastPredictor:
         self.last_stats = {
             "seconds": t.seconds, "windows": wstats.as_dict(), "device": str(self.device),
             "dtype": self.dtype_name, "dtype_reason": self.dtype_reason, "runtime": self.runtime,
-            "batch_windows": self.batch_windows,
+            "batch_windows": self.batch_windows, "cudnn_autotune": autotune,
             "shape_input_zyx": list(arr.shape), "shape_cropped": [s.stop - s.start for s in crop],
             "shape_model": list(shape_model), "crop": [[s.start, s.stop] for s in crop],
             "region_model": [[s.start, s.stop] for s in region],
