@@ -12,11 +12,12 @@ import SimpleITK as sitk
 from flareseg.cli import main
 from flareseg.cases import case_name
 from flareseg.inference.commands import key_value
-from flareseg.inference.output_plan import check_outputs, collect_inputs, overlapping_paths, planned_outputs
+from flareseg.inference.output_plan import check_outputs, collect_inputs, planned_outputs
 from flareseg.inference.predictor import choose_dtype, cpu_flags
 from flareseg.inference.statistics import label_statistics
 from flareseg.io import Geometry, InputError, geometry_mismatch, read_image
 from flareseg.nnunet.folder_check import check_model_folder, find_model_folders
+from flareseg.write_guard import same_files
 from bench.model_folder import tiny_plans, write_model_folder
 
 
@@ -158,7 +159,7 @@ def test_flags_alone_keep_the_config_defaults(tmp_path, model_dir):
 
 # ------------------------------------------------------------------ refusing to overwrite inputs
 
-def test_overlapping_paths_by_name_symlink_and_hard_link(tmp_path):
+def test_same_files_by_name_symlink_and_hard_link(tmp_path):
     a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
     a.write_bytes(b"ct a")
     b.write_bytes(b"ct b")
@@ -169,17 +170,17 @@ def test_overlapping_paths_by_name_symlink_and_hard_link(tmp_path):
             tmp_path / "sub" / "link.nii.gz",           # a symlink to an input
             tmp_path / "sub" / "hard.nii.gz",           # a hard link of an input
             tmp_path / "sub" / "new.nii.gz"]            # a new file: fine
-    hits = overlapping_paths([a, b], outs)
+    hits = same_files([a, b], outs)
     assert hits == [(outs[0], a), (outs[1], a), (outs[2], b)]
-    assert overlapping_paths([a], [b, tmp_path / "c.nii.gz"]) == []
+    assert same_files([a], [b, tmp_path / "c.nii.gz"]) == []
 
 
-def test_overlapping_paths_folders(tmp_path):
+def test_same_files_folders(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "alias").symlink_to(tmp_path / "in", target_is_directory=True)
-    assert overlapping_paths([tmp_path / "in"], [tmp_path / "in"]) == [(tmp_path / "in", tmp_path / "in")]
-    assert overlapping_paths([tmp_path / "in"], [tmp_path / "alias"]) == [(tmp_path / "alias", tmp_path / "in")]
-    assert overlapping_paths([tmp_path / "in"], [tmp_path / "in" / "out"]) == []   # a subfolder is another path
+    assert same_files([tmp_path / "in"], [tmp_path / "in"]) == [(tmp_path / "in", tmp_path / "in")]
+    assert same_files([tmp_path / "in"], [tmp_path / "alias"]) == [(tmp_path / "alias", tmp_path / "in")]
+    assert same_files([tmp_path / "in"], [tmp_path / "in" / "out"]) == []   # a subfolder is another path
 
 
 def test_planned_outputs_every_file(tmp_path):

@@ -8,13 +8,13 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from flareseg.cases import list_cases
 from flareseg.config import ConfigError
 from flareseg.io import InputError, image_suffix, read_json, remove_stale_temps
 from flareseg.write_guard import (UnsafeOutput, WritePlan, check_plan, folder_files, input_files,
-                                  referenced_files, same_files)
+                                  referenced_files)
 from flareseg import write_guard
 
 if typing.TYPE_CHECKING:   # a case's input: a path (file or DICOM series folder) or an in-memory image
@@ -87,12 +87,6 @@ def roi_names(roi_subset: Sequence[str] | None, per_class: bool, valid: Sequence
         raise ConfigError(f"--roi-subset {unknown[0]}: not a class name of the model "
                           f"(valid: {', '.join(valid)})")
     return [n for n in valid if n in set(roi_subset)]
-
-
-def overlapping_paths(inputs: Iterable[str | os.PathLike],
-                      outputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path]]:
-    """``(output, input)`` pairs where the output is the input (:func:`flareseg.write_guard.same_files`)."""
-    return same_files(inputs, outputs)
 
 
 def _input_paths(input_path: Path | None, cases: Sequence[tuple[str, Path | sitk.Image]], model: Path) -> list[Path]:
