@@ -1,14 +1,23 @@
 """Loading a model folder for a cold process (issue 26): the network the model-folder check
 builds on the meta device receives the checkpoint's tensors; nothing is initialised at random
-first, and the network computes what a network built and copied into would."""
+first, and the network computes what a network built and copied into would; a plain folder's
+plans are read without nnU-Net's heavy plans/label modules, as nnU-Net reads them."""
 from __future__ import annotations
 
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 
 from bench.model_folder import tiny_plans, write_model_folder
 from flareseg.nnunet.checkpoint import load_checkpoint, save_checkpoint
-from flareseg.nnunet.model import build_network, load_model, with_weights
+from flareseg.nnunet.model import _nnunet_plan_view, build_network, load_model, plan_view, with_weights
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _reference(model_dir, state) -> nn.Module:
@@ -61,3 +70,61 @@ def test_tensors_the_state_does_not_hold_come_from_a_network_built_on_the_cpu():
     net = with_weights(meta, state, _WithConstant)
     assert torch.equal(net.scale, torch.full((2,), 3.0)) and torch.equal(net.conv.weight, state["conv.weight"])
     assert not any(t.is_meta for t in [*net.parameters(), *net.buffers()]) and not net.training
+
+
+def _plain_folder() -> tuple[dict, dict]:
+    plans = tiny_plans(transpose_forward=(2, 0, 1))
+    labels = {"background": 0, "liver": 1, "spleen": 3, "kidney": 2}
+    return plans, {"labels": labels, "channel_names": {"0": "CT"}, "file_ending": ".nii.gz"}
+
+
+def _inherits(plans, ds):
+    plans["configurations"]["3d_lowres"] = {"inherits_from": "3d_fullres", "spacing": [4.0, 3.0, 3.0]}
+    return "3d_lowres"
+
+
+def _ignore_label(plans, ds):
+    ds["labels"]["ignore"] = 4
+    return "3d_fullres"
+
+
+def _modality(plans, ds):
+    ds["modality"] = ds.pop("channel_names")
+    return "3d_fullres"
+
+
+def _cascade(plans, ds):
+    plans["configurations"]["3d_fullres"]["previous_stage"] = "3d_lowres"
+    return "3d_fullres"
+
+
+def _regions(plans, ds):
+    ds["labels"]["both"] = [1, 2]
+    ds["regions_class_order"] = [1, 3, 2, 4]
+    return "3d_fullres"
+
+
+@pytest.mark.parametrize("edit", [None, _inherits, _ignore_label, _modality, _cascade, _regions])
+def test_plan_view_is_nnunets_reading_of_the_plans(edit):
+    """Read directly (plain folders) or through nnU-Net's managers (the rest), the view is the one
+    nnU-Net's PlansManager/LabelManager give."""
+    plans, ds = _plain_folder()
+    configuration = edit(plans, ds) if edit else "3d_fullres"
+    view = plan_view(copy.deepcopy(plans), copy.deepcopy(ds), configuration)
+    assert view == _nnunet_plan_view(copy.deepcopy(plans), copy.deepcopy(ds), configuration)
+    if edit is None:
+        assert (view.num_classes, view.num_input_channels, view.transpose_forward) == (4, 1, (2, 0, 1))
+
+
+def test_a_plain_model_folder_loads_without_nnunets_plans_modules(tmp_path):
+    """The folder check and the load read a plain folder's plans themselves: nnU-Net's plans and
+    label modules (image readers, blosc2, numexpr: ~0.5 s of a cold start) are not imported."""
+    md = write_model_folder(tmp_path / "m", plans=tiny_plans(), seed=0)
+    code = ("import sys; from flareseg.nnunet.folder_check import check_model_folder; "
+            "from flareseg.nnunet.model import load_model; "
+            f"check_model_folder({str(md)!r}); load_model({str(md)!r}); "
+            "print(sorted(m for m in sys.modules if m.startswith(('nnunetv2.utilities.plans_handling', "
+            "'nnunetv2.utilities.label_handling', 'blosc2', 'numexpr', 'torch._dynamo'))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]"

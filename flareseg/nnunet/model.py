@@ -87,6 +87,76 @@ def _pick_checkpoint(fold_dir: Path, checkpoint: str | None) -> Path:
     raise ModelFolderError(f"{fold_dir}: no checkpoint ({', '.join(names)})")
 
 
+@dataclass(frozen=True)
+class PlanView:
+    """What inference reads from a model folder's plans.json and dataset.json for one configuration
+    (axis order of ``patch_size``/``spacing``: the model's, after ``transpose_forward``)."""
+
+    configuration: dict[str, Any]            # the configuration's own keys (resampling kwargs, ...)
+    patch_size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    normalization_schemes: list[str]
+    use_mask_for_norm: list[bool]
+    arch_class_name: str
+    arch_kwargs: dict[str, Any]
+    arch_kwargs_req_import: list[str]
+    transpose_forward: tuple[int, ...]
+    transpose_backward: tuple[int, ...]
+    intensity_properties: dict               # per input channel (keys as in the plans)
+    num_input_channels: int
+    num_classes: int                         # segmentation heads
+    has_regions: bool
+
+
+def plan_view(plans: dict, dataset_json: dict, configuration: str) -> PlanView:
+    """The :class:`PlanView` of ``configuration``: read from the JSON directly when the folder is
+    plain (a self-contained configuration in today's plans format, nnU-Net's own LabelManager,
+    integer labels without an ignore label, no cascade), else through nnU-Net's PlansManager.
+    Both give the same view (tests/test_model_load.py); the plain reading spares a predict
+    process nnU-Net's plans and label modules, which import image readers, blosc2 and numexpr
+    (~0.5 s of a cold start)."""
+    conf = plans.get("configurations", {}).get(configuration)
+    labels = dataset_json.get("labels") or {}
+    plain = (isinstance(conf, dict) and "architecture" in conf and "inherits_from" not in conf
+             and conf.get("previous_stage") is None
+             and plans.get("label_manager", "LabelManager") == "LabelManager"
+             and "foreground_intensity_properties_per_channel" in plans
+             and "ignore" not in labels and labels.get("background") == 0
+             and all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()))
+    if not plain:
+        return _nnunet_plan_view(plans, dataset_json, configuration)
+    arch = conf["architecture"]
+    channels = dataset_json["modality"] if "modality" in dataset_json else dataset_json["channel_names"]
+    return PlanView(
+        configuration=conf, patch_size=tuple(int(p) for p in conf["patch_size"]),
+        spacing=tuple(float(s) for s in conf["spacing"]),
+        normalization_schemes=list(conf["normalization_schemes"]), use_mask_for_norm=list(conf["use_mask_for_norm"]),
+        arch_class_name=arch["network_class_name"], arch_kwargs=arch["arch_kwargs"],
+        arch_kwargs_req_import=list(arch["_kw_requires_import"]),
+        transpose_forward=tuple(plans["transpose_forward"]), transpose_backward=tuple(plans["transpose_backward"]),
+        intensity_properties=plans["foreground_intensity_properties_per_channel"], num_input_channels=len(channels),
+        num_classes=len(set(labels.values())), has_regions=False)
+
+
+def _nnunet_plan_view(plans: dict, dataset_json: dict, configuration: str) -> PlanView:
+    """:class:`PlanView` through nnU-Net's PlansManager / ConfigurationManager / LabelManager."""
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    pm = PlansManager(plans)
+    cm = pm.get_configuration(configuration)
+    lm = pm.get_label_manager(dataset_json)
+    return PlanView(
+        configuration=cm.configuration, patch_size=tuple(int(p) for p in cm.patch_size),
+        spacing=tuple(float(s) for s in cm.spacing),
+        normalization_schemes=list(cm.normalization_schemes), use_mask_for_norm=list(cm.use_mask_for_norm),
+        arch_class_name=cm.network_arch_class_name, arch_kwargs=cm.network_arch_init_kwargs,
+        arch_kwargs_req_import=list(cm.network_arch_init_kwargs_req_import),
+        transpose_forward=tuple(pm.transpose_forward), transpose_backward=tuple(pm.transpose_backward),
+        intensity_properties=pm.foreground_intensity_properties_per_channel,
+        num_input_channels=determine_num_input_channels(pm, cm, dataset_json),
+        num_classes=lm.num_segmentation_heads, has_regions=lm.has_regions)
+
+
 #: trainers that build the network exactly as stock nnUNetTrainer does (from the plans)
 PLAIN_ARCHITECTURE_TRAINERS = ("nnUNetTrainer", "FlareSegTrainer")
 
@@ -118,19 +188,20 @@ def build_network(plans: dict, dataset_json: dict, configuration: str,
     weights are loaded next or that only tells shapes.  On torch's ``meta`` device that
     initialisation is what imports ``torch._dynamo`` (~1 s of a fresh process: the meta kernels of
     ``normal_`` are compiled references)."""
+    if trainer_name in PLAIN_ARCHITECTURE_TRAINERS:
+        # what their (inherited) build_network_architecture does, without importing the trainer
+        # module (~2 s of start-up: torch._dynamo, seaborn, ...) in every predict process
+        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+        v = plan_view(plans, dataset_json, configuration)
+        return get_network_from_plans(v.arch_class_name, v.arch_kwargs, v.arch_kwargs_req_import,
+                                      v.num_input_channels, v.num_classes,
+                                      allow_init=init, deep_supervision=deep_supervision)
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     pm = PlansManager(plans)
     cm = pm.get_configuration(configuration)
     n_in = determine_num_input_channels(pm, cm, dataset_json)
     n_out = pm.get_label_manager(dataset_json).num_segmentation_heads
-    if trainer_name in PLAIN_ARCHITECTURE_TRAINERS:
-        # what their (inherited) build_network_architecture does, without importing the trainer
-        # module (~2 s of start-up: torch._dynamo, seaborn, ...) in every predict process
-        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-        return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
-                                      cm.network_arch_init_kwargs_req_import, n_in, n_out,
-                                      allow_init=init, deep_supervision=deep_supervision)
     cls = trainer_class(trainer_name)
     if "plans_manager" in inspect.signature(cls.build_network_architecture).parameters:
         return cls.build_network_architecture(pm, cm, n_in, n_out, enable_deep_supervision=deep_supervision)
@@ -179,9 +250,6 @@ def load_model(model_dir: str | Path, folds: Sequence[int | str] | None = None,
     numpy allow-list only, unless ``trusted`` (``flareseg predict --trust-model``); a checkpoint
     needing more, or a damaged one, raises :class:`flareseg.io.InputError` naming the file.
     """
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     model_dir = Path(model_dir)
     dataset_json = _read_json(model_dir / "dataset.json")
     plans = _read_json(model_dir / "plans.json")
@@ -213,10 +281,8 @@ def load_model(model_dir: str | Path, folds: Sequence[int | str] | None = None,
     configuration = meta["init_args"]["configuration"]
     del loaded, ck
 
-    pm = PlansManager(plans)
-    cm = pm.get_configuration(configuration)
-    lm = pm.get_label_manager(dataset_json)
-    if lm.has_regions:
+    view = plan_view(plans, dataset_json, configuration)
+    if view.has_regions:
         raise ModelFolderError(f"{model_dir}: region-based models are not supported by the fast predictor")
 
     def on_cpu() -> nn.Module:
@@ -230,19 +296,18 @@ def load_model(model_dir: str | Path, folds: Sequence[int | str] | None = None,
 
     networks = [with_weights(on_meta(), s, on_cpu) for s in states]
 
-    props = pm.foreground_intensity_properties_per_channel
-    n_in = determine_num_input_channels(pm, cm, dataset_json)
+    props = view.intensity_properties
     mirror = meta.get("inference_allowed_mirroring_axes")
     return LoadedModel(
         model_dir=model_dir, networks=networks, folds=fold_names, checkpoint=used_ckpt,
         trainer_name=trainer_name, configuration=configuration,
-        patch_size=tuple(int(p) for p in cm.patch_size), spacing=tuple(float(s) for s in cm.spacing),
-        transpose_forward=tuple(pm.transpose_forward), transpose_backward=tuple(pm.transpose_backward),
-        normalization_schemes=list(cm.normalization_schemes), use_mask_for_norm=list(cm.use_mask_for_norm),
-        intensity_properties=[props.get(str(c), props.get(c, {})) for c in range(n_in)],
+        patch_size=view.patch_size, spacing=view.spacing,
+        transpose_forward=view.transpose_forward, transpose_backward=view.transpose_backward,
+        normalization_schemes=view.normalization_schemes, use_mask_for_norm=view.use_mask_for_norm,
+        intensity_properties=[props.get(str(c), props.get(c, {})) for c in range(view.num_input_channels)],
         labels={k: int(v) for k, v in dataset_json["labels"].items()},
-        num_input_channels=n_in, num_classes=lm.num_segmentation_heads,
+        num_input_channels=view.num_input_channels, num_classes=view.num_classes,
         mirror_axes=tuple(int(a) for a in mirror) if mirror is not None else None,
         file_ending=dataset_json.get("file_ending", ".nii.gz"), plans=plans, dataset_json=dataset_json,
-        resampling_kwargs={k: dict(cm.configuration.get(f"resampling_fn_{k}_kwargs") or {})
+        resampling_kwargs={k: dict(view.configuration.get(f"resampling_fn_{k}_kwargs") or {})
                            for k in ("data", "probabilities")})
