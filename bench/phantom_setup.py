@@ -13,7 +13,7 @@ from pathlib import Path
 
 from flareseg.config import Config, load_config
 from flareseg.data.intake import dataset_folder_name
-from flareseg.nnunet.env import NNUNetPaths
+from flareseg.nnunet.env import NNUNetPaths, plans_file, preprocessed_data, preprocessed_dataset, raw_dataset
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class BenchData:
 
     @property
     def plans_file(self) -> Path:
-        return self.paths.preprocessed / self.dataset_name / "nnUNetPlans.json"
+        return plans_file(preprocessed_dataset(self.paths.preprocessed, self.dataset_name))
 
     @property
     def validation_images(self) -> Path:
@@ -68,12 +68,12 @@ def prepare(work: Path, config: Path, overrides: list[str] | None = None,
     if not src["manifest"].exists():
         log.info("writing phantoms into %s", src["manifest"].parent)
         write_phantom_data(cfg, stage_dir)
-    ds_dir = paths.raw / name
+    ds_dir = raw_dataset(paths.raw, name)
     if not (ds_dir / "label_types.json").exists():
         log.info("importing %s", ds_dir)
         import_data(cfg, src, ds_dir)
-    pre = paths.preprocessed / name
-    todo = [c for c in configurations if not (pre / f"nnUNetPlans_{c}").is_dir()]
+    pre = preprocessed_dataset(paths.preprocessed, name)
+    todo = [c for c in configurations if not preprocessed_data(pre, c).is_dir()]
     if not data.plans_file.exists() or todo:
         log.info("planning and preprocessing %s", configurations)
         plan_data(cfg, ds_dir, configurations)
