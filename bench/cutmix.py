@@ -244,7 +244,8 @@ def overhead_table(r: dict, wd: WorkDir, args) -> str:
 def run_arm(arm: str, wd: WorkDir, scratch: Path, tc, args) -> dict:
     """Train (or reuse) one arm, predict the validation set, score it."""
     from flareseg.evaluation.evaluate import evaluate_folders
-    from flareseg.nnunet.training import model_folder, train
+    from flareseg.nnunet.env import model_folder
+    from flareseg.nnunet.training import train
     tag = f"{arm}_e{tc.epochs}x{tc.iterations_per_epoch}_s{tc.seed}"
     paths = export_paths(scratch, scratch / f"results_{tag}")
     seed_everything(tc.seed)

@@ -88,7 +88,8 @@ def variant_config(base, variant: str, args):
 def run_variant(variant: str, data, args, out: Path) -> dict:
     from flareseg.evaluation.evaluate import evaluate_folders
     from flareseg.nnunet.env import NNUNetPaths
-    from flareseg.nnunet.training import model_folder, train
+    from flareseg.nnunet.env import model_folder
+    from flareseg.nnunet.training import train
 
     tag = f"{variant}_e{args.epochs}x{args.iters}_s{args.seed}"
     paths = NNUNetPaths(data.paths.raw, data.paths.preprocessed, out / f"results_{tag}")

@@ -44,7 +44,8 @@ def test_label_type_loader_batches_hold_one_type(tiny_plans, monkeypatch):
 
 
 def test_training_writes_standard_model_folder_loadable_by_stock_nnunet(tiny_plans, tmp_path):
-    from flareseg.nnunet.training import model_folder, train
+    from flareseg.nnunet.env import model_folder
+    from flareseg.nnunet.training import train
 
     paths, pf = tiny_plans
     paths.export()
