@@ -17,6 +17,8 @@ from flareseg import write_guard
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
+#: what a stage writes first: the resolved config (its sections)
+RESOLVED = '{"data": {}, "inference": {}}\n'
 
 
 def _stage(calls: list) -> Stage:
@@ -92,8 +94,9 @@ def test_a_stage_folder_made_before_ledgers_is_adopted(tmp_path):
     work = tmp_path / "work"
     d = stage_dir(work, 3)
     (d / "pool").mkdir(parents=True)
-    for rel in ("config.resolved.json", "result.json", "pool/index.json"):
+    for rel in ("result.json", "pool/index.json"):
         (d / rel).write_text("{}\n")            # what an earlier flareseg version wrote, no ledger
+    (d / "config.resolved.json").write_text(RESOLVED)
     calls: list = []
     _stage(calls).execute(_cfg(), work)
     assert calls and write_guard.owns(d / "result.json", PIPELINE)
@@ -128,3 +131,40 @@ def test_a_member_model_of_stage1_does_not_block_stage1(tmp_path):
     inside2 = stage_dir(work, 2) / "members" / "m"
     with pytest.raises(ConfigError, match="pseudolabel.member_models"):
         check_stage_folder(load_config(DEMO, [f"pseudolabel.member_models=[{inside2}]"]), work, 2)
+
+
+def test_a_pre_ledger_stage_folder_holding_another_commands_ledger_is_adopted(tmp_path):
+    """stage-4's folder of an earlier version: clean's ledger (its cleaned labels) but no entry of the
+    pipeline's own files."""
+    work = tmp_path / "work"
+    d = stage_dir(work, 3)
+    d.mkdir(parents=True)
+    (d / "config.resolved.json").write_text(RESOLVED)
+    (d / "result.json").write_text("{}\n")
+    (d / "cleaned.csv").write_text("case\n")
+    write_guard.adopt([d / "cleaned.csv"], "clean")         # another command's ledger in the folder
+    calls: list = []
+    _stage(calls).execute(_cfg(), work)
+    assert calls and write_guard.owns(d / "result.json", PIPELINE) and write_guard.owns(d / "cleaned.csv", "clean")
+
+
+def test_a_copied_work_folder_reruns(tmp_path):
+    """A copy (new inodes: the ledger no longer matches) is still recognised by its resolved config."""
+    import shutil
+    calls: list = []
+    st, cfg = _stage(calls), _cfg()
+    st.execute(cfg, tmp_path / "work")
+    shutil.copytree(tmp_path / "work", tmp_path / "copy")
+    st.execute(cfg, tmp_path / "copy", force=True)
+    assert len(calls) == 2 and write_guard.owns(stage_dir(tmp_path / "copy", 3) / "result.json", PIPELINE)
+
+
+def test_a_refusal_inside_a_stage_is_one_stage_error(tmp_path):
+    """A command a stage runs (clean, import, predict) refusing an output ends the stage with a
+    StageError (one line, exit 3), not a traceback."""
+    from flareseg.pipeline.stage import StageError
+
+    def run(ctx):
+        raise write_guard.UnsafeOutput(f"{ctx.dir / 'x'} exists and was not written by flareseg clean")
+    with pytest.raises(StageError, match="^stage-3: .*x exists"):
+        Stage(3, ("cto",), (), run).execute(_cfg(), tmp_path / "work")

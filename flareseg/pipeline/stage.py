@@ -10,7 +10,7 @@ Every stage writes through the write guard (:mod:`flareseg.write_guard`): before
 :func:`check_stage_folder` refuses a stage folder that is, holds or lies inside one of the user's
 inputs (the ``data.*`` paths, stage-2's member folders and models) and one that exists, is not
 empty and is not the pipeline's (its ledger records none of the files; a folder made before ledgers
-existed is recognised by its ``config.resolved.json`` and adopted once).  The stage folder is the
+existed, or copied since (new inodes), is recognised by its ``config.resolved.json`` and adopted).  The stage folder is the
 pipeline's as a whole: inside it every file goes through :func:`flareseg.io.atomic_path` (temp,
 verify, rename) and is recorded in the folder's ledger, and a rerun may replace anything the stage
 or nnU-Net wrote there.  Nothing outside ``work/stage-N-<name>/`` is written, and the only files a
@@ -88,6 +88,17 @@ def stage_plan(cfg: Config, work: Path, n: int) -> write_guard.WritePlan:
                                  overwrite=True, out_inside_input=False, input_inside_out=False, flag="--work")
 
 
+def _made_by_pipeline(root: Path) -> bool:
+    """True when ``root`` holds the ``config.resolved.json`` every stage writes first (a JSON object
+    with the config's sections): a stage folder flareseg made before stages kept a ledger, or one
+    copied or moved since (a copy has new inodes, so the ledger no longer matches)."""
+    try:
+        doc = read_json(root / "config.resolved.json")
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"data", "inference"} <= set(doc)
+
+
 def check_stage_folder(cfg: Config, work: Path, n: int) -> None:
     """Raise :class:`ConfigError` (one line, exit 2) unless stage ``n`` may write its folder
     (module docstring): no overlap with an input, and the folder new, empty (a log folder aside:
@@ -95,7 +106,7 @@ def check_stage_folder(cfg: Config, work: Path, n: int) -> None:
     stage folder made before ledgers existed as the pipeline's."""
     root = stage_dir(work, n)
     try:
-        if root.is_dir() and not (root / write_guard.LEDGER).exists() and (root / "config.resolved.json").is_file():
+        if _made_by_pipeline(root) and not write_guard.owns(root / "config.resolved.json", PIPELINE):
             if n == 4:   # stage-4's cleaned labels are clean's own (clean_folder replaces only those)
                 from flareseg.cleaning.folder import adopt_earlier_clean
                 adopt_earlier_clean(root)
@@ -231,7 +242,10 @@ class Stage:
             write_guard.compact(ctx.dir)
             write_json(resolved(cfg), ctx.dir / "config.resolved.json")
         dist.barrier()
-        result = self.run(ctx)
+        try:
+            result = self.run(ctx)
+        except write_guard.UnsafeOutput as e:   # a command the stage runs refused an output: one line
+            raise StageError(f"stage-{self.n}: {e}") from None
         if not dist.is_main():   # rank 0 writes the manifest; the others wait for it
             dist.barrier()
             return read_json(ctx.dir / "manifest.json")

@@ -37,7 +37,10 @@ def run(ctx: StageContext) -> dict:
             if not dest.exists():
                 link_or_copy(rec[kind], dest)
     report = ctx.step("clean", {"cleaning": to_dict(ctx.cfg.cleaning), "cases": cases},
-                      lambda: _summary(clean_folder(inp / "labels", ctx.dir, ctx.cfg.cleaning, inp / "images")),
+                      # the stage folder is the pipeline's (check_stage_folder): clean may replace
+                      # what is there, also in a copied work folder whose ledger no longer matches
+                      lambda: _summary(clean_folder(inp / "labels", ctx.dir, ctx.cfg.cleaning, inp / "images",
+                                                    overwrite=True)),
                       outputs=[ctx.dir / "cleaning_report.csv"])
     bad = set(report.get("errors", []))
     training = {cid: {**rec, "label": str(ctx.dir / "labels" / f"{cid}.nii.gz")}
