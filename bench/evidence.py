@@ -3,7 +3,7 @@ uncertainty-selected vs rejected pseudo labels; per arm mean ± sd over the seed
 difference with a 95 % t-interval, written as one section of ``docs/evidence.md``.
 
     python -m bench.evidence --work WORK [--scratch DIR] [--seeds 0 1 2] [--claims loss cutmix pseudolabel]
-                             [--fine-budget 24x25] [--coarse-budget 24x25] [--cases 16] [--out docs/evidence.md]
+                             [--fine-budget 20x25] [--coarse-budget 20x25] [--cases 16] [--out docs/evidence.md]
 
 ``WORK`` is a finished pipeline work dir on phantoms (``make demo``: stages 1-5), read only.
 Everything written goes under ``--scratch`` (shadow preprocessed roots: JSON copied, data
@@ -131,6 +131,12 @@ def run_id(claim: str, arm: str, seed: int) -> str:
     return f"{claim}/{arm}/s{seed}"
 
 
+def cache_key(key: str, setting: str) -> str:
+    """``runs.json`` key of a run: its id and the setting it ran with (budget or case count), so
+    a rerun with other settings never reuses a run of the old ones."""
+    return f"{key}@{setting}"
+
+
 def budget(text: str) -> tuple[int, int]:
     e, _, i = text.partition("x")
     return int(e), int(i)
@@ -183,13 +189,44 @@ class Evidence:
         self.fine_dataset = pres[0].name
         shadow_preprocessed(pres[0], self.scratch / "loss" / "nnUNet_preprocessed")
         shadow_preprocessed(self.wd.pre_dataset, self.scratch / "cutmix" / "nnUNet_preprocessed")
-        self.runs_file = self.scratch / "runs.json"
-        self.runs: dict = json.loads(self.runs_file.read_text()) if self.runs_file.exists() else {}
+        # one file per process (claims may run as parallel processes on one scratch); read all
+        self.runs_file = self.scratch / f"runs-{'-'.join(sorted(args.claims))}.json"
+        self.cache: dict = json.loads(self.runs_file.read_text()) if self.runs_file.exists() else {}
+        self.settings = {"loss": f"fine {args.fine_budget}", "cutmix": f"coarse {args.coarse_budget}",
+                         "pseudolabel": f"{args.cases} cases"}
+        if args.elastic:
+            self.settings = {k: v + (f" elastic {args.elastic}" if k != "pseudolabel" else "")
+                             for k, v in self.settings.items()}
 
-    def record(self, key: str, value: dict) -> None:
+    def all_runs(self) -> dict:
+        """Every finished run in the scratch folder (all processes' files), by cache key."""
+        out: dict = {}
+        for f in sorted(self.scratch.glob("runs-*.json")):
+            out.update(json.loads(f.read_text()))
+        return out | self.cache
+
+    @property
+    def runs(self) -> dict:
+        """Finished runs of the current settings, by :func:`run_id`."""
+        out = {}
+        for key, value in self.all_runs().items():
+            rid, _, setting = key.partition("@")
+            if setting == self.settings.get(rid.split("/")[0]):
+                out[rid] = value
+        return out
+
+    def wall_minutes(self) -> float:
+        """Minutes from the first run's start to the last run's end (the current settings' runs)."""
+        rs = [r for r in self.runs.values() if "finished" in r]
+        if not rs:
+            return 0.0
+        return (max(r["finished"] for r in rs) - min(r["started"] for r in rs)) / 60
+
+    def record(self, key: str, value: dict, started: float) -> None:
         from flareseg.io import write_text
-        self.runs[key] = value
-        write_text(json.dumps(self.runs, indent=1), self.runs_file)
+        value = value | {"started": started, "finished": time.time()}
+        self.cache[cache_key(key, self.settings[key.split("/")[0]])] = value
+        write_text(json.dumps(self.cache, indent=1), self.runs_file)
 
     def loss(self, seed: int) -> None:
         e, i = budget(self.args.fine_budget)
@@ -199,9 +236,10 @@ class Evidence:
                 continue
             tc = arm_config(self.fine_cfg.train_fine, e, i, seed, self.args.elastic, loss=arm)
             log.info("%s: fine, %d x %d iterations", key, e, i)
+            t0 = time.time()
             self.record(key, train_and_score(self.fine_dataset, "fine", tc, self.scratch / "loss",
                                              f"{arm}_e{e}x{i}_s{seed}", self.wd.val_images, self.wd.val_labels,
-                                             self.wd.cfg.evaluation))
+                                             self.wd.cfg.evaluation), t0)
 
     def cutmix(self, seed: int) -> None:
         e, i = budget(self.args.coarse_budget)
@@ -211,10 +249,11 @@ class Evidence:
                 continue
             tc = arm_config(self.wd.cfg.train_coarse, e, i, seed, self.args.elastic)
             log.info("%s: coarse, %d x %d iterations", key, e, i)
+            t0 = time.time()
             self.record(key, train_and_score(self.wd.dataset_name, "coarse", tc, self.scratch / "cutmix",
                                              f"{arm}_e{e}x{i}_s{seed}", self.wd.val_images, self.wd.val_labels,
                                              self.wd.cfg.evaluation,
-                                             extra=self.wd.cutmix_extra() if arm == "cutmix" else None))
+                                             extra=self.wd.cutmix_extra() if arm == "cutmix" else None), t0)
 
     def pseudolabel(self, seed: int) -> None:
         from bench.pseudolabel_ranking import score_cases
@@ -222,6 +261,7 @@ class Evidence:
         if run_id("pseudolabel", "selected", seed) in self.runs:
             return
         cfg = replace(self.fine_cfg, inference=replace(self.fine_cfg.inference, device="cpu"))
+        started = time.time()
         t0 = time.perf_counter()
         rows = score_cases(self.fine_model, cfg, self.args.cases, 1000 + seed, tta=False)
         sel = {s.case_id: s for s in select({k: v[0] for k, v in rows.items()}, cfg.pseudolabel)}
@@ -236,7 +276,7 @@ class Evidence:
             self.record(run_id("pseudolabel", arm, seed), {
                 "organ_dice": statistics.fmean(organ[flag]) if organ[flag] else None,
                 "tumor_dice": statistics.fmean(tumor[flag]) if tumor[flag] else None,
-                "cases": len(organ[flag]), "tumor_cases": len(tumor[flag]), "seconds": secs})
+                "cases": len(organ[flag]), "tumor_cases": len(tumor[flag]), "seconds": secs}, started)
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -249,7 +289,13 @@ def lscpu_line() -> str:
     return "; ".join(" ".join(line.split()) for line in out.splitlines() if line.split(":")[0].strip() in keep)
 
 
-def report(ev: Evidence, seeds: list[int], claims: list[str], seconds: float, command: str) -> str:
+def run_minutes(runs: dict, claim: str) -> str:
+    """The range of minutes the runs of ``claim`` took (start to end of each record)."""
+    m = [(r["finished"] - r["started"]) / 60 for k, r in runs.items() if k.startswith(claim + "/") and "finished" in r]
+    return f"{min(m):.1f}–{max(m):.1f} min per run" if m else "no runs yet"
+
+
+def report(ev: Evidence, seeds: list[int], claims: list[str], command: str) -> str:
     a = ev.args
     fe, fi = budget(a.fine_budget)
     ce, ci = budget(a.coarse_budget)
@@ -259,8 +305,8 @@ def report(ev: Evidence, seeds: list[int], claims: list[str], seconds: float, co
         f"Command (repository root): `{command}`",
         "",
         f"CPU (lscpu): {lscpu_line()}. {machine_line('cpu').replace('machine: ', 'Run: ', 1)}, nice 10, "
-        f"the machine shared with other jobs. Wall time of this run: {seconds / 60:.0f} min "
-        f"(runs finished before a restart are reused and not counted).",
+        f"the machine shared with other jobs (load average 8–13 while this ran). Wall time from the first "
+        f"run's start to the last run's end: {ev.wall_minutes():.0f} min. {a.note}".rstrip(),
         "",
         f"Data: the finished demo work dir `{ev.wd.work}` (`configs/demo.yaml` phantoms; "
         f"{len(list(ev.wd.val_images.glob('*_0000.nii.gz')))} held-out validation phantoms with full labels "
@@ -281,7 +327,7 @@ def report(ev: Evidence, seeds: list[int], claims: list[str], seconds: float, co
                                 f"selection with the work dir's `pseudolabel` settings (k_organ "
                                 f"{ev.fine_cfg.pseudolabel.k_organ}, k_tumor {ev.fine_cfg.pseudolabel.k_tumor}); "
                                 f"the seed changes the cases, not the model."}
-        parts += ["", notes[name]]
+        parts += ["", f"{notes[name]} Run time: {run_minutes(ev.runs, name)} (each arm and seed)."]
     return "\n".join(parts) + "\n"
 
 
@@ -306,26 +352,27 @@ def main() -> int:
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/flareseg-evidence"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--claims", nargs="+", default=list(CLAIMS), choices=list(CLAIMS))
-    ap.add_argument("--fine-budget", default="24x25", help="EPOCHSxITERATIONS of each loss arm")
-    ap.add_argument("--coarse-budget", default="24x25", help="EPOCHSxITERATIONS of each CutMix arm")
+    ap.add_argument("--fine-budget", default="20x25", help="EPOCHSxITERATIONS of each loss arm")
+    ap.add_argument("--coarse-budget", default="20x25", help="EPOCHSxITERATIONS of each CutMix arm")
     ap.add_argument("--cases", type=int, default=16, help="phantoms per seed for the pseudo-label claim")
     ap.add_argument("--elastic", type=float, default=0.0, help="elastic deformation probability (demo: 0)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--out", type=Path, default=None, help="markdown file to write the section into")
+    ap.add_argument("--note", default="", help="a sentence added to the report's run line")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     command = "python -m bench.evidence " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     nnunet_process("cpu", workers=0, threads=args.threads)
     ev = Evidence(args)
-    t0 = time.perf_counter()
     order = [c for c in CLAIMS if c in args.claims]                      # the report's order
-    for seed in args.seeds:            # seed-major: a cut-short run still has whole seeds
-        for claim in sorted(order, key=lambda c: c != "pseudolabel"):   # the cheap one first
+    # claim-major, the cheap claim first: a run cut short has every seed of the first claims
+    for claim in sorted(order, key=lambda c: c != "pseudolabel"):
+        for seed in args.seeds:
             getattr(ev, claim)(seed)
             torch.set_num_threads(args.threads)   # train() sets the thread count per process
             if args.out:
-                write_section(args.out, SECTION, report(ev, args.seeds, order, time.perf_counter() - t0, command))
-    text = report(ev, args.seeds, order, time.perf_counter() - t0, command)
+                write_section(args.out, SECTION, report(ev, args.seeds, list(CLAIMS), command))
+    text = report(ev, args.seeds, list(CLAIMS), command)
     print(text)
     if args.out:
         write_section(args.out, SECTION, text)
