@@ -83,7 +83,9 @@ def train(dataset_name: str, configuration: str, tc: TrainConfig, preprocessed_d
     log.info("training backend: %s", backend_settings(device, tc.compile))
     if device.type == "cpu":
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dist.active() else 1
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
+        # the CPUs this process may run on (taskset/cgroup affinity), not all the machine's
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, usable // per_node))
     if done:
         log.info("%s: final checkpoint exists, nothing to train", out)
     else:
