@@ -187,10 +187,15 @@ class Evidence:
         if len(pres) != 1:
             raise SystemExit(f"{s1 / 'nnUNet_preprocessed'}: expected one fine dataset, found {len(pres)}")
         self.fine_dataset = pres[0].name
-        shadow_preprocessed(pres[0], self.scratch / "loss" / "nnUNet_preprocessed")
-        shadow_preprocessed(self.wd.pre_dataset, self.scratch / "cutmix" / "nnUNet_preprocessed")
+        # own shadow roots per process (the plans copy carries the arm's settings while it trains)
+        proc = "-s" + "-".join(map(str, args.seeds))
+        self.shadow = {"loss": self.scratch / f"loss{proc}", "cutmix": self.scratch / f"cutmix{proc}"}
+        for claim, src in (("loss", pres[0]), ("cutmix", self.wd.pre_dataset)):
+            if claim in args.claims:
+                shadow_preprocessed(src, self.shadow[claim] / "nnUNet_preprocessed")
         # one file per process (claims may run as parallel processes on one scratch); read all
-        self.runs_file = self.scratch / f"runs-{'-'.join(sorted(args.claims))}.json"
+        self.runs_file = self.scratch / (f"runs-{'-'.join(sorted(args.claims))}"
+                                         f"-s{'-'.join(map(str, args.seeds))}.json")
         self.cache: dict = json.loads(self.runs_file.read_text()) if self.runs_file.exists() else {}
         self.settings = {"loss": f"fine {args.fine_budget}", "cutmix": f"coarse {args.coarse_budget}",
                          "pseudolabel": f"{args.cases} cases"}
@@ -237,7 +242,7 @@ class Evidence:
             tc = arm_config(self.fine_cfg.train_fine, e, i, seed, self.args.elastic, loss=arm)
             log.info("%s: fine, %d x %d iterations", key, e, i)
             t0 = time.time()
-            self.record(key, train_and_score(self.fine_dataset, "fine", tc, self.scratch / "loss",
+            self.record(key, train_and_score(self.fine_dataset, "fine", tc, self.shadow["loss"],
                                              f"{arm}_e{e}x{i}_s{seed}", self.wd.val_images, self.wd.val_labels,
                                              self.wd.cfg.evaluation), t0)
 
@@ -250,7 +255,7 @@ class Evidence:
             tc = arm_config(self.wd.cfg.train_coarse, e, i, seed, self.args.elastic)
             log.info("%s: coarse, %d x %d iterations", key, e, i)
             t0 = time.time()
-            self.record(key, train_and_score(self.wd.dataset_name, "coarse", tc, self.scratch / "cutmix",
+            self.record(key, train_and_score(self.wd.dataset_name, "coarse", tc, self.shadow["cutmix"],
                                              f"{arm}_e{e}x{i}_s{seed}", self.wd.val_images, self.wd.val_labels,
                                              self.wd.cfg.evaluation,
                                              extra=self.wd.cutmix_extra() if arm == "cutmix" else None), t0)
