@@ -3,7 +3,7 @@ keys, alias bombs, non-files and huge values give one bounded ConfigError line, 
 from __future__ import annotations
 
 import os
-import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -43,19 +43,24 @@ def test_duplicate_key_in_set_override_is_refused():
         load_config(None, ["inference={tta: true, tta: false}"])
 
 
-def test_alias_bomb_is_refused_in_well_under_a_second(tmp_path):
+def test_alias_bomb_is_refused_before_it_expands(tmp_path):
+    # measured in memory, not seconds (a loaded machine must not decide it): the bomb expands to
+    # gigabytes when constructed; refused by the node count on the composed document, reading it
+    # allocates a few megabytes at most
     p = tmp_path / "bomb.yaml"
     p.write_text(BOMB)
     assert p.stat().st_size < 400
-    t0 = time.perf_counter()
-    with pytest.raises(ConfigError, match=f"aliases expand to more than {MAX_NODES}") as e:
-        load_config(p)
-    assert time.perf_counter() - t0 < 0.5
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match=f"aliases expand to more than {MAX_NODES}") as e:
+            load_config(p)
+        with pytest.raises(ConfigError, match="alias bomb"):
+            load_config(None, ["data={" + BOMB.replace("\n", ", ").rstrip(", ") + "}"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 2**20, peak
     assert str(e.value).startswith(str(p))
-    t0 = time.perf_counter()
-    with pytest.raises(ConfigError, match="alias bomb"):
-        load_config(None, ["data={" + BOMB.replace("\n", ", ").rstrip(", ") + "}"])
-    assert time.perf_counter() - t0 < 0.5
 
 
 def test_modest_aliases_still_work(tmp_path):
@@ -80,10 +85,8 @@ def test_recursive_alias_is_refused():
 def test_every_message_is_bounded(tmp_path, text):
     p = tmp_path / "big.yaml"
     p.write_text(text)
-    t0 = time.perf_counter()
     with pytest.raises(ConfigError) as e:
         load_config(p)
-    assert time.perf_counter() - t0 < 5
     msg = str(e.value)
     assert len(msg) <= MAX_MESSAGE_CHARS and "\n" not in msg and str(p) in msg
 
@@ -97,10 +100,8 @@ def test_set_value_message_is_bounded():
 def test_non_regular_and_oversized_files_are_refused(tmp_path):
     fifo = tmp_path / "cfg.yaml"
     os.mkfifo(fifo)
-    t0 = time.perf_counter()
     with pytest.raises(ConfigError, match="not a regular file"):
-        read_yaml(fifo)     # would block forever if opened
-    assert time.perf_counter() - t0 < 1
+        read_yaml(fifo)     # would block forever if opened (no writer): returning at all is the test
     big = tmp_path / "big.yaml"
     big.write_text("# " + "x" * 2_000_000 + "\n")
     with pytest.raises(ConfigError, match="more than the 1048576"):
