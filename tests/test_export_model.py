@@ -78,3 +78,22 @@ def test_reexport_replaces_an_earlier_export(flare_model, tmp_path):
     assert (out / "fold_0" / "checkpoint_final.pth").stat().st_mtime_ns != before        # replaced
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]    # no temp folders left
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".flareseg-written.jsonl"]
+
+
+def test_copied_export_is_replaced_only_with_overwrite(flare_model, tmp_path):
+    """A copied export (its ledger's file stamps no longer match) is not recognised as an earlier
+    export: refused, and with overwrite (what stage-6 passes inside its own, already checked stage
+    folder) replaced, files export did not write kept."""
+    import shutil
+    from flareseg.write_guard import UnsafeOutput
+    first = tmp_path / "first"
+    export_model(flare_model, first)
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy)          # new inodes and times: the ledger no longer vouches for them
+    (copy / "notes.txt").write_text("mine")
+    before = _md5s(copy)
+    with pytest.raises(UnsafeOutput):
+        export_model(flare_model, copy)
+    assert _md5s(copy) == before           # refused before anything was written
+    export_model(flare_model, copy, overwrite=True)
+    assert (copy / "notes.txt").read_text() == "mine" and (copy / MARKER).is_file()

@@ -60,13 +60,14 @@ def export_plan(model_dir: str | os.PathLike, dest: str | os.PathLike, files: li
                      input_names={src: "model folder"}, exclusive="export")
 
 
-def check_destination(model_dir: str | os.PathLike, dest: str | os.PathLike) -> None:
+def check_destination(model_dir: str | os.PathLike, dest: str | os.PathLike, overwrite: bool = False) -> None:
     """Refuse (:class:`flareseg.write_guard.UnsafeOutput` naming -o) a destination that is the model
-    folder, inside it, a file, or a non-empty folder that is not an earlier export."""
+    folder, inside it, a file, or (unless ``overwrite``) a non-empty folder that is not an earlier
+    export."""
     dest = Path(dest)
     if dest.is_dir():
         _adopt_earlier_export(dest)
-    check_plan(export_plan(model_dir, dest, []))
+    check_plan(export_plan(model_dir, dest, [], overwrite))
 
 
 def _adopt_earlier_export(dest: Path) -> None:
@@ -102,7 +103,7 @@ def export_model(model_dir: str | os.PathLike, dest: str | os.PathLike,
     from flareseg.nnunet.folder_check import check_model_folder
 
     src = check_model_folder(model_dir, folds)
-    check_destination(src, dest)
+    check_destination(src, dest, overwrite)
     dest = Path(dest)
     if inference is None:
         inference, settings_source = read_model_settings(src) or None, f"export-model of {src}"

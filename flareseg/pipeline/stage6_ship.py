@@ -74,7 +74,9 @@ def run(ctx: StageContext) -> dict:
         from flareseg.io import InputError
         from flareseg.write_guard import UnsafeOutput
         try:
-            export_model(model_dir, ship_dir, inference=inference,
+            # the stage folder is the pipeline's (checked before the stage ran: its ledger or, for a
+            # copied work folder, its config.resolved.json), so its model/ may be replaced
+            export_model(model_dir, ship_dir, inference=inference, overwrite=True,
                          settings_source=f"stage-6 of {ctx.work} (config {config_hash(cfg)})")
         except (InputError, ModelFolderError, UnsafeOutput, ConfigError) as e:
             raise StageError(f"export of the coarse model: {e}") from None
