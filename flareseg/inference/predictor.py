@@ -201,6 +201,7 @@ class FastPredictor:
         self.body_margin_mm, self.resample_probabilities, self.chunk_mb = \
             body_margin_mm, resample_probabilities, chunk_mb
         self.autotune_after, self.cases_run = autotune_after, 0
+        self._select_cuda_kernels()   # deterministic kernels (cfg.deterministic) from here on, as for every case
         self.networks = [n.to(self.device).eval() for n in self.model.networks]
         # what runs each network: the runtime table's factory (the torch modules themselves, or
         # e.g. their OpenVINO conversion; runtime_model says where that came from)
