@@ -9,16 +9,21 @@ import sys
 from flareseg.console import set_log_levels   # log levels live one floor down (also the pipeline's)
 
 # Each module defines ``register(subparsers)``; the parser it adds sets ``func(args) -> int``.
-COMMAND_MODULES: list[str] = [
-    "flareseg.data.import_cli",
-    "flareseg.inference.commands",
-    "flareseg.inference.statistics_cli",
-    "flareseg.evaluation.commands",
-    "flareseg.cleaning.commands",
-    "flareseg.data.commands",
-    "flareseg.report.commands",
-    "flareseg.nnunet.export_cli",
-]
+# subcommand -> the module that registers it: a run imports only its own command's module (a cold
+# ``flareseg predict`` does not import evaluation, cleaning, report, ...; tests/test_cli_lazy.py
+# checks the table against what the modules register)
+COMMANDS: dict[str, str] = {
+    "import": "flareseg.data.import_cli",
+    "predict": "flareseg.inference.commands",
+    "statistics": "flareseg.inference.statistics_cli",
+    "evaluate": "flareseg.evaluation.commands",
+    "efficiency": "flareseg.evaluation.commands",
+    "clean": "flareseg.cleaning.commands",
+    "phantoms": "flareseg.data.commands",
+    "report": "flareseg.report.commands",
+    "export-model": "flareseg.nnunet.export_cli",
+}
+COMMAND_MODULES: list[str] = list(dict.fromkeys(COMMANDS.values()))
 
 DESCRIPTION = """\
 flareseg: train and ship a universal abdominal organ + pan-cancer CT segmentation model
@@ -31,7 +36,19 @@ explains each command's inputs and outputs.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules_for(argv: list[str] | None) -> list[str]:
+    """The command modules a parse of ``argv`` needs: the named subcommand's alone (the first word
+    that is not a flag; the top-level flags take no values), every module for help, no subcommand
+    or an unknown one (argparse then lists them all)."""
+    if argv is not None:
+        word = next((a for a in argv if not a.startswith("-")), None)
+        if word in COMMANDS:
+            return [COMMANDS[word]]
+    return COMMAND_MODULES
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``flareseg`` parser; with ``argv``, holding only what parsing ``argv`` needs."""
     p = argparse.ArgumentParser(prog="flareseg", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true",
@@ -40,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no INFO lines (warnings, errors and results only)")
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND")
-    for mod in COMMAND_MODULES:
+    for mod in _modules_for(argv):
         importlib.import_module(mod).register(sub)
     for sp in sub.choices.values():   # -v / -q also after the subcommand: flareseg predict ... -v
         add_verbosity_flags(sp)
@@ -76,7 +93,8 @@ def _main(argv: list[str] | None) -> int:
     # OpenMP threads that spin while waiting collapse throughput when two torch processes share
     # the cores (epochs 10x slower); passive waiting costs nothing measurable on a quiet machine
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     quiet = bool(args.quiet_all or getattr(args, "quiet", False))
     if quiet and hasattr(args, "quiet"):
