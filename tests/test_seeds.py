@@ -60,6 +60,9 @@ def _started(tiny, seed: int, monkeypatch):
 
 def _streams(tr) -> dict:
     """What each random stream produced: initial weights, batch cases, augmented patches, CutMix."""
+    from flareseg.nnunet.augmentation import spatial_transforms
+    cutmix = tr.dataloader_train.data_loader.cutmix
+    assert [t.p_elastic_deform for t in spatial_transforms(cutmix.transforms)] == [1.0]   # elastic is on
     batches = [next(tr.dataloader_train) for _ in range(4)]
     tgt = lambda b: b["target"][0] if isinstance(b["target"], (list, tuple)) else b["target"]  # noqa: E731
     return {"weights": tr.weights_digest(),
@@ -67,7 +70,7 @@ def _streams(tr) -> dict:
             "augmentation": [b["data"].numpy().copy() for b in batches],
             "labels": [tgt(b).numpy().copy() for b in batches],
             "cutmix": [tuple(b["cutmix_pasted"]) for b in batches],
-            "cutmix_params": tr.dataloader_train.data_loader.cutmix.last_params}
+            "cutmix_params": cutmix.last_params}
 
 
 def test_one_seed_gives_the_same_streams_another_changes_each(tiny, monkeypatch):
