@@ -2,7 +2,7 @@
 each in a fresh process, in turn (API, CLI, API, CLI, ...), one warm-up pair not counted; wall and
 CPU seconds per process and the API/CLI ratio pair by pair (medians quoted).
 
-The model is a small random one from ``bench/model_folder.py`` (PlainConvUNet 8-16-32-64, patch
+The model is a small random one from ``tests/tiny_model.py`` (PlainConvUNet 8-16-32-64, patch
 32x64x64 at 2.5x1.5x1.5 mm), the case an 80x192x192 CT (100 sliding windows); both sides write the
 label map and the run report.  ``--torch-first`` runs the API as a script that imports torch before
 flareseg, so ``OMP_WAIT_POLICY`` stays unset as it was for every API user before issue 27.
@@ -35,7 +35,7 @@ flareseg.predict(sys.argv[1], sys.argv[2], sys.argv[3], device="cpu")
 def setup(work: Path) -> tuple[Path, Path]:
     """The model folder and the case (written once)."""
     import SimpleITK as sitk
-    from bench.model_folder import tiny_plans, write_model_folder
+    from tests.tiny_model import tiny_plans, write_model_folder
     model, case = work / "model", work / "case_0000.nii.gz"
     if not (model / "plans.json").is_file():
         write_model_folder(model, plans=tiny_plans(patch_size=(32, 64, 64), spacing=(2.5, 1.5, 1.5),

@@ -32,7 +32,7 @@ import torch
 from bench._common import machine_line as common_machine_line, write_report
 from flareseg.inference.predictor import choose_dtype, cpu_flags
 from flareseg.nnunet.model import load_model
-from bench.model_folder import tiny_plans, write_model_folder
+from tests.tiny_model import tiny_plans, write_model_folder
 
 PAPER_FEATURES = (32, 64, 128, 256, 320, 320)
 

@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from bench.model_folder import fit_model_folder, tiny_plans, write_model_folder
+from tests.tiny_model import fit_model_folder, tiny_plans, write_model_folder
 from bench.predictor_speed import synthetic_ct, timed_run
 from flareseg.devices import resolve_device
 from flareseg.evaluation.metrics import dice_per_class

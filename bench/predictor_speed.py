@@ -49,7 +49,7 @@ from flareseg.evaluation.gpu_memory import MemorySampler, probe_backend
 from flareseg.evaluation.metrics import dice_per_class, foreground_unchanged
 from flareseg.devices import resolve_device
 from flareseg.inference.predictor import FastPredictor
-from bench.model_folder import fit_model_folder, tiny_plans, write_model_folder
+from tests.tiny_model import fit_model_folder, tiny_plans, write_model_folder
 
 # (FLARE class, HU, centre (z, y, x) as a fraction of the extent from the middle, radii mm)
 ORGANS = [(1, 60, (0.05, -0.05, -0.18), (60, 55, 70)),

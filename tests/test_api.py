@@ -13,7 +13,7 @@ from flareseg.cli import main
 from flareseg.config import ConfigError
 from flareseg.write_guard import UnsafeOutput
 from flareseg.io import InputError
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 
 
 def _ct(seed: int, shape=(12, 36, 36)) -> sitk.Image:

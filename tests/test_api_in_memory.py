@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from flareseg.cli import main
 from flareseg.config import ConfigError
 from flareseg.io import InputError
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 from tests.test_read_dicom import ART, VEN, write_series
 
 DIRECTION = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0)   # a permuted, flipped axis order

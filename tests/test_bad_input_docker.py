@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 from tests.bad_input import tiny_ct as _ct, check_contract, md5_tree, run_command
 
 REPO = Path(__file__).resolve().parents[1]

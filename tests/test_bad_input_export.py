@@ -5,7 +5,7 @@ import pytest
 
 from bad_input import check_contract, md5_tree, run_command
 from flareseg.cli import main
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 from bad_input import check_contract, md5_tree, run_command
 from flareseg.cli import main
 from flareseg.io import Geometry, write_array
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 
 GEO = Geometry((24, 20, 10), (1.5, 1.5, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from flareseg.cli import main
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 from tests.bad_input import tiny_ct as _ct, check_contract, md5_tree, run_command
 
 

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from flareseg.cli import main
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 from tests.bad_input import tiny_ct as _ct, ct_folder as _folder, check_predict_row
 
 

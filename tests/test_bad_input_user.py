@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from flareseg.cli import main
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 from tests.bad_input import ct_folder as _folder, check_predict_row
 
 

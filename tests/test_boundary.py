@@ -62,7 +62,7 @@ def _fsize_limit(limit: int):
 def test_export_model_on_a_full_disk_is_one_line_exit_4(tmp_path):
     """torch's writer reports a full disk as RuntimeError: it becomes an OSError naming the file
     (without the temporary folder), the boundary prints it, nothing is left."""
-    from bench.model_folder import write_model_folder
+    from tiny_model import write_model_folder
     model = write_model_folder(tmp_path / "model")
     size = (model / "fold_0" / "checkpoint_final.pth").stat().st_size
     out = tmp_path / "export"

@@ -17,7 +17,7 @@ from flareseg.config import TrainConfig
 from flareseg.io import InputError
 from flareseg.nnunet.checkpoint import (CorruptCheckpoint, UntrustedCheckpoint, load_checkpoint,
                                         write_checkpoint)
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 from tiny import tiny_planned_dataset
 
 

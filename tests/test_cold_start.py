@@ -33,7 +33,7 @@ def test_breakdown_splits_the_run_and_keeps_the_rest_apart():
 
 
 def test_cold_predict_reports_its_breakdown(tmp_path):
-    from bench.model_folder import tiny_plans, write_model_folder
+    from tiny_model import tiny_plans, write_model_folder
     from bad_input import tiny_ct
     model = write_model_folder(tmp_path / "model", plans=tiny_plans(spacing=(3.0, 3.0, 3.0)), seed=1)
     tiny_ct(tmp_path / "ct.nii.gz")

@@ -14,7 +14,7 @@ from flareseg.config import ConfigError, InferenceConfig
 from flareseg.evaluation.metrics import dice_per_class
 from flareseg.inference.predictor import FastPredictor, choose_dtype, cpu_flags
 from flareseg.io import read_array
-from bench.model_folder import fit_model_folder, tiny_plans, write_model_folder
+from tiny_model import fit_model_folder, tiny_plans, write_model_folder
 
 SAPPHIRE_RAPIDS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}
 COOPER_LAKE = {"avx2", "avx512f", "avx512_bf16"}

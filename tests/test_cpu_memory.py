@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from flareseg.inference.cpu_memory import glibc, keep_freed_memory
-from bench.model_folder import write_model_folder
+from tiny_model import write_model_folder
 from tests.bad_input import tiny_ct
 
 REPO = Path(__file__).resolve().parents[1]

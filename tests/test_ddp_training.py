@@ -196,7 +196,7 @@ def test_stage2_with_two_processes_equals_one_process(tmp_path):
 def test_predict_folder_with_two_processes_writes_each_case_once_as_one_process(tmp_path):
     import SimpleITK as sitk
 
-    from bench.model_folder import tiny_plans, write_model_folder
+    from tiny_model import tiny_plans, write_model_folder
     from flareseg.pseudolabel.shards import shard
     from test_predictor import phantom_ct
     model = write_model_folder(tmp_path / "model", plans=tiny_plans(spacing=(3.0, 3.0, 3.0)),

@@ -51,7 +51,7 @@ def test_predictor_autotunes_only_from_its_second_case(tmp_path, monkeypatch):
     """A fresh process predicting one case (FLARE's cadence) never pays cuDNN autotuning; later
     cases of the same predictor autotune; deterministic mode never does."""
     import flareseg.devices
-    from bench.model_folder import write_model_folder
+    from tiny_model import write_model_folder
     from flareseg.inference.predictor import FastPredictor
     from tests.bad_input import tiny_ct
     md = write_model_folder(tmp_path / "m", seed=0)

@@ -21,7 +21,7 @@ import pytest
 import SimpleITK as sitk
 
 from flareseg.cli import main
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 from tests.bad_input import leftovers, md5_tree
 
 pytestmark = pytest.mark.docker

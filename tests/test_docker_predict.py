@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from bench.model_folder import write_model_folder
+from tiny_model import write_model_folder
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bad_input import leftovers, tiny_ct
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 from flareseg import write_guard
 
 REPO = Path(__file__).resolve().parents[1]

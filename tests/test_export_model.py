@@ -13,7 +13,7 @@ from flareseg.cli import main
 from flareseg.inference.predictor import FastPredictor
 from flareseg.nnunet.checkpoint import load_checkpoint
 from flareseg.nnunet.export import MARKER, export_model
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 from test_predictor import _LogitRange, phantom_ct, stock_determined, stock_predict
 
 LABELS = {0: "background", 1: "liver", 2: "kidney", 3: "tumor"}

@@ -8,7 +8,7 @@ from flareseg.cli import main
 from flareseg.inference.model_settings import SETTINGS_FILE, read_model_settings, write_model_settings
 from flareseg.nnunet.export import MARKER, export_model
 from flareseg.write_guard import owns
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_flatten
 
 from flareseg.inference import predictor as predictor_mod
 from flareseg.inference.predictor import FastPredictor
-from bench.model_folder import write_model_folder
+from tiny_model import write_model_folder
 from flareseg.pseudolabel.uncertainty import MemberAccumulator, score_members_in_slabs, score_slab_stream
 
 K = 15

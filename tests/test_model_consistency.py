@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 from flareseg.cli import main
 from flareseg.errors import InputError
 from tests.bad_input import check_predict_row, tiny_ct

@@ -1,10 +1,10 @@
-"""The tiny model-folder scaffolding shared by tests and benches (bench/model_folder.py)."""
+"""The tiny model-folder scaffolding shared by tests and benches (tests/tiny_model.py)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from bench.model_folder import fit_model_folder, tiny_plans, write_model_folder
+from tiny_model import fit_model_folder, tiny_plans, write_model_folder
 from flareseg.nnunet.checkpoint import load_checkpoint
 
 LABELS = {0: "background", 1: "a", 2: "b"}

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 from flareseg.nnunet.checkpoint import load_checkpoint, save_checkpoint
 from flareseg.nnunet.model import _nnunet_plan_view, build_network, load_model, plan_view, with_weights
 

@@ -24,7 +24,7 @@ from flareseg.inference import openvino_runtime as ovr
 from flareseg.inference import runtimes
 from flareseg.inference.predictor import FastPredictor
 from flareseg.nnunet.model import load_model
-from bench.model_folder import fit_model_folder, tiny_plans, write_model_folder
+from tiny_model import fit_model_folder, tiny_plans, write_model_folder
 from tests.bad_input import md5_tree, tiny_ct
 
 

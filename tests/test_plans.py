@@ -14,7 +14,7 @@ import torch
 
 from flareseg.config import ConfigError, PlanConfig, load_config
 from flareseg.labels import NUM_CLASSES
-from bench.model_folder import tiny_plans
+from tiny_model import tiny_plans
 from flareseg.nnunet.planning import configuration_plan, network_size
 
 COARSE = (2.5, 1.5, 1.5)

@@ -18,7 +18,7 @@ from flareseg.inference.statistics import label_statistics
 from flareseg.io import Geometry, InputError, geometry_mismatch, read_image
 from flareseg.nnunet.folder_check import check_model_folder, find_model_folders
 from flareseg.write_guard import same_files
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 
 
 @pytest.fixture(scope="module")

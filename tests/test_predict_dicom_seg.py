@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from flareseg.cli import main
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 
 BIAS = [0, 3, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]   # random weights + bias: some organs predicted
 

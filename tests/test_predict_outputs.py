@@ -17,7 +17,7 @@ from flareseg.inference.preview import write_preview
 from flareseg.overlay import colour_of, overlay_rgb, window
 from flareseg.inference.statistics import label_statistics
 from flareseg.labels import CLASS_NAMES
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 
 
 @pytest.fixture(scope="module")

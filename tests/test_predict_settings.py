@@ -11,7 +11,7 @@ from flareseg.cli import main
 from flareseg.config import ConfigError, InferenceConfig
 from flareseg.inference.model_settings import SETTINGS_FILE, write_model_settings
 from flareseg.inference.predict_settings import layered, resolve_settings
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 from tests.bad_input import tiny_ct
 
 STORED = {"dtype": "float32", "tta": True, "step_size": 0.7, "skip_threshold": 5, "crop_to_body": False}

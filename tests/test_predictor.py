@@ -13,7 +13,7 @@ from flareseg.inference.sliding_window import gaussian_importance, predict_slidi
 from flareseg.inference.stock_resampling import export_samples
 from flareseg.io import Geometry, InputError, geometry_mismatch
 from flareseg.nnunet.model import load_model
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 
 LABELS = {0: "background", 1: "liver", 2: "spleen", 3: "tumor"}
 SPACING = (2.5, 1.5, 1.5)
@@ -216,7 +216,7 @@ def test_mirroring_tta_matches_stock(model_dir):
 @pytest.fixture(scope="module")
 def fitted_model_dir(tmp_path_factory):
     """Random weights give white-noise argmax maps, so the tiny model is first fitted to phantoms."""
-    from bench.model_folder import fit_model_folder
+    from tiny_model import fit_model_folder
     md = write_model_folder(tmp_path_factory.mktemp("fitted"), labels=LABELS, seed=3)
     imgs = [sitk.GetArrayFromImage(phantom_ct(shape=(24, 64, 56), seed=s)) for s in range(2)]
     labs = [(i > 100).astype(int) + 2 * ((i < -50) & (i > -300)).astype(int) for i in imgs]

@@ -17,7 +17,7 @@ from bad_input import check_contract, md5_tree, run_command
 from flareseg.cli import main
 from flareseg.dicom import SERIES_ENV, is_dicom_dir, list_series
 from flareseg.io import Geometry, InputError, read_image, write_array
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 
 REPO = Path(__file__).resolve().parents[1]
 GEO = Geometry((12, 10, 8), (1.5, 1.5, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))

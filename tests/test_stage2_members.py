@@ -16,7 +16,7 @@ from flareseg.config import (Config, ConfigError, InferenceConfig, PseudoLabelCo
 from flareseg.inference.predictor import FastPredictor, Prediction
 from flareseg.io import Geometry, InputError, read_array, read_image, read_json, write_array, write_json
 from flareseg.labels import ORGANS
-from bench.model_folder import write_model_folder
+from tiny_model import write_model_folder
 from flareseg.pipeline.stage import StageContext
 from flareseg.work_layout import stage_dir
 from flareseg.pseudolabel.members import (check_members, label_dir_groups, lr_axis, make_scorer, member_names,

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from flareseg.config import Config, InferenceConfig, range_of, to_dict
 from flareseg.inference.predictor import FastPredictor
 from flareseg.io import Geometry, read_json, write_array, write_json
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 from flareseg.pipeline.stage import StageContext
 from flareseg.work_layout import stage_dir
 from tiny import tiny_case

@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 
 from bad_input import leftovers, md5_tree, run_command, tiny_ct
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 from flareseg import io as fio
 from flareseg import write_guard
 from flareseg.cli import main

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bad_input import leftovers, md5_tree, run_command, tiny_ct
-from bench.model_folder import tiny_plans, write_model_folder
+from tiny_model import tiny_plans, write_model_folder
 from flareseg.cli import main
 from flareseg.write_guard import UnsafeOutput
 

@@ -1,4 +1,4 @@
-"""Small nnU-Net v2 model folders for tests and benchmarks (scaffolding, not part of the library).
+"""Small nnU-Net v2 model folders: test scaffolding (not part of the library), which benches use too.
 
 :func:`write_model_folder` writes one with random weights in the standard layout (``dataset.json``,
 ``plans.json``, ``fold_X/checkpoint_final.pth``) that loads in stock ``nnUNetPredictor`` as well as
@@ -6,8 +6,8 @@ in :func:`flareseg.nnunet.model.load_model`; optionally the final layer's bias i
 that the prediction is dominated by a known rule instead of noise.  :func:`tiny_plans` gives its
 plans; :func:`fit_model_folder` trains it briefly so its output follows the anatomy.
 
-Import it as ``bench.model_folder`` from the repository root (tests: pytest puts the root on
-``sys.path``, pyproject ``pythonpath``; benches: ``python -m bench.NAME``).
+Tests import it as ``tiny_model`` (pytest puts ``tests/`` on ``sys.path``, as for ``tiny`` and
+``bad_input``); benches as ``tests.tiny_model`` (``python -m bench.NAME`` from the repository root).
 """
 from __future__ import annotations
 
