@@ -30,8 +30,9 @@ demo: venv
 
 # The paper's three claims (merge-max vs naive loss, CutMix vs none, uncertainty-selected vs rejected
 # pseudo labels) over 3 seeds each, paired 95 % intervals, into docs/evidence.md (bench/evidence.py).
-# Reads the demo's work dir (make demo first; its finished stages are skipped); about an hour and a
-# half on a shared 2-core CPU at the default budget. EVIDENCE_ARGS: e.g. --seeds 0 1 2 3 4 --fine-budget 60x25
+# Reads the demo's work dir (make demo first; its finished stages are skipped). Default budget 250
+# iterations per training arm: 6-20 min per arm on the shared 2-core CPU (load 8-14), 2-3 hours in all
+# (docs/evidence.md). EVIDENCE_ARGS: e.g. --seeds 0 1 2 3 4 --fine-budget 60x25 --scratch DIR
 EVIDENCE_ARGS ?=
 evidence: demo
 	nice -n 10 $(PY) -m bench.evidence --work work-demo --out docs/evidence.md $(EVIDENCE_ARGS)

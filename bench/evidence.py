@@ -3,7 +3,7 @@ uncertainty-selected vs rejected pseudo labels; per arm mean ± sd over the seed
 difference with a 95 % t-interval, written as one section of ``docs/evidence.md``.
 
     python -m bench.evidence --work WORK [--scratch DIR] [--seeds 0 1 2] [--claims loss cutmix pseudolabel]
-                             [--fine-budget 20x25] [--coarse-budget 20x25] [--cases 16] [--out docs/evidence.md]
+                             [--fine-budget 10x25] [--coarse-budget 10x25] [--cases 16] [--out docs/evidence.md]
 
 ``WORK`` is a finished pipeline work dir on phantoms (``make demo``: stages 1-5), read only.
 Everything written goes under ``--scratch`` (shadow preprocessed roots: JSON copied, data
@@ -310,7 +310,7 @@ def report(ev: Evidence, seeds: list[int], claims: list[str], command: str) -> s
         f"Command (repository root): `{command}`",
         "",
         f"CPU (lscpu): {lscpu_line()}. {machine_line('cpu').replace('machine: ', 'Run: ', 1)}, nice 10, "
-        f"the machine shared with other jobs (load average 8–13 while this ran). Wall time from the first "
+        f"the machine shared with other jobs. Wall time from the first "
         f"run's start to the last run's end: {ev.wall_minutes():.0f} min. {a.note}".rstrip(),
         "",
         f"Data: the finished demo work dir `{ev.wd.work}` (`configs/demo.yaml` phantoms; "
@@ -357,21 +357,27 @@ def main() -> int:
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/flareseg-evidence"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--claims", nargs="+", default=list(CLAIMS), choices=list(CLAIMS))
-    ap.add_argument("--fine-budget", default="20x25", help="EPOCHSxITERATIONS of each loss arm")
-    ap.add_argument("--coarse-budget", default="20x25", help="EPOCHSxITERATIONS of each CutMix arm")
+    ap.add_argument("--fine-budget", default="10x25", help="EPOCHSxITERATIONS of each loss arm")
+    ap.add_argument("--coarse-budget", default="10x25", help="EPOCHSxITERATIONS of each CutMix arm")
     ap.add_argument("--cases", type=int, default=16, help="phantoms per seed for the pseudo-label claim")
     ap.add_argument("--elastic", type=float, default=0.0, help="elastic deformation probability (demo: 0)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--out", type=Path, default=None, help="markdown file to write the section into")
     ap.add_argument("--note", default="", help="a sentence added to the report's run line")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: write the report from the runs recorded in --scratch")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    command = "python -m bench.evidence " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    argv = sys.argv[1:]
+    if "--note" in argv:                  # the note is printed as text, not inside the command
+        i = argv.index("--note")
+        argv = argv[:i] + argv[i + 2:]
+    command = "python -m bench.evidence " + " ".join(shlex.quote(x) for x in argv)
     nnunet_process("cpu", workers=0, threads=args.threads)
     ev = Evidence(args)
     order = [c for c in CLAIMS if c in args.claims]                      # the report's order
     # claim-major, the cheap claim first: a run cut short has every seed of the first claims
-    for claim in sorted(order, key=lambda c: c != "pseudolabel"):
+    for claim in [] if args.report_only else sorted(order, key=lambda c: c != "pseudolabel"):
         for seed in args.seeds:
             getattr(ev, claim)(seed)
             torch.set_num_threads(args.threads)   # train() sets the thread count per process
