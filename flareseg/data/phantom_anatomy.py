@@ -363,14 +363,13 @@ def _render_trunk(t: Trunk, h: dict[str, float], grid: Grid, label: np.ndarray, 
     is labelled (``label`` is read, never written: none of these is a FLARE class)."""
     free = allowed & (label == 0)
     above = grid.zs[:, None, None] > t.diaphragm(grid.ys[:, None], grid.xs[None, :])[None]
-    for shape, inner, outer in ((t.heart, "blood", "myocardium"),):
-        bbox, f = shape.evaluate(grid)
-        if bbox is not None:
-            sel = free[bbox] & (f < 0.12)
-            image[bbox][sel] = h["fat"]                                  # pericardial fat
-            image[bbox][sel & (f < 0)] = h[outer]
-            image[bbox][sel & (f < -0.35)] = h[inner]
-            free[bbox] &= ~sel
+    bbox, f = t.heart.evaluate(grid)
+    if bbox is not None:
+        sel = free[bbox] & (f < 0.12)
+        image[bbox][sel] = h["fat"]                                      # pericardial fat
+        image[bbox][sel & (f < 0)] = h["myocardium"]
+        image[bbox][sel & (f < -0.35)] = h["blood"]                      # the chambers
+        free[bbox] &= ~sel
     mediastinum = (np.abs(grid.xs)[None, :] < 30) & (grid.ys[:, None] < 25)      # (Y, X), stays fat
     lung = free & above & ~mediastinum[None]
     image[lung] = (h["lung"] + 25.0 * t.lung_field.evaluate(*grid.axes))[lung]
