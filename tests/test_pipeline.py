@@ -76,6 +76,23 @@ def test_whole_pipeline_on_tiny_phantoms(tiny_run):
 
 
 @pytest.mark.slow
+def test_qc_report_of_a_real_tiny_run(tiny_run, tmp_path):
+    """The QC page of a finished pipeline run, built again on a copy: every stage done, every
+    section drawn, a validation overlay (was a test that ran only where /tmp/wtiny existed)."""
+    import shutil
+    from flareseg.report import build_qc_report
+    from test_qc_report import _status_lines, check_page
+    work, proc = tiny_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    copy = tmp_path / "w"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("nnUNet_preprocessed", "nnUNet_results", "qc"))
+    text = check_page(build_qc_report(copy))
+    assert _status_lines(text) and all(s.startswith("done") for s in _status_lines(text))
+    assert "could not draw" not in text and "no overlay" not in text
+    assert len(list((copy / "qc" / "stage-6").glob("validation_*.png"))) >= 1
+
+
+@pytest.mark.slow
 def test_rerun_skips_every_stage(tiny_run):
     work, proc = tiny_run
     assert proc.returncode == 0

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import struct
 import zlib
 from html.parser import HTMLParser
@@ -20,7 +19,6 @@ from flareseg.report.figures import describe_type, validation_overlay
 from flareseg.report.context import local_path
 from flareseg.report.validation import case_mean_dsc, worst_and_best
 
-TINY_RUN = Path("/tmp/wtiny")          # a finished `configs/tiny.yaml` run, when this machine has one
 OLD_ROOT = "/nonexistent/old-run"      # manifests record absolute paths of the run's original place
 GEO = Geometry((16, 16, 6), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))  # (x, y, z)
 
@@ -223,18 +221,6 @@ def test_cli_report(tmp_path, capsys):
     assert (tmp_path / "qc" / "index.html").is_file()
     assert str(tmp_path / "qc" / "index.html") in capsys.readouterr().out
     assert cli_main(["report", "--work", str(tmp_path / "absent")]) == 2
-
-
-@pytest.mark.skipif(not (TINY_RUN / "stage-6-ship" / "manifest.json").exists(),
-                    reason=f"no finished tiny run at {TINY_RUN} (make one with "
-                           "`python -m flareseg.pipeline all --config configs/tiny.yaml --work /tmp/wtiny`)")
-def test_real_tiny_run(tmp_path):
-    work = tmp_path / "w"
-    shutil.copytree(TINY_RUN, work, ignore=shutil.ignore_patterns("nnUNet_preprocessed", "nnUNet_results", "qc"))
-    text = check_page(build_qc_report(work))
-    assert all(s.startswith("done") for s in _status_lines(text))
-    assert "could not draw" not in text and "no overlay" not in text
-    assert len(list((work / "qc" / "stage-6").glob("validation_*.png"))) >= 1
 
 
 def test_worst_and_best_cases():
