@@ -109,11 +109,27 @@ def explicit_inference(config: PathLike | None = None, sets: Sequence[str] = ())
     return out
 
 
+#: one layer of settings: (where they come from, InferenceConfig keys -> values)
+Layer = tuple[str, dict[str, Any]]
+
+
+def layered(layers: Sequence[Layer]) -> tuple[InferenceConfig, dict[str, str]]:
+    """The defaults with each layer applied in turn (later ones win), checked like a config file
+    (:class:`flareseg.config.ConfigError` naming the layer and the key); and key -> the layer that
+    set it last."""
+    cfg, came_from = InferenceConfig(), {}
+    for source, keys in layers:
+        if keys:
+            cfg = inference_config(cfg, source, **keys)
+            came_from.update(dict.fromkeys(keys, source))
+    return cfg, came_from
+
+
 def resolve_inference(model_dir: PathLike | None = None, config: PathLike | None = None,
                       sets: Sequence[str] = (), src: str = "--config/--set") -> InferenceConfig:
     """defaults < ``model_dir``'s stored settings < ``config``'s inference section < ``sets``:
     the settings a prediction with that model starts from (flags are applied on top by the
     caller).  Raises :class:`ConfigError` (bad settings file, config or override)."""
-    stored = read_model_settings(model_dir) if model_dir is not None else {}
-    base = inference_config(None, str(settings_path(model_dir)) if model_dir is not None else src, **stored)
-    return inference_config(base, src, **explicit_inference(config, sets))
+    stored: list[Layer] = [] if model_dir is None else \
+        [(str(settings_path(model_dir)), read_model_settings(model_dir))]
+    return layered([*stored, (src, explicit_inference(config, sets))])[0]

@@ -13,26 +13,11 @@ the default.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
-from flareseg.config import InferenceConfig, inference_config, to_dict
-from flareseg.inference.model_settings import explicit_inference, read_model_settings, settings_path
-
-#: one layer of settings: (where they come from, InferenceConfig keys -> values)
-Layer = tuple[str, dict[str, Any]]
-
-
-def layered(layers: Sequence[Layer]) -> tuple[InferenceConfig, dict[str, str]]:
-    """The defaults with each layer applied in turn (later ones win), checked like a config file
-    (:class:`flareseg.config.ConfigError` naming the layer and the key); and key -> the layer that
-    set it last."""
-    cfg, came_from = InferenceConfig(), {}
-    for source, keys in layers:
-        if keys:
-            cfg = inference_config(cfg, source, **keys)
-            came_from.update(dict.fromkeys(keys, source))
-    return cfg, came_from
-
+from flareseg.config import InferenceConfig, to_dict
+from flareseg.inference.model_settings import (Layer, explicit_inference, layered, read_model_settings,
+                                              settings_path)
 
 def resolve_settings(model: str | os.PathLike, config: str | os.PathLike | None = None,
                      sets: Sequence[str] = (), overrides: Sequence[Layer] = ()
