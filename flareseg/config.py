@@ -55,6 +55,10 @@ class DataConfig:
     dataset_name: str = "FLARE23Partial"
     phantoms: PhantomConfig = field(default_factory=PhantomConfig)
     num_processes: int = 2
+    # import writes every case in one orientation (LPS ascending, permuted and flipped, nothing
+    # resampled) so left and right are the same array side in every training case; predict does the
+    # same (inference.reorient).  false: keep each case's stored orientation (stock nnU-Net)
+    reorient: bool = True
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,12 @@ class TrainConfig:
     seed: int = 0                    # seeds weights, sampling and augmentation (exact with num_workers 0)
     final_validation: bool = False   # nnU-Net's full-volume validation after training (slow)
     elastic: ElasticConfig = field(default_factory=ElasticConfig)   # the paper's elastic deformation
+    # orientation augmentation; None = nnU-Net's: mirroring along every axis, in-plane rotation up to
+    # 180 deg for anisotropic patches (else 30 deg about every axis).  [] / a small angle keep left and
+    # right apart (left/right kidney, spleen vs liver) on canonically oriented data (data.reorient),
+    # as TotalSegmentator trains (nnUNetTrainerNoMirroring)
+    mirror_axes: Optional[tuple[int, ...]] = None    # preprocessed array axes (0 = z) to mirror
+    max_rotation_deg: Optional[float] = None
     compile: bool = True             # torch.compile the network on CUDA, as nnU-Net 2.8.1 does (never on CPU)
     # scale-out (docs/scale.md): processes per node and nodes of a torchrun launch; 1 x 1 = one process
     gpus: int = 1
@@ -190,7 +200,7 @@ class InferenceConfig:
     # else float32; float16 on a CPU runs float32 (see flareseg.inference.predictor.choose_dtype)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     crop_to_body: bool = True
-    reorient: bool = True            # permute non-axial array layouts to axial, restore after
+    reorient: bool = True            # permute and flip the array to axial LPS ascending (data.reorient), restore after
     image_resampling: ImageResampling = "bspline"  # to the model spacing (see docs)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # torch: the network runs in torch; openvino: in OpenVINO on the CPU (optional extra, ~2x faster
@@ -211,6 +221,11 @@ class EvaluationConfig:
     # flareseg: z-range inclusive, own surfel table, prediction must be on the reference grid;
     # flare23-official: the official script's numbers exactly (docs/evaluation.md)
     rules: Literal["flareseg", "flare23-official"] = "flareseg"
+    # one more scan with labels outside the validation set (e.g. a real CT for a phantom-trained
+    # model): stage-6 predicts it with the shipped model and the closing table lists its DSC per
+    # class; a path that does not exist is reported and skipped (relative paths: from the current folder)
+    external_image: Optional[str] = None
+    external_labels: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -321,6 +336,7 @@ RANGES: dict[str, dict[str, Range]] = {
         "seed": _SEED,
         "gpus": Range(1, 1024), "nodes": Range(1, 4096),
         "dist_timeout_min": Range(0, 7 * 24 * 60, lo_open=True),
+        "mirror_axes": Range(0, 2), "max_rotation_deg": Range(0, 180),
     },
     "ElasticConfig": {
         "probability": _FRACTION,

@@ -23,6 +23,11 @@ def test_default_yaml_is_the_paper_settings():
 def test_demo_config_loads():
     cfg = load_config(REPO / "configs" / "demo.yaml")
     assert cfg.data.source == "phantoms" and cfg.train_fine.device == "cpu"
+    # one orientation, no mirroring, small rotations in the demo; nnU-Net's augmentation by default
+    assert cfg.data.reorient and Config().data.reorient
+    for tc in (cfg.train_fine, cfg.train_coarse):
+        assert tc.mirror_axes == () and tc.max_rotation_deg == 15
+    assert Config().train_fine.mirror_axes is None and Config().train_fine.max_rotation_deg is None
 
 
 def test_unknown_key_names_key_and_file(tmp_path):

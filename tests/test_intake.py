@@ -130,12 +130,42 @@ def test_kits_permuted_direction_import_preserves_geometry(shared_data, tmp_path
     write_array(lab, geo, src / "labels" / "kits2.nii.gz")
     write_array(np.zeros(arr.shape, np.int16), geo, src / "images" / "kits2_0000.nii.gz")
     rc = cli(["import", "--images", str(src / "images"), "--labels", str(src / "labels"),
-              "--out", str(tmp_path / "ds")])
+              "--out", str(tmp_path / "ds"), "--keep-orientation"])
     assert rc == 0
     back, g2 = read_array(tmp_path / "ds" / "labelsTr" / "kits2.nii.gz")
     assert not geometry_mismatch(geo, g2)
     np.testing.assert_array_equal(back, lab)
     assert json.loads((tmp_path / "ds" / "label_types.json").read_text()) == {"kits2": [2, 14]}
+
+
+def test_import_turns_every_case_to_one_orientation(shared_data, tmp_path):
+    """The real KiTS mask (permuted, flipped direction): imported axial LPS ascending (direction the
+    identity), every voxel at the same physical position with the same label, image and label alike."""
+    src_lab = sitk.ReadImage(str(shared_data / "labels" / "kits19_case_00002_segmentation.nii.gz"))
+    assert not np.allclose(src_lab.GetDirection(), np.eye(3).ravel())
+    arr = sitk.GetArrayFromImage(src_lab)
+    lab = sitk.GetImageFromArray(np.where(arr == 2, 14, np.where(arr == 1, 2, 0)).astype(np.uint8))
+    lab.CopyInformation(src_lab)
+    img = sitk.GetImageFromArray(np.arange(arr.size, dtype=np.int32).reshape(arr.shape) % 2000 - 1000)
+    img = sitk.Cast(img, sitk.sitkInt16)
+    img.CopyInformation(src_lab)
+    (tmp_path / "src" / "labels").mkdir(parents=True)
+    (tmp_path / "src" / "images").mkdir()
+    sitk.WriteImage(lab, str(tmp_path / "src" / "labels" / "kits2.nii.gz"))
+    sitk.WriteImage(img, str(tmp_path / "src" / "images" / "kits2_0000.nii.gz"))
+    rep = import_dataset(tmp_path / "ds", tmp_path / "src" / "images", tmp_path / "src" / "labels")
+    assert rep.cases["kits2"]["reoriented"] is True
+    for name, orig in (("labelsTr/kits2.nii.gz", lab), ("imagesTr/kits2_0000.nii.gz", img)):
+        out = sitk.ReadImage(str(tmp_path / "ds" / name))
+        np.testing.assert_allclose(out.GetDirection(), np.eye(3).ravel(), atol=1e-6)
+        o, a = sitk.GetArrayFromImage(out), sitk.GetArrayFromImage(orig)
+        assert sorted(o.shape) == sorted(a.shape) and o.sum(dtype=np.int64) == a.sum(dtype=np.int64)
+        # a few voxels: same physical point, same value
+        rng = np.random.default_rng(0)
+        for idx in rng.integers(0, np.array(a.shape), size=(20, 3)):
+            p = orig.TransformIndexToPhysicalPoint([int(i) for i in idx[::-1]])
+            j = out.TransformPhysicalPointToIndex(p)
+            assert o[j[2], j[1], j[0]] == a[tuple(idx)]
 
 
 def test_cli_help_explains_inputs_and_outputs(capsys):

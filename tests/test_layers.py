@@ -27,7 +27,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                            "flareseg.cases", "flareseg.anatomy", "flareseg.overlay",
                            # the settings file a model folder carries (config + io + write guard);
                            # the export in flareseg.nnunet writes it
-                           "flareseg.inference.model_settings")),
+                           "flareseg.inference.model_settings",
+                           # array orientation (numpy + SimpleITK): import and predict share it
+                           "flareseg.inference.orientation")),
     # one package per paper idea, pure functions over arrays and files
     ("ideas", ("flareseg.data", "flareseg.cleaning", "flareseg.cto", "flareseg.losses", "flareseg.sampling",
                "flareseg.evaluation")),

@@ -94,3 +94,30 @@ def test_real_kits_mask_becomes_axial(shared_data):
     left, right = kidney[..., :extent_x[gaps.argmax()] + 1], kidney[..., extent_x[gaps.argmax()] + 1:]
     z_left, z_right = (np.flatnonzero(k.any((1, 2))) for k in (left, right))
     assert z_left[0] < z_right[-1] and z_right[0] < z_left[-1], "kidneys overlap along S-I"
+
+
+@pytest.mark.parametrize("perm", list(itertools.permutations(range(3))))
+def test_canonical_is_dicomorient_lps_for_every_axis_order_and_flip(perm):
+    """``canonical=True`` (what import writes and predict feeds the network) is SimpleITK's
+    ``DICOMOrient(image, "LPS")`` on the array, for every axis order and flip; ``undo`` restores it."""
+    from flareseg.inference.orientation import canonical_image
+    rng = np.random.default_rng(7)
+    for flips in itertools.product((1, -1), repeat=3):
+        img = sitk.GetImageFromArray(rng.integers(-1000, 1000, (4, 5, 6)).astype(np.int16))
+        img.SetSpacing((0.7, 1.1, 2.5))
+        img.SetOrigin((3.0, -4.0, 5.0))
+        d = np.zeros((3, 3))
+        for i, p in enumerate(perm):
+            d[p, i] = flips[i]
+        img.SetDirection(tuple(d.ravel()))
+        ro = axial_reorientation(img.GetDirection(), canonical=True)
+        ref = sitk.DICOMOrient(img, "LPS")
+        arr = sitk.GetArrayFromImage(img)
+        assert np.array_equal(ro.apply(arr), sitk.GetArrayFromImage(ref))
+        assert np.array_equal(ro.undo(ro.apply(arr)), arr)
+        assert np.array_equal(ro.undo(ro.apply(arr[None], lead=1), lead=1)[0], arr)
+        out = canonical_image(img)
+        assert np.allclose(out.GetDirection(), np.eye(3).ravel())
+        assert np.allclose(out.GetOrigin(), ref.GetOrigin()) and np.allclose(out.GetSpacing(), ref.GetSpacing())
+        assert ro.is_identity == (perm == (0, 1, 2) and flips == (1, 1, 1))
+        assert (out is img) == ro.is_identity

@@ -68,6 +68,15 @@ def test_whole_pipeline_on_tiny_phantoms(tiny_run):
         assert pred.GetDirection() == pytest.approx(img.GetDirection())
     report = json.loads((ship / "ship_report.json").read_text())
     assert "evaluation" in report and "efficiency" in report
+    # the external scan of configs/tiny.yaml (the shared real CT): scored per class, in the closing table
+    ext = report["external"]
+    if (REPO / ext["image"]).is_file():
+        assert set(ext["per_class"]) == {str(c) for c in range(1, 14)}
+        assert ext["per_class"]["1"]["ref_voxels"] > 0
+        assert all(v["dsc"] is None or 0 <= v["dsc"] <= 1 for v in ext["per_class"].values())
+        assert "per class (external scan ts_example_ct_sm.nii.gz" in proc.stdout
+    else:
+        assert "not found" in ext["skipped"] and "skipped (not found" in proc.stdout
     # issue 25: CutMix pastes into most eligible samples in the pipeline (0 of 5000 in the demo before)
     cm = json.loads((work / "stage-5-coarse" / "manifest.json").read_text())["result"]["cutmix"]
     assert cm["eligible"] >= 2, cm

@@ -7,6 +7,7 @@ import SimpleITK as sitk
 import torch
 
 from flareseg.evaluation.metrics import dice_per_class
+from flareseg.inference.orientation import axial_reorientation
 from flareseg.inference.predictor import FastPredictor, body_bbox, model_box
 from flareseg.inference.sliding_window import axis_starts, windows_covering
 from flareseg.inference.sliding_window import gaussian_importance, predict_sliding_window, window_grid
@@ -54,15 +55,21 @@ def phantom_ct(shape=(20, 48, 40), spacing_zyx=SPACING, seed=0, noise_hu=15.0) -
 
 
 def stock_predict(model_dir, img: sitk.Image, mirroring=False, probabilities=False):
-    """Stock nnUNetPredictor's label map of ``img`` (input array order), with ``probabilities``
-    also its exported class probabilities ``(K, Z, Y, X)``."""
+    """Stock nnUNetPredictor's label map of ``img`` turned to the orientation flareseg's import gives
+    training data (axial, LPS ascending: what FastPredictor's ``reorient`` feeds the network), in
+    ``img``'s array order; with ``probabilities`` also its exported class probabilities ``(K, Z, Y, X)``."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     pred = nnUNetPredictor(tile_step_size=0.5, use_mirroring=mirroring, device=torch.device("cpu"),
                            perform_everything_on_device=False, allow_tqdm=False)
     pred.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,))
-    arr = sitk.GetArrayFromImage(img).astype(np.float32)[None]
-    return pred.predict_single_npy_array(arr, {"spacing": list(reversed(img.GetSpacing()))},
-                                         None, None, probabilities)
+    ro = axial_reorientation(img.GetDirection(), canonical=True)
+    spacing = list(reversed(img.GetSpacing()))
+    arr = np.ascontiguousarray(ro.apply(sitk.GetArrayFromImage(img).astype(np.float32)))[None]
+    out = pred.predict_single_npy_array(arr, {"spacing": [spacing[a] for a in ro.perm]}, None, None,
+                                        probabilities)
+    if probabilities:
+        return np.ascontiguousarray(ro.undo(out[0])), np.ascontiguousarray(ro.undo(out[1], lead=1))
+    return np.ascontiguousarray(ro.undo(out))
 
 
 def test_load_model_reads_plans_and_checkpoint(model_dir):
@@ -324,7 +331,7 @@ def test_default_path_reproduces_stock_labels(fitted_model_dir, spacing):
     agree = {n: float((a == ref).mean()) for n, a in
              [("nearest", nearest), ("linear", linear), ("default", default)]}
     assert agree["nearest"] < agree["linear"] < agree["default"], agree
-    assert agree["linear"] > 0.985, agree
+    assert agree["linear"] > 0.98, agree   # interpolation differs from stock at the edges only
     # --image-resampling nnunet: the plans' own nnU-Net image resampling, with the body crop
     fp = FastPredictor(fitted_model_dir, device="cpu", skip_windows=False, image_resampling="nnunet")
     fp.networks = [_LogitRange(n) for n in fp.networks]
@@ -525,3 +532,29 @@ def test_predictor_reads_its_settings_from_its_config(tmp_path):
     copied = set(vars(p)) & {f.name for f in fields(InferenceConfig)}
     assert copied <= {"device", "dtype"} and p.cfg.step_size == 0.7
     assert (p.runtime, p.batch_windows) == ("torch", 1)     # auto: one window per call on a CPU
+
+
+@pytest.mark.parametrize("flips", [(1, -1, 1), (-1, 1, -1), (-1, -1, -1)])
+def test_every_stored_flip_is_predicted_in_the_training_orientation(model_dir, flips):
+    """``reorient`` (the default) feeds the network the array turned to LPS ascending, the orientation
+    import gives training data: a scan stored with any flips gets the labels of the same scan stored
+    canonically, voxel for voxel at the same physical points (a random-weight model is not mirror
+    symmetric, so without the flip the labels differ)."""
+    canon = phantom_ct(seed=4)
+    canon.SetDirection((1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    arr = sitk.GetArrayFromImage(canon)
+    axes = tuple(2 - i for i, f in enumerate(flips) if f < 0)      # index axis i = array axis 2 - i
+    stored = sitk.GetImageFromArray(np.ascontiguousarray(np.flip(arr, axes)))
+    stored.SetSpacing(canon.GetSpacing())
+    stored.SetDirection(tuple(np.diag(np.asarray(flips, dtype=float)).ravel()))
+    last = [n - 1 if f < 0 else 0 for n, f in zip(canon.GetSize(), flips)]
+    stored.SetOrigin(canon.TransformIndexToPhysicalPoint(last))
+    kw = dict(device="cpu", skip_windows=False, crop_to_body=False)
+    ref = sitk.GetArrayFromImage(FastPredictor(model_dir, **kw).predict(canon))
+    fp = FastPredictor(model_dir, **kw)
+    ours = fp.predict(stored)
+    assert fp.last_stats["flipped"] == sorted(axes)
+    assert ours.GetDirection() == stored.GetDirection() and ours.GetOrigin() == stored.GetOrigin()
+    np.testing.assert_array_equal(np.flip(sitk.GetArrayFromImage(ours), axes), ref)
+    kept = sitk.GetArrayFromImage(FastPredictor(model_dir, reorient=False, **kw).predict(stored))
+    assert not np.array_equal(np.flip(kept, axes), ref)

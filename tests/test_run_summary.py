@@ -49,3 +49,21 @@ def test_run_summary_prints_the_per_class_table(tmp_path):
     tail = text.split("per class (validation)\n")[1].splitlines()
     assert tail[1].split() == ["liver", "0.400", "0.500"]
     assert tail[2].split()[:3] == ["tumor", "0.000", "0.100"] and tail[2].endswith("not learned at this budget")
+
+
+def test_external_scan_lines_list_its_classes_or_why_it_was_skipped():
+    from flareseg.pipeline.summary import external_lines
+    assert external_lines(None) == []
+    skipped = external_lines({"image": "../x/ct.nii.gz", "labels": "l.nii.gz", "skipped": "not found: ../x/ct.nii.gz"})
+    assert skipped == ["external scan ct.nii.gz: skipped (not found: ../x/ct.nii.gz)"]
+    ext = {"image": "/d/ct.nii.gz", "labels": "/d/seg.nii.gz", "per_class": {
+        "3": {"name": "spleen", "ref_voxels": 900, "pred_voxels": 0, "dsc": 0.0},
+        "1": {"name": "liver", "ref_voxels": 3000, "pred_voxels": 2900, "dsc": 0.8123},
+        "10": {"name": "esophagus", "ref_voxels": 0, "pred_voxels": 0, "dsc": None},
+        "9": {"name": "gallbladder", "ref_voxels": 0, "pred_voxels": 12, "dsc": 0.0}}}
+    lines = external_lines(ext)
+    assert lines[0] == "per class (external scan ct.nii.gz, labels seg.nii.gz)"
+    body = lines[2:]
+    assert [ln.split()[0] for ln in body] == ["liver", "spleen", "gallbladder"]   # class order, scored only
+    assert "0.812" in body[0] and "3000" in body[0]
+    assert body[2].endswith("(absent from its labels)")

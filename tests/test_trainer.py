@@ -261,3 +261,43 @@ def test_backend_settings_match_stock_training(monkeypatch, device, compile_netw
     assert torch.backends.cudnn.benchmark is (device == "cuda")
     assert torch.backends.cudnn.deterministic is (device != "cuda")
     assert TrainConfig().compile is True   # the default is stock's
+
+
+@pytest.mark.parametrize("mirror,rotation", [(None, None), ((), 15.0), ((0,), None)])
+def test_mirroring_and_rotation_come_from_the_config(tiny_plans, mirror, rotation, monkeypatch):
+    """train_*.mirror_axes / max_rotation_deg reach nnU-Net's transforms and the checkpoint's
+    inference mirroring axes; unset, nnU-Net's own choice stays (every axis mirrored)."""
+    from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+    from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+    from nnunetv2.run.run_training import get_trainer_from_args
+    from flareseg.nnunet.augmentation import spatial_transforms
+    from flareseg.nnunet.training import write_train_config
+
+    paths, pf = tiny_plans
+    paths.export()
+    monkeypatch.setenv("nnUNet_compile", "f")   # restored after the test
+    write_train_config(pf, "fine", TrainConfig(epochs=1, iterations_per_epoch=1, mirror_axes=mirror,
+                                               max_rotation_deg=rotation))
+    tr = get_trainer_from_args("Dataset901_Tiny", "fine", 0, "FlareSegTrainer", "nnUNetPlans",
+                               device=torch.device("cpu"))
+    rot, _, initial, axes = tr.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert tuple(axes) == ((0, 1, 2) if mirror is None else mirror)
+    assert tuple(tr.inference_allowed_mirroring_axes) == tuple(axes)
+    if rotation is not None:
+        assert rot[1] == pytest.approx(np.radians(rotation)) and rot[0] == pytest.approx(-np.radians(rotation))
+    patch = tr.configuration_manager.patch_size
+    assert all(i >= p for i, p in zip(initial, patch))
+    tf = tr.get_training_transforms(patch, rot, None, axes, False, use_mask_for_norm=[False],
+                                    is_cascaded=False, foreground_labels=[1], regions=None, ignore_label=None)
+    spatial = list(spatial_transforms(tf))
+    assert len(spatial) == 1
+
+    def walk(t):
+        yield t
+        for c in getattr(t, "transforms", None) or ():
+            yield from walk(c)
+        if getattr(t, "transform", None) is not None:
+            yield from walk(t.transform)
+    mirrors = [t for t in walk(tf) if isinstance(t, MirrorTransform)]
+    assert (len(mirrors) == 0) == (len(axes) == 0)
+    assert all(tuple(m.allowed_axes) == tuple(axes) for m in mirrors)

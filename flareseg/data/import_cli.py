@@ -73,6 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", type=Path, required=True, help="output dataset folder (DatasetNNN_Name)")
     p.add_argument("--strict", action="store_true", help="check every case first; import nothing (exit 1) if any is bad")
     p.add_argument("-j", "--num-processes", type=int, default=1, help="parallel workers")
+    p.add_argument("--keep-orientation", action="store_true",
+                   help="write each case in its stored orientation; by default a case whose direction is not the "
+                        "identity is written permuted and flipped to it (LPS ascending, nothing resampled), so "
+                        "left and right are the same array side in every case (data.reorient)")
     p.set_defaults(func=run)
     from flareseg.dicom import add_series_option
     add_series_option(p)
@@ -92,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         rep = import_dataset(args.out, args.images, args.labels, args.unlabeled, args.manifest,
-                             strict=args.strict, num_processes=args.num_processes, types_override=args.types)
+                             strict=args.strict, num_processes=args.num_processes, types_override=args.types,
+                             reorient=not args.keep_orientation)
     except ImportConfigError as e:
         for msg in e.problems:
             log.error("%s", msg)

@@ -43,6 +43,7 @@ from flareseg.data.sources import ImportConfigError, SourceCase, pair_cases, rea
 from flareseg.data.validate import check_case
 from flareseg.io import (InputError, image_suffix, link_or_copy, read_json, remove_stale_temps, write_image,
                          write_json)
+from flareseg.inference.orientation import axial_reorientation, canonical_image
 from flareseg.labels import CLASS_NAMES, pool_of, type_to_str
 from flareseg import write_guard
 from flareseg.write_guard import LEDGER, WritePlan, check_plan, input_files
@@ -172,7 +173,7 @@ def _import_one(args: tuple) -> dict:
     """Worker: validate one case and (``write``) write it into the dataset. Returns its record.
 
     A case already imported from the same files (same record, outputs present) is not redone."""
-    c, annotated, out_dir, unlabeled, write = args
+    c, annotated, out_dir, unlabeled, reorient, write = args
     out_dir = Path(out_dir)
     rec_path = out_dir / ".import" / f"{c.case_id}.json"
     ann = list(annotated) if annotated is not None else None
@@ -180,10 +181,12 @@ def _import_one(args: tuple) -> dict:
     if c.problem is None and rec_path.exists():
         rec = read_json(rec_path)
         if (rec.get("source") == stamp and rec.get("annotated_in") == ann
+                and rec.get("reorient", False) == reorient
                 and (rec.get("status") != "ok" or all(p.exists() for p in _outputs(out_dir, c.case_id, unlabeled)))):
             return rec
     rec: dict = {"case_id": c.case_id, "image": str(c.image),
-                 "label": str(c.label) if c.label else None, "source": stamp, "annotated_in": ann}
+                 "label": str(c.label) if c.label else None, "source": stamp, "annotated_in": ann,
+                 "reorient": reorient}
     try:
         checked = check_case(c.image, c.label, annotated)
         if c.problem is not None:        # the image is fine: now its missing/bad label or manifest row
@@ -196,14 +199,17 @@ def _import_one(args: tuple) -> dict:
                    label_type=None if unlabeled else list(ltype),
                    pool="unlabeled" if unlabeled else pool_of(ltype),
                    size=list(checked.image.GetSize()), spacing=list(checked.image.GetSpacing()))
+        turn = reorient and not axial_reorientation(checked.image.GetDirection(), canonical=True).is_identity
+        rec["reoriented"] = turn
         if write:
             img_out = _outputs(out_dir, c.case_id, unlabeled)[0]
-            if image_suffix(c.image) == ".nii.gz":
+            if image_suffix(c.image) == ".nii.gz" and not turn:
                 link_or_copy(c.image, img_out)   # validated as is: no re-encoding, no second copy on disk
             else:
-                write_image(checked.image, img_out)
+                write_image(canonical_image(checked.image) if turn else checked.image, img_out)
             if checked.label is not None:
-                write_image(checked.label, _outputs(out_dir, c.case_id, False)[1])
+                write_image(canonical_image(checked.label) if turn else checked.label,
+                            _outputs(out_dir, c.case_id, False)[1])
     except InputError as e:
         rec.update(status="error", reason=str(e))
     except Exception as e:  # unexpected library failure: still one case, still reported
@@ -223,9 +229,15 @@ def dataset_json(num_training: int) -> dict:
 def import_dataset(out_dir: Path, images_dir: Path | None = None, labels_dir: Path | None = None,
                    unlabeled_dir: Path | None = None, manifest: Path | None = None,
                    strict: bool = False, num_processes: int = 1,
-                   types_override: Path | None = None) -> ImportReport:
+                   types_override: Path | None = None, reorient: bool = True) -> ImportReport:
     """Validate and import every case; bad cases are reported (logged and in the report), the rest
     imported.
+
+    ``reorient``: images and labels whose direction is not (nearest) the identity are written
+    permuted and flipped to it (LPS ascending; the same voxels at the same physical positions,
+    nothing resampled), so every training case has one orientation and left and right mean the
+    same array side (:func:`flareseg.inference.orientation.canonical_image`; the predictor does the
+    same, ``inference.reorient``).  Others are linked or copied as they are.
 
     A labeled case's type comes from ``types_override`` when it lists the case, else from the
     ``manifest`` (CSV or the authors' JSON; with a manifest, a case without an entry is bad), else
@@ -264,8 +276,8 @@ def import_dataset(out_dir: Path, images_dir: Path | None = None, labels_dir: Pa
                 c.problem = f"{manifest}: no row for case {c.case_id}"
         elif ann is None:
             report.type_from[c.case_id] = "labels"
-        jobs.append((c, ann, str(out_dir), False))
-    jobs += [(c, None, str(out_dir), True) for c in unlabeled]
+        jobs.append((c, ann, str(out_dir), False, reorient))
+    jobs += [(c, None, str(out_dir), True, reorient) for c in unlabeled]
     if strict:   # validate everything first: nothing is written unless every case is good
         _collect(report, _run(jobs, False, num_processes, "check"))
         if report.bad:

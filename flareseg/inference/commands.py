@@ -201,10 +201,10 @@ def register(subparsers) -> None:
                    help="inference.crop_to_body=false: run every sliding window, not only those that meet "
                         "the body's bounding box")
     p.add_argument("--no-reorient", action="store_true",
-                   help="inference.reorient=false: feed the array to the network in its stored axis order; by default an image "
-                        "stored sagittally/coronally or with permuted axes (per its direction matrix) is "
-                        "permuted into axial layout for prediction and the labels permuted back (output "
-                        "geometry is the input's either way; flips and obliquity are never changed)")
+                   help="inference.reorient=false: feed the array to the network as stored; by default the array is "
+                        "permuted and flipped (per its direction matrix) into the one orientation flareseg's import "
+                        "gives training data (axial, LPS ascending) for prediction, and the labels are turned back "
+                        "(output geometry is the input's either way; obliquity is never resampled)")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz softmax maps")
     p.add_argument("--statistics", action="store_true",
                    help="write class volumes, HU statistics per class and per tumor component, tumor burden "

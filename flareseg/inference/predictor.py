@@ -313,7 +313,11 @@ class FastPredictor:
         t.lap("read")
 
         # input array -> axial layout (orientation) -> model layout (plans' transpose_forward)
-        ro = axial_reorientation(image.GetDirection()) if self.cfg.reorient else None
+        # (reorient: permuted and flipped to LPS ascending, as import writes training data)
+        ro = axial_reorientation(image.GetDirection(), canonical=True) if self.cfg.reorient else None
+        flips = ro.flips if ro else ()
+        if flips:
+            arr = np.flip(arr, flips)
         ax = ro.perm if ro else (0, 1, 2)
         tf = tuple(ax[i] for i in self.model.transpose_forward)
         tb = tuple(int(i) for i in np.argsort(tf))
@@ -397,10 +401,14 @@ class FastPredictor:
         full[crop] = argmax_of_interpolation(out, samples, self.chunk_mb) if linear \
             else take_nearest(labels_m, samples)
         labels = full.permute(*tb).cpu().numpy()
+        if flips:
+            labels = np.ascontiguousarray(np.flip(labels, flips))
         prob_np = None
         if save_probabilities:
             prob_np = self._probabilities_to_input(
                 out, *region_samples(shape_model, arr_t.shape, region, sep, res_dev), arr_t.shape, tb)
+            if flips:
+                prob_np = np.ascontiguousarray(np.flip(prob_np, tuple(a + 1 for a in flips)))
         out = None
         t.lap("export")
 
@@ -413,7 +421,8 @@ class FastPredictor:
             "shape_input_zyx": list(arr.shape), "shape_cropped": [s.stop - s.start for s in crop],
             "shape_model": list(shape_model), "crop": [[s.start, s.stop] for s in crop],
             "region_model": [[s.start, s.stop] for s in region],
-            "reoriented": None if ro is None or ro.is_identity else list(ro.perm),
+            "reoriented": None if ro is None or ro.perm == (0, 1, 2) else list(ro.perm),
+            "flipped": list(flips),
         }
         return Prediction(out_img, prob_np, dict(self.last_stats), hook_result, image)
 

@@ -59,3 +59,22 @@ def with_elastic(transform, elastic: Mapping | None):
         t.elastic_deform_scale = SigmaFraction(cfg.sigma)
         t.elastic_deform_magnitude = tuple(float(m) for m in cfg.magnitude)
     return transform
+
+
+def orientation_augmentation(patch_size: Sequence[int], dummy_2d: bool, mirror_axes: Sequence[int] | None,
+                             max_rotation_deg: float | None, stock_rotation, stock_mirror) -> tuple:
+    """``(rotation, mirror_axes, initial_patch_size)`` for nnU-Net's training transforms.
+
+    ``None`` keeps nnU-Net's choice (``stock_rotation`` / ``stock_mirror``); ``max_rotation_deg``
+    sets the rotation range to +-that angle (about z only when nnU-Net rotates in-plane, ``dummy_2d``).
+    The initial patch (what the loader crops before the spatial transform) is nnU-Net's rule for the
+    rotation that results."""
+    from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
+    rotation = stock_rotation if max_rotation_deg is None else \
+        (-float(max_rotation_deg) / 180 * np.pi, float(max_rotation_deg) / 180 * np.pi)
+    mirror = tuple(stock_mirror) if mirror_axes is None else tuple(int(a) for a in mirror_axes)
+    initial = get_patch_size(list(patch_size), rotation, rotation, rotation, (0.85, 1.25))
+    if dummy_2d:
+        initial[0] = patch_size[0]
+    return rotation, mirror, tuple(int(v) for v in initial)
+

@@ -5,6 +5,8 @@ Overrides only what it must:
 * hyperparameters come from the ``flareseg_train`` entry our stage writes into the plans
   configuration (so a model folder carries them; nothing is hard-coded in ``__init__``);
 * ``_build_loss``: :class:`flareseg.losses.merge_max.PartialLabelLoss` (merge-max and variants);
+* ``configure_rotation_dummyDA_mirroring_and_inital_patch_size``: the mirror axes and rotation range
+  of ``flareseg_train`` when set (nnU-Net's otherwise);
 * ``get_dataloaders``: elastic deformation as ``flareseg_train.elastic`` says
   (:mod:`flareseg.nnunet.augmentation`); every batch holds one label type (``label_types.json`` next to the plans),
   drawn by :class:`flareseg.sampling.label_type.LabelTypeBatchSampler`; foreground oversampling
@@ -32,7 +34,7 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from flareseg.labels import FOREGROUND, TUMOR, label_type
-from flareseg.nnunet.augmentation import with_elastic
+from flareseg.nnunet.augmentation import orientation_augmentation, with_elastic
 from flareseg.nnunet.checkpoint import (LATEST, PREVIOUS, RNG_SUFFIX, CorruptCheckpoint, load_checkpoint,
                                         rng_path, write_checkpoint)
 from flareseg.sampling.label_type import LabelTypeBatchSampler, choose_oversampling_class
@@ -368,6 +370,19 @@ class FlareSegTrainer(nnUNetTrainer):
             return {}
         with open(p) as f:
             return {k: label_type(v) for k, v in json.load(f).items()}
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        # nnU-Net's, then the config's mirror axes / rotation range (None keeps nnU-Net's); the
+        # checkpoint's inference mirroring axes follow the training's
+        rotation, dummy_2d, initial, mirror = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if self.hp.get("mirror_axes") is None and self.hp.get("max_rotation_deg") is None:
+            return rotation, dummy_2d, initial, mirror
+        rotation, mirror, initial = orientation_augmentation(
+            self.configuration_manager.patch_size, dummy_2d, self.hp.get("mirror_axes"),
+            self.hp.get("max_rotation_deg"), rotation, mirror)
+        self.inference_allowed_mirroring_axes = mirror
+        self.print_to_log_file(f"flareseg: mirror axes {mirror}, rotation +-{np.degrees(rotation[1]):.0f} deg")
+        return rotation, dummy_2d, np.array(initial), mirror
 
     def get_tr_and_val_datasets(self):
         if not self.case_types:

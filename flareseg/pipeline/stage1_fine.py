@@ -49,7 +49,8 @@ def import_data(cfg: Config, src: dict[str, Path | None], ds_dir: Path) -> dict:
     ``ds_dir``; StageError when the inputs are unusable or no case is valid."""
     try:   # import_dataset logs each bad case itself; unusable inputs become one stage error
         rep = import_dataset(ds_dir, src["images"], src["labels"], src["unlabeled"], src["manifest"],
-                             num_processes=cfg.data.num_processes, types_override=src["label_types"])
+                             num_processes=cfg.data.num_processes, types_override=src["label_types"],
+                             reorient=cfg.data.reorient)
     except ImportConfigError as e:
         raise StageError("import refused: " + "; ".join(e.problems)) from None
     if not rep.good:

@@ -124,9 +124,52 @@ def run(ctx: StageContext) -> dict:
     (ctx.dir / "evaluation").mkdir(parents=True, exist_ok=True)
     log.info("validation results:\n%s", table)
     summary = summary_dict(res, cfg.evaluation)
-    write_json({"evaluation": summary, "prediction": predicted, "efficiency": eff},
+    external = external_scan(ctx, ship_dir, inference)
+    write_json({"evaluation": summary, "prediction": predicted, "efficiency": eff, "external": external},
                ctx.dir / "ship_report.json")
-    return {"evaluation": summary, "windows_total": predicted["windows_total"],
+    return {"evaluation": summary, "external": external, "windows_total": predicted["windows_total"],
             "windows_skipped": predicted["windows_skipped"], "efficiency": eff, "table": table,
             "model": str(ship_dir),
             "outputs": [ship_dir, pred_dir, ctx.dir / "evaluation", eff_dir, ctx.dir / "ship_report.json"]}
+
+
+def external_scan(ctx: StageContext, model: Path, inference: dict) -> dict | None:
+    """``evaluation.external_image`` / ``external_labels`` predicted by the shipped ``model`` with the
+    stage's settings and scored per FLARE organ class (DSC against the labels on the image's grid;
+    ``None`` where a class is in neither).  ``None`` when not configured; ``{"skipped": why}`` when a
+    file is missing or unusable (the run goes on)."""
+    ev = ctx.cfg.evaluation
+    if not ev.external_image or not ev.external_labels:
+        return None
+    image, labels = Path(ev.external_image), Path(ev.external_labels)
+    missing = [str(p) for p in (image, labels) if not p.is_file()]
+    if missing:
+        log.warning("stage-6: external scan skipped: %s not found", ", ".join(missing))
+        return {"image": str(image), "labels": str(labels), "skipped": f"not found: {', '.join(missing)}"}
+
+    def score() -> dict:
+        from flareseg.evaluation.metrics import dice
+        from flareseg.inference.predictor import FastPredictor
+        from flareseg.io import InputError, geometry_mismatch, Geometry, read_image
+        from flareseg.labels import CLASS_NAMES, ORGANS
+        import SimpleITK as sitk
+        try:
+            img, lab = read_image(image), read_image(labels)
+            bad = geometry_mismatch(Geometry.of(img), Geometry.of(lab))
+            if bad:
+                raise InputError(labels, f"labels do not match the image's grid ({'; '.join(bad)})")
+            pred = sitk.GetArrayFromImage(FastPredictor(model, **inference).predict(img))
+        except InputError as e:
+            log.warning("stage-6: external scan skipped: %s", e)
+            return {"image": str(image), "labels": str(labels), "skipped": str(e)}
+        ref = sitk.GetArrayFromImage(lab)
+        per_class = {}
+        for c in ORGANS:
+            p, r = pred == c, ref == c
+            n_p, n_r = int(p.sum()), int(r.sum())
+            per_class[str(c)] = {"name": CLASS_NAMES[c], "ref_voxels": n_r, "pred_voxels": n_p,
+                                 "dsc": round(dice(p, r), 4) if n_p + n_r else None}
+        return {"image": str(image), "labels": str(labels), "per_class": per_class}
+    stamps = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in (image, labels)]
+    return ctx.step("external", {"model": str(model), "inference": inference, "files": stamps}, score)
+

@@ -52,6 +52,25 @@ def cutmix_line(work: Path) -> str:
     return line + ("  WARNING: below 10 %" if paste_rate_warning(c) else "")
 
 
+def external_lines(ext: dict | None) -> list[str]:
+    """The closing table's lines for ``evaluation.external_image`` (stage-6's ``external``): DSC per
+    class present in its labels or the prediction, or why it was skipped."""
+    if not ext:
+        return []
+    name = Path(ext["image"]).name
+    if ext.get("skipped"):
+        return [f"external scan {name}: skipped ({ext['skipped']})"]
+    rows = [(k, v) for k, v in sorted(ext["per_class"].items(), key=lambda kv: int(kv[0]))
+            if v.get("dsc") is not None]
+    width = max([len(v["name"]) for _, v in rows] + [5])
+    lines = [f"per class (external scan {name}, labels {Path(ext['labels']).name})",
+             f"  {'class':<{width}}    DSC  reference voxels"]
+    for _, v in rows:
+        note = "" if v["ref_voxels"] else "  (absent from its labels)"
+        lines.append(f"  {v['name']:<{width}} {_fmt(v['dsc'])}  {v['ref_voxels']:>16}{note}")
+    return lines
+
+
 def run_summary(work: Path) -> str:
     """Text table of the validation results of a finished run (empty if stage-6 has not run)."""
     m = stage_dir(work, 6) / "manifest.json"
@@ -79,6 +98,7 @@ def run_summary(work: Path) -> str:
         lines.append(cm)
     if ev.get("per_class"):
         lines += ["per class (validation)", *class_table(ev["per_class"])]
+    lines += external_lines(r.get("external"))
     qc = Path(work) / "qc" / "index.html"
     if qc.exists():
         lines.append(f"  QC report                  {qc}")
