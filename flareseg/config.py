@@ -38,6 +38,11 @@ class PhantomConfig:
     # simple: the body scaled to fill the field of view (small, fast test phantoms); adult: adult-size
     # anatomy with chest (lungs, heart) and pelvis, published HU per phase, CT noise and partial volume
     anatomy: Literal["simple", "adult"] = "simple"
+    # relative weights of the labeled pool's partial-label groups (flareseg/data/phantoms.py
+    # LABELED_GROUPS: all_organs_tumor, all_organs, liver_tumor, kidneys_tumor, pancreas_tumor);
+    # null = the FLARE23-like mix.  Groups left out or at 0 are not drawn; each drawn group appears
+    # once before the rest are drawn by weight.  {all_organs_tumor: 1}: every labeled case fully labeled
+    group_weights: Optional[dict[str, float]] = None
 
 
 @dataclass(frozen=True)
@@ -311,6 +316,7 @@ RANGES: dict[str, dict[str, Range]] = {
         "slice_spacing": Range(0, 50, lo_open=True, ordered=True),
         "extent_z_mm": Range(0, 2000, lo_open=True, ordered=True),
         "z_margin_mm": Range(0, 1000),
+        "group_weights": Range(0, 1e6),
     },
     "DataConfig": {
         "dataset_id": Range(1, 998),     # nnU-Net ids have 3 digits; stage-5 uses dataset_id + 1

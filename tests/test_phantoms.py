@@ -343,3 +343,24 @@ def test_adult_hu_lies_in_the_published_ranges_of_its_phase():
         fat = (img > -150) & (img < -60)
         assert fat.sum() * np.prod(geo.spacing) / 1000.0 > 500        # subcutaneous and visceral fat
     assert len(seen) >= 2
+
+
+def test_group_weights_choose_the_labeled_pool_mix():
+    """data.phantoms.group_weights: {all_organs_tumor: 1} labels every labeled case fully; a mix
+    draws only the groups it weights, each once first; unknown groups are refused by name; unset,
+    the FLARE23-like mix and its draws stay as they were."""
+    from dataclasses import replace
+    from flareseg.config import PhantomConfig
+    from flareseg.data.phantoms import LABELED_GROUPS, plan_cases
+    cfg = PhantomConfig(labeled=9, tumor_only=1, unlabeled=1, validation=1, seed=3)
+    full = plan_cases(replace(cfg, group_weights={"all_organs_tumor": 1.0}))
+    assert {p.group for p in full if p.pool == "labeled"} == {"all_organs_tumor"}
+    assert all(p.annotated == LABELED_GROUPS["all_organs_tumor"] for p in full if p.pool == "labeled")
+    two = [p.group for p in plan_cases(replace(cfg, group_weights={"liver_tumor": 1, "kidneys_tumor": 3}))
+           if p.pool == "labeled"]
+    assert set(two) == {"liver_tumor", "kidneys_tumor"}
+    assert [p.group for p in plan_cases(cfg)] == [p.group for p in plan_cases(replace(cfg, group_weights=None))]
+    with pytest.raises(ValueError, match="unknown group.*'liver'"):
+        plan_cases(replace(cfg, group_weights={"liver": 1.0}))
+    with pytest.raises(ValueError, match="at least one group"):
+        plan_cases(replace(cfg, group_weights={"liver_tumor": 0.0}))

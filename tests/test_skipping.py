@@ -263,3 +263,22 @@ def test_foreground_cell_counts_match_direct_sums():
         want = np.array([[[m[z0:z1, y0:y1, x0:x1].sum() for x0, x1 in zip(cut[2], cut[2][1:])]
                           for y0, y1 in zip(cut[1], cut[1][1:])] for z0, z1 in zip(cut[0], cut[0][1:])])
         assert np.array_equal(got, want) and got.sum() == m.sum()
+
+
+def test_indicator_foreground_per_plane_explains_every_skip():
+    """stats.indicator_foreground: one count per plane, the foreground voxels its indicator windows
+    predicted; without growth a plane is skipped exactly when that count is below the threshold."""
+    vol = np.zeros((40, 32, 32), dtype=np.float32)
+    vol[2:6, 14:18, 12:20] = 1          # 128 voxels in the centre window of the first planes
+    vol[30:32, 15:17, 15:16] = 1        # 4 voxels further up
+    counts = []
+    for threshold in (1, 5, 200):
+        _, s = _run(vol, skip=True, threshold=threshold, grow=False)
+        fg = s.indicator_foreground
+        assert len(fg) == s.planes_total and max(fg) >= 128
+        assert len([v for v in fg if v < threshold]) == len(s.planes_skipped)
+        assert s.as_dict()["indicator_foreground"] == fg
+        counts.append(len(s.planes_skipped))
+    assert counts[0] < counts[1] < counts[2]    # the 4-voxel blob's planes, then the big blob's
+    _, s = _run(vol, skip=False)
+    assert s.indicator_foreground == []

@@ -109,12 +109,20 @@ def _check(cfg: PhantomConfig) -> None:
             raise ValueError(f"phantoms: '{name}' must be a range 0 < lo <= hi, got {(lo, hi)}")
     if cfg.size_xy[0] < 16:
         raise ValueError(f"phantoms: 'size_xy' must be at least 16 voxels, got {cfg.size_xy}")
+    if cfg.group_weights is not None:
+        unknown = sorted(set(cfg.group_weights) - set(LABELED_GROUPS))
+        if unknown:
+            raise ValueError(f"phantoms: 'group_weights' has unknown group(s) {unknown} "
+                             f"(valid: {', '.join(LABELED_GROUPS)})")
+        if not any(w > 0 for w in cfg.group_weights.values()):
+            raise ValueError("phantoms: 'group_weights' must give at least one group a weight > 0")
 
 
-def _labeled_groups(rng: np.random.Generator, n: int) -> list[str]:
-    names = list(LABELED_GROUPS)
+def _labeled_groups(rng: np.random.Generator, n: int, weights: dict[str, float] | None = None) -> list[str]:
+    weights = GROUP_WEIGHTS if weights is None else weights
+    names = [g for g in LABELED_GROUPS if weights.get(g, 0) > 0]
     first = [names[i] for i in rng.permutation(len(names))[:n]]
-    p = np.array([GROUP_WEIGHTS[g] for g in names])
+    p = np.array([weights[g] for g in names], dtype=float)
     rest = [names[i] for i in rng.choice(len(names), size=max(0, n - len(first)), p=p / p.sum())]
     out = first + rest
     return [out[i] for i in rng.permutation(len(out))]
@@ -124,7 +132,7 @@ def plan_cases(cfg: PhantomConfig) -> list[CasePlan]:
     """Deterministic plan of every case (ids, pools, groups, tumors, orientation) from ``cfg``."""
     _check(cfg)
     rng = np.random.default_rng([cfg.seed, 0])
-    groups = {"labeled": _labeled_groups(rng, cfg.labeled), "tumor_only": ["tumor_only"] * cfg.tumor_only,
+    groups = {"labeled": _labeled_groups(rng, cfg.labeled, cfg.group_weights), "tumor_only": ["tumor_only"] * cfg.tumor_only,
               "unlabeled": ["unlabeled"] * cfg.unlabeled, "validation": ["full"] * cfg.validation}
     plans, index = [], 0
     for pool in POOLS:
@@ -181,7 +189,10 @@ def _reusable(out: Path, cfg: PhantomConfig) -> dict[str, dict]:
         old = read_json(out / "phantoms.json")
     except (OSError, ValueError):
         return {}
-    if old.get("config") != to_dict(cfg) or old.get("generator_version") != GENERATOR_VERSION:
+    was = old.get("config") or {}
+    # a key added since (None: the old behaviour) does not make an earlier folder stale
+    now = {k: v for k, v in to_dict(cfg).items() if not (v is None and k not in was)}
+    if was != now or old.get("generator_version") != GENERATOR_VERSION:
         return {}
     return {cid: e for cid, e in old.get("cases", {}).items()
             if all((out / f).is_file() for f in e.get("files", {}).values())}

@@ -50,12 +50,14 @@ class WindowStats:
     planes_total: int = 0
     planes_skipped: list[int] = field(default_factory=list)  # z starts of skipped planes
     planes_grown: list[int] = field(default_factory=list)    # z starts of planes run by growth, in order
+    indicator_foreground: list[int] = field(default_factory=list)  # per plane: its indicators' foreground voxels
 
     def as_dict(self) -> dict:
         return {"windows_total": self.windows_total, "windows_run": self.windows_run,
                 "windows_skipped": self.windows_skipped, "planes_total": self.planes_total,
                 "planes_skipped": len(self.planes_skipped), "skipped_plane_z": list(self.planes_skipped),
-                "planes_grown": len(self.planes_grown), "grown_plane_z": list(self.planes_grown)}
+                "planes_grown": len(self.planes_grown), "grown_plane_z": list(self.planes_grown),
+                "indicator_foreground": list(self.indicator_foreground)}
 
 
 def axis_starts(size: int, patch: int, step_size: float) -> list[int]:
@@ -317,6 +319,8 @@ def predict_sliding_window(volume: torch.Tensor, predictor: Predictor, patch: Se
     grow = skip and grow
     fg = run(plan.first, count_fg=skip)
     keep = planes_to_run(plan, fg, skip_threshold) if skip else [True] * len(planes)
+    if skip:
+        stats.indicator_foreground = [sum(fg[w] for w in ind) for ind in plan.indicators_of_plane]
     run([w for k, r in zip(keep, plan.rest_of_plane) if k for w in r], count_fg=grow)
     neighbourhoods = [[cells.cells(windows[w], margin=1) for w in r] for r in plan.rest_of_plane] \
         if grow else []
