@@ -439,6 +439,14 @@ def validate(cfg: Any, src: str = "<config>", prefix: str = "") -> None:
         if getattr(cfg, a) > getattr(cfg, b):
             raise ConfigError(f"{src}: key '{prefix}{a}' = {short_repr(getattr(cfg, a))} is out of range "
                               f"(expected <= {prefix}{b} = {short_repr(getattr(cfg, b))})")
+    if isinstance(cfg, Config):
+        mirror = cfg.train_fine.mirror_axes
+        if cfg.pseudolabel.member_tta and mirror is not None and 2 not in mirror:
+            # the mirrored scan's left/right classes would come back swapped: every case disagrees
+            raise ConfigError(f"{src}: key 'pseudolabel.member_tta' scores the fine model on the left-right "
+                              f"mirrored scan, but 'train_fine.mirror_axes' = {list(mirror)} never mirrors "
+                              "left-right (axis 2), so the model tells left from right by side: add 2 to "
+                              "train_fine.mirror_axes or set member_tta false")
 
 
 # --------------------------------------------------------------------------- loading

@@ -199,3 +199,14 @@ def test_resolved_config_out_of_range_is_rejected(tmp_path):
     p.write_text(json.dumps(d))
     with pytest.raises(ConfigError, match="train_fine.epochs"):
         load_resolved(p)
+
+
+def test_mirrored_member_needs_a_model_trained_with_left_right_mirroring(tmp_path):
+    """pseudolabel.member_tta mirrors the scan left-right; a fine model trained without that
+    mirroring (train_fine.mirror_axes without 2) tells left from right by side, so the member's
+    left/right classes would come back swapped: refused, naming both keys."""
+    with pytest.raises(ConfigError, match=r"pseudolabel.member_tta.*train_fine.mirror_axes"):
+        load_config(REPO / "configs" / "demo.yaml", ["pseudolabel.member_tta=true"])
+    ok = load_config(REPO / "configs" / "demo.yaml", ["pseudolabel.member_tta=true", "train_fine.mirror_axes=[2]"])
+    assert ok.pseudolabel.member_tta
+    assert load_config(None, ["pseudolabel.member_tta=true"]).train_fine.mirror_axes is None
