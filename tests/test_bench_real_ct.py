@@ -34,7 +34,7 @@ def test_skipping_table_totals_and_time_saved():
                         "planes_grown": 1},
             "dice_skip_vs_noskip": {1: 1.0, 3: 0.99}, "voxels_changed": 7,
             "noskip_vs_truth": {1: 0.9}, "skip_vs_truth": {1: 0.9}}
-    text = "\n".join(render({150.0: {"A": case, "B": case}}))
-    assert "| 150 mm | A | 500 mm | 20 / 50 (40 %) | 4 / 10 (grown 1) | 10.00 | 6.00 | 40 % | 7 |" in text
+    text = "\n".join(render({"150 mm, 1 voxel": {"A": case, "B": case}}))
+    assert "| 150 mm, 1 voxel | A | 500 mm | 20 / 50 (40 %) | 4 / 10 (grown 1) | 10.00 | 6.00 | 40 % | 7 |" in text
     assert "**40 / 100 (40 %)** | | 20.00 | 12.00 | **40 %**" in text
-    assert "| 150 mm | 3 spleen | 0.9900 (n=2) | – | – |" in text
+    assert "| 150 mm, 1 voxel | 3 spleen | 0.9900 (n=2) | – | – |" in text
