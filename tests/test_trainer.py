@@ -268,7 +268,6 @@ def test_mirroring_and_rotation_come_from_the_config(tiny_plans, mirror, rotatio
     """train_*.mirror_axes / max_rotation_deg reach nnU-Net's transforms and the checkpoint's
     inference mirroring axes; unset, nnU-Net's own choice stays (every axis mirrored)."""
     from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
-    from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
     from nnunetv2.run.run_training import get_trainer_from_args
     from flareseg.nnunet.augmentation import spatial_transforms
     from flareseg.nnunet.training import write_train_config

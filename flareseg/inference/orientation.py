@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import SimpleITK as sitk
 
 
 @dataclass(frozen=True)
@@ -76,12 +77,11 @@ def axial_reorientation(direction: Sequence[float], canonical: bool = False) -> 
     return Reorientation(perm, inverse, flips)  # type: ignore[arg-type]
 
 
-def canonical_image(image: "sitk.Image") -> "sitk.Image":
+def canonical_image(image: sitk.Image) -> sitk.Image:
     """``image`` with its array permuted and flipped so that the direction is (nearest) the
     identity (LPS ascending): the same voxels at the same physical positions, nothing resampled.
     ``image`` itself when it is already canonical.  SimpleITK's ``DICOMOrient`` does the move; it
     agrees with :func:`axial_reorientation` ``(canonical=True)`` on the array (tested)."""
-    import SimpleITK as sitk
     if axial_reorientation(image.GetDirection(), canonical=True).is_identity:
         return image
     return sitk.DICOMOrient(image, "LPS")
