@@ -19,30 +19,19 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from bench._common import machine_line, nnunet_process, write_report
-from flareseg.evaluation.metrics import dice
-from flareseg.labels import CLASS_NAMES, ORGANS
+from flareseg.evaluation.metrics import class_dsc
+from flareseg.labels import CLASS_NAMES
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 IMAGE = SHARED / "ts_example_ct_sm.nii.gz"
 LABELS = SHARED / "ts_example_ct_sm_seg_flare.nii.gz"
 GOAL_CLASSES = (1, 3, 2, 13)     # liver, spleen, right and left kidney: the issue's DSC >= 0.5 goal
 GOAL = 0.5
-
-
-def class_dsc(pred: np.ndarray, ref: np.ndarray, classes: Sequence[int] = ORGANS) -> dict[int, dict]:
-    """Per class: reference and predicted voxel counts and DSC (None when the class is in neither)."""
-    out = {}
-    for c in classes:
-        p, r = pred == c, ref == c
-        n_p, n_r = int(p.sum()), int(r.sum())
-        out[c] = {"ref_voxels": n_r, "pred_voxels": n_p, "dsc": dice(p, r) if n_p + n_r else None}
-    return out
 
 
 def summary(scores: dict[int, dict]) -> dict:

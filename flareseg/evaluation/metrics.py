@@ -24,7 +24,7 @@ from scipy.spatial import cKDTree
 
 from flareseg.config import EvaluationConfig
 from flareseg.evaluation.surfels import neighbour_codes, official_area_table, surfels
-from flareseg.labels import CLASS_NAMES, FOREGROUND
+from flareseg.labels import CLASS_NAMES, FOREGROUND, ORGANS
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,17 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     if p + r == 0:
         return 1.0
     return 2.0 * int(np.count_nonzero(pred & ref)) / (p + r)
+
+
+def class_dsc(pred: np.ndarray, ref: np.ndarray, classes: Sequence[int] = ORGANS) -> dict[int, dict]:
+    """Per class (default: the 13 organs): reference and predicted voxel counts and DSC (None when
+    the class is in neither)."""
+    out = {}
+    for c in classes:
+        p, r = pred == c, ref == c
+        n_p, n_r = int(p.sum()), int(r.sum())
+        out[int(c)] = {"ref_voxels": n_r, "pred_voxels": n_p, "dsc": dice(p, r) if n_p + n_r else None}
+    return out
 
 
 def dice_per_class(a: np.ndarray, b: np.ndarray, classes: Sequence[int] | None = None) -> dict[int, float]:

@@ -148,28 +148,22 @@ def external_scan(ctx: StageContext, model: Path, inference: dict) -> dict | Non
         return {"image": str(image), "labels": str(labels), "skipped": f"not found: {', '.join(missing)}"}
 
     def score() -> dict:
-        from flareseg.evaluation.metrics import dice
-        from flareseg.inference.predictor import FastPredictor
-        from flareseg.io import InputError, geometry_mismatch, Geometry, read_image
-        from flareseg.labels import CLASS_NAMES, ORGANS
         import SimpleITK as sitk
-        try:
-            img, lab = read_image(image), read_image(labels)
-            bad = geometry_mismatch(Geometry.of(img), Geometry.of(lab))
-            if bad:
-                raise InputError(labels, f"labels do not match the image's grid ({'; '.join(bad)})")
-            pred = sitk.GetArrayFromImage(FastPredictor(model, **inference).predict(img))
+        from flareseg.data.validate import check_case
+        from flareseg.evaluation.metrics import class_dsc
+        from flareseg.inference.predictor import FastPredictor
+        from flareseg.io import InputError
+        from flareseg.labels import CLASS_NAMES
+        try:   # the import's checks: a CT, labels in range and on the image's grid (re-gridded if flipped)
+            case = check_case(image, labels)
+            pred = sitk.GetArrayFromImage(FastPredictor(model, **inference).predict(case.image))
         except InputError as e:
             log.warning("stage-6: external scan skipped: %s", e)
             return {"image": str(image), "labels": str(labels), "skipped": str(e)}
-        ref = sitk.GetArrayFromImage(lab)
-        per_class = {}
-        for c in ORGANS:
-            p, r = pred == c, ref == c
-            n_p, n_r = int(p.sum()), int(r.sum())
-            per_class[str(c)] = {"name": CLASS_NAMES[c], "ref_voxels": n_r, "pred_voxels": n_p,
-                                 "dsc": round(dice(p, r), 4) if n_p + n_r else None}
+        scores = class_dsc(pred, sitk.GetArrayFromImage(case.label))
+        per_class = {str(c): {"name": CLASS_NAMES[c], **v, "dsc": None if v["dsc"] is None else round(v["dsc"], 4)}
+                     for c, v in scores.items()}
         return {"image": str(image), "labels": str(labels), "per_class": per_class}
-    stamps = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in (image, labels)]
+    stamps = [[str(p), st.st_size, st.st_mtime_ns] for p in (image, labels) for st in (p.stat(),)]
     return ctx.step("external", {"model": str(model), "inference": inference, "files": stamps}, score)
 
