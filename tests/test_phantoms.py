@@ -345,6 +345,41 @@ def test_adult_hu_lies_in_the_published_ranges_of_its_phase():
     assert len(seen) >= 2
 
 
+@pytest.mark.parametrize("seed", [0, 5])
+def test_adult_kidneys_sit_in_perirenal_fat_with_a_medial_sinus(seed):
+    """anatomy: adult: each kidney is wrapped in perirenal fat (5-20 mm, with visceral adiposity),
+    so an unenhanced kidney stands out from the bowel and muscle around it as in real CT; its renal
+    sinus (fat, with the pelvis in it) opens medially and is not labelled kidney.  The simple
+    phantom has neither."""
+    from flareseg.data.phantom_anatomy import render_anatomy, sample_anatomy
+    from flareseg.data.phantom_shapes import Grid
+    axis = np.arange(-160.0, 160.0, 2.0, dtype=np.float32)
+    grid = Grid(np.arange(-100.0, 60.0, 2.0, dtype=np.float32), axis, axis)
+    p = sample_anatomy(np.random.default_rng(seed), adult=True)
+    assert 5.0 <= p.renal_fat_mm <= 20.0
+    r = render_anatomy(p, grid)
+    fat = r.image == np.float32(p.hu["fat"])
+    for kidney in (2, 13):
+        own = r.label == kidney
+        # the 2-4 mm shell outside the kidney, where no organ is labelled: mostly fat
+        shell = ndimage.binary_dilation(own, iterations=2) & ~ndimage.binary_dilation(own) & (r.label == 0) & r.allowed
+        assert fat[shell].mean() > 0.6, (kidney, fat[shell].mean())
+        # the sinus: unlabelled voxels inside the kidney's ellipsoid, fat or urine, medial to its centre
+        (bbox, f, _), = r.fields[kidney]
+        sinus = (f < 0) & (r.label[bbox] == 0) & r.allowed[bbox]
+        assert sinus.sum() > 0.03 * own.sum()
+        hu = r.image[bbox][sinus]
+        assert np.isin(hu, [np.float32(p.hu["fat"]), np.float32(p.hu["pelvis"])]).mean() > 0.95
+        xs = np.broadcast_to(grid.coords(bbox)[2], sinus.shape)
+        kx = np.broadcast_to(grid.coords(bbox)[2], own[bbox].shape)[own[bbox]].mean()
+        assert abs(xs[sinus].mean()) < abs(kx)                      # toward the midline
+    simple = sample_anatomy(np.random.default_rng(seed))
+    assert simple.renal_fat_mm == 0.0
+    s = render_anatomy(simple, grid)
+    (bbox, f, _), = s.fields[2]
+    assert ((f < 0) & s.allowed[bbox] & (s.label[bbox] == 0)).sum() == 0    # no sinus: all labelled
+
+
 def test_group_weights_choose_the_labeled_pool_mix():
     """data.phantoms.group_weights: {all_organs_tumor: 1} labels every labeled case fully; a mix
     draws only the groups it weights, each once first; unknown groups are refused by name; unset,

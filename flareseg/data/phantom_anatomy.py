@@ -100,6 +100,7 @@ class AnatomyParams:
     hu: dict[str, float] = field(default_factory=dict)
     trunk: "Trunk | None" = None         # chest and pelvis (``anatomy: adult``)
     bg_sharpness: float = 1.5            # how sharply the cavity background splits into fat / soft tissue
+    renal_fat_mm: float = 0.0            # perirenal fat around the kidneys, renal sinus fat (``adult``)
 
 
 @dataclass(frozen=True)
@@ -252,9 +253,15 @@ def sample_anatomy(rng: np.random.Generator, adult: bool = False) -> AnatomyPara
         return params
     # adult: visceral fat between bowel loops (loop-sized blobs, sharp fat/soft boundaries; visceral
     # fat is 20-50 % of the cavity's area at L3 in adults), subcutaneous fat 15-35 mm
+    # perirenal fat follows visceral adiposity (it is part of the visceral fat): 5-20 mm (posterior
+    # perirenal fat thickness in adults, e.g. Lamacchia et al., Nephrol Dial Transplant 2011;26:892-8;
+    # Davidiuk et al., Urology 2014;84:1120-5); derived, not drawn, so the random stream and with it
+    # every other draw of the patient stay the same
+    visceral = float(rng.uniform(-0.5, 1.5))
     return replace(params, hu={**params.hu, **_adult_hu(rng, pi)}, trunk=_sample_trunk(rng, shapes),
-                   fat=float(rng.uniform(0.09, 0.21)), visceral_fat=float(rng.uniform(-0.5, 1.5)),
-                   bg_field=SmoothField.sample(rng, *box, k=14), bg_sharpness=4.0)
+                   fat=float(rng.uniform(0.09, 0.21)), visceral_fat=visceral,
+                   bg_field=SmoothField.sample(rng, *box, k=14), bg_sharpness=4.0,
+                   renal_fat_mm=5.0 + 7.5 * (visceral + 0.5))
 
 
 @dataclass
@@ -340,8 +347,14 @@ def render_anatomy(p: AnatomyParams, grid: Grid) -> Rendered:
         if bbox is not None:
             sel = (f < 0) & allowed[bbox] & (label[bbox] == 0)
             image[bbox][sel] = h["gas"]
+    if p.renal_fat_mm > 0:
+        _perirenal_fat(p.renal_fat_mm, h["fat"], grid, label, image, fields, allowed)
     if p.trunk is not None:
         _render_trunk(p.trunk, h, grid, label, image, allowed)
+    if p.renal_fat_mm > 0:     # last: the sinus leaves the kidney label, and nothing may paint into it
+        for cls in (2, 13):
+            for _, _, s in fields.get(cls, []):
+                _renal_sinus(s, h, grid, label, image, cls)
     return Rendered(label, image, allowed, fields)
 
 
@@ -380,6 +393,37 @@ def _render_trunk(t: Trunk, h: dict[str, float], grid: Grid, label: np.ndarray, 
         bbox, f = shape.evaluate(grid)
         if bbox is not None:
             image[bbox][free[bbox] & (f < 0)] = h[key]
+
+
+def _renal_sinus(kidney: Ellipsoid, h: dict[str, float], grid: Grid, label: np.ndarray,
+                 image: np.ndarray, cls: int) -> None:
+    """The renal sinus: a fat-filled cavity opening at the hilum, on the kidney's medial side, with
+    the renal pelvis (urine) in it.  Its voxels leave the kidney label (FLARE and TotalSegmentator
+    label the parenchyma; the sinus fat shows as the dark notch of every real kidney at the hilum)."""
+    semi = np.asarray(kidney.semi, dtype=float)                        # (z, y, x) of its own axes
+    axis = kidney.rotation[:, 2]                                       # its x axis in (z, y, x)
+    medial = axis if axis[2] * kidney.center[2] < 0 else -axis         # toward the midline
+    sinus = Ellipsoid(tuple(np.asarray(kidney.center) + 0.55 * semi[2] * medial),
+                      tuple(semi * (0.55, 0.45, 0.5)), kidney.rotation)
+    bbox, f = sinus.evaluate(grid)
+    if bbox is None:
+        return
+    own = label[bbox] == cls
+    image[bbox][own & (f < 0)] = h["fat"]
+    image[bbox][own & (f < -0.6)] = h["pelvis"]
+    label[bbox][own & (f < 0)] = 0
+
+
+def _perirenal_fat(mm: float, fat_hu: float, grid: Grid, label: np.ndarray, image: np.ndarray,
+                   fields: dict[int, list], allowed: np.ndarray) -> None:
+    """Fat inside Gerota's fascia: a shell ``mm`` thick around each kidney, where no organ is
+    labelled (adrenals, liver, spleen, bowel keep their voxels; psoas is painted over it later)."""
+    for cls in (2, 13):
+        for _, _, s in fields.get(cls, []):
+            capsule = replace(s, semi=tuple(float(v) + mm for v in s.semi))
+            bbox, f = capsule.evaluate(grid)
+            if bbox is not None:
+                image[bbox][(f < 0) & (label[bbox] == 0) & allowed[bbox]] = fat_hu
 
 
 def _organ_details(p: AnatomyParams, grid: Grid, label: np.ndarray, image: np.ndarray,
