@@ -23,6 +23,7 @@ from flareseg.io import Geometry
 ORIENTATIONS: dict[str, tuple[int, int, int]] = {
     "identity": (1, 1, 1), "flip_xy": (-1, -1, 1), "flip_z": (1, 1, -1)}
 CANONICAL_Z = (-105.0, 120.0)   # canonical z range (mm) a scan covers, before jitter
+CALIBRATION_HU = 12.0            # adult phantoms: per-scan CT-number offset, uniform in +-this (finish_ct)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,10 @@ def finish_ct(rng: np.random.Generator, image: np.ndarray, spacing_zyx: Sequence
     Noise: quantum noise correlated in-plane by the reconstruction kernel (filtered white noise),
     SD 6-16 HU at 5 mm slices, growing as 1/sqrt(thickness) (noise in the liver of routine
     abdominal CT is about 10-20 HU; e.g. AAPM report 96, 2008; ACR CT accreditation noise limits).
+    Calibration: one offset of -12 to +12 HU for the whole scan: the same tissue reads up to 10-20 HU
+    apart on different scanners and tube voltages (Birnbaum et al., Radiology 2007;242:109-19), so
+    the published organ ranges are means that any one scanner shifts.  Drawn last, so the noise and
+    everything drawn before it are the same with or without it.
     """
     sz, sy, sx = (float(v) for v in spacing_zyx)
     psf = float(rng.uniform(0.8, 1.2)) / 2.355
@@ -134,6 +139,7 @@ def finish_ct(rng: np.random.Generator, image: np.ndarray, spacing_zyx: Sequence
     ndimage.gaussian_filter(noise, sigma=(0.0, corr, corr), output=noise, mode="wrap")
     noise *= np.float32(sd / max(float(noise.std()), 1e-6))
     out += noise
+    out += np.float32(rng.uniform(-CALIBRATION_HU, CALIBRATION_HU))
     np.clip(out, -1024, 3071, out=out)
     return np.rint(out).astype(np.int16)
 
