@@ -398,8 +398,8 @@ def _render_trunk(t: Trunk, h: dict[str, float], grid: Grid, label: np.ndarray, 
 def _renal_sinus(kidney: Ellipsoid, h: dict[str, float], grid: Grid, label: np.ndarray,
                  image: np.ndarray, cls: int) -> None:
     """The renal sinus: a fat-filled cavity opening at the hilum, on the kidney's medial side, with
-    the renal pelvis (urine) in it.  Its voxels leave the kidney label (FLARE and TotalSegmentator
-    label the parenchyma; the sinus fat shows as the dark notch of every real kidney at the hilum)."""
+    the renal pelvis (urine) in it.  Its voxels leave the kidney label: a kidney label covers the
+    parenchyma, and the sinus fat is the dark notch at the hilum of a real kidney on CT."""
     semi = np.asarray(kidney.semi, dtype=float)                        # (z, y, x) of its own axes
     axis = kidney.rotation[:, 2]                                       # its x axis in (z, y, x)
     medial = axis if axis[2] * kidney.center[2] < 0 else -axis         # toward the midline
