@@ -27,7 +27,7 @@ from flareseg.dicom import read_dicom_series
 from flareseg.errors import InputError
 from flareseg.file_check import image_suffix, spacing_error, unsupported_format, verify_image_file
 from flareseg.regular_file import file_kind, open_regular, require_regular, stat_path
-from flareseg.temp_names import TEMP_RE, temp_prefix, writer_host
+from flareseg.temp_names import TEMP_RE, create_temp, temp_prefix, writer_host
 from flareseg.image_check import nonfinite_problem, size_problem
 
 log = logging.getLogger(__name__)
@@ -327,10 +327,9 @@ def atomic_path(dest: os.PathLike | str, verify: Callable[[Path], str | None] | 
     _prepare_folder(dest)
     suffix = image_suffix(dest) or "".join(dest.suffixes[-1:])
     tmp_p = None
-    try:   # the temp is created inside the try: a Ctrl-C right after mkstemp still removes it
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dest), suffix=f".tmp{suffix}", dir=dest.parent)
-        tmp_p = Path(tmp)
-        os.close(fd)
+    try:   # named before it is created, inside the try: a Ctrl-C at any point still removes it
+        for tmp_p in create_temp(dest, suffix):
+            pass
         yield tmp_p
         _verify_written(tmp_p, dest, verify)
         os.chmod(tmp_p, 0o666 & ~_umask())

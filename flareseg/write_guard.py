@@ -33,13 +33,12 @@ import json
 import logging
 import os
 import stat
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from flareseg.temp_names import TEMP_RE, check_writable, temp_prefix
+from flareseg.temp_names import TEMP_RE, check_writable, create_temp
 
 log = logging.getLogger(__name__)
 
@@ -513,17 +512,17 @@ def compact(root: PathLike) -> None:
             s = _stamp(root / rel)
             if not e.get("gone") and s is not None and all(e.get(k) == v for k, v in s.items()):
                 kept.append(e)
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(root / LEDGER), suffix=".tmp", dir=root)
-        try:
-            os.write(fd, "".join(json.dumps(e) + "\n" for e in kept).encode())
-            os.close(fd)
+        tmp = None
+        try:   # named before it exists (create_temp): a Ctrl-C at any point still removes it
+            for tmp in create_temp(root / LEDGER, ""):
+                pass
+            tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
             os.chmod(tmp, 0o644)
             os.replace(tmp, root / LEDGER)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
             raise
 
 

@@ -28,6 +28,13 @@ def _user_lines(stderr: str) -> list[str]:
     return out
 
 
+def _default_sigint() -> None:
+    """Child preexec: SIGINT back to its default.  A test run started in the background by a
+    non-interactive shell (``cmd &``, as some CI runners do) inherits SIGINT ignored, and Python then
+    never raises KeyboardInterrupt; the tests below are about a user pressing Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _temps(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if ".tmp" in p.name]
 
@@ -38,7 +45,8 @@ def test_signal_during_a_long_command_is_one_line_and_leaves_no_temp(tmp_path, s
     out = tmp_path / "ph"
     p = subprocess.Popen([sys.executable, "-m", "flareseg.cli", "phantoms", "--out", str(out), "--labeled", "400",
                           "--tumor-only", "0", "--unlabeled", "0", "--validation", "0", "--size-xy", "64", "64"],
-                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=_default_sigint)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 120 and len(list(out.rglob("*.nii.gz"))) < 4:
         time.sleep(0.02)
@@ -160,7 +168,8 @@ def test_pipeline_all_passes_the_signal_to_its_stage_process(tmp_path, sig, rc):
     """`all` runs each stage as a child (call_child): a signal to the parent alone reaches the
     child, which removes its temp before the parent exits (subprocess.call killed it after 0.25 s)."""
     p = subprocess.Popen([sys.executable, "-c", PARENT, CHILD, str(tmp_path)], cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=_default_sigint)
     t0 = time.monotonic()
     while not (tmp_path / "started").exists() and time.monotonic() - t0 < 60:
         time.sleep(0.02)

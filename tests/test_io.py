@@ -66,6 +66,28 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert dest.exists() and [p.name for p in tmp_path.iterdir()] == ["out.nii.gz"]
 
 
+def test_ctrl_c_just_after_the_temp_is_created_leaves_no_temp(tmp_path, monkeypatch):
+    """A Ctrl-C can land between the system call that creates the temp and the writer learning
+    its name (tempfile.mkstemp's window); the temp must still be removed.  Simulated: every
+    os.open that creates a file raises KeyboardInterrupt right after creating it."""
+    import os
+    real_open = os.open
+
+    def open_then_interrupted(path, flags, *a, **k):
+        fd = real_open(path, flags, *a, **k)
+        if flags & os.O_CREAT:
+            os.close(fd)
+            raise KeyboardInterrupt
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(tmp_path / "out.nii.gz") as tmp:
+            tmp.write_bytes(b"never")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_atomic_write_gives_normal_permissions(tmp_path):
     """Not mkstemp's 0600: outputs must be readable by others (Docker host, shared servers)."""
     import os
