@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import stat
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from flareseg.dicom import read_dicom_series
 from flareseg.errors import InputError
 from flareseg.file_check import image_suffix, spacing_error, unsupported_format, verify_image_file
 from flareseg.regular_file import file_kind, open_regular, require_regular, stat_path
-from flareseg.temp_names import TEMP_RE, create_temp, temp_prefix, writer_host
+from flareseg.temp_names import TEMP_RE, create_temp, writer_host
 from flareseg.image_check import nonfinite_problem, size_problem
 
 log = logging.getLogger(__name__)
@@ -293,9 +292,6 @@ def _prepare_folder(dest: Path) -> None:
         remove_stale_temps(dest.parent)
 
 
-_temp_prefix = temp_prefix
-
-
 class WriteFailed(OSError):
     """A write whose result did not verify (SimpleITK reports no "no space left"): one line naming
     the file; the real name was not touched."""
@@ -407,8 +403,10 @@ def write_image(img: sitk.Image, dest: os.PathLike | str, compress: bool = True)
     from flareseg import write_guard
     write_guard.check_replace(dest)
     _prepare_folder(dest)
-    tmpdir = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest), suffix=".tmp", dir=dest.parent))
-    try:
+    tmpdir = None
+    try:   # named before it exists, like atomic_path's temps
+        for tmpdir in create_temp(dest, "", folder=True):
+            pass
         sitk.WriteImage(img, str(tmpdir / dest.name), useCompression=compress)
         _verify_written(tmpdir / dest.name, dest, _image_problem)
         for f in tmpdir.iterdir():   # the data file too: never onto a file the guarded command did not write
@@ -418,7 +416,8 @@ def write_image(img: sitk.Image, dest: os.PathLike | str, compress: bool = True)
             write_guard.note_written(dest.parent / f.name, f)
             os.replace(f, dest.parent / f.name)
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
     return dest
 
 

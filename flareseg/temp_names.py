@@ -34,19 +34,22 @@ def temp_prefix(dest: Path) -> str:
     return f".{dest.name}.{writer_host()}-{os.getpid()}."
 
 
-def create_temp(dest: Path, suffix: str) -> Iterator[Path]:
+def create_temp(dest: Path, suffix: str, folder: bool = False) -> Iterator[Path]:
     """Create an empty temp for ``dest`` (mode 0600), yielding its name *before* creating it.
 
     A generator: the caller stores the yielded name, then advances it once to create the file.  So
     the caller knows the name at every point where the file may exist, and a Ctrl-C that lands
     just after the file's creation still finds it to remove (``tempfile.mkstemp`` returns the name
     only after creating the file: a signal in between left an orphan temp).  A name taken already
-    is skipped for the next one."""
+    is skipped for the next one.  ``folder``: an empty folder (mode 0700) instead of a file."""
     for _ in range(1000):
         tmp = dest.parent / f"{temp_prefix(dest)}{secrets.token_hex(6)}.tmp{suffix}"
         yield tmp
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            if folder:
+                os.mkdir(tmp, 0o700)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             return
         except FileExistsError:
             continue

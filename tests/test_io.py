@@ -68,10 +68,11 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 
 def test_ctrl_c_just_after_the_temp_is_created_leaves_no_temp(tmp_path, monkeypatch):
     """A Ctrl-C can land between the system call that creates the temp and the writer learning
-    its name (tempfile.mkstemp's window); the temp must still be removed.  Simulated: every
-    os.open that creates a file raises KeyboardInterrupt right after creating it."""
+    its name (tempfile.mkstemp's and mkdtemp's window); the temp must still be removed.
+    Simulated: every os.open that creates a file, and every os.mkdir, raises KeyboardInterrupt
+    right after creating it.  Both writes: a temp file (NIfTI) and a temp folder (.mhd)."""
     import os
-    real_open = os.open
+    real_open, real_mkdir = os.open, os.mkdir
 
     def open_then_interrupted(path, flags, *a, **k):
         fd = real_open(path, flags, *a, **k)
@@ -80,10 +81,17 @@ def test_ctrl_c_just_after_the_temp_is_created_leaves_no_temp(tmp_path, monkeypa
             raise KeyboardInterrupt
         return fd
 
+    def mkdir_then_interrupted(path, *a, **k):
+        real_mkdir(path, *a, **k)
+        raise KeyboardInterrupt
+
     monkeypatch.setattr(os, "open", open_then_interrupted)
     with pytest.raises(KeyboardInterrupt):
         with atomic_path(tmp_path / "out.nii.gz") as tmp:
             tmp.write_bytes(b"never")
+    monkeypatch.setattr(os, "mkdir", mkdir_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_image(sitk.Image(3, 3, 3, sitk.sitkUInt8), tmp_path / "out.mhd")
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
 
