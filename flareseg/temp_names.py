@@ -30,7 +30,7 @@ def writer_host() -> str:
 
 
 def temp_prefix(dest: Path) -> str:
-    """The prefix of this process's temps for ``dest`` (``mkstemp`` adds the random part)."""
+    """The prefix of this process's temps for ``dest`` (:func:`create_temp` adds the random part)."""
     return f".{dest.name}.{writer_host()}-{os.getpid()}."
 
 
