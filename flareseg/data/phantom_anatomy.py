@@ -352,9 +352,7 @@ def render_anatomy(p: AnatomyParams, grid: Grid) -> Rendered:
     if p.trunk is not None:
         _render_trunk(p.trunk, h, grid, label, image, allowed)
     if p.renal_fat_mm > 0:     # last: the sinus leaves the kidney label, and nothing may paint into it
-        for cls in (2, 13):
-            for _, _, s in fields.get(cls, []):
-                _renal_sinus(s, h, grid, label, image, cls)
+        _renal_sinus(h, grid, label, image, fields)
     return Rendered(label, image, allowed, fields)
 
 
@@ -395,23 +393,25 @@ def _render_trunk(t: Trunk, h: dict[str, float], grid: Grid, label: np.ndarray, 
             image[bbox][free[bbox] & (f < 0)] = h[key]
 
 
-def _renal_sinus(kidney: Ellipsoid, h: dict[str, float], grid: Grid, label: np.ndarray,
-                 image: np.ndarray, cls: int) -> None:
-    """The renal sinus: a fat-filled cavity opening at the hilum, on the kidney's medial side, with
-    the renal pelvis (urine) in it.  Its voxels leave the kidney label: a kidney label covers the
-    parenchyma, and the sinus fat is the dark notch at the hilum of a real kidney on CT."""
-    semi = np.asarray(kidney.semi, dtype=float)                        # (z, y, x) of its own axes
-    axis = kidney.rotation[:, 2]                                       # its x axis in (z, y, x)
-    medial = axis if axis[2] * kidney.center[2] < 0 else -axis         # toward the midline
-    sinus = Ellipsoid(tuple(np.asarray(kidney.center) + 0.55 * semi[2] * medial),
-                      tuple(semi * (0.55, 0.45, 0.5)), kidney.rotation)
-    bbox, f = sinus.evaluate(grid)
-    if bbox is None:
-        return
-    own = label[bbox] == cls
-    image[bbox][own & (f < 0)] = h["fat"]
-    image[bbox][own & (f < -0.6)] = h["pelvis"]
-    label[bbox][own & (f < 0)] = 0
+def _renal_sinus(h: dict[str, float], grid: Grid, label: np.ndarray, image: np.ndarray,
+                 fields: dict[int, list]) -> None:
+    """The renal sinus of each kidney: a fat-filled cavity opening at the hilum, on the kidney's
+    medial side, with the renal pelvis (urine) in it.  Its voxels leave the kidney label: a kidney
+    label covers the parenchyma, and the sinus fat is the dark notch at the hilum of a real kidney."""
+    for cls in (2, 13):
+        for _, _, kidney in fields.get(cls, []):
+            semi = np.asarray(kidney.semi, dtype=float)                   # (z, y, x) of its own axes
+            axis = kidney.rotation[:, 2]                                  # its x axis in (z, y, x)
+            medial = axis if axis[2] * kidney.center[2] < 0 else -axis    # toward the midline
+            sinus = Ellipsoid(tuple(np.asarray(kidney.center) + 0.55 * semi[2] * medial),
+                              tuple(semi * (0.55, 0.45, 0.5)), kidney.rotation)
+            bbox, f = sinus.evaluate(grid)
+            if bbox is None:
+                continue
+            own = label[bbox] == cls
+            image[bbox][own & (f < 0)] = h["fat"]
+            image[bbox][own & (f < -0.6)] = h["pelvis"]
+            label[bbox][own & (f < 0)] = 0
 
 
 def _perirenal_fat(mm: float, fat_hu: float, grid: Grid, label: np.ndarray, image: np.ndarray,
