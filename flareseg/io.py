@@ -26,7 +26,7 @@ from flareseg.dicom import read_dicom_series
 from flareseg.errors import InputError
 from flareseg.file_check import image_suffix, spacing_error, unsupported_format, verify_image_file
 from flareseg.regular_file import file_kind, open_regular, require_regular, stat_path
-from flareseg.temp_names import TEMP_RE, create_temp, writer_host
+from flareseg.temp_names import TEMP_RE, temp_path, writer_host
 from flareseg.image_check import nonfinite_problem, size_problem
 
 log = logging.getLogger(__name__)
@@ -322,22 +322,14 @@ def atomic_path(dest: os.PathLike | str, verify: Callable[[Path], str | None] | 
     write_guard.check_replace(dest)   # never a file the guarded command did not write
     _prepare_folder(dest)
     suffix = image_suffix(dest) or "".join(dest.suffixes[-1:])
-    tmp_p = None
-    try:   # named before it is created, inside the try: a Ctrl-C at any point still removes it
-        for tmp_p in create_temp(dest, suffix):
-            pass
+    # the temp goes when the block ends: on any exception, and after the rename too (still there
+    # when tmp and dest were links to one file)
+    with temp_path(dest, suffix) as tmp_p:
         yield tmp_p
         _verify_written(tmp_p, dest, verify)
         os.chmod(tmp_p, 0o666 & ~_umask())
         write_guard.note_written(dest, tmp_p)   # the ledger line first: a rename keeps size, mtime, inode
         os.replace(tmp_p, dest)
-    except BaseException:
-        if tmp_p is not None:
-            with contextlib.suppress(FileNotFoundError):
-                tmp_p.unlink()
-        raise
-    with contextlib.suppress(FileNotFoundError):
-        tmp_p.unlink()            # still there when tmp and dest were links to one file
 
 
 def _verify_written(tmp: Path, dest: Path, verify: Callable[[Path], str | None] | None) -> None:
@@ -399,14 +391,10 @@ def write_image(img: sitk.Image, dest: os.PathLike | str, compress: bool = True)
         with atomic_path(dest, verify=_image_problem) as tmp:
             sitk.WriteImage(img, str(tmp), useCompression=compress)
         return dest
-    import shutil
     from flareseg import write_guard
     write_guard.check_replace(dest)
     _prepare_folder(dest)
-    tmpdir = None
-    try:   # named before it exists, like atomic_path's temps
-        for tmpdir in create_temp(dest, "", folder=True):
-            pass
+    with temp_path(dest, "", folder=True) as tmpdir:
         sitk.WriteImage(img, str(tmpdir / dest.name), useCompression=compress)
         _verify_written(tmpdir / dest.name, dest, _image_problem)
         for f in tmpdir.iterdir():   # the data file too: never onto a file the guarded command did not write
@@ -415,9 +403,6 @@ def write_image(img: sitk.Image, dest: os.PathLike | str, compress: bool = True)
             os.chmod(f, 0o666 & ~_umask())
             write_guard.note_written(dest.parent / f.name, f)
             os.replace(f, dest.parent / f.name)
-    finally:
-        if tmpdir is not None:
-            shutil.rmtree(tmpdir, ignore_errors=True)
     return dest
 
 

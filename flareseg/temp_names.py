@@ -10,6 +10,7 @@ import functools
 import os
 import re
 import secrets
+import shutil
 import socket
 from pathlib import Path
 from typing import Iterator
@@ -30,41 +31,46 @@ def writer_host() -> str:
 
 
 def temp_prefix(dest: Path) -> str:
-    """The prefix of this process's temps for ``dest`` (:func:`create_temp` adds the random part)."""
+    """The prefix of this process's temps for ``dest`` (:func:`temp_path` adds the random part)."""
     return f".{dest.name}.{writer_host()}-{os.getpid()}."
 
 
-def create_temp(dest: Path, suffix: str, folder: bool = False) -> Iterator[Path]:
-    """Create an empty temp for ``dest`` (mode 0600), yielding its name *before* creating it.
+@contextlib.contextmanager
+def temp_path(dest: Path, suffix: str, folder: bool = False) -> Iterator[Path]:
+    """An empty temp file (mode 0600), or with ``folder`` an empty folder (0700), for ``dest``, named
+    like every write's temp; removed when the block ends, whatever ends it (nothing is left to
+    remove once the block has renamed it away).
 
-    A generator: the caller stores the yielded name, then advances it once to create the file.  So
-    the caller knows the name at every point where the file may exist, and a Ctrl-C that lands
-    just after the file's creation still finds it to remove (``tempfile.mkstemp`` returns the name
-    only after creating the file: a signal in between left an orphan temp).  A name taken already
-    is skipped for the next one.  ``folder``: an empty folder (mode 0700) instead of a file."""
-    for _ in range(1000):
-        tmp = dest.parent / f"{temp_prefix(dest)}{secrets.token_hex(6)}.tmp{suffix}"
+    The name is chosen before the file is created and held here throughout, so a Ctrl-C that lands
+    just after the creation still finds it to remove (``tempfile.mkstemp`` returns the name only
+    after creating the file: a signal in between left an orphan temp).  A name taken already is
+    skipped for the next one."""
+    tmp = None
+    try:
+        for _ in range(1000):
+            tmp = dest.parent / f"{temp_prefix(dest)}{secrets.token_hex(6)}.tmp{suffix}"
+            try:
+                if folder:
+                    os.mkdir(tmp, 0o700)
+                else:
+                    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                break
+            except FileExistsError:
+                tmp = None          # not ours: never removed here
+        else:
+            raise FileExistsError(f"{dest.parent}: no free temp name for {dest.name}")
         yield tmp
-        try:
-            if folder:
-                os.mkdir(tmp, 0o700)
-            else:
-                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            return
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"{dest.parent}: no free temp name for {dest.name}")
+    finally:
+        if tmp is not None and folder:
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 def check_writable(folder: os.PathLike | str) -> None:
     """Raise OSError unless a file can be created in ``folder`` (an existing folder): creates and
     removes an empty temp named like the writes' temps, so a killed probe is cleaned like them.
     Asks the file system itself, which permission bits cannot answer (root, read-only mounts, ACLs)."""
-    tmp = None
-    try:
-        for tmp in create_temp(Path(folder) / "write-probe", ""):
-            pass
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+    with temp_path(Path(folder) / "write-probe", ""):
+        pass

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from flareseg.temp_names import TEMP_RE, check_writable, create_temp
+from flareseg.temp_names import TEMP_RE, check_writable, temp_path
 
 log = logging.getLogger(__name__)
 
@@ -512,18 +512,10 @@ def compact(root: PathLike) -> None:
             s = _stamp(root / rel)
             if not e.get("gone") and s is not None and all(e.get(k) == v for k, v in s.items()):
                 kept.append(e)
-        tmp = None
-        try:   # named before it exists (create_temp): a Ctrl-C at any point still removes it
-            for tmp in create_temp(root / LEDGER, ""):
-                pass
+        with temp_path(root / LEDGER, "") as tmp:   # removed whatever ends the block
             tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
             os.chmod(tmp, 0o644)
             os.replace(tmp, root / LEDGER)
-        except BaseException:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-            raise
 
 
 def same_files(inputs: Iterable[PathLike], outputs: Iterable[PathLike]) -> list[tuple[Path, Path]]:
