@@ -397,10 +397,45 @@ def test_adult_scans_carry_a_calibration_offset_within_the_published_spread():
     assert max(offsets) - min(offsets) > CALIBRATION_HU     # they do differ between scans
 
 
+def test_the_labeled_pool_holds_the_configured_mix_not_a_draw_from_it():
+    """The demo's 16 labeled phantoms hold the FLARE23-like mix itself: half of them annotate every
+    organ (3 + 5), so the spleen is annotated in 8 of the 20 training cases.  (Drawn case by case,
+    seed 0 gave 5.)  For any pool size and weights every group gets its share rounded up or down,
+    the counts add up to the pool, every weighted group is present where the pool allows, and the
+    same seed gives the same plan."""
+    from collections import Counter
+    from hypothesis import given, settings, strategies as st
+    from flareseg.config import PhantomConfig
+    from flareseg.data.phantoms import GROUP_WEIGHTS, LABELED_GROUPS, group_counts, plan_cases
+    cfg = PhantomConfig(labeled=16, tumor_only=4, unlabeled=2, validation=1, seed=0)
+    groups = Counter(p.group for p in plan_cases(cfg) if p.pool == "labeled")
+    assert groups == {"all_organs_tumor": 3, "all_organs": 5, "liver_tumor": 3, "kidneys_tumor": 3,
+                      "pancreas_tumor": 2} or groups == {"all_organs_tumor": 3, "all_organs": 5,
+                                                         "liver_tumor": 3, "kidneys_tumor": 2,
+                                                         "pancreas_tumor": 3}
+    assert sum(3 in p.annotated for p in plan_cases(cfg) if p.pool != "validation") == 8
+    assert [p.group for p in plan_cases(cfg)] == [p.group for p in plan_cases(cfg)]
+
+    @settings(max_examples=200, derandomize=True, database=None, deadline=None)
+    @given(st.integers(0, 300), st.lists(st.integers(0, 20), min_size=len(LABELED_GROUPS),
+                                         max_size=len(LABELED_GROUPS)).filter(any))
+    def check(n, raw):
+        weights = dict(zip(LABELED_GROUPS, map(float, raw)))
+        counts = group_counts(n, weights)
+        assert sum(counts.values()) == n and set(counts) == {g for g, w in weights.items() if w > 0}
+        quota = {g: n * weights[g] / sum(weights.values()) for g in counts}
+        if n >= len(counts):
+            assert min(counts.values()) >= 1
+        if min(quota.values()) >= 1:
+            assert all(abs(counts[g] - quota[g]) < 1 for g in counts)
+    check()
+    assert group_counts(16, GROUP_WEIGHTS)["all_organs"] == 5
+
+
 def test_group_weights_choose_the_labeled_pool_mix():
     """data.phantoms.group_weights: {all_organs_tumor: 1} labels every labeled case fully; a mix
-    draws only the groups it weights, each once first; unknown groups are refused by name; unset,
-    the FLARE23-like mix and its draws stay as they were."""
+    gets only the groups it weights; unknown groups are refused by name; unset, it is the
+    FLARE23-like mix."""
     from dataclasses import replace
     from flareseg.config import PhantomConfig
     from flareseg.data.phantoms import LABELED_GROUPS, plan_cases

@@ -47,7 +47,7 @@ from flareseg.write_guard import WritePlan, check_plan
 from flareseg.labels import FOREGROUND, ORGANS, TUMOR, LabelType
 
 __all__ = ["LABELED_GROUPS", "POOLS", "CasePlan", "generate_case", "partial_label",
-           "plan_cases", "write_phantoms"]
+           "group_counts", "plan_cases", "write_phantoms"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ GROUP_TUMORS: dict[str, tuple[tuple[int, ...], int, int]] = {
 POOLS = ("labeled", "tumor_only", "unlabeled", "validation")
 ORIENTATION_CYCLE = ("identity", "flip_xy", "identity", "flip_z")
 #: bump when the generator's output changes, so reruns regenerate instead of reusing old files
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 _CASE_FILE = re.compile(r"^PH_\d{4,}(_0000)?\.nii\.gz$")
 _DIRS = ("imagesTr", "labelsTr", "unlabeledTr", "imagesVal", "labelsVal", "hidden_gt")
 
@@ -118,13 +118,29 @@ def _check(cfg: PhantomConfig) -> None:
             raise ValueError("phantoms: 'group_weights' must give at least one group a weight > 0")
 
 
+def group_counts(n: int, weights: dict[str, float], tie_order: np.ndarray | None = None) -> dict[str, int]:
+    """How many of ``n`` labeled cases each group gets: the weights' share, apportioned by largest
+    remainder (Hamilton), so a small pool holds the configured mix instead of a noisy draw from it
+    (16 i.i.d. draws of the 50 % all-organ mix gave 5 all-organ cases at seed 0).  Ties of the
+    remainder go by ``tie_order`` (a permutation of the weighted groups; default: their order).
+    Every weighted group gets a case where ``n`` allows, taken from the largest group."""
+    names = [g for g in LABELED_GROUPS if weights.get(g, 0) > 0]
+    w = np.array([weights[g] for g in names], dtype=float)
+    quota = n * w / w.sum()
+    counts = np.floor(quota + 1e-9).astype(int)
+    order = np.arange(len(names)) if tie_order is None else np.asarray(tie_order)
+    by_remainder = sorted(range(len(names)), key=lambda i: (-round(quota[i] - counts[i], 9), order[i]))
+    counts[by_remainder[: n - int(counts.sum())]] += 1
+    while n >= len(names) and (counts == 0).any():
+        counts[int(np.argmax(counts))] -= 1
+        counts[int(np.flatnonzero(counts == 0)[0])] += 1
+    return {g: int(c) for g, c in zip(names, counts)}
+
+
 def _labeled_groups(rng: np.random.Generator, n: int, weights: dict[str, float] | None = None) -> list[str]:
     weights = GROUP_WEIGHTS if weights is None else weights
-    names = [g for g in LABELED_GROUPS if weights.get(g, 0) > 0]
-    first = [names[i] for i in rng.permutation(len(names))[:n]]
-    p = np.array([weights[g] for g in names], dtype=float)
-    rest = [names[i] for i in rng.choice(len(names), size=max(0, n - len(first)), p=p / p.sum())]
-    out = first + rest
+    tie_order = rng.permutation(sum(1 for g in LABELED_GROUPS if weights.get(g, 0) > 0))
+    out = [g for g, c in group_counts(n, weights, tie_order).items() for _ in range(c)]
     return [out[i] for i in rng.permutation(len(out))]
 
 
