@@ -118,13 +118,18 @@ def _check(cfg: PhantomConfig) -> None:
             raise ValueError("phantoms: 'group_weights' must give at least one group a weight > 0")
 
 
+def _weighted_groups(weights: dict[str, float]) -> list[str]:
+    """The labeled groups ``weights`` gives a share, in ``LABELED_GROUPS`` order."""
+    return [g for g in LABELED_GROUPS if weights.get(g, 0) > 0]
+
+
 def group_counts(n: int, weights: dict[str, float], tie_order: np.ndarray | None = None) -> dict[str, int]:
     """How many of ``n`` labeled cases each group gets: the weights' share, apportioned by largest
     remainder (Hamilton), so a small pool holds the configured mix instead of a noisy draw from it
     (16 i.i.d. draws of the 50 % all-organ mix gave 5 all-organ cases at seed 0).  Ties of the
     remainder go by ``tie_order`` (a permutation of the weighted groups; default: their order).
     Every weighted group gets a case where ``n`` allows, taken from the largest group."""
-    names = [g for g in LABELED_GROUPS if weights.get(g, 0) > 0]
+    names = _weighted_groups(weights)
     w = np.array([weights[g] for g in names], dtype=float)
     quota = n * w / w.sum()
     counts = np.floor(quota + 1e-9).astype(int)
@@ -139,7 +144,7 @@ def group_counts(n: int, weights: dict[str, float], tie_order: np.ndarray | None
 
 def _labeled_groups(rng: np.random.Generator, n: int, weights: dict[str, float] | None = None) -> list[str]:
     weights = GROUP_WEIGHTS if weights is None else weights
-    tie_order = rng.permutation(sum(1 for g in LABELED_GROUPS if weights.get(g, 0) > 0))
+    tie_order = rng.permutation(len(_weighted_groups(weights)))
     out = [g for g, c in group_counts(n, weights, tie_order).items() for _ in range(c)]
     return [out[i] for i in rng.permutation(len(out))]
 
