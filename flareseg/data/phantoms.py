@@ -114,7 +114,7 @@ def _check(cfg: PhantomConfig) -> None:
         if unknown:
             raise ValueError(f"phantoms: 'group_weights' has unknown group(s) {unknown} "
                              f"(valid: {', '.join(LABELED_GROUPS)})")
-        if not any(w > 0 for w in cfg.group_weights.values()):
+        if not _weighted_groups(cfg.group_weights):
             raise ValueError("phantoms: 'group_weights' must give at least one group a weight > 0")
 
 
