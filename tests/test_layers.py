@@ -43,8 +43,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("report", ("flareseg.report",)),
     ("pipeline", ("flareseg.pipeline",)),
     # command lines and the package's face: `flareseg`, `python -m flareseg.pipeline` (which
-    # builds the QC page after a run), the Python API
-    ("entry points", ("flareseg", "flareseg.cli", "flareseg.pipeline.__main__", "flareseg.api")),
+    # builds the QC page after a run), the Python API, and docker/predict.sh's publish step
+    # (`python -m flareseg.inference.publish`: a command, with the commands' signal handling)
+    ("entry points", ("flareseg", "flareseg.cli", "flareseg.pipeline.__main__", "flareseg.api",
+                      "flareseg.inference.publish")),
 ]
 
 

@@ -15,19 +15,20 @@ files.  Publishing is a write like any other (:mod:`flareseg.write_guard`):
 
 ``python -m flareseg.inference.publish check|publish ...``: exit 0; 2 with one line naming the
 file and the reason (refused: nothing published); 1 when a copy failed (an OS error: the files
-renamed before it are complete, no partial file is left under a real name).
+renamed before it are complete, no partial file is left under a real name); 130 / 143 on Ctrl-C /
+SIGTERM (``docker stop``), with one line: the file being copied is removed, finished files stay.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
-import signal
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from flareseg import write_guard
+from flareseg.boundary import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, sigterm_unwinds
 from flareseg.cases import list_cases
 from flareseg.errors import InputError
 from flareseg.io import atomic_path
@@ -78,10 +79,6 @@ def publish(staged: os.PathLike | str, output_dir: os.PathLike | str, input_dir:
     return dests
 
 
-def _terminated(signum: int, frame) -> None:
-    raise SystemExit(143)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flareseg.inference.publish", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,19 +95,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in (c, q):
         s.add_argument("--overwrite", action="store_true", help="replace files predict did not write")
     args = p.parse_args(argv)
-    # SIGTERM (docker stop) unwinds like Ctrl-C: the temp being copied is removed, finished files stay
-    signal.signal(signal.SIGTERM, _terminated)
     try:
-        if args.what == "check":
-            check(args.input_dir, args.output_dir, args.model_dir, args.overwrite)
-            return 0
-        done = publish(args.staged, args.output_dir, args.input_dir, args.model_dir, args.overwrite)
+        # SIGTERM (docker stop) unwinds like Ctrl-C: the temp being copied is removed, finished files stay
+        with sigterm_unwinds():
+            if args.what == "check":
+                check(args.input_dir, args.output_dir, args.model_dir, args.overwrite)
+                return 0
+            done = publish(args.staged, args.output_dir, args.input_dir, args.model_dir, args.overwrite)
     except (UnsafeOutput, InputError) as e:   # refused: nothing published
         print(f"predict.sh: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("predict.sh: publishing interrupted; files being copied were removed", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as e:
+        how = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"predict.sh: publishing {how}; the file being copied was removed, finished files stay",
+              file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     except OSError as e:                       # disk full, read-only: what was renamed is complete
         print(f"predict.sh: publishing into {args.output_dir} failed: {e}", file=sys.stderr)
         return 1
