@@ -12,6 +12,8 @@ import logging
 import os
 import typing
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -194,6 +196,33 @@ def test_converted_network_is_cached_verified_and_reconverted_when_damaged(fitte
     assert third.runtime_model == "converted" and "converting again" in caplog.text
     assert ovr.verified_ir(folder) is not None
     assert np.array_equal(sitk.GetArrayFromImage(third.predict(img)), want)
+
+
+@needs_openvino
+def test_interrupted_cache_write_leaves_no_temp_folder(fitted, cache, monkeypatch):
+    """Ctrl-C while the converted network is being saved: the half-written temp folder is removed
+    and nothing is cached; the temp was named like every flareseg write's temp (so a stale one of a
+    killed process is recognised as one); the next run converts and caches."""
+    from flareseg.temp_names import TEMP_RE
+    import openvino as ov
+    md, _ = fitted
+    seen = []
+
+    def half_save_then_interrupt(model, path, **kw):     # no OpenVINO object is left half-made
+        Path(path).write_text("<net")
+        seen.append(Path(path).parent.name)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(ovr, "_convert", lambda net, in_channels: object())
+        m.setattr(ov, "save_model", half_save_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            ovr.cached_model(torch.nn.Conv3d(1, 2, 3), 1)
+    assert len(seen) == 1 and TEMP_RE.match(seen[0]), seen
+    assert list((cache / "openvino").iterdir()) == []
+    assert FastPredictor(md, device="cpu", runtime="openvino").runtime_model == "converted"
+    (folder,) = (cache / "openvino").iterdir()
+    assert ovr.verified_ir(folder) is not None
 
 
 @needs_openvino

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from flareseg.devices import BF16_CPU_FLAGS
+from flareseg.temp_names import temp_path
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,7 @@ def cached_model(net: torch.nn.Module, in_channels: int, root: Path | None = Non
     model = _convert(net, in_channels)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=folder.parent))
-        try:
+        with temp_path(folder, "", folder=True) as tmp:      # removed whatever ends the block
             ov.save_model(model, str(tmp / "network.xml"), compress_to_fp16=False)
             files = {n: _sha256(tmp / n) for n in ("network.xml", "network.bin")}
             (tmp / "digest.json").write_text(json.dumps({"format": CACHE_FORMAT, "files": files}))
@@ -186,8 +185,6 @@ def cached_model(net: torch.nn.Module, in_channels: int, root: Path | None = Non
             except OSError:                # another process stored it first: keep theirs
                 if verified_ir(folder) is None:
                     raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     except OSError as e:
         why = f"{folder}: {e.strerror or e}"
         log.warning("OpenVINO network not cached (%s); converting again in every process", why)
