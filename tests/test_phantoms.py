@@ -451,3 +451,59 @@ def test_group_weights_choose_the_labeled_pool_mix():
         plan_cases(replace(cfg, group_weights={"liver": 1.0}))
     with pytest.raises(ValueError, match="at least one group"):
         plan_cases(replace(cfg, group_weights={"liver_tumor": 0.0}))
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_adult_spleen_and_liver_reach_the_kidneys_levels(seed):
+    """anatomy: adult: the spleen's lower half lies beside the upper half of the left kidney and the
+    liver's right lobe over the upper half of the right kidney (in the simple phantom they overlap
+    by ~15-20 mm of z); the organs' own draws are the same patient either way."""
+    from flareseg.data.phantom_anatomy import ADULT_Z_SHIFT, render_anatomy, sample_anatomy
+    from flareseg.data.phantom_shapes import Grid
+    axis = np.arange(-160.0, 160.0, 3.0, dtype=np.float32)
+    grid = Grid(np.arange(-150.0, 160.0, 3.0, dtype=np.float32), axis, axis)
+
+    def overlap_mm(r, a, b):
+        za, zb = (grid.zs[(r.label == c).any(axis=(1, 2))] for c in (a, b))
+        return min(za.max(), zb.max()) - max(za.min(), zb.min())
+
+    adult, simple = sample_anatomy(np.random.default_rng(seed), adult=True), sample_anatomy(np.random.default_rng(seed))
+    ra, rs = render_anatomy(adult, grid), render_anatomy(simple, grid)
+    assert overlap_mm(ra, 3, 13) >= 35 and overlap_mm(ra, 1, 2) >= 35, (overlap_mm(ra, 3, 13), overlap_mm(ra, 1, 2))
+    assert overlap_mm(ra, 3, 13) > overlap_mm(rs, 3, 13) + 15
+    shapes = dict(adult.organs), dict(simple.organs)
+    for c in (2, 13, 4, 5, 6):                                      # unmoved organs: the same shapes
+        assert shapes[0][c].knots.tolist() == shapes[1][c].knots.tolist() if c in (4, 5, 6) else \
+            shapes[0][c].center == shapes[1][c].center
+    assert shapes[0][3].center[0] == pytest.approx(shapes[1][3].center[0] + ADULT_Z_SHIFT[3])
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_adult_cavity_holds_bowel_loops_in_fat_not_a_smooth_mix(seed):
+    """anatomy: adult: around the organs the peritoneal cavity is bowel loops (a wall around fluid,
+    gas or faeces) packed in fat, so a smooth homogeneous soft-tissue region is an organ, as in real
+    CT; behind the kidneys' plane (the retroperitoneum) it is fat.  The simple phantom keeps its
+    smooth fat/soft-tissue mix."""
+    from flareseg.data.phantom_anatomy import render_anatomy, sample_anatomy
+    from flareseg.data.phantom_shapes import Grid
+    axis = np.arange(-160.0, 160.0, 2.0, dtype=np.float32)
+    grid = Grid(np.arange(-90.0, 0.0, 3.0, dtype=np.float32), axis, axis)
+    p = sample_anatomy(np.random.default_rng(seed), adult=True)
+    r = render_anatomy(p, grid)
+    h = p.hu
+    free = r.allowed & (r.label == 0) & (grid.ys < 0)[None, :, None]       # anterior cavity
+    hu = r.image[free]
+    kinds = {k: np.isin(hu, np.float32(h[k])) for k in ("fat", "bowel_wall", "bowel_fluid", "faeces", "gas")}
+    assert sum(v.mean() for v in kinds.values()) > 0.97                   # nothing else there
+    bowel = 1.0 - kinds["fat"].mean()
+    assert 0.1 < bowel < 0.9 and kinds["bowel_wall"].mean() > 0.03 and kinds["bowel_fluid"].mean() > 0.01, \
+        {k: round(float(v.mean()), 3) for k, v in kinds.items()}
+    # lumens have walls: fluid voxels touch fat far less often than they touch wall
+    img = r.image
+    fluid = (img == np.float32(h["bowel_fluid"])) & r.allowed & (r.label == 0)
+    ring = ndimage.binary_dilation(fluid) & ~fluid
+    assert (img[ring] == np.float32(h["bowel_wall"])).sum() > 3 * (img[ring] == np.float32(h["fat"])).sum()
+    back = r.allowed & (r.label == 0) & (grid.ys > p.bowel.back_y + 15)[None, :, None]
+    assert np.isin(r.image[back], [np.float32(h[k]) for k in ("bowel_wall", "bowel_fluid", "faeces")]).mean() < 0.01
+    simple = sample_anatomy(np.random.default_rng(seed))
+    assert simple.bowel is None
