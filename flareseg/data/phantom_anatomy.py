@@ -73,14 +73,6 @@ ADULT_TISSUE_HU: dict[str, tuple[tuple[float, float], ...]] = {
     "urine": ((0, 15), (0, 15), (0, 20), (150, 600)),             # bladder
 }
 
-#: ``anatomy: adult`` bowel HU per phase (plain, arterial, portal, delayed), each ``(lo, hi)``: the
-#: wall enhances like the duodenum's; fluid contents are water-like, faeces mottled soft tissue
-BOWEL_HU: dict[str, tuple[tuple[float, float], ...]] = {
-    "bowel_wall": ((30, 45), (60, 100), (70, 110), (55, 85)),
-    "bowel_fluid": ((0, 20), (0, 20), (0, 25), (0, 25)),
-    "faeces": ((-20, 40), (-20, 40), (-20, 40), (-20, 40)),
-}
-
 
 def _p(x: float, y: float, z: float) -> np.ndarray:
     """Canonical point given as (x, y, z) mm -> (z, y, x) vector."""
@@ -109,26 +101,6 @@ class AnatomyParams:
     trunk: "Trunk | None" = None         # chest and pelvis (``anatomy: adult``)
     bg_sharpness: float = 1.5            # how sharply the cavity background splits into fat / soft tissue
     renal_fat_mm: float = 0.0            # perirenal fat around the kidneys, renal sinus fat (``adult``)
-    bowel: "Bowel | None" = None          # bowel loops in mesenteric fat (``adult``)
-
-
-@dataclass(frozen=True)
-class Bowel:
-    """Bowel loops in mesenteric fat (``anatomy: adult``), in place of a smooth fat/soft-tissue mix.
-
-    The peritoneal cavity around the solid organs is mostly small bowel (lumen 2-3 cm, wall 1-3 mm)
-    and colon (lumen 4-6 cm, gas and faeces) packed in fat; in CT the loops are a mottled texture of
-    thin walls around fluid, gas and faeces (e.g. Gore & Levine, Textbook of Gastrointestinal
-    Radiology, 4th ed.).  The loops are the level set of a random field whose lattice is about a
-    loop apart: lumen where ``loops > lumen_at``, wall in a band below it, fat elsewhere; how much
-    of the cavity is bowel follows the patient's fat/bowel mix field.  Retroperitoneal space
-    (behind ``back_y``, where the kidneys lie in their fat) holds fat, not bowel."""
-
-    loops: SmoothField        # fine field (lattice ~ one loop): lumens, walls
-    content: SmoothField      # coarse field: which loops hold gas, fluid or faeces
-    mottle: SmoothField       # finest field: gas bubbles in faeces
-    wall_band: float          # wall thickness in field units
-    back_y: float             # posterior limit of the peritoneal cavity (canonical mm)
 
 
 @dataclass(frozen=True)
@@ -156,24 +128,10 @@ class Trunk:
         return (top - 0.006 * (np.abs(x) - 65.0) ** 2 - 0.45 * np.maximum(y, 0.0)).astype(np.float32)
 
 
-#: ``anatomy: adult``: canonical z shift (mm) of liver, gallbladder, spleen and stomach against the
-#: simple phantom, so that they reach the kidneys' levels as in adults: the spleen's renal surface
-#: lies on the upper lateral half of the left kidney, with its lower pole about at the kidney's hilum
-#: (L1), and the right lobe of the liver covers the upper half of the right kidney (the hepatorenal
-#: recess) down to about L2 (Gray's Anatomy, 42nd ed.; the frame's vertebral levels are those of
-#: :class:`Trunk`, about 34 mm per vertebra with T12/L1 at z ~ -15).  The simple phantom keeps the
-#: spleen ~40 mm higher, overlapping the left kidney by ~15 mm of z instead of ~50.
-ADULT_Z_SHIFT: dict[int, float] = {1: -20.0, 9: -20.0, 3: -30.0, 11: -15.0}
-
-
-def _organs(rng: np.random.Generator, adult: bool = False) -> dict[int, Any]:
-    """Organ shapes at their canonical positions with per-patient jitter (``adult``: shifted by
-    :data:`ADULT_Z_SHIFT`; the random draws are the same either way)."""
+def _organs(rng: np.random.Generator) -> dict[int, Any]:
+    """Organ shapes at their canonical positions with per-patient jitter."""
     def j(v: float, s: float = 8.0) -> float:
         return float(v + rng.uniform(-s, s))
-
-    def lvl(cls: int, z: float) -> float:
-        return z + (ADULT_Z_SHIFT.get(cls, 0.0) if adult else 0.0)
 
     def sc(*v: float) -> tuple[float, ...]:
         f = rng.uniform(0.85, 1.15)
@@ -186,10 +144,10 @@ def _organs(rng: np.random.Generator, adult: bool = False) -> dict[int, Any]:
 
     o: dict[int, Any] = {}
     # liver: right lobe plus a left lobe reaching across the midline
-    o[1] = [ell(_p(j(-70), j(-5), lvl(1, j(55))), (72, 66, 62), amp=0.3),
-            ell(_p(j(-5), j(-55, 5), lvl(1, j(75))), (45, 28, 35), rotation_zyx(about_y=-15))]
-    o[3] = ell(_p(j(98, 5), j(45), lvl(3, j(60))), (24, 48, 50), rotation_zyx(about_z=-35))
-    o[11] = ell(_p(j(50), j(-30), lvl(11, j(58))), (44, 36, 52), rotation_zyx(about_y=25))
+    o[1] = [ell(_p(j(-70), j(-5), j(55)), (72, 66, 62), amp=0.3),
+            ell(_p(j(-5), j(-55, 5), j(75)), (45, 28, 35), rotation_zyx(about_y=-15))]
+    o[3] = ell(_p(j(98, 5), j(45), j(60)), (24, 48, 50), rotation_zyx(about_z=-35))
+    o[11] = ell(_p(j(50), j(-30), j(58)), (44, 36, 52), rotation_zyx(about_y=25))
     for cls, side, zc in ((2, -1, -35), (13, 1, -25)):
         o[cls] = ell(_p(side * j(62, 5), j(42, 5), j(zc)), (24, 21, 50),
                      rotation_zyx(about_y=side * -15, about_z=side * 30), amp=0.12)
@@ -200,7 +158,7 @@ def _organs(rng: np.random.Generator, adult: bool = False) -> dict[int, Any]:
         amp=rng.uniform(0.15, 0.3))
     o[12] = TorusArc.sample(rng, _p(j(-45, 4), j(-25, 3), j(-5, 4)), rng.uniform(26, 32),
                             rng.uniform(8, 10), rng.uniform(45, 70), amp=rng.uniform(0.1, 0.25))
-    o[9] = ell(_p(j(-45), j(-55), lvl(9, j(8))), (14, 15, 30), rotation_zyx(about_x=30), amp=0.1)
+    o[9] = ell(_p(j(-45), j(-55), j(8)), (14, 15, 30), rotation_zyx(about_x=30), amp=0.1)
     o[7] = ell(_p(j(-40, 4), j(35, 4), j(45, 4)), (6, 12, 14), amp=0.15)
     o[8] = ell(_p(j(36, 4), j(22, 4), j(45, 4)), (6, 12, 14), amp=0.15)
     o[10] = Tube.sample(rng, 0, [(80, -20, 30, 7, 8), (105, -19, 20, 7, 8), (200, -15, 12, 7, 8)],
@@ -278,7 +236,7 @@ def sample_anatomy(rng: np.random.Generator, adult: bool = False) -> AnatomyPara
                                          rng.uniform(-140, 0)),
                                  rng.uniform(5, 15, size=3), random_rotation(rng, 40), amp=0.2)
                 for _ in range(int(rng.integers(0, 6))))
-    shapes = _organs(rng, adult)
+    shapes = _organs(rng)
     params = AnatomyParams(
         body_a=float(body_a), body_b=(float(body_b[0]), float(body_b[1])),
         fat=float(rng.uniform(0.06, 0.15)), muscle=float(rng.uniform(0.05, 0.08)),
@@ -300,18 +258,10 @@ def sample_anatomy(rng: np.random.Generator, adult: bool = False) -> AnatomyPara
     # Davidiuk et al., Urology 2014;84:1120-5); derived, not drawn, so the random stream and with it
     # every other draw of the patient stay the same
     visceral = float(rng.uniform(-0.5, 1.5))
-    params = replace(params, hu={**params.hu, **_adult_hu(rng, pi)}, trunk=_sample_trunk(rng, shapes),
-                     fat=float(rng.uniform(0.09, 0.21)), visceral_fat=visceral,
-                     bg_field=SmoothField.sample(rng, *box, k=14), bg_sharpness=4.0,
-                     renal_fat_mm=5.0 + 7.5 * (visceral + 0.5))
-    # drawn last, so every draw above is the same patient as before bowel loops existed
-    lo, hi = np.asarray(box[0], float), np.asarray(box[1], float)
-    bowel = Bowel(SmoothField.sample(rng, lo, hi, k=np.ceil((hi - lo) / 9.0).astype(int)),
-                  SmoothField.sample(rng, lo, hi, k=np.ceil((hi - lo) / 45.0).astype(int)),
-                  SmoothField.sample(rng, lo, hi, k=np.ceil((hi - lo) / 4.0).astype(int)),
-                  wall_band=float(rng.uniform(0.25, 0.4)), back_y=float(rng.uniform(15, 35)))
-    wall = {k: float(rng.uniform(*v[pi])) for k, v in BOWEL_HU.items()}
-    return replace(params, bowel=bowel, hu={**params.hu, **wall})
+    return replace(params, hu={**params.hu, **_adult_hu(rng, pi)}, trunk=_sample_trunk(rng, shapes),
+                   fat=float(rng.uniform(0.09, 0.21)), visceral_fat=visceral,
+                   bg_field=SmoothField.sample(rng, *box, k=14), bg_sharpness=4.0,
+                   renal_fat_mm=5.0 + 7.5 * (visceral + 0.5))
 
 
 @dataclass
@@ -371,10 +321,7 @@ def render_anatomy(p: AnatomyParams, grid: Grid) -> Rendered:
     cavity_r = 1 - p.fat - p.muscle
     cavity = rho < cavity_r
     w = 1.0 / (1.0 + np.exp(-(p.bg_sharpness * p.bg_field.evaluate(*grid.axes) - p.visceral_fat)))
-    if p.bowel is None:
-        image[cavity] = (h["fat"] + (h["soft"] - h["fat"]) * w)[cavity]
-    else:
-        image[cavity] = _bowel(p.bowel, h, grid, w)[cavity]
+    image[cavity] = (h["fat"] + (h["soft"] - h["fat"]) * w)[cavity]
     skeleton = _skeleton(p, grid, image, cavity_r, rho)
     if p.trunk is not None:
         skeleton = skeleton | _pelvic_bones(p, grid, image)
@@ -407,27 +354,6 @@ def render_anatomy(p: AnatomyParams, grid: Grid) -> Rendered:
     if p.renal_fat_mm > 0:     # last: the sinus leaves the kidney label, and nothing may paint into it
         _renal_sinus(h, grid, label, image, fields)
     return Rendered(label, image, allowed, fields)
-
-
-def _bowel(b: Bowel, h: dict[str, float], grid: Grid, w: np.ndarray) -> np.ndarray:
-    """HU of the cavity filled with bowel loops in fat (``w`` in (0, 1): the local share of bowel)."""
-    loops = b.loops.evaluate(*grid.axes)
-    # bowel-rich where w is high: from ~15 % of the cavity (fatty) to ~70 % (bowel-packed)
-    edge = np.float32(1.0) - np.float32(1.5) * w
-    behind = np.clip((grid.ys - np.float32(b.back_y)) / np.float32(15.0), 0.0, 1.0)[None, :, None]
-    edge = edge + np.float32(3.0) * behind                   # retroperitoneum: fat, no loops
-    out = np.full(grid.shape, h["fat"], dtype=np.float32)
-    bowel = loops > edge
-    out[bowel] = h["bowel_wall"]
-    lumen = loops > edge + np.float32(b.wall_band)
-    content = b.content.evaluate(*grid.axes)
-    gas = lumen & (content > 0.8)
-    faeces = lumen & (content < -0.6)
-    out[lumen] = h["bowel_fluid"]
-    out[faeces] = h["faeces"]
-    out[faeces & (b.mottle.evaluate(*grid.axes) > 1.0)] = h["gas"]
-    out[gas] = h["gas"]
-    return out
 
 
 def _pelvic_bones(p: AnatomyParams, grid: Grid, image: np.ndarray) -> np.ndarray:

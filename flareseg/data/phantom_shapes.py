@@ -75,11 +75,9 @@ class SmoothField:
 
     @classmethod
     def sample(cls, rng: np.random.Generator, lo: Sequence[float], hi: Sequence[float],
-               k: int | Sequence[int] = 4) -> "SmoothField":
-        """``k`` lattice points per axis (one number for all three, or ``(kz, ky, kx)``)."""
-        shape = (k, k, k) if isinstance(k, int) else tuple(int(v) for v in k)
+               k: int = 4) -> "SmoothField":
         return cls(tuple(map(float, lo)), tuple(map(float, hi)),  # type: ignore[arg-type]
-                   rng.standard_normal(shape).astype(np.float32))
+                   rng.standard_normal((k, k, k)).astype(np.float32))
 
     def _basis(self, axis: int, t: np.ndarray) -> np.ndarray:
         k = self.coef.shape[axis]
