@@ -20,9 +20,10 @@ from flareseg import write_guard
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# the child: publish.main with a copy that stops itself while writing the second file
+# the child: publish.main with a copy that stops itself while writing the second file; it also
+# checks that publish gives the SIGTERM handler back
 CHILD = textwrap.dedent("""
-    import os, shutil, sys
+    import os, shutil, signal, sys
     from pathlib import Path
     from flareseg.inference import publish
     sig, real_copy, copied = int(sys.argv[1]), shutil.copyfile, []
@@ -36,7 +37,11 @@ CHILD = textwrap.dedent("""
             sys.exit("the signal did not stop the copy")
         return real_copy(src, dst, **kw)
     shutil.copyfile = copy_then_signal
-    sys.exit(publish.main(sys.argv[2:]))
+    before = signal.getsignal(signal.SIGTERM)
+    rc = publish.main(sys.argv[2:])
+    if signal.getsignal(signal.SIGTERM) is not before:
+        sys.exit("the SIGTERM handler was not restored")
+    sys.exit(rc)
 """)
 
 
@@ -57,7 +62,7 @@ def layout(tmp_path):
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"),
                                              (signal.SIGINT, 130, "interrupted")])
 def test_publish_stopped_mid_copy_leaves_finished_files_and_no_partial_one(layout, sig, code, word):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     run = subprocess.run([sys.executable, "-c", CHILD, str(int(sig)), "publish", str(layout / "staged"),
                           str(layout / "outputs"), str(layout / "inputs"), str(layout / "model")],
                          capture_output=True, text=True, env=env, timeout=300)
