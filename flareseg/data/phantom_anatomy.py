@@ -128,29 +128,10 @@ class Trunk:
         return (top - 0.006 * (np.abs(x) - 65.0) ** 2 - 0.45 * np.maximum(y, 0.0)).astype(np.float32)
 
 
-#: ``anatomy: adult``: canonical z shift (mm) of liver, gallbladder, spleen and stomach against the
-#: simple phantom, to the levels at which they meet the kidneys in adults (Gray's Anatomy, 42nd ed.;
-#: Moore, Clinically Oriented Anatomy, 8th ed.; the frame's vertebral levels are those of
-#: :class:`Trunk`, about 34 mm per vertebra with T12/L1 at z ~ -15): the right lobe of the liver
-#: lies on the upper two-thirds of the right kidney's anterior surface (the hepatorenal recess), its
-#: inferior edge at about L1/L2; the spleen lies along the 9th-11th ribs with its renal surface on
-#: the upper lateral part of the left kidney and its lower pole at about L1.  The simple phantom
-#: keeps them 30 mm higher (the stomach 15): there the liver shares 0-31 % of the right kidney's
-#: planes and the spleen 3-25 % of the left kidney's; here 25-62 % and 30-53 % (docs/evidence.md).
-ADULT_Z_SHIFT: dict[int, float] = {1: -30.0, 9: -30.0, 3: -30.0, 11: -15.0}
-
-#: intraperitoneal organs, which stay outside the kidneys' perirenal fat (Gerota's fascia)
-OUTSIDE_GEROTA = (1, 3, 9, 11)
-
-
-def _organs(rng: np.random.Generator, adult: bool = False) -> dict[int, Any]:
-    """Organ shapes at their canonical positions with per-patient jitter (``adult``: liver,
-    gallbladder, spleen and stomach shifted by :data:`ADULT_Z_SHIFT`; the draws are the same)."""
+def _organs(rng: np.random.Generator) -> dict[int, Any]:
+    """Organ shapes at their canonical positions with per-patient jitter."""
     def j(v: float, s: float = 8.0) -> float:
         return float(v + rng.uniform(-s, s))
-
-    def lvl(cls: int, z: float) -> float:
-        return z + (ADULT_Z_SHIFT.get(cls, 0.0) if adult else 0.0)
 
     def sc(*v: float) -> tuple[float, ...]:
         f = rng.uniform(0.85, 1.15)
@@ -163,10 +144,10 @@ def _organs(rng: np.random.Generator, adult: bool = False) -> dict[int, Any]:
 
     o: dict[int, Any] = {}
     # liver: right lobe plus a left lobe reaching across the midline
-    o[1] = [ell(_p(j(-70), j(-5), lvl(1, j(55))), (72, 66, 62), amp=0.3),
-            ell(_p(j(-5), j(-55, 5), lvl(1, j(75))), (45, 28, 35), rotation_zyx(about_y=-15))]
-    o[3] = ell(_p(j(98, 5), j(45), lvl(3, j(60))), (24, 48, 50), rotation_zyx(about_z=-35))
-    o[11] = ell(_p(j(50), j(-30), lvl(11, j(58))), (44, 36, 52), rotation_zyx(about_y=25))
+    o[1] = [ell(_p(j(-70), j(-5), j(55)), (72, 66, 62), amp=0.3),
+            ell(_p(j(-5), j(-55, 5), j(75)), (45, 28, 35), rotation_zyx(about_y=-15))]
+    o[3] = ell(_p(j(98, 5), j(45), j(60)), (24, 48, 50), rotation_zyx(about_z=-35))
+    o[11] = ell(_p(j(50), j(-30), j(58)), (44, 36, 52), rotation_zyx(about_y=25))
     for cls, side, zc in ((2, -1, -35), (13, 1, -25)):
         o[cls] = ell(_p(side * j(62, 5), j(42, 5), j(zc)), (24, 21, 50),
                      rotation_zyx(about_y=side * -15, about_z=side * 30), amp=0.12)
@@ -177,7 +158,7 @@ def _organs(rng: np.random.Generator, adult: bool = False) -> dict[int, Any]:
         amp=rng.uniform(0.15, 0.3))
     o[12] = TorusArc.sample(rng, _p(j(-45, 4), j(-25, 3), j(-5, 4)), rng.uniform(26, 32),
                             rng.uniform(8, 10), rng.uniform(45, 70), amp=rng.uniform(0.1, 0.25))
-    o[9] = ell(_p(j(-45), j(-55), lvl(9, j(8))), (14, 15, 30), rotation_zyx(about_x=30), amp=0.1)
+    o[9] = ell(_p(j(-45), j(-55), j(8)), (14, 15, 30), rotation_zyx(about_x=30), amp=0.1)
     o[7] = ell(_p(j(-40, 4), j(35, 4), j(45, 4)), (6, 12, 14), amp=0.15)
     o[8] = ell(_p(j(36, 4), j(22, 4), j(45, 4)), (6, 12, 14), amp=0.15)
     o[10] = Tube.sample(rng, 0, [(80, -20, 30, 7, 8), (105, -19, 20, 7, 8), (200, -15, 12, 7, 8)],
@@ -255,7 +236,7 @@ def sample_anatomy(rng: np.random.Generator, adult: bool = False) -> AnatomyPara
                                          rng.uniform(-140, 0)),
                                  rng.uniform(5, 15, size=3), random_rotation(rng, 40), amp=0.2)
                 for _ in range(int(rng.integers(0, 6))))
-    shapes = _organs(rng, adult)
+    shapes = _organs(rng)
     params = AnatomyParams(
         body_a=float(body_a), body_b=(float(body_b[0]), float(body_b[1])),
         fat=float(rng.uniform(0.06, 0.15)), muscle=float(rng.uniform(0.05, 0.08)),
@@ -435,20 +416,14 @@ def _renal_sinus(h: dict[str, float], grid: Grid, label: np.ndarray, image: np.n
 
 def _perirenal_fat(mm: float, fat_hu: float, grid: Grid, label: np.ndarray, image: np.ndarray,
                    fields: dict[int, list], allowed: np.ndarray) -> None:
-    """Fat inside Gerota's fascia: a shell ``mm`` thick around each kidney.  The perirenal space is
-    retroperitoneal, so the intraperitoneal organs (:data:`OUTSIDE_GEROTA`: liver, spleen, stomach,
-    gallbladder) leave it: where they reach the kidney, the kidney's fat carves their renal
-    impression.  Adrenals (inside the fascia), vessels, pancreas and duodenum keep their voxels;
-    psoas is painted over the fat later."""
+    """Fat inside Gerota's fascia: a shell ``mm`` thick around each kidney, where no organ is
+    labelled (adrenals, liver, spleen, bowel keep their voxels; psoas is painted over it later)."""
     for cls in (2, 13):
         for _, _, s in fields.get(cls, []):
             capsule = replace(s, semi=tuple(float(v) + mm for v in s.semi))
             bbox, f = capsule.evaluate(grid)
             if bbox is not None:
-                lab = label[bbox]
-                peritoneal = (f < 0) & np.isin(lab, OUTSIDE_GEROTA)
-                lab[peritoneal] = 0
-                image[bbox][(f < 0) & (lab == 0) & allowed[bbox]] = fat_hu
+                image[bbox][(f < 0) & (label[bbox] == 0) & allowed[bbox]] = fat_hu
 
 
 def _organ_details(p: AnatomyParams, grid: Grid, label: np.ndarray, image: np.ndarray,
