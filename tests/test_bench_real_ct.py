@@ -38,3 +38,47 @@ def test_skipping_table_totals_and_time_saved():
     assert "| 150 mm, 1 voxel | A | 500 mm | 20 / 50 (40 %) | 4 / 10 (grown 1) | 10.00 | 6.00 | 40 % | 7 |" in text
     assert "**40 / 100 (40 %)** | | 20.00 | 12.00 | **40 %**" in text
     assert "| 150 mm, 1 voxel | 3 spleen | 0.9900 (n=2) | – | – |" in text
+
+
+def test_real_ct_probe_versions_move_one_organ_at_a_time():
+    """bench.real_ct_probe: each version of the CT changes only what its name says, to the
+    phantoms' published centres, and the original array is left alone."""
+    from bench.real_ct_probe import centre, versions
+    from flareseg.data.phantom_anatomy import ADULT_ORGAN_HU
+    rng = np.random.default_rng(1)
+    labels = np.zeros((4, 8, 8), np.uint8)
+    labels[:, :3, :3], labels[:, 5:, 5:], labels[:, :3, 5:], labels[:, 5:, :3] = 1, 2, 3, 13
+    hu = rng.normal(0.0, 20.0, labels.shape).astype(np.float32)
+    hu[labels == 2] += 14.0
+    hu[labels == 3] += 35.0
+    before = hu.copy()
+    v = versions(hu, labels)
+    np.testing.assert_array_equal(hu, before)
+    assert centre(2, "plain") == sum(ADULT_ORGAN_HU[2][0]) / 2 and centre(2, "portal") == sum(ADULT_ORGAN_HU[2][2]) / 2
+    names = list(v)
+    np.testing.assert_array_equal(v[names[0]], hu)
+    np.testing.assert_allclose(v[names[1]] - hu, 15.0, atol=1e-4)
+    kidneys, spleen, rest = np.isin(labels, (2, 13)), labels == 3, ~np.isin(labels, (2, 3, 13))
+    kept, flat, sp, portal = v[names[2]], v[names[3]], v[names[4]], v[names[5]]
+    for k in (2, 13):                                   # texture kept: the same deviations, a new median
+        assert abs(np.median(kept[labels == k]) - centre(2, "plain")) < 1e-3
+        np.testing.assert_allclose(np.diff(kept[labels == k]), np.diff(hu[labels == k]), atol=1e-3)
+    assert abs(flat[kidneys].mean() - centre(2, "plain")) < 6 and abs(portal[kidneys].mean() - centre(2, "portal")) < 6
+    assert np.corrcoef(flat[kidneys], hu[kidneys])[0, 1] < 0.5          # texture gone
+    assert abs(np.median(sp[spleen]) - centre(3, "plain")) < 1e-3
+    for out, changed in ((kept, kidneys), (flat, kidneys), (sp, spleen), (portal, kidneys)):
+        np.testing.assert_array_equal(out[~changed], hu[~changed])
+    np.testing.assert_array_equal(kept[rest], hu[rest])
+
+
+def test_real_ct_probe_scores_each_phase_over_its_cases():
+    from bench.real_ct_probe import rows, score_phases
+    lab = np.zeros((2, 4, 4), np.uint8)
+    lab[0, :2, :2], lab[1, :2, :2], lab[1, 2:, 2:], lab[0, 2:, 2:] = 1, 3, 2, 13
+    miss_spleen = np.where(lab == 3, 0, lab)
+    cases = [("plain", lab, lab), ("plain", miss_spleen, lab), ("portal", lab, lab)]
+    got = score_phases(lambda image: image, cases)   # the "image" is the prediction here
+    assert got["plain"] == {1: 1.0, 3: 0.5, 2: 1.0, 13: 1.0} and got["portal"][3] == 1.0
+    table = rows("phase", got)
+    assert table[0] == "| phase | liver | spleen | right_kidney | left_kidney |"
+    assert table[2] == "| plain | 1.000 | 0.500 | 1.000 | 1.000 |"

@@ -346,6 +346,30 @@ def test_adult_hu_lies_in_the_published_ranges_of_its_phase():
     assert len(seen) >= 2
 
 
+def test_a_fixed_phase_keeps_the_patient_and_changes_only_the_contrast():
+    """``phase=`` gives the same patient (labels, geometry) in another contrast phase: the drawn
+    phase is still drawn, so every later draw is the same; the organs then read that phase's HU.
+    bench.real_ct_probe relies on this to ask whether a model knows the unenhanced organs."""
+    from flareseg.data.phantom_anatomy import ADULT_ORGAN_HU, PHASES
+    out = {ph: generate_case(np.random.default_rng(2), ADULT, n_tumors=0, phase=ph) for ph in ("plain", "portal")}
+    (img_p, lab_p, geo_p, info_p), (img_v, lab_v, geo_v, info_v) = out["plain"], out["portal"]
+    assert (info_p["phase"], info_v["phase"]) == ("plain", "portal")
+    np.testing.assert_array_equal(lab_p, lab_v)
+    assert geo_p == geo_v
+    for c in (1, 2, 3):
+        core = ndimage.binary_erosion(lab_p == c, iterations=1)
+        for img, ph in ((img_p, "plain"), (img_v, "portal")):
+            lo, hi = ADULT_ORGAN_HU[c][PHASES.index(ph)]
+            assert lo - 24 < float(img[core].mean()) < hi + 24, (c, ph)
+    # the drawn phase is the default: no phase= reproduces the case that names its own drawn phase
+    _, lab_d, _, info_d = generate_case(np.random.default_rng(2), ADULT, n_tumors=0)
+    img_same, *_ = generate_case(np.random.default_rng(2), ADULT, n_tumors=0, phase=info_d["phase"])
+    np.testing.assert_array_equal(img_same, generate_case(np.random.default_rng(2), ADULT, n_tumors=0)[0])
+    np.testing.assert_array_equal(lab_d, lab_p)
+    with pytest.raises(ValueError, match="venous"):
+        generate_case(np.random.default_rng(2), ADULT, phase="venous")
+
+
 @pytest.mark.parametrize("seed", [0, 5])
 def test_adult_kidneys_sit_in_perirenal_fat_with_a_medial_sinus(seed):
     """anatomy: adult: each kidney is wrapped in perirenal fat (5-20 mm, with visceral adiposity),

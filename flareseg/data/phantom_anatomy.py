@@ -214,17 +214,22 @@ def _adult_hu(rng: np.random.Generator, phase: int) -> dict[str, float]:
     return {k: float(v) for k, v in hu.items()}
 
 
-def sample_anatomy(rng: np.random.Generator, adult: bool = False) -> AnatomyParams:
+def sample_anatomy(rng: np.random.Generator, adult: bool = False, phase: str | None = None) -> AnatomyParams:
     """Draw one patient: body habitus, organ shapes, contrast phase and HU values.
 
     ``adult`` (``anatomy: adult``) adds the chest and pelvis (:class:`Trunk`) and draws the HU from
     the published ranges of ``ADULT_ORGAN_HU`` / ``ADULT_TISSUE_HU``; the draws of the simple
     phantom come first and unchanged, so the abdomen's shapes are the same patient either way.
+    ``phase`` (one of ``PHASES``) replaces the drawn contrast phase; the phase is still drawn, so
+    the same ``rng`` gives the same patient in every phase (only the HU change).
     """
+    if phase is not None and phase not in PHASES:
+        raise ValueError(f"phase {phase!r}: not one of {', '.join(PHASES)}")
     body_a = BODY_A   # fixed: the caller's scale sets the body width; habitus varies in depth
     body_b = (body_a * rng.uniform(0.66, 0.8), body_a * rng.uniform(0.58, 0.68))
     box = ((-300, -body_b[0], -body_a), (300, body_b[1], body_a))
-    phase = str(rng.choice(PHASES, p=PHASE_P))
+    drawn = str(rng.choice(PHASES, p=PHASE_P))
+    phase = drawn if phase is None else phase
     pi = PHASES.index(phase)
     hu = {f"organ{c}": v[pi] + rng.normal(0, 8) for c, v in ORGAN_HU.items()}
     hu.update(medulla=MEDULLA_HU[pi] + rng.normal(0, 8), pelvis=PELVIS_HU[pi] + rng.normal(0, 15),

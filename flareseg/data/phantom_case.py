@@ -146,20 +146,23 @@ def finish_ct(rng: np.random.Generator, image: np.ndarray, spacing_zyx: Sequence
 
 def generate_case(rng: np.random.Generator, cfg: PhantomConfig | None = None, *,
                   tumor_hosts: Sequence[int] = TUMOR_HOSTS, n_tumors: int | None = None,
-                  orientation: str | None = None) -> tuple[np.ndarray, np.ndarray, Geometry, dict[str, Any]]:
+                  orientation: str | None = None,
+                  phase: str | None = None) -> tuple[np.ndarray, np.ndarray, Geometry, dict[str, Any]]:
     """Generate one phantom.
 
     Returns ``(image, label, geometry, info)``: ``image`` ``(Z, Y, X)`` int16 HU, ``label``
     ``(Z, Y, X)`` uint8 with all 14 classes (full ground truth), the stored
     :class:`~flareseg.io.Geometry`, and a JSON-able ``info`` dict (spacing, size, direction,
     orientation, contrast phase, tumors).  ``n_tumors=None`` draws 0-3 tumors; ``tumor_hosts``
-    restricts which organs carry them.  The result depends only on ``rng``'s state.
+    restricts which organs carry them; ``phase`` fixes the contrast phase (the same patient in
+    another phase, see :func:`~flareseg.data.phantom_anatomy.sample_anatomy`).  The result depends
+    only on ``rng``'s state and the arguments.
     """
     cfg = cfg or PhantomConfig()
     geo = sample_geometry(rng, cfg, orientation)
     grid = geo.canonical_grid()
     adult = cfg.anatomy == "adult"
-    anatomy = sample_anatomy(rng, adult=adult)
+    anatomy = sample_anatomy(rng, adult=adult, phase=phase)
     rendered = render_anatomy(anatomy, grid)
     n = int(rng.integers(0, 4)) if n_tumors is None else int(n_tumors)
     host_hu = {c: anatomy.hu[f"organ{c}"] for c in TUMOR_HOSTS}

@@ -1,0 +1,159 @@
+"""Why a phantom-trained model misses a real organ (issue 28 item 5): two probes, one command.
+
+1. **Phases** (``--phases N``): N fresh phantoms of the model's generator config, each rendered in
+   every contrast phase (the same patients, only the HU change: ``generate_case(phase=...)``),
+   scored per phase.  Answers "does the model know the unenhanced organs on phantoms?".
+2. **Versions of the real CT** (always): the shared real CT (``bench.real_ct_dsc``'s image) with
+   its own labels used to move one thing at a time: a whole-scan CT-number offset, the kidneys or
+   the spleen moved to the phantoms' unenhanced centre (the midpoint of ``ADULT_ORGAN_HU``'s plain
+   range) with their texture kept or flattened, the kidneys flattened at the portal-venous centre.
+   Each version is scored as ``bench.real_ct_dsc`` scores the CT as it is.  If a real organ is
+   missed even when it reads the phantoms' HU, what the model misses is its shape and
+   surroundings, not its intensity.
+
+These are diagnostics: the CT is only measured, the phantoms are never fitted to it::
+
+    python -m bench.real_ct_probe --model WORK/stage-1-fine/nnUNet_results/Dataset823_PhantomDemo/FlareSegTrainer__nnUNetPlans__fine --phases 2 --json probe.json
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+from bench._common import machine_line, nnunet_process, write_report
+from bench.real_ct_dsc import GOAL_CLASSES, IMAGE, LABELS
+from flareseg.data.phantom_anatomy import ADULT_ORGAN_HU, PHASES
+from flareseg.evaluation.metrics import class_dsc
+from flareseg.labels import CLASS_NAMES
+
+KIDNEYS = (2, 13)
+SPLEEN = 3
+OFFSET_HU = 15.0          # a whole-scan CT-number offset (the phantoms draw +-12, CALIBRATION_HU)
+NOISE_SD = 11.0           # flattened organs get white noise of this SD (the shared CT's liver residual)
+
+
+def centre(c: int, phase: str) -> float:
+    """Midpoint of the published HU range that the adult phantoms draw class ``c`` from in ``phase``."""
+    lo, hi = ADULT_ORGAN_HU[c][PHASES.index(phase)]
+    return (lo + hi) / 2.0
+
+
+def moved(hu: np.ndarray, labels: np.ndarray, classes, target: float) -> np.ndarray:
+    """Each class's voxels shifted so that their median reads ``target``; texture kept."""
+    out = hu.astype(np.float32).copy()
+    for c in classes:
+        m = labels == c
+        if m.any():
+            out[m] += np.float32(target - np.median(hu[m]))
+    return out
+
+
+def flattened(hu: np.ndarray, labels: np.ndarray, classes, target: float, noise: np.ndarray) -> np.ndarray:
+    """Each class's voxels replaced by ``target`` plus ``noise``: the organ's texture removed."""
+    out = hu.astype(np.float32).copy()
+    m = np.isin(labels, list(classes))
+    out[m] = np.float32(target) + noise[m]
+    return out
+
+
+def versions(hu: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """The probe's versions of a CT ``hu`` (float HU, ``(Z, Y, X)``) made with its ``labels``."""
+    noise = np.random.default_rng(seed).normal(0.0, NOISE_SD, hu.shape).astype(np.float32)
+    kp, sp, kv = centre(2, "plain"), centre(SPLEEN, "plain"), centre(2, "portal")
+    return {
+        "as it is": hu.astype(np.float32),
+        f"whole scan {OFFSET_HU:+.0f} HU": hu.astype(np.float32) + np.float32(OFFSET_HU),
+        f"kidneys at the phantoms' unenhanced {kp:.0f} HU, texture kept": moved(hu, labels, KIDNEYS, kp),
+        f"kidneys flat at {kp:.0f} HU": flattened(hu, labels, KIDNEYS, kp, noise),
+        f"spleen at the phantoms' unenhanced {sp:.1f} HU, texture kept": moved(hu, labels, (SPLEEN,), sp),
+        f"kidneys flat at the portal-venous {kv:.0f} HU": flattened(hu, labels, KIDNEYS, kv, noise),
+    }
+
+
+def goal_dsc(pred: np.ndarray, ref: np.ndarray) -> dict[int, float]:
+    """DSC of the goal classes (liver, spleen, kidneys); 0 where the prediction has none."""
+    s = class_dsc(pred, ref)
+    return {c: float(s[c]["dsc"] or 0.0) for c in GOAL_CLASSES}
+
+
+def rows(title: str, results: dict[str, dict[int, float]]) -> list[str]:
+    """Markdown table: one row per version (or phase), one column per goal class."""
+    head = f"| {title} | " + " | ".join(CLASS_NAMES[c] for c in GOAL_CLASSES) + " |"
+    out = [head, "|---|" + "---:|" * len(GOAL_CLASSES)]
+    for name, d in results.items():
+        out.append(f"| {name} | " + " | ".join(f"{d[c]:.3f}" for c in GOAL_CLASSES) + " |")
+    return out
+
+
+def phase_cases(n: int, config: Path, seed: int):
+    """``n`` patients of ``config``'s phantom generator in every phase: yields (phase, image, labels)."""
+    from flareseg.config import load_config
+    from flareseg.data.phantom_case import generate_case
+    cfg = load_config(config).data.phantoms
+    for i in range(n):
+        for phase in PHASES:
+            img, lab, geo, _ = generate_case(np.random.default_rng([seed, i]), cfg, n_tumors=0, phase=phase)
+            yield phase, geo.apply(sitk.GetImageFromArray(img)), lab
+
+
+def score_phases(predict: Callable[[sitk.Image], np.ndarray], cases) -> dict[str, dict[int, float]]:
+    """Mean goal-class DSC per phase over ``cases`` from :func:`phase_cases`."""
+    acc: dict[str, list[dict[int, float]]] = {}
+    for phase, image, lab in cases:
+        acc.setdefault(phase, []).append(goal_dsc(predict(image), lab))
+    return {p: {c: float(np.mean([d[c] for d in v])) for c in GOAL_CLASSES} for p, v in acc.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, required=True, help="nnU-Net model folder (stage-1/5 results or an exported model)")
+    ap.add_argument("--fold", default="0")
+    ap.add_argument("--checkpoint", default="checkpoint_final.pth")
+    ap.add_argument("--phases", type=int, default=0, metavar="N",
+                    help="also score N fresh phantoms in each contrast phase (about 30 s per phantom and phase on 2 cores)")
+    ap.add_argument("--config", type=Path, default=Path("configs/demo.yaml"), help="generator config of --phases")
+    ap.add_argument("--phantom-seed", type=int, default=777, help="--phases' patients (not the demo's data seed 0)")
+    ap.add_argument("--out", type=Path, help="also write the markdown report here")
+    ap.add_argument("--json", type=Path, help="write the numbers as JSON")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for p in (IMAGE, LABELS):
+        if not p.is_file():
+            raise SystemExit(f"{p}: missing (the shared real CT; see ../shared/data/README.md)")
+    nnunet_process("cpu")
+    from flareseg.inference.predictor import FastPredictor
+    predictor = FastPredictor(args.model, device="cpu", folds=[args.fold], checkpoint=args.checkpoint)
+
+    def predict(image: sitk.Image) -> np.ndarray:
+        return sitk.GetArrayFromImage(predictor.predict(image))
+
+    t = time.perf_counter()
+    image = sitk.ReadImage(str(IMAGE))
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(LABELS)))
+    real = {}
+    for name, hu in versions(sitk.GetArrayFromImage(image).astype(np.float32), ref).items():
+        v = sitk.GetImageFromArray(np.round(hu).astype(np.int16))
+        v.CopyInformation(image)
+        real[name] = goal_dsc(predict(v), ref)
+    phases = score_phases(predict, phase_cases(args.phases, args.config, args.phantom_seed)) if args.phases else {}
+    lines = [f"Model `{args.model}` fold {args.fold} `{args.checkpoint}`; {time.perf_counter() - t:.0f} s.", "",
+             *rows("version of the real CT", real)]
+    if phases:
+        lines += ["", f"{args.phases} fresh phantom(s) of `{args.config}` (seed {args.phantom_seed}), "
+                  "the same patients in every phase, mean DSC:", "", *rows("phase", phases)]
+    write_report("\n".join([*lines, "", machine_line("cpu")]), args.out)
+    if args.json:
+        from flareseg.io import write_json
+        write_json({"model": str(args.model), "real_ct": real, "phases": phases}, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
