@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fold", default="0")
     ap.add_argument("--checkpoint", default="checkpoint_final.pth")
     ap.add_argument("--phases", type=int, default=0, metavar="N",
-                    help="also score N fresh phantoms in each contrast phase (about 30 s per phantom and phase on 2 cores)")
+                    help="also score N fresh phantoms in each contrast phase (about 35 s per phantom and phase on 2 cores, Intel Xeon)")
     ap.add_argument("--config", type=Path, default=Path("configs/demo.yaml"), help="generator config of --phases")
     ap.add_argument("--phantom-seed", type=int, default=777, help="--phases' patients (not the demo's data seed 0)")
     ap.add_argument("--out", type=Path, help="also write the markdown report here")
