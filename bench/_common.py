@@ -10,7 +10,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 
 def nnunet_process(device: str = "cpu", workers: int | None = None, threads: int | None = None,
@@ -101,3 +101,25 @@ def write_report(text: str, out: "os.PathLike | str | None", echo: bool = True) 
         from flareseg.io import write_text
         write_text(text, out)
         print(f"wrote {out}")
+
+
+def refuse_input_outputs(outputs: Mapping[str, "os.PathLike | str | None"], reads: Iterable["os.PathLike | str"],
+                         model: "os.PathLike | str") -> None:
+    """Exit 2 with one line when a report path (``outputs``: option -> path) is an input file (one
+    of ``reads``, or a file of the ``model`` folder) or lands inside the model folder: the commands'
+    write guard (:func:`flareseg.write_guard.check_plan`), with ``overwrite`` since a benchmark
+    rewrites its own earlier reports.  Call it before any work."""
+    from pathlib import Path
+    from flareseg.write_guard import UnsafeOutput, WritePlan, check_plan, input_files
+    folder = Path(model)
+    files = input_files([*reads, folder])
+    for flag, out in outputs.items():
+        if out is None:
+            continue
+        out = Path(out)
+        try:
+            check_plan(WritePlan("bench", out.parent, [out], reads=files, input_folders=[folder], overwrite=True,
+                                 flag=flag, input_names={folder: "model folder"}), probe=False)
+        except UnsafeOutput as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None

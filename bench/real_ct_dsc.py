@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from bench._common import machine_line, nnunet_process, write_report
+from bench._common import machine_line, nnunet_process, refuse_input_outputs, write_report
 from flareseg.evaluation.metrics import class_dsc
 from flareseg.labels import CLASS_NAMES
 
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the per-class numbers as JSON")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    refuse_input_outputs({"--out": args.out, "--json": args.json}, (args.image, args.labels), args.model)
     for p in (args.image, args.labels):
         if not p.is_file():
             raise SystemExit(f"{p}: missing (the shared real CT; see ../shared/data/README.md)")

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from bench._common import machine_line, nnunet_process, write_report
+from bench._common import machine_line, nnunet_process, refuse_input_outputs, write_report
 from bench.real_ct_dsc import GOAL_CLASSES, IMAGE, LABELS
 from flareseg.data.phantom_anatomy import ADULT_ORGAN_HU, PHASES
 from flareseg.evaluation.metrics import class_dsc
@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the numbers as JSON")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    refuse_input_outputs({"--out": args.out, "--json": args.json}, (IMAGE, LABELS, args.config), args.model)
     for p in (IMAGE, LABELS):
         if not p.is_file():
             raise SystemExit(f"{p}: missing (the shared real CT; see ../shared/data/README.md)")

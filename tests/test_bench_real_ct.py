@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from bench.real_ct_dsc import class_dsc, summary, table
 from bench.skipping_evidence import render
@@ -82,3 +83,47 @@ def test_real_ct_probe_scores_each_phase_over_its_cases():
     table = rows("phase", got)
     assert table[0] == "| phase | liver | spleen | right_kidney | left_kidney |"
     assert table[2] == "| plain | 1.000 | 0.500 | 1.000 | 1.000 |"
+
+
+def _model(tmp_path):
+    model = tmp_path / "model"
+    (model / "fold_0").mkdir(parents=True)
+    (model / "fold_0" / "checkpoint_final.pth").write_bytes(b"weights")
+    (model / "plans.json").write_text("{}")
+    return model
+
+
+@pytest.mark.parametrize("bench", ["bench.real_ct_dsc", "bench.real_ct_probe"])
+def test_real_ct_benches_never_write_over_their_inputs(bench, tmp_path, capsys):
+    """--json / --out naming a model file or landing in the model folder is refused (exit 2, one
+    line) before any work; the model's files are untouched."""
+    import importlib
+    main = importlib.import_module(bench).main
+    model = _model(tmp_path)
+    ckpt = model / "fold_0" / "checkpoint_final.pth"
+    for args in (["--json", str(ckpt)], ["--out", str(model / "plans.json")], ["--json", str(model / "new.json")]):
+        with pytest.raises(SystemExit) as e:
+            main(["--model", str(model), *args])
+        assert e.value.code == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and str(model) in err
+    assert ckpt.read_bytes() == b"weights" and (model / "plans.json").read_text() == "{}"
+    assert sorted(p.name for p in model.rglob("*")) == ["checkpoint_final.pth", "fold_0", "plans.json"]
+
+
+def test_real_ct_dsc_never_writes_over_the_scored_labels(tmp_path, capsys):
+    from bench.real_ct_dsc import main
+    labels = tmp_path / "labels.nii.gz"
+    labels.write_bytes(b"labels")
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(_model(tmp_path)), "--labels", str(labels), "--json", str(labels)])
+    assert e.value.code == 2 and "would overwrite the input" in capsys.readouterr().err
+    assert labels.read_bytes() == b"labels"
+
+
+def test_a_bench_may_rewrite_its_own_earlier_report(tmp_path):
+    from bench._common import refuse_input_outputs
+    report = tmp_path / "reports" / "dsc.json"
+    report.parent.mkdir()
+    report.write_text("earlier run")
+    refuse_input_outputs({"--json": report, "--out": None}, [tmp_path / "ct.nii.gz"], _model(tmp_path))
