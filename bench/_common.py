@@ -103,23 +103,28 @@ def write_report(text: str, out: "os.PathLike | str | None", echo: bool = True) 
         print(f"wrote {out}")
 
 
-def refuse_input_outputs(outputs: Mapping[str, "os.PathLike | str | None"], reads: Iterable["os.PathLike | str"],
-                         model: "os.PathLike | str") -> None:
-    """Exit 2 with one line when a report path (``outputs``: option -> path) is an input file (one
-    of ``reads``, or a file of the ``model`` folder) or lands inside the model folder: the commands'
+def refuse_input_outputs(outputs: Mapping[str, "os.PathLike | str | None"],
+                         reads: Iterable["os.PathLike | str | None"], model: "os.PathLike | str | None" = None,
+                         folders: Iterable["os.PathLike | str | None"] = ()) -> None:
+    """Exit 2 with one line when a report path (``outputs``: option -> path) is an input file or
+    lands inside an input folder.  Inputs: ``reads`` (files; a folder among them counts as an input
+    folder), the ``model`` folder and ``folders`` (other folders the bench reads: a work dir, an image
+    folder; they need not exist yet), their files included; None entries are skipped.  The commands'
     write guard (:func:`flareseg.write_guard.check_plan`), with ``overwrite`` since a benchmark
     rewrites its own earlier reports.  Call it before any work."""
     from pathlib import Path
     from flareseg.write_guard import UnsafeOutput, WritePlan, check_plan, input_files
-    folder = Path(model)
-    files = input_files([*reads, folder])
+    reads = [Path(r) for r in reads if r is not None]
+    dirs = [Path(f) for f in (model, *folders) if f is not None] + [r for r in reads if r.is_dir()]
+    files = input_files(dict.fromkeys([*reads, *dirs]))       # a folder among reads once
+    names = {Path(model): "model folder"} if model is not None else {}
     for flag, out in outputs.items():
         if out is None:
             continue
         out = Path(out)
         try:
-            check_plan(WritePlan("bench", out.parent, [out], reads=files, input_folders=[folder], overwrite=True,
-                                 flag=flag, input_names={folder: "model folder"}), probe=False)
+            check_plan(WritePlan("bench", out.parent, [out], reads=files, input_folders=dirs, overwrite=True,
+                                 flag=flag, input_names=names), probe=False)
         except UnsafeOutput as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._common import machine_line, write_report
+from bench._common import machine_line, refuse_input_outputs, write_report
 
 API = """import sys
 if sys.argv[4] == "torch-first":
@@ -32,11 +32,16 @@ flareseg.predict(sys.argv[1], sys.argv[2], sys.argv[3], device="cpu")
 """
 
 
+def inputs(work: Path) -> tuple[Path, Path]:
+    """The model folder and the case that both sides read (:func:`setup` writes them once)."""
+    return work / "model", work / "case_0000.nii.gz"
+
+
 def setup(work: Path) -> tuple[Path, Path]:
     """The model folder and the case (written once)."""
     import SimpleITK as sitk
     from tests.tiny_model import tiny_plans, write_model_folder
-    model, case = work / "model", work / "case_0000.nii.gz"
+    model, case = inputs(work)
     if not (model / "plans.json").is_file():
         write_model_folder(model, plans=tiny_plans(patch_size=(32, 64, 64), spacing=(2.5, 1.5, 1.5),
                                                    features=(8, 16, 32, 64)), seed=1)
@@ -68,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--torch-first", action="store_true", help="the API script imports torch before flareseg")
     p.add_argument("--out", type=Path, default=None, help="also write the table to this file")
     a = p.parse_args(argv)
+    model, case = inputs(a.work)
+    refuse_input_outputs({"--out": a.out}, [case], model)
     a.work.mkdir(parents=True, exist_ok=True)
-    model, case = setup(a.work)
+    setup(a.work)
     api = [sys.executable, "-c", API, str(case), str(model), str(a.work / "api"),
            "torch-first" if a.torch_first else "-"]
     cli = [sys.executable, "-m", "flareseg.cli", "predict", "-i", str(case), "-o", str(a.work / "cli"),

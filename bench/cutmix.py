@@ -53,7 +53,7 @@ from pathlib import Path
 
 import torch
 
-from bench._common import machine_line, nnunet_process, write_report
+from bench._common import machine_line, nnunet_process, refuse_input_outputs, write_report
 from bench.loss_ablation import predict_folder, seed_everything
 
 log = logging.getLogger("bench.cutmix")
@@ -409,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write the tables as markdown here "
                     "(e.g. docs/benchmarks/cutmix.md); without it nothing but scratch is written")
     args = ap.parse_args(argv)
+    refuse_input_outputs({"--out": args.out}, [args.config], folders=[args.work, args.phantoms])
     args.device = torch.device(args.device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     nnunet_process(args.device.type)

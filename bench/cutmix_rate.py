@@ -33,7 +33,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from bench._common import machine_line, write_report
+from bench._common import machine_line, refuse_input_outputs, write_report
 
 log = logging.getLogger("bench.cutmix_rate")
 SHIPPED = ("configs/tiny.yaml", "configs/demo.yaml", "configs/flare23.yaml")
@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scratch", type=Path, default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     args = ap.parse_args(argv)
+    refuse_input_outputs({"--out": args.out}, args.configs)
     logging.basicConfig(level=logging.WARNING)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from bench._common import machine_line, nnunet_process
+from bench._common import machine_line, nnunet_process, refuse_input_outputs
 
 log = logging.getLogger("bench.evidence")
 SECTION = "claims"
@@ -351,7 +351,7 @@ def write_section(path: Path, name: str, text: str) -> None:
     write_text(new, path)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("work-demo"), help="finished pipeline work dir (read only)")
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/flareseg-evidence"))
@@ -366,9 +366,11 @@ def main() -> int:
     ap.add_argument("--note", default="", help="a sentence added to the report's run line")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: write the report from the runs recorded in --scratch")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    # the work dir is read only; the recorded runs in --scratch are what --report-only reads
+    refuse_input_outputs({"--out": args.out}, sorted(args.scratch.glob("runs-*.json")), folders=[args.work])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    argv = sys.argv[1:]
+    argv = sys.argv[1:] if argv is None else list(argv)
     if "--note" in argv:                  # the note is printed as text, not inside the command
         i = argv.index("--note")
         argv = argv[:i] + argv[i + 2:]

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from flareseg.evaluation.efficiency import measure_efficiency, summarize, write_efficiency_reports
 from flareseg.evaluation.gpu_memory import probe_backend
-from bench._common import write_report
+from bench._common import refuse_input_outputs, write_report
 from flareseg.nnunet.env import trainer_dir
 
 INTERVAL = 0.1      # the FLARE23 harness's sampling interval, s
@@ -115,6 +115,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stock-no-mirroring", action="store_true", help="stock without its default mirroring")
     ap.add_argument("--no-stock", action="store_true", help="flareseg only")
     args = ap.parse_args(argv)
+    refuse_input_outputs({"--out": args.out / "flare_efficiency.md"}, args.inputs, args.model)
     from flareseg.evaluation.commands import _expand_inputs
     inputs = _expand_inputs(args.inputs)
     try:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from bench._common import nnunet_process
-from bench.phantom_setup import add_data_args, prepare
+from bench.phantom_setup import add_data_args, prepare, refuse_data_outputs, stage_dir
 
 VARIANTS = ("merge_max", "released", "marginal", "naive")
 STOCK = "stock_nnUNetTrainer"
@@ -115,7 +115,7 @@ def run_variant(variant: str, data, args, out: Path) -> dict:
             "tumor_nsd": res.tumor[1], "per_class_dsc": {str(c): v[0] for c, v in pc.items()}}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(ap)
     ap.add_argument("--out", type=Path, default=None, help="results folder (default <work>/loss_ablation)")
@@ -128,12 +128,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=0, help="nnUNet_n_proc_DA")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    out = (args.out or stage_dir(args.work).parent / "loss_ablation").resolve()
+    refuse_data_outputs({"--out": out / "summary.json"}, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     nnunet_process(args.device)
 
     data = prepare(args.work, args.config, args.overrides, configurations=("fine",))
-    out = (args.out or data.stage_dir.parent / "loss_ablation").resolve()
     rows = []
     for v in list(args.variants) + ([] if args.no_stock else [STOCK]):
         logging.info("variant %s: training %d x %d iterations", v, args.epochs, args.iters)

@@ -48,6 +48,18 @@ def add_data_args(ap: argparse.ArgumentParser) -> None:
                     help="config override, e.g. --set fine.batch_size=4 (repeatable)")
 
 
+def stage_dir(work: Path) -> Path:
+    """``<work>/stage-1-fine``: where :func:`prepare` puts the data (and reads them on reruns)."""
+    return Path(work).resolve() / "stage-1-fine"
+
+
+def refuse_data_outputs(outputs: dict[str, Path | None], args: argparse.Namespace) -> None:
+    """:func:`bench._common.refuse_input_outputs` for a bench of :func:`add_data_args`: ``--config``
+    and the prepared data (:func:`stage_dir`) are its inputs."""
+    from bench._common import refuse_input_outputs
+    refuse_input_outputs(outputs, [args.config], folders=[stage_dir(args.work)])
+
+
 def prepare(work: Path, config: Path, overrides: list[str] | None = None,
             configurations: tuple[str, ...] = ("fine",)) -> BenchData:
     """Phantoms, import, plans + preprocessing of ``configurations`` (phantom data source only),
@@ -58,16 +70,16 @@ def prepare(work: Path, config: Path, overrides: list[str] | None = None,
     cfg = load_config(config, overrides)
     if cfg.data.source != "phantoms":
         raise SystemExit(f"{config}: the trainer benchmarks need data.source=phantoms (hidden full labels)")
-    stage_dir = Path(work).resolve() / "stage-1-fine"
-    paths = NNUNetPaths.under(stage_dir)
+    stage = stage_dir(work)
+    paths = NNUNetPaths.under(stage)
     paths.export()
     name = dataset_folder_name(cfg.data.dataset_id, cfg.data.dataset_name)
-    data = BenchData(cfg, stage_dir, paths, name)
-    src = data_sources(cfg, stage_dir)
+    data = BenchData(cfg, stage, paths, name)
+    src = data_sources(cfg, stage)
 
     if not src["manifest"].exists():
         log.info("writing phantoms into %s", src["manifest"].parent)
-        write_phantom_data(cfg, stage_dir)
+        write_phantom_data(cfg, stage)
     ds_dir = raw_dataset(paths.raw, name)
     if not (ds_dir / "label_types.json").exists():
         log.info("importing %s", ds_dir)

@@ -36,7 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from bench._common import machine_line, nnunet_process, write_report
+from bench._common import machine_line, nnunet_process, refuse_input_outputs, write_report
 from flareseg.cases import list_cases
 from flareseg.evaluation.metrics import dice_per_class, foreground_unchanged
 from flareseg.inference.commands import collect_inputs
@@ -177,6 +177,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-cases", type=int, default=0, help="only the first N cases (0: all)")
     ap.add_argument("--out", type=Path, default=Path("docs/benchmarks/predictor_equivalence.md"))
     args = ap.parse_args(argv)
+    refuse_input_outputs({"--out": args.out}, [args.images, args.labels], args.model)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if bad := [m for m in modes if m not in MODES]:

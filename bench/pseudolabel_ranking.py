@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from bench._common import machine_line, write_report
+from bench._common import machine_line, refuse_input_outputs, write_report
 from flareseg.config import load_config
 from flareseg.data.phantom_case import generate_case
 from flareseg.evaluation.metrics import dice
@@ -126,7 +126,7 @@ def summarise(rows, pc) -> list[str]:
     return lines
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True, help="fine model folder (stage-1's)")
     ap.add_argument("--config", type=Path, default=Path("configs/demo.yaml"),
@@ -143,7 +143,8 @@ def main() -> int:
                     help="rank tumors by this score (pseudolabel.tumor_score; default: each organ score)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--out", type=Path, default=None, help="write the table as markdown here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    refuse_input_outputs({"--out": args.out}, [args.config], args.model, folders=args.external)
     logging.basicConfig(level=logging.WARNING)
     if not (args.model / "fold_0" / "checkpoint_final.pth").exists():
         ap.error(f"{args.model}: no fold_0/checkpoint_final.pth (pass stage-1's fine model folder)")
@@ -167,7 +168,7 @@ def main() -> int:
     members = sorted({(v[0].get("organ_members"), v[0].get("tumor_members")) for v in rows.values()})
     tumor_cases = sum(r[2] is not None for r in rows.values())
     predicted = sum(v[0].get("tumor_voxels", 0) > 0 for v in rows.values())
-    text = (f"Command: `python -m bench.pseudolabel_ranking {' '.join(sys.argv[1:])}`\n\n"
+    text = (f"Command: `python -m bench.pseudolabel_ranking {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n"
             f"{machine_line(cfg.inference.device).replace('machine: ', 'Machine: ', 1)}; {args.cases} phantoms scored in {secs:.0f} s; k_organ {pc.k_organ}, "
             f"k_tumor {pc.k_tumor}; mean true organ Dice of all pseudo labels {mean_org:.3f}; "
             f"(organ, tumor) members per case {members}; {tumor_cases} phantoms with a tumor in the truth, "

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from bench._common import interleaved, machine_line, nnunet_process, write_report
+from bench._common import interleaved, machine_line, nnunet_process, refuse_input_outputs, write_report
 from flareseg.evaluation.metrics import dice_per_class
 from flareseg.io import read_image
 from flareseg.labels import CLASS_NAMES
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="write the markdown report here too")
     ap.add_argument("--json", type=Path, help="write the per-case numbers as JSON")
     args = ap.parse_args(argv)
+    refuse_input_outputs({"--out": args.out, "--json": args.json}, [args.config], args.model)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     nnunet_process("cpu")
     from flareseg.cases import list_cases

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from bench._common import machine_line, nnunet_process
-from bench.phantom_setup import add_data_args, prepare
+from bench.phantom_setup import add_data_args, prepare, refuse_data_outputs
 
 TRAINERS = ("nnUNetTrainer", "FlareSegTrainer")
 
@@ -62,7 +62,7 @@ def timed_iteration(tr, gen) -> tuple[float, float, object]:
     return t1 - t0, t2 - t1, tuple(lt) if lt is not None else None
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(ap)
     ap.add_argument("--configuration", default="fine", choices=("fine", "coarse"))
@@ -75,7 +75,8 @@ def main() -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--raw", type=Path, default=None, help="write every timing (JSON) here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    refuse_data_outputs({"--raw": args.raw}, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     from flareseg.config import TrainConfig

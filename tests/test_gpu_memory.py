@@ -257,7 +257,9 @@ def test_flare_efficiency_bench_table(tmp_path, monkeypatch, fake_cards, capsys)
     inputs.mkdir()
     for c in ("a", "b"):
         (inputs / f"{c}_0000.nii.gz").write_bytes(c.encode())
-    assert mod.main(["--model", str(tmp_path), "--inputs", str(inputs), "--out", str(tmp_path / "out")]) == 0
+    model = tmp_path / "model"          # a report may not land inside the model folder
+    model.mkdir()
+    assert mod.main(["--model", str(model), "--inputs", str(inputs), "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "flare_efficiency.md").read_text()
     assert "GPU sampled: Fake H1 (physical index 1, GPU-bbbb2222-0000)" in text
     summary_rows = [ln for ln in text.splitlines() if ln.startswith("| flareseg |") or ln.startswith("| stock")]
@@ -267,5 +269,5 @@ def test_flare_efficiency_bench_table(tmp_path, monkeypatch, fake_cards, capsys)
         s = json.loads((tmp_path / "out" / d / "efficiency.json").read_text())["summary"]
         assert s["sampling"] == "official" and s["interval_s"] == 0.1 and s["gpu_max_mb"] == 2000.0
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4")
-    assert mod.main(["--model", str(tmp_path), "--inputs", str(inputs), "--out", str(tmp_path / "o2")]) == 2
+    assert mod.main(["--model", str(model), "--inputs", str(inputs), "--out", str(tmp_path / "o2")]) == 2
     assert "no GPU with physical index 4" in capsys.readouterr().err

@@ -1,0 +1,122 @@
+"""Every bench that writes a report (--out, --json, --raw) refuses, before any work, a report path
+that is one of its inputs or lands in a folder it reads: exit 2, one line, the inputs untouched."""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+import pytest
+
+from bench._common import refuse_input_outputs
+
+
+def _inputs(t: Path) -> dict[str, Path]:
+    """Fake inputs (the refusal comes before any of them is opened)."""
+    p = {"cfg": t / "config.yaml", "model": t / "model", "ckpt": t / "model" / "fold_0" / "checkpoint_final.pth",
+         "ext": t / "external", "images": t / "images", "image": t / "images" / "case_0000.nii.gz",
+         "work": t / "work", "scratch": t / "scratch"}
+    files = {p["cfg"]: b"data: {}\n", p["ckpt"]: b"weights", p["model"] / "plans.json": b"{}",
+             p["ext"] / "plans.json": b"{}", p["image"]: b"ct",
+             p["work"] / "case_0000.nii.gz": b"ct", p["work"] / "model" / "plans.json": b"{}",
+             p["work"] / "stage-1-fine" / "manifest.json": b"{}", p["scratch"] / "runs-loss-s0.json": b"{}"}
+    for f, data in files.items():
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(data)
+    return p
+
+
+# bench -> argv built from the fake inputs; each names a report path that is an input file or lies
+# in an input folder
+CASES = {
+    "api_vs_cli": [["--work", "{work}", "--out", "{work}/case_0000.nii.gz"],
+                   ["--work", "{work}", "--out", "{work}/model/plans.json"],
+                   ["--work", "{work}", "--out", "{work}/model/new.md"]],
+    "cutmix": [["--parts", "air", "--phantoms", "{images}", "--config", "{cfg}", "--out", "{cfg}"],
+               ["--parts", "air", "--phantoms", "{images}", "--out", "{images}/cutmix.md"],
+               ["--work", "{work}", "--out", "{work}/stage-1-fine/cutmix.md"]],
+    "cutmix_rate": [["--configs", "{cfg}", "--out", "{cfg}"]],
+    "evidence": [["--work", "{work}", "--scratch", "{scratch}", "--out", "{work}/stage-1-fine/manifest.json"],
+                 ["--work", "{work}", "--scratch", "{scratch}", "--report-only", "--out",
+                  "{scratch}/runs-loss-s0.json"]],
+    "flare_efficiency": [["--model", "{model}", "--inputs", "{images}", "--out", "{model}"],
+                         ["--model", "{model}", "--inputs", "{images}", "--out", "{images}"],
+                         ["--model", "{model}", "--inputs", "{image}", "--out", "{image}"]],
+    "loss_ablation": [["--config", "{cfg}", "--work", "{work}", "--out", "{cfg}"],
+                      ["--config", "{cfg}", "--work", "{work}", "--out", "{work}/stage-1-fine"]],
+    "predictor_equivalence": [["--model", "{model}", "--images", "{images}", "--out", "{ckpt}"],
+                              ["--model", "{model}", "--images", "{image}", "--out", "{image}"],
+                              ["--model", "{model}", "--images", "{images}", "--out", "{images}/eq.md"]],
+    "pseudolabel_ranking": [["--model", "{model}", "--config", "{cfg}", "--out", "{cfg}"],
+                            ["--model", "{model}", "--external", "{ext}", "--out", "{ext}/plans.json"]],
+    "skipping_evidence": [["--config", "{cfg}", "--model", "{model}", "--json", "{ckpt}"],
+                          ["--config", "{cfg}", "--model", "{model}", "--out", "{cfg}"]],
+    "trainer_throughput": [["--config", "{cfg}", "--work", "{work}", "--raw", "{cfg}"],
+                           ["--config", "{cfg}", "--work", "{work}", "--raw", "{work}/stage-1-fine/raw.json"]],
+}
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("bench,argv", [(b, a) for b, cases in CASES.items() for a in cases],
+                         ids=[f"{b}-{i}" for b, cases in CASES.items() for i in range(len(cases))])
+def test_bench_refuses_a_report_path_that_is_an_input(bench, argv, tmp_path, capsys, monkeypatch):
+    main = importlib.import_module(f"bench.{bench}").main
+    paths = {k: str(v) for k, v in _inputs(tmp_path).items()}
+    before = _tree(tmp_path)
+    monkeypatch.chdir(tmp_path)                   # nothing relative lands in the repository
+    with pytest.raises(SystemExit) as e:
+        main([a.format(**paths) for a in argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert _tree(tmp_path) == before              # no input changed, nothing written or created
+
+
+def _model(t: Path) -> Path:
+    (t / "model" / "fold_0").mkdir(parents=True)
+    (t / "model" / "fold_0" / "checkpoint_final.pth").write_bytes(b"weights")
+    return t / "model"
+
+
+def _refused(capsys, outputs, reads, model=None, folders=()) -> str:
+    with pytest.raises(SystemExit) as e:
+        refuse_input_outputs(outputs, reads, model, folders)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    return err
+
+
+def test_guard_without_a_model_folder(tmp_path, capsys):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("x: 1")
+    link = tmp_path / "link.yaml"
+    os.symlink(cfg, link)
+    assert "would overwrite the input" in _refused(capsys, {"--out": cfg}, [cfg, None])
+    assert "would overwrite the input" in _refused(capsys, {"--out": link}, [cfg])        # a symlink to it
+    refuse_input_outputs({"--out": tmp_path / "report.md", "--json": None}, [cfg])       # beside it: fine
+    refuse_input_outputs({"--out": tmp_path / "report.md"}, [cfg], None, [None])
+    assert cfg.read_text() == "x: 1"
+
+
+def test_guard_with_several_input_folders(tmp_path, capsys):
+    work, images, model = tmp_path / "work", tmp_path / "images", _model(tmp_path)
+    (work / "stage-1").mkdir(parents=True)
+    (work / "stage-1" / "plans.json").write_text("{}")
+    images.mkdir()
+    (images / "a_0000.nii.gz").write_bytes(b"ct")
+    new = tmp_path / "not-yet"                       # a folder the bench will read, not made yet
+    folders = [work, new]
+    for out in (work / "r.md", work / "stage-1" / "plans.json", work / "stage-1" / "new.md",
+                images / "r.md", images / "a_0000.nii.gz", new / "r.md", model / "fold_0" / "r.md"):
+        err = _refused(capsys, {"--out": out}, [images], model, folders)   # a folder among reads is one too
+        assert any(str(f) in err for f in (work, images, new, model)), err
+    assert "model folder" in _refused(capsys, {"--json": model / "plans.json"}, [], model, folders)
+    refuse_input_outputs({"--out": tmp_path / "reports" / "r.md"}, [images], model, folders)
+    report = tmp_path / "r.md"                        # a bench's own earlier report is rewritten
+    report.write_text("earlier run")
+    refuse_input_outputs({"--out": report}, [images], model, folders)
+    assert (images / "a_0000.nii.gz").read_bytes() == b"ct" and (work / "stage-1" / "plans.json").read_text() == "{}"
+    assert not new.exists()
