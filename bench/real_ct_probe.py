@@ -11,6 +11,14 @@
    missed even when it reads the phantoms' HU, what the model misses is its shape and
    surroundings, not its intensity.
 
+3. **Swaps** (``--swap N``): is it the organ or its surroundings?  Each of the spleen and the
+   kidneys with a ``--margin`` of its surroundings is moved, by translation in physical space, onto
+   the same organ of the other kind of scan: the real organ into N fresh plain-phase phantoms, a
+   phantom organ into the real CT.  Scored inside the pasted region only, against the pasted
+   organ's own label, next to both organs where they are.  A real organ missed in phantom
+   surroundings, while a phantom organ is found in the real surroundings, says that what the model
+   misses is the organ itself (its shape and texture within the margin), not the scan around it.
+
 These are diagnostics: the CT is only measured, the phantoms are never fitted to it::
 
     python -m bench.real_ct_probe --model WORK/stage-1-fine/nnUNet_results/Dataset823_PhantomDemo/FlareSegTrainer__nnUNetPlans__fine --phases 2 --json probe.json
@@ -92,15 +100,88 @@ def rows(title: str, results: dict[str, dict[int, float]]) -> list[str]:
     return out
 
 
-def phase_cases(n: int, config: Path, seed: int):
-    """``n`` patients of ``config``'s phantom generator in every phase: yields (phase, image, labels)."""
+def patients(n: int, config: Path, seed: int, phases=PHASES):
+    """``n`` fresh patients of ``config``'s phantom generator (without tumors), each in every phase of
+    ``phases``: yields (phase, image, labels image); patient ``i`` is the same in every phase."""
     from flareseg.config import load_config
     from flareseg.data.phantom_case import generate_case
     cfg = load_config(config).data.phantoms
     for i in range(n):
-        for phase in PHASES:
+        for phase in phases:
             img, lab, geo, _ = generate_case(np.random.default_rng([seed, i]), cfg, n_tumors=0, phase=phase)
-            yield phase, geo.apply(sitk.GetImageFromArray(img)), lab
+            yield phase, geo.apply(sitk.GetImageFromArray(img)), geo.apply(sitk.GetImageFromArray(lab.astype(np.uint8)))
+
+
+def phase_cases(n: int, config: Path, seed: int):
+    """:func:`patients` in every phase: yields (phase, image, labels array)."""
+    for phase, image, labels in patients(n, config, seed):
+        yield phase, image, sitk.GetArrayFromImage(labels)
+
+
+def centroid_mm(labels: sitk.Image, c: int) -> np.ndarray:
+    """Physical centre (mm, x y z) of class ``c``'s voxels in a label image."""
+    idx = np.argwhere(sitk.GetArrayFromImage(labels) == c).mean(axis=0)[::-1]
+    return np.asarray(labels.TransformContinuousIndexToPhysicalPoint([float(v) for v in idx]))
+
+
+def around(labels: sitk.Image, c: int, margin_mm: float) -> np.ndarray:
+    """Voxels of class ``c`` and those within ``margin_mm`` of it (``(Z, Y, X)`` bool)."""
+    from scipy import ndimage
+    organ = sitk.GetArrayFromImage(labels) == c
+    return ndimage.distance_transform_edt(~organ, sampling=labels.GetSpacing()[::-1]) <= margin_mm
+
+
+def paste(src: sitk.Image, src_labels: sitk.Image, dst: sitk.Image, dst_labels: sitk.Image, c: int,
+          margin_mm: float) -> tuple[sitk.Image, np.ndarray, np.ndarray]:
+    """``src``'s organ ``c`` with ``margin_mm`` of its surroundings, translated in physical space so
+    that its centre lies on ``dst``'s organ ``c``, written over ``dst`` (linear for the HU, nearest
+    for labels, on ``dst``'s grid).  Returns the composite image, the pasted region and the pasted
+    labels (``(Z, Y, X)`` arrays on ``dst``'s grid; 0 outside ``src``)."""
+    shift = centroid_mm(dst_labels, c) - centroid_mm(src_labels, c)
+    move = sitk.TranslationTransform(3, [float(v) for v in -shift])          # dst point -> src point
+    region_src = sitk.GetImageFromArray(around(src_labels, c, margin_mm).astype(np.uint8))
+    region_src.CopyInformation(src_labels)
+    hu = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(src, sitk.sitkFloat32), dst, move, sitk.sitkLinear, -1000.0))
+    region = sitk.GetArrayFromImage(sitk.Resample(region_src, dst, move, sitk.sitkNearestNeighbor, 0)) > 0
+    truth = sitk.GetArrayFromImage(sitk.Resample(src_labels, dst, move, sitk.sitkNearestNeighbor, 0))
+    out = sitk.GetArrayFromImage(dst).astype(np.float32)
+    out[region] = hu[region]
+    image = sitk.GetImageFromArray(np.round(out).astype(np.int16))
+    image.CopyInformation(dst)
+    return image, region, truth
+
+
+def dsc_within(pred: np.ndarray, truth: np.ndarray, region: np.ndarray, c: int) -> float:
+    """DSC of class ``c`` counted inside ``region`` only (0 when neither has it there)."""
+    p, t = (pred == c) & region, (truth == c) & region
+    n = int(p.sum() + t.sum())
+    return 2.0 * int((p & t).sum()) / n if n else 0.0
+
+
+SWAP_CLASSES = (SPLEEN, *KIDNEYS)
+SWAPS = ("real organ in the real CT", "phantom organ in its phantom", "real organ in a phantom",
+         "phantom organ in the real CT")
+
+
+def score_swaps(predict: Callable[[sitk.Image], np.ndarray], real: sitk.Image, real_labels: sitk.Image,
+                phantoms, margin_mm: float) -> dict[str, dict[int, float]]:
+    """Mean DSC per swap (:data:`SWAPS`) and class over ``phantoms`` ((image, labels) pairs of
+    SimpleITK images), each scored inside the region around the organ (:func:`around`)."""
+    acc: dict[str, dict[int, list[float]]] = {k: {c: [] for c in SWAP_CLASSES} for k in SWAPS}
+    ref = sitk.GetArrayFromImage(real_labels)
+    as_is = predict(real)
+    for c in SWAP_CLASSES:
+        acc[SWAPS[0]][c].append(dsc_within(as_is, ref, around(real_labels, c, margin_mm), c))
+    for image, labels in phantoms:
+        lab = sitk.GetArrayFromImage(labels)
+        pred = predict(image)
+        for c in SWAP_CLASSES:
+            acc[SWAPS[1]][c].append(dsc_within(pred, lab, around(labels, c, margin_mm), c))
+            for k, (src, src_lab, dst, dst_lab) in ((SWAPS[2], (real, real_labels, image, labels)),
+                                                    (SWAPS[3], (image, labels, real, real_labels))):
+                composite, region, truth = paste(src, src_lab, dst, dst_lab, c, margin_mm)
+                acc[k][c].append(dsc_within(predict(composite), truth, region, c))
+    return {k: {c: float(np.mean(v)) for c, v in d.items()} for k, d in acc.items()}
 
 
 def score_phases(predict: Callable[[sitk.Image], np.ndarray], cases) -> dict[str, dict[int, float]]:
@@ -118,8 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default="checkpoint_final.pth")
     ap.add_argument("--phases", type=int, default=0, metavar="N",
                     help="also score N fresh phantoms in each contrast phase (about 35 s per phantom and phase on 2 cores, Intel Xeon)")
-    ap.add_argument("--config", type=Path, default=Path("configs/demo.yaml"), help="generator config of --phases")
-    ap.add_argument("--phantom-seed", type=int, default=777, help="--phases' patients (not the demo's data seed 0)")
+    ap.add_argument("--swap", type=int, default=0, metavar="N",
+                    help="also swap the spleen and kidneys with their surroundings between the real CT and N fresh "
+                         "plain-phase phantoms (about 4 min per phantom on 2 cores, Intel Xeon)")
+    ap.add_argument("--margin", type=float, default=15.0, help="--swap: mm of surroundings moved with the organ")
+    ap.add_argument("--config", type=Path, default=Path("configs/demo.yaml"), help="generator config of --phases and --swap")
+    ap.add_argument("--phantom-seed", type=int, default=777, help="--phases' and --swap's patients (not the demo's data seed 0)")
     ap.add_argument("--out", type=Path, help="also write the markdown report here")
     ap.add_argument("--json", type=Path, help="write the numbers as JSON")
     args = ap.parse_args(argv)
@@ -144,15 +229,24 @@ def main(argv: list[str] | None = None) -> int:
         v.CopyInformation(image)
         real[name] = goal_dsc(predict(v), ref)
     phases = score_phases(predict, phase_cases(args.phases, args.config, args.phantom_seed)) if args.phases else {}
+    plain = ((im, lab) for _, im, lab in patients(args.swap, args.config, args.phantom_seed, phases=("plain",)))
+    swaps = score_swaps(predict, image, sitk.ReadImage(str(LABELS)), plain, args.margin) if args.swap else {}
     lines = [f"Model `{args.model}` fold {args.fold} `{args.checkpoint}`; {time.perf_counter() - t:.0f} s.", "",
              *rows("version of the real CT", real)]
     if phases:
         lines += ["", f"{args.phases} fresh phantom(s) of `{args.config}` (seed {args.phantom_seed}), "
                   "the same patients in every phase, mean DSC:", "", *rows("phase", phases)]
+    if swaps:
+        lines += ["", f"Swaps with {args.margin:g} mm of surroundings, {args.swap} fresh plain-phase phantom(s) "
+                  f"(seed {args.phantom_seed}), mean DSC inside the pasted region:", "",
+                  "| organ, where | " + " | ".join(CLASS_NAMES[c] for c in SWAP_CLASSES) + " |",
+                  "|---|" + "---:|" * len(SWAP_CLASSES),
+                  *(f"| {k} | " + " | ".join(f"{d[c]:.3f}" for c in SWAP_CLASSES) + " |" for k, d in swaps.items())]
     write_report("\n".join([*lines, "", machine_line("cpu")]), args.out)
     if args.json:
         from flareseg.io import write_json
-        write_json({"model": str(args.model), "real_ct": real, "phases": phases}, args.json)
+        write_json({"model": str(args.model), "real_ct": real, "phases": phases, "swaps": swaps,
+                    "swap_margin_mm": args.margin if swaps else None}, args.json)
     return 0
 
 

@@ -127,3 +127,53 @@ def test_a_bench_may_rewrite_its_own_earlier_report(tmp_path):
     report.parent.mkdir()
     report.write_text("earlier run")
     refuse_input_outputs({"--json": report, "--out": None}, [tmp_path / "ct.nii.gz"], _model(tmp_path))
+
+
+def _organs_scan(shape, spacing, direction, origin, corners, organ_hu, background_hu):
+    """A scan with a 4-voxel cube of each swap class at ``corners`` (index z, y, x), its HU ``organ_hu``."""
+    import SimpleITK as sitk
+    from bench.real_ct_probe import SWAP_CLASSES
+    hu = np.full(shape, background_hu, np.int16)
+    lab = np.zeros(shape, np.uint8)
+    for c, (z, y, x) in zip(SWAP_CLASSES, corners):
+        lab[z:z + 4, y:y + 4, x:x + 4] = c
+        hu[z:z + 4, y:y + 4, x:x + 4] = organ_hu
+    out = []
+    for a in (hu, lab):
+        im = sitk.GetImageFromArray(a)
+        im.SetSpacing(spacing), im.SetDirection(direction), im.SetOrigin(origin)
+        out.append(im)
+    return out
+
+
+def test_real_ct_probe_swaps_move_the_organ_with_its_surroundings_in_physical_space():
+    """--swap: the organ and its margin land on the other scan's organ (physical centres, across a
+    flipped direction and another spacing), only the pasted region changes, and the four scores
+    follow an organ-driven model: one that knows only the 'real' organ's HU finds it in either scan."""
+    import SimpleITK as sitk
+    from bench.real_ct_probe import SWAP_CLASSES, SWAPS, around, centroid_mm, dsc_within, paste, score_swaps
+    real, real_lab = _organs_scan((16, 24, 24), (2.0, 2.0, 2.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1), (40.0, 40.0, 0.0),
+                                  [(2, 3, 3), (6, 12, 14), (10, 16, 4)], 100, 0)
+    ph, ph_lab = _organs_scan((20, 30, 30), (2.0, 2.0, 2.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (-20.0, -20.0, 4.0),
+                              [(3, 20, 20), (12, 4, 8), (8, 14, 22)], -50, 20)
+    image, region, truth = paste(real, real_lab, ph, ph_lab, 2, margin_mm=2.0)
+    got = sitk.GetArrayFromImage(image)
+    before = sitk.GetArrayFromImage(ph)
+    assert (got[~region] == before[~region]).all() and region.sum() > (truth == 2).sum() > 0
+    assert np.allclose(centroid_mm(ph_lab, 2), np.asarray(ph_lab.TransformContinuousIndexToPhysicalPoint(
+        [float(v) for v in np.argwhere(truth == 2).mean(0)[::-1]])), atol=1.0)
+    assert (got[truth == 2] == 100).all()                          # the real organ's HU, on the phantom's grid
+    assert around(ph_lab, 2, 0.0).sum() == 64
+    assert dsc_within(truth, truth, region, 2) == 1.0 and dsc_within(np.zeros_like(truth), truth, region, 2) == 0.0
+
+    def knows_the_real_organs(im):          # every class where the 'real' HU is, by position
+        a = sitk.GetArrayFromImage(im)
+        lab = sitk.GetArrayFromImage(real_lab) if a.shape == (16, 24, 24) else sitk.GetArrayFromImage(ph_lab)
+        return np.where(a == 100, np.maximum(lab, 1), 0).astype(np.uint8)
+
+    s = score_swaps(knows_the_real_organs, real, real_lab, [(ph, ph_lab)], margin_mm=2.0)
+    assert list(s) == list(SWAPS) and set(s[SWAPS[0]]) == set(SWAP_CLASSES)
+    for c in SWAP_CLASSES:
+        assert s["real organ in the real CT"][c] == 1.0 and s["phantom organ in its phantom"][c] == 0.0
+        assert s["phantom organ in the real CT"][c] == 0.0
+    assert s["real organ in a phantom"][2] == 1.0
