@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from flareseg.data.phantom_shapes import (BBox, Ellipsoid, Grid, SmoothField, TorusArc, Tube,
+from flareseg.data.phantom_shapes import (BBox, Carved, Ellipsoid, Grid, SmoothField, TorusArc, Tube,
                                           paint, random_rotation, rotation_zyx)
 
 BODY_A = 165.0        # canonical body half-width (x, mm); the caller scales this to the FOV
@@ -146,10 +146,13 @@ def _organs(rng: np.random.Generator) -> dict[int, Any]:
     # liver: right lobe plus a left lobe reaching across the midline
     o[1] = [ell(_p(j(-70), j(-5), j(55)), (72, 66, 62), amp=0.3),
             ell(_p(j(-5), j(-55, 5), j(75)), (45, 28, 35), rotation_zyx(about_y=-15))]
-    o[3] = ell(_p(j(98, 5), j(45), j(60)), (24, 48, 50), rotation_zyx(about_z=-35))
+    # spleen and kidneys at the published adult volumes as rendered (spleen about 215 mL, Prassopoulos
+    # et al., Eur Radiol 1997;7:246-8; kidney 134-146 mL, Emamian et al., AJR 1993;160:83-6); adult
+    # phantoms then carve the spleen's visceral surface (_visceral_impression)
+    o[3] = ell(_p(j(98, 5), j(45), j(60)), (28, 56, 58), rotation_zyx(about_z=-35))
     o[11] = ell(_p(j(50), j(-30), j(58)), (44, 36, 52), rotation_zyx(about_y=25))
     for cls, side, zc in ((2, -1, -35), (13, 1, -25)):
-        o[cls] = ell(_p(side * j(62, 5), j(42, 5), j(zc)), (24, 21, 50),
+        o[cls] = ell(_p(side * j(62, 5), j(42, 5), j(zc)), (30, 27, 55),
                      rotation_zyx(about_y=side * -15, about_z=side * 30), amp=0.12)
     wob = rng.uniform(-5, 5, size=2)
     o[4] = Tube.sample(rng, 2, [  # pancreas along x: head (right) -> tail (left, posterior, up)
@@ -203,6 +206,22 @@ def _sample_trunk(rng: np.random.Generator, shapes: dict[int, Any]) -> Trunk:
                 for _ in range(int(rng.integers(4, 14))))
     return Trunk((float(dome[0]), float(dome[1])), heart, psoas, wings, vessels, bladder, gas,  # type: ignore[arg-type]
                  SmoothField.sample(rng, (-400, -200, -200), (400, 200, 200), k=9))
+
+
+def _visceral_impression(spleen: Ellipsoid) -> Carved:
+    """The spleen with its concave visceral surface: its diaphragmatic surface is convex against the
+    ribs, its visceral surface concave where the stomach, left kidney and colon mould it, so that an
+    axial section is a crescent (Gray's Anatomy 42nd ed., spleen; Moore's Clinically Oriented
+    Anatomy 8th ed.).  A deterministic cut (no random draw): an ellipsoid on the spleen's thin axis,
+    on the side toward the body axis, leaving about 60 % of the central thickness and the poles whole."""
+    rot, semi = np.asarray(spleen.rotation), np.asarray(spleen.semi, dtype=float)
+    centre = np.asarray(spleen.center, dtype=float)
+    inward = np.array([0.0, -centre[1], -centre[2]])          # toward the body axis, in the axial plane
+    axis = rot[:, int(np.argmin(semi))]                       # the thin axis
+    axis = axis if axis @ inward > 0 else -axis
+    cutter = Ellipsoid(tuple(centre + 1.25 * semi.min() * axis), tuple(semi * np.where(semi == semi.min(), 1.0, 0.8)),
+                       rot)
+    return Carved(spleen, cutter)
 
 
 def _adult_hu(rng: np.random.Generator, phase: int) -> dict[str, float]:
@@ -263,7 +282,8 @@ def sample_anatomy(rng: np.random.Generator, adult: bool = False, phase: str | N
     # Davidiuk et al., Urology 2014;84:1120-5); derived, not drawn, so the random stream and with it
     # every other draw of the patient stay the same
     visceral = float(rng.uniform(-0.5, 1.5))
-    return replace(params, hu={**params.hu, **_adult_hu(rng, pi)}, trunk=_sample_trunk(rng, shapes),
+    organs = tuple((c, _visceral_impression(s) if c == 3 else s) for c, s in params.organs)
+    return replace(params, hu={**params.hu, **_adult_hu(rng, pi)}, trunk=_sample_trunk(rng, shapes), organs=organs,
                    fat=float(rng.uniform(0.09, 0.21)), visceral_fat=visceral,
                    bg_field=SmoothField.sample(rng, *box, k=14), bg_sharpness=4.0,
                    renal_fat_mm=5.0 + 7.5 * (visceral + 0.5))

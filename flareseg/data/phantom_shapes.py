@@ -132,14 +132,32 @@ class Ellipsoid:
         if bbox is None:
             return None, None
         coords = grid.coords(bbox)
-        d = [(ax - ci).astype(np.float32) for ax, ci in zip(coords, c)]
+        return bbox, _deform(self.plain(coords), self.field, self.amp, coords)
+
+    def plain(self, coords) -> np.ndarray:
+        """The undeformed implicit function (< 0 inside) at broadcastable ``(z, y, x)`` coordinates."""
+        d = [(ax - ci).astype(np.float32) for ax, ci in zip(coords, self.center)]
         m = (self.rotation / np.asarray(self.semi)[None, :]).astype(np.float32)
         f = None
         for i in range(3):
             u = m[0, i] * d[0] + m[1, i] * d[1] + m[2, i] * d[2]
             f = u * u if f is None else f + u * u
-        f = np.asarray(f, dtype=np.float32) - np.float32(1.0)
-        return bbox, _deform(f, self.field, self.amp, coords)
+        return np.asarray(f, dtype=np.float32) - np.float32(1.0)
+
+
+@dataclass(frozen=True)
+class Carved:
+    """``base`` with the inside of ``cutter`` removed (``max(f_base, -f_cutter)``): an organ with an
+    impression of its neighbours, e.g. the spleen's concave visceral surface."""
+
+    base: Ellipsoid
+    cutter: Ellipsoid
+
+    def evaluate(self, grid: Grid) -> tuple[BBox | None, np.ndarray | None]:
+        bbox, f = self.base.evaluate(grid)
+        if bbox is None:
+            return None, None
+        return bbox, np.maximum(f, -self.cutter.plain(grid.coords(bbox)))
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,8 @@ GROUP_TUMORS: dict[str, tuple[tuple[int, ...], int, int]] = {
 POOLS = ("labeled", "tumor_only", "unlabeled", "validation")
 ORIENTATION_CYCLE = ("identity", "flip_xy", "identity", "flip_z")
 #: bump when the generator's output changes, so reruns regenerate instead of reusing old files
-GENERATOR_VERSION = 4
+#: (6: adult kidney and spleen volumes, the spleen's concave visceral surface; 5 was arm F's, reverted)
+GENERATOR_VERSION = 6
 _CASE_FILE = re.compile(r"^PH_\d{4,}(_0000)?\.nii\.gz$")
 _DIRS = ("imagesTr", "labelsTr", "unlabeledTr", "imagesVal", "labelsVal", "hidden_gt")
 
