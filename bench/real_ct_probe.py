@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="also write the markdown report here")
     ap.add_argument("--json", type=Path, help="write the numbers as JSON")
     args = ap.parse_args(argv)
+    if args.phases < 0 or args.swap < 0 or not args.margin >= 0:
+        ap.error("--phases and --swap take a count >= 0, --margin a distance >= 0 mm")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     refuse_input_outputs({"--out": args.out, "--json": args.json}, (IMAGE, LABELS, args.config), args.model)
     for p in (IMAGE, LABELS):

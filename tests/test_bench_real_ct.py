@@ -177,3 +177,11 @@ def test_real_ct_probe_swaps_move_the_organ_with_its_surroundings_in_physical_sp
         assert s["real organ in the real CT"][c] == 1.0 and s["phantom organ in its phantom"][c] == 0.0
         assert s["phantom organ in the real CT"][c] == 0.0
     assert s["real organ in a phantom"][2] == 1.0
+
+
+@pytest.mark.parametrize("flag", [["--swap", "-1"], ["--phases", "-2"], ["--margin", "-5"], ["--margin", "nan"]])
+def test_real_ct_probe_refuses_a_negative_count_or_margin(flag, tmp_path, capsys):
+    from bench.real_ct_probe import main
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(tmp_path), *flag])
+    assert e.value.code == 2 and "--margin a distance >= 0 mm" in capsys.readouterr().err
