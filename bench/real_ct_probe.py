@@ -38,7 +38,7 @@ import SimpleITK as sitk
 from bench._common import machine_line, nnunet_process, refuse_input_outputs, write_report
 from bench.real_ct_dsc import GOAL_CLASSES, IMAGE, LABELS
 from flareseg.data.phantom_anatomy import ADULT_ORGAN_HU, PHASES
-from flareseg.evaluation.metrics import class_dsc
+from flareseg.evaluation.metrics import class_dsc, dice
 from flareseg.labels import CLASS_NAMES
 
 KIDNEYS = (2, 13)
@@ -154,8 +154,7 @@ def paste(src: sitk.Image, src_labels: sitk.Image, dst: sitk.Image, dst_labels: 
 def dsc_within(pred: np.ndarray, truth: np.ndarray, region: np.ndarray, c: int) -> float:
     """DSC of class ``c`` counted inside ``region`` only (0 when neither has it there)."""
     p, t = (pred == c) & region, (truth == c) & region
-    n = int(p.sum() + t.sum())
-    return 2.0 * int((p & t).sum()) / n if n else 0.0
+    return dice(p, t) if p.any() or t.any() else 0.0
 
 
 SWAP_CLASSES = (SPLEEN, *KIDNEYS)
@@ -223,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         return sitk.GetArrayFromImage(predictor.predict(image))
 
     t = time.perf_counter()
-    image = sitk.ReadImage(str(IMAGE))
-    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(LABELS)))
+    image, labels = sitk.ReadImage(str(IMAGE)), sitk.ReadImage(str(LABELS))
+    ref = sitk.GetArrayFromImage(labels)
     real = {}
     for name, hu in versions(sitk.GetArrayFromImage(image).astype(np.float32), ref).items():
         v = sitk.GetImageFromArray(np.round(hu).astype(np.int16))
@@ -232,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         real[name] = goal_dsc(predict(v), ref)
     phases = score_phases(predict, phase_cases(args.phases, args.config, args.phantom_seed)) if args.phases else {}
     plain = ((im, lab) for _, im, lab in patients(args.swap, args.config, args.phantom_seed, phases=("plain",)))
-    swaps = score_swaps(predict, image, sitk.ReadImage(str(LABELS)), plain, args.margin) if args.swap else {}
+    swaps = score_swaps(predict, image, labels, plain, args.margin) if args.swap else {}
     lines = [f"Model `{args.model}` fold {args.fold} `{args.checkpoint}`; {time.perf_counter() - t:.0f} s.", "",
              *rows("version of the real CT", real)]
     if phases:

@@ -217,10 +217,11 @@ def _visceral_impression(spleen: Ellipsoid) -> Carved:
     rot, semi = np.asarray(spleen.rotation), np.asarray(spleen.semi, dtype=float)
     centre = np.asarray(spleen.center, dtype=float)
     inward = np.array([0.0, -centre[1], -centre[2]])          # toward the body axis, in the axial plane
-    axis = rot[:, int(np.argmin(semi))]                       # the thin axis
-    axis = axis if axis @ inward > 0 else -axis
-    cutter = Ellipsoid(tuple(centre + 1.25 * semi.min() * axis), tuple(semi * np.where(semi == semi.min(), 1.0, 0.8)),
-                       rot)
+    thin = int(np.argmin(semi))
+    axis = rot[:, thin] if rot[:, thin] @ inward > 0 else -rot[:, thin]
+    scale = np.full(3, 0.8)
+    scale[thin] = 1.0                                         # as deep as the spleen is thick, 80 % as wide
+    cutter = Ellipsoid(tuple(centre + 1.25 * semi[thin] * axis), tuple(semi * scale), rot)
     return Carved(spleen, cutter)
 
 
