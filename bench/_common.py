@@ -10,7 +10,11 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def nnunet_process(device: str = "cpu", workers: int | None = None, threads: int | None = None,
@@ -92,27 +96,71 @@ def machine_line(device: str | None = None) -> str:
     return "machine: " + ", ".join(parts)
 
 
-def write_report(text: str, out: "os.PathLike | str | None", echo: bool = True) -> None:
-    """Print a benchmark's markdown (``echo``) and, with ``out``, write it there atomically (folders
-    created; a killed run leaves the previous report, not half of a new one)."""
+#: the command name a bench's reports are recorded under in their folder's ledger
+#: (:mod:`flareseg.write_guard`): a bench may replace a report that a bench wrote, nothing else
+BENCH = "bench"
+
+
+def add_overwrite_arg(ap: "argparse.ArgumentParser") -> None:
+    """The ``--overwrite`` flag of a bench that writes a report."""
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an existing report file that no bench run recorded writing (a report "
+                         "from an older version or a fresh clone, e.g. docs/benchmarks/*.md); a bench's "
+                         "own earlier report is replaced without it, any other file is refused")
+
+
+def write_report(text: str, out: "os.PathLike | str | None", echo: bool = True, overwrite: bool = False) -> None:
+    """Print a benchmark's markdown (``echo``) and, with ``out``, write it there (:func:`write_out`)."""
     if echo:
         print(text)
     if out:
-        from flareseg.io import write_text
-        write_text(text, out)
+        write_out(text, out, overwrite)
         print(f"wrote {out}")
 
 
+def write_json_report(obj: object, out: "os.PathLike | str | None", overwrite: bool = False) -> None:
+    """Write ``obj`` as indented JSON to ``out`` (:func:`write_out`; nothing when ``out`` is None)."""
+    if out:
+        import json
+        from flareseg.io import _json_default      # numpy scalars and arrays as numbers and lists
+        write_out(json.dumps(obj, indent=1, default=_json_default) + "\n", out, overwrite)
+
+
+def write_out(text: str, out: "os.PathLike | str", overwrite: bool = False) -> None:
+    """The one way a bench writes a report: atomically (folders created; a killed run leaves the
+    previous report, not half of a new one), recorded in the folder's ledger as written by a
+    bench, so a rerun replaces its own report and an existing file no bench wrote (someone's notes,
+    a checkpoint) is refused unless ``overwrite`` (exit 2, one line).  An OS error (disk full)
+    propagates to :func:`run_bench`, which ends the bench with one line and exit 4."""
+    from flareseg import write_guard
+    from flareseg.io import write_text
+    out = Path(out)
+    try:
+        with write_guard.recording(out.parent, BENCH, overwrite=overwrite):
+            write_text(text, out)
+    except write_guard.UnsafeOutput as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run_bench(main: "Callable[[], int | None]", name: str) -> int:
+    """A bench's process boundary, as the commands' (:func:`flareseg.boundary.run_at_boundary`):
+    Ctrl-C, SIGTERM or an OS error nothing handled (disk full, read-only, permission denied) end it
+    with one line naming ``bench.<name>`` and the file, and the documented exit code (130/143/4)."""
+    from flareseg.boundary import run_at_boundary
+    return run_at_boundary(main, f"bench.{name}")
+
+
 def refuse_input_outputs(outputs: Mapping[str, "os.PathLike | str | None"],
-                         reads: Iterable["os.PathLike | str | None"], model: "os.PathLike | str | None" = None,
-                         folders: Iterable["os.PathLike | str | None"] = ()) -> None:
-    """Exit 2 with one line when a report path (``outputs``: option -> path) is an input file or
-    lands inside an input folder.  Inputs: ``reads`` (files; a folder among them counts as an input
-    folder), the ``model`` folder and ``folders`` (other folders the bench reads: a work dir, an image
-    folder; they need not exist yet), their files included; None entries are skipped.  The commands'
-    write guard (:func:`flareseg.write_guard.check_plan`), with ``overwrite`` since a benchmark
-    rewrites its own earlier reports.  Call it before any work."""
-    from pathlib import Path
+                         reads: Iterable["os.PathLike | str | None"] = (), model: "os.PathLike | str | None" = None,
+                         folders: Iterable["os.PathLike | str | None"] = (), overwrite: bool = False) -> None:
+    """Exit 2 with one line when a report path (``outputs``: option -> path) is an input file,
+    lands inside an input folder, or is an existing file that no bench run wrote (its folder's
+    ledger has no unchanged record of it; ``overwrite`` allows that last one).  Inputs: ``reads``
+    (files; a folder among them counts as an input folder), the ``model`` folder and ``folders``
+    (other folders the bench reads: a work dir, an image folder; they need not exist yet), their
+    files included; None entries are skipped.  The commands' write guard
+    (:func:`flareseg.write_guard.check_plan`).  Call it before any work."""
     from flareseg.write_guard import UnsafeOutput, WritePlan, check_plan, input_files
     reads = [Path(r) for r in reads if r is not None]
     dirs = [Path(f) for f in (model, *folders) if f is not None] + [r for r in reads if r.is_dir()]
@@ -123,7 +171,7 @@ def refuse_input_outputs(outputs: Mapping[str, "os.PathLike | str | None"],
             continue
         out = Path(out)
         try:
-            check_plan(WritePlan("bench", out.parent, [out], reads=files, input_folders=dirs, overwrite=True,
+            check_plan(WritePlan(BENCH, out.parent, [out], reads=files, input_folders=dirs, overwrite=overwrite,
                                  flag=flag, input_names=names), probe=False)
         except UnsafeOutput as e:
             print(f"error: {e}", file=sys.stderr)

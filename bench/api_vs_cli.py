@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._common import machine_line, refuse_input_outputs, write_report
+from bench._common import add_overwrite_arg, machine_line, refuse_input_outputs, run_bench, write_report
 
 API = """import sys
 if sys.argv[4] == "torch-first":
@@ -72,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", type=int, default=5, help="counted API/CLI pairs (one warm-up pair more)")
     p.add_argument("--torch-first", action="store_true", help="the API script imports torch before flareseg")
     p.add_argument("--out", type=Path, default=None, help="also write the table to this file")
+    add_overwrite_arg(p)
     a = p.parse_args(argv)
     model, case = inputs(a.work)
-    refuse_input_outputs({"--out": a.out}, [case], model)
+    refuse_input_outputs({"--out": a.out}, [case], model, overwrite=a.overwrite)
     a.work.mkdir(parents=True, exist_ok=True)
     setup(a.work)
     api = [sys.executable, "-c", API, str(case), str(model), str(a.work / "api"),
@@ -97,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{med(walls):.2f} ({min(walls):.2f}–{max(walls):.2f}) |",
         f"| CPU s | {med(r[0][1] for r in rows):.2f} | {med(r[1][1] for r in rows):.2f} | "
         f"{med(cpus):.2f} ({min(cpus):.2f}–{max(cpus):.2f}) |", ""])
-    write_report(text, a.out)
+    write_report(text, a.out, overwrite=a.overwrite)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_bench(main, "api_vs_cli"))

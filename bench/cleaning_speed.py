@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from bench._common import interleaved, machine_line, write_report
+from bench._common import (add_overwrite_arg, interleaved, machine_line, refuse_input_outputs, run_bench,
+                           write_report)
 from flareseg.anatomy import abdomen_region, bbox_of, organ_mask
 from flareseg.cleaning import clean_label
 from flareseg.config import CleaningConfig
@@ -101,7 +102,9 @@ def main(argv=None) -> int:
                     help="rounds per case; each round times ours and the reference (order alternating)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also write the table (markdown) to this file")
+    add_overwrite_arg(ap)
     a = ap.parse_args(argv)
+    refuse_input_outputs({"--out": a.out}, overwrite=a.overwrite)   # synthetic inputs: only a stranger's file
     spacing = (1.5, 0.8, 0.8)
     cfg = CleaningConfig()
     rng = np.random.default_rng(a.seed)
@@ -135,9 +138,9 @@ def main(argv=None) -> int:
                      + ("" if same else f" ({int((ours != got['ref']).sum())} voxels differ)") + " |")
     lines += ["", f"mean: ours {np.mean(t_ours):.3f} s, scipy reference {np.mean(t_ref):.3f} s; "
                   f"median of the {len(ratios)} paired ratios {statistics.median(ratios):.1f}x"]
-    write_report("\n".join(lines) + "\n", a.out)
+    write_report("\n".join(lines) + "\n", a.out, overwrite=a.overwrite)
     return 1 if mismatch else 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_bench(main, "cleaning_speed"))

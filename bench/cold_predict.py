@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench._common import machine_line
+from bench._common import machine_line, run_bench
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = "import sys; from flareseg.cli import main; sys.argv[0] = 'flareseg'; sys.exit(main())"
@@ -71,4 +71,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_bench(main, "cold_predict"))

@@ -17,7 +17,7 @@ import fastremap
 import numpy as np
 from scipy import ndimage
 
-from bench._common import interleaved, machine_line
+from bench._common import interleaved, machine_line, run_bench
 from flareseg.anatomy import bbox_of
 from flareseg.cleaning import components as C
 
@@ -77,4 +77,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_bench(main, "component_stats"))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -29,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from bench._common import machine_line as common_machine_line, write_report
+from bench._common import (add_overwrite_arg, machine_line as common_machine_line,
+                           refuse_input_outputs, run_bench, write_report)
 from flareseg.inference.predictor import choose_dtype, cpu_flags
 from flareseg.nnunet.model import load_model
 from tests.tiny_model import tiny_plans, write_model_folder
@@ -129,7 +129,9 @@ def main(argv=None) -> int:
                                         "fp32_jit,bf16_jit,fp32_compile,bf16_compile",
                     help="comma-separated subset of the levers, in this order")
     ap.add_argument("--out", type=Path, default=Path("docs/benchmarks/predictor_levers.md"))
+    add_overwrite_arg(ap)
     args = ap.parse_args(argv)
+    refuse_input_outputs({"--out": args.out}, overwrite=args.overwrite)   # synthetic inputs: only a stranger's file
     patch = tuple(int(p) for p in args.patch.split(","))
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="flareseg_levers_"))
@@ -190,9 +192,9 @@ def main(argv=None) -> int:
     for name, why in failed.items():
         lines.append(f"| {name} | failed: {why} | | | | | |")
     text = "\n".join(lines) + "\n"
-    write_report(text, args.out)
+    write_report(text, args.out, overwrite=args.overwrite)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_bench(main, "cpu_levers"))

@@ -53,7 +53,8 @@ from pathlib import Path
 
 import torch
 
-from bench._common import machine_line, nnunet_process, refuse_input_outputs, write_report
+from bench._common import (add_overwrite_arg, machine_line, nnunet_process, refuse_input_outputs, run_bench,
+                           write_report)
 from bench.loss_ablation import predict_folder, seed_everything
 
 log = logging.getLogger("bench.cutmix")
@@ -408,8 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     ap.add_argument("--out", type=Path, default=None, help="write the tables as markdown here "
                     "(e.g. docs/benchmarks/cutmix.md); without it nothing but scratch is written")
+    add_overwrite_arg(ap)
     args = ap.parse_args(argv)
-    refuse_input_outputs({"--out": args.out}, [args.config], folders=[args.work, args.phantoms])
+    refuse_input_outputs({"--out": args.out}, [args.config], folders=[args.work, args.phantoms], overwrite=args.overwrite)
     args.device = torch.device(args.device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     nnunet_process(args.device.type)
@@ -445,9 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         where = "" if wd is None else f"Work dir: `{wd.work}` (dataset {wd.dataset_name}, CTO pool `{wd.pool}`).\n"
         text = (f"# Context-aware CutMix benchmarks\n\n{where}Machine: {machine()}.\n\nCommand (repository root):"
                 f"\n\n```\n{cmd}\n```\n\n{body}\n")
-        write_report(text, args.out, echo=False)
+        write_report(text, args.out, echo=False, overwrite=args.overwrite)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_bench(main, "cutmix"))

@@ -33,7 +33,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from bench._common import machine_line, refuse_input_outputs, write_report
+from bench._common import add_overwrite_arg, machine_line, refuse_input_outputs, run_bench, write_report
 
 log = logging.getLogger("bench.cutmix_rate")
 SHIPPED = ("configs/tiny.yaml", "configs/demo.yaml", "configs/flare23.yaml")
@@ -195,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scratch", type=Path, default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown report here")
+    add_overwrite_arg(ap)
     args = ap.parse_args(argv)
-    refuse_input_outputs({"--out": args.out}, args.configs)
+    refuse_input_outputs({"--out": args.out}, args.configs, overwrite=args.overwrite)
     logging.basicConfig(level=logging.WARNING)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -207,9 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "python -m bench.cutmix_rate " + shlex.join(sys.argv[1:])
     text = (f"## CutMix paste rate per shipped config (issue 25)\n\nCommand: `{cmd}`  \nMachine: {machine_line()}\n\n"
             + table(rows) + "\n")
-    write_report(text, args.out)
+    write_report(text, args.out, overwrite=args.overwrite)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_bench(main, "cutmix_rate"))

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from bench._common import run_bench
+
 
 def epoch_seconds(work: Path) -> list[float]:
     ck = next((work / "stage-1-fine" / "nnUNet_results").rglob("checkpoint_final.pth"))
@@ -63,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_bench(main, "ddp_speed"))

@@ -26,7 +26,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from bench._common import interleaved, machine_line, write_report  # noqa: E402
+from bench._common import (add_overwrite_arg, interleaved, machine_line, refuse_input_outputs, run_bench,
+                           write_report)  # noqa: E402
 from flareseg.config import EvaluationConfig  # noqa: E402
 from flareseg.evaluation.metrics import dice, evaluate_case, surface_dice  # noqa: E402
 from flareseg.labels import FOREGROUND  # noqa: E402
@@ -106,7 +107,9 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3, help="rounds; each times every contender once")
     ap.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512))
     ap.add_argument("--out", default=None, help="also write the report (markdown) to this file")
+    add_overwrite_arg(ap)
     args = ap.parse_args(argv)
+    refuse_input_outputs({"--out": args.out}, overwrite=args.overwrite)   # synthetic inputs: only a stranger's file
     cfg = EvaluationConfig()
     t0 = time.perf_counter()
     pred, ref = synthetic_pair(tuple(args.shape))
@@ -145,8 +148,8 @@ def main(argv=None) -> None:
               + ", ".join(f"{t:.2f}" for t in times["official"]) + f") | {ratio('official'):.1f}x | {worst_off:.2e} |",
               f"| no crop, classes {ref_classes}" + ("" if args.full_ref else " (time extrapolated to 14)")
               + f" | {med('nocrop') * scale:.1f} | {ratio('nocrop', scale):.1f}x | {worst:.2e} |"]
-    write_report("\n".join(lines) + "\n", args.out)
+    write_report("\n".join(lines) + "\n", args.out, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_bench(main, "evaluation_speed"))

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from bench._common import machine_line, nnunet_process, refuse_input_outputs
+from bench._common import add_overwrite_arg, machine_line, nnunet_process, refuse_input_outputs, run_bench, write_out
 
 log = logging.getLogger("bench.evidence")
 SECTION = "claims"
@@ -336,19 +336,34 @@ def report(ev: Evidence, seeds: list[int], claims: list[str], command: str) -> s
     return "\n".join(parts) + "\n"
 
 
-def write_section(path: Path, name: str, text: str) -> None:
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- evidence:{name} begin -->", f"<!-- evidence:{name} end -->"
+
+
+def holds_section(path: Path | None, name: str) -> bool:
+    """True when ``path`` is a file holding section ``name``'s markers: a document this bench
+    already wrote its section into (docs/evidence.md), which it may edit again although people
+    edit the rest of it (only the section between the markers changes)."""
+    try:
+        return path is not None and path.is_file() and all(m.encode() in path.read_bytes() for m in _markers(name))
+    except OSError:
+        return False
+
+
+def write_section(path: Path, name: str, text: str, overwrite: bool = False) -> None:
     """Replace section ``name`` (between ``<!-- evidence:name -->`` markers) of ``path``, or append
-    it; the rest of the file (other sections) stays as it is.  Atomic."""
-    from flareseg.io import write_text
-    begin, end = f"<!-- evidence:{name} begin -->", f"<!-- evidence:{name} end -->"
-    old = path.read_text() if path.exists() else "# Evidence\n"
+    it; the rest of the file (other sections) stays as it is.  Atomic, through the benches' one
+    writer (:func:`bench._common.write_out`): a file that holds the section, that a bench wrote,
+    or (``overwrite``) any text file is edited; another existing file is refused (exit 2)."""
+    begin, end = _markers(name)
+    old = path.read_text() if path.exists() else "# Evidence\n"   # main checked it first
     block = f"{begin}\n{text.rstrip()}\n{end}"
     if begin in old and end in old:
         head, rest = old.split(begin, 1)
         new = head + block + rest.split(end, 1)[1]
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
-    write_text(new, path)
+    write_out(new, path, overwrite=overwrite or begin in old and end in old)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,9 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default="", help="a sentence added to the report's run line")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: write the report from the runs recorded in --scratch")
+    add_overwrite_arg(ap)
     args = ap.parse_args(argv)
     # the work dir is read only; the recorded runs in --scratch are what --report-only reads
-    refuse_input_outputs({"--out": args.out}, sorted(args.scratch.glob("runs-*.json")), folders=[args.work])
+    refuse_input_outputs({"--out": args.out}, sorted(args.scratch.glob("runs-*.json")), folders=[args.work],
+                         overwrite=args.overwrite or holds_section(args.out, SECTION))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--note" in argv:                  # the note is printed as text, not inside the command
@@ -384,13 +401,13 @@ def main(argv: list[str] | None = None) -> int:
             getattr(ev, claim)(seed)
             torch.set_num_threads(args.threads)   # train() sets the thread count per process
             if args.out:
-                write_section(args.out, SECTION, report(ev, args.seeds, list(CLAIMS), command))
+                write_section(args.out, SECTION, report(ev, args.seeds, list(CLAIMS), command), args.overwrite)
     text = report(ev, args.seeds, list(CLAIMS), command)
     print(text)
     if args.out:
-        write_section(args.out, SECTION, text)
+        write_section(args.out, SECTION, text, args.overwrite)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_bench(main, "evidence"))

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from flareseg.evaluation.efficiency import measure_efficiency, summarize, write_efficiency_reports
 from flareseg.evaluation.gpu_memory import probe_backend
-from bench._common import refuse_input_outputs, write_report
+from bench._common import add_overwrite_arg, refuse_input_outputs, run_bench, write_report
 from flareseg.nnunet.env import trainer_dir
 
 INTERVAL = 0.1      # the FLARE23 harness's sampling interval, s
@@ -114,8 +114,9 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=None, help="kill a case after this many seconds")
     ap.add_argument("--stock-no-mirroring", action="store_true", help="stock without its default mirroring")
     ap.add_argument("--no-stock", action="store_true", help="flareseg only")
+    add_overwrite_arg(ap)
     args = ap.parse_args(argv)
-    refuse_input_outputs({"--out": args.out / "flare_efficiency.md"}, args.inputs, args.model)
+    refuse_input_outputs({"--out": args.out / "flare_efficiency.md"}, args.inputs, args.model, overwrite=args.overwrite)
     from flareseg.evaluation.commands import _expand_inputs
     inputs = _expand_inputs(args.inputs)
     try:
@@ -144,9 +145,9 @@ def main(argv=None) -> int:
         write_efficiency_reports(rows, summary, out)
         results[name] = (rows, summary)
     text = settings + "\n\n" + table(results)
-    write_report(text, args.out / "flare_efficiency.md")
+    write_report(text, args.out / "flare_efficiency.md", overwrite=args.overwrite)
     return 0 if all(s["n_failed"] == 0 for _, s in results.values()) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_bench(main, "flare_efficiency"))

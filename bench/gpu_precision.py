@@ -8,7 +8,6 @@ card's used memory (NVML total - free) as the FLARE harness reads it.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import SimpleITK as sitk
 import torch
 
 from tests.tiny_model import fit_model_folder, tiny_plans, write_model_folder
+from bench._common import run_bench
 from bench.predictor_speed import synthetic_ct, timed_run
 from flareseg.devices import resolve_device
 from flareseg.evaluation.metrics import dice_per_class
@@ -74,4 +74,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_bench(main, "gpu_precision"))

@@ -21,7 +21,6 @@ Prints organ mean DSC, tumor DSC and a few large organs per variant; writes
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import random
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench._common import nnunet_process
+from bench._common import add_overwrite_arg, nnunet_process, run_bench, write_json_report
 from bench.phantom_setup import add_data_args, prepare, refuse_data_outputs, stage_dir
 
 VARIANTS = ("merge_max", "released", "marginal", "naive")
@@ -128,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=0, help="nnUNet_n_proc_DA")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    add_overwrite_arg(ap)
     args = ap.parse_args(argv)
     out = (args.out or stage_dir(args.work).parent / "loss_ablation").resolve()
     refuse_data_outputs({"--out": out / "summary.json"}, args)
@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.info("variant %s: training %d x %d iterations", v, args.epochs, args.iters)
         rows.append(run_variant(v, data, args, out))
         logging.info("variant %s: organ DSC %.3f, tumor DSC %.3f", v, rows[-1]["organ_dsc"], rows[-1]["tumor_dsc"])
-    (out / "summary.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                  "rows": rows}, indent=1))
+    write_json_report({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, out / "summary.json",
+                      args.overwrite)
 
     print(f"\nfine configuration, {args.epochs} epochs x {args.iters} iterations, seed {args.seed}, "
           f"device {args.device}; {rows[0]['cases']} held-out validation phantoms with full labels")
@@ -154,4 +154,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_bench(main, "loss_ablation"))

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from bench._common import interleaved, machine_line
+from bench._common import interleaved, machine_line, run_bench
 from flareseg.labels import ALL_ANNOTATED, ORGANS
 from flareseg.losses.merge_max import PartialLabelLoss
 
@@ -80,4 +80,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_bench(main, "loss_overhead"))

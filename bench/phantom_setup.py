@@ -55,9 +55,9 @@ def stage_dir(work: Path) -> Path:
 
 def refuse_data_outputs(outputs: dict[str, Path | None], args: argparse.Namespace) -> None:
     """:func:`bench._common.refuse_input_outputs` for a bench of :func:`add_data_args`: ``--config``
-    and the prepared data (:func:`stage_dir`) are its inputs."""
+    and the prepared data (:func:`stage_dir`) are its inputs; ``args.overwrite`` as given."""
     from bench._common import refuse_input_outputs
-    refuse_input_outputs(outputs, [args.config], folders=[stage_dir(args.work)])
+    refuse_input_outputs(outputs, [args.config], folders=[stage_dir(args.work)], overwrite=args.overwrite)
 
 
 def prepare(work: Path, config: Path, overrides: list[str] | None = None,

@@ -36,7 +36,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from bench._common import machine_line, nnunet_process, refuse_input_outputs, write_report
+from bench._common import (add_overwrite_arg, machine_line, nnunet_process, refuse_input_outputs, run_bench,
+                           write_report)
 from flareseg.cases import list_cases
 from flareseg.evaluation.metrics import dice_per_class, foreground_unchanged
 from flareseg.inference.commands import collect_inputs
@@ -176,8 +177,9 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="fast,linear,nearest,stock", help=f"FastPredictor modes, comma-separated ({', '.join(MODES)})")
     ap.add_argument("--max-cases", type=int, default=0, help="only the first N cases (0: all)")
     ap.add_argument("--out", type=Path, default=Path("docs/benchmarks/predictor_equivalence.md"))
+    add_overwrite_arg(ap)
     args = ap.parse_args(argv)
-    refuse_input_outputs({"--out": args.out}, [args.images, args.labels], args.model)
+    refuse_input_outputs({"--out": args.out}, [args.images, args.labels], args.model, overwrite=args.overwrite)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if bad := [m for m in modes if m not in MODES]:
@@ -231,9 +233,9 @@ def main(argv=None) -> int:
     text = render(rows, modes, header)
     if args.out.is_file() and "\n## Notes" in (old := args.out.read_text()):
         text += old[old.index("\n## Notes"):]  # hand-written reading notes survive a rerun
-    write_report(text, args.out)
+    write_report(text, args.out, overwrite=args.overwrite)
     return 1 if any("error" in r for r in rows.values()) else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_bench(main, "predictor_equivalence"))

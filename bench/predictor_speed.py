@@ -44,7 +44,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from bench._common import machine_line, write_report
+from bench._common import add_overwrite_arg, machine_line, refuse_input_outputs, run_bench, write_report
 from flareseg.evaluation.gpu_memory import MemorySampler, probe_backend
 from flareseg.evaluation.metrics import dice_per_class, foreground_unchanged
 from flareseg.devices import resolve_device
@@ -163,7 +163,9 @@ def main(argv=None) -> int:
                     help="slices of each case the untimed warm-up runs on (0: the whole case; default 48)")
     ap.add_argument("--cold", action="store_true", help="also time one fresh process per predictor and case")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
+    add_overwrite_arg(ap)
     args = ap.parse_args(argv)
+    refuse_input_outputs({"--out": args.out}, overwrite=args.overwrite)   # synthetic inputs: only a stranger's file
     device = resolve_device(args.device)
     kept = False
     if device.type == "cpu":   # as flareseg predict does on a CPU; in this process stock gets it too
@@ -302,9 +304,9 @@ def main(argv=None) -> int:
                 f"{c}: {v:.4f}" for c, v in dice_per_class(outs[other], outs[names[0]]).items()))
         lines.append(f"| {z} | ({'; '.join(notes)}) | | | | | | | | | | |")
     text = "\n".join(lines) + "\n"
-    write_report(text, args.out)
+    write_report(text, args.out, overwrite=args.overwrite)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_bench(main, "predictor_speed"))

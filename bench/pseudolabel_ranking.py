@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from bench._common import machine_line, refuse_input_outputs, write_report
+from bench._common import add_overwrite_arg, machine_line, refuse_input_outputs, run_bench, write_report
 from flareseg.config import load_config
 from flareseg.data.phantom_case import generate_case
 from flareseg.evaluation.metrics import dice
@@ -143,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="rank tumors by this score (pseudolabel.tumor_score; default: each organ score)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--out", type=Path, default=None, help="write the table as markdown here")
+    add_overwrite_arg(ap)
     args = ap.parse_args(argv)
-    refuse_input_outputs({"--out": args.out}, [args.config], args.model, folders=args.external)
+    refuse_input_outputs({"--out": args.out}, [args.config], args.model, folders=args.external, overwrite=args.overwrite)
     logging.basicConfig(level=logging.WARNING)
     if not (args.model / "fold_0" / "checkpoint_final.pth").exists():
         ap.error(f"{args.model}: no fold_0/checkpoint_final.pth (pass stage-1's fine model folder)")
@@ -174,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             f"(organ, tumor) members per case {members}; {tumor_cases} phantoms with a tumor in the truth, "
             f"{predicted} with a tumor predicted; no-tumor-score reasons ({pc.score} row, all cases): "
             f"{dict(notes) or 'none'}.\n\n{table}\n")
-    write_report(text, args.out)
+    write_report(text, args.out, overwrite=args.overwrite)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_bench(main, "pseudolabel_ranking"))

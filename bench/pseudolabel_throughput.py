@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from bench._common import machine_line
+from bench._common import machine_line, run_bench
 from flareseg.pseudolabel.uncertainty import case_scores
 
 ORG = np.arange(1, 14)
@@ -116,4 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_bench(main, "pseudolabel_throughput"))

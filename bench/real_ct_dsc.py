@@ -14,16 +14,15 @@ classes present in the reference and the issue's goal (liver, spleen, kidneys >=
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from bench._common import machine_line, nnunet_process, refuse_input_outputs, write_report
+from bench._common import (add_overwrite_arg, machine_line, nnunet_process, refuse_input_outputs, run_bench,
+                           write_json_report, write_report)
 from flareseg.evaluation.metrics import class_dsc
 from flareseg.labels import CLASS_NAMES
 
@@ -63,9 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labels", type=Path, default=LABELS)
     ap.add_argument("--out", type=Path, help="also write the markdown report here")
     ap.add_argument("--json", type=Path, help="write the per-class numbers as JSON")
+    add_overwrite_arg(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    refuse_input_outputs({"--out": args.out, "--json": args.json}, (args.image, args.labels), args.model)
+    refuse_input_outputs({"--out": args.out, "--json": args.json}, (args.image, args.labels), args.model,
+                         overwrite=args.overwrite)
     for p in (args.image, args.labels):
         if not p.is_file():
             raise SystemExit(f"{p}: missing (the shared real CT; see ../shared/data/README.md)")
@@ -85,12 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         f"labels; {seconds:.1f} s.", "", *table(scores), "",
         f"Goal (liver, spleen, kidneys DSC >= {GOAL}): {'met' if m['goal_met'] else 'not met'} "
         f"(lowest {m['goal_min']:.3f}).", "", machine_line("cpu")])
-    write_report(text, args.out)
-    if args.json:
-        from flareseg.io import write_text
-        write_text(json.dumps({"model": str(args.model), "scores": scores, **m}, indent=1), args.json)
+    write_report(text, args.out, overwrite=args.overwrite)
+    write_json_report({"model": str(args.model), "scores": scores, **m}, args.json, args.overwrite)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_bench(main, "real_ct_dsc"))

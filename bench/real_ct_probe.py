@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -35,7 +34,8 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from bench._common import machine_line, nnunet_process, refuse_input_outputs, write_report
+from bench._common import (add_overwrite_arg, machine_line, nnunet_process, refuse_input_outputs, run_bench,
+                           write_json_report, write_report)
 from bench.real_ct_dsc import GOAL_CLASSES, IMAGE, LABELS
 from flareseg.data.phantom_anatomy import ADULT_ORGAN_HU, PHASES
 from flareseg.evaluation.metrics import class_dsc, dice
@@ -206,11 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phantom-seed", type=int, default=777, help="--phases' and --swap's patients (not the demo's data seed 0)")
     ap.add_argument("--out", type=Path, help="also write the markdown report here")
     ap.add_argument("--json", type=Path, help="write the numbers as JSON")
+    add_overwrite_arg(ap)
     args = ap.parse_args(argv)
     if args.phases < 0 or args.swap < 0 or not args.margin >= 0:
         ap.error("--phases and --swap take a count >= 0, --margin a distance >= 0 mm")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    refuse_input_outputs({"--out": args.out, "--json": args.json}, (IMAGE, LABELS, args.config), args.model)
+    refuse_input_outputs({"--out": args.out, "--json": args.json}, (IMAGE, LABELS, args.config), args.model,
+                         overwrite=args.overwrite)
     for p in (IMAGE, LABELS):
         if not p.is_file():
             raise SystemExit(f"{p}: missing (the shared real CT; see ../shared/data/README.md)")
@@ -243,13 +245,11 @@ def main(argv: list[str] | None = None) -> int:
                   "| organ, where | " + " | ".join(CLASS_NAMES[c] for c in SWAP_CLASSES) + " |",
                   "|---|" + "---:|" * len(SWAP_CLASSES),
                   *(f"| {k} | " + " | ".join(f"{d[c]:.3f}" for c in SWAP_CLASSES) + " |" for k, d in swaps.items())]
-    write_report("\n".join([*lines, "", machine_line("cpu")]), args.out)
-    if args.json:
-        from flareseg.io import write_json
-        write_json({"model": str(args.model), "real_ct": real, "phases": phases, "swaps": swaps,
-                    "swap_margin_mm": args.margin if swaps else None}, args.json)
+    write_report("\n".join([*lines, "", machine_line("cpu")]), args.out, overwrite=args.overwrite)
+    write_json_report({"model": str(args.model), "real_ct": real, "phases": phases, "swaps": swaps,
+                       "swap_margin_mm": args.margin if swaps else None}, args.json, args.overwrite)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_bench(main, "real_ct_probe"))

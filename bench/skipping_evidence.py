@@ -15,7 +15,6 @@ body) once per z margin — the same patients, scanned over the abdomen alone (m
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -25,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from bench._common import interleaved, machine_line, nnunet_process, refuse_input_outputs, write_report
+from bench._common import (add_overwrite_arg, interleaved, machine_line, nnunet_process,
+                           refuse_input_outputs, run_bench, write_json_report, write_report)
 from flareseg.evaluation.metrics import dice_per_class
 from flareseg.io import read_image
 from flareseg.labels import CLASS_NAMES
@@ -118,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scratch", type=Path, help="folder for the phantoms (default: a temporary one)")
     ap.add_argument("--out", type=Path, help="write the markdown report here too")
     ap.add_argument("--json", type=Path, help="write the per-case numbers as JSON")
+    add_overwrite_arg(ap)
     args = ap.parse_args(argv)
-    refuse_input_outputs({"--out": args.out, "--json": args.json}, [args.config], args.model)
+    refuse_input_outputs({"--out": args.out, "--json": args.json}, [args.config], args.model, overwrite=args.overwrite)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     nnunet_process("cpu")
     from flareseg.cases import list_cases
@@ -148,12 +149,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"Model `{args.model}` fold {args.fold} `{args.checkpoint}`; phantoms of `{args.config}` "
                       f"(seed {args.seed}, {args.cases} cases, the same patients at every margin); "
                       f"{machine_line('cpu')}.", "", *render(rows)])
-    write_report(text, args.out)
-    if args.json:
-        from flareseg.io import write_text
-        write_text(json.dumps(rows, indent=1, default=float), args.json)
+    write_report(text, args.out, overwrite=args.overwrite)
+    write_json_report(rows, args.json, args.overwrite)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_bench(main, "skipping_evidence"))

@@ -21,7 +21,6 @@ by default) so only the trainer's own mechanics differ.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from bench._common import machine_line, nnunet_process
+from bench._common import add_overwrite_arg, machine_line, nnunet_process, run_bench, write_json_report
 from bench.phantom_setup import add_data_args, prepare, refuse_data_outputs
 
 TRAINERS = ("nnUNetTrainer", "FlareSegTrainer")
@@ -75,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--raw", type=Path, default=None, help="write every timing (JSON) here")
+    add_overwrite_arg(ap)
     args = ap.parse_args(argv)
     refuse_data_outputs({"--raw": args.raw}, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -125,9 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             block_total[name].append(statistics.median(a + b for a, b in zip(bl, bs)))
         logging.info("repeat %d/%d done", r + 1, args.repeats)
 
-    if args.raw is not None:
-        args.raw.write_text(json.dumps({"load": load, "step": step, "block_step": block_step,
-                                        "block_total": block_total, "order": list(TRAINERS)}, indent=1))
+    write_json_report({"load": load, "step": step, "block_step": block_step, "block_total": block_total,
+                       "order": list(TRAINERS)}, args.raw, args.overwrite)
     cm = stock.configuration_manager
     print(f"\nconfiguration {args.configuration}: patch {list(cm.patch_size)}, batch {stock.batch_size}, "
           f"device {device}, threads {args.threads}, nnUNet_n_proc_DA {args.workers}, oversample {args.oversample}, "
@@ -153,4 +152,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_bench(main, "trainer_throughput"))

@@ -50,10 +50,10 @@ def test_write_report_prints_and_writes_whole_files(tmp_path, capsys):
     from bench._common import write_report
     out = tmp_path / "docs" / "benchmarks" / "x.md"
     out.parent.mkdir(parents=True)
-    out.write_text("old report\n")
+    write_report("old report\n", out, echo=False)
     write_report("# new\n", out)
-    assert out.read_text() == "# new\n"                          # replaced, folders kept
-    assert sorted(p.name for p in out.parent.iterdir()) == ["x.md"]   # no temp file left
+    assert out.read_text() == "# new\n"                          # its own report replaced, folders kept
+    assert sorted(p.name for p in out.parent.iterdir()) == [".flareseg-written.jsonl", "x.md"]   # no temp left
     assert "# new" in capsys.readouterr().out
     write_report("# quiet\n", tmp_path / "new" / "y.md", echo=False)   # folders created
     assert (tmp_path / "new" / "y.md").read_text() == "# quiet\n"

@@ -122,10 +122,10 @@ def test_real_ct_dsc_never_writes_over_the_scored_labels(tmp_path, capsys):
 
 
 def test_a_bench_may_rewrite_its_own_earlier_report(tmp_path):
-    from bench._common import refuse_input_outputs
+    from bench._common import refuse_input_outputs, write_json_report
     report = tmp_path / "reports" / "dsc.json"
     report.parent.mkdir()
-    report.write_text("earlier run")
+    write_json_report({"run": "earlier"}, report)
     refuse_input_outputs({"--json": report, "--out": None}, [tmp_path / "ct.nii.gz"], _model(tmp_path))
 
 

@@ -42,3 +42,16 @@ def test_section_is_replaced_and_other_sections_stay(tmp_path):
     assert text.count("<!-- evidence:claims begin -->") == 1
     assert "someone else's table" in text
     assert text.index("second") < text.index("Window skipping")
+
+
+def test_section_goes_only_into_a_file_holding_it_unless_overwrite(tmp_path, capsys):
+    """A document without the section's markers that no bench wrote (someone's notes) is refused;
+    with overwrite the section is appended and the notes stay."""
+    notes = tmp_path / "notes.md"
+    notes.write_text("# My notes\n\nkeep me\n")
+    with pytest.raises(SystemExit) as e:
+        write_section(notes, "claims", "table")
+    assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert notes.read_text() == "# My notes\n\nkeep me\n"
+    write_section(notes, "claims", "table", overwrite=True)
+    assert notes.read_text().startswith("# My notes\n\nkeep me\n") and "table" in notes.read_text()
