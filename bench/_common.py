@@ -146,9 +146,21 @@ def write_out(text: str, out: "os.PathLike | str", overwrite: bool = False) -> N
 def run_bench(main: "Callable[[], int | None]", name: str) -> int:
     """A bench's process boundary, as the commands' (:func:`flareseg.boundary.run_at_boundary`):
     Ctrl-C, SIGTERM or an OS error nothing handled (disk full, read-only, permission denied) end it
-    with one line naming ``bench.<name>`` and the file, and the documented exit code (130/143/4)."""
+    with one line naming ``bench.<name>`` and the file, and the documented exit code (130/143/4);
+    a bad input, setting or output path (flareseg's :class:`~flareseg.errors.InputError`,
+    :class:`~flareseg.errors.ConfigError`, :class:`~flareseg.write_guard.UnsafeOutput`: a config
+    that is a pipe, an unknown key) with one line and exit 2, as a command's usage error."""
     from flareseg.boundary import run_at_boundary
-    return run_at_boundary(main, f"bench.{name}")
+    from flareseg.errors import ConfigError, InputError
+    from flareseg.write_guard import UnsafeOutput
+
+    def guarded() -> int:
+        try:
+            return int(main() or 0)
+        except (InputError, ConfigError, UnsafeOutput) as e:
+            print(f"bench.{name}: {e}", file=sys.stderr)
+            return 2
+    return run_at_boundary(guarded, f"bench.{name}")
 
 
 def refuse_input_outputs(outputs: Mapping[str, "os.PathLike | str | None"],

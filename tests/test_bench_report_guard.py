@@ -220,3 +220,15 @@ def test_a_bench_rerun_replaces_its_report_and_a_full_disk_is_one_line(tmp_path)
     assert lines == [f"bench.cleaning_speed: {out}: File too large (EFBIG)"], lines
     assert out.read_text() == first
     assert sorted(f.name for f in tmp_path.iterdir()) == [".flareseg-written.jsonl", "speed.md"]
+
+
+def test_a_bench_given_a_bad_config_says_so_in_one_line(tmp_path):
+    """A config with an unknown key (or a pipe, a missing file) is a usage error: one line naming
+    the bench, the file and the key, exit 2, no traceback."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cutmix: {bogus_key: 1}\n")
+    p = _run_bench(["-m", "bench.cutmix_rate", "--configs", str(bad), "--out", str(tmp_path / "rate.md")])
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"bench.cutmix_rate: {bad}: unknown key 'cutmix.bogus_key'"), lines
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["bad.yaml"]
