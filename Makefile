@@ -49,8 +49,9 @@ all: venv
 stage-%: venv
 	$(PY) stages/stage_$*.py --config $(CONFIG) --work $(WORK) $(STAGE_ARGS)
 
-clean-work:
-	rm -rf $(WORK)
+# removes $(WORK) only when everything in it is the pipeline's (python -m flareseg.pipeline clean)
+clean-work: venv
+	$(PY) -m flareseg.pipeline clean --config $(CONFIG) --work $(WORK)
 
 # FLARE submission image (needs a Docker engine; first: flareseg export-model -m MODEL_DIR -o docker/model)
 docker:

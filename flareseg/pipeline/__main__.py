@@ -40,6 +40,8 @@ Run flareseg pipeline stages on a work folder.
 
 Each stage writes work/stage-N-<name>/manifest.json and is skipped when its config sections and
 inputs are unchanged (--force reruns it). A killed stage resumes from its finished steps.
+`clean` removes the work folder (`make clean-work`), only when everything in it is the
+pipeline's stage folders (or flareseg report's qc/); anything else refuses it, nothing removed.
 
 Several processes per training (stages 1 and 5; docs/scale.md): set train_fine.gpus /
 train_coarse.gpus (and nodes) and launch the same command under torchrun, e.g.
@@ -147,13 +149,28 @@ def main(argv: list[str] | None = None) -> int:
     return run_at_boundary(lambda: _main(argv), "python -m flareseg.pipeline")
 
 
+def _clean(work: Path) -> int:
+    """``clean``: remove the work folder if everything in it is the pipeline's (or flareseg report's),
+    else exit 2 with one line naming what is not (:mod:`flareseg.pipeline.remove_work`)."""
+    from flareseg.pipeline.remove_work import remove_work
+    from flareseg.write_guard import UnsafeOutput
+    try:
+        removed = remove_work(work)
+    except UnsafeOutput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"removed {work} ({', '.join(e.name for e in removed)})" if removed else f"{work}: nothing to remove")
+    return 0
+
+
 def _main(argv: list[str] | None = None) -> int:
     # OpenMP threads that spin while waiting collapse throughput when two torch processes share
     # the cores (epochs 10x slower); passive waiting costs nothing measurable on a quiet machine
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     p = argparse.ArgumentParser(prog="python -m flareseg.pipeline", description=HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", help="stage number 1-6, or 'all'")
+    p.add_argument("stage", help="stage number 1-6, 'all', or 'clean' (remove the work folder, only if "
+                                 "everything in it is the pipeline's)")
     p.add_argument("--config", type=Path, default=Path("configs/demo.yaml"), help="YAML config")
     p.add_argument("--work", type=Path, default=None, help="work folder (default: config's work_dir)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -174,11 +191,13 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     work = args.work or Path(cfg.work_dir)
+    if args.stage == "clean":
+        return _clean(work)
     if work.exists() and not work.is_dir():
         print(f"{work}: work folder is a file, not a folder (--work / work_dir)", file=sys.stderr)
         return 2
     if args.stage not in ("all", *map(str, STAGE_NAMES)):
-        print(f"unknown stage {args.stage!r}: use 1-6 or all", file=sys.stderr)
+        print(f"unknown stage {args.stage!r}: use 1-6, all or clean", file=sys.stderr)
         return 2
     if args.stage in ("all", "1") and (args.force or not STAGES[1].is_current(cfg, work)):
         missing = missing_data_folders(cfg)

@@ -88,7 +88,7 @@ def stage_plan(cfg: Config, work: Path, n: int) -> write_guard.WritePlan:
                                  overwrite=True, out_inside_input=False, input_inside_out=False, flag="--work")
 
 
-def _made_by_pipeline(root: Path) -> bool:
+def made_by_pipeline(root: Path) -> bool:
     """True when ``root`` holds the ``config.resolved.json`` every stage writes first (a JSON object
     with the config's sections): a stage folder flareseg made before stages kept a ledger, or one
     copied or moved since (a copy has new inodes, so the ledger no longer matches)."""
@@ -106,7 +106,7 @@ def check_stage_folder(cfg: Config, work: Path, n: int) -> None:
     stage folder made before ledgers existed as the pipeline's."""
     root = stage_dir(work, n)
     try:
-        if _made_by_pipeline(root) and not write_guard.owns(root / "config.resolved.json", PIPELINE):
+        if made_by_pipeline(root) and not write_guard.owns(root / "config.resolved.json", PIPELINE):
             if n == 4:   # stage-4's cleaned labels are clean's own (clean_folder replaces only those)
                 from flareseg.cleaning.folder import adopt_earlier_clean
                 adopt_earlier_clean(root)
