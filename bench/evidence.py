@@ -386,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     # the work dir is read only; the recorded runs in --scratch are what --report-only reads
     refuse_input_outputs({"--out": args.out}, sorted(args.scratch.glob("runs-*.json")), folders=[args.work],
                          overwrite=args.overwrite or holds_section(args.out, SECTION))
+    # everything else goes under --scratch (trained arms, predictions, evaluations): not into the work dir
+    refuse_input_outputs({"--scratch": args.scratch / "runs.json"}, folders=[args.work])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--note" in argv:                  # the note is printed as text, not inside the command
