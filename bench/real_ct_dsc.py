@@ -33,6 +33,19 @@ GOAL_CLASSES = (1, 3, 2, 13)     # liver, spleen, right and left kidney: the iss
 GOAL = 0.5
 
 
+def read_pair(image: Path, labels: Path) -> tuple[sitk.Image, sitk.Image]:
+    """The CT and its labels through flareseg's verified reader (a truncated or corrupt file is an
+    :class:`flareseg.errors.InputError`, not zeros), the labels on the CT's grid (else an
+    InputError naming both): a DSC of misaligned grids would be a number without meaning."""
+    from flareseg.errors import InputError
+    from flareseg.io import Geometry, geometry_mismatch, read_image
+    ct, ref = read_image(image), read_image(labels)
+    why = geometry_mismatch(Geometry.of(ct), Geometry.of(ref))
+    if why:
+        raise InputError(labels, f"not on the grid of {image}: {'; '.join(why)}")
+    return ct, ref
+
+
 def summary(scores: dict[int, dict]) -> dict:
     """Mean DSC over the classes in the reference, and the goal classes' minimum."""
     present = [s["dsc"] for s in scores.values() if s["ref_voxels"]]
@@ -70,14 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     for p in (args.image, args.labels):
         if not p.is_file():
             raise SystemExit(f"{p}: missing (the shared real CT; see ../shared/data/README.md)")
+    image, labels = read_pair(args.image, args.labels)
     nnunet_process("cpu")
     from flareseg.inference.predictor import FastPredictor
     predictor = FastPredictor(args.model, device="cpu", folds=[args.fold], checkpoint=args.checkpoint)
-    image = sitk.ReadImage(str(args.image))
     t = time.perf_counter()
     pred = sitk.GetArrayFromImage(predictor.predict(image))
     seconds = time.perf_counter() - t
-    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(args.labels)))
+    ref = sitk.GetArrayFromImage(labels)
     scores = class_dsc(pred, ref)
     m = summary(scores)
     text = "\n".join([

@@ -36,7 +36,7 @@ import SimpleITK as sitk
 
 from bench._common import (add_overwrite_arg, machine_line, nnunet_process, refuse_input_outputs, run_bench,
                            write_json_report, write_report)
-from bench.real_ct_dsc import GOAL_CLASSES, IMAGE, LABELS
+from bench.real_ct_dsc import GOAL_CLASSES, IMAGE, LABELS, read_pair
 from flareseg.data.phantom_anatomy import ADULT_ORGAN_HU, PHASES
 from flareseg.evaluation.metrics import class_dsc, dice
 from flareseg.labels import CLASS_NAMES
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         return sitk.GetArrayFromImage(predictor.predict(image))
 
     t = time.perf_counter()
-    image, labels = sitk.ReadImage(str(IMAGE)), sitk.ReadImage(str(LABELS))
+    image, labels = read_pair(IMAGE, LABELS)
     ref = sitk.GetArrayFromImage(labels)
     real = {}
     for name, hu in versions(sitk.GetArrayFromImage(image).astype(np.float32), ref).items():

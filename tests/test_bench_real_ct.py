@@ -1,6 +1,8 @@
 """bench.real_ct_dsc's scoring and bench.skipping_evidence's table: what the evidence numbers rest on."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -185,3 +187,30 @@ def test_real_ct_probe_refuses_a_negative_count_or_margin(flag, tmp_path, capsys
     with pytest.raises(SystemExit) as e:
         main(["--model", str(tmp_path), *flag])
     assert e.value.code == 2 and "--margin a distance >= 0 mm" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("problem", ["truncated", "other grid"])
+def test_real_ct_dsc_refuses_labels_it_cannot_trust(problem, tmp_path):
+    """A truncated label file (SimpleITK would read zeros or garbage) or labels on another grid
+    than the CT: one line naming the file, exit 2, before the model is loaded."""
+    import subprocess
+    import sys
+    import SimpleITK as sitk
+    ct = sitk.GetImageFromArray(np.zeros((6, 8, 8), np.int16))
+    ct.SetSpacing((1.5, 1.5, 3.0))
+    image, labels = tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz"
+    sitk.WriteImage(ct, str(image))
+    lab = sitk.GetImageFromArray(np.ones((6, 8, 8), np.uint8))
+    lab.CopyInformation(ct)
+    if problem == "other grid":
+        lab.SetOrigin((0.0, 0.0, 30.0))
+    sitk.WriteImage(lab, str(labels))
+    if problem == "truncated":
+        labels.write_bytes(labels.read_bytes()[:-20])
+    p = subprocess.run([sys.executable, "-m", "bench.real_ct_dsc", "--model", str(_model(tmp_path)), "--image",
+                        str(image), "--labels", str(labels)], cwd=Path(__file__).resolve().parents[1],
+                       capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"bench.real_ct_dsc: {labels}: "), lines
+    assert ("corrupt" in lines[0]) if problem == "truncated" else ("not on the grid" in lines[0] and "origin" in lines[0])
