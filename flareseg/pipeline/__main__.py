@@ -184,6 +184,8 @@ def _main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     set_log_levels(args.verbose, args.quiet)   # other packages' INFO (NumExpr, nnU-Net) only with -v
+    if args.stage == "clean" and args.work is not None:   # the config only names a work folder
+        return _clean(args.work)
     try:
         cfg = load_config(args.config, args.overrides)
         check_data_keys(cfg, str(args.config))
