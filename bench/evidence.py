@@ -345,9 +345,10 @@ def holds_section(path: Path | None, name: str) -> bool:
     already wrote its section into (docs/evidence.md), which it may edit again although people
     edit the rest of it (only the section between the markers changes)."""
     try:
-        return path is not None and path.is_file() and all(m.encode() in path.read_bytes() for m in _markers(name))
+        data = path.read_bytes() if path is not None and path.is_file() else b""
     except OSError:
         return False
+    return all(m.encode() in data for m in _markers(name))
 
 
 def write_section(path: Path, name: str, text: str, overwrite: bool = False) -> None:
