@@ -132,7 +132,9 @@ def test_killed_and_resumed_run_matches_uninterrupted(tiny_run, tmp_path):
     t0 = time.time()
     while not marker.exists():
         assert p.poll() is None, "pipeline ended before stage-5"
-        assert time.time() - t0 < 900
+        # a hang guard, not a speed check: stages 1-4 take ~3 min alone, 15+ min on a 2-core
+        # machine shared with two trainings (900 s was exceeded there once)
+        assert time.time() - t0 < 2400, "stage-5 not reached in 40 min"
         time.sleep(0.05)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
