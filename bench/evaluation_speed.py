@@ -26,8 +26,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from bench._common import (add_overwrite_arg, interleaved, machine_line, refuse_input_outputs, run_bench,
-                           write_report)  # noqa: E402
+from bench._common import (add_overwrite_arg, interleaved, machine_line,  # noqa: E402
+                           refuse_input_outputs, run_bench, write_report)
 from flareseg.config import EvaluationConfig  # noqa: E402
 from flareseg.evaluation.metrics import dice, evaluate_case, surface_dice  # noqa: E402
 from flareseg.labels import FOREGROUND  # noqa: E402
