@@ -359,12 +359,13 @@ def write_section(path: Path, name: str, text: str, overwrite: bool = False) -> 
     begin, end = _markers(name)
     old = path.read_text() if path.exists() else "# Evidence\n"   # main checked it first
     block = f"{begin}\n{text.rstrip()}\n{end}"
-    if begin in old and end in old:
+    holds = begin in old and end in old
+    if holds:
         head, rest = old.split(begin, 1)
         new = head + block + rest.split(end, 1)[1]
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
-    write_out(new, path, overwrite=overwrite or begin in old and end in old)
+    write_out(new, path, overwrite=overwrite or holds)
 
 
 def main(argv: list[str] | None = None) -> int:
